@@ -1,0 +1,33 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="v2t-jax",
+    version="0.1.0",
+    description="vec2text in JAX/Flax: recover text from its embedding with an inverter and a compiled corrector loop",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["v2t_jax", "v2t_jax.*"]),
+    package_data={"v2t_jax": ["resources/*.txt"]},
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12",
+        "numpy>=2",
+        "safetensors>=0.5",
+        "tokenizers>=0.22",
+        "transformers>=5",
+        "ml_collections>=1.0",
+        "tqdm>=4.66",
+        "sacrebleu>=2.4",
+        "tensorflow-datasets>=4.9.10",
+        "array_record>=0.8",
+    ],
+    extras_require={
+        # PyTorch reference for parity tests. torch is pinned to the CPU wheel these machines carry;
+        # leaving it free lets pip pull a several-GB CUDA build.
+        "test": ["pytest>=8", "torch==2.13.0", "sentence-transformers>=5"],
+    },
+    entry_points={"console_scripts": ["v2t=v2t_jax.cli:main"]},
+)

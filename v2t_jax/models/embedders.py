@@ -1,0 +1,468 @@
+"""Sentence embedders in Flax: the frozen models whose vectors get inverted.
+
+Two backbones, one pooling head:
+  * BERT family (sentence-transformers' all-MiniLM-L6-v2 and friends): BERT -> mean pooling over
+    the attention mask -> L2 normalise.
+  * GTR-style T5 encoder: T5 encoder -> mean pooling [-> Dense -> L2 normalise]. The vec2text
+    reference's "gtr_base" uses *no* Dense and *no* normalisation; sentence-transformers' GTR has both.
+
+The core is the pure function `embed(config, params, input_ids, attention_mask)`, usable inside
+any jitted program (the correction loop re-embeds candidate ids in-graph). `Embedder` adds the
+tokenizer and a batched text-in convenience around it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from v2t_jax.models import t5 as t5_lib
+
+Array = jax.Array
+PyTree = Any
+
+# ----------------------------------------------------------------------------- BERT
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 384
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 12
+    intermediate_size: int = 1536
+    hidden_act: str = "gelu"
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    dtype: str = "float32"
+
+    @classmethod
+    def from_hf_dict(cls, d: dict) -> "BertConfig":
+        if d.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError(f"BERT position_embedding_type={d['position_embedding_type']!r} is not supported")
+        if d.get("hidden_act", "gelu") not in _BERT_ACTIVATIONS:
+            raise ValueError(f"BERT hidden_act={d['hidden_act']!r} is not supported")
+        return cls(
+            vocab_size=d["vocab_size"],
+            hidden_size=d["hidden_size"],
+            num_hidden_layers=d["num_hidden_layers"],
+            num_attention_heads=d["num_attention_heads"],
+            intermediate_size=d["intermediate_size"],
+            hidden_act=d.get("hidden_act", "gelu"),
+            max_position_embeddings=d.get("max_position_embeddings", 512),
+            type_vocab_size=d.get("type_vocab_size", 2),
+            layer_norm_eps=d.get("layer_norm_eps", 1e-12),
+            pad_token_id=d.get("pad_token_id", 0) or 0,
+        )
+
+
+_BERT_ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+
+class _Dense(nn.Module):
+    features: int
+    axes: tuple[str, str]
+    dtype: str = "float32"
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(nn.initializers.normal(0.02), self.axes),
+            (x.shape[-1], self.features),
+            jnp.float32,
+        )
+        y = x.astype(self.dtype) @ jnp.asarray(kernel, self.dtype)
+        if self.use_bias:
+            bias = self.param(
+                "bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:]), (self.features,)
+            )
+            y = y + jnp.asarray(bias, self.dtype)
+        return y
+
+
+class _LayerNorm(nn.Module):
+    eps: float
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        d = x.shape[-1]
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), (d,))
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (d,))
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        return ((x32 - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias).astype(x.dtype)
+
+
+class BertLayer(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x_ble: Array, bias_b11k: Array) -> Array:
+        cfg = self.config
+        e, h = cfg.hidden_size, cfg.num_attention_heads
+        d = e // h
+        dt = cfg.dtype
+        b, length = x_ble.shape[:2]
+        qkv = lambda name: _Dense(e, ("embed", "joined_kv"), dt, name=name)(x_ble).reshape(b, length, h, d)  # noqa: E731
+        q, k, v = qkv("query"), qkv("key"), qkv("value")
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.float32(np.sqrt(d)) + bias_b11k
+        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+        ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, length, e)
+        attn = _Dense(e, ("joined_kv", "embed"), dt, name="attn_out")(ctx)
+        x = _LayerNorm(cfg.layer_norm_eps, name="attn_norm")(attn + x_ble)
+        hdn = _BERT_ACTIVATIONS[cfg.hidden_act](_Dense(cfg.intermediate_size, ("embed", "mlp"), dt, name="ffn_in")(x))
+        out = _Dense(e, ("mlp", "embed"), dt, name="ffn_out")(hdn)
+        return _LayerNorm(cfg.layer_norm_eps, name="ffn_norm")(out + x)
+
+
+class Bert(nn.Module):
+    """BERT encoder (inference only: embedders are frozen). Returns token states [b, l, e]."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, input_ids: Array, attention_mask: Array) -> Array:
+        cfg = self.config
+
+        def table(name, n):
+            return self.param(
+                name,
+                nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
+                (n, cfg.hidden_size),
+            )
+
+        word = table("word_embeddings", cfg.vocab_size)
+        position = table("position_embeddings", cfg.max_position_embeddings)
+        token_type = table("token_type_embeddings", cfg.type_vocab_size)
+        length = input_ids.shape[1]
+        if length > cfg.max_position_embeddings:
+            raise ValueError(f"sequence length {length} exceeds BERT max_position_embeddings {cfg.max_position_embeddings}")
+        x = jnp.take(word, input_ids, axis=0) + position[None, :length] + token_type[0][None, None]
+        x = _LayerNorm(cfg.layer_norm_eps, name="embeddings_norm")(x).astype(cfg.dtype)
+        bias = jnp.where(attention_mask[:, None, None, :].astype(bool), 0.0, jnp.finfo(jnp.float32).min)
+        for i in range(cfg.num_hidden_layers):
+            x = BertLayer(cfg, name=f"layers_{i}")(x, bias)
+        return x
+
+
+def bert_params_from_hf_state_dict(sd: dict[str, np.ndarray], cfg: BertConfig) -> dict:
+    """Maps a transformers BertModel state dict (with or without a 'bert.' prefix) onto ours."""
+    sd = {k.removeprefix("bert."): v for k, v in sd.items()}
+    # Very old checkpoints name LayerNorm parameters gamma/beta.
+    sd = {k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias"): v for k, v in sd.items()}
+
+    def dense(prefix):
+        return {"kernel": sd[prefix + ".weight"].T, "bias": sd[prefix + ".bias"]}
+
+    def norm(prefix):
+        return {"scale": sd[prefix + ".weight"], "bias": sd[prefix + ".bias"]}
+
+    p: dict[str, Any] = {
+        "word_embeddings": sd["embeddings.word_embeddings.weight"],
+        "position_embeddings": sd["embeddings.position_embeddings.weight"],
+        "token_type_embeddings": sd["embeddings.token_type_embeddings.weight"],
+        "embeddings_norm": norm("embeddings.LayerNorm"),
+    }
+    for i in range(cfg.num_hidden_layers):
+        L = f"encoder.layer.{i}."
+        p[f"layers_{i}"] = {
+            "query": dense(L + "attention.self.query"),
+            "key": dense(L + "attention.self.key"),
+            "value": dense(L + "attention.self.value"),
+            "attn_out": dense(L + "attention.output.dense"),
+            "attn_norm": norm(L + "attention.output.LayerNorm"),
+            "ffn_in": dense(L + "intermediate.dense"),
+            "ffn_out": dense(L + "output.dense"),
+            "ffn_norm": norm(L + "output.LayerNorm"),
+        }
+    return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), p)
+
+
+# ----------------------------------------------------------------------------- sentence embedder
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseHead:
+    """sentence-transformers `Dense` module: Linear(in, out[, bias]) then an activation."""
+
+    in_features: int
+    out_features: int
+    bias: bool = True
+    activation: str = "identity"  # "identity" or "tanh"
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedderConfig:
+    """A whole sentence embedder: backbone, pooling, optional Dense, optional L2 normalisation."""
+
+    backbone: BertConfig | t5_lib.T5Config
+    pooling: str = "mean"  # "mean" or "cls"
+    dense: DenseHead | None = None
+    normalize: bool = True
+
+    @property
+    def dim(self) -> int:
+        if self.dense is not None:
+            return self.dense.out_features
+        if isinstance(self.backbone, BertConfig):
+            return self.backbone.hidden_size
+        return self.backbone.d_model
+
+    @property
+    def max_positions(self) -> int | None:
+        return self.backbone.max_position_embeddings if isinstance(self.backbone, BertConfig) else None
+
+
+class SentenceEmbedder(nn.Module):
+    config: EmbedderConfig
+
+    @nn.compact
+    def __call__(self, input_ids: Array, attention_mask: Array) -> Array:
+        cfg = self.config
+        if isinstance(cfg.backbone, BertConfig):
+            states = Bert(cfg.backbone, name="backbone")(input_ids, attention_mask)
+        else:
+            states = t5_lib.T5EncoderModel(cfg.backbone, name="backbone")(input_ids, attention_mask)
+        states = states.astype(jnp.float32)
+        mask = attention_mask.astype(jnp.float32)[..., None]  # [b, l, 1]
+        if cfg.pooling == "mean":
+            pooled = jnp.sum(states * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1e-9)
+        elif cfg.pooling == "cls":
+            pooled = states[:, 0]
+        else:
+            raise ValueError(f"unknown pooling {cfg.pooling!r}")
+        if cfg.dense is not None:
+            pooled = _Dense(cfg.dense.out_features, ("embed", "embed_out"), use_bias=cfg.dense.bias, name="dense")(pooled)
+            if cfg.dense.activation == "tanh":
+                pooled = jnp.tanh(pooled)
+        if cfg.normalize:
+            norm = jnp.linalg.norm(pooled, axis=-1, keepdims=True)
+            pooled = pooled / jnp.maximum(norm, 1e-12)
+        return pooled
+
+
+def embed(config: EmbedderConfig, params: PyTree, input_ids: Array, attention_mask: Array) -> Array:
+    """Pure embedding function: ids [b, l] int32, mask [b, l] -> float32 [b, dim]."""
+    return SentenceEmbedder(config).apply({"params": params}, input_ids, attention_mask)
+
+
+_embed_jit = jax.jit(embed, static_argnums=0)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _st_modules(folder: str) -> list[dict]:
+    path = os.path.join(folder, "modules.json")
+    if os.path.exists(path):
+        return _read_json(path)
+    # A bare transformers folder: treat it as Transformer + mean pooling, no normalisation.
+    return [{"type": "sentence_transformers.models.Transformer", "path": ""}]
+
+
+def load_embedder_config_and_params(
+    folder: str | os.PathLike, head: str = "auto"
+) -> tuple[EmbedderConfig, dict]:
+    """Reads a sentence-transformers (or bare transformers) folder into (EmbedderConfig, params).
+
+    head: "auto" follows modules.json; "none" keeps only backbone + mean pooling (vec2text's GTR);
+    "normalize" forces L2 normalisation without any Dense layer.
+    """
+    folder = os.fspath(folder)
+    modules = _st_modules(folder)
+    pooling, dense, normalize = "mean", None, False
+    backbone_dir = folder
+    for m in modules:
+        kind = m.get("type", "").rsplit(".", 1)[-1]
+        sub = os.path.join(folder, m.get("path", ""))
+        if kind == "Transformer":
+            backbone_dir = sub
+        elif kind == "Pooling":
+            pc = _read_json(os.path.join(sub, "config.json"))
+            if pc.get("pooling_mode_cls_token"):
+                pooling = "cls"
+            elif pc.get("pooling_mode_mean_tokens", True):
+                pooling = "mean"
+            else:
+                raise ValueError(f"{folder}: only mean or CLS pooling is supported, got {pc}")
+        elif kind == "Dense":
+            dc = _read_json(os.path.join(sub, "config.json"))
+            act = dc.get("activation_function", "torch.nn.modules.linear.Identity").rsplit(".", 1)[-1].lower()
+            if act not in ("identity", "tanh"):
+                raise ValueError(f"{folder}: Dense activation {act!r} is not supported")
+            dense = (sub, DenseHead(dc["in_features"], dc["out_features"], dc.get("bias", True), act))
+        elif kind == "Normalize":
+            normalize = True
+        else:
+            raise ValueError(f"{folder}: sentence-transformers module {kind!r} is not supported")
+    if head == "none":
+        dense, normalize = None, False
+    elif head == "normalize":
+        dense, normalize = None, True
+    elif head != "auto":
+        raise ValueError(f"head must be 'auto', 'none' or 'normalize', got {head!r}")
+
+    hf = _read_json(os.path.join(backbone_dir, "config.json"))
+    model_type = hf.get("model_type")
+    if model_type not in ("bert", "t5"):
+        raise ValueError(f"{backbone_dir}: embedder backbone {model_type!r} is not supported (bert or t5)")
+    sd = t5_lib.read_hf_state_dict(backbone_dir)
+    if model_type == "bert":
+        backbone = BertConfig.from_hf_dict(hf)
+        backbone_params = bert_params_from_hf_state_dict(sd, backbone)
+    else:
+        backbone = t5_lib.T5Config.from_hf_dict(hf)
+        backbone_params = t5_lib.params_from_hf_state_dict(sd, backbone, encoder_only=True)
+
+    params: dict[str, Any] = {"backbone": backbone_params}
+    dense_head = None
+    if dense is not None:
+        dense_dir, dense_head = dense
+        dsd = t5_lib.read_hf_state_dict(dense_dir) if _has_weights(dense_dir) else {}
+        if not dsd:
+            raise FileNotFoundError(f"{dense_dir}: Dense layer weights not found")
+        params["dense"] = {"kernel": np.asarray(dsd["linear.weight"], np.float32).T}
+        if dense_head.bias:
+            params["dense"]["bias"] = np.asarray(dsd["linear.bias"], np.float32)
+    return EmbedderConfig(backbone, pooling, dense_head, normalize), params
+
+
+def _has_weights(folder: str) -> bool:
+    return any(os.path.exists(os.path.join(folder, f)) for f in ("model.safetensors", "pytorch_model.bin"))
+
+
+def load_tokenizer(folder: str | os.PathLike):
+    """A `tokenizers.Tokenizer` with padding and truncation switched off (we set our own)."""
+    import tokenizers
+
+    folder = os.fspath(folder)
+    path = os.path.join(folder, "tokenizer.json")
+    if os.path.exists(path):
+        tok = tokenizers.Tokenizer.from_file(path)
+    else:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(folder).backend_tokenizer
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
+def _bucket_length(n: int, max_length: int, multiple: int = 8) -> int:
+    return min(max_length, max(multiple, -(-n // multiple) * multiple))
+
+
+@dataclasses.dataclass
+class Embedder:
+    """A loaded sentence embedder: config + params + tokenizer."""
+
+    name: str
+    config: EmbedderConfig
+    params: PyTree
+    tokenizer: Any
+    pad_token_id: int = 0
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    def embed_ids(self, input_ids: Array, attention_mask: Array) -> Array:
+        return _embed_jit(self.config, self.params, input_ids, attention_mask)
+
+    def tokenize(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
+        """Token ids per text, truncated to `max_length` tokens including special tokens."""
+        if max_length < 2:
+            raise ValueError(f"max_length must be at least 2, got {max_length}")
+        if self.config.max_positions is not None and max_length > self.config.max_positions:
+            raise ValueError(f"max_length {max_length} exceeds the embedder's {self.config.max_positions} positions")
+        self.tokenizer.enable_truncation(max_length)
+        try:
+            return [enc.ids for enc in self.tokenizer.encode_batch(list(texts))]
+        finally:
+            self.tokenizer.no_truncation()
+
+    def pad(self, ids: Sequence[Sequence[int]], length: int) -> tuple[np.ndarray, np.ndarray]:
+        out = np.full((len(ids), length), self.pad_token_id, np.int32)
+        mask = np.zeros((len(ids), length), np.int32)
+        for i, row in enumerate(ids):
+            out[i, : len(row)] = row
+            mask[i, : len(row)] = 1
+        return out, mask
+
+    def embed_texts(
+        self,
+        texts: Sequence[str],
+        max_length: int = 32,
+        batch_size: int = 128,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Embeds texts -> float32 [n, dim].
+
+        Texts are sorted by token length and each batch is padded to a multiple of 8 tokens, so
+        short texts cost less; a batch is always padded to `batch_size` rows, so each padded
+        length compiles once.
+        """
+        ids = self.tokenize(texts, max_length)
+        n = len(ids)
+        out = np.zeros((n, self.dim), np.float32)
+        if n == 0:
+            return out
+        order = np.argsort([len(r) for r in ids], kind="stable")
+        bs = min(batch_size, n)
+        starts = range(0, n, bs)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, total=-(-n // bs), unit="batch", desc="embed", dynamic_ncols=True)
+        for s in starts:
+            idx = order[s : s + bs]
+            rows = [ids[i] for i in idx]
+            length = _bucket_length(max(len(r) for r in rows), max_length)
+            rows = rows + [[]] * (bs - len(rows))
+            tok, mask = self.pad(rows, length)
+            mask[len(idx) :, 0] = 1  # keep filler rows finite
+            vec = np.asarray(self.embed_ids(tok, mask))
+            out[idx] = vec[: len(idx)]
+        return out
+
+
+def load_embedder(name_or_path: str | os.PathLike, cache_dir: str | None = None, head: str = "auto") -> Embedder:
+    """Loads an embedder by packaged name, local folder or hub id (see `v2t_jax.assets`)."""
+    from v2t_jax import assets
+
+    folder = assets.resolve_embedder(name_or_path, cache_dir=cache_dir)
+    config, params = load_embedder_config_and_params(folder, head=head)
+    tok = load_tokenizer(_tokenizer_folder(folder))
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+    pad_id = config.backbone.pad_token_id
+    return Embedder(str(name_or_path), config, params, tok, pad_id)
+
+
+def _tokenizer_folder(folder: str) -> str:
+    for m in _st_modules(os.fspath(folder)):
+        if m.get("type", "").endswith("Transformer"):
+            sub = os.path.join(folder, m.get("path", ""))
+            if os.path.exists(os.path.join(sub, "tokenizer.json")) or os.path.exists(os.path.join(sub, "tokenizer_config.json")):
+                return sub
+    return os.fspath(folder)

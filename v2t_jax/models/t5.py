@@ -1,0 +1,787 @@
+"""T5 encoder-decoder in Flax (linen), matching Hugging Face's PyTorch T5 numerically.
+
+Both families are covered by one config:
+  * original T5: ReLU feed-forward, LM head tied to the shared embedding, decoder output
+    rescaled by d_model**-0.5 before the head;
+  * T5 v1.1: gated-GELU (tanh approximation) feed-forward, separate LM head, no rescale.
+
+The encoder takes token ids *or* input embeddings (the inverter feeds projected vectors).
+The decoder runs either on a whole sequence (teacher forcing) or incrementally with an
+explicit KV cache (`DecoderCache`), so that decoding is a pure function
+`tokens_to_logits(ids, cache) -> (logits, cache)`.
+
+Every parameter carries logical axis names ('vocab', 'embed', 'heads', 'kv', 'mlp',
+'relpos_buckets', 'layers' is not used: layers are unrolled); `v2t_jax.sharding` maps them
+to mesh axes.
+
+Shapes use suffixes: b batch, l/q query length, k key length, h heads, d head dim,
+e d_model, f d_ff, v vocab.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+Array = jax.Array
+PyTree = Any
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+    """Hyperparameters of a T5 encoder-decoder; hashable so it can be a static jit argument."""
+
+    vocab_size: int = 32128
+    d_model: int = 512
+    d_kv: int = 64
+    d_ff: int = 2048
+    num_layers: int = 6
+    num_decoder_layers: int | None = None  # defaults to num_layers
+    num_heads: int = 8
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    dropout_rate: float = 0.1
+    layer_norm_epsilon: float = 1e-6
+    # "relu" (original T5) or "gated-gelu" (v1.1); also "gelu", "gated-relu", "gated-silu".
+    feed_forward_proj: str = "relu"
+    # LM head shares the embedding matrix (original T5) or has its own weights (v1.1).
+    tie_word_embeddings: bool = True
+    # Multiply decoder outputs by d_model**-0.5 before the LM head; defaults to tie_word_embeddings.
+    scale_decoder_outputs: bool | None = None
+    pad_token_id: int = 0
+    eos_token_id: int = 1
+    decoder_start_token_id: int = 0
+    dtype: str = "float32"  # computation dtype
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.num_decoder_layers is None:
+            object.__setattr__(self, "num_decoder_layers", self.num_layers)
+        if self.scale_decoder_outputs is None:
+            object.__setattr__(self, "scale_decoder_outputs", self.tie_word_embeddings)
+        act = self.feed_forward_proj.split("-")
+        if len(act) > 2 or (len(act) == 2 and act[0] != "gated") or act[-1] not in _ACTIVATIONS:
+            raise ValueError(
+                f"feed_forward_proj={self.feed_forward_proj!r} is not supported; use one of "
+                "'relu', 'gelu', 'gated-gelu', 'gated-relu', 'gated-silu'"
+            )
+        for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"T5Config.{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def is_gated(self) -> bool:
+        return self.feed_forward_proj.startswith("gated-")
+
+    @property
+    def activation(self) -> Callable[[Array], Array]:
+        return _ACTIVATIONS[self.feed_forward_proj.split("-")[-1]]
+
+    def replace(self, **kwargs) -> "T5Config":
+        return dataclasses.replace(self, **kwargs)
+
+    @classmethod
+    def from_hf_dict(cls, d: dict, **overrides) -> "T5Config":
+        """Builds a config from a Hugging Face `config.json` dict (transformers 4.x or 5.x)."""
+        tie = d.get("tie_word_embeddings", True)
+        # transformers 5 stores tie_word_embeddings=True always and records the rescale apart.
+        scale = d.get("scale_decoder_outputs", tie is not False)
+        kwargs = dict(
+            vocab_size=d["vocab_size"],
+            d_model=d["d_model"],
+            d_kv=d["d_kv"],
+            d_ff=d["d_ff"],
+            num_layers=d["num_layers"],
+            num_decoder_layers=d.get("num_decoder_layers"),
+            num_heads=d["num_heads"],
+            relative_attention_num_buckets=d.get("relative_attention_num_buckets", 32),
+            relative_attention_max_distance=d.get("relative_attention_max_distance", 128),
+            dropout_rate=d.get("dropout_rate", 0.1),
+            layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-6),
+            feed_forward_proj=d.get("feed_forward_proj", "relu"),
+            tie_word_embeddings=tie is not False,
+            scale_decoder_outputs=bool(scale),
+            pad_token_id=d.get("pad_token_id", 0) or 0,
+            eos_token_id=_first(d.get("eos_token_id", 1)),
+            decoder_start_token_id=d.get("decoder_start_token_id", 0) or 0,
+        )
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def to_hf_dict(self) -> dict:
+        """The `config.json` fields transformers needs to rebuild this model."""
+        return dict(
+            architectures=["T5ForConditionalGeneration"],
+            model_type="t5",
+            vocab_size=self.vocab_size,
+            d_model=self.d_model,
+            d_kv=self.d_kv,
+            d_ff=self.d_ff,
+            num_layers=self.num_layers,
+            num_decoder_layers=self.num_decoder_layers,
+            num_heads=self.num_heads,
+            relative_attention_num_buckets=self.relative_attention_num_buckets,
+            relative_attention_max_distance=self.relative_attention_max_distance,
+            dropout_rate=self.dropout_rate,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+            feed_forward_proj=self.feed_forward_proj,
+            tie_word_embeddings=self.tie_word_embeddings,
+            scale_decoder_outputs=self.scale_decoder_outputs,
+            pad_token_id=self.pad_token_id,
+            eos_token_id=self.eos_token_id,
+            decoder_start_token_id=self.decoder_start_token_id,
+            is_encoder_decoder=True,
+        )
+
+
+def _first(x):
+    return x[0] if isinstance(x, (list, tuple)) else x
+
+
+_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "relu": jax.nn.relu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "silu": jax.nn.silu,
+}
+# "gated-gelu" means the tanh approximation (transformers' "gelu_new"); an ungated "gelu" is exact.
+_ACTIVATIONS_GATED = {"gelu": _ACTIVATIONS["gelu_new"]}
+
+# Named shapes. `variant` picks the family: "v1.1" (gated-GELU, untied head) or "t5" (ReLU, tied).
+_SIZES = {
+    "tiny": dict(d_model=256, d_kv=64, d_ff=1024, num_layers=4, num_heads=4),
+    "small": dict(d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8),
+    "base": dict(d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12),
+}
+_VARIANTS = {
+    "v1.1": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+    "t5": dict(feed_forward_proj="relu", tie_word_embeddings=True),
+}
+
+
+def t5_config(size: str = "tiny", variant: str = "v1.1", **overrides) -> T5Config:
+    """A named T5 shape ('tiny', 'small', 'base') in a family ('v1.1' or 't5'), with overrides."""
+    if size not in _SIZES:
+        raise ValueError(f"unknown T5 size {size!r}; choose one of {sorted(_SIZES)} or pass a T5Config")
+    if variant not in _VARIANTS:
+        raise ValueError(f"unknown T5 variant {variant!r}; choose one of {sorted(_VARIANTS)}")
+    return T5Config(**{**_SIZES[size], **_VARIANTS[variant], **overrides})
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def _param(module: nn.Module, name: str, init, shape, axes, dtype):
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+def _normal(std: float):
+    return nn.initializers.normal(stddev=std)
+
+
+class RMSNorm(nn.Module):
+    """T5's layer norm: scale only, no mean subtraction, statistics in float32."""
+
+    config: T5Config
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        scale = _param(self, "scale", nn.initializers.ones, (cfg.d_model,), ("embed",), cfg.param_dtype)
+        x32 = x.astype(jnp.float32)
+        var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+        y = x32 * jax.lax.rsqrt(var + cfg.layer_norm_epsilon)
+        return (jnp.asarray(scale, jnp.float32) * y).astype(cfg.dtype)
+
+
+def relative_position_bucket(rel_pos: Array, bidirectional: bool, num_buckets: int, max_distance: int) -> Array:
+    """Maps key_pos - query_pos to a bucket id, exactly as Mesh TensorFlow / HF T5 do."""
+    buckets = jnp.zeros_like(rel_pos)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + (rel_pos > 0).astype(rel_pos.dtype) * num_buckets
+        n = jnp.abs(rel_pos)
+    else:
+        n = -jnp.minimum(rel_pos, 0)
+    max_exact = num_buckets // 2
+    is_small = n < max_exact
+    # float32 arithmetic in the same order as the reference so that bucket edges agree.
+    nf = jnp.maximum(n, 1).astype(jnp.float32)
+    large = max_exact + (
+        jnp.log(nf / np.float32(max_exact))
+        / np.float32(math.log(max_distance / max_exact))
+        * np.float32(num_buckets - max_exact)
+    ).astype(rel_pos.dtype)
+    large = jnp.minimum(large, num_buckets - 1)
+    return buckets + jnp.where(is_small, n, large)
+
+
+class RelativePositionBias(nn.Module):
+    """Learned per-head bias over relative-position buckets, shared by all layers of a stack."""
+
+    config: T5Config
+    bidirectional: bool
+
+    @nn.compact
+    def __call__(self, q_pos: Array, k_pos: Array) -> Array:
+        """q_pos [q], k_pos [k] int32 -> bias [1, h, q, k]."""
+        cfg = self.config
+        table = _param(
+            self,
+            "embedding",
+            _normal(cfg.d_model**-0.5),
+            (cfg.relative_attention_num_buckets, cfg.num_heads),
+            ("relpos_buckets", "heads"),
+            cfg.param_dtype,
+        )
+        rel = k_pos[None, :] - q_pos[:, None]  # [q, k]
+        bucket = relative_position_bucket(
+            rel, self.bidirectional, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance
+        )
+        bias_qkh = jnp.take(jnp.asarray(table, jnp.float32), bucket, axis=0)
+        return jnp.transpose(bias_qkh, (2, 0, 1))[None]
+
+
+class Attention(nn.Module):
+    """Multi-head attention without score scaling (T5 folds it into the initialisation)."""
+
+    config: T5Config
+
+    def setup(self):
+        cfg = self.config
+        e, h, d = cfg.d_model, cfg.num_heads, cfg.d_kv
+        pd = cfg.param_dtype
+        self.q = _param(self, "q", _normal((e * d) ** -0.5), (e, h, d), ("embed", "heads", "kv"), pd)
+        self.k = _param(self, "k", _normal(e**-0.5), (e, h, d), ("embed", "heads", "kv"), pd)
+        self.v = _param(self, "v", _normal(e**-0.5), (e, h, d), ("embed", "heads", "kv"), pd)
+        self.o = _param(self, "o", _normal((h * d) ** -0.5), (h, d, e), ("heads", "kv", "embed"), pd)
+        self.dropout = nn.Dropout(cfg.dropout_rate)
+
+    def project_kv(self, x_bke: Array) -> tuple[Array, Array]:
+        dt = self.config.dtype
+        k = jnp.einsum("bke,ehd->bkhd", x_bke.astype(dt), jnp.asarray(self.k, dt))
+        v = jnp.einsum("bke,ehd->bkhd", x_bke.astype(dt), jnp.asarray(self.v, dt))
+        return k, v
+
+    def __call__(
+        self,
+        x_bqe: Array,
+        k_bkhd: Array,
+        v_bkhd: Array,
+        bias_bhqk: Array,
+        deterministic: bool,
+    ) -> Array:
+        """Attends queries from x to precomputed keys/values; bias already holds the mask."""
+        dt = self.config.dtype
+        q = jnp.einsum("bqe,ehd->bqhd", x_bqe.astype(dt), jnp.asarray(self.q, dt))
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k_bkhd).astype(jnp.float32) + bias_bhqk
+        probs = jax.nn.softmax(scores, axis=-1)
+        probs = self.dropout(probs, deterministic=deterministic).astype(dt)
+        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v_bkhd)
+        return jnp.einsum("bqhd,hde->bqe", out, jnp.asarray(self.o, dt))
+
+
+class FeedForward(nn.Module):
+    config: T5Config
+
+    @nn.compact
+    def __call__(self, x_ble: Array, deterministic: bool) -> Array:
+        cfg = self.config
+        e, f, dt, pd = cfg.d_model, cfg.d_ff, cfg.dtype, cfg.param_dtype
+        x = x_ble.astype(dt)
+        act_name = cfg.feed_forward_proj.split("-")[-1]
+        if cfg.is_gated:
+            act = _ACTIVATIONS_GATED.get(act_name, _ACTIVATIONS[act_name])
+            wi_0 = _param(self, "wi_0", _normal(e**-0.5), (e, f), ("embed", "mlp"), pd)
+            wi_1 = _param(self, "wi_1", _normal(e**-0.5), (e, f), ("embed", "mlp"), pd)
+            h = act(x @ jnp.asarray(wi_0, dt)) * (x @ jnp.asarray(wi_1, dt))
+        else:
+            wi = _param(self, "wi", _normal(e**-0.5), (e, f), ("embed", "mlp"), pd)
+            h = _ACTIVATIONS[act_name](x @ jnp.asarray(wi, dt))
+        h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+        h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+        wo = _param(self, "wo", _normal(f**-0.5), (f, e), ("mlp", "embed"), pd)
+        return h @ jnp.asarray(wo, dt)
+
+
+# ----------------------------------------------------------------------------- layers and stacks
+
+
+class EncoderLayer(nn.Module):
+    config: T5Config
+
+    def setup(self):
+        self.attn_norm = RMSNorm(self.config)
+        self.attn = Attention(self.config)
+        self.ffn_norm = RMSNorm(self.config)
+        self.ffn = FeedForward(self.config)
+        self.dropout = nn.Dropout(self.config.dropout_rate)
+
+    def __call__(self, x: Array, bias_bhqk: Array, deterministic: bool) -> Array:
+        h = self.attn_norm(x)
+        k, v = self.attn.project_kv(h)
+        x = x + self.dropout(self.attn(h, k, v, bias_bhqk, deterministic), deterministic=deterministic)
+        x = x + self.dropout(self.ffn(self.ffn_norm(x), deterministic), deterministic=deterministic)
+        return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+class DecoderLayer(nn.Module):
+    config: T5Config
+
+    def setup(self):
+        self.self_attn_norm = RMSNorm(self.config)
+        self.self_attn = Attention(self.config)
+        self.cross_attn_norm = RMSNorm(self.config)
+        self.cross_attn = Attention(self.config)
+        self.ffn_norm = RMSNorm(self.config)
+        self.ffn = FeedForward(self.config)
+        self.dropout = nn.Dropout(self.config.dropout_rate)
+
+    def cross_kv(self, encoder_states: Array) -> tuple[Array, Array]:
+        return self.cross_attn.project_kv(encoder_states)
+
+    def __call__(
+        self,
+        x: Array,
+        self_bias: Array,
+        cross_kv: tuple[Array, Array],
+        cross_bias: Array,
+        deterministic: bool,
+        self_cache: tuple[Array, Array] | None = None,
+        cache_index: Array | None = None,
+    ) -> tuple[Array, tuple[Array, Array] | None]:
+        drop = lambda y: self.dropout(y, deterministic=deterministic)  # noqa: E731
+        h = self.self_attn_norm(x)
+        k, v = self.self_attn.project_kv(h)
+        if self_cache is not None:  # write the new keys/values at cache_index, attend over the whole cache
+            ck, cv = self_cache
+            k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
+            self_cache = (k, v)
+        x = x + drop(self.self_attn(h, k, v, self_bias, deterministic))
+        h = self.cross_attn_norm(x)
+        x = x + drop(self.cross_attn(h, cross_kv[0], cross_kv[1], cross_bias, deterministic))
+        x = x + drop(self.ffn(self.ffn_norm(x), deterministic))
+        return nn.with_logical_constraint(x, ("batch", "length", "embed")), self_cache
+
+
+def _mask_to_bias(mask: Array) -> Array:
+    """bool mask [..., q, k] (True = attend) -> additive float32 bias."""
+    return jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+
+
+class Encoder(nn.Module):
+    config: T5Config
+
+    def setup(self):
+        cfg = self.config
+        self.relpos = RelativePositionBias(cfg, bidirectional=True)
+        self.layers = [EncoderLayer(cfg) for _ in range(cfg.num_layers)]
+        self.final_norm = RMSNorm(cfg)
+        self.dropout = nn.Dropout(cfg.dropout_rate)
+
+    def __call__(self, x_ble: Array, mask_bl: Array, deterministic: bool) -> Array:
+        length = x_ble.shape[1]
+        pos = jnp.arange(length, dtype=jnp.int32)
+        bias = self.relpos(pos, pos) + _mask_to_bias(mask_bl[:, None, None, :].astype(bool))
+        x = self.dropout(x_ble.astype(self.config.dtype), deterministic=deterministic)
+        for layer in self.layers:
+            x = layer(x, bias, deterministic)
+        return self.dropout(self.final_norm(x), deterministic=deterministic)
+
+
+@struct.dataclass
+class DecoderCache:
+    """Incremental-decoding state. Every array leaf is batch-first except `index`."""
+
+    self_k: tuple[Array, ...]  # per layer [b, max_len, h, d]
+    self_v: tuple[Array, ...]  # per layer [b, max_len, h, d]
+    cross_k: tuple[Array, ...]  # per layer [b, enc_len, h, d]
+    cross_v: tuple[Array, ...]  # per layer [b, enc_len, h, d]
+    encoder_mask: Array  # [b, enc_len] bool
+    index: Array  # [] int32, number of decoder positions already written
+
+    @property
+    def max_length(self) -> int:
+        return self.self_k[0].shape[1]
+
+
+class Decoder(nn.Module):
+    config: T5Config
+
+    def setup(self):
+        cfg = self.config
+        self.relpos = RelativePositionBias(cfg, bidirectional=False)
+        self.layers = [DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers)]
+        self.final_norm = RMSNorm(cfg)
+        self.dropout = nn.Dropout(cfg.dropout_rate)
+
+    def cross_kv(self, encoder_states: Array) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
+        kvs = [layer.cross_kv(encoder_states) for layer in self.layers]
+        return tuple(k for k, _ in kvs), tuple(v for _, v in kvs)
+
+    def __call__(
+        self,
+        x_ble: Array,
+        encoder_states: Array,
+        encoder_mask: Array,
+        decoder_mask: Array | None,
+        deterministic: bool,
+    ) -> Array:
+        """Full-sequence (teacher-forced) pass: causal self-attention, cross-attention."""
+        length = x_ble.shape[1]
+        pos = jnp.arange(length, dtype=jnp.int32)
+        allowed = (pos[None, :] <= pos[:, None])[None, None]  # [1, 1, q, k]
+        if decoder_mask is not None:
+            allowed = allowed & decoder_mask[:, None, None, :].astype(bool)
+        self_bias = self.relpos(pos, pos) + _mask_to_bias(allowed)
+        cross_bias = _mask_to_bias(encoder_mask[:, None, None, :].astype(bool))
+        ck, cv = self.cross_kv(encoder_states)
+        x = self.dropout(x_ble.astype(self.config.dtype), deterministic=deterministic)
+        for i, layer in enumerate(self.layers):
+            x, _ = layer(x, self_bias, (ck[i], cv[i]), cross_bias, deterministic)
+        return self.dropout(self.final_norm(x), deterministic=deterministic)
+
+    def step(self, x_ble: Array, cache: DecoderCache) -> tuple[Array, DecoderCache]:
+        """Incremental pass over `l` new positions starting at cache.index (deterministic)."""
+        length = x_ble.shape[1]
+        q_pos = cache.index + jnp.arange(length, dtype=jnp.int32)
+        k_pos = jnp.arange(cache.max_length, dtype=jnp.int32)
+        allowed = (k_pos[None, :] <= q_pos[:, None])[None, None]
+        self_bias = self.relpos(q_pos, k_pos) + _mask_to_bias(allowed)
+        cross_bias = _mask_to_bias(cache.encoder_mask[:, None, None, :])
+        x = x_ble.astype(self.config.dtype)
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.layers):
+            x, (k, v) = layer(
+                x,
+                self_bias,
+                (cache.cross_k[i], cache.cross_v[i]),
+                cross_bias,
+                True,
+                self_cache=(cache.self_k[i], cache.self_v[i]),
+                cache_index=cache.index,
+            )
+            new_k.append(k)
+            new_v.append(v)
+        cache = cache.replace(self_k=tuple(new_k), self_v=tuple(new_v), index=cache.index + length)
+        return self.final_norm(x), cache
+
+
+# ----------------------------------------------------------------------------- models
+
+
+class T5(nn.Module):
+    """T5 encoder-decoder with an LM head. Params: shared, encoder, decoder, [lm_head]."""
+
+    config: T5Config
+
+    def setup(self):
+        cfg = self.config
+        self.shared = self.param(
+            "shared",
+            nn.with_logical_partitioning(_normal(1.0), ("vocab", "embed")),
+            (cfg.vocab_size, cfg.d_model),
+            cfg.param_dtype,
+        )
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = self.param(
+                "lm_head",
+                nn.with_logical_partitioning(_normal(1.0), ("embed", "vocab")),
+                (cfg.d_model, cfg.vocab_size),
+                cfg.param_dtype,
+            )
+
+    def embed(self, ids: Array) -> Array:
+        return jnp.take(jnp.asarray(self.shared, self.config.dtype), ids, axis=0)
+
+    def encode(
+        self,
+        input_ids: Array | None = None,
+        attention_mask: Array | None = None,
+        inputs_embeds: Array | None = None,
+        deterministic: bool = True,
+    ) -> Array:
+        """Token ids [b, l] or embeddings [b, l, e] -> encoder states [b, l, e]."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
+        if attention_mask is None:
+            attention_mask = jnp.ones(x.shape[:2], dtype=bool)
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        return self.encoder(x, attention_mask, deterministic)
+
+    def logits(self, h_ble: Array) -> Array:
+        cfg = self.config
+        if cfg.scale_decoder_outputs:
+            h_ble = h_ble * (cfg.d_model**-0.5)
+        if cfg.tie_word_embeddings:
+            w = jnp.asarray(self.shared, cfg.dtype).T
+        else:
+            w = jnp.asarray(self.lm_head, cfg.dtype)
+        out = jnp.einsum("ble,ev->blv", h_ble.astype(cfg.dtype), w)
+        return nn.with_logical_constraint(out.astype(jnp.float32), ("batch", "length", "vocab"))
+
+    def decode(
+        self,
+        decoder_input_ids: Array,
+        encoder_states: Array,
+        encoder_mask: Array,
+        decoder_mask: Array | None = None,
+        deterministic: bool = True,
+    ) -> Array:
+        """Teacher-forced decoder pass -> logits [b, l, v] (float32)."""
+        h = self.decoder(self.embed(decoder_input_ids), encoder_states, encoder_mask, decoder_mask, deterministic)
+        return self.logits(h)
+
+    def __call__(
+        self,
+        input_ids: Array | None = None,
+        attention_mask: Array | None = None,
+        decoder_input_ids: Array | None = None,
+        decoder_attention_mask: Array | None = None,
+        inputs_embeds: Array | None = None,
+        deterministic: bool = True,
+    ) -> Array:
+        enc = self.encode(input_ids, attention_mask, inputs_embeds, deterministic)
+        if attention_mask is None:
+            attention_mask = jnp.ones(enc.shape[:2], dtype=bool)
+        return self.decode(decoder_input_ids, enc, attention_mask, decoder_attention_mask, deterministic)
+
+    def init_cache(self, encoder_states: Array, encoder_mask: Array, max_length: int) -> DecoderCache:
+        """Empty self-attention cache of `max_length` positions plus precomputed cross-attention K/V."""
+        cfg = self.config
+        b = encoder_states.shape[0]
+        ck, cv = self.decoder.cross_kv(encoder_states)
+        zeros = jnp.zeros((b, max_length, cfg.num_heads, cfg.d_kv), cfg.dtype)
+        n = cfg.num_decoder_layers
+        return DecoderCache(
+            self_k=(zeros,) * n,
+            self_v=(zeros,) * n,
+            cross_k=ck,
+            cross_v=cv,
+            encoder_mask=encoder_mask.astype(bool),
+            index=jnp.zeros((), jnp.int32),
+        )
+
+    def decode_step(self, decoder_input_ids: Array, cache: DecoderCache) -> tuple[Array, DecoderCache]:
+        """ids [b, l] written at cache.index -> (logits [b, l, v], updated cache)."""
+        h, cache = self.decoder.step(self.embed(decoder_input_ids), cache)
+        return self.logits(h), cache
+
+
+class T5EncoderModel(nn.Module):
+    """Encoder-only T5 (GTR-style embedders). Params: shared, encoder — same names as in `T5`."""
+
+    config: T5Config
+
+    def setup(self):
+        cfg = self.config
+        self.shared = self.param(
+            "shared",
+            nn.with_logical_partitioning(_normal(1.0), ("vocab", "embed")),
+            (cfg.vocab_size, cfg.d_model),
+            cfg.param_dtype,
+        )
+        self.encoder = Encoder(cfg)
+
+    def __call__(self, input_ids: Array, attention_mask: Array, deterministic: bool = True) -> Array:
+        x = jnp.take(jnp.asarray(self.shared, self.config.dtype), input_ids, axis=0)
+        return self.encoder(x, attention_mask, deterministic)
+
+
+def shift_right(labels: Array, decoder_start_token_id: int, pad_token_id: int = 0) -> Array:
+    """Teacher-forcing decoder inputs: [start, y_0, ..., y_{n-2}]; -100 labels become pad."""
+    start = jnp.full(labels.shape[:-1] + (1,), decoder_start_token_id, labels.dtype)
+    shifted = jnp.concatenate([start, labels[..., :-1]], axis=-1)
+    return jnp.where(shifted == -100, pad_token_id, shifted)
+
+
+# ----------------------------------------------------------------------------- initialisation
+
+
+def init_params(model: nn.Module, rng: Array, enc_len: int = 8, dec_len: int = 4) -> PyTree:
+    """Jitted init of a `T5` or `T5EncoderModel`; returns unboxed params."""
+    ids = jnp.zeros((1, enc_len), jnp.int32)
+    mask = jnp.ones((1, enc_len), bool)
+
+    def _init(rng):
+        if isinstance(model, T5):
+            variables = model.init(rng, ids, mask, jnp.zeros((1, dec_len), jnp.int32))
+        else:
+            variables = model.init(rng, ids, mask)
+        return nn.unbox(variables["params"])
+
+    return jax.jit(_init)(rng)
+
+
+def logical_axes(model: nn.Module, enc_len: int = 8, dec_len: int = 4) -> PyTree:
+    """Logical axis names of every parameter (a PartitionSpec per leaf), from an abstract init."""
+    ids = jnp.zeros((1, enc_len), jnp.int32)
+    mask = jnp.ones((1, enc_len), bool)
+    if isinstance(model, T5):
+        fn = lambda r: model.init(r, ids, mask, jnp.zeros((1, dec_len), jnp.int32))  # noqa: E731
+    else:
+        fn = lambda r: model.init(r, ids, mask)  # noqa: E731
+    abstract = jax.eval_shape(fn, jax.random.PRNGKey(0))
+    return nn.get_partition_spec(abstract)["params"]
+
+
+# ----------------------------------------------------------------------------- Hugging Face import
+
+
+def read_hf_state_dict(folder: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Reads `model.safetensors` (or sharded safetensors, or `pytorch_model.bin` with weights_only)."""
+    folder = os.fspath(folder)
+    st_path = os.path.join(folder, "model.safetensors")
+    index_path = os.path.join(folder, "model.safetensors.index.json")
+    bin_path = os.path.join(folder, "pytorch_model.bin")
+    if os.path.exists(st_path) or os.path.exists(index_path):
+        from safetensors.numpy import load_file
+
+        if os.path.exists(st_path):
+            files = [st_path]
+        else:
+            with open(index_path) as f:
+                files = sorted({os.path.join(folder, v) for v in json.load(f)["weight_map"].values()})
+        out: dict[str, np.ndarray] = {}
+        for path in files:
+            try:
+                out.update(load_file(path))
+            except Exception as e:  # bf16 safetensors cannot be read into numpy directly
+                out.update(_load_safetensors_via_torch(path, e))
+        return out
+    if os.path.exists(bin_path):
+        try:
+            import torch
+        except ImportError as e:
+            raise RuntimeError(
+                f"{bin_path} is a PyTorch pickle; reading it needs torch (pip install torch), "
+                "or convert the checkpoint to model.safetensors"
+            ) from e
+        sd = torch.load(bin_path, map_location="cpu", weights_only=True)
+        return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+    raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {folder}")
+
+
+def _load_safetensors_via_torch(path: str, original: Exception) -> dict[str, np.ndarray]:
+    try:
+        import torch  # noqa: F401
+        from safetensors.torch import load_file
+
+        tensors = load_file(path)
+    except Exception:
+        raise ValueError(f"cannot read {path}: {original}") from original
+    return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in tensors.items()}
+
+
+def _attn_from_hf(sd, prefix, cfg: T5Config) -> dict:
+    e, h, d = cfg.d_model, cfg.num_heads, cfg.d_kv
+    # torch Linear weight is [out, in]; ours is [in, heads, head_dim] / [heads, head_dim, out]
+    return {
+        "q": sd[prefix + "q.weight"].T.reshape(e, h, d),
+        "k": sd[prefix + "k.weight"].T.reshape(e, h, d),
+        "v": sd[prefix + "v.weight"].T.reshape(e, h, d),
+        "o": sd[prefix + "o.weight"].T.reshape(h, d, e),
+    }
+
+
+def _ffn_from_hf(sd, prefix, cfg: T5Config) -> dict:
+    if cfg.is_gated:
+        return {
+            "wi_0": sd[prefix + "wi_0.weight"].T,
+            "wi_1": sd[prefix + "wi_1.weight"].T,
+            "wo": sd[prefix + "wo.weight"].T,
+        }
+    return {"wi": sd[prefix + "wi.weight"].T, "wo": sd[prefix + "wo.weight"].T}
+
+
+def encoder_params_from_hf(sd: dict[str, np.ndarray], cfg: T5Config, prefix: str = "encoder.") -> dict:
+    p: dict[str, Any] = {
+        "relpos": {"embedding": sd[prefix + "block.0.layer.0.SelfAttention.relative_attention_bias.weight"]},
+        "final_norm": {"scale": sd[prefix + "final_layer_norm.weight"]},
+    }
+    for i in range(cfg.num_layers):
+        b = f"{prefix}block.{i}."
+        p[f"layers_{i}"] = {
+            "attn_norm": {"scale": sd[b + "layer.0.layer_norm.weight"]},
+            "attn": _attn_from_hf(sd, b + "layer.0.SelfAttention.", cfg),
+            "ffn_norm": {"scale": sd[b + "layer.1.layer_norm.weight"]},
+            "ffn": _ffn_from_hf(sd, b + "layer.1.DenseReluDense.", cfg),
+        }
+    return p
+
+
+def decoder_params_from_hf(sd: dict[str, np.ndarray], cfg: T5Config, prefix: str = "decoder.") -> dict:
+    p: dict[str, Any] = {
+        "relpos": {"embedding": sd[prefix + "block.0.layer.0.SelfAttention.relative_attention_bias.weight"]},
+        "final_norm": {"scale": sd[prefix + "final_layer_norm.weight"]},
+    }
+    for i in range(cfg.num_decoder_layers):
+        b = f"{prefix}block.{i}."
+        p[f"layers_{i}"] = {
+            "self_attn_norm": {"scale": sd[b + "layer.0.layer_norm.weight"]},
+            "self_attn": _attn_from_hf(sd, b + "layer.0.SelfAttention.", cfg),
+            "cross_attn_norm": {"scale": sd[b + "layer.1.layer_norm.weight"]},
+            "cross_attn": _attn_from_hf(sd, b + "layer.1.EncDecAttention.", cfg),
+            "ffn_norm": {"scale": sd[b + "layer.2.layer_norm.weight"]},
+            "ffn": _ffn_from_hf(sd, b + "layer.2.DenseReluDense.", cfg),
+        }
+    return p
+
+
+def _shared_from_hf(sd: dict[str, np.ndarray]) -> np.ndarray:
+    for key in ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
+        if key in sd:
+            return sd[key]
+    raise KeyError("checkpoint has no shared.weight (token embedding)")
+
+
+def params_from_hf_state_dict(sd: dict[str, np.ndarray], cfg: T5Config, encoder_only: bool = False) -> dict:
+    """Maps a transformers T5 state dict (numpy) onto our parameter tree (float32 numpy)."""
+    sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
+    params: dict[str, Any] = {"shared": _shared_from_hf(sd), "encoder": encoder_params_from_hf(sd, cfg)}
+    if not encoder_only:
+        params["decoder"] = decoder_params_from_hf(sd, cfg)
+        if not cfg.tie_word_embeddings:
+            params["lm_head"] = (sd["lm_head.weight"] if "lm_head.weight" in sd else params["shared"]).T
+    return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
+
+
+def load_hf_t5(
+    folder: str | os.PathLike, encoder_only: bool = False, **config_overrides
+) -> tuple[T5Config, dict]:
+    """Loads a Hugging Face T5 checkpoint folder into (config, Flax params).
+
+    The LM head is untied when the checkpoint carries its own `lm_head.weight` that differs
+    from the embedding (v1.1 checkpoints), whatever transformers wrote for tie_word_embeddings.
+    """
+    folder = os.fspath(folder)
+    cfg_path = os.path.join(folder, "config.json")
+    if not os.path.exists(cfg_path):
+        raise FileNotFoundError(f"{folder} is not a T5 checkpoint folder: no config.json")
+    with open(cfg_path) as f:
+        hf = json.load(f)
+    if hf.get("model_type", "t5") not in ("t5", "mt5", "umt5"):
+        raise ValueError(f"{folder} holds a {hf.get('model_type')!r} model, not T5")
+    sd = read_hf_state_dict(folder)
+    sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
+    cfg = T5Config.from_hf_dict(hf, **config_overrides)
+    if not encoder_only and "lm_head.weight" in sd:
+        untied = not np.array_equal(sd["lm_head.weight"], _shared_from_hf(sd))
+        if untied != (not cfg.tie_word_embeddings):
+            cfg = cfg.replace(tie_word_embeddings=not untied)
+    return cfg, params_from_hf_state_dict(sd, cfg, encoder_only=encoder_only)
