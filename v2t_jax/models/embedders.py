@@ -95,6 +95,21 @@ class _Dense(nn.Module):
         return y
 
 
+class _DenseParams(nn.Module):
+    """The kernel and bias of a dense layer, returned unapplied (for fusing several into one product)."""
+
+    features: int
+    axes: tuple[str, str]
+
+    @nn.compact
+    def __call__(self, in_features: int) -> dict:
+        kernel = self.param(
+            "kernel", nn.with_logical_partitioning(nn.initializers.normal(0.02), self.axes), (in_features, self.features)
+        )
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:]), (self.features,))
+        return {"kernel": kernel, "bias": bias}
+
+
 class _LayerNorm(nn.Module):
     eps: float
 
@@ -110,22 +125,31 @@ class _LayerNorm(nn.Module):
 
 
 class BertLayer(nn.Module):
+    """Post-LN BERT layer. Dense layers run on token-major [b*l, e] matrices and Q, K, V share one
+    matrix product; attention runs in [b, h, l, d] layout (both measurably faster on XLA:CPU)."""
+
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x_ble: Array, bias_b11k: Array) -> Array:
+    def __call__(self, x_ne: Array, bias_b11k: Array) -> Array:
         cfg = self.config
         e, h = cfg.hidden_size, cfg.num_attention_heads
         d = e // h
         dt = cfg.dtype
-        b, length = x_ble.shape[:2]
-        qkv = lambda name: _Dense(e, ("embed", "joined_kv"), dt, name=name)(x_ble).reshape(b, length, h, d)  # noqa: E731
-        q, k, v = qkv("query"), qkv("key"), qkv("value")
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.float32(np.sqrt(d)) + bias_b11k
+        b, length = bias_b11k.shape[0], bias_b11k.shape[-1]
+        kernels, biases = [], []
+        for name in ("query", "key", "value"):
+            p = _DenseParams(e, ("embed", "joined_kv"), name=name)(e)
+            kernels.append(p["kernel"])
+            biases.append(p["bias"])
+        qkv = x_ne.astype(dt) @ jnp.concatenate(kernels, 1).astype(dt) + jnp.concatenate(biases).astype(dt)
+        qkv = qkv.reshape(b, length, 3, h, d).transpose(2, 0, 3, 1, 4)  # [3, b, h, l, d]
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        scores = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) / np.float32(np.sqrt(d)) + bias_b11k
         probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-        ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, length, e)
+        ctx = jnp.einsum("bhqk,bhkd->bhqd", probs, v).transpose(0, 2, 1, 3).reshape(b * length, e)
         attn = _Dense(e, ("joined_kv", "embed"), dt, name="attn_out")(ctx)
-        x = _LayerNorm(cfg.layer_norm_eps, name="attn_norm")(attn + x_ble)
+        x = _LayerNorm(cfg.layer_norm_eps, name="attn_norm")(attn + x_ne)
         hdn = _BERT_ACTIVATIONS[cfg.hidden_act](_Dense(cfg.intermediate_size, ("embed", "mlp"), dt, name="ffn_in")(x))
         out = _Dense(e, ("mlp", "embed"), dt, name="ffn_out")(hdn)
         return _LayerNorm(cfg.layer_norm_eps, name="ffn_norm")(out + x)
@@ -156,9 +180,10 @@ class Bert(nn.Module):
         x = jnp.take(word, input_ids, axis=0) + position[None, :length] + token_type[0][None, None]
         x = _LayerNorm(cfg.layer_norm_eps, name="embeddings_norm")(x).astype(cfg.dtype)
         bias = jnp.where(attention_mask[:, None, None, :].astype(bool), 0.0, jnp.finfo(jnp.float32).min)
+        x = x.reshape(-1, cfg.hidden_size)  # token-major [b*l, e] through the layers
         for i in range(cfg.num_hidden_layers):
             x = BertLayer(cfg, name=f"layers_{i}")(x, bias)
-        return x
+        return x.reshape(input_ids.shape + (cfg.hidden_size,))
 
 
 def bert_params_from_hf_state_dict(sd: dict[str, np.ndarray], cfg: BertConfig) -> dict:
@@ -435,6 +460,7 @@ class Embedder:
             from tqdm.auto import tqdm
 
             starts = tqdm(starts, total=-(-n // bs), unit="batch", desc="embed", dynamic_ncols=True)
+        pending: list[tuple[np.ndarray, Array]] = []
         for s in starts:
             idx = order[s : s + bs]
             rows = [ids[i] for i in idx]
@@ -442,8 +468,13 @@ class Embedder:
             rows = rows + [[]] * (bs - len(rows))
             tok, mask = self.pad(rows, length)
             mask[len(idx) :, 0] = 1  # keep filler rows finite
-            vec = np.asarray(self.embed_ids(tok, mask))
-            out[idx] = vec[: len(idx)]
+            # Dispatch is asynchronous: the next batch is padded while this one runs.
+            pending.append((idx, self.embed_ids(tok, mask)))
+            if len(pending) > 2:
+                done_idx, vec = pending.pop(0)
+                out[done_idx] = np.asarray(vec)[: len(done_idx)]
+        for done_idx, vec in pending:
+            out[done_idx] = np.asarray(vec)[: len(done_idx)]
         return out
 
 
