@@ -63,9 +63,12 @@ def main(argv=None) -> int:
     p.add_argument("--torch-threads", type=int, default=2)
     p.add_argument("--torch-device", default="cpu", help="cpu or cuda (run JAX on the same kind of device)")
     p.add_argument("--embedder", default="all-MiniLM-L6-v2", help="packaged name or local sentence-transformers folder")
-    p.add_argument("--random-weights", action="store_true",
-                   help="same architecture and tokenizer, random weights (for machines without the real weights; "
-                        "throughput does not depend on weight values)")  # fmt: skip
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="same architecture and tokenizer, random weights (for machines without the real weights; "
+        "throughput does not depend on weight values)",
+    )
     p.add_argument("--out", default=str(HERE / "results" / "bench_embed"), help="writes OUT.json and OUT.md")
     args = p.parse_args(argv)
 
@@ -101,7 +104,9 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     ours = emb.embed_texts(texts, max_length=args.max_length, batch_size=args.batch_size)
     first = time.perf_counter() - t0
-    med, all_t = _median_time(lambda: emb.embed_texts(texts, max_length=args.max_length, batch_size=args.batch_size), args.repeats)
+    med, all_t = _median_time(
+        lambda: emb.embed_texts(texts, max_length=args.max_length, batch_size=args.batch_size), args.repeats
+    )
     import jax
 
     ours_key = f"v2t_jax (JAX {jax.__version__}, {jax.devices()[0].device_kind}), batch {args.batch_size}"
@@ -112,8 +117,23 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "texts.txt"
         src.write_text("\n".join(texts) + "\n", encoding="utf-8")
-        cmd = [sys.executable, "-m", "v2t_jax.cli", "embed", "--embedder", str(folder), "--input", str(src), "--output", str(Path(tmp) / "v.npy"),
-               "--max-length", str(args.max_length), "--batch-size", str(args.batch_size), "--quiet"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "v2t_jax.cli",
+            "embed",
+            "--embedder",
+            str(folder),
+            "--input",
+            str(src),
+            "--output",
+            str(Path(tmp) / "v.npy"),
+            "--max-length",
+            str(args.max_length),
+            "--batch-size",
+            str(args.batch_size),
+            "--quiet",
+        ]
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True)
         cli_wall = time.perf_counter() - t0
@@ -151,7 +171,8 @@ def main(argv=None) -> int:
         "",
         f"- ratio v2t_jax / sentence-transformers at the same batch: **{result['ratio_vs_torch_same_batch']:.2f}x**; "
         f"vs its best batch: **{result['ratio_vs_torch_best_batch']:.2f}x**",
-        f"- JAX first pass incl. compile: {first:.2f} s; `v2t embed` end to end (start, load, compile, write): {cli_wall:.2f} s",
+        f"- JAX first pass incl. compile: {first:.2f} s; "
+        f"`v2t embed` end to end (start, load, compile, write): {cli_wall:.2f} s",
         f"- min cosine between the two sides' vectors: {result['min_cosine_to_reference']:.7f}",
     ]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")

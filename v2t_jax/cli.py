@@ -46,7 +46,7 @@ def read_texts(path: str | os.PathLike) -> list[str]:
             except json.JSONDecodeError as e:
                 raise UsageError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise UsageError(f"{path}:{lineno}: expected an object with a string field \"text\"")
+                raise UsageError(f'{path}:{lineno}: expected an object with a string field "text"')
             texts.append(obj["text"])
     else:
         texts = [line for line in raw.splitlines() if line.strip()]
@@ -113,7 +113,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
             f"--max-length {args.max_length} exceeds the embedder's {embedder.config.max_positions} positions"
         )
     t0 = time.perf_counter()
-    vectors = embedder.embed_texts(texts, max_length=args.max_length, batch_size=args.batch_size, progress=not args.quiet)
+    vectors = embedder.embed_texts(
+        texts, max_length=args.max_length, batch_size=args.batch_size, progress=not args.quiet
+    )
     elapsed = time.perf_counter() - t0
     save_npy_atomic(output, vectors.astype("float32"))
     if not args.quiet:
@@ -138,14 +140,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     e = sub.add_parser("embed", help="embed texts with a sentence embedder (JAX)")
-    e.add_argument("--embedder", default="all-MiniLM-L6-v2", help="packaged name, local folder or hub id (default: %(default)s)")
-    e.add_argument("--input", required=True, help="text file (one text per line; blank lines skipped) or .jsonl with a 'text' field")
+    e.add_argument(
+        "--embedder", default="all-MiniLM-L6-v2", help="packaged name, local folder or hub id (default: %(default)s)"
+    )
+    e.add_argument(
+        "--input",
+        required=True,
+        help="text file (one text per line; blank lines skipped) or .jsonl with a 'text' field",
+    )
     e.add_argument("--output", required=True, help="where to write float32 [N, D] vectors (.npy)")
-    e.add_argument("--max-length", type=int, default=32, help="truncate to this many embedder tokens (default: %(default)s, as in the paper)")
+    e.add_argument(
+        "--max-length",
+        type=int,
+        default=32,
+        help="truncate to this many embedder tokens (default: %(default)s, as in the paper)",
+    )
     e.add_argument("--batch-size", type=int, default=128, help="texts per jitted batch (default: %(default)s)")
-    e.add_argument("--head", choices=["auto", "none", "normalize"], default="auto",
-                   help="pooling head: auto follows the folder's modules.json; none = mean pooling only (vec2text's GTR)")  # fmt: skip
-    e.add_argument("--cache-dir", default=None, help="where fetched weights live (default: $V2T_CACHE_DIR or ~/.cache/v2t_jax)")
+    e.add_argument(
+        "--head",
+        choices=["auto", "none", "normalize"],
+        default="auto",
+        help="pooling head: auto follows the folder's modules.json; none = mean pooling only (vec2text's GTR)",
+    )
+    e.add_argument(
+        "--cache-dir", default=None, help="where fetched weights live (default: $V2T_CACHE_DIR or ~/.cache/v2t_jax)"
+    )
     e.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     e.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     e.set_defaults(func=cmd_embed)

@@ -84,9 +84,15 @@ def _write_gtr_folder(folder, with_head: bool):
         dense = torch.nn.Linear(48, 32, bias=False)
         (folder / "2_Dense").mkdir()
         (folder / "2_Dense" / "config.json").write_text(
-            json.dumps({"in_features": 48, "out_features": 32, "bias": False,
-                        "activation_function": "torch.nn.modules.linear.Identity"})
-        )  # fmt: skip
+            json.dumps(
+                {
+                    "in_features": 48,
+                    "out_features": 32,
+                    "bias": False,
+                    "activation_function": "torch.nn.modules.linear.Identity",
+                }
+            )
+        )
         from safetensors.torch import save_file
 
         save_file({"linear.weight": dense.weight.detach().contiguous()}, str(folder / "2_Dense" / "model.safetensors"))

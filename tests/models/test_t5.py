@@ -193,10 +193,13 @@ def test_relative_position_buckets_match_reference():
     "size,variant,hf_kwargs",
     [
         ("small", "t5", dict(d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8)),
-        ("tiny", "v1.1", dict(d_model=256, d_kv=64, d_ff=1024, num_layers=4, num_heads=4,
-                              feed_forward_proj="gated-gelu")),
+        (
+            "tiny",
+            "v1.1",
+            dict(d_model=256, d_kv=64, d_ff=1024, num_layers=4, num_heads=4, feed_forward_proj="gated-gelu"),
+        ),
     ],
-)  # fmt: skip
+)
 def test_named_sizes_have_reference_parameter_counts(size, variant, hf_kwargs):
     cfg = t5.t5_config(size, variant, vocab_size=32128)
     model = t5.T5(cfg)

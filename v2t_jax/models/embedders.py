@@ -104,7 +104,9 @@ class _DenseParams(nn.Module):
     @nn.compact
     def __call__(self, in_features: int) -> dict:
         kernel = self.param(
-            "kernel", nn.with_logical_partitioning(nn.initializers.normal(0.02), self.axes), (in_features, self.features)
+            "kernel",
+            nn.with_logical_partitioning(nn.initializers.normal(0.02), self.axes),
+            (in_features, self.features),
         )
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:]), (self.features,))
         return {"kernel": kernel, "bias": bias}
@@ -176,7 +178,9 @@ class Bert(nn.Module):
         token_type = table("token_type_embeddings", cfg.type_vocab_size)
         length = input_ids.shape[1]
         if length > cfg.max_position_embeddings:
-            raise ValueError(f"sequence length {length} exceeds BERT max_position_embeddings {cfg.max_position_embeddings}")
+            raise ValueError(
+                f"sequence length {length} exceeds BERT max_position_embeddings {cfg.max_position_embeddings}"
+            )
         x = jnp.take(word, input_ids, axis=0) + position[None, :length] + token_type[0][None, None]
         x = _LayerNorm(cfg.layer_norm_eps, name="embeddings_norm")(x).astype(cfg.dtype)
         bias = jnp.where(attention_mask[:, None, None, :].astype(bool), 0.0, jnp.finfo(jnp.float32).min)
@@ -190,7 +194,10 @@ def bert_params_from_hf_state_dict(sd: dict[str, np.ndarray], cfg: BertConfig) -
     """Maps a transformers BertModel state dict (with or without a 'bert.' prefix) onto ours."""
     sd = {k.removeprefix("bert."): v for k, v in sd.items()}
     # Very old checkpoints name LayerNorm parameters gamma/beta.
-    sd = {k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias"): v for k, v in sd.items()}
+    sd = {
+        k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias"): v
+        for k, v in sd.items()
+    }
 
     def dense(prefix):
         return {"kernel": sd[prefix + ".weight"].T, "bias": sd[prefix + ".bias"]}
@@ -273,7 +280,9 @@ class SentenceEmbedder(nn.Module):
         else:
             raise ValueError(f"unknown pooling {cfg.pooling!r}")
         if cfg.dense is not None:
-            pooled = _Dense(cfg.dense.out_features, ("embed", "embed_out"), use_bias=cfg.dense.bias, name="dense")(pooled)
+            pooled = _Dense(cfg.dense.out_features, ("embed", "embed_out"), use_bias=cfg.dense.bias, name="dense")(
+                pooled
+            )
             if cfg.dense.activation == "tanh":
                 pooled = jnp.tanh(pooled)
         if cfg.normalize:
@@ -306,9 +315,7 @@ def _st_modules(folder: str) -> list[dict]:
     return [{"type": "sentence_transformers.models.Transformer", "path": ""}]
 
 
-def load_embedder_config_and_params(
-    folder: str | os.PathLike, head: str = "auto"
-) -> tuple[EmbedderConfig, dict]:
+def load_embedder_config_and_params(folder: str | os.PathLike, head: str = "auto") -> tuple[EmbedderConfig, dict]:
     """Reads a sentence-transformers (or bare transformers) folder into (EmbedderConfig, params).
 
     head: "auto" follows modules.json; "none" keeps only backbone + mean pooling (vec2text's GTR);
@@ -494,6 +501,8 @@ def _tokenizer_folder(folder: str) -> str:
     for m in _st_modules(os.fspath(folder)):
         if m.get("type", "").endswith("Transformer"):
             sub = os.path.join(folder, m.get("path", ""))
-            if os.path.exists(os.path.join(sub, "tokenizer.json")) or os.path.exists(os.path.join(sub, "tokenizer_config.json")):
+            if os.path.exists(os.path.join(sub, "tokenizer.json")) or os.path.exists(
+                os.path.join(sub, "tokenizer_config.json")
+            ):
                 return sub
     return os.fspath(folder)

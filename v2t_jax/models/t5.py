@@ -489,20 +489,14 @@ class T5(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.shared = self.param(
-            "shared",
-            nn.with_logical_partitioning(_normal(1.0), ("vocab", "embed")),
-            (cfg.vocab_size, cfg.d_model),
-            cfg.param_dtype,
+        self.shared = _param(
+            self, "shared", _normal(1.0), (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.param_dtype
         )
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
         if not cfg.tie_word_embeddings:
-            self.lm_head = self.param(
-                "lm_head",
-                nn.with_logical_partitioning(_normal(1.0), ("embed", "vocab")),
-                (cfg.d_model, cfg.vocab_size),
-                cfg.param_dtype,
+            self.lm_head = _param(
+                self, "lm_head", _normal(1.0), (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.param_dtype
             )
 
     def embed(self, ids: Array) -> Array:
@@ -590,11 +584,8 @@ class T5EncoderModel(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.shared = self.param(
-            "shared",
-            nn.with_logical_partitioning(_normal(1.0), ("vocab", "embed")),
-            (cfg.vocab_size, cfg.d_model),
-            cfg.param_dtype,
+        self.shared = _param(
+            self, "shared", _normal(1.0), (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.param_dtype
         )
         self.encoder = Encoder(cfg)
 
@@ -613,30 +604,23 @@ def shift_right(labels: Array, decoder_start_token_id: int, pad_token_id: int = 
 # ----------------------------------------------------------------------------- initialisation
 
 
-def init_params(model: nn.Module, rng: Array, enc_len: int = 8, dec_len: int = 4) -> PyTree:
-    """Jitted init of a `T5` or `T5EncoderModel`; returns unboxed params."""
+def _init_fn(model: nn.Module, enc_len: int, dec_len: int) -> Callable[[Array], PyTree]:
     ids = jnp.zeros((1, enc_len), jnp.int32)
     mask = jnp.ones((1, enc_len), bool)
+    if isinstance(model, T5):
+        return lambda rng: model.init(rng, ids, mask, jnp.zeros((1, dec_len), jnp.int32))
+    return lambda rng: model.init(rng, ids, mask)
 
-    def _init(rng):
-        if isinstance(model, T5):
-            variables = model.init(rng, ids, mask, jnp.zeros((1, dec_len), jnp.int32))
-        else:
-            variables = model.init(rng, ids, mask)
-        return nn.unbox(variables["params"])
 
-    return jax.jit(_init)(rng)
+def init_params(model: nn.Module, rng: Array, enc_len: int = 8, dec_len: int = 4) -> PyTree:
+    """Jitted init of a `T5` or `T5EncoderModel`; returns unboxed params."""
+    init = _init_fn(model, enc_len, dec_len)
+    return jax.jit(lambda r: nn.unbox(init(r)["params"]))(rng)
 
 
 def logical_axes(model: nn.Module, enc_len: int = 8, dec_len: int = 4) -> PyTree:
     """Logical axis names of every parameter (a PartitionSpec per leaf), from an abstract init."""
-    ids = jnp.zeros((1, enc_len), jnp.int32)
-    mask = jnp.ones((1, enc_len), bool)
-    if isinstance(model, T5):
-        fn = lambda r: model.init(r, ids, mask, jnp.zeros((1, dec_len), jnp.int32))  # noqa: E731
-    else:
-        fn = lambda r: model.init(r, ids, mask)  # noqa: E731
-    abstract = jax.eval_shape(fn, jax.random.PRNGKey(0))
+    abstract = jax.eval_shape(_init_fn(model, enc_len, dec_len), jax.random.PRNGKey(0))
     return nn.get_partition_spec(abstract)["params"]
 
 
@@ -761,9 +745,7 @@ def params_from_hf_state_dict(sd: dict[str, np.ndarray], cfg: T5Config, encoder_
     return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
 
 
-def load_hf_t5(
-    folder: str | os.PathLike, encoder_only: bool = False, **config_overrides
-) -> tuple[T5Config, dict]:
+def load_hf_t5(folder: str | os.PathLike, encoder_only: bool = False, **config_overrides) -> tuple[T5Config, dict]:
     """Loads a Hugging Face T5 checkpoint folder into (config, Flax params).
 
     The LM head is untied when the checkpoint carries its own `lm_head.weight` that differs
