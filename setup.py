@@ -23,6 +23,8 @@ setup(
         "sacrebleu>=2.4",
         "tensorflow-datasets>=4.9.10",
         "array_record>=0.8",
+        "importlib_resources",  # tensorflow-datasets imports it without declaring it
+        "tensorboardX>=2.6",
     ],
     extras_require={
         # PyTorch reference for parity tests. torch is pinned to the CPU wheel these machines carry;

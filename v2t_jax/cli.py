@@ -127,6 +127,63 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from v2t_jax import assets
+    from v2t_jax.data import sources
+
+    if args.corpus and not Path(args.corpus).is_file():
+        raise UsageError(f"corpus file {args.corpus} does not exist")
+    unknown = [s for s in args.sources if s not in sources.ALL_SOURCES]
+    if unknown:
+        raise UsageError(f"unknown source {unknown[0]!r}; choose from {', '.join(sources.ALL_SOURCES)}")
+    if args.max_tokens < 4:
+        raise UsageError(f"--max-tokens must be at least 4, got {args.max_tokens}")
+
+    from v2t_jax.data import dataset, targets
+    from v2t_jax.models import embedders
+
+    spec = dataset.DatasetSpec(
+        sources=tuple(args.sources), corpus=args.corpus, embedder=args.embedder, max_tokens=args.max_tokens,
+        seed=args.seed,
+    )  # fmt: skip
+    try:
+        b, counts = dataset.prepare(spec, data_dir=args.data_dir, cache_dir=args.cache_dir)
+    except (sources.SourceError, assets.AssetError) as e:
+        raise UsageError(str(e)) from e
+    print(f"dataset {spec.config_name} in {b.data_dir}")
+    print(dataset.format_counts(counts))
+    if args.no_targets:
+        return 0
+    emb = embedders.load_embedder(args.embedder, cache_dir=args.cache_dir)
+    out = targets.targets_dir(b.data_dir, args.embedder, args.max_tokens)
+    for split in counts:
+        targets.precompute(dataset.texts(b, split), emb, out, split, args.max_tokens, progress=not args.quiet)
+    print(f"target embeddings and ids in {out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from v2t_jax import config_loading
+
+    try:
+        config = config_loading.apply_overrides(config_loading.load(args.config), args.overrides)
+    except config_loading.ConfigError as e:
+        raise UsageError(str(e)) from e
+    if args.distributed:
+        import jax
+
+        coordinator, num, pid = args.distributed.split(",")
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator, num_processes=int(num), process_id=int(pid))
+    from v2t_jax import sharding, train
+
+    try:
+        train.train(config, args.workdir)
+    except (train.TrainingError, sharding.MeshError) as e:
+        raise UsageError(str(e)) from e
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -168,12 +225,41 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     e.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     e.set_defaults(func=cmd_embed)
+
+    d = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    dp = d.add_parser("prepare", help="build the passage dataset (TFDS) and its target embeddings")
+    dp.add_argument("--data-dir", default=None, help="default: $V2T_DATA_DIR or ~/.cache/v2t_jax/datasets")
+    dp.add_argument(
+        "--sources", nargs="+", default=["wiki", "bbc", "sotu", "moby"],
+        help="built-in sources: wiki bbc sotu moby (default) and wordnet pydocs",
+    )  # fmt: skip
+    dp.add_argument("--corpus", default=None, help="your own .txt (a document per line) or .jsonl (text, doc_id)")
+    dp.add_argument("--embedder", default="all-MiniLM-L6-v2")
+    dp.add_argument("--max-tokens", type=int, default=32, help="passage length in embedder tokens incl. [CLS]/[SEP]")
+    dp.add_argument("--seed", type=int, default=0, help="seed of the split by document")
+    dp.add_argument("--cache-dir", default=None)
+    dp.add_argument("--no-targets", action="store_true", help="skip precomputing target embeddings")
+    dp.add_argument("--quiet", action="store_true")
+    dp.set_defaults(func=cmd_data_prepare, command="data prepare")
+
+    t = sub.add_parser("train", help="train a model from an ml_collections config; rerun to resume")
+    t.add_argument("--config", required=True, help="configs/inverter.py[:variant]")
+    t.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, tb/ (rerunning resumes)")
+    t.add_argument(
+        "--distributed", default=None, metavar="HOST:PORT,NUM_PROCESSES,PROCESS_ID",
+        help="multi-process run: jax.distributed.initialize with these arguments (CPU: gloo collectives)",
+    )  # fmt: skip
+    t.set_defaults(func=cmd_train)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "train":
+        args.overrides = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except UsageError as e:

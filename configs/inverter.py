@@ -1,0 +1,67 @@
+"""Inverter training configs (ml_collections).
+
+    v2t data prepare
+    v2t train --config configs/inverter.py:cpu_small --workdir runs/inverter_cpu_small
+    v2t train --config configs/inverter.py:tiny --workdir /tmp/inv_tiny --config.num_steps=50
+
+Variants:
+  tiny       seconds: a 2+2-layer d=64 T5, batch 8; used by the tests
+  cpu_small  hours on 2 CPU cores: T5 "tiny" shape (d 256, 4+4 layers), batch 64
+  base       the paper's shape: T5-base, batch 128 (accelerators)
+"""
+
+import ml_collections
+
+
+def get_config(arg: str = "cpu_small") -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = "inverter"
+    c.embedder = "all-MiniLM-L6-v2"
+    c.max_length = 32  # embedder tokens incl. [CLS]/[SEP]; the decoder emits max_length - 1
+    c.vocab = "embedder"  # decode in the embedder's own WordPiece vocabulary
+    c.data = ml_collections.ConfigDict(
+        dict(sources=("wiki", "bbc", "sotu", "moby"), corpus="", data_dir="", seed=0)
+    )
+    c.t5 = ml_collections.ConfigDict(
+        dict(size="tiny", variant="v1.1", d_model=0, d_kv=0, d_ff=0, num_layers=0, num_heads=0, dropout_rate=0.1)
+    )  # 0 = the named size's value
+    c.num_repeat_tokens = 16
+    c.dropout_rate = 0.1  # in the embedding transform
+    c.noise_level = 0.0
+    c.batch_size = 64
+    c.num_steps = 20_000
+    c.learning_rate = 1e-3
+    c.warmup_steps = 500
+    c.weight_decay = 0.0
+    c.grad_clip = 1.0
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+    c.seed = 0
+    c.log_every = 50
+    c.eval_every = 1000
+    c.eval_batches = 4
+    c.eval_samples = 256
+    c.checkpoint_every = 500
+    c.keep_checkpoints = 3
+    c.progress = True
+
+    if arg == "tiny":
+        c.t5.update(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4)
+        c.batch_size = 8
+        c.num_steps = 20
+        c.warmup_steps = 5
+        c.log_every = 5
+        c.eval_every = 10
+        c.eval_batches = 2
+        c.eval_samples = 16
+        c.checkpoint_every = 5
+    elif arg == "base":
+        c.t5.size = "base"
+        c.batch_size = 128
+        c.learning_rate = 2e-4
+        c.warmup_steps = 2000
+        c.num_steps = 200_000
+        c.eval_every = 5000
+        c.checkpoint_every = 2000
+    elif arg != "cpu_small":
+        raise ValueError(f"unknown variant {arg!r} of configs/inverter.py; use tiny, cpu_small or base")
+    return c

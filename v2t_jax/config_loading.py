@@ -1,0 +1,69 @@
+"""`--config path.py:variant` and `--config.KEY=VALUE` overrides for ml_collections configs."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+    path, _, arg = spec.partition(":")
+    if not Path(path).is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    mod_spec = importlib.util.spec_from_file_location(f"v2t_config_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path} has no get_config()")
+    try:
+        return module.get_config(arg) if arg else module.get_config()
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
+def _parse(raw: str, current, key: str):
+    if isinstance(current, bool):
+        if raw.lower() in ("true", "1", "yes"):
+            return True
+        if raw.lower() in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"--config.{key}={raw}: expected true or false")
+    if isinstance(current, str):
+        return raw
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        raise ConfigError(f"--config.{key}={raw}: expected a {type(current).__name__}") from None
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(current, tuple) and isinstance(value, (list, str)):
+        value = tuple(value) if isinstance(value, list) else (value,)
+    if type(value) is not type(current):
+        raise ConfigError(f"--config.{key}={raw}: expected a {type(current).__name__}, got {type(value).__name__}")
+    return value
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
+    """overrides: ["--config.a.b=value", ...]."""
+    for item in overrides:
+        if not item.startswith("--config.") or "=" not in item:
+            raise ConfigError(f"unrecognised argument {item!r}; overrides look like --config.KEY=VALUE")
+        key, _, raw = item[len("--config.") :].partition("=")
+        node, parts = config, key.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                raise ConfigError(f"unknown config key {'.'.join(parts[: i + 1])!r}")
+            if i < len(parts) - 1:
+                node = node[part]
+        current = node[parts[-1]]
+        if isinstance(current, ml_collections.ConfigDict):
+            raise ConfigError(f"config key {key!r} is a group; set one of its fields")
+        node[parts[-1]] = _parse(raw, current, key)
+    return config

@@ -1,0 +1,69 @@
+"""Target embeddings and token ids, computed once per (dataset, embedder, max length) with the JAX embedder.
+
+Stored beside the dataset, `<dataset dir>/targets/<embedder>-<max_length>/`:
+  `<split>.embeddings.npy` float32 [N, D]   the vectors to invert
+  `<split>.ids.npy`        int32   [N, L]   embedder token ids incl. [CLS]/[SEP], 0-padded (training labels)
+Work is written in chunks (`<split>.parts/NNNNN.npz`); an interrupted run resumes at the first missing
+chunk, and the parts are joined and removed once all exist.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+CHUNK = 4096
+
+
+def targets_dir(dataset_dir: str | os.PathLike, embedder_name: str, max_length: int) -> Path:
+    from v2t_jax import assets
+
+    key = assets.packaged_key(embedder_name) or Path(embedder_name).name.lower()
+    return Path(dataset_dir) / "targets" / f"{key}-{max_length}"
+
+
+def precompute(
+    texts: list[str], embedder, out_dir: Path, split: str, max_length: int, batch_size: int = 128, progress: bool = True
+) -> tuple[Path, Path]:
+    emb_path, ids_path = out_dir / f"{split}.embeddings.npy", out_dir / f"{split}.ids.npy"
+    if emb_path.exists() and ids_path.exists():
+        return emb_path, ids_path
+    parts = out_dir / f"{split}.parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    n_chunks = -(-len(texts) // CHUNK)
+    todo = [c for c in range(n_chunks) if not (parts / f"{c:05d}.npz").exists()]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(texts), initial=(n_chunks - len(todo)) * CHUNK if todo else len(texts), unit="passage")
+        bar.set_description(f"embed {split}")
+    for c in todo:
+        chunk = texts[c * CHUNK : (c + 1) * CHUNK]
+        vecs = embedder.embed_texts(chunk, max_length=max_length, batch_size=batch_size)
+        ids, _ = embedder.pad(embedder.tokenize(chunk, max_length), max_length)
+        tmp = parts / f".{c:05d}.tmp.npz"
+        np.savez(tmp, embeddings=vecs, ids=ids)
+        os.replace(tmp, parts / f"{c:05d}.npz")
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    loaded = [np.load(parts / f"{c:05d}.npz") for c in range(n_chunks)]
+    for path, key in ((emb_path, "embeddings"), (ids_path, "ids")):
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, np.concatenate([x[key] for x in loaded]) if loaded else np.zeros((0, max_length)))
+        os.replace(tmp, path)
+    shutil.rmtree(parts)
+    return emb_path, ids_path
+
+
+def load(out_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings [N, D] float32, ids [N, L] int32), memory-mapped."""
+    emb_path, ids_path = out_dir / f"{split}.embeddings.npy", out_dir / f"{split}.ids.npy"
+    if not (emb_path.exists() and ids_path.exists()):
+        raise FileNotFoundError(f"no targets for split {split!r} in {out_dir}; run `v2t data prepare` first")
+    return np.load(emb_path, mmap_mode="r"), np.load(ids_path, mmap_mode="r")

@@ -1,0 +1,496 @@
+"""Training loop: mesh, abstract init, a pure jitted train step, orbax checkpoints, evaluation, logging.
+
+    v2t train --config configs/inverter.py:tiny --workdir DIR [--config.KEY=VALUE ...]
+
+Rerunning the same command resumes from the latest finished checkpoint in DIR/checkpoints.
+Metrics go to DIR/metrics.jsonl (one JSON object per log or eval event) and DIR/tb (TensorBoard).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import struct
+from jax.experimental import multihost_utils
+
+from v2t_jax import checkpoint, decoding, inversion, metrics, sharding
+from v2t_jax.models import t5 as t5_lib
+
+Array = jax.Array
+
+# Keys that may change between a run and its resumption (the rest must match the saved config).
+RESUMABLE_KEYS = {"num_steps", "log_every", "eval_every", "eval_batches", "eval_samples", "checkpoint_every",
+                  "keep_checkpoints", "progress"}  # fmt: skip
+
+
+class TrainingError(RuntimeError):
+    """A run cannot start or continue; the message says what to do."""
+
+
+@struct.dataclass
+class TrainState:
+    step: Array  # [] int32
+    params: Any
+    opt_state: Any
+    rng: Array  # [2] uint32 key data
+
+
+# ----------------------------------------------------------------------------- model and optimizer
+
+
+def t5_config_from(config: ml_collections.ConfigDict, vocab_size: int) -> t5_lib.T5Config:
+    c = config.t5
+    overrides = {k: c[k] for k in ("d_model", "d_kv", "d_ff", "num_layers", "num_heads") if c.get(k, 0)}
+    return t5_lib.t5_config(
+        c.size, c.variant, vocab_size=vocab_size, dropout_rate=c.dropout_rate, pad_token_id=0,
+        decoder_start_token_id=0, **overrides,
+    )  # fmt: skip
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    warmup = max(1, min(config.warmup_steps, config.num_steps))
+    schedule = optax.join_schedules(
+        [
+            optax.linear_schedule(0.0, config.learning_rate, warmup),
+            optax.linear_schedule(config.learning_rate, 0.0, max(1, config.num_steps - warmup)),
+        ],
+        [warmup],
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(config.grad_clip),
+        optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=config.weight_decay),
+    )
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclasses.dataclass
+class Sampler:
+    """Deterministic epoch-permutation sampler; its state (epoch, position) is checkpointed."""
+
+    n: int
+    batch_size: int
+    seed: int
+    epoch: int = 0
+    position: int = 0
+
+    def __post_init__(self):
+        if self.n < self.batch_size:
+            raise TrainingError(f"the training split has {self.n} examples, fewer than batch_size {self.batch_size}")
+        self._perm_epoch = -1
+
+    def _perm(self) -> np.ndarray:
+        if self._perm_epoch != self.epoch:
+            self._cached = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+            self._perm_epoch = self.epoch
+        return self._cached
+
+    def next_indices(self) -> np.ndarray:
+        if self.position + self.batch_size > self.n:  # drop the remainder, start the next epoch
+            self.epoch, self.position = self.epoch + 1, 0
+        idx = self._perm()[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        return np.sort(idx)  # sorted rows read faster from a memory map; order inside a batch is irrelevant
+
+    def state(self) -> dict:
+        return {"epoch": int(self.epoch), "position": int(self.position)}
+
+    def restore(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+@dataclasses.dataclass
+class SplitData:
+    embeddings: np.ndarray  # [n, d] float32 (memory map)
+    ids: np.ndarray  # [n, L] int32 embedder ids incl. [CLS]/[SEP]
+    texts: list[str] | None = None
+
+
+def load_data(config: ml_collections.ConfigDict, need_texts: bool) -> tuple[Any, dict[str, SplitData]]:
+    from v2t_jax.data import dataset, targets
+
+    spec = dataset.DatasetSpec(
+        sources=tuple(config.data.sources), corpus=config.data.corpus or None, embedder=config.embedder,
+        max_tokens=config.max_length, seed=config.data.seed,
+    )  # fmt: skip
+    b = dataset.builder(spec, config.data.data_dir or None)
+    command = "v2t data prepare" + (
+        f" --corpus {spec.corpus}" if spec.corpus else f" --sources {' '.join(spec.sources)}"
+    )
+    if config.data.data_dir:
+        command += f" --data-dir {config.data.data_dir}"
+    if not Path(b.data_dir, "dataset_info.json").exists():
+        raise TrainingError(f"dataset {spec.config_name} is not prepared; run: {command}")
+    tdir = targets.targets_dir(b.data_dir, config.embedder, config.max_length)
+    out = {}
+    for split in ("train", "validation"):
+        try:
+            emb, ids = targets.load(tdir, split)
+        except FileNotFoundError as e:
+            raise TrainingError(f"no target embeddings for {split!r}; run: {command}") from e
+        out[split] = SplitData(emb, ids, dataset.texts(b, split) if (need_texts or split == "validation") else None)
+    return b, out
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def make_train_step(model: inversion.Inverter, tx: optax.GradientTransformation):
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        r_drop, r_noise = jax.random.split(rng)
+        labels, mask = batch["labels"], batch["mask"]
+        dec_in = t5_lib.shift_right(labels, model.config.t5.decoder_start_token_id)
+
+        def loss_fn(params):
+            logits = model.apply(
+                {"params": params}, batch["embeddings"], dec_in, deterministic=False,
+                rngs={"dropout": r_drop, "noise": r_noise},
+            )  # fmt: skip
+            return inversion.cross_entropy(logits, labels, mask)
+
+        (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        aux = {**aux, "grad_norm": optax.global_norm(grads)}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), aux
+
+    return train_step
+
+
+def make_eval_step(model: inversion.Inverter):
+    def eval_step(params, batch: dict) -> dict:
+        dec_in = t5_lib.shift_right(batch["labels"], model.config.t5.decoder_start_token_id)
+        logits = model.apply({"params": params}, batch["embeddings"], dec_in)
+        return inversion.cross_entropy(logits, batch["labels"], batch["mask"])[1]
+
+    return eval_step
+
+
+def make_generate(model: inversion.Inverter, max_length: int, eos_id: int):
+    def generate(params, embeddings: Array) -> Array:
+        v = {"params": params}
+        cache = model.apply(v, embeddings, max_length, method=inversion.Inverter.init_cache)
+
+        def tokens_to_logits(ids, cache):
+            return model.apply(v, ids, cache, method=inversion.Inverter.decode_step)
+
+        start = model.config.t5.decoder_start_token_id
+        return decoding.greedy(tokens_to_logits, cache, embeddings.shape[0], max_length, start, eos_id)
+
+    return generate
+
+
+def hypothesis_to_embedder_ids(gen: Array, cls_id: int) -> tuple[Array, Array]:
+    """Decoder output `t1 .. tn [SEP] 0 ..` -> embedder input `[CLS] t1 .. tn [SEP] 0 ..` and its mask.
+
+    A hypothesis that never emitted [SEP] is embedded without one (its mask covers every token)."""
+    ids = jnp.concatenate([jnp.full((gen.shape[0], 1), cls_id, gen.dtype), gen], axis=1)
+    return ids, (ids != 0).astype(jnp.int32)
+
+
+# ----------------------------------------------------------------------------- logging
+
+
+class Logger:
+    def __init__(self, workdir: Path, enabled: bool):
+        self.enabled = enabled
+        self.path = workdir / "metrics.jsonl"
+        self.tb = None
+        if enabled:
+            try:
+                from tensorboardX import SummaryWriter
+
+                self.tb = SummaryWriter(str(workdir / "tb"))
+            except ImportError:
+                self.tb = None
+
+    def write(self, step: int, kind: str, values: dict) -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step), "kind": kind, "time": time.time(), **{k: _py(v) for k, v in values.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float, np.floating, np.integer)) or (hasattr(v, "shape") and v.shape == ()):
+                    self.tb.add_scalar(f"{kind}/{k}", float(v), int(step))
+            self.tb.flush()
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _py(v):
+    if hasattr(v, "item"):
+        return v.item()
+    return v
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _strip_boxes(tree):
+    """Logical-partitioning boxes -> their values, without the sharding constraint nn.unbox applies."""
+    is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
+    return jax.tree_util.tree_map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree, is_leaf=is_box)
+
+
+@dataclasses.dataclass
+class Setup:
+    model: inversion.Inverter
+    tx: optax.GradientTransformation
+    abstract: Any  # TrainState of ShapeDtypeStructs carrying their shardings
+    state_sh: Any
+    batch_sh: dict
+    init_fn: Any  # rng -> TrainState, jitted, sharded
+    train_step: Any  # (state, batch) -> (state, metrics), jitted, state donated
+    eval_step: Any  # (params, batch) -> metrics
+    n_params: int
+
+
+def build(config: ml_collections.ConfigDict, mesh, embed_dim: int, vocab_size: int) -> Setup:
+    """Model, optimizer, sharded abstract state and the jitted init/train/eval functions for `mesh`.
+
+    Call inside `jax.set_mesh(mesh)` and `nn.logical_axis_rules(sharding.LOGICAL_RULES)`."""
+    icfg = inversion.InverterConfig(
+        t5=t5_config_from(config, vocab_size), embed_dim=embed_dim, num_repeat_tokens=config.num_repeat_tokens,
+        dropout_rate=config.dropout_rate, noise_level=config.noise_level,
+    )  # fmt: skip
+    model = inversion.Inverter(icfg)
+    tx = make_optimizer(config)
+    dec_len = config.max_length - 1
+
+    def init_boxed(rng):
+        p_rng, s_rng = jax.random.split(rng)
+        dummy_e, dummy_ids = jnp.zeros((1, embed_dim), jnp.float32), jnp.zeros((1, dec_len), jnp.int32)
+        params = model.init(p_rng, dummy_e, dummy_ids)["params"]
+        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key_data(s_rng))
+
+    # Abstract init -> logical specs -> shardings -> jitted, sharded init (big_vision's "shard & transfer").
+    abstract_boxed = jax.eval_shape(init_boxed, jax.random.PRNGKey(config.seed))
+    state_sh = sharding.logical_shardings(mesh, nn.get_partition_spec(abstract_boxed))
+    abstract = jax.tree_util.tree_map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), _strip_boxes(abstract_boxed), state_sh
+    )
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(_strip_boxes(abstract_boxed.params)))
+    rep = sharding.replicated(mesh)
+    b2 = sharding.batch_sharding(mesh, 2)
+    batch_sh = {"embeddings": b2, "labels": b2, "mask": b2}
+    init_fn = jax.jit(lambda r: nn.unbox(init_boxed(r)), out_shardings=state_sh)
+    train_step = jax.jit(
+        make_train_step(model, tx), in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep), donate_argnums=0
+    )
+    eval_step = jax.jit(make_eval_step(model), in_shardings=(state_sh.params, batch_sh), out_shardings=rep)
+    return Setup(model, tx, abstract, state_sh, batch_sh, init_fn, train_step, eval_step, n_params)
+
+
+def _check_config_against_saved(config: ml_collections.ConfigDict, workdir: Path) -> None:
+    path = workdir / "config.json"
+    current = json.loads(config.to_json())
+    if path.exists():
+        saved = json.loads(path.read_text())
+        diff = sorted(
+            k for k in set(saved) | set(current) if k not in RESUMABLE_KEYS and saved.get(k) != current.get(k)
+        )
+        if diff:
+            raise TrainingError(
+                f"{workdir} holds a run with a different config ({', '.join(diff)}); use a new --workdir to start over"
+            )
+    if jax.process_index() == 0:
+        path.write_text(json.dumps(current, indent=2) + "\n")
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+    """Trains (or resumes) the inverter described by `config` in `workdir`; returns the last metrics."""
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+    # Tracing happens at the first call of each jitted function: keep mesh and rules active throughout.
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        return _train(config, Path(workdir), mesh)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
+    from v2t_jax.models import embedders
+
+    is_main = jax.process_index() == 0
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+    _check_config_against_saved(config, workdir)
+
+    n_dev = mesh.devices.size
+    if config.batch_size % n_dev:
+        raise TrainingError(f"batch_size {config.batch_size} is not divisible by the {n_dev} devices of the mesh")
+    if config.batch_size % jax.process_count():
+        raise TrainingError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes")
+
+    embedder = embedders.load_embedder(config.embedder)
+    if config.vocab != "embedder":
+        raise TrainingError(f"vocab {config.vocab!r}: only 'embedder' is implemented so far")
+    tok = embedder.tokenizer
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    if cls_id is None or sep_id is None:
+        raise TrainingError("the embedder's tokenizer has no [CLS]/[SEP]; use vocab=<a T5 tokenizer folder>")
+    vocab_size = tok.get_vocab_size()
+    _, data = load_data(config, need_texts=False)
+    train_data, val_data = data["train"], data["validation"]
+
+    setup = build(config, mesh, embedder.dim, vocab_size)
+    model, state_sh, batch_sh, abstract = setup.model, setup.state_sh, setup.batch_sh, setup.abstract
+    init_fn, train_step, eval_step = setup.init_fn, setup.train_step, setup.eval_step
+    n_params = setup.n_params
+    dec_len = config.max_length - 1
+    b2, b1 = sharding.batch_sharding(mesh, 2), sharding.batch_sharding(mesh, 1)
+    if True:  # (mesh and rules are active: see train())
+        gen_fn = make_generate(model, dec_len, sep_id)
+
+        def generate_and_score(params, emb):
+            gen = gen_fn(params, emb)
+            ids, mask = hypothesis_to_embedder_ids(gen, cls_id)
+            e_hat = embedders.embed(embedder.config, embedder.params, ids, mask)
+            cos = jnp.sum(e_hat * emb, -1) / (jnp.linalg.norm(e_hat, axis=-1) * jnp.linalg.norm(emb, axis=-1) + 1e-12)
+            return gen, cos
+
+        gen_score = jax.jit(generate_and_score, in_shardings=(state_sh.params, b2), out_shardings=(b2, b1))
+
+    mngr = checkpoint.manager(workdir, config.keep_checkpoints)
+    sampler = Sampler(len(train_data.ids), config.batch_size, config.seed)
+    restored = checkpoint.restore_latest(mngr, abstract)
+    if restored is None:
+        state = init_fn(jax.random.PRNGKey(config.seed))
+        start = 0
+    else:
+        state, data_state, start = restored
+        sampler.restore(data_state)
+    logger = Logger(workdir, is_main)
+    if is_main:
+        where = "resuming at step" if start else "starting at step"
+        print(f"v2t train: inverter {n_params / 1e6:.1f}M params, mesh {dict(mesh.shape)}, {where} {start}",
+              file=sys.stderr)  # fmt: skip
+
+    local = slice(
+        jax.process_index() * config.batch_size // jax.process_count(),
+        (jax.process_index() + 1) * config.batch_size // jax.process_count(),
+    )
+
+    def make_batch(split: SplitData, idx: np.ndarray, sharded: bool = True) -> dict:
+        idx = idx[local] if sharded else idx
+        labels, mask = (np.asarray(x) for x in inversion.targets_from_embedder_ids(np.asarray(split.ids[idx])))
+        host = {"embeddings": np.asarray(split.embeddings[idx], np.float32), "labels": labels.astype(np.int32),
+                "mask": mask.astype(np.int32)}  # fmt: skip
+        return {k: jax.make_array_from_process_local_data(batch_sh[k], v) for k, v in host.items()}
+
+    def padded(start: int, stop: int) -> tuple[np.ndarray, int]:
+        """Row indices [start, stop) padded to a whole batch by repeating the last row."""
+        idx = np.arange(start, stop)
+        return np.concatenate([idx, np.full(config.batch_size - len(idx), idx[-1])]), len(idx)
+
+    def evaluate(step: int, params) -> dict:
+        n_val = len(val_data.ids)
+        bs = config.batch_size
+        sums = {"loss": 0.0, "token_accuracy": 0.0, "tokens": 0.0}
+        for s in range(0, min(config.eval_batches * bs, n_val), bs):
+            idx, n = padded(s, min(s + bs, n_val))
+            if n < bs:
+                break  # loss over whole batches only
+            m = jax.device_get(eval_step(params, make_batch(val_data, idx)))
+            for k in ("loss", "token_accuracy"):
+                sums[k] += float(m[k]) * float(m["tokens"])
+            sums["tokens"] += float(m["tokens"])
+        out = {k: sums[k] / sums["tokens"] for k in ("loss", "token_accuracy")} if sums["tokens"] else {}
+        preds, refs, coss = [], [], []
+        for s in range(0, min(config.eval_samples, n_val), bs):
+            idx, n = padded(s, min(s + bs, n_val, config.eval_samples))
+            gen, cos = gen_score(params, make_batch(val_data, idx)["embeddings"])
+            gen = np.asarray(multihost_utils.process_allgather(gen, tiled=True))[:n]
+            cos = np.asarray(multihost_utils.process_allgather(cos, tiled=True))[:n]
+            for row, true_ids in zip(gen, np.asarray(val_data.ids[idx[:n]])):
+                preds.append(metrics.normalize(tok.decode(row.tolist(), skip_special_tokens=True)))
+                refs.append(metrics.normalize(tok.decode(true_ids.tolist(), skip_special_tokens=True)))
+            coss.extend(cos.tolist())
+        if preds:
+            out.update(metrics.text_metrics(preds, refs, coss))
+            out["example_pred"], out["example_ref"] = preds[0], refs[0]
+        logger.write(step, "eval", out)
+        return out
+
+    last: dict = {}
+    if start >= config.num_steps:
+        if is_main:
+            print(f"v2t train: already at step {start} of {config.num_steps}; nothing to do", file=sys.stderr)
+        mngr.close()
+        logger.close()
+        return last
+    if start == 0 and config.eval_every > 0:
+        last = evaluate(0, state.params)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=config.num_steps, initial=start, unit="step", disable=not (is_main and config.progress),
+               dynamic_ncols=True)  # fmt: skip
+    pending: tuple[int, dict] | None = None
+    last_saved = start if restored is not None else None
+    t_log, steps_since = time.perf_counter(), 0
+
+    def check(step: int, aux: dict) -> dict:
+        host = {k: float(v) for k, v in jax.device_get(aux).items()}
+        if not math.isfinite(host["loss"]) or not math.isfinite(host["grad_norm"]):
+            mngr.wait_until_finished()
+            kept = (
+                f"the last good checkpoint (step {mngr.latest_step()}) is kept"
+                if mngr.latest_step()
+                else "no checkpoint was written"
+            )
+            raise TrainingError(f"non-finite loss or gradient at step {step} (loss {host['loss']}); {kept}")
+        return host
+
+    try:
+        for step in range(start, config.num_steps):
+            batch = make_batch(train_data, sampler.next_indices())
+            state, aux = train_step(state, batch)
+            if pending is not None:  # check the previous step while this one runs
+                check(*pending)
+            pending = (step + 1, aux)
+            bar.update(1)
+            steps_since += 1
+            done = step + 1
+            if done % config.log_every == 0 or done == config.num_steps:
+                host = check(*pending)
+                now = time.perf_counter()
+                host["steps_per_second"] = steps_since / (now - t_log)
+                t_log, steps_since = now, 0
+                logger.write(done, "train", host)
+                bar.set_postfix(loss=f"{host['loss']:.3f}", acc=f"{host['token_accuracy']:.3f}")
+                last = {"train_" + k: v for k, v in host.items()}
+            if config.eval_every > 0 and (done % config.eval_every == 0 or done == config.num_steps):
+                last.update({"eval_" + k: v for k, v in evaluate(done, state.params).items()})
+            if done % config.checkpoint_every == 0 or done == config.num_steps:
+                check(*pending)
+                checkpoint.save(mngr, done, state, sampler.state())
+                last_saved = done
+        if pending is not None:
+            check(*pending)
+    finally:
+        bar.close()
+        mngr.wait_until_finished()
+        mngr.close()
+        logger.close()
+    if is_main:
+        print(f"v2t train: finished step {config.num_steps}; checkpoint at step {last_saved} in {workdir}",
+              file=sys.stderr)  # fmt: skip
+    last["params"] = state.params
+    return last
