@@ -154,10 +154,12 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     print(dataset.format_counts(counts))
     if args.no_targets:
         return 0
-    emb = embedders.load_embedder(args.embedder, cache_dir=args.cache_dir)
     out = targets.targets_dir(b.data_dir, args.embedder, args.max_tokens)
-    for split in counts:
-        targets.precompute(dataset.texts(b, split), emb, out, split, args.max_tokens, progress=not args.quiet)
+    missing = [split for split in counts if not targets.exists(out, split)]
+    if missing:
+        emb = embedders.load_embedder(args.embedder, cache_dir=args.cache_dir)
+        for split in missing:
+            targets.precompute(dataset.texts(b, split), emb, out, split, args.max_tokens, progress=not args.quiet)
     print(f"target embeddings and ids in {out}")
     return 0
 

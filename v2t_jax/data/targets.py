@@ -25,11 +25,15 @@ def targets_dir(dataset_dir: str | os.PathLike, embedder_name: str, max_length: 
     return Path(dataset_dir) / "targets" / f"{key}-{max_length}"
 
 
+def exists(out_dir: Path, split: str) -> bool:
+    return (out_dir / f"{split}.embeddings.npy").exists() and (out_dir / f"{split}.ids.npy").exists()
+
+
 def precompute(
     texts: list[str], embedder, out_dir: Path, split: str, max_length: int, batch_size: int = 128, progress: bool = True
 ) -> tuple[Path, Path]:
     emb_path, ids_path = out_dir / f"{split}.embeddings.npy", out_dir / f"{split}.ids.npy"
-    if emb_path.exists() and ids_path.exists():
+    if exists(out_dir, split):
         return emb_path, ids_path
     parts = out_dir / f"{split}.parts"
     parts.mkdir(parents=True, exist_ok=True)

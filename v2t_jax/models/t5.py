@@ -190,6 +190,16 @@ def _normal(std: float):
     return nn.initializers.normal(stddev=std)
 
 
+def _matmul(x: Array, w: Array, n_in: int = 1) -> Array:
+    """Contracts the last `n_in` dims of x with the first `n_in` of w as one 2-D matrix product.
+
+    XLA:CPU runs a [tokens, in] @ [in, out] product (and its gradient) several times faster than the
+    same contraction written as a 3-D einsum."""
+    lead, k = x.shape[: x.ndim - n_in], int(np.prod(x.shape[x.ndim - n_in :]))
+    out = x.reshape(-1, k) @ w.reshape(k, -1)
+    return out.reshape(lead + w.shape[n_in:])
+
+
 class RMSNorm(nn.Module):
     """T5's layer norm: scale only, no mean subtraction, statistics in float32."""
 
@@ -270,8 +280,8 @@ class Attention(nn.Module):
 
     def project_kv(self, x_bke: Array) -> tuple[Array, Array]:
         dt = self.config.dtype
-        k = jnp.einsum("bke,ehd->bkhd", x_bke.astype(dt), jnp.asarray(self.k, dt))
-        v = jnp.einsum("bke,ehd->bkhd", x_bke.astype(dt), jnp.asarray(self.v, dt))
+        k = _matmul(x_bke.astype(dt), jnp.asarray(self.k, dt))  # [b, k, h, d]
+        v = _matmul(x_bke.astype(dt), jnp.asarray(self.v, dt))
         return k, v
 
     def __call__(
@@ -284,12 +294,14 @@ class Attention(nn.Module):
     ) -> Array:
         """Attends queries from x to precomputed keys/values; bias already holds the mask."""
         dt = self.config.dtype
-        q = jnp.einsum("bqe,ehd->bqhd", x_bqe.astype(dt), jnp.asarray(self.q, dt))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k_bkhd).astype(jnp.float32) + bias_bhqk
+        q = _matmul(x_bqe.astype(dt), jnp.asarray(self.q, dt))  # [b, q, h, d]
+        # [b, h, l, d] layout for the two batched products (faster on XLA:CPU than [b, l, h, d])
+        q_bhqd, k_bhkd, v_bhkd = (jnp.swapaxes(t, 1, 2) for t in (q, k_bkhd, v_bkhd))
+        scores = jnp.einsum("bhqd,bhkd->bhqk", q_bhqd, k_bhkd).astype(jnp.float32) + bias_bhqk
         probs = jax.nn.softmax(scores, axis=-1)
         probs = self.dropout(probs, deterministic=deterministic).astype(dt)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v_bkhd)
-        return jnp.einsum("bqhd,hde->bqe", out, jnp.asarray(self.o, dt))
+        out = jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", probs, v_bhkd), 1, 2)  # [b, q, h, d]
+        return _matmul(out, jnp.asarray(self.o, dt), n_in=2)
 
 
 class FeedForward(nn.Module):
@@ -305,14 +317,14 @@ class FeedForward(nn.Module):
             act = _ACTIVATIONS_GATED.get(act_name, _ACTIVATIONS[act_name])
             wi_0 = _param(self, "wi_0", _normal(e**-0.5), (e, f), ("embed", "mlp"), pd)
             wi_1 = _param(self, "wi_1", _normal(e**-0.5), (e, f), ("embed", "mlp"), pd)
-            h = act(x @ jnp.asarray(wi_0, dt)) * (x @ jnp.asarray(wi_1, dt))
+            h = act(_matmul(x, jnp.asarray(wi_0, dt))) * _matmul(x, jnp.asarray(wi_1, dt))
         else:
             wi = _param(self, "wi", _normal(e**-0.5), (e, f), ("embed", "mlp"), pd)
-            h = _ACTIVATIONS[act_name](x @ jnp.asarray(wi, dt))
+            h = _ACTIVATIONS[act_name](_matmul(x, jnp.asarray(wi, dt)))
         h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
         h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
         wo = _param(self, "wo", _normal(f**-0.5), (f, e), ("mlp", "embed"), pd)
-        return h @ jnp.asarray(wo, dt)
+        return _matmul(h, jnp.asarray(wo, dt))
 
 
 # ----------------------------------------------------------------------------- layers and stacks
@@ -528,7 +540,7 @@ class T5(nn.Module):
             w = jnp.asarray(self.shared, cfg.dtype).T
         else:
             w = jnp.asarray(self.lm_head, cfg.dtype)
-        out = jnp.einsum("ble,ev->blv", h_ble.astype(cfg.dtype), w)
+        out = _matmul(h_ble.astype(cfg.dtype), w)
         return nn.with_logical_constraint(out.astype(jnp.float32), ("batch", "length", "vocab"))
 
     def decode(

@@ -1,0 +1,250 @@
+"""The training loop: sharded == single-device, two processes agree, kill -9 + rerun == uninterrupted,
+every config runs, config errors are one line."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from v2t_jax import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT / "tests" / "data" / "sentences.txt"
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory, minilm_dir):
+    """The test sentences as a prepared dataset with target embeddings (a user corpus)."""
+    data_dir = tmp_path_factory.mktemp("data")
+    assert cli.main(["data", "prepare", "--corpus", str(CORPUS), "--data-dir", str(data_dir), "--quiet"]) == 0
+    return data_dir
+
+
+def _env(devices: int = 1) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    return env
+
+
+def _train_cmd(workdir, data_dir, *overrides):
+    return [
+        sys.executable, "-m", "v2t_jax.cli", "train", "--config", str(ROOT / "configs" / "inverter.py") + ":tiny",
+        "--workdir", str(workdir), f"--config.data.corpus={CORPUS}", f"--config.data.data_dir={data_dir}",
+        "--config.progress=false", *overrides,
+    ]  # fmt: skip
+
+
+def _final_params(workdir: Path, step: int) -> dict:
+    import orbax.checkpoint as ocp
+
+    restored = ocp.StandardCheckpointer().restore(Path(workdir).absolute() / "checkpoints" / str(step) / "state")
+    return restored
+
+
+def _last(workdir: Path, kind: str) -> dict:
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["kind"] == kind][-1]
+
+
+SHARDED_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import jax, numpy as np, flax.linen as nn
+    sys.path.insert(0, sys.argv[1])
+    from v2t_jax import config_loading, sharding, train
+    config = config_loading.load(sys.argv[1] + "/configs/inverter.py:tiny")
+    config.batch_size = 16
+    rng = np.random.default_rng(0)
+    batches = []
+    for _ in range(3):
+        emb = rng.normal(size=(16, 384)).astype(np.float32)
+        labels = rng.integers(1000, 2000, size=(16, 31)).astype(np.int32)
+        mask = np.ones_like(labels); mask[:, 20:] = 0
+        batches.append({"embeddings": emb, "labels": labels * mask, "mask": mask})
+    out = {}
+    for name, (data, fsdp) in {"one": (1, 1), "eight": (2, 4)}.items():
+        devices = jax.devices()[: data * fsdp]
+        mesh = sharding.make_mesh(data, fsdp, devices=devices)
+        with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+            s = train.build(config, mesh, 384, 30522)
+            state = s.init_fn(jax.random.PRNGKey(0))
+            losses = []
+            for b in batches:
+                state, aux = s.train_step(state, {k: jax.device_put(v, s.batch_sh[k]) for k, v in b.items()})
+                losses.append(float(aux["loss"]))
+            if name == "eight":
+                emb_sh = state.params["t5"]["shared"].sharding
+                out["sharded_spec"] = str(emb_sh.spec)
+                out["n_shards"] = len(state.params["t5"]["shared"].addressable_shards)
+            out[name] = {"losses": losses, "params": jax.tree_util.tree_map(lambda x: np.asarray(x).tolist(),
+                          {"lm_head": state.params["t5"]["lm_head"][:4, :4], "proj": state.params["transform"]["out_proj"]["kernel"][:4, :4]})}
+            flat = jax.tree_util.tree_leaves(jax.device_get(state.params))
+            out[name]["flat"] = [float(np.abs(x).sum()) for x in flat]
+            np.savez(sys.argv[2] + f"/{name}.npz", *[np.asarray(x) for x in flat])
+    print(json.dumps(out))
+    """
+)
+
+
+def test_sharded_step_matches_single_device(tmp_path):
+    """data=2 x fsdp=4 over 8 host CPU devices vs 1 device: loss and params agree within 1e-5 after 3 steps."""
+    script = tmp_path / "sharded.py"
+    script.write_text(SHARDED_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), str(ROOT), str(tmp_path)], capture_output=True, text=True,
+                          env=_env(8), timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "fsdp" in out["sharded_spec"] and out["n_shards"] == 8  # parameters really are sharded
+    np.testing.assert_allclose(out["one"]["losses"], out["eight"]["losses"], rtol=0, atol=1e-5)
+    one, eight = np.load(tmp_path / "one.npz"), np.load(tmp_path / "eight.npz")
+    assert len(one.files) == len(eight.files) > 10
+    for k in one.files:
+        np.testing.assert_allclose(one[k], eight[k], rtol=0, atol=1e-5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_and_agree_with_one(tmp_path, tiny_data):
+    """Two processes (1 CPU device each, gloo collectives) train 6 steps; the result equals one process
+    with 2 devices."""
+    port = _free_port()
+    steps = ["--config.num_steps=6", "--config.eval_every=0", "--config.checkpoint_every=3"]
+    procs = [
+        subprocess.Popen(
+            _train_cmd(tmp_path / "multi", tiny_data, *steps) + ["--distributed", f"localhost:{port},2,{i}"],
+            env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    single = subprocess.run(_train_cmd(tmp_path / "single", tiny_data, *steps, "--config.mesh.data=2"),
+                            env=_env(2), capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+    a, b = _final_params(tmp_path / "multi", 6), _final_params(tmp_path / "single", 6)
+    import jax
+
+    for x, y in zip(jax.tree_util.tree_leaves(a["params"]), jax.tree_util.tree_leaves(b["params"])):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-6)
+    assert _last(tmp_path / "multi", "train")["loss"] == pytest.approx(_last(tmp_path / "single", "train")["loss"], abs=1e-6)
+
+
+def test_kill_and_rerun_is_bit_identical(tmp_path, tiny_data):
+    steps = ["--config.num_steps=24", "--config.eval_every=0", "--config.checkpoint_every=4"]
+    ref = subprocess.run(_train_cmd(tmp_path / "ref", tiny_data, *steps), env=_env(), capture_output=True, text=True,
+                         timeout=600)  # fmt: skip
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    work = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(work, tiny_data, *steps), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline and not (work / "checkpoints" / "8").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
+    assert done and max(done) < 24, f"the run was not interrupted between checkpoints: {done}"
+
+    rerun = subprocess.run(_train_cmd(work, tiny_data, *steps), env=_env(), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming at step" in rerun.stderr
+    import jax
+
+    a, b = _final_params(tmp_path / "ref", 24), _final_params(work, 24)
+    leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    assert len(leaves_a) == len(leaves_b)
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert _last(work, "train")["loss"] == _last(tmp_path / "ref", "train")["loss"]
+
+    again = subprocess.run(_train_cmd(work, tiny_data, *steps), env=_env(), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "nothing to do" in again.stderr
+
+
+@pytest.mark.parametrize("config_file", sorted(p.name for p in (ROOT / "configs").glob("*.py")))
+def test_every_config_runs_two_tiny_steps(tmp_path, tiny_data, config_file):
+    from v2t_jax import config_loading, train
+
+    config = config_loading.load(str(ROOT / "configs" / config_file) + ":tiny")
+    config = config_loading.apply_overrides(
+        config,
+        [f"--config.data.corpus={CORPUS}", f"--config.data.data_dir={tiny_data}", "--config.num_steps=2",
+         "--config.eval_every=2", "--config.progress=false"],
+    )  # fmt: skip
+    out = train.train(config, tmp_path / "run")
+    assert np.isfinite(out["train_loss"]) and "eval_bleu" in out and 0 <= out["eval_cosine"] <= 1
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {r["kind"] for r in rows} == {"train", "eval"} and rows[0]["step"] == 0  # step-0 eval
+    assert list((tmp_path / "run" / "tb").iterdir())  # TensorBoard events
+
+
+@pytest.mark.parametrize("variant", ["cpu_small", "base"])
+def test_full_size_configs_build_abstractly(variant):
+    import flax.linen as nn
+    import jax
+
+    from v2t_jax import config_loading, sharding, train
+
+    config = config_loading.load(str(ROOT / "configs" / "inverter.py") + f":{variant}")
+    mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        s = train.build(config, mesh, 384, 30522)
+    assert s.n_params > (200e6 if variant == "base" else 20e6)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("--config.no_such_key=1", "unknown config key 'no_such_key'"),
+        ("--config.t5.nope=1", "unknown config key 't5.nope'"),
+        ("--config.batch_size=abc", "expected a int"),
+        ("--config.t5=3", "is a group"),
+        ("--batch_size=3", "unrecognised argument"),
+    ],
+)
+def test_bad_config_is_one_line_error(capsys, tmp_path, override, message):
+    code = cli.main(["train", "--config", str(ROOT / "configs" / "inverter.py") + ":tiny", "--workdir",
+                     str(tmp_path / "w"), override])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "w").exists()
+
+
+def test_unprepared_dataset_says_what_to_run(capsys, tmp_path):
+    code = cli.main(["train", "--config", str(ROOT / "configs" / "inverter.py") + ":tiny", "--workdir",
+                     str(tmp_path / "w"), f"--config.data.data_dir={tmp_path / 'empty'}", "--config.progress=false"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "v2t data prepare" in err[-1]
+
+
+def test_nonfinite_loss_stops_and_keeps_last_checkpoint(capsys, tmp_path, tiny_data):
+    from v2t_jax import config_loading, train
+
+    config = config_loading.load(str(ROOT / "configs" / "inverter.py") + ":tiny")
+    config = config_loading.apply_overrides(
+        config,
+        [f"--config.data.corpus={CORPUS}", f"--config.data.data_dir={tiny_data}", "--config.num_steps=12",
+         "--config.eval_every=0", "--config.checkpoint_every=4", "--config.progress=false",
+         "--config.learning_rate=1e30", "--config.warmup_steps=1", "--config.grad_clip=1e30"],
+    )  # fmt: skip
+    with pytest.raises(train.TrainingError, match="non-finite"):
+        train.train(config, tmp_path / "run")
+    kept = [int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()]
+    for step in kept:  # every checkpoint that was written holds finite parameters
+        import jax
+
+        assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(_final_params(tmp_path / "run", step)))
