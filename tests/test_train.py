@@ -43,10 +43,9 @@ def _train_cmd(workdir, data_dir, *overrides):
 
 
 def _final_params(workdir: Path, step: int) -> dict:
-    import orbax.checkpoint as ocp
+    from v2t_jax import checkpoint
 
-    restored = ocp.StandardCheckpointer().restore(Path(workdir).absolute() / "checkpoints" / str(step) / "state")
-    return restored
+    return checkpoint.read_state_as_numpy(workdir, step)
 
 
 def _last(workdir: Path, kind: str) -> dict:
@@ -124,7 +123,10 @@ def test_two_processes_train_and_agree_with_one(tmp_path, tiny_data):
     procs = [
         subprocess.Popen(
             _train_cmd(tmp_path / "multi", tiny_data, *steps) + ["--distributed", f"localhost:{port},2,{i}"],
-            env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=_env(1),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )  # fmt: skip
         for i in range(2)
     ]
@@ -139,7 +141,9 @@ def test_two_processes_train_and_agree_with_one(tmp_path, tiny_data):
 
     for x, y in zip(jax.tree_util.tree_leaves(a["params"]), jax.tree_util.tree_leaves(b["params"])):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-6)
-    assert _last(tmp_path / "multi", "train")["loss"] == pytest.approx(_last(tmp_path / "single", "train")["loss"], abs=1e-6)
+    assert _last(tmp_path / "multi", "train")["loss"] == pytest.approx(
+        _last(tmp_path / "single", "train")["loss"], abs=1e-6
+    )
 
 
 def test_kill_and_rerun_is_bit_identical(tmp_path, tiny_data):
@@ -247,4 +251,6 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(capsys, tmp_path, tiny_d
     for step in kept:  # every checkpoint that was written holds finite parameters
         import jax
 
-        assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(_final_params(tmp_path / "run", step)))
+        assert all(
+            np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(_final_params(tmp_path / "run", step))
+        )

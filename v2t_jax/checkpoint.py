@@ -35,3 +35,17 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any) -> tuple[An
         args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()),
     )
     return restored["state"], dict(restored["data"]), step
+
+
+def read_state_as_numpy(workdir: str | Path, step: int) -> dict:
+    """A saved train state as host numpy arrays, whatever mesh or process count wrote it."""
+    import jax
+    import numpy as np
+
+    path = Path(workdir).absolute() / "checkpoints" / str(step) / "state"
+    ckptr = ocp.PyTreeCheckpointer()
+    meta = ckptr.metadata(path)
+    tree = getattr(meta, "item_metadata", meta)
+    tree = tree.tree if hasattr(tree, "tree") else tree
+    args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))

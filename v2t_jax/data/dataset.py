@@ -122,6 +122,9 @@ class V2tPassages(tfds.core.GeneratorBasedBuilder):
 
 
 def builder(spec: DatasetSpec, data_dir: str | os.PathLike | None = None, cache_dir: str | None = None) -> V2tPassages:
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)  # tfds logs every custom config as a warning
     return V2tPassages(spec=spec, data_dir=str(data_dir or default_data_dir()), cache_dir=cache_dir)
 
 

@@ -509,7 +509,11 @@ class T5(nn.Module):
         if not cfg.tie_word_embeddings:
             self.lm_head = _param(
                 # d_model**-0.5 (not HF's 1.0) keeps initial logits O(1) for training from scratch with Adam.
-                self, "lm_head", _normal(cfg.d_model**-0.5), (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
+                self,
+                "lm_head",
+                _normal(cfg.d_model**-0.5),
+                (cfg.d_model, cfg.vocab_size),
+                ("embed", "vocab"),
                 cfg.param_dtype,
             )
 
