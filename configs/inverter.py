@@ -19,9 +19,7 @@ def get_config(arg: str = "cpu_small") -> ml_collections.ConfigDict:
     c.embedder = "all-MiniLM-L6-v2"
     c.max_length = 32  # embedder tokens incl. [CLS]/[SEP]; the decoder emits max_length - 1
     c.vocab = "embedder"  # decode in the embedder's own WordPiece vocabulary
-    c.data = ml_collections.ConfigDict(
-        dict(sources=("wiki", "bbc", "sotu", "moby"), corpus="", data_dir="", seed=0)
-    )
+    c.data = ml_collections.ConfigDict(dict(sources=("wiki", "bbc", "sotu", "moby"), corpus="", data_dir="", seed=0))
     c.t5 = ml_collections.ConfigDict(
         dict(size="tiny", variant="v1.1", d_model=0, d_kv=0, d_ff=0, num_layers=0, num_heads=0, dropout_rate=0.1)
     )  # 0 = the named size's value

@@ -52,8 +52,12 @@ def bench_jax(args) -> dict:
             state, aux = s.train_step(state, b)
             jax.block_until_ready(aux)
             times.append(time.perf_counter() - t0)
-    return {"median_step_s": statistics.median(times), "compile_s": compile_s, "params": s.n_params,
-            "device": jax.devices()[0].device_kind}  # fmt: skip
+    return {
+        "median_step_s": statistics.median(times),
+        "compile_s": compile_s,
+        "params": s.n_params,
+        "device": jax.devices()[0].device_kind,
+    }
 
 
 def bench_torch(args) -> dict:
@@ -66,10 +70,17 @@ def bench_torch(args) -> dict:
     torch.manual_seed(0)
     ours = t5_lib.t5_config(args.size, "v1.1", vocab_size=30522)
     cfg = transformers.T5Config(
-        vocab_size=30522, d_model=ours.d_model, d_kv=ours.d_kv, d_ff=ours.d_ff, num_layers=ours.num_layers,
-        num_heads=ours.num_heads, feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0,
+        vocab_size=30522,
+        d_model=ours.d_model,
+        d_kv=ours.d_kv,
+        d_ff=ours.d_ff,
+        num_layers=ours.num_layers,
+        num_heads=ours.num_heads,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        decoder_start_token_id=0,
         dropout_rate=0.1,
-    )  # fmt: skip
+    )
     device = "cuda" if args.torch_device == "cuda" else "cpu"
     if device == "cuda":  # JAX's default float32 matmuls on GPUs use TF32; let PyTorch do the same
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -99,8 +110,11 @@ def bench_torch(args) -> dict:
         t0 = time.perf_counter()
         step().item()  # .item() waits for the GPU
         times.append(time.perf_counter() - t0)
-    return {"median_step_s": statistics.median(times), "params": sum(p.numel() for p in params),
-            "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu, {args.torch_threads} threads"}  # fmt: skip
+    return {
+        "median_step_s": statistics.median(times),
+        "params": sum(p.numel() for p in params),
+        "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu, {args.torch_threads} threads",
+    }
 
 
 def main(argv=None) -> int:
@@ -116,10 +130,15 @@ def main(argv=None) -> int:
     tokens = args.batch_size * 31
     res = {
         "command": "python experiments/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{platform.machine()}", "size": args.size, "batch_size": args.batch_size, "jax": j, "torch": t,
-        "jax_tokens_per_s": tokens / j["median_step_s"], "torch_tokens_per_s": tokens / t["median_step_s"],
+        "machine": f"{platform.machine()}",
+        "size": args.size,
+        "batch_size": args.batch_size,
+        "jax": j,
+        "torch": t,
+        "jax_tokens_per_s": tokens / j["median_step_s"],
+        "torch_tokens_per_s": tokens / t["median_step_s"],
         "ratio": t["median_step_s"] / j["median_step_s"],
-    }  # fmt: skip
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
@@ -130,7 +149,8 @@ def main(argv=None) -> int:
         "",
         "| implementation | params | median step s | target tokens/s |",
         "|---|---|---|---|",
-        f"| v2t_jax ({j['device']}) | {j['params'] / 1e6:.1f}M | {j['median_step_s']:.3f} | {res['jax_tokens_per_s']:.0f} |",
+        f"| v2t_jax ({j['device']}) | {j['params'] / 1e6:.1f}M | {j['median_step_s']:.3f} | "
+        f"{res['jax_tokens_per_s']:.0f} |",
         f"| PyTorch transformers T5 + AdamW ({t['device']}) | {t['params'] / 1e6:.1f}M | {t['median_step_s']:.3f} | "
         f"{res['torch_tokens_per_s']:.0f} |",
         "",

@@ -52,8 +52,10 @@ def test_split_by_document_is_deterministic_and_disjoint():
 
 def test_corpus_dataset_build_targets_and_rerun(tmp_path, minilm, capsys):
     corpus = tmp_path / "corpus.jsonl"
-    rows = [{"doc_id": f"d{i // 3}", "text": f"Document {i // 3} says sentence number {i} is here. " * 3}
-            for i in range(600)]  # fmt: skip
+    rows = [
+        {"doc_id": f"d{i // 3}", "text": f"Document {i // 3} says sentence number {i} is here. " * 3}
+        for i in range(600)
+    ]
     corpus.write_text("\n".join(json.dumps(r) for r in rows))
     data_dir = tmp_path / "data"
     args = ["data", "prepare", "--corpus", str(corpus), "--data-dir", str(data_dir), "--quiet"]

@@ -36,10 +36,19 @@ def _env(devices: int = 1) -> dict:
 
 def _train_cmd(workdir, data_dir, *overrides):
     return [
-        sys.executable, "-m", "v2t_jax.cli", "train", "--config", str(ROOT / "configs" / "inverter.py") + ":tiny",
-        "--workdir", str(workdir), f"--config.data.corpus={CORPUS}", f"--config.data.data_dir={data_dir}",
-        "--config.progress=false", *overrides,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "v2t_jax.cli",
+        "train",
+        "--config",
+        str(ROOT / "configs" / "inverter.py") + ":tiny",
+        "--workdir",
+        str(workdir),
+        f"--config.data.corpus={CORPUS}",
+        f"--config.data.data_dir={data_dir}",
+        "--config.progress=false",
+        *overrides,
+    ]
 
 
 def _final_params(workdir: Path, step: int) -> dict:
@@ -83,10 +92,8 @@ SHARDED_SCRIPT = textwrap.dedent(
                 emb_sh = state.params["t5"]["shared"].sharding
                 out["sharded_spec"] = str(emb_sh.spec)
                 out["n_shards"] = len(state.params["t5"]["shared"].addressable_shards)
-            out[name] = {"losses": losses, "params": jax.tree_util.tree_map(lambda x: np.asarray(x).tolist(),
-                          {"lm_head": state.params["t5"]["lm_head"][:4, :4], "proj": state.params["transform"]["out_proj"]["kernel"][:4, :4]})}
+            out[name] = {"losses": losses}
             flat = jax.tree_util.tree_leaves(jax.device_get(state.params))
-            out[name]["flat"] = [float(np.abs(x).sum()) for x in flat]
             np.savez(sys.argv[2] + f"/{name}.npz", *[np.asarray(x) for x in flat])
     print(json.dumps(out))
     """
@@ -97,8 +104,13 @@ def test_sharded_step_matches_single_device(tmp_path):
     """data=2 x fsdp=4 over 8 host CPU devices vs 1 device: loss and params agree within 1e-5 after 3 steps."""
     script = tmp_path / "sharded.py"
     script.write_text(SHARDED_SCRIPT)
-    proc = subprocess.run([sys.executable, str(script), str(ROOT), str(tmp_path)], capture_output=True, text=True,
-                          env=_env(8), timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(script), str(ROOT), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=_env(8),
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "fsdp" in out["sharded_spec"] and out["n_shards"] == 8  # parameters really are sharded
@@ -127,14 +139,19 @@ def test_two_processes_train_and_agree_with_one(tmp_path, tiny_data):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for i in range(2)
     ]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
-    single = subprocess.run(_train_cmd(tmp_path / "single", tiny_data, *steps, "--config.mesh.data=2"),
-                            env=_env(2), capture_output=True, text=True, timeout=600)  # fmt: skip
+    single = subprocess.run(
+        _train_cmd(tmp_path / "single", tiny_data, *steps, "--config.mesh.data=2"),
+        env=_env(2),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     a, b = _final_params(tmp_path / "multi", 6), _final_params(tmp_path / "single", 6)
     import jax
@@ -148,13 +165,15 @@ def test_two_processes_train_and_agree_with_one(tmp_path, tiny_data):
 
 def test_kill_and_rerun_is_bit_identical(tmp_path, tiny_data):
     steps = ["--config.num_steps=24", "--config.eval_every=0", "--config.checkpoint_every=4"]
-    ref = subprocess.run(_train_cmd(tmp_path / "ref", tiny_data, *steps), env=_env(), capture_output=True, text=True,
-                         timeout=600)  # fmt: skip
+    ref = subprocess.run(
+        _train_cmd(tmp_path / "ref", tiny_data, *steps), env=_env(), capture_output=True, text=True, timeout=600
+    )
     assert ref.returncode == 0, ref.stderr[-3000:]
 
     work = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(work, tiny_data, *steps), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        _train_cmd(work, tiny_data, *steps), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not (work / "checkpoints" / "8").exists():
         time.sleep(0.05)
@@ -186,9 +205,14 @@ def test_every_config_runs_two_tiny_steps(tmp_path, tiny_data, config_file):
     config = config_loading.load(str(ROOT / "configs" / config_file) + ":tiny")
     config = config_loading.apply_overrides(
         config,
-        [f"--config.data.corpus={CORPUS}", f"--config.data.data_dir={tiny_data}", "--config.num_steps=2",
-         "--config.eval_every=2", "--config.progress=false"],
-    )  # fmt: skip
+        [
+            f"--config.data.corpus={CORPUS}",
+            f"--config.data.data_dir={tiny_data}",
+            "--config.num_steps=2",
+            "--config.eval_every=2",
+            "--config.progress=false",
+        ],
+    )
     out = train.train(config, tmp_path / "run")
     assert np.isfinite(out["train_loss"]) and "eval_bleu" in out and 0 <= out["eval_cosine"] <= 1
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -221,16 +245,33 @@ def test_full_size_configs_build_abstractly(variant):
     ],
 )
 def test_bad_config_is_one_line_error(capsys, tmp_path, override, message):
-    code = cli.main(["train", "--config", str(ROOT / "configs" / "inverter.py") + ":tiny", "--workdir",
-                     str(tmp_path / "w"), override])  # fmt: skip
+    code = cli.main(
+        [
+            "train",
+            "--config",
+            str(ROOT / "configs" / "inverter.py") + ":tiny",
+            "--workdir",
+            str(tmp_path / "w"),
+            override,
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert not (tmp_path / "w").exists()
 
 
 def test_unprepared_dataset_says_what_to_run(capsys, tmp_path):
-    code = cli.main(["train", "--config", str(ROOT / "configs" / "inverter.py") + ":tiny", "--workdir",
-                     str(tmp_path / "w"), f"--config.data.data_dir={tmp_path / 'empty'}", "--config.progress=false"])  # fmt: skip
+    code = cli.main(
+        [
+            "train",
+            "--config",
+            str(ROOT / "configs" / "inverter.py") + ":tiny",
+            "--workdir",
+            str(tmp_path / "w"),
+            f"--config.data.data_dir={tmp_path / 'empty'}",
+            "--config.progress=false",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "v2t data prepare" in err[-1]
 
@@ -241,10 +282,18 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(capsys, tmp_path, tiny_d
     config = config_loading.load(str(ROOT / "configs" / "inverter.py") + ":tiny")
     config = config_loading.apply_overrides(
         config,
-        [f"--config.data.corpus={CORPUS}", f"--config.data.data_dir={tiny_data}", "--config.num_steps=12",
-         "--config.eval_every=0", "--config.checkpoint_every=4", "--config.progress=false",
-         "--config.learning_rate=1e30", "--config.warmup_steps=1", "--config.grad_clip=1e30"],
-    )  # fmt: skip
+        [
+            f"--config.data.corpus={CORPUS}",
+            f"--config.data.data_dir={tiny_data}",
+            "--config.num_steps=12",
+            "--config.eval_every=0",
+            "--config.checkpoint_every=4",
+            "--config.progress=false",
+            "--config.learning_rate=1e30",
+            "--config.warmup_steps=1",
+            "--config.grad_clip=1e30",
+        ],
+    )
     with pytest.raises(train.TrainingError, match="non-finite"):
         train.train(config, tmp_path / "run")
     kept = [int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()]
@@ -254,3 +303,37 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(capsys, tmp_path, tiny_d
         assert all(
             np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(_final_params(tmp_path / "run", step))
         )
+
+
+def test_external_tokenizer_vocabulary(tmp_path, tiny_data, sentences):
+    """A T5-style SentencePiece-like vocabulary (here a small Unigram model with <pad>=0, </s>=1) instead of
+    the embedder's: labels come from text, hypotheses are re-embedded through text."""
+    import tokenizers
+
+    from v2t_jax import config_loading, train
+
+    tok = tokenizers.Tokenizer(tokenizers.models.Unigram())
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace()
+    tok.decoder = tokenizers.decoders.Metaspace()
+    trainer = tokenizers.trainers.UnigramTrainer(
+        vocab_size=400, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
+    )
+    tok.train_from_iterator(sentences, trainer)
+    folder = tmp_path / "spm"
+    folder.mkdir()
+    tok.save(str(folder / "tokenizer.json"))
+    config = config_loading.load(str(ROOT / "configs" / "inverter.py") + ":tiny")
+    config = config_loading.apply_overrides(
+        config,
+        [
+            f"--config.data.corpus={CORPUS}",
+            f"--config.data.data_dir={tiny_data}",
+            "--config.num_steps=2",
+            "--config.eval_every=2",
+            "--config.progress=false",
+            f"--config.vocab={folder}",
+        ],
+    )
+    out = train.train(config, tmp_path / "run")
+    assert out["params"]["t5"]["shared"].shape[0] == tok.get_vocab_size()
+    assert np.isfinite(out["train_loss"]) and np.isfinite(out["eval_cosine"]) and "eval_bleu" in out

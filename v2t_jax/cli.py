@@ -143,9 +143,12 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     from v2t_jax.models import embedders
 
     spec = dataset.DatasetSpec(
-        sources=tuple(args.sources), corpus=args.corpus, embedder=args.embedder, max_tokens=args.max_tokens,
+        sources=tuple(args.sources),
+        corpus=args.corpus,
+        embedder=args.embedder,
+        max_tokens=args.max_tokens,
         seed=args.seed,
-    )  # fmt: skip
+    )
     try:
         b, counts = dataset.prepare(spec, data_dir=args.data_dir, cache_dir=args.cache_dir)
     except (sources.SourceError, assets.AssetError) as e:
@@ -232,9 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     dp = d.add_parser("prepare", help="build the passage dataset (TFDS) and its target embeddings")
     dp.add_argument("--data-dir", default=None, help="default: $V2T_DATA_DIR or ~/.cache/v2t_jax/datasets")
     dp.add_argument(
-        "--sources", nargs="+", default=["wiki", "bbc", "sotu", "moby"],
+        "--sources",
+        nargs="+",
+        default=["wiki", "bbc", "sotu", "moby"],
         help="built-in sources: wiki bbc sotu moby (default) and wordnet pydocs",
-    )  # fmt: skip
+    )
     dp.add_argument("--corpus", default=None, help="your own .txt (a document per line) or .jsonl (text, doc_id)")
     dp.add_argument("--embedder", default="all-MiniLM-L6-v2")
     dp.add_argument("--max-tokens", type=int, default=32, help="passage length in embedder tokens incl. [CLS]/[SEP]")
@@ -248,9 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", required=True, help="configs/inverter.py[:variant]")
     t.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, tb/ (rerunning resumes)")
     t.add_argument(
-        "--distributed", default=None, metavar="HOST:PORT,NUM_PROCESSES,PROCESS_ID",
+        "--distributed",
+        default=None,
+        metavar="HOST:PORT,NUM_PROCESSES,PROCESS_ID",
         help="multi-process run: jax.distributed.initialize with these arguments (CPU: gloo collectives)",
-    )  # fmt: skip
+    )
     t.set_defaults(func=cmd_train)
     return p
 

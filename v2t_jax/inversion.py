@@ -95,12 +95,6 @@ class Inverter(nn.Module):
         return self.t5.decode_step(ids, cache)
 
 
-def targets_from_embedder_ids(ids_bl: Array) -> tuple[Array, Array]:
-    """Embedder ids `[CLS] t1 .. tn [SEP] 0 ..` -> labels `t1 .. tn [SEP] 0 ..` and their mask."""
-    labels = ids_bl[:, 1:]
-    return labels, labels != 0
-
-
 def cross_entropy(logits: Array, labels: Array, mask: Array) -> tuple[Array, dict]:
     """Mean token cross-entropy over `mask`; also token accuracy and the token count."""
     losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)

@@ -32,8 +32,16 @@ from v2t_jax.models import t5 as t5_lib
 Array = jax.Array
 
 # Keys that may change between a run and its resumption (the rest must match the saved config).
-RESUMABLE_KEYS = {"num_steps", "log_every", "eval_every", "eval_batches", "eval_samples", "checkpoint_every",
-                  "keep_checkpoints", "progress"}  # fmt: skip
+RESUMABLE_KEYS = {
+    "num_steps",
+    "log_every",
+    "eval_every",
+    "eval_batches",
+    "eval_samples",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "progress",
+}
 
 
 class TrainingError(RuntimeError):
@@ -51,13 +59,70 @@ class TrainState:
 # ----------------------------------------------------------------------------- model and optimizer
 
 
-def t5_config_from(config: ml_collections.ConfigDict, vocab_size: int) -> t5_lib.T5Config:
+def t5_config_from(config: ml_collections.ConfigDict, vocab_size: int, pad_id: int = 0, eos_id: int = 1):
     c = config.t5
     overrides = {k: c[k] for k in ("d_model", "d_kv", "d_ff", "num_layers", "num_heads") if c.get(k, 0)}
     return t5_lib.t5_config(
-        c.size, c.variant, vocab_size=vocab_size, dropout_rate=c.dropout_rate, pad_token_id=0,
-        decoder_start_token_id=0, **overrides,
-    )  # fmt: skip
+        c.size,
+        c.variant,
+        vocab_size=vocab_size,
+        dropout_rate=c.dropout_rate,
+        pad_token_id=pad_id,
+        decoder_start_token_id=pad_id,
+        eos_token_id=eos_id,
+        **overrides,
+    )
+
+
+@dataclasses.dataclass
+class TargetVocab:
+    """What the decoder emits. The embedder's own vocabulary (`in_graph`: hypotheses are embedder ids and
+    can be re-embedded inside a jitted program) or an external tokenizer such as T5's SentencePiece
+    (hypotheses go back through text to be re-embedded)."""
+
+    tokenizer: Any  # tokenizers.Tokenizer
+    size: int
+    pad_id: int  # also the decoder start token
+    eos_id: int
+    cls_id: int | None  # embedder [CLS], for in-graph re-embedding
+    in_graph: bool
+    length: int  # decoder positions
+
+    def labels(self, split: SplitData) -> np.ndarray:
+        """[n, length] int32 targets ending in EOS, padded with pad_id."""
+        if self.in_graph:  # embedder ids `[CLS] t1 .. tn [SEP] 0 ..` -> `t1 .. tn [SEP] 0 ..`
+            return np.asarray(split.ids[:, 1:], np.int32)
+        self.tokenizer.no_truncation()
+        out = np.full((len(split.texts), self.length), self.pad_id, np.int32)
+        for i, enc in enumerate(self.tokenizer.encode_batch(split.texts, add_special_tokens=False)):
+            row = (enc.ids + [self.eos_id])[: self.length]
+            out[i, : len(row)] = row
+        return out
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode([int(t) for t in ids], skip_special_tokens=True)
+
+
+def target_vocab(config: ml_collections.ConfigDict, embedder) -> TargetVocab:
+    if config.vocab == "embedder":
+        tok = embedder.tokenizer
+        cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        if cls_id is None or sep_id is None:
+            raise TrainingError("the embedder's tokenizer has no [CLS]/[SEP]; set --config.vocab=<a tokenizer folder>")
+        return TargetVocab(
+            tok, tok.get_vocab_size(), embedder.pad_token_id, sep_id, cls_id, True, config.max_length - 1
+        )
+    from v2t_jax.models.embedders import load_tokenizer
+
+    if not Path(config.vocab).is_dir():
+        raise TrainingError(f"vocab {config.vocab!r} is neither 'embedder' nor a tokenizer folder")
+    tok = load_tokenizer(config.vocab)
+    pad = next((tok.token_to_id(t) for t in ("<pad>", "[PAD]") if tok.token_to_id(t) is not None), 0)
+    eos = next((tok.token_to_id(t) for t in ("</s>", "[SEP]", "<eos>") if tok.token_to_id(t) is not None), None)
+    if eos is None:
+        raise TrainingError(f"the tokenizer in {config.vocab} has no end-of-sequence token (</s>)")
+    # SentencePiece splits text finer than WordPiece: leave room beyond the embedder's token budget.
+    return TargetVocab(tok, tok.get_vocab_size(), pad, eos, None, False, config.max_length + 16)
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -124,9 +189,12 @@ def load_data(config: ml_collections.ConfigDict, need_texts: bool) -> tuple[Any,
     from v2t_jax.data import dataset, targets
 
     spec = dataset.DatasetSpec(
-        sources=tuple(config.data.sources), corpus=config.data.corpus or None, embedder=config.embedder,
-        max_tokens=config.max_length, seed=config.data.seed,
-    )  # fmt: skip
+        sources=tuple(config.data.sources),
+        corpus=config.data.corpus or None,
+        embedder=config.embedder,
+        max_tokens=config.max_length,
+        seed=config.data.seed,
+    )
     b = dataset.builder(spec, config.data.data_dir or None)
     command = "v2t data prepare" + (
         f" --corpus {spec.corpus}" if spec.corpus else f" --sources {' '.join(spec.sources)}"
@@ -158,9 +226,12 @@ def make_train_step(model: inversion.Inverter, tx: optax.GradientTransformation)
 
         def loss_fn(params):
             logits = model.apply(
-                {"params": params}, batch["embeddings"], dec_in, deterministic=False,
+                {"params": params},
+                batch["embeddings"],
+                dec_in,
+                deterministic=False,
                 rngs={"dropout": r_drop, "noise": r_noise},
-            )  # fmt: skip
+            )
             return inversion.cross_entropy(logits, labels, mask)
 
         (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -264,17 +335,28 @@ class Setup:
     n_params: int
 
 
-def build(config: ml_collections.ConfigDict, mesh, embed_dim: int, vocab_size: int) -> Setup:
+def build(
+    config: ml_collections.ConfigDict,
+    mesh,
+    embed_dim: int,
+    vocab_size: int,
+    pad_id: int = 0,
+    eos_id: int = 1,
+    dec_len: int | None = None,
+) -> Setup:
     """Model, optimizer, sharded abstract state and the jitted init/train/eval functions for `mesh`.
 
     Call inside `jax.set_mesh(mesh)` and `nn.logical_axis_rules(sharding.LOGICAL_RULES)`."""
     icfg = inversion.InverterConfig(
-        t5=t5_config_from(config, vocab_size), embed_dim=embed_dim, num_repeat_tokens=config.num_repeat_tokens,
-        dropout_rate=config.dropout_rate, noise_level=config.noise_level,
-    )  # fmt: skip
+        t5=t5_config_from(config, vocab_size, pad_id, eos_id),
+        embed_dim=embed_dim,
+        num_repeat_tokens=config.num_repeat_tokens,
+        dropout_rate=config.dropout_rate,
+        noise_level=config.noise_level,
+    )
     model = inversion.Inverter(icfg)
     tx = make_optimizer(config)
-    dec_len = config.max_length - 1
+    dec_len = dec_len or config.max_length - 1
 
     def init_boxed(rng):
         p_rng, s_rng = jax.random.split(rng)
@@ -339,33 +421,29 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
         raise TrainingError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes")
 
     embedder = embedders.load_embedder(config.embedder)
-    if config.vocab != "embedder":
-        raise TrainingError(f"vocab {config.vocab!r}: only 'embedder' is implemented so far")
-    tok = embedder.tokenizer
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    if cls_id is None or sep_id is None:
-        raise TrainingError("the embedder's tokenizer has no [CLS]/[SEP]; use vocab=<a T5 tokenizer folder>")
-    vocab_size = tok.get_vocab_size()
-    _, data = load_data(config, need_texts=False)
+    vocab = target_vocab(config, embedder)
+    _, data = load_data(config, need_texts=not vocab.in_graph)
     train_data, val_data = data["train"], data["validation"]
+    labels = {"train": vocab.labels(train_data), "validation": vocab.labels(val_data)}
 
-    setup = build(config, mesh, embedder.dim, vocab_size)
+    setup = build(config, mesh, embedder.dim, vocab.size, vocab.pad_id, vocab.eos_id, vocab.length)
     model, state_sh, batch_sh, abstract = setup.model, setup.state_sh, setup.batch_sh, setup.abstract
     init_fn, train_step, eval_step = setup.init_fn, setup.train_step, setup.eval_step
     n_params = setup.n_params
-    dec_len = config.max_length - 1
     b2, b1 = sharding.batch_sharding(mesh, 2), sharding.batch_sharding(mesh, 1)
-    if True:  # (mesh and rules are active: see train())
-        gen_fn = make_generate(model, dec_len, sep_id)
+    gen_fn = make_generate(model, vocab.length, vocab.eos_id)
 
-        def generate_and_score(params, emb):
-            gen = gen_fn(params, emb)
-            ids, mask = hypothesis_to_embedder_ids(gen, cls_id)
-            e_hat = embedders.embed(embedder.config, embedder.params, ids, mask)
-            cos = jnp.sum(e_hat * emb, -1) / (jnp.linalg.norm(e_hat, axis=-1) * jnp.linalg.norm(emb, axis=-1) + 1e-12)
-            return gen, cos
+    def generate_and_score(params, emb):
+        """Greedy hypotheses and, with the embedder's vocabulary, their cosine to the target, in one program."""
+        gen = gen_fn(params, emb)
+        if not vocab.in_graph:
+            return gen, jnp.zeros(gen.shape[:1])
+        ids, mask = hypothesis_to_embedder_ids(gen, vocab.cls_id)
+        e_hat = embedders.embed(embedder.config, embedder.params, ids, mask)
+        cos = jnp.sum(e_hat * emb, -1) / (jnp.linalg.norm(e_hat, axis=-1) * jnp.linalg.norm(emb, axis=-1) + 1e-12)
+        return gen, cos
 
-        gen_score = jax.jit(generate_and_score, in_shardings=(state_sh.params, b2), out_shardings=(b2, b1))
+    gen_score = jax.jit(generate_and_score, in_shardings=(state_sh.params, b2), out_shardings=(b2, b1))
 
     mngr = checkpoint.manager(workdir, config.keep_checkpoints)
     sampler = Sampler(len(train_data.ids), config.batch_size, config.seed)
@@ -379,19 +457,24 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
     logger = Logger(workdir, is_main)
     if is_main:
         where = "resuming at step" if start else "starting at step"
-        print(f"v2t train: inverter {n_params / 1e6:.1f}M params, mesh {dict(mesh.shape)}, {where} {start}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"v2t train: inverter {n_params / 1e6:.1f}M params, mesh {dict(mesh.shape)}, {where} {start}",
+            file=sys.stderr,
+        )
 
     local = slice(
         jax.process_index() * config.batch_size // jax.process_count(),
         (jax.process_index() + 1) * config.batch_size // jax.process_count(),
     )
 
-    def make_batch(split: SplitData, idx: np.ndarray, sharded: bool = True) -> dict:
-        idx = idx[local] if sharded else idx
-        labels, mask = (np.asarray(x) for x in inversion.targets_from_embedder_ids(np.asarray(split.ids[idx])))
-        host = {"embeddings": np.asarray(split.embeddings[idx], np.float32), "labels": labels.astype(np.int32),
-                "mask": mask.astype(np.int32)}  # fmt: skip
+    def make_batch(split: str, idx: np.ndarray) -> dict:
+        idx = idx[local]
+        lab = labels[split][idx]
+        host = {
+            "embeddings": np.asarray(data[split].embeddings[idx], np.float32),
+            "labels": lab,
+            "mask": (lab != vocab.pad_id).astype(np.int32),
+        }
         return {k: jax.make_array_from_process_local_data(batch_sh[k], v) for k, v in host.items()}
 
     def padded(start: int, stop: int) -> tuple[np.ndarray, int]:
@@ -407,7 +490,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
             idx, n = padded(s, min(s + bs, n_val))
             if n < bs:
                 break  # loss over whole batches only
-            m = jax.device_get(eval_step(params, make_batch(val_data, idx)))
+            m = jax.device_get(eval_step(params, make_batch("validation", idx)))
             for k in ("loss", "token_accuracy"):
                 sums[k] += float(m[k]) * float(m["tokens"])
             sums["tokens"] += float(m["tokens"])
@@ -415,13 +498,22 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
         preds, refs, coss = [], [], []
         for s in range(0, min(config.eval_samples, n_val), bs):
             idx, n = padded(s, min(s + bs, n_val, config.eval_samples))
-            gen, cos = gen_score(params, make_batch(val_data, idx)["embeddings"])
+            gen, cos = gen_score(params, make_batch("validation", idx)["embeddings"])
             gen = np.asarray(multihost_utils.process_allgather(gen, tiled=True))[:n]
             cos = np.asarray(multihost_utils.process_allgather(cos, tiled=True))[:n]
-            for row, true_ids in zip(gen, np.asarray(val_data.ids[idx[:n]])):
-                preds.append(metrics.normalize(tok.decode(row.tolist(), skip_special_tokens=True)))
-                refs.append(metrics.normalize(tok.decode(true_ids.tolist(), skip_special_tokens=True)))
-            coss.extend(cos.tolist())
+            batch_preds = [vocab.decode(row) for row in gen]
+            if vocab.in_graph:  # both sides through the same uncased detokenisation
+                batch_refs = [vocab.decode(r) for r in np.asarray(val_data.ids[idx[:n]])]
+            else:  # re-embed on the host
+                batch_refs = [val_data.texts[i] for i in idx[:n]]
+                e_hat = embedder.embed_texts(batch_preds, max_length=config.max_length)
+                target = np.asarray(val_data.embeddings[idx[:n]])
+                cos = (e_hat * target).sum(-1) / (
+                    np.linalg.norm(e_hat, axis=-1) * np.linalg.norm(target, axis=-1) + 1e-12
+                )
+            preds += [metrics.normalize(p) for p in batch_preds]
+            refs += [metrics.normalize(r) for r in batch_refs]
+            coss.extend(np.asarray(cos).tolist())
         if preds:
             out.update(metrics.text_metrics(preds, refs, coss))
             out["example_pred"], out["example_ref"] = preds[0], refs[0]
@@ -440,8 +532,13 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=config.num_steps, initial=start, unit="step", disable=not (is_main and config.progress),
-               dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(
+        total=config.num_steps,
+        initial=start,
+        unit="step",
+        disable=not (is_main and config.progress),
+        dynamic_ncols=True,
+    )
     pending: tuple[int, dict] | None = None
     last_saved = start if restored is not None else None
     t_log, steps_since = time.perf_counter(), 0
@@ -460,7 +557,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
 
     try:
         for step in range(start, config.num_steps):
-            batch = make_batch(train_data, sampler.next_indices())
+            batch = make_batch("train", sampler.next_indices())
             state, aux = train_step(state, batch)
             if pending is not None:  # check the previous step while this one runs
                 check(*pending)
@@ -490,7 +587,9 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
         mngr.close()
         logger.close()
     if is_main:
-        print(f"v2t train: finished step {config.num_steps}; checkpoint at step {last_saved} in {workdir}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"v2t train: finished step {config.num_steps}; checkpoint at step {last_saved} in {workdir}",
+            file=sys.stderr,
+        )
     last["params"] = state.params
     return last
