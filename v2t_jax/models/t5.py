@@ -494,6 +494,10 @@ class Decoder(nn.Module):
 # ----------------------------------------------------------------------------- models
 
 
+def _shared_embedding(module: nn.Module, cfg: T5Config):
+    return _param(module, "shared", _normal(1.0), (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.param_dtype)
+
+
 class T5(nn.Module):
     """T5 encoder-decoder with an LM head. Params: shared, encoder, decoder, [lm_head]."""
 
@@ -501,9 +505,7 @@ class T5(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.shared = _param(
-            self, "shared", _normal(1.0), (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.param_dtype
-        )
+        self.shared = _shared_embedding(self, cfg)
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
         if not cfg.tie_word_embeddings:
@@ -602,9 +604,7 @@ class T5EncoderModel(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.shared = _param(
-            self, "shared", _normal(1.0), (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.param_dtype
-        )
+        self.shared = _shared_embedding(self, cfg)
         self.encoder = Encoder(cfg)
 
     def __call__(self, input_ids: Array, attention_mask: Array, deterministic: bool = True) -> Array:
