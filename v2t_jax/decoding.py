@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 Array = jax.Array
 Cache = Any
@@ -37,3 +38,106 @@ def greedy(
     init = (jnp.full((batch,), start_id, jnp.int32), jnp.zeros((batch,), bool), cache)
     _, ids = jax.lax.scan(step, init, None, length=max_length)
     return ids.T
+
+
+# ----------------------------------------------------------------------------- beam search
+
+NEG_INF = -1.0e7
+
+
+@struct.dataclass
+class BeamState:
+    """Token-level beam search state (b batch, k beams, L max length)."""
+
+    step: Array  # [] int32, tokens decoded so far
+    live_logprobs: Array  # [b, k] float32, log-probability of each live hypothesis
+    live_seqs: Array  # [b, k, L] int32, live hypotheses (pad after the current step)
+    finished_scores: Array  # [b, k] float32, score of each finished hypothesis (NEG_INF if empty)
+    finished_seqs: Array  # [b, k, L] int32, finished hypotheses (EOS included, pad after)
+    cache: Any  # model cache, batch dimension b * k on every leaf with a batch dimension
+
+
+def _map_batch_leaves(fn, cache, bk: int):
+    """Applies fn to every cache leaf whose leading dimension is the flattened batch b * k."""
+    return jax.tree_util.tree_map(lambda x: fn(x) if (x.ndim >= 1 and x.shape[0] == bk) else x, cache)
+
+
+def _gather_beams(x: Array, idx: Array, b: int, k_in: int) -> Array:
+    """x [b * k_in, ...] (or [b, k_in, ...] when already split), idx [b, k_out] -> [b * k_out, ...]."""
+    xs = x.reshape((b, k_in) + x.shape[1:])
+    out = jnp.take_along_axis(xs, idx.reshape(idx.shape + (1,) * (xs.ndim - 2)), axis=1)
+    return out.reshape((-1,) + x.shape[1:])
+
+
+def beam_search(
+    tokens_to_logits: TokensToLogits,
+    cache: Cache,
+    batch: int,
+    beam: int,
+    max_length: int,
+    start_id: int,
+    eos_id: int,
+    pad_id: int = 0,
+    length_penalty: float = 0.0,
+) -> tuple[Array, Array]:
+    """Beam search -> (sequences [b, k, L], scores [b, k]), best first.
+
+    `cache` is the model cache for `batch` rows; it is repeated `beam` times here. A score is the
+    sequence log-probability divided by `length ** length_penalty` (0: plain log-probability). Sequences
+    that never emit EOS within `max_length` compete as finished at the end, so every row returns k
+    hypotheses."""
+    b, k, L = batch, beam, max_length
+    cache = _map_batch_leaves(lambda x: jnp.repeat(x, k, axis=0), cache, b)
+    state = BeamState(
+        step=jnp.zeros((), jnp.int32),
+        # only beam 0 is live at first, so the k initial beams do not duplicate one hypothesis
+        live_logprobs=jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1), jnp.float32), (b, 1)),
+        live_seqs=jnp.full((b, k, L), pad_id, jnp.int32),
+        finished_scores=jnp.full((b, k), NEG_INF, jnp.float32),
+        finished_seqs=jnp.full((b, k, L), pad_id, jnp.int32),
+        cache=cache,
+    )
+
+    def score(logprobs, length):
+        return logprobs / (length.astype(jnp.float32) ** length_penalty) if length_penalty else logprobs
+
+    def cond(s: BeamState):
+        # stop when no live hypothesis can still beat the worst finished one (log-probs only fall)
+        best_live = score(s.live_logprobs[:, 0], jnp.full((b,), L)) if length_penalty else s.live_logprobs[:, 0]
+        done = jnp.all(best_live < s.finished_scores[:, -1])
+        return (s.step < L) & ~done
+
+    def body(s: BeamState) -> BeamState:
+        prev = jnp.where(
+            s.step == 0,
+            jnp.full((b * k,), start_id, jnp.int32),
+            s.live_seqs[:, :, jnp.maximum(s.step - 1, 0)].reshape(-1),
+        )
+        logits, cache = tokens_to_logits(prev[:, None], s.cache)
+        logp = jax.nn.log_softmax(logits[:, -1].astype(jnp.float32)).reshape(b, k, -1)  # [b, k, V]
+        vocab = logp.shape[-1]
+        cand = (s.live_logprobs[..., None] + logp).reshape(b, k * vocab)
+        top_lp, top_i = jax.lax.top_k(cand, 2 * k)  # 2k: up to k may end in EOS, k stay live
+        src, tok = top_i // vocab, (top_i % vocab).astype(jnp.int32)
+        seqs = jnp.take_along_axis(s.live_seqs, src[..., None], axis=1)
+        seqs = seqs.at[:, :, s.step].set(tok)  # [b, 2k, L]
+        is_eos = tok == eos_id
+        length = s.step + 1
+        # live: best k that did not end
+        live_lp = jnp.where(is_eos, NEG_INF, top_lp)
+        live_lp, live_j = jax.lax.top_k(live_lp, k)
+        live_seqs = jnp.take_along_axis(seqs, live_j[..., None], axis=1)
+        cache = _map_batch_leaves(
+            lambda x: _gather_beams(x, jnp.take_along_axis(src, live_j, axis=1), b, k), cache, b * k
+        )
+        # finished: merge the new EOS hypotheses (and, at the last step, the live ones) into the top k
+        ends = is_eos | (length == L)
+        new_scores = jnp.where(ends & (top_lp > NEG_INF / 2), score(top_lp, jnp.full_like(tok, length)), NEG_INF)
+        all_scores = jnp.concatenate([s.finished_scores, new_scores], axis=1)
+        all_seqs = jnp.concatenate([s.finished_seqs, seqs], axis=1)
+        fin_scores, fin_j = jax.lax.top_k(all_scores, k)
+        fin_seqs = jnp.take_along_axis(all_seqs, fin_j[..., None], axis=1)
+        return BeamState(length, live_lp, live_seqs, fin_scores, fin_seqs, cache)
+
+    state = jax.lax.while_loop(cond, body, state)
+    return state.finished_seqs, state.finished_scores

@@ -1,0 +1,105 @@
+"""Greedy and beam search on a toy model whose best path is known by hand, and cached == uncached."""
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from v2t_jax import decoding
+from v2t_jax.models import t5
+
+PAD, EOS, A, B = 0, 1, 2, 3
+# Markov chain over the previous token: P(next | prev). Greedy takes A (0.6) and keeps taking A, never
+# ending; the best finished sequence is B EOS with probability 0.4 * 0.9 = 0.36.
+T = np.array(
+    [
+        [0.0, 0.0, 0.6, 0.4],  # after start (PAD)
+        [0.0, 1.0, 0.0, 0.0],  # after EOS (unused)
+        [0.0, 0.2, 0.45, 0.35],  # after A
+        [0.0, 0.9, 0.05, 0.05],  # after B
+    ]
+)
+
+
+def toy(ids, cache):
+    """ids [n, 1] -> logits [n, 1, 4]; the cache counts steps per row (a batch-shaped leaf)."""
+    logits = jnp.log(jnp.asarray(T, jnp.float32) + 1e-30)[ids[:, 0]][:, None, :]
+    return logits, {"steps": cache["steps"] + 1, "index": cache["index"] + 1}
+
+
+def brute_force_ranking(max_len):
+    """Every finished sequence (ends in EOS, or reaches max_len) with its log-probability, best first."""
+    out = []
+    for n in range(1, max_len + 1):
+        for seq in itertools.product([EOS, A, B], repeat=n):
+            if EOS in seq[:-1] or (n < max_len and seq[-1] != EOS):
+                continue
+            prev, lp = PAD, 0.0
+            for t in seq:
+                lp += math.log(T[prev, t]) if T[prev, t] > 0 else -math.inf
+                prev = t
+            out.append((lp, seq))
+    return sorted(out, reverse=True)
+
+
+def _cache(b):
+    return {"steps": jnp.zeros((b,), jnp.int32), "index": jnp.zeros((), jnp.int32)}
+
+
+def test_greedy_follows_the_locally_best_token():
+    ids = decoding.greedy(toy, _cache(2), 2, 4, PAD, EOS)
+    assert ids.tolist() == [[A, A, A, A]] * 2
+
+
+def test_beam_search_finds_the_hand_computed_best_path():
+    seqs, scores = decoding.beam_search(toy, _cache(3), 3, 2, 4, PAD, EOS)
+    ranking = brute_force_ranking(4)
+    assert ranking[0][1] == (B, EOS) and ranking[0][0] == pytest.approx(math.log(0.4 * 0.9))
+    assert ranking[1][1] == (A, B, EOS) and ranking[1][0] == pytest.approx(math.log(0.6 * 0.35 * 0.9))
+    for row in range(3):
+        assert seqs[row, 0].tolist() == [B, EOS, PAD, PAD]
+        assert seqs[row, 1].tolist() == [A, B, EOS, PAD]
+        np.testing.assert_allclose(np.asarray(scores[row]), [ranking[0][0], ranking[1][0]], atol=1e-5)
+
+
+def test_beam_of_one_is_greedy_when_nothing_finishes():
+    seqs, _ = decoding.beam_search(toy, _cache(1), 1, 1, 4, PAD, EOS)
+    assert seqs[0, 0].tolist() == decoding.greedy(toy, _cache(1), 1, 4, PAD, EOS)[0].tolist()
+
+
+def test_length_penalty_changes_the_ranking():
+    # with a strong length normalisation the longer A A A A path (score/len) can outrank shorter ones
+    _, plain = decoding.beam_search(toy, _cache(1), 1, 3, 4, PAD, EOS)
+    _, normed = decoding.beam_search(toy, _cache(1), 1, 3, 4, PAD, EOS, length_penalty=1.0)
+    assert not np.allclose(np.asarray(plain), np.asarray(normed))
+
+
+def test_cached_beam_search_equals_uncached_on_a_t5():
+    cfg = t5.t5_config("tiny", vocab_size=50, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
+    model = t5.T5(cfg)
+    params = t5.init_params(model, jax.random.PRNGKey(3))
+    v = {"params": params}
+    b, k, L = 2, 3, 7
+    ids = jax.random.randint(jax.random.PRNGKey(1), (b, 9), 2, 50)
+    mask = jnp.ones((b, 9), bool)
+    enc = model.apply(v, ids, mask, method=t5.T5.encode)
+
+    def cached(tok, cache):
+        return model.apply(v, tok, cache, method=t5.T5.decode_step)
+
+    def uncached(tok, c):
+        seq = jax.lax.dynamic_update_slice_in_dim(c["seq"], tok, c["index"], axis=1)
+        logits = model.apply(v, seq, c["enc"], c["mask"], method=t5.T5.decode)
+        step_logits = jax.lax.dynamic_slice_in_dim(logits, c["index"], 1, axis=1)
+        return step_logits, {**c, "seq": seq, "index": c["index"] + 1}
+
+    cache = model.apply(v, enc, mask, L, method=t5.T5.init_cache)
+    s1, p1 = jax.jit(lambda c: decoding.beam_search(cached, c, b, k, L, 0, cfg.eos_token_id))(cache)
+    plain = {"seq": jnp.zeros((b, L), jnp.int32), "enc": enc, "mask": mask, "index": jnp.zeros((), jnp.int32)}
+    s2, p2 = jax.jit(lambda c: decoding.beam_search(uncached, c, b, k, L, 0, cfg.eos_token_id))(plain)
+    np.testing.assert_array_equal(np.asarray(s1), np.asarray(s2))
+    np.testing.assert_allclose(np.asarray(p1), np.asarray(p2), atol=1e-4)
+    assert (np.diff(np.asarray(p1), axis=1) <= 1e-6).all()  # best first
