@@ -1,0 +1,77 @@
+"""Corrector: encoder input layout, the no-feedback ablation, cached decoding."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from v2t_jax import correction, decoding
+from v2t_jax.models import t5
+
+
+def _setup(ignore=False):
+    t5cfg = t5.t5_config("tiny", vocab_size=120, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
+    cfg = correction.CorrectorConfig(t5=t5cfg, embed_dim=24, num_repeat_tokens=4, ignore_hypothesis_embedding=ignore)
+    model = correction.Corrector(cfg)
+    k = jax.random.split(jax.random.PRNGKey(0), 4)
+    e, e_hat = jax.random.normal(k[0], (3, 24)), jax.random.normal(k[1], (3, 24))
+    ids = jax.random.randint(k[2], (3, 10), 2, 120)
+    mask = jnp.ones((3, 10), bool).at[1, 6:].set(False)
+    dec = jax.random.randint(k[3], (3, 7), 2, 120)
+    params = jax.jit(lambda r: model.init(r, e, e_hat, ids, mask, dec))(jax.random.PRNGKey(1))["params"]
+    return model, nn_unbox(params), (e, e_hat, ids, mask, dec)
+
+
+def nn_unbox(tree):
+    import flax.linen as nn
+
+    return nn.unbox(tree)
+
+
+def test_encoder_input_layout():
+    model, params, (e, e_hat, ids, mask, _) = _setup()
+    x, m = model.apply({"params": params}, e, e_hat, ids, mask, method=correction.Corrector.encoder_inputs)
+    assert x.shape == (3, 4 + 3 * 4 + 10, 32) and m.shape == (3, 26)
+    assert m[:, :16].all() and (np.asarray(m[:, 16:]) == np.asarray(mask)).all()
+    # LayerNorm over d_model: every position has ~zero mean and unit variance (scale 1, bias 0 at init)
+    np.testing.assert_allclose(np.asarray(x.mean(-1)), 0, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(x.var(-1)), 1, atol=1e-3)
+    # the four separators are the same (embedded EOS) vector
+    for pos in (5, 10, 15):
+        np.testing.assert_allclose(np.asarray(x[:, pos]), np.asarray(x[:, 0]), atol=1e-6)
+
+
+@pytest.mark.parametrize("ignore", [False, True])
+def test_hypothesis_embedding_feedback_flag(ignore):
+    model, params, (e, e_hat, ids, mask, dec) = _setup(ignore)
+    a = model.apply({"params": params}, e, e_hat, ids, mask, dec)
+    b = model.apply({"params": params}, e, e_hat + 1.0, ids, mask, dec)
+    assert a.shape == (3, 7, 120)
+    assert np.allclose(np.asarray(a), np.asarray(b)) == ignore  # no feedback: ê does not matter
+
+
+def test_training_noise_and_dropout_need_rngs_and_change_outputs():
+    model, params, (e, e_hat, ids, mask, dec) = _setup()
+    det = model.apply({"params": params}, e, e_hat, ids, mask, dec)
+    rngs = {"dropout": jax.random.PRNGKey(2), "noise": jax.random.PRNGKey(3)}
+    train = model.apply({"params": params}, e, e_hat, ids, mask, dec, deterministic=False, rngs=rngs)
+    assert not np.allclose(np.asarray(det), np.asarray(train))
+
+
+def test_cached_greedy_equals_full_forward_argmax():
+    model, params, (e, e_hat, ids, mask, _) = _setup()
+    v = {"params": params}
+    cache = model.apply(v, e, e_hat, ids, mask, 6, method=correction.Corrector.init_cache)
+
+    def step(tok, c):
+        return model.apply(v, tok, c, method=correction.Corrector.decode_step)
+
+    out = decoding.greedy(step, cache, 3, 6, 0, 1)
+    # teacher-forcing the greedy output reproduces it as the argmax at every position before EOS
+    dec_in = t5.shift_right(out, 0)
+    logits = model.apply(v, e, e_hat, ids, mask, dec_in)
+    arg = np.asarray(jnp.argmax(logits, -1))
+    o = np.asarray(out)
+    for r in range(3):
+        n = int(np.argmax(o[r] == 1)) + 1 if (o[r] == 1).any() else 6
+        assert (arg[r, :n] == o[r, :n]).all()
