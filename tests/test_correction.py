@@ -75,3 +75,58 @@ def test_cached_greedy_equals_full_forward_argmax():
     for r in range(3):
         n = int(np.argmax(o[r] == 1)) + 1 if (o[r] == 1).any() else 6
         assert (arg[r, :n] == o[r, :n]).all()
+
+
+def test_first_unique_keeps_the_best_copy():
+    seqs = jnp.array([[[1, 2], [3, 4], [1, 2], [5, 6], [3, 4]]])
+    scores = jnp.array([[0.1, 0.9, 0.5, 0.2, 0.3]])
+    out = np.asarray(correction._first_unique(seqs, scores))[0]
+    np.testing.assert_allclose(out, [-np.inf, 0.9, 0.5, 0.2, -np.inf])
+
+
+def _program():
+    from v2t_jax import inversion
+    from v2t_jax.models import embedders
+
+    V, L = 60, 8
+    t5cfg = t5.t5_config("tiny", vocab_size=V, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)
+    bert = embedders.BertConfig(vocab_size=V, hidden_size=24, num_hidden_layers=1, num_attention_heads=4,
+                                intermediate_size=48, max_position_embeddings=16)  # fmt: skip
+    ecfg = embedders.EmbedderConfig(bert)
+    icfg = inversion.InverterConfig(t5=t5cfg, embed_dim=24, num_repeat_tokens=2)
+    ccfg = correction.CorrectorConfig(t5=t5cfg, embed_dim=24, num_repeat_tokens=2)
+    prog = correction.InversionProgram(icfg, ccfg, ecfg, length=L, cls_id=2, eos_id=1, pad_id=0)
+    k = jax.random.split(jax.random.PRNGKey(0), 3)
+    e = jnp.zeros((1, 24))
+    ids = jnp.zeros((1, L), jnp.int32)
+    params = {
+        "inverter": nn_unbox(inversion.Inverter(icfg).init(k[0], e, ids)["params"]),
+        "corrector": nn_unbox(correction.Corrector(ccfg).init(k[1], e, e, ids, ids != 0, ids)["params"]),
+        "embedder": nn_unbox(embedders.SentenceEmbedder(ecfg).init(k[2], ids, jnp.ones_like(ids))["params"]),
+    }
+    targets = embedders.embed(ecfg, params["embedder"], jax.random.randint(k[2], (5, L), 3, V), jnp.ones((5, L)))
+    return prog, params, targets
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_compiled_inversion_program(beam):
+    prog, params, targets = _program()
+    run = jax.jit(correction.invert, static_argnums=(0, 3, 4))
+    out = run(prog, params, targets, 4, beam)
+    assert out["ids"].shape == (5, 8) and out["step_ids"].shape == (5, 5, 8) and out["step_cosine"].shape == (5, 5)
+    cos = np.asarray(out["step_cosine"])
+    assert (np.diff(cos, axis=0) >= -1e-6).all()  # the best-so-far cosine never decreases
+    np.testing.assert_allclose(np.asarray(out["cosine"]), cos[-1], atol=1e-6)
+    # the reported cosine is the cosine of the reported ids
+    again = correction._cosine(correction._embed_hypotheses(prog, params["embedder"], out["ids"]), targets)
+    np.testing.assert_allclose(np.asarray(again), np.asarray(out["cosine"]), atol=1e-5)
+    same = run(prog, params, targets, 4, beam)  # deterministic
+    np.testing.assert_array_equal(np.asarray(same["ids"]), np.asarray(out["ids"]))
+
+
+def test_stop_cosine_freezes_finished_examples():
+    prog, params, targets = _program()
+    out = correction.invert(prog, params, targets, 3, 2, stop_cosine=-1.0)  # every example is done at once
+    cos = np.asarray(out["step_cosine"])
+    assert (cos == cos[0]).all()
+    np.testing.assert_array_equal(np.asarray(out["ids"]), np.asarray(out["step_ids"][0]))

@@ -117,3 +117,125 @@ class Corrector(nn.Module):
 
     def decode_step(self, ids: Array, cache: t5_lib.DecoderCache) -> tuple[Array, t5_lib.DecoderCache]:
         return self.t5.decode_step(ids, cache)
+
+
+# ----------------------------------------------------------------------------- the compiled inversion program
+
+
+@dataclasses.dataclass(frozen=True)
+class InversionProgram:
+    """Everything static about an inversion: model configs and token ids. Hashable (a jit static argument).
+
+    The decoders emit embedder ids `t1 .. tn [SEP] 0 ..`; a hypothesis is re-embedded as `[CLS] t1 .. tn [SEP]`
+    inside the same program."""
+
+    inverter: "object"  # inversion.InverterConfig
+    corrector: CorrectorConfig
+    embedder: "object"  # embedders.EmbedderConfig
+    length: int  # decoder positions (embedder max_length - 1)
+    cls_id: int
+    eos_id: int
+    pad_id: int = 0
+
+
+def _cosine(a: Array, b: Array) -> Array:
+    return jnp.sum(a * b, -1) / (jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1) + 1e-12)
+
+
+def _embed_hypotheses(program: InversionProgram, params, ids: Array) -> Array:
+    """ids [..., L] decoder output -> embedder vectors [..., D]."""
+    from v2t_jax.models import embedders
+
+    flat = ids.reshape(-1, ids.shape[-1])
+    full = jnp.concatenate([jnp.full((flat.shape[0], 1), program.cls_id, flat.dtype), flat], axis=1)
+    vec = embedders.embed(program.embedder, params, full, (full != program.pad_id).astype(jnp.int32))
+    return vec.reshape(ids.shape[:-1] + vec.shape[-1:])
+
+
+def _first_unique(seqs: Array, scores: Array) -> Array:
+    """seqs [B, n, L], scores [B, n] -> scores with every repeat of a better-or-earlier sequence set to -inf."""
+    order = jnp.argsort(-scores, axis=1)
+    s_sorted = jnp.take_along_axis(seqs, order[..., None], axis=1)
+    same = jnp.all(s_sorted[:, :, None, :] == s_sorted[:, None, :, :], axis=-1)  # [B, i, j]
+    earlier = jnp.triu(jnp.ones(same.shape[1:], bool), k=1)  # [i, j]: i < j
+    dup_sorted = jnp.any(same & earlier[None], axis=1)  # j repeats some better i
+    dup = jnp.zeros_like(dup_sorted).at[jnp.arange(seqs.shape[0])[:, None], order].set(dup_sorted)
+    return jnp.where(dup, -jnp.inf, scores)
+
+
+def invert(
+    program: InversionProgram,
+    params: dict,
+    embeddings: Array,
+    num_steps: int,
+    beam: int,
+    stop_cosine: float = 2.0,
+) -> dict:
+    """The whole N-step inversion as one program (jit it with program, num_steps, beam static).
+
+    params: {"inverter": ..., "corrector": ..., "embedder": ...}; embeddings [B, D].
+    Step 0 is the inverter's greedy decode. Each correction step beam-decodes `beam` continuations of each
+    of the `beam` current hypotheses with the corrector, re-embeds all beam² candidates, scores them by
+    cosine to the target and keeps the top `beam` unique ones. The best hypothesis seen at any step is
+    tracked; an example whose best cosine reaches `stop_cosine` keeps its hypotheses from then on.
+
+    Returns ids [B, L] and cosine [B] of the best hypothesis, and per-step best ids [S+1, B, L] and best
+    cosines [S+1, B] (step 0 first).
+    """
+    from v2t_jax import decoding, inversion
+
+    e = embeddings.astype(jnp.float32)
+    B, L, k = e.shape[0], program.length, beam
+    inv = inversion.Inverter(program.inverter)
+    cor = Corrector(program.corrector)
+    vi, vc = {"params": params["inverter"]}, {"params": params["corrector"]}
+
+    cache = inv.apply(vi, e, L, method=inversion.Inverter.init_cache)
+    ids0 = decoding.greedy(
+        lambda t, c: inv.apply(vi, t, c, method=inversion.Inverter.decode_step), cache, B, L,
+        program.pad_id, program.eos_id, program.pad_id,
+    )  # fmt: skip
+    emb0 = _embed_hypotheses(program, params["embedder"], ids0)
+    cos0 = _cosine(emb0, e)
+
+    # the live set: only slot 0 holds a hypothesis at first ("b of b" candidates at step 1)
+    hyps = jnp.broadcast_to(ids0[:, None], (B, k, L))
+    hyp_emb = jnp.broadcast_to(emb0[:, None], (B, k, emb0.shape[-1]))
+    hyp_cos = jnp.where(jnp.arange(k)[None] == 0, cos0[:, None], -jnp.inf)
+
+    def step(carry, _):
+        hyps, hyp_emb, hyp_cos, best_ids, best_cos = carry
+        done = best_cos >= stop_cosine
+        flat_ids = hyps.reshape(B * k, L)
+        e_rep = jnp.repeat(e, k, axis=0)
+        c = cor.apply(vc, e_rep, hyp_emb.reshape(B * k, -1), flat_ids, flat_ids != program.pad_id, L,
+                      method=Corrector.init_cache)  # fmt: skip
+        cand, _ = decoding.beam_search(
+            lambda t, cc: cor.apply(vc, t, cc, method=Corrector.decode_step), c, B * k, k, L,
+            program.pad_id, program.eos_id, program.pad_id,
+        )  # fmt: skip
+        cand = cand.reshape(B, k * k, L)
+        cand_emb = _embed_hypotheses(program, params["embedder"], cand)
+        cand_cos = _cosine(cand_emb, e[:, None])
+        parent_ok = jnp.repeat(jnp.isfinite(hyp_cos), k, axis=1)  # candidates of empty slots do not count
+        score = _first_unique(cand, jnp.where(parent_ok, cand_cos, -jnp.inf))
+        top, j = jax.lax.top_k(score, k)
+        new_hyps = jnp.take_along_axis(cand, j[..., None], axis=1)
+        new_emb = jnp.take_along_axis(cand_emb, j[..., None], axis=1)
+        keep = done[:, None]
+        hyps = jnp.where(keep[..., None], hyps, new_hyps)
+        hyp_emb = jnp.where(keep[..., None], hyp_emb, new_emb)
+        hyp_cos = jnp.where(keep, hyp_cos, top)
+        better = (hyp_cos[:, 0] > best_cos) & ~done
+        best_ids = jnp.where(better[:, None], hyps[:, 0], best_ids)
+        best_cos = jnp.where(better, hyp_cos[:, 0], best_cos)
+        return (hyps, hyp_emb, hyp_cos, best_ids, best_cos), (best_ids, best_cos)
+
+    init = (hyps, hyp_emb, hyp_cos, ids0, cos0)
+    if num_steps > 0:
+        (_, _, _, best_ids, best_cos), (trace_ids, trace_cos) = jax.lax.scan(step, init, None, length=num_steps)
+        trace_ids = jnp.concatenate([ids0[None], trace_ids])
+        trace_cos = jnp.concatenate([cos0[None], trace_cos])
+    else:
+        best_ids, best_cos, trace_ids, trace_cos = ids0, cos0, ids0[None], cos0[None]
+    return {"ids": best_ids, "cosine": best_cos, "step_ids": trace_ids, "step_cosine": trace_cos}
