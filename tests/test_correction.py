@@ -1,5 +1,7 @@
 """Corrector: encoder input layout, the no-feedback ablation, cached decoding."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,6 +54,7 @@ def test_hypothesis_embedding_feedback_flag(ignore):
 
 def test_training_noise_and_dropout_need_rngs_and_change_outputs():
     model, params, (e, e_hat, ids, mask, dec) = _setup()
+    model = correction.Corrector(dataclasses.replace(model.config, training_noise=1e-5))
     det = model.apply({"params": params}, e, e_hat, ids, mask, dec)
     rngs = {"dropout": jax.random.PRNGKey(2), "noise": jax.random.PRNGKey(3)}
     train = model.apply({"params": params}, e, e_hat, ids, mask, dec, deterministic=False, rngs=rngs)

@@ -30,18 +30,14 @@ class CorrectorConfig:
     embed_dim: int = 384
     bottleneck_dim: int | None = None  # defaults to embed_dim
     num_repeat_tokens: int = 16
-    dropout_rate: float | None = None  # of the three projections; defaults to the backbone's (as the reference)
+    dropout_rate: float = 0.0  # of the three projections (vec2text 0.0.13: 0)
     ignore_hypothesis_embedding: bool = False
-    training_noise: float = 1e-5  # Gaussian noise on e and ê in training, as the reference
+    training_noise: float = 0.0  # Gaussian noise on e and ê in training (vec2text 0.0.13: 0; later versions 1e-5)
     layer_norm_eps: float = 1e-5  # torch.nn.LayerNorm's default
 
     @property
     def bottleneck(self) -> int:
         return self.bottleneck_dim or self.embed_dim
-
-    @property
-    def projection_dropout(self) -> float:
-        return self.t5.dropout_rate if self.dropout_rate is None else self.dropout_rate
 
     @property
     def prefix_length(self) -> int:
@@ -60,7 +56,7 @@ class Corrector(nn.Module):
                 cfg.bottleneck,
                 cfg.t5.d_model,
                 cfg.num_repeat_tokens,
-                cfg.projection_dropout,
+                cfg.dropout_rate,
                 name=name,
             )
 

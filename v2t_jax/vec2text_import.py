@@ -1,0 +1,117 @@
+"""Import checkpoints of the reference `vec2text` package (PyTorch) into our Flax models.
+
+Maps `InversionModel` and `CorrectorEncoderModel` state dicts — e.g. the published `jxm/gtr__nq__32` and
+`jxm/gtr__nq__32__correct` folders (`config.json` + `model.safetensors` or `pytorch_model.bin`) — onto
+`inversion.Inverter` / `correction.Corrector` parameters. The T5 backbone's shape is read off the weights;
+the embedder's weights, if the state dict carries them, are ignored (load the embedder separately).
+
+Layout of the reference state dicts:
+  embedding_transform.{0,3}.{weight,bias}                       Linear -> Dropout -> GELU -> Linear
+  embedding_transform_{1,2,3}.{0,3}.{weight,bias}              corrector: for e, e - ê, ê
+  layernorm.{weight,bias}                                      corrector: LayerNorm over the encoder input
+  encoder_decoder.*                                            transformers T5ForConditionalGeneration
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from v2t_jax import correction, inversion
+from v2t_jax.models import t5 as t5_lib
+
+BACKBONE = "encoder_decoder."
+
+
+def infer_t5_config(sd: dict[str, np.ndarray], prefix: str = BACKBONE, max_distance: int = 128) -> t5_lib.T5Config:
+    """A T5Config from the shapes of a T5ForConditionalGeneration state dict (under `prefix`)."""
+    shared = sd.get(prefix + "shared.weight", sd.get(prefix + "encoder.embed_tokens.weight"))
+    if shared is None:
+        raise ValueError("not a vec2text checkpoint: no encoder_decoder.shared.weight")
+    vocab, d_model = shared.shape
+    blocks = lambda part: {int(m.group(1)) for k in sd for m in [re.match(rf"{prefix}{part}\.block\.(\d+)\.", k)] if m}  # noqa: E731
+    rel = sd[prefix + "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"]
+    buckets, heads = rel.shape
+    q = sd[prefix + "encoder.block.0.layer.0.SelfAttention.q.weight"]
+    gated = prefix + "encoder.block.0.layer.1.DenseReluDense.wi_0.weight" in sd
+    wi = sd[prefix + "encoder.block.0.layer.1.DenseReluDense." + ("wi_0" if gated else "wi") + ".weight"]
+    lm_head = sd.get(prefix + "lm_head.weight")
+    tied = lm_head is None or np.array_equal(lm_head, shared)
+    return t5_lib.T5Config(
+        vocab_size=vocab,
+        d_model=d_model,
+        d_kv=q.shape[0] // heads,
+        d_ff=wi.shape[0],
+        num_layers=len(blocks("encoder")),
+        num_decoder_layers=len(blocks("decoder")),
+        num_heads=heads,
+        relative_attention_num_buckets=buckets,
+        relative_attention_max_distance=max_distance,
+        feed_forward_proj="gated-gelu" if gated else "relu",
+        tie_word_embeddings=tied,
+        dropout_rate=0.0,
+    )
+
+
+def _transform(sd: dict, prefix: str) -> dict:
+    return {
+        "in_proj": {"kernel": sd[prefix + ".0.weight"].T, "bias": sd[prefix + ".0.bias"]},
+        "out_proj": {"kernel": sd[prefix + ".3.weight"].T, "bias": sd[prefix + ".3.bias"]},
+    }
+
+
+def _backbone(sd: dict, cfg: t5_lib.T5Config) -> dict:
+    sub = {k[len(BACKBONE) :]: v for k, v in sd.items() if k.startswith(BACKBONE)}
+    return t5_lib.params_from_hf_state_dict(sub, cfg)
+
+
+def _f32(tree):
+    import jax
+
+    return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), tree)
+
+
+def inverter_from_state_dict(sd: dict[str, np.ndarray], **t5_overrides) -> tuple[inversion.InverterConfig, dict]:
+    t5cfg = infer_t5_config(sd).replace(**t5_overrides) if t5_overrides else infer_t5_config(sd)
+    w0, w3 = sd["embedding_transform.0.weight"], sd["embedding_transform.3.weight"]
+    cfg = inversion.InverterConfig(
+        t5=t5cfg, embed_dim=w0.shape[1], bottleneck_dim=w0.shape[0], num_repeat_tokens=w3.shape[0] // t5cfg.d_model
+    )
+    params = {"transform": _transform(sd, "embedding_transform"), "t5": _backbone(sd, t5cfg)}
+    return cfg, _f32(params)
+
+
+def corrector_from_state_dict(
+    sd: dict[str, np.ndarray], ignore_hypothesis_embedding: bool = False, **t5_overrides
+) -> tuple[correction.CorrectorConfig, dict]:
+    t5cfg = infer_t5_config(sd).replace(**t5_overrides) if t5_overrides else infer_t5_config(sd)
+    w0, w3 = sd["embedding_transform_1.0.weight"], sd["embedding_transform_1.3.weight"]
+    cfg = correction.CorrectorConfig(
+        t5=t5cfg, embed_dim=w0.shape[1], bottleneck_dim=w0.shape[0], num_repeat_tokens=w3.shape[0] // t5cfg.d_model,
+        ignore_hypothesis_embedding=ignore_hypothesis_embedding,
+    )  # fmt: skip
+    params = {
+        "transform_target": _transform(sd, "embedding_transform_1"),
+        "transform_diff": _transform(sd, "embedding_transform_2"),
+        "transform_hypothesis": _transform(sd, "embedding_transform_3"),
+        "layernorm": {"scale": sd["layernorm.weight"], "bias": sd["layernorm.bias"]},
+        "t5": _backbone(sd, t5cfg),
+    }
+    return cfg, _f32(params)
+
+
+def load_folder(folder: str | os.PathLike):
+    """A vec2text checkpoint folder -> (config, params) of an Inverter or a Corrector, by its contents."""
+    folder = Path(folder)
+    sd = t5_lib.read_hf_state_dict(folder)
+    sd = {k: v for k, v in sd.items() if not k.startswith("embedder.")}
+    meta = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
+    if "embedding_transform_1.0.weight" in sd:
+        return corrector_from_state_dict(sd, bool(meta.get("corrector_ignore_hypothesis_embedding", False)))
+    if "embedding_transform.0.weight" in sd:
+        return inverter_from_state_dict(sd)
+    raise ValueError(f"{folder}: neither a vec2text InversionModel nor a CorrectorEncoderModel checkpoint")
