@@ -188,9 +188,14 @@ def invert(
 
     cache = inv.apply(vi, e, L, method=inversion.Inverter.init_cache)
     ids0 = decoding.greedy(
-        lambda t, c: inv.apply(vi, t, c, method=inversion.Inverter.decode_step), cache, B, L,
-        program.pad_id, program.eos_id, program.pad_id,
-    )  # fmt: skip
+        lambda t, c: inv.apply(vi, t, c, method=inversion.Inverter.decode_step),
+        cache,
+        B,
+        L,
+        program.pad_id,
+        program.eos_id,
+        program.pad_id,
+    )
     emb0 = _embed_hypotheses(program, params["embedder"], ids0)
     cos0 = _cosine(emb0, e)
 
@@ -204,12 +209,19 @@ def invert(
         done = best_cos >= stop_cosine
         flat_ids = hyps.reshape(B * k, L)
         e_rep = jnp.repeat(e, k, axis=0)
-        c = cor.apply(vc, e_rep, hyp_emb.reshape(B * k, -1), flat_ids, flat_ids != program.pad_id, L,
-                      method=Corrector.init_cache)  # fmt: skip
+        c = cor.apply(
+            vc, e_rep, hyp_emb.reshape(B * k, -1), flat_ids, flat_ids != program.pad_id, L, method=Corrector.init_cache
+        )
         cand, _ = decoding.beam_search(
-            lambda t, cc: cor.apply(vc, t, cc, method=Corrector.decode_step), c, B * k, k, L,
-            program.pad_id, program.eos_id, program.pad_id,
-        )  # fmt: skip
+            lambda t, cc: cor.apply(vc, t, cc, method=Corrector.decode_step),
+            c,
+            B * k,
+            k,
+            L,
+            program.pad_id,
+            program.eos_id,
+            program.pad_id,
+        )
         cand = cand.reshape(B, k * k, L)
         cand_emb = _embed_hypotheses(program, params["embedder"], cand)
         cand_cos = _cosine(cand_emb, e[:, None])

@@ -91,9 +91,12 @@ def corrector_from_state_dict(
     t5cfg = infer_t5_config(sd).replace(**t5_overrides) if t5_overrides else infer_t5_config(sd)
     w0, w3 = sd["embedding_transform_1.0.weight"], sd["embedding_transform_1.3.weight"]
     cfg = correction.CorrectorConfig(
-        t5=t5cfg, embed_dim=w0.shape[1], bottleneck_dim=w0.shape[0], num_repeat_tokens=w3.shape[0] // t5cfg.d_model,
+        t5=t5cfg,
+        embed_dim=w0.shape[1],
+        bottleneck_dim=w0.shape[0],
+        num_repeat_tokens=w3.shape[0] // t5cfg.d_model,
         ignore_hypothesis_embedding=ignore_hypothesis_embedding,
-    )  # fmt: skip
+    )
     params = {
         "transform_target": _transform(sd, "embedding_transform_1"),
         "transform_diff": _transform(sd, "embedding_transform_2"),

@@ -32,8 +32,9 @@ def small_tokenizer(folder: Path) -> transformers.PreTrainedTokenizerFast:
     words = ["<pad>", "</s>", "<unk>"] + [f"w{i}" for i in range(57)]
     tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
-                                                unk_token="<unk>")  # fmt: skip
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
     fast.save_pretrained(folder)
     return fast
 
@@ -41,9 +42,19 @@ def small_tokenizer(folder: Path) -> transformers.PreTrainedTokenizerFast:
 def small_t5(folder: Path, seed: int, vocab: int) -> None:
     torch.manual_seed(seed)
     cfg = transformers.T5Config(
-        vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, dropout_rate=0.1,
-    )  # fmt: skip
+        vocab_size=vocab,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+        dropout_rate=0.1,
+    )
     transformers.T5ForConditionalGeneration(cfg).save_pretrained(folder)
 
 
@@ -57,27 +68,45 @@ def main(out: Path) -> None:
     tok = small_tokenizer(tmp / "t5")
     small_t5(tmp / "t5", 0, len(tok))
     torch.manual_seed(1)
-    embedder = transformers.BertModel(transformers.BertConfig(
-        vocab_size=len(tok), hidden_size=24, num_hidden_layers=1, num_attention_heads=4, intermediate_size=48))  # fmt: skip
+    embedder = transformers.BertModel(
+        transformers.BertConfig(
+            vocab_size=len(tok), hidden_size=24, num_hidden_layers=1, num_attention_heads=4, intermediate_size=48
+        )
+    )
     inversion_mod.load_embedder_and_tokenizer = lambda name, torch_dtype, **kw: (embedder, tok)  # offline
 
     config = InversionConfig(
-        model_name_or_path=str(tmp / "t5"), embedder_model_name="offline-bert", embedder_model_api=None,
-        embedder_fake_with_zeros=False, use_frozen_embeddings_as_input=True, encoder_dropout_disabled=False,
-        decoder_dropout_disabled=False, embeddings_from_layer_n=None, use_lora=False, embedder_torch_dtype="float32",
-        max_seq_length=8, num_repeat_tokens=4, embedder_no_grad=True,
-    )  # fmt: skip
+        model_name_or_path=str(tmp / "t5"),
+        embedder_model_name="offline-bert",
+        embedder_model_api=None,
+        embedder_fake_with_zeros=False,
+        use_frozen_embeddings_as_input=True,
+        encoder_dropout_disabled=False,
+        decoder_dropout_disabled=False,
+        embeddings_from_layer_n=None,
+        use_lora=False,
+        embedder_torch_dtype="float32",
+        max_seq_length=8,
+        num_repeat_tokens=4,
+        embedder_no_grad=True,
+    )
     torch.manual_seed(2)
     inverter = InversionModel(config).eval()
     small_t5(tmp / "t5c", 3, len(tok))
-    config_c = InversionConfig(**{**config.to_dict(), "model_name_or_path": str(tmp / "t5c"),
-                                  "corrector_ignore_hypothesis_embedding": False})  # fmt: skip
+    config_c = InversionConfig(
+        **{**config.to_dict(), "model_name_or_path": str(tmp / "t5c"), "corrector_ignore_hypothesis_embedding": False}
+    )
     torch.manual_seed(4)
     corrector = CorrectorEncoderModel(config_c)
     # 0.0.13 hard-codes embedder_dim = 768: rebuild the three projections at the embedder's real width (24)
     for name in ("embedding_transform_1", "embedding_transform_2", "embedding_transform_3"):
-        setattr(corrector, name, torch.nn.Sequential(
-            torch.nn.Linear(24, 24), torch.nn.Dropout(0.0), torch.nn.GELU(), torch.nn.Linear(24, 32 * 4)))  # fmt: skip
+        setattr(
+            corrector,
+            name,
+            torch.nn.Sequential(
+                torch.nn.Linear(24, 24), torch.nn.Dropout(0.0), torch.nn.GELU(), torch.nn.Linear(24, 32 * 4)
+            ),
+        )
     corrector.embedder_dim = 24
     corrector = corrector.eval()
 
@@ -91,18 +120,34 @@ def main(out: Path) -> None:
     labels = torch.randint(3, len(tok), (3, 5), generator=g)
     gen_kwargs = {"max_length": 8, "num_beams": 1, "do_sample": False, "min_length": 1, "early_stopping": False}
     with torch.no_grad():
-        inv_logits = inverter(embedder_input_ids=None, embedder_attention_mask=None, frozen_embeddings=e,
-                              labels=labels).logits  # fmt: skip
-        cor_logits = corrector(embedding=e.clone(), hypothesis_embedding=e_hat.clone(), hypothesis_input_ids=hyp,
-                               hypothesis_attention_mask=hyp_mask, labels=labels).logits  # fmt: skip
+        inv_logits = inverter(
+            embedder_input_ids=None, embedder_attention_mask=None, frozen_embeddings=e, labels=labels
+        ).logits
+        cor_logits = corrector(
+            embedding=e.clone(),
+            hypothesis_embedding=e_hat.clone(),
+            hypothesis_input_ids=hyp,
+            hypothesis_attention_mask=hyp_mask,
+            labels=labels,
+        ).logits
         inv_gen = inverter.generate({"frozen_embeddings": e}, dict(gen_kwargs))
         cor_gen = corrector.generate(
-            {"frozen_embeddings": e.clone(), "hypothesis_embedding": e_hat.clone(), "hypothesis_input_ids": hyp,
-             "hypothesis_attention_mask": hyp_mask}, dict(gen_kwargs),
-        )  # fmt: skip
+            {
+                "frozen_embeddings": e.clone(),
+                "hypothesis_embedding": e_hat.clone(),
+                "hypothesis_input_ids": hyp,
+                "hypothesis_attention_mask": hyp_mask,
+            },
+            dict(gen_kwargs),
+        )
         # the reference's own teacher-forced forward along its generation (see the test for why)
-        cor_forced = corrector(embedding=e.clone(), hypothesis_embedding=e_hat.clone(), hypothesis_input_ids=hyp,
-                               hypothesis_attention_mask=hyp_mask, labels=cor_gen[:, 1:].contiguous()).logits  # fmt: skip
+        cor_forced = corrector(
+            embedding=e.clone(),
+            hypothesis_embedding=e_hat.clone(),
+            hypothesis_input_ids=hyp,
+            hypothesis_attention_mask=hyp_mask,
+            labels=cor_gen[:, 1:].contiguous(),
+        ).logits
 
     def without_embedder(m):
         return {k: v.detach().clone().contiguous() for k, v in m.state_dict().items() if not k.startswith("embedder.")}
@@ -110,13 +155,30 @@ def main(out: Path) -> None:
     save_file(without_embedder(inverter), str(out / "inverter.safetensors"))
     save_file(without_embedder(corrector), str(out / "corrector.safetensors"))
     np.savez(
-        out / "io.npz", e=e.numpy(), e_hat=e_hat.numpy(), hyp=hyp.numpy(), hyp_mask=hyp_mask.numpy(),
-        labels=labels.numpy(), inverter_logits=inv_logits.numpy(), corrector_logits=cor_logits.numpy(),
-        inverter_greedy=inv_gen.numpy(), corrector_greedy=cor_gen.numpy(),
+        out / "io.npz",
+        e=e.numpy(),
+        e_hat=e_hat.numpy(),
+        hyp=hyp.numpy(),
+        hyp_mask=hyp_mask.numpy(),
+        labels=labels.numpy(),
+        inverter_logits=inv_logits.numpy(),
+        corrector_logits=cor_logits.numpy(),
+        inverter_greedy=inv_gen.numpy(),
+        corrector_greedy=cor_gen.numpy(),
         corrector_forced_logits=cor_forced.numpy(),
-    )  # fmt: skip
-    (out / "meta.json").write_text(json.dumps({"vec2text": "0.0.13", "transformers": transformers.__version__,
-                                               "torch": torch.__version__, "max_length": 8}, indent=1) + "\n")  # fmt: skip
+    )
+    (out / "meta.json").write_text(
+        json.dumps(
+            {
+                "vec2text": "0.0.13",
+                "transformers": transformers.__version__,
+                "torch": torch.__version__,
+                "max_length": 8,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     print("wrote", sorted(p.name for p in out.iterdir()))
 
 
