@@ -134,18 +134,16 @@ class InversionProgram:
     pad_id: int = 0
 
 
-def _cosine(a: Array, b: Array) -> Array:
-    return jnp.sum(a * b, -1) / (jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1) + 1e-12)
-
-
 def _embed_hypotheses(program: InversionProgram, params, ids: Array) -> Array:
-    """ids [..., L] decoder output -> embedder vectors [..., D]."""
     from v2t_jax.models import embedders
 
-    flat = ids.reshape(-1, ids.shape[-1])
-    full = jnp.concatenate([jnp.full((flat.shape[0], 1), program.cls_id, flat.dtype), flat], axis=1)
-    vec = embedders.embed(program.embedder, params, full, (full != program.pad_id).astype(jnp.int32))
-    return vec.reshape(ids.shape[:-1] + vec.shape[-1:])
+    return embedders.embed_decoder_ids(program.embedder, params, ids, program.cls_id, program.pad_id)
+
+
+def _cosine(a: Array, b: Array) -> Array:
+    from v2t_jax.models import embedders
+
+    return embedders.cosine(a, b)
 
 
 def _first_unique(seqs: Array, scores: Array) -> Array:

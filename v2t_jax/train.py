@@ -266,14 +266,6 @@ def make_generate(model: inversion.Inverter, max_length: int, eos_id: int):
     return generate
 
 
-def hypothesis_to_embedder_ids(gen: Array, cls_id: int) -> tuple[Array, Array]:
-    """Decoder output `t1 .. tn [SEP] 0 ..` -> embedder input `[CLS] t1 .. tn [SEP] 0 ..` and its mask.
-
-    A hypothesis that never emitted [SEP] is embedded without one (its mask covers every token)."""
-    ids = jnp.concatenate([jnp.full((gen.shape[0], 1), cls_id, gen.dtype), gen], axis=1)
-    return ids, (ids != 0).astype(jnp.int32)
-
-
 # ----------------------------------------------------------------------------- logging
 
 
@@ -438,10 +430,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
         gen = gen_fn(params, emb)
         if not vocab.in_graph:
             return gen, jnp.zeros(gen.shape[:1])
-        ids, mask = hypothesis_to_embedder_ids(gen, vocab.cls_id)
-        e_hat = embedders.embed(embedder.config, embedder.params, ids, mask)
-        cos = jnp.sum(e_hat * emb, -1) / (jnp.linalg.norm(e_hat, axis=-1) * jnp.linalg.norm(emb, axis=-1) + 1e-12)
-        return gen, cos
+        e_hat = embedders.embed_decoder_ids(embedder.config, embedder.params, gen, vocab.cls_id, vocab.pad_id)
+        return gen, embedders.cosine(e_hat, emb)
 
     gen_score = jax.jit(generate_and_score, in_shardings=(state_sh.params, b2), out_shardings=(b2, b1))
 

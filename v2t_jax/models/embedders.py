@@ -299,6 +299,21 @@ def embed(config: EmbedderConfig, params: PyTree, input_ids: Array, attention_ma
 _embed_jit = jax.jit(embed, static_argnums=0)
 
 
+def embed_decoder_ids(config: EmbedderConfig, params: PyTree, ids: Array, cls_id: int, pad_id: int = 0) -> Array:
+    """Re-embeds decoder outputs in the embedder's vocabulary, `t1 .. tn [SEP] pad ..` [..., L] -> [..., dim].
+
+    The embedder sees `[CLS] t1 .. tn [SEP]`; a hypothesis that never emitted [SEP] is embedded without one."""
+    flat = ids.reshape(-1, ids.shape[-1])
+    full = jnp.concatenate([jnp.full((flat.shape[0], 1), cls_id, flat.dtype), flat], axis=1)
+    vec = embed(config, params, full, (full != pad_id).astype(jnp.int32))
+    return vec.reshape(ids.shape[:-1] + vec.shape[-1:])
+
+
+def cosine(a: Array, b: Array) -> Array:
+    """Cosine similarity along the last axis."""
+    return jnp.sum(a * b, -1) / (jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1) + 1e-12)
+
+
 # ----------------------------------------------------------------------------- loading
 
 
