@@ -57,6 +57,15 @@ def _final_params(workdir: Path, step: int) -> dict:
     return checkpoint.read_state_as_numpy(workdir, step)
 
 
+def _tiny_config(data_dir, *overrides, config_file="inverter.py"):
+    """A config file's tiny variant on the test corpus, with --config.KEY=VALUE overrides."""
+    from v2t_jax import config_loading
+
+    config = config_loading.load(str(ROOT / "configs" / config_file) + ":tiny")
+    base = [f"--config.data.corpus={CORPUS}", f"--config.data.data_dir={data_dir}", "--config.progress=false"]
+    return config_loading.apply_overrides(config, base + list(overrides))
+
+
 def _last(workdir: Path, kind: str) -> dict:
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     return [r for r in rows if r["kind"] == kind][-1]
@@ -200,19 +209,9 @@ def test_kill_and_rerun_is_bit_identical(tmp_path, tiny_data):
 
 @pytest.mark.parametrize("config_file", sorted(p.name for p in (ROOT / "configs").glob("*.py")))
 def test_every_config_runs_two_tiny_steps(tmp_path, tiny_data, config_file):
-    from v2t_jax import config_loading, train
+    from v2t_jax import train
 
-    config = config_loading.load(str(ROOT / "configs" / config_file) + ":tiny")
-    config = config_loading.apply_overrides(
-        config,
-        [
-            f"--config.data.corpus={CORPUS}",
-            f"--config.data.data_dir={tiny_data}",
-            "--config.num_steps=2",
-            "--config.eval_every=2",
-            "--config.progress=false",
-        ],
-    )
+    config = _tiny_config(tiny_data, "--config.num_steps=2", "--config.eval_every=2", config_file=config_file)
     out = train.train(config, tmp_path / "run")
     assert np.isfinite(out["train_loss"]) and "eval_bleu" in out and 0 <= out["eval_cosine"] <= 1
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -277,22 +276,16 @@ def test_unprepared_dataset_says_what_to_run(capsys, tmp_path):
 
 
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(capsys, tmp_path, tiny_data):
-    from v2t_jax import config_loading, train
+    from v2t_jax import train
 
-    config = config_loading.load(str(ROOT / "configs" / "inverter.py") + ":tiny")
-    config = config_loading.apply_overrides(
-        config,
-        [
-            f"--config.data.corpus={CORPUS}",
-            f"--config.data.data_dir={tiny_data}",
-            "--config.num_steps=12",
-            "--config.eval_every=0",
-            "--config.checkpoint_every=4",
-            "--config.progress=false",
-            "--config.learning_rate=1e30",
-            "--config.warmup_steps=1",
-            "--config.grad_clip=1e30",
-        ],
+    config = _tiny_config(
+        tiny_data,
+        "--config.num_steps=12",
+        "--config.eval_every=0",
+        "--config.checkpoint_every=4",
+        "--config.learning_rate=1e30",
+        "--config.warmup_steps=1",
+        "--config.grad_clip=1e30",
     )
     with pytest.raises(train.TrainingError, match="non-finite"):
         train.train(config, tmp_path / "run")
@@ -310,7 +303,7 @@ def test_external_tokenizer_vocabulary(tmp_path, tiny_data, sentences):
     the embedder's: labels come from text, hypotheses are re-embedded through text."""
     import tokenizers
 
-    from v2t_jax import config_loading, train
+    from v2t_jax import train
 
     tok = tokenizers.Tokenizer(tokenizers.models.Unigram())
     tok.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace()
@@ -322,18 +315,7 @@ def test_external_tokenizer_vocabulary(tmp_path, tiny_data, sentences):
     folder = tmp_path / "spm"
     folder.mkdir()
     tok.save(str(folder / "tokenizer.json"))
-    config = config_loading.load(str(ROOT / "configs" / "inverter.py") + ":tiny")
-    config = config_loading.apply_overrides(
-        config,
-        [
-            f"--config.data.corpus={CORPUS}",
-            f"--config.data.data_dir={tiny_data}",
-            "--config.num_steps=2",
-            "--config.eval_every=2",
-            "--config.progress=false",
-            f"--config.vocab={folder}",
-        ],
-    )
+    config = _tiny_config(tiny_data, "--config.num_steps=2", "--config.eval_every=2", f"--config.vocab={folder}")
     out = train.train(config, tmp_path / "run")
     assert out["params"]["t5"]["shared"].shape[0] == tok.get_vocab_size()
     assert np.isfinite(out["train_loss"]) and np.isfinite(out["eval_cosine"]) and "eval_bleu" in out
