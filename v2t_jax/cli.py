@@ -9,6 +9,7 @@ nothing is written unless the whole job succeeds.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -162,6 +163,58 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_invert(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    if args.steps < 0 or args.sbeam < 1 or args.batch_size < 1:
+        raise UsageError("--steps must be >= 0, --sbeam >= 1 and --batch-size >= 1")
+    path = Path(args.embeddings)
+    if not path.is_file():
+        raise UsageError(f"embeddings file {path} does not exist")
+    try:
+        vectors = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise UsageError(f"cannot read {path} as a .npy array ({e})") from e
+    output = check_output(args.output, args.overwrite)
+    if args.checkpoint is None:
+        raise UsageError("no --checkpoint given, and no model ships with this version yet; pass a model bundle folder")
+
+    from v2t_jax import api, assets
+
+    try:
+        model = api.load_model(args.checkpoint, cache_dir=args.cache_dir)
+        vectors = model.check_embeddings(vectors)
+    except (api.ModelError, assets.AssetError) as e:
+        raise UsageError(str(e)) from e
+    texts, trace = model.invert_embeddings(
+        vectors,
+        num_steps=args.steps,
+        sequence_beam_width=args.sbeam,
+        stop_cosine=args.stop_cosine,
+        batch_size=args.batch_size,
+        return_trace=True,
+        progress=not args.quiet,
+    )
+    rows = []
+    for i, text in enumerate(texts):
+        row = {"text": text, "cosine": trace["cosine"][i]}
+        if args.trace:
+            row["steps"] = trace["steps"][i]
+        rows.append(json.dumps(row, ensure_ascii=False))
+    fd, tmp = tempfile.mkstemp(dir=output.parent if str(output.parent) else ".", prefix=f".{output.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("\n".join(rows) + "\n")
+        os.replace(tmp, output)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    if not args.quiet:
+        print(f"v2t invert: wrote {len(rows)} rows to {output}", file=sys.stderr)
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from v2t_jax import config_loading
 
@@ -243,6 +296,20 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--no-targets", action="store_true", help="skip precomputing target embeddings")
     dp.add_argument("--quiet", action="store_true")
     dp.set_defaults(func=cmd_data_prepare, command="data prepare")
+
+    iv = sub.add_parser("invert", help="recover text from embedding vectors")
+    iv.add_argument("--embeddings", required=True, help="float [N, D] .npy of vectors to invert")
+    iv.add_argument("--checkpoint", default=None, help="model bundle folder (inverter + corrector)")
+    iv.add_argument("--steps", type=int, default=0, help="correction steps (0: inverter only; default %(default)s)")
+    iv.add_argument("--sbeam", type=int, default=1, help="sequence beam width (1: greedy correction)")
+    iv.add_argument("--stop-cosine", type=float, default=None, help="stop an example once its cosine reaches this")
+    iv.add_argument("--batch-size", type=int, default=32)
+    iv.add_argument("--output", required=True, help="JSON lines: text, cosine[, steps with --trace]")
+    iv.add_argument("--trace", action="store_true", help="also write every step's hypothesis and cosine")
+    iv.add_argument("--cache-dir", default=None)
+    iv.add_argument("--overwrite", action="store_true")
+    iv.add_argument("--quiet", action="store_true")
+    iv.set_defaults(func=cmd_invert)
 
     t = sub.add_parser("train", help="train a model from an ml_collections config; rerun to resume")
     t.add_argument("--config", required=True, help="configs/inverter.py[:variant]")

@@ -1,0 +1,146 @@
+"""The inversion API and `v2t invert` on a small random bundle (real MiniLM embedder, untrained models)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from v2t_jax import api, cli, correction, inversion
+from v2t_jax.models import t5
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, minilm):
+    import flax.linen as nn
+
+    t5cfg = t5.t5_config("tiny", vocab_size=30522, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)
+    icfg = inversion.InverterConfig(t5=t5cfg, embed_dim=384, num_repeat_tokens=2)
+    ccfg = correction.CorrectorConfig(t5=t5cfg, embed_dim=384, num_repeat_tokens=2)
+    e, ids = jnp.zeros((1, 384)), jnp.zeros((1, 11), jnp.int32)
+    ip = nn.unbox(inversion.Inverter(icfg).init(jax.random.PRNGKey(0), e, ids)["params"])
+    cp = nn.unbox(correction.Corrector(ccfg).init(jax.random.PRNGKey(1), e, e, ids, ids != 0, ids)["params"])
+    model = api.build(icfg, ip, ccfg, cp, minilm, max_length=12)
+    folder = tmp_path_factory.mktemp("bundle")
+    model.save(folder)
+    return folder, model
+
+
+@pytest.fixture(scope="module")
+def vectors(minilm, sentences):
+    return minilm.embed_texts(sentences[:5], max_length=12)
+
+
+def test_bundle_round_trip(bundle):
+    folder, model = bundle
+    loaded = api.load_model(folder)
+    assert loaded.program == model.program
+    for a, b in zip(jax.tree_util.tree_leaves(loaded.params), jax.tree_util.tree_leaves(model.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_invert_embeddings_trace_and_determinism(bundle, vectors):
+    _, model = bundle
+    texts, trace = model.invert_embeddings(vectors, num_steps=2, sequence_beam_width=2, batch_size=4, return_trace=True)
+    assert len(texts) == 5 and all(isinstance(t, str) for t in texts)
+    for i, steps in enumerate(trace["steps"]):
+        assert len(steps["hypotheses"]) == 3 and steps["hypotheses"][-1] == texts[i]
+        assert all(b >= a - 1e-6 for a, b in zip(steps["cosines"], steps["cosines"][1:]))
+        assert steps["cosines"][-1] == pytest.approx(trace["cosine"][i])
+    assert model.invert_embeddings(vectors, num_steps=2, sequence_beam_width=2, batch_size=4) == texts
+    # reference call shape: num_steps None = inverter only
+    assert api.invert_embeddings(vectors, model, num_steps=None) == [s["hypotheses"][0] for s in trace["steps"]]
+
+
+def test_unnormalised_vectors_are_normalised_like_the_embedder(bundle, vectors):
+    _, model = bundle
+    assert model.invert_embeddings(vectors * 3.0) == model.invert_embeddings(vectors)
+
+
+def _run(capsys, *argv):
+    code = cli.main(list(argv))
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_cli_invert_writes_jsonl(capsys, tmp_path, bundle, vectors):
+    folder, _ = bundle
+    np.save(tmp_path / "v.npy", vectors)
+    out = tmp_path / "out.jsonl"
+    code, err = _run(
+        capsys,
+        "invert",
+        "--embeddings",
+        str(tmp_path / "v.npy"),
+        "--checkpoint",
+        str(folder),
+        "--steps",
+        "1",
+        "--sbeam",
+        "2",
+        "--output",
+        str(out),
+        "--trace",
+        "--quiet",
+    )
+    assert code == 0, err
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 5 and {"text", "cosine", "steps"} <= set(rows[0]) and len(rows[0]["steps"]["hypotheses"]) == 2
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda v: v[:, :100], "dimension 100"),
+        (lambda v: np.where(np.arange(384) == 3, np.nan, v), "NaN or inf"),
+        (lambda v: np.concatenate([v, np.zeros((1, 384), v.dtype)]), "all zeros"),
+        (lambda v: (v * 100).astype(np.int32), "floating point"),
+        (lambda v: v[:0], "non-empty"),
+    ],
+)
+def test_cli_invert_bad_vectors(capsys, tmp_path, bundle, vectors, make, message):
+    folder, _ = bundle
+    np.save(tmp_path / "v.npy", make(vectors))
+    code, err = _run(
+        capsys,
+        "invert",
+        "--embeddings",
+        str(tmp_path / "v.npy"),
+        "--checkpoint",
+        str(folder),
+        "--output",
+        str(tmp_path / "o.jsonl"),
+    )
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_cli_invert_checkpoint_errors(capsys, tmp_path, bundle, vectors):
+    folder, _ = bundle
+    np.save(tmp_path / "v.npy", vectors)
+    base = ["invert", "--embeddings", str(tmp_path / "v.npy"), "--output", str(tmp_path / "o.jsonl")]
+    code, err = _run(capsys, *base)
+    assert code == 2 and "--checkpoint" in err[0]
+    code, err = _run(capsys, *base, "--checkpoint", str(tmp_path / "nothing"))
+    assert code == 2 and "not a v2t model bundle" in err[0]
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for f in ("v2t_model.json", "inverter.safetensors"):
+        (mixed / f).write_bytes((folder / f).read_bytes())
+    code, err = _run(capsys, *base, "--checkpoint", str(mixed))
+    assert code == 2 and "missing corrector.safetensors" in err[0]
+    (mixed / "corrector.safetensors").write_bytes((folder / "inverter.safetensors").read_bytes())
+    code, err = _run(capsys, *base, "--checkpoint", str(mixed))
+    assert code == 2 and "do not match" in err[0]
+    (tmp_path / "not.npy").write_text("hello")
+    code, err = _run(
+        capsys,
+        "invert",
+        "--embeddings",
+        str(tmp_path / "not.npy"),
+        "--checkpoint",
+        str(folder),
+        "--output",
+        str(tmp_path / "o.jsonl"),
+    )
+    assert code == 2 and "cannot read" in err[0]
