@@ -319,3 +319,36 @@ def test_external_tokenizer_vocabulary(tmp_path, tiny_data, sentences):
     out = train.train(config, tmp_path / "run")
     assert out["params"]["t5"]["shared"].shape[0] == tok.get_vocab_size()
     assert np.isfinite(out["train_loss"]) and np.isfinite(out["eval_cosine"]) and "eval_bleu" in out
+
+
+def test_export_inverter_bundle_and_invert(capsys, tmp_path, tiny_data, sentences, minilm):
+    """A training run -> `v2t export` -> an inverter-only bundle that `v2t invert` runs with 0 steps."""
+    from v2t_jax import api, train
+
+    train.train(_tiny_config(tiny_data, "--config.num_steps=2", "--config.eval_every=0"), tmp_path / "run")
+    assert cli.main(["export", "--workdir", str(tmp_path / "run"), "--output", str(tmp_path / "bundle")]) == 0
+    model = api.load_model(tmp_path / "bundle")
+    vectors = minilm.embed_texts(sentences[:3])
+    texts = model.invert_embeddings(vectors)
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+    with pytest.raises(api.ModelError, match="inverter only"):
+        model.invert_embeddings(vectors, num_steps=1)
+    np.save(tmp_path / "v.npy", vectors)
+    code = cli.main(
+        [
+            "invert",
+            "--embeddings",
+            str(tmp_path / "v.npy"),
+            "--checkpoint",
+            str(tmp_path / "bundle"),
+            "--output",
+            str(tmp_path / "o.jsonl"),
+            "--quiet",
+        ]
+    )
+    assert code == 0 and len((tmp_path / "o.jsonl").read_text().splitlines()) == 3
+    capsys.readouterr()
+    code = cli.main(["export", "--workdir", str(tmp_path / "run"), "--output", str(tmp_path / "bundle")])
+    assert code == 2 and "--overwrite" in capsys.readouterr().err
+    code = cli.main(["export", "--workdir", str(tmp_path / "nothing"), "--output", str(tmp_path / "b2")])
+    assert code == 2 and "not a v2t train run" in capsys.readouterr().err

@@ -5,7 +5,8 @@
     texts, trace = model.invert_embeddings(vectors, num_steps=5, return_trace=True)
 
 A bundle folder holds `v2t_model.json` (configs, token ids, embedder name, max length), `inverter.safetensors`
-and `corrector.safetensors` (parameters flattened with '/'-joined keys). The embedder is loaded by name
+and `corrector.safetensors` (parameters flattened with '/'-joined keys); an inverter-only bundle (no
+corrector) inverts with 0 correction steps. The embedder is loaded by name
 (`v2t_jax.assets`). The whole N-step inversion of a batch is one compiled program
 (`correction.invert`); one compile per (batch, steps, beam).
 """
@@ -116,6 +117,8 @@ class Vec2Text:
         """Texts for [N, D] vectors; with return_trace also per-step hypotheses and cosines."""
         if num_steps < 0 or sequence_beam_width < 1 or batch_size < 1:
             raise ModelError("num_steps must be >= 0, sequence_beam_width >= 1 and batch_size >= 1")
+        if num_steps > 0 and self.program.corrector is None:
+            raise ModelError("this model is an inverter only (no corrector): use 0 correction steps")
         e = self.check_embeddings(embeddings)
         n = len(e)
         bs = min(batch_size, n)
@@ -171,13 +174,14 @@ class Vec2Text:
             "embedder": self.embedder.name,
             "max_length": self.max_length,
             "inverter": _config_to_dict(p.inverter),
-            "corrector": _config_to_dict(p.corrector),
+            "corrector": _config_to_dict(p.corrector) if p.corrector is not None else None,
             "cls_id": p.cls_id,
             "eos_id": p.eos_id,
             "pad_id": p.pad_id,
         }
         save_file(_flatten(self.params["inverter"]), str(folder / "inverter.safetensors"))
-        save_file(_flatten(self.params["corrector"]), str(folder / "corrector.safetensors"))
+        if p.corrector is not None:
+            save_file(_flatten(self.params["corrector"]), str(folder / "corrector.safetensors"))
         (folder / BUNDLE_FILE).write_text(json.dumps(meta, indent=1) + "\n")
 
 
@@ -192,7 +196,9 @@ def build(inverter_cfg, inverter_params, corrector_cfg, corrector_params, embedd
     program = correction.InversionProgram(
         inverter_cfg, corrector_cfg, embedder.config, max_length - 1, cls_id, sep_id, embedder.pad_token_id
     )
-    params = {"inverter": inverter_params, "corrector": corrector_params, "embedder": embedder.params}
+    params = {"inverter": inverter_params, "embedder": embedder.params}
+    if corrector_cfg is not None:
+        params["corrector"] = corrector_params
     return Vec2Text(program, jax.tree_util.tree_map(np.asarray, params), embedder, max_length)
 
 
@@ -204,17 +210,21 @@ def load_model(folder: str | os.PathLike, cache_dir: str | None = None) -> Vec2T
     if not meta_path.exists():
         raise ModelError(f"{folder} is not a v2t model bundle (no {BUNDLE_FILE})")
     meta = json.loads(meta_path.read_text())
-    missing = [f for f in ("inverter.safetensors", "corrector.safetensors") if not (folder / f).exists()]
+    has_corrector = meta.get("corrector") is not None
+    wanted = ["inverter.safetensors"] + (["corrector.safetensors"] if has_corrector else [])
+    missing = [f for f in wanted if not (folder / f).exists()]
     if missing:
         raise ModelError(f"{folder} is incomplete: missing {', '.join(missing)}")
     inv = dict(meta["inverter"])
     inv["t5"] = _t5_from(inv["t5"])
-    cor = dict(meta["corrector"])
-    cor["t5"] = _t5_from(cor["t5"])
     inverter_cfg = inversion.InverterConfig(**inv)
-    corrector_cfg = correction.CorrectorConfig(**cor)
+    corrector_cfg = None
+    if has_corrector:
+        cor = dict(meta["corrector"])
+        cor["t5"] = _t5_from(cor["t5"])
+        corrector_cfg = correction.CorrectorConfig(**cor)
     emb = embedders.load_embedder(meta["embedder"], cache_dir=cache_dir)
-    if emb.dim != inverter_cfg.embed_dim or emb.dim != corrector_cfg.embed_dim:
+    if emb.dim != inverter_cfg.embed_dim or (corrector_cfg is not None and emb.dim != corrector_cfg.embed_dim):
         raise ModelError(
             f"{folder}: the embedder {meta['embedder']!r} has dimension {emb.dim}, the models expect "
             f"{inverter_cfg.embed_dim}"
@@ -223,7 +233,7 @@ def load_model(folder: str | os.PathLike, cache_dir: str | None = None) -> Vec2T
         inverter_cfg,
         _unflatten(load_file(str(folder / "inverter.safetensors"))),
         corrector_cfg,
-        _unflatten(load_file(str(folder / "corrector.safetensors"))),
+        _unflatten(load_file(str(folder / "corrector.safetensors"))) if has_corrector else None,
         emb,
         meta["max_length"],
     )
@@ -238,12 +248,11 @@ def _check_params_fit(model: Vec2Text) -> None:
     p = model.program
     e = jnp.zeros((1, p.inverter.embed_dim))
     ids = jnp.zeros((1, p.length), jnp.int32)
-    expected = {
-        "inverter": jax.eval_shape(lambda: inversion.Inverter(p.inverter).init(jax.random.PRNGKey(0), e, ids)),
-        "corrector": jax.eval_shape(
+    expected = {"inverter": jax.eval_shape(lambda: inversion.Inverter(p.inverter).init(jax.random.PRNGKey(0), e, ids))}
+    if p.corrector is not None:
+        expected["corrector"] = jax.eval_shape(
             lambda: correction.Corrector(p.corrector).init(jax.random.PRNGKey(0), e, e, ids, ids != 0, ids)
-        ),
-    }
+        )
     import flax.linen as nn
 
     for name, shapes in expected.items():
@@ -251,6 +260,41 @@ def _check_params_fit(model: Vec2Text) -> None:
         have = jax.tree_util.tree_map(lambda x: x.shape, model.params[name])
         if want != have:
             raise ModelError(f"the {name} parameters do not match its config; the bundle is damaged or mixed up")
+
+
+def export_inverter(workdir: str | os.PathLike, folder: str | os.PathLike, step: int | None = None) -> Path:
+    """An inverter-only bundle from a `v2t train` run directory (its latest checkpoint, or `step`)."""
+    import ml_collections
+
+    from v2t_jax import checkpoint, train
+
+    workdir = Path(workdir)
+    if not (workdir / "config.json").exists():
+        raise ModelError(f"{workdir} is not a v2t train run directory (no config.json)")
+    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit())
+    if not steps:
+        raise ModelError(f"{workdir} has no finished checkpoint yet")
+    step = steps[-1] if step is None else step
+    if step not in steps:
+        raise ModelError(f"{workdir} has no checkpoint at step {step} (it has {', '.join(map(str, steps))})")
+    emb = embedders.load_embedder(config.embedder)
+    vocab = train.target_vocab(config, emb)
+    if not vocab.in_graph:
+        raise ModelError("only inverters that decode in the embedder's vocabulary can be exported as bundles")
+    t5cfg = train.t5_config_from(config, vocab.size, vocab.pad_id, vocab.eos_id)
+    icfg = inversion.InverterConfig(
+        t5=t5cfg, embed_dim=emb.dim, num_repeat_tokens=config.num_repeat_tokens, dropout_rate=config.dropout_rate
+    )
+    params = checkpoint.read_state_as_numpy(workdir, step)["params"]
+    model = build(icfg, params, None, None, emb, config.max_length)
+    _check_params_fit(model)
+    model.save(folder)
+    meta_path = Path(folder) / BUNDLE_FILE
+    meta = json.loads(meta_path.read_text())
+    meta["source"] = {"workdir": str(workdir.absolute()), "step": step}
+    meta_path.write_text(json.dumps(meta, indent=1) + "\n")
+    return Path(folder)
 
 
 def invert_embeddings(

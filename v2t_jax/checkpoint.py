@@ -42,6 +42,9 @@ def read_state_as_numpy(workdir: str | Path, step: int) -> dict:
     import jax
     import numpy as np
 
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax warns about metadata it does not need here
     path = Path(workdir).absolute() / "checkpoints" / str(step) / "state"
     ckptr = ocp.PyTreeCheckpointer()
     meta = ckptr.metadata(path)

@@ -215,6 +215,22 @@ def cmd_invert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise UsageError(f"{out} exists and is not empty; pass --overwrite to replace its files")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} is a file; pass a folder for the bundle")
+    from v2t_jax import api
+
+    try:
+        api.export_inverter(args.workdir, out, args.step)
+    except api.ModelError as e:
+        raise UsageError(str(e)) from e
+    print(f"v2t export: wrote an inverter-only bundle to {out}", file=sys.stderr)
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from v2t_jax import config_loading
 
@@ -310,6 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     iv.add_argument("--overwrite", action="store_true")
     iv.add_argument("--quiet", action="store_true")
     iv.set_defaults(func=cmd_invert)
+
+    ex = sub.add_parser("export", help="a model bundle from a training run (inverter only, for now)")
+    ex.add_argument("--workdir", required=True, help="a v2t train run directory")
+    ex.add_argument("--output", required=True, help="bundle folder to write")
+    ex.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    ex.add_argument("--overwrite", action="store_true")
+    ex.set_defaults(func=cmd_export)
 
     t = sub.add_parser("train", help="train a model from an ml_collections config; rerun to resume")
     t.add_argument("--config", required=True, help="configs/inverter.py[:variant]")

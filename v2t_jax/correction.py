@@ -126,7 +126,7 @@ class InversionProgram:
     inside the same program."""
 
     inverter: "object"  # inversion.InverterConfig
-    corrector: CorrectorConfig
+    corrector: CorrectorConfig | None  # None: an inverter-only model (num_steps must be 0)
     embedder: "object"  # embedders.EmbedderConfig
     length: int  # decoder positions (embedder max_length - 1)
     cls_id: int
@@ -180,9 +180,11 @@ def invert(
 
     e = embeddings.astype(jnp.float32)
     B, L, k = e.shape[0], program.length, beam
+    if num_steps > 0 and program.corrector is None:
+        raise ValueError("this model has no corrector: only num_steps=0 (inverter only) is possible")
     inv = inversion.Inverter(program.inverter)
-    cor = Corrector(program.corrector)
-    vi, vc = {"params": params["inverter"]}, {"params": params["corrector"]}
+    cor = Corrector(program.corrector) if program.corrector is not None else None
+    vi, vc = {"params": params["inverter"]}, {"params": params.get("corrector")}
 
     cache = inv.apply(vi, e, L, method=inversion.Inverter.init_cache)
     ids0 = decoding.greedy(
