@@ -144,3 +144,34 @@ def test_cli_invert_checkpoint_errors(capsys, tmp_path, bundle, vectors):
         str(tmp_path / "o.jsonl"),
     )
     assert code == 2 and "cannot read" in err[0]
+
+
+def test_bench_grid_writes_table(capsys, tmp_path, bundle):
+    folder, _ = bundle
+    out = tmp_path / "bench"
+    code = cli.main(
+        [
+            "bench",
+            "--checkpoint",
+            str(folder),
+            "--batch",
+            "2",
+            "--steps",
+            "0,1",
+            "--beam",
+            "1,2",
+            "--repeats",
+            "1",
+            "--output",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [(r["steps"], r["beam"]) for r in rows] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert all(r["inversions_per_s"] > 0 and r["compile_s"] > 0 and r["peak_memory_mib"] > 0 for r in rows)
+    assert "| batch | steps | beam |" in out.with_suffix(".md").read_text()
+    capsys.readouterr()
+    assert cli.main(["bench", "--checkpoint", str(folder), "--steps", "a,b"]) == 2
+    assert "comma-separated integers" in capsys.readouterr().err

@@ -231,6 +231,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} takes comma-separated integers, got {text!r}") from None
+    if not values:
+        raise UsageError(f"{flag} is empty")
+    return values
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    batches = _int_list(args.batch, "--batch")
+    steps = _int_list(args.steps, "--steps")
+    beams = _int_list(args.beam, "--beam")
+    if min(batches) < 1 or min(steps) < 0 or min(beams) < 1 or args.repeats < 1:
+        raise UsageError("--batch, --beam and --repeats must be >= 1 and --steps >= 0")
+    from v2t_jax import api, bench
+
+    try:
+        model = api.load_model(args.checkpoint, cache_dir=args.cache_dir)
+    except api.ModelError as e:
+        raise UsageError(str(e)) from e
+    if model.program.corrector is None and max(steps) > 0:
+        raise UsageError(f"{args.checkpoint} is an inverter-only bundle: use --steps 0")
+    rows = bench.run(model, batches, steps, beams, args.repeats, progress=not args.quiet)
+    command = "v2t bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "v2t bench"
+    print(bench.write(rows, Path(args.output), command, f"bundle {args.checkpoint}"))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from v2t_jax import config_loading
 
@@ -326,6 +356,17 @@ def build_parser() -> argparse.ArgumentParser:
     iv.add_argument("--overwrite", action="store_true")
     iv.add_argument("--quiet", action="store_true")
     iv.set_defaults(func=cmd_invert)
+
+    bn = sub.add_parser("bench", help="inversions/s and peak memory over a (batch, steps, beam) grid")
+    bn.add_argument("--checkpoint", required=True, help="model bundle folder")
+    bn.add_argument("--batch", default="32", help="comma-separated batch sizes (default %(default)s)")
+    bn.add_argument("--steps", default="0,5,20", help="comma-separated correction steps (default %(default)s)")
+    bn.add_argument("--beam", default="1,4,8", help="comma-separated sequence beam widths (default %(default)s)")
+    bn.add_argument("--repeats", type=int, default=3, help="timed runs per point after compile")
+    bn.add_argument("--output", default="bench", help="writes OUTPUT.md and OUTPUT.json (default %(default)s)")
+    bn.add_argument("--cache-dir", default=None)
+    bn.add_argument("--quiet", action="store_true")
+    bn.set_defaults(func=cmd_bench)
 
     ex = sub.add_parser("export", help="a model bundle from a training run (inverter only, for now)")
     ex.add_argument("--workdir", required=True, help="a v2t train run directory")
