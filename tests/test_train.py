@@ -352,3 +352,12 @@ def test_export_inverter_bundle_and_invert(capsys, tmp_path, tiny_data, sentence
     assert code == 2 and "--overwrite" in capsys.readouterr().err
     code = cli.main(["export", "--workdir", str(tmp_path / "nothing"), "--output", str(tmp_path / "b2")])
     assert code == 2 and "not a v2t train run" in capsys.readouterr().err
+
+
+def test_rerun_with_a_different_model_config_is_refused(capsys, tmp_path):
+    work = tmp_path / "run"
+    work.mkdir()
+    (work / "config.json").write_text(json.dumps({"t5": {"size": "base"}, "num_steps": 5}))
+    code = cli.main(["train", "--config", str(ROOT / "configs" / "inverter.py") + ":tiny", "--workdir", str(work)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "different config" in err[-1] and "t5" in err[-1]
