@@ -356,8 +356,24 @@ def test_export_inverter_bundle_and_invert(capsys, tmp_path, tiny_data, sentence
 
 def test_rerun_with_a_different_model_config_is_refused(capsys, tmp_path):
     work = tmp_path / "run"
-    work.mkdir()
+    (work / "checkpoints" / "5").mkdir(parents=True)
     (work / "config.json").write_text(json.dumps({"t5": {"size": "base"}, "num_steps": 5}))
     code = cli.main(["train", "--config", str(ROOT / "configs" / "inverter.py") + ":tiny", "--workdir", str(work)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "different config" in err[-1] and "t5" in err[-1]
+
+
+def test_a_run_that_never_saved_may_change_its_config(capsys, tmp_path, tiny_data):
+    """A first attempt that failed before its first checkpoint (here: dataset not prepared) does not pin the
+    workdir's config."""
+    args = ["train", "--config", str(ROOT / "configs" / "inverter.py") + ":tiny", "--workdir", str(tmp_path / "w")]
+    assert cli.main(args + [f"--config.data.data_dir={tmp_path / 'missing'}", "--config.progress=false"]) == 2
+    assert "v2t data prepare" in capsys.readouterr().err
+    ok = args + [
+        f"--config.data.corpus={CORPUS}",
+        f"--config.data.data_dir={tiny_data}",
+        "--config.num_steps=1",
+        "--config.eval_every=0",
+        "--config.progress=false",
+    ]
+    assert cli.main(ok) == 0

@@ -377,7 +377,8 @@ def build(
 def _check_config_against_saved(config: ml_collections.ConfigDict, workdir: Path) -> None:
     path = workdir / "config.json"
     current = json.loads(config.to_json())
-    if path.exists():
+    has_checkpoints = any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*"))
+    if path.exists() and has_checkpoints:  # a run that never saved a step may start over with any config
         saved = json.loads(path.read_text())
         diff = sorted(
             k for k in set(saved) | set(current) if k not in RESUMABLE_KEYS and saved.get(k) != current.get(k)
