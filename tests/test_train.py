@@ -353,6 +353,39 @@ def test_export_inverter_bundle_and_invert(capsys, tmp_path, tiny_data, sentence
     code = cli.main(["export", "--workdir", str(tmp_path / "nothing"), "--output", str(tmp_path / "b2")])
     assert code == 2 and "not a v2t train run" in capsys.readouterr().err
 
+    # corrector data: the exported inverter's greedy hypotheses for every passage, re-embedded
+    from v2t_jax.data import dataset, hypotheses, targets
+
+    args = [
+        "data",
+        "hypotheses",
+        "--inverter",
+        str(tmp_path / "bundle"),
+        "--corpus",
+        str(CORPUS),
+        "--data-dir",
+        str(tiny_data),
+        "--quiet",
+    ]
+    assert cli.main(args) == 0
+    assert "already exact" in capsys.readouterr().out
+    b = dataset.builder(dataset.DatasetSpec(corpus=str(CORPUS)), tiny_data)
+    tdir = targets.targets_dir(b.data_dir, "all-MiniLM-L6-v2", 32)
+    hdir = hypotheses.hypotheses_dir(tdir, tmp_path / "bundle")
+    emb, _ = targets.load(tdir, "validation")
+    hyp_ids = np.load(hdir / "validation.hyp_ids.npy")
+    hyp_emb = np.load(hdir / "validation.hyp_embeddings.npy")
+    assert hyp_ids.shape == (len(emb), 31) and hyp_emb.shape == (len(emb), 384)
+    assert np.load(hdir / "validation.exact.npy").dtype == bool
+    # the cached hypotheses are the bundle's own step-0 inversions, embedded as [CLS] + ids (no detour
+    # through text, which would re-tokenise untrained output differently)
+    texts = model.invert_embeddings(np.asarray(emb))
+    assert [model.decode(r) for r in hyp_ids] == texts
+    full = np.concatenate([np.full((len(hyp_ids), 1), 101, np.int32), hyp_ids], axis=1)
+    np.testing.assert_allclose(hyp_emb, np.asarray(minilm.embed_ids(full, (full != 0).astype(np.int32))), atol=1e-5)
+    stamp = (hdir / "train.hyp_ids.npy").stat().st_mtime_ns
+    assert cli.main(args) == 0 and (hdir / "train.hyp_ids.npy").stat().st_mtime_ns == stamp  # no repeated work
+
 
 def test_rerun_with_a_different_model_config_is_refused(capsys, tmp_path):
     work = tmp_path / "run"

@@ -283,6 +283,39 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_hypotheses(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from v2t_jax import api
+
+    try:
+        model = api.load_model(args.inverter, cache_dir=args.cache_dir)
+    except api.ModelError as e:
+        raise UsageError(str(e)) from e
+    from v2t_jax.data import dataset, hypotheses, targets
+
+    spec = dataset.DatasetSpec(
+        sources=tuple(args.sources),
+        corpus=args.corpus,
+        embedder=model.embedder.name,
+        max_tokens=model.max_length,
+        seed=args.seed,
+    )
+    b = dataset.builder(spec, args.data_dir)
+    tdir = targets.targets_dir(b.data_dir, model.embedder.name, model.max_length)
+    out = hypotheses.hypotheses_dir(tdir, Path(args.inverter))
+    for split in ("train", "validation", "test"):
+        try:
+            emb, ids = targets.load(tdir, split)
+        except FileNotFoundError as e:
+            raise UsageError(f"dataset {spec.config_name} has no targets for {split!r}; run v2t data prepare") from e
+        paths = hypotheses.precompute(model, emb, ids, out, split, args.batch_size, progress=not args.quiet)
+        exact = np.load(paths["exact"])
+        print(f"{split}: {len(exact)} hypotheses, {int(exact.sum())} already exact")
+    print(f"hypotheses in {out}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -342,6 +375,17 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--no-targets", action="store_true", help="skip precomputing target embeddings")
     dp.add_argument("--quiet", action="store_true")
     dp.set_defaults(func=cmd_data_prepare, command="data prepare")
+
+    dh = d.add_parser("hypotheses", help="the inverter's greedy hypotheses for every passage (corrector data)")
+    dh.add_argument("--inverter", required=True, help="model bundle holding the trained inverter (v2t export)")
+    dh.add_argument("--data-dir", default=None)
+    dh.add_argument("--sources", nargs="+", default=["wiki", "bbc", "sotu", "moby"])
+    dh.add_argument("--corpus", default=None)
+    dh.add_argument("--seed", type=int, default=0)
+    dh.add_argument("--batch-size", type=int, default=64)
+    dh.add_argument("--cache-dir", default=None)
+    dh.add_argument("--quiet", action="store_true")
+    dh.set_defaults(func=cmd_data_hypotheses, command="data hypotheses")
 
     iv = sub.add_parser("invert", help="recover text from embedding vectors")
     iv.add_argument("--embeddings", required=True, help="float [N, D] .npy of vectors to invert")

@@ -29,40 +29,54 @@ def exists(out_dir: Path, split: str) -> bool:
     return (out_dir / f"{split}.embeddings.npy").exists() and (out_dir / f"{split}.ids.npy").exists()
 
 
-def precompute(
-    texts: list[str], embedder, out_dir: Path, split: str, max_length: int, batch_size: int = 128, progress: bool = True
-) -> tuple[Path, Path]:
-    emb_path, ids_path = out_dir / f"{split}.embeddings.npy", out_dir / f"{split}.ids.npy"
-    if exists(out_dir, split):
-        return emb_path, ids_path
+def chunked(
+    n: int, out_dir: Path, split: str, names: tuple[str, ...], compute, desc: str, progress: bool = True
+) -> dict[str, Path]:
+    """Runs `compute(start, stop) -> {name: array}` over [0, n) in CHUNK-row pieces saved as
+    `<split>.parts/NNNNN.npz`; an interrupted run resumes at the first missing piece. When all exist they
+    are joined into `<split>.<name>.npy` (written atomically) and the pieces removed."""
+    paths = {name: out_dir / f"{split}.{name}.npy" for name in names}
+    if all(p.exists() for p in paths.values()):
+        return paths
     parts = out_dir / f"{split}.parts"
     parts.mkdir(parents=True, exist_ok=True)
-    n_chunks = -(-len(texts) // CHUNK)
+    n_chunks = -(-n // CHUNK)
     todo = [c for c in range(n_chunks) if not (parts / f"{c:05d}.npz").exists()]
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(texts), initial=(n_chunks - len(todo)) * CHUNK if todo else len(texts), unit="passage")
-        bar.set_description(f"embed {split}")
+        done = n - sum(min(CHUNK, n - c * CHUNK) for c in todo)
+        bar = tqdm(total=n, initial=done, unit="passage", desc=f"{desc} {split}", dynamic_ncols=True)
     for c in todo:
-        chunk = texts[c * CHUNK : (c + 1) * CHUNK]
-        vecs = embedder.embed_texts(chunk, max_length=max_length, batch_size=batch_size)
-        ids, _ = embedder.pad(embedder.tokenize(chunk, max_length), max_length)
+        start, stop = c * CHUNK, min((c + 1) * CHUNK, n)
+        arrays = compute(start, stop)
         tmp = parts / f".{c:05d}.tmp.npz"
-        np.savez(tmp, embeddings=vecs, ids=ids)
+        np.savez(tmp, **arrays)
         os.replace(tmp, parts / f"{c:05d}.npz")
         if bar is not None:
-            bar.update(len(chunk))
+            bar.update(stop - start)
     if bar is not None:
         bar.close()
     loaded = [np.load(parts / f"{c:05d}.npz") for c in range(n_chunks)]
-    for path, key in ((emb_path, "embeddings"), (ids_path, "ids")):
+    for name, path in paths.items():
         tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, np.concatenate([x[key] for x in loaded]) if loaded else np.zeros((0, max_length)))
+        np.save(tmp, np.concatenate([x[name] for x in loaded]) if loaded else np.zeros((0,)))
         os.replace(tmp, path)
     shutil.rmtree(parts)
-    return emb_path, ids_path
+    return paths
+
+
+def precompute(
+    texts: list[str], embedder, out_dir: Path, split: str, max_length: int, batch_size: int = 128, progress: bool = True
+) -> tuple[Path, Path]:
+    def compute(start, stop):
+        chunk = texts[start:stop]
+        ids, _ = embedder.pad(embedder.tokenize(chunk, max_length), max_length)
+        return {"embeddings": embedder.embed_texts(chunk, max_length=max_length, batch_size=batch_size), "ids": ids}
+
+    paths = chunked(len(texts), out_dir, split, ("embeddings", "ids"), compute, "embed", progress)
+    return paths["embeddings"], paths["ids"]
 
 
 def load(out_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:

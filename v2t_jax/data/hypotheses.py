@@ -1,0 +1,74 @@
+"""Corrector training data: the frozen inverter's greedy hypotheses for every passage, re-embedded.
+
+    v2t data hypotheses --inverter BUNDLE [--data-dir DIR] [--sources ...] [--corpus FILE]
+
+For each split, beside the targets (`<targets dir>/hypotheses-<inverter digest>/`):
+  `<split>.hyp_ids.npy`        int32   [N, L-1]  decoder ids `t1 .. tn [SEP] 0 ..` (embedder vocabulary)
+  `<split>.hyp_embeddings.npy` float32 [N, D]    the hypotheses re-embedded (in the same compiled program)
+  `<split>.exact.npy`          bool    [N]       hypothesis == target: the reference drops these from
+                                                 corrector training (corrector configs choose)
+Chunked and resumable like the targets; the digest ties the cache to the inverter's weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from v2t_jax.data import targets
+
+
+def hypotheses_dir(targets_dir: Path, bundle: Path) -> Path:
+    from v2t_jax.assets import sha256_file
+
+    return Path(targets_dir) / f"hypotheses-{sha256_file(Path(bundle) / 'inverter.safetensors')[:12]}"
+
+
+def make_step(model):
+    """Jitted (embeddings [b, D]) -> (hypothesis ids [b, L-1], their embeddings [b, D])."""
+    from v2t_jax import correction
+    from v2t_jax.models import embedders
+
+    program = model.program
+
+    def step(params, e):
+        ids = correction.invert(program, params, e, 0, 1)["ids"]
+        return ids, embedders.embed_decoder_ids(
+            program.embedder, params["embedder"], ids, program.cls_id, program.pad_id
+        )
+
+    return jax.jit(step)
+
+
+def precompute(
+    model,
+    embeddings: np.ndarray,
+    ids: np.ndarray,
+    out_dir: Path,
+    split: str,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> dict[str, Path]:
+    """Greedy hypotheses of `model`'s inverter for rows of (embeddings, target ids)."""
+    step = make_step(model)
+    length = model.program.length
+
+    def compute(start: int, stop: int) -> dict[str, np.ndarray]:
+        hyp_ids, hyp_emb = [], []
+        for s in range(start, stop, batch_size):
+            e = np.asarray(embeddings[s : min(s + batch_size, stop)], np.float32)
+            m = len(e)
+            if m < batch_size:  # one compiled shape
+                e = np.concatenate([e, np.repeat(e[-1:], batch_size - m, axis=0)])
+            a, b = jax.device_get(step(model.params, e))
+            hyp_ids.append(a[:m])
+            hyp_emb.append(b[:m])
+        h = np.concatenate(hyp_ids).astype(np.int32)
+        labels = np.asarray(ids[start:stop])[:, 1 : 1 + length]
+        return {"hyp_ids": h, "hyp_embeddings": np.concatenate(hyp_emb), "exact": (h == labels).all(axis=1)}
+
+    return targets.chunked(
+        len(embeddings), Path(out_dir), split, ("hyp_ids", "hyp_embeddings", "exact"), compute, "hypotheses", progress
+    )
