@@ -132,6 +132,18 @@ def test_cli_invert_checkpoint_errors(capsys, tmp_path, bundle, vectors):
     (mixed / "corrector.safetensors").write_bytes((folder / "inverter.safetensors").read_bytes())
     code, err = _run(capsys, *base, "--checkpoint", str(mixed))
     assert code == 2 and "do not match" in err[0]
+    np.savez(tmp_path / "two.npz", a=vectors, b=vectors)
+    code, err = _run(
+        capsys,
+        "invert",
+        "--embeddings",
+        str(tmp_path / "two.npz"),
+        "--checkpoint",
+        str(folder),
+        "--output",
+        str(tmp_path / "o.jsonl"),
+    )
+    assert code == 2 and ".npz" in err[0]
     (tmp_path / "not.npy").write_text("hello")
     code, err = _run(
         capsys,

@@ -348,6 +348,20 @@ def test_export_inverter_bundle_and_invert(capsys, tmp_path, tiny_data, sentence
     )
     assert code == 0 and len((tmp_path / "o.jsonl").read_text().splitlines()) == 3
     capsys.readouterr()
+    code = cli.main(
+        [
+            "invert",
+            "--embeddings",
+            str(tmp_path / "v.npy"),
+            "--checkpoint",
+            str(tmp_path / "bundle"),
+            "--output",
+            str(tmp_path / "o2.jsonl"),
+            "--steps",
+            "2",
+        ]
+    )
+    assert code == 2 and "inverter-only" in capsys.readouterr().err
     code = cli.main(["export", "--workdir", str(tmp_path / "run"), "--output", str(tmp_path / "bundle")])
     assert code == 2 and "--overwrite" in capsys.readouterr().err
     code = cli.main(["export", "--workdir", str(tmp_path / "nothing"), "--output", str(tmp_path / "b2")])

@@ -175,6 +175,8 @@ def cmd_invert(args: argparse.Namespace) -> int:
         vectors = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as e:
         raise UsageError(f"cannot read {path} as a .npy array ({e})") from e
+    if not isinstance(vectors, np.ndarray):
+        raise UsageError(f"{path} holds several arrays (.npz); save the [N, D] vectors with numpy.save as .npy")
     output = check_output(args.output, args.overwrite)
     if args.checkpoint is None:
         raise UsageError("no --checkpoint given, and no model ships with this version yet; pass a model bundle folder")
@@ -186,6 +188,8 @@ def cmd_invert(args: argparse.Namespace) -> int:
         vectors = model.check_embeddings(vectors)
     except (api.ModelError, assets.AssetError) as e:
         raise UsageError(str(e)) from e
+    if args.steps > 0 and model.program.corrector is None:
+        raise UsageError(f"{args.checkpoint} is an inverter-only bundle (no corrector): use --steps 0")
     texts, trace = model.invert_embeddings(
         vectors,
         num_steps=args.steps,
