@@ -185,20 +185,22 @@ def cmd_invert(args: argparse.Namespace) -> int:
 
     try:
         model = api.load_model(args.checkpoint, cache_dir=args.cache_dir)
-        vectors = model.check_embeddings(vectors)
     except (api.ModelError, assets.AssetError) as e:
         raise UsageError(str(e)) from e
     if args.steps > 0 and model.program.corrector is None:
         raise UsageError(f"{args.checkpoint} is an inverter-only bundle (no corrector): use --steps 0")
-    texts, trace = model.invert_embeddings(
-        vectors,
-        num_steps=args.steps,
-        sequence_beam_width=args.sbeam,
-        stop_cosine=args.stop_cosine,
-        batch_size=args.batch_size,
-        return_trace=True,
-        progress=not args.quiet,
-    )
+    try:  # invert_embeddings checks the vectors (dimension, NaN/inf, zero rows, dtype) before any work
+        texts, trace = model.invert_embeddings(
+            vectors,
+            num_steps=args.steps,
+            sequence_beam_width=args.sbeam,
+            stop_cosine=args.stop_cosine,
+            batch_size=args.batch_size,
+            return_trace=True,
+            progress=not args.quiet,
+        )
+    except api.ModelError as e:
+        raise UsageError(str(e)) from e
     rows = []
     for i, text in enumerate(texts):
         row = {"text": text, "cosine": trace["cosine"][i]}

@@ -157,6 +157,26 @@ def _first_unique(seqs: Array, scores: Array) -> Array:
     return jnp.where(dup, -jnp.inf, scores)
 
 
+def initial_hypotheses(program: InversionProgram, params: dict, e: Array) -> tuple[Array, Array, Array]:
+    """Step 0: the inverter's greedy decode of e [B, D] -> ids [B, L], their embeddings [B, D], cosine [B]."""
+    from v2t_jax import decoding, inversion
+
+    inv = inversion.Inverter(program.inverter)
+    vi = {"params": params["inverter"]}
+    cache = inv.apply(vi, e, program.length, method=inversion.Inverter.init_cache)
+    ids = decoding.greedy(
+        lambda t, c: inv.apply(vi, t, c, method=inversion.Inverter.decode_step),
+        cache,
+        e.shape[0],
+        program.length,
+        program.pad_id,
+        program.eos_id,
+        program.pad_id,
+    )
+    emb = _embed_hypotheses(program, params["embedder"], ids)
+    return ids, emb, _cosine(emb, e)
+
+
 def invert(
     program: InversionProgram,
     params: dict,
@@ -176,28 +196,16 @@ def invert(
     Returns ids [B, L] and cosine [B] of the best hypothesis, and per-step best ids [S+1, B, L] and best
     cosines [S+1, B] (step 0 first).
     """
-    from v2t_jax import decoding, inversion
+    from v2t_jax import decoding
 
     e = embeddings.astype(jnp.float32)
     B, L, k = e.shape[0], program.length, beam
     if num_steps > 0 and program.corrector is None:
         raise ValueError("this model has no corrector: only num_steps=0 (inverter only) is possible")
-    inv = inversion.Inverter(program.inverter)
     cor = Corrector(program.corrector) if program.corrector is not None else None
-    vi, vc = {"params": params["inverter"]}, {"params": params.get("corrector")}
+    vc = {"params": params.get("corrector")}
 
-    cache = inv.apply(vi, e, L, method=inversion.Inverter.init_cache)
-    ids0 = decoding.greedy(
-        lambda t, c: inv.apply(vi, t, c, method=inversion.Inverter.decode_step),
-        cache,
-        B,
-        L,
-        program.pad_id,
-        program.eos_id,
-        program.pad_id,
-    )
-    emb0 = _embed_hypotheses(program, params["embedder"], ids0)
-    cos0 = _cosine(emb0, e)
+    ids0, emb0, cos0 = initial_hypotheses(program, params, e)
 
     # the live set: only slot 0 holds a hypothesis at first ("b of b" candidates at step 1)
     hyps = jnp.broadcast_to(ids0[:, None], (B, k, L))

@@ -499,9 +499,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
                 batch_refs = [val_data.texts[i] for i in idx[:n]]
                 e_hat = embedder.embed_texts(batch_preds, max_length=config.max_length)
                 target = np.asarray(val_data.embeddings[idx[:n]])
-                cos = (e_hat * target).sum(-1) / (
-                    np.linalg.norm(e_hat, axis=-1) * np.linalg.norm(target, axis=-1) + 1e-12
-                )
+                cos = np.asarray(embedders.cosine(e_hat, target))
             preds += [metrics.normalize(p) for p in batch_preds]
             refs += [metrics.normalize(r) for r in batch_refs]
             coss.extend(np.asarray(cos).tolist())

@@ -29,15 +29,12 @@ def hypotheses_dir(targets_dir: Path, bundle: Path) -> Path:
 def make_step(model):
     """Jitted (embeddings [b, D]) -> (hypothesis ids [b, L-1], their embeddings [b, D])."""
     from v2t_jax import correction
-    from v2t_jax.models import embedders
 
     program = model.program
 
     def step(params, e):
-        ids = correction.invert(program, params, e, 0, 1)["ids"]
-        return ids, embedders.embed_decoder_ids(
-            program.embedder, params["embedder"], ids, program.cls_id, program.pad_id
-        )
+        ids, emb, _ = correction.initial_hypotheses(program, params, e)
+        return ids, emb
 
     return jax.jit(step)
 
