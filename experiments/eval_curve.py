@@ -1,6 +1,6 @@
 """The eval curve of a training run, as a markdown table, from its metrics.jsonl.
 
-    python experiments/eval_curve.py RUN_DIR [--out experiments/results/NAME.md] [--command "the train command"]
+python experiments/eval_curve.py RUN_DIR [--out experiments/results/NAME.md] [--command "the train command"]
 """
 
 from __future__ import annotations

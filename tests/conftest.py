@@ -29,3 +29,60 @@ def minilm(minilm_dir):
     from v2t_jax.models import embedders
 
     return embedders.load_embedder(minilm_dir)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = DATA / "sentences.txt"
+
+
+def tiny_config(data_dir, *overrides, config_file="inverter.py"):
+    """A config file's tiny variant on the test corpus, with --config.KEY=VALUE overrides."""
+    from v2t_jax import config_loading
+
+    config = config_loading.load(str(ROOT / "configs" / config_file) + ":tiny")
+    base = [f"--config.data.corpus={CORPUS}", f"--config.data.data_dir={data_dir}", "--config.progress=false"]
+    return config_loading.apply_overrides(config, base + list(overrides))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory, minilm_dir):
+    """The test sentences as a prepared dataset with target embeddings (a user corpus)."""
+    from v2t_jax import cli
+
+    data_dir = tmp_path_factory.mktemp("data")
+    assert cli.main(["data", "prepare", "--corpus", str(CORPUS), "--data-dir", str(data_dir), "--quiet"]) == 0
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, tiny_data):
+    """A tiny inverter and corrector trained a few hundred steps on the test corpus, through the same
+    commands a user runs (train -> export -> train the corrector on the inverter's hypotheses -> export).
+    Returns their run folders and bundles."""
+    from v2t_jax import cli
+
+    root = tmp_path_factory.mktemp("models")
+    common = [
+        f"--config.data.corpus={CORPUS}",
+        f"--config.data.data_dir={tiny_data}",
+        "--config.progress=false",
+        "--config.num_steps=200",
+        "--config.eval_every=200",
+        "--config.checkpoint_every=100",
+        "--config.learning_rate=3e-3",
+    ]
+    out = {k: root / k for k in ("inverter_run", "inverter", "corrector_run", "corrector")}
+    train = [
+        "train",
+        "--config",
+        str(ROOT / "configs" / "inverter.py") + ":tiny",
+        "--workdir",
+        str(out["inverter_run"]),
+    ]
+    assert cli.main(train + common) == 0
+    assert cli.main(["export", "--workdir", str(out["inverter_run"]), "--output", str(out["inverter"])]) == 0
+    train = ["train", "--config", str(ROOT / "configs" / "corrector.py") + ":tiny"]
+    train += ["--workdir", str(out["corrector_run"]), f"--config.inverter={out['inverter']}"]
+    assert cli.main(train + common) == 0
+    assert cli.main(["export", "--workdir", str(out["corrector_run"]), "--output", str(out["corrector"])]) == 0
+    return out

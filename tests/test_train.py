@@ -16,16 +16,7 @@ import pytest
 
 from v2t_jax import cli
 
-ROOT = Path(__file__).resolve().parents[1]
-CORPUS = ROOT / "tests" / "data" / "sentences.txt"
-
-
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory, minilm_dir):
-    """The test sentences as a prepared dataset with target embeddings (a user corpus)."""
-    data_dir = tmp_path_factory.mktemp("data")
-    assert cli.main(["data", "prepare", "--corpus", str(CORPUS), "--data-dir", str(data_dir), "--quiet"]) == 0
-    return data_dir
+from conftest import CORPUS, ROOT, tiny_config as _tiny_config
 
 
 def _env(devices: int = 1) -> dict:
@@ -55,15 +46,6 @@ def _final_params(workdir: Path, step: int) -> dict:
     from v2t_jax import checkpoint
 
     return checkpoint.read_state_as_numpy(workdir, step)
-
-
-def _tiny_config(data_dir, *overrides, config_file="inverter.py"):
-    """A config file's tiny variant on the test corpus, with --config.KEY=VALUE overrides."""
-    from v2t_jax import config_loading
-
-    config = config_loading.load(str(ROOT / "configs" / config_file) + ":tiny")
-    base = [f"--config.data.corpus={CORPUS}", f"--config.data.data_dir={data_dir}", "--config.progress=false"]
-    return config_loading.apply_overrides(config, base + list(overrides))
 
 
 def _last(workdir: Path, kind: str) -> dict:
@@ -208,10 +190,13 @@ def test_kill_and_rerun_is_bit_identical(tmp_path, tiny_data):
 
 
 @pytest.mark.parametrize("config_file", sorted(p.name for p in (ROOT / "configs").glob("*.py")))
-def test_every_config_runs_two_tiny_steps(tmp_path, tiny_data, config_file):
+def test_every_config_runs_two_tiny_steps(request, tmp_path, tiny_data, config_file):
     from v2t_jax import train
 
-    config = _tiny_config(tiny_data, "--config.num_steps=2", "--config.eval_every=2", config_file=config_file)
+    extra = []
+    if config_file == "corrector.py":  # trains on the hypotheses of an inverter bundle
+        extra = [f"--config.inverter={request.getfixturevalue('tiny_models')['inverter']}"]
+    config = _tiny_config(tiny_data, "--config.num_steps=2", "--config.eval_every=2", *extra, config_file=config_file)
     out = train.train(config, tmp_path / "run")
     assert np.isfinite(out["train_loss"]) and "eval_bleu" in out and 0 <= out["eval_cosine"] <= 1
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -219,14 +204,15 @@ def test_every_config_runs_two_tiny_steps(tmp_path, tiny_data, config_file):
     assert list((tmp_path / "run" / "tb").iterdir())  # TensorBoard events
 
 
+@pytest.mark.parametrize("config_file", ["inverter.py", "corrector.py"])
 @pytest.mark.parametrize("variant", ["cpu_small", "base"])
-def test_full_size_configs_build_abstractly(variant):
+def test_full_size_configs_build_abstractly(variant, config_file):
     import flax.linen as nn
     import jax
 
     from v2t_jax import config_loading, sharding, train
 
-    config = config_loading.load(str(ROOT / "configs" / "inverter.py") + f":{variant}")
+    config = config_loading.load(str(ROOT / "configs" / config_file) + f":{variant}")
     mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
         s = train.build(config, mesh, 384, 30522)

@@ -113,8 +113,13 @@ class Vec2Text:
         batch_size: int = 32,
         return_trace: bool = False,
         progress: bool = False,
+        embed_fn=None,
     ):
-        """Texts for [N, D] vectors; with return_trace also per-step hypotheses and cosines."""
+        """Texts for [N, D] vectors; with return_trace also per-step hypotheses and cosines.
+
+        embed_fn: re-embed hypotheses with this black box (list of strings -> [n, D] array), e.g. a remote
+        API, on the host between compiled decoding steps, instead of the bundle's embedder inside the program
+        (`correction.invert_host`)."""
         if num_steps < 0 or sequence_beam_width < 1 or batch_size < 1:
             raise ModelError("num_steps must be >= 0, sequence_beam_width >= 1 and batch_size >= 1")
         if num_steps > 0 and self.program.corrector is None:
@@ -137,7 +142,12 @@ class Vec2Text:
             m = len(chunk)
             if m < bs:  # one compiled shape: pad the last batch with copies of its last row
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - m, axis=0)])
-            out = jax.device_get(self._run(self.program, self.params, chunk, num_steps, sequence_beam_width, stop))
+            if embed_fn is None:
+                out = jax.device_get(self._run(self.program, self.params, chunk, num_steps, sequence_beam_width, stop))
+            else:
+                out = correction.invert_host(
+                    self.program, self.params, chunk, num_steps, sequence_beam_width, self.decode, embed_fn, stop
+                )
             texts += [self.decode(row) for row in out["ids"][:m]]
             cosines += out["cosine"][:m].tolist()
             if return_trace:
@@ -262,8 +272,9 @@ def _check_params_fit(model: Vec2Text) -> None:
             raise ModelError(f"the {name} parameters do not match its config; the bundle is damaged or mixed up")
 
 
-def export_inverter(workdir: str | os.PathLike, folder: str | os.PathLike, step: int | None = None) -> Path:
-    """An inverter-only bundle from a `v2t train` run directory (its latest checkpoint, or `step`)."""
+def export(workdir: str | os.PathLike, folder: str | os.PathLike, step: int | None = None) -> Path:
+    """A model bundle from a `v2t train` run directory (its latest checkpoint, or `step`): an inverter run gives
+    an inverter-only bundle; a corrector run gives its inverter bundle's inverter + the trained corrector."""
     import ml_collections
 
     from v2t_jax import checkpoint, train
@@ -281,18 +292,24 @@ def export_inverter(workdir: str | os.PathLike, folder: str | os.PathLike, step:
     emb = embedders.load_embedder(config.embedder)
     vocab = train.target_vocab(config, emb)
     if not vocab.in_graph:
-        raise ModelError("only inverters that decode in the embedder's vocabulary can be exported as bundles")
-    t5cfg = train.t5_config_from(config, vocab.size, vocab.pad_id, vocab.eos_id)
-    icfg = inversion.InverterConfig(
-        t5=t5cfg, embed_dim=emb.dim, num_repeat_tokens=config.num_repeat_tokens, dropout_rate=config.dropout_rate
-    )
+        raise ModelError("only models that decode in the embedder's vocabulary can be exported as bundles")
+    cfg = train.model_config(config, emb.dim, vocab.size, vocab.pad_id, vocab.eos_id)
     params = checkpoint.read_state_as_numpy(workdir, step)["params"]
-    model = build(icfg, params, None, None, emb, config.max_length)
+    source = {"workdir": str(workdir.absolute()), "step": step}
+    if config.get("model", "inverter") == "corrector":
+        try:
+            inverter = load_model(train.inverter_bundle(config))
+        except train.TrainingError as e:
+            raise ModelError(str(e)) from e
+        model = build(inverter.program.inverter, inverter.params["inverter"], cfg, params, emb, config.max_length)
+        source["inverter"] = str(Path(config.inverter).expanduser().absolute())
+    else:
+        model = build(cfg, params, None, None, emb, config.max_length)
     _check_params_fit(model)
     model.save(folder)
     meta_path = Path(folder) / BUNDLE_FILE
     meta = json.loads(meta_path.read_text())
-    meta["source"] = {"workdir": str(workdir.absolute()), "step": step}
+    meta["source"] = source
     meta_path.write_text(json.dumps(meta, indent=1) + "\n")
     return Path(folder)
 

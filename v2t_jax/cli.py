@@ -230,10 +230,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     from v2t_jax import api
 
     try:
-        api.export_inverter(args.workdir, out, args.step)
+        model = api.load_model(api.export(args.workdir, out, args.step))
     except api.ModelError as e:
         raise UsageError(str(e)) from e
-    print(f"v2t export: wrote an inverter-only bundle to {out}", file=sys.stderr)
+    kind = "an inverter-only" if model.program.corrector is None else "an inverter + corrector"
+    print(f"v2t export: wrote {kind} bundle to {out}", file=sys.stderr)
     return 0
 
 
@@ -418,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--quiet", action="store_true")
     bn.set_defaults(func=cmd_bench)
 
-    ex = sub.add_parser("export", help="a model bundle from a training run (inverter only, for now)")
+    ex = sub.add_parser("export", help="a model bundle from a training run (inverter, or inverter + corrector)")
     ex.add_argument("--workdir", required=True, help="a v2t train run directory")
     ex.add_argument("--output", required=True, help="bundle folder to write")
     ex.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")

@@ -13,10 +13,12 @@ omits the separators and the LayerNorm; the reference code has them, and checkpo
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from v2t_jax.inversion import EmbeddingTransform
 from v2t_jax.models import t5 as t5_lib
@@ -157,14 +159,14 @@ def _first_unique(seqs: Array, scores: Array) -> Array:
     return jnp.where(dup, -jnp.inf, scores)
 
 
-def initial_hypotheses(program: InversionProgram, params: dict, e: Array) -> tuple[Array, Array, Array]:
-    """Step 0: the inverter's greedy decode of e [B, D] -> ids [B, L], their embeddings [B, D], cosine [B]."""
+def greedy_hypotheses(program: InversionProgram, params: dict, e: Array) -> Array:
+    """The inverter's greedy decode of e [B, D] -> decoder ids [B, L]."""
     from v2t_jax import decoding, inversion
 
     inv = inversion.Inverter(program.inverter)
     vi = {"params": params["inverter"]}
     cache = inv.apply(vi, e, program.length, method=inversion.Inverter.init_cache)
-    ids = decoding.greedy(
+    return decoding.greedy(
         lambda t, c: inv.apply(vi, t, c, method=inversion.Inverter.decode_step),
         cache,
         e.shape[0],
@@ -173,8 +175,44 @@ def initial_hypotheses(program: InversionProgram, params: dict, e: Array) -> tup
         program.eos_id,
         program.pad_id,
     )
+
+
+def initial_hypotheses(program: InversionProgram, params: dict, e: Array) -> tuple[Array, Array, Array]:
+    """Step 0: the inverter's greedy decode of e [B, D] -> ids [B, L], their embeddings [B, D], cosine [B]."""
+    ids = greedy_hypotheses(program, params, e)
     emb = _embed_hypotheses(program, params["embedder"], ids)
     return ids, emb, _cosine(emb, e)
+
+
+def candidates(program: InversionProgram, params: dict, e: Array, hyps: Array, hyp_emb: Array) -> Array:
+    """One correction step's proposals: for each of the k hypotheses [B, k, L] (embeddings [B, k, D]) of
+    each target e [B, D], the corrector's k-wide token beam search -> k² candidates [B, k·k, L]."""
+    from v2t_jax import decoding
+
+    B, k, L = hyps.shape
+    cor = Corrector(program.corrector)
+    vc = {"params": params["corrector"]}
+    flat_ids = hyps.reshape(B * k, L)
+    c = cor.apply(
+        vc,
+        jnp.repeat(e, k, axis=0),
+        hyp_emb.reshape(B * k, -1),
+        flat_ids,
+        flat_ids != program.pad_id,
+        L,
+        method=Corrector.init_cache,
+    )
+    cand, _ = decoding.beam_search(
+        lambda t, cc: cor.apply(vc, t, cc, method=Corrector.decode_step),
+        c,
+        B * k,
+        k,
+        L,
+        program.pad_id,
+        program.eos_id,
+        program.pad_id,
+    )
+    return cand.reshape(B, k * k, L)
 
 
 def invert(
@@ -196,14 +234,10 @@ def invert(
     Returns ids [B, L] and cosine [B] of the best hypothesis, and per-step best ids [S+1, B, L] and best
     cosines [S+1, B] (step 0 first).
     """
-    from v2t_jax import decoding
-
     e = embeddings.astype(jnp.float32)
     B, L, k = e.shape[0], program.length, beam
     if num_steps > 0 and program.corrector is None:
         raise ValueError("this model has no corrector: only num_steps=0 (inverter only) is possible")
-    cor = Corrector(program.corrector) if program.corrector is not None else None
-    vc = {"params": params.get("corrector")}
 
     ids0, emb0, cos0 = initial_hypotheses(program, params, e)
 
@@ -215,22 +249,7 @@ def invert(
     def step(carry, _):
         hyps, hyp_emb, hyp_cos, best_ids, best_cos = carry
         done = best_cos >= stop_cosine
-        flat_ids = hyps.reshape(B * k, L)
-        e_rep = jnp.repeat(e, k, axis=0)
-        c = cor.apply(
-            vc, e_rep, hyp_emb.reshape(B * k, -1), flat_ids, flat_ids != program.pad_id, L, method=Corrector.init_cache
-        )
-        cand, _ = decoding.beam_search(
-            lambda t, cc: cor.apply(vc, t, cc, method=Corrector.decode_step),
-            c,
-            B * k,
-            k,
-            L,
-            program.pad_id,
-            program.eos_id,
-            program.pad_id,
-        )
-        cand = cand.reshape(B, k * k, L)
+        cand = candidates(program, params, e, hyps, hyp_emb)
         cand_emb = _embed_hypotheses(program, params["embedder"], cand)
         cand_cos = _cosine(cand_emb, e[:, None])
         parent_ok = jnp.repeat(jnp.isfinite(hyp_cos), k, axis=1)  # candidates of empty slots do not count
@@ -255,3 +274,91 @@ def invert(
     else:
         best_ids, best_cos, trace_ids, trace_cos = ids0, cos0, ids0[None], cos0[None]
     return {"ids": best_ids, "cosine": best_cos, "step_ids": trace_ids, "step_cosine": trace_cos}
+
+
+# ----------------------------------------------------------------------------- host-side re-embedding
+
+_greedy_jit = jax.jit(greedy_hypotheses, static_argnums=0)
+_candidates_jit = jax.jit(candidates, static_argnums=0)
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def invert_host(
+    program: InversionProgram,
+    params: dict,
+    embeddings,
+    num_steps: int,
+    beam: int,
+    decode: Callable[[np.ndarray], str],
+    embed_fn: Callable[[list[str]], np.ndarray],
+    stop_cosine: float = 2.0,
+) -> dict:
+    """`invert` for an embedder that cannot run inside the program (a black box such as a remote API).
+
+    The inverter's and corrector's decoding stay compiled (`greedy_hypotheses`, `candidates`); each step's
+    candidates are decoded to strings on the host, `embed_fn(list of strings) -> [n, D]` embeds them, and the
+    same selection as `invert` follows (cosine to the target, top-`beam` unique, best-so-far, per-example stop).
+    Uniqueness is by string (what the embedder sees). Each distinct string is embedded once per call
+    (a memo across steps), and candidates of finished examples are not embedded at all.
+    Returns what `invert` returns, as numpy arrays.
+    """
+    e = np.asarray(embeddings, np.float32)
+    k = beam
+    if num_steps > 0 and program.corrector is None:
+        raise ValueError("this model has no corrector: only num_steps=0 (inverter only) is possible")
+    target = _unit_rows(e)
+    memo: dict[str, np.ndarray] = {}
+
+    def embed(texts: list[str]) -> np.ndarray:
+        new = list(dict.fromkeys(t for t in texts if t not in memo))
+        if new:
+            out = np.asarray(embed_fn(new))
+            if out.shape != (len(new), e.shape[1]):
+                raise ValueError(
+                    f"embed_fn returned shape {out.shape} for {len(new)} texts; expected ({len(new)}, {e.shape[1]})"
+                )
+            memo.update(zip(new, np.asarray(out, np.float32)))
+        return np.stack([memo[t] for t in texts]) if texts else np.zeros((0, e.shape[1]), np.float32)
+
+    ids0 = np.asarray(_greedy_jit(program, params, e))
+    texts0 = [decode(r) for r in ids0]
+    emb0 = embed(texts0)
+    cos0 = np.einsum("bd,bd->b", _unit_rows(emb0), target)
+    hyps = np.repeat(ids0[:, None], k, axis=1)
+    hyp_emb = np.repeat(emb0[:, None], k, axis=1)
+    hyp_cos = np.where(np.arange(k)[None] == 0, cos0[:, None], -np.inf)
+    best_ids, best_cos = ids0.copy(), cos0.copy()
+    trace_ids, trace_cos = [ids0.copy()], [cos0.copy()]
+    for _ in range(num_steps):
+        done = best_cos >= stop_cosine
+        if not done.all():
+            cand = np.asarray(_candidates_jit(program, params, e, hyps, hyp_emb))  # [B, k*k, L]
+            parent_ok = np.repeat(np.isfinite(hyp_cos), k, axis=1)
+            for b in np.flatnonzero(~done):
+                valid = np.flatnonzero(parent_ok[b])
+                texts = [decode(cand[b, j]) for j in valid]
+                emb = embed(texts)
+                score = np.full(k * k, -np.inf)
+                score[valid] = _unit_rows(emb) @ target[b]
+                seen: set[str] = set()
+                for j in np.argsort(-score, kind="stable"):  # keep the first (best, then earliest) of each string
+                    if not np.isfinite(score[j]):
+                        break
+                    t = texts[int(np.searchsorted(valid, j))]
+                    if t in seen:
+                        score[j] = -np.inf
+                    seen.add(t)
+                top = np.argsort(-score, kind="stable")[:k]
+                hyps[b] = cand[b, top]
+                hyp_cos[b] = score[top]
+                by_index = dict(zip(valid.tolist(), emb))
+                hyp_emb[b] = np.stack([by_index.get(int(j), hyp_emb[b, 0]) for j in top])
+                if hyp_cos[b, 0] > best_cos[b]:
+                    best_ids[b], best_cos[b] = hyps[b, 0], hyp_cos[b, 0]
+        trace_ids.append(best_ids.copy())
+        trace_cos.append(best_cos.copy())
+    return {"ids": best_ids, "cosine": best_cos, "step_ids": np.stack(trace_ids), "step_cosine": np.stack(trace_cos)}

@@ -1,6 +1,10 @@
 """Training loop: mesh, abstract init, a pure jitted train step, orbax checkpoints, evaluation, logging.
 
     v2t train --config configs/inverter.py:tiny --workdir DIR [--config.KEY=VALUE ...]
+    v2t train --config configs/corrector.py:tiny --workdir DIR --config.inverter=BUNDLE
+
+The same loop trains the inverter (embedding -> text) and the corrector ((e, hypothesis, ê) -> text, on the
+frozen inverter's cached greedy hypotheses, `v2t_jax.data.hypotheses`; computed on first use).
 
 Rerunning the same command resumes from the latest finished checkpoint in DIR/checkpoints.
 Metrics go to DIR/metrics.jsonl (one JSON object per log or eval event) and DIR/tb (TensorBoard).
@@ -26,7 +30,7 @@ import optax
 from flax import struct
 from jax.experimental import multihost_utils
 
-from v2t_jax import checkpoint, decoding, inversion, metrics, sharding
+from v2t_jax import checkpoint, correction, decoding, inversion, metrics, sharding
 from v2t_jax.models import t5 as t5_lib
 
 Array = jax.Array
@@ -183,9 +187,13 @@ class SplitData:
     embeddings: np.ndarray  # [n, d] float32 (memory map)
     ids: np.ndarray  # [n, L] int32 embedder ids incl. [CLS]/[SEP]
     texts: list[str] | None = None
+    hyp_ids: np.ndarray | None = None  # corrector: the inverter's hypotheses [n, L-1] (decoder ids)
+    hyp_embeddings: np.ndarray | None = None  # [n, D]
+    rows: np.ndarray | None = None  # training rows to sample from (None: all); the corrector drops exact ones
 
 
-def load_data(config: ml_collections.ConfigDict, need_texts: bool) -> tuple[Any, dict[str, SplitData]]:
+def _dataset(config: ml_collections.ConfigDict):
+    """(TFDS builder, targets folder, the `v2t data prepare` command that makes them) of `config`'s data."""
     from v2t_jax.data import dataset, targets
 
     spec = dataset.DatasetSpec(
@@ -203,7 +211,13 @@ def load_data(config: ml_collections.ConfigDict, need_texts: bool) -> tuple[Any,
         command += f" --data-dir {config.data.data_dir}"
     if not Path(b.data_dir, "dataset_info.json").exists():
         raise TrainingError(f"dataset {spec.config_name} is not prepared; run: {command}")
-    tdir = targets.targets_dir(b.data_dir, config.embedder, config.max_length)
+    return b, targets.targets_dir(b.data_dir, config.embedder, config.max_length), command
+
+
+def load_data(config: ml_collections.ConfigDict, need_texts: bool) -> tuple[Any, dict[str, SplitData]]:
+    from v2t_jax.data import dataset, targets
+
+    b, tdir, command = _dataset(config)
     out = {}
     for split in ("train", "validation"):
         try:
@@ -211,13 +225,84 @@ def load_data(config: ml_collections.ConfigDict, need_texts: bool) -> tuple[Any,
         except FileNotFoundError as e:
             raise TrainingError(f"no target embeddings for {split!r}; run: {command}") from e
         out[split] = SplitData(emb, ids, dataset.texts(b, split) if (need_texts or split == "validation") else None)
+    if config.model == "corrector":
+        _attach_hypotheses(config, tdir, out)
     return b, out
+
+
+def inverter_bundle(config: ml_collections.ConfigDict) -> Path:
+    """The corrector config's `inverter`: a model bundle whose inverter made (or will make) the hypotheses."""
+    from v2t_jax import api
+
+    if not config.inverter:
+        raise TrainingError("a corrector needs the inverter that makes its hypotheses: --config.inverter=BUNDLE")
+    bundle = Path(config.inverter).expanduser()
+    if (bundle / "config.json").exists() and (bundle / "checkpoints").is_dir():
+        raise TrainingError(
+            f"{bundle} is a training run; export a bundle first: v2t export --workdir {bundle} --output BUNDLE"
+        )
+    if not (bundle / api.BUNDLE_FILE).exists():
+        raise TrainingError(f"inverter {bundle} is not a v2t model bundle (no {api.BUNDLE_FILE}); see v2t export")
+    meta = json.loads((bundle / api.BUNDLE_FILE).read_text())
+    if meta.get("embedder") != config.embedder or meta.get("max_length") != config.max_length:
+        raise TrainingError(
+            f"inverter {bundle} inverts {meta.get('embedder')} at {meta.get('max_length')} tokens, "
+            f"the config {config.embedder} at {config.max_length}"
+        )
+    return bundle
+
+
+def prepare_hypotheses(config: ml_collections.ConfigDict) -> None:
+    """Computes whatever is missing of the inverter's train/validation hypotheses (single process, outside
+    any mesh: the inverter runs as a plain jitted program)."""
+    from v2t_jax import api
+    from v2t_jax.data import hypotheses, targets
+
+    bundle = inverter_bundle(config)
+    _, tdir, command = _dataset(config)
+    hdir = hypotheses.hypotheses_dir(tdir, bundle)
+    if all((hdir / f"{s}.exact.npy").exists() for s in ("train", "validation")):
+        return
+    if jax.process_count() > 1:
+        raise TrainingError(f"hypotheses not computed yet; run: v2t data hypotheses --inverter {bundle} ...")
+    if not all(targets.exists(tdir, s) for s in ("train", "validation")):
+        raise TrainingError(f"no target embeddings yet; run: {command}")
+    print(f"v2t train: computing the inverter's hypotheses into {hdir}", file=sys.stderr)
+    hypotheses.ensure(api.load_model(bundle), tdir, bundle, ("train", "validation"), progress=config.progress)
+
+
+def _attach_hypotheses(config: ml_collections.ConfigDict, tdir: Path, data: dict[str, SplitData]) -> None:
+    from v2t_jax.data import hypotheses
+
+    hdir = hypotheses.hypotheses_dir(tdir, inverter_bundle(config))
+    for split, d in data.items():
+        try:
+            h = hypotheses.load(hdir, split)
+        except FileNotFoundError as e:
+            raise TrainingError(f"{e}; run: v2t data hypotheses --inverter {config.inverter} ...") from e
+        d.hyp_ids, d.hyp_embeddings = h["hyp_ids"], h["hyp_embeddings"]
+        if split == "train" and config.drop_exact:
+            d.rows = np.flatnonzero(~np.asarray(h["exact"]))
+            if len(d.rows) < config.batch_size:
+                raise TrainingError(
+                    f"only {len(d.rows)} training passages are not already exact, fewer than batch_size "
+                    f"{config.batch_size}; set --config.drop_exact=false or use a smaller batch"
+                )
 
 
 # ----------------------------------------------------------------------------- steps
 
 
-def make_train_step(model: inversion.Inverter, tx: optax.GradientTransformation):
+def model_inputs(model, batch: dict) -> tuple:
+    """What the model encodes, from a batch: (e,) for the inverter; (e, ê, hypothesis ids, mask) for the
+    corrector."""
+    if isinstance(model, correction.Corrector):
+        hyp = batch["hyp_ids"]
+        return batch["embeddings"], batch["hyp_embeddings"], hyp, hyp != model.config.t5.pad_token_id
+    return (batch["embeddings"],)
+
+
+def make_train_step(model, tx: optax.GradientTransformation):
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         r_drop, r_noise = jax.random.split(rng)
@@ -227,7 +312,7 @@ def make_train_step(model: inversion.Inverter, tx: optax.GradientTransformation)
         def loss_fn(params):
             logits = model.apply(
                 {"params": params},
-                batch["embeddings"],
+                *model_inputs(model, batch),
                 dec_in,
                 deterministic=False,
                 rngs={"dropout": r_drop, "noise": r_noise},
@@ -243,25 +328,28 @@ def make_train_step(model: inversion.Inverter, tx: optax.GradientTransformation)
     return train_step
 
 
-def make_eval_step(model: inversion.Inverter):
+def make_eval_step(model):
     def eval_step(params, batch: dict) -> dict:
         dec_in = t5_lib.shift_right(batch["labels"], model.config.t5.decoder_start_token_id)
-        logits = model.apply({"params": params}, batch["embeddings"], dec_in)
+        logits = model.apply({"params": params}, *model_inputs(model, batch), dec_in)
         return inversion.cross_entropy(logits, batch["labels"], batch["mask"])[1]
 
     return eval_step
 
 
-def make_generate(model: inversion.Inverter, max_length: int, eos_id: int):
-    def generate(params, embeddings: Array) -> Array:
+def make_generate(model, max_length: int, eos_id: int):
+    """(params, batch) -> greedy ids [b, max_length]: the inverter's hypothesis, or one greedy correction."""
+
+    def generate(params, batch: dict) -> Array:
         v = {"params": params}
-        cache = model.apply(v, embeddings, max_length, method=inversion.Inverter.init_cache)
+        inputs = model_inputs(model, batch)
+        cache = model.apply(v, *inputs, max_length, method=type(model).init_cache)
 
         def tokens_to_logits(ids, cache):
-            return model.apply(v, ids, cache, method=inversion.Inverter.decode_step)
+            return model.apply(v, ids, cache, method=type(model).decode_step)
 
         start = model.config.t5.decoder_start_token_id
-        return decoding.greedy(tokens_to_logits, cache, embeddings.shape[0], max_length, start, eos_id)
+        return decoding.greedy(tokens_to_logits, cache, inputs[0].shape[0], max_length, start, eos_id, start)
 
     return generate
 
@@ -314,9 +402,34 @@ def _strip_boxes(tree):
     return jax.tree_util.tree_map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree, is_leaf=is_box)
 
 
+def model_config(config: ml_collections.ConfigDict, embed_dim: int, vocab_size: int, pad_id: int = 0, eos_id: int = 1):
+    """The InverterConfig or CorrectorConfig that `config` (its `model` key) describes."""
+    t5cfg = t5_config_from(config, vocab_size, pad_id, eos_id)
+    common = dict(t5=t5cfg, embed_dim=embed_dim, num_repeat_tokens=config.num_repeat_tokens)
+    if config.model == "inverter":
+        return inversion.InverterConfig(**common, dropout_rate=config.dropout_rate, noise_level=config.noise_level)
+    if config.model == "corrector":
+        return correction.CorrectorConfig(
+            **common,
+            dropout_rate=config.dropout_rate,
+            ignore_hypothesis_embedding=config.ignore_hypothesis_embedding,
+            training_noise=config.training_noise,
+        )
+    raise TrainingError(f"config.model is {config.model!r}; use 'inverter' or 'corrector'")
+
+
+def make_model(cfg) -> inversion.Inverter | correction.Corrector:
+    return correction.Corrector(cfg) if isinstance(cfg, correction.CorrectorConfig) else inversion.Inverter(cfg)
+
+
+def batch_keys(model) -> tuple[str, ...]:
+    extra = ("hyp_ids", "hyp_embeddings") if isinstance(model, correction.Corrector) else ()
+    return ("embeddings", "labels", "mask") + extra
+
+
 @dataclasses.dataclass
 class Setup:
-    model: inversion.Inverter
+    model: inversion.Inverter | correction.Corrector
     tx: optax.GradientTransformation
     abstract: Any  # TrainState of ShapeDtypeStructs carrying their shardings
     state_sh: Any
@@ -339,21 +452,15 @@ def build(
     """Model, optimizer, sharded abstract state and the jitted init/train/eval functions for `mesh`.
 
     Call inside `jax.set_mesh(mesh)` and `nn.logical_axis_rules(sharding.LOGICAL_RULES)`."""
-    icfg = inversion.InverterConfig(
-        t5=t5_config_from(config, vocab_size, pad_id, eos_id),
-        embed_dim=embed_dim,
-        num_repeat_tokens=config.num_repeat_tokens,
-        dropout_rate=config.dropout_rate,
-        noise_level=config.noise_level,
-    )
-    model = inversion.Inverter(icfg)
+    model = make_model(model_config(config, embed_dim, vocab_size, pad_id, eos_id))
     tx = make_optimizer(config)
     dec_len = dec_len or config.max_length - 1
 
     def init_boxed(rng):
         p_rng, s_rng = jax.random.split(rng)
         dummy_e, dummy_ids = jnp.zeros((1, embed_dim), jnp.float32), jnp.zeros((1, dec_len), jnp.int32)
-        params = model.init(p_rng, dummy_e, dummy_ids)["params"]
+        dummy = {"embeddings": dummy_e, "hyp_embeddings": dummy_e, "hyp_ids": dummy_ids}
+        params = model.init(p_rng, *model_inputs(model, dummy), dummy_ids)["params"]
         return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key_data(s_rng))
 
     # Abstract init -> logical specs -> shardings -> jitted, sharded init (big_vision's "shard & transfer").
@@ -365,7 +472,7 @@ def build(
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(_strip_boxes(abstract_boxed.params)))
     rep = sharding.replicated(mesh)
     b2 = sharding.batch_sharding(mesh, 2)
-    batch_sh = {"embeddings": b2, "labels": b2, "mask": b2}
+    batch_sh = {k: b2 for k in batch_keys(model)}
     init_fn = jax.jit(lambda r: nn.unbox(init_boxed(r)), out_shardings=state_sh)
     train_step = jax.jit(
         make_train_step(model, tx), in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep), donate_argnums=0
@@ -393,6 +500,8 @@ def _check_config_against_saved(config: ml_collections.ConfigDict, workdir: Path
 
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     """Trains (or resumes) the inverter described by `config` in `workdir`; returns the last metrics."""
+    if config.model == "corrector":
+        prepare_hypotheses(config)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     # Tracing happens at the first call of each jitted function: keep mesh and rules active throughout.
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
@@ -415,6 +524,10 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
 
     embedder = embedders.load_embedder(config.embedder)
     vocab = target_vocab(config, embedder)
+    if config.model == "corrector" and not vocab.in_graph:
+        raise TrainingError(
+            "the corrector reads the inverter's hypotheses in the embedder's vocabulary: vocab=embedder"
+        )
     _, data = load_data(config, need_texts=not vocab.in_graph)
     train_data, val_data = data["train"], data["validation"]
     labels = {"train": vocab.labels(train_data), "validation": vocab.labels(val_data)}
@@ -423,21 +536,25 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
     model, state_sh, batch_sh, abstract = setup.model, setup.state_sh, setup.batch_sh, setup.abstract
     init_fn, train_step, eval_step = setup.init_fn, setup.train_step, setup.eval_step
     n_params = setup.n_params
+    is_corrector = config.model == "corrector"
     b2, b1 = sharding.batch_sharding(mesh, 2), sharding.batch_sharding(mesh, 1)
     gen_fn = make_generate(model, vocab.length, vocab.eos_id)
 
-    def generate_and_score(params, emb):
-        """Greedy hypotheses and, with the embedder's vocabulary, their cosine to the target, in one program."""
-        gen = gen_fn(params, emb)
+    def generate_and_score(params, batch):
+        """Greedy outputs (hypotheses, or one greedy correction of the cached hypotheses) and, with the
+        embedder's vocabulary, their cosine to the target, in one program."""
+        gen = gen_fn(params, batch)
+        emb = batch["embeddings"]
         if not vocab.in_graph:
             return gen, jnp.zeros(gen.shape[:1])
         e_hat = embedders.embed_decoder_ids(embedder.config, embedder.params, gen, vocab.cls_id, vocab.pad_id)
         return gen, embedders.cosine(e_hat, emb)
 
-    gen_score = jax.jit(generate_and_score, in_shardings=(state_sh.params, b2), out_shardings=(b2, b1))
+    gen_score = jax.jit(generate_and_score, in_shardings=(state_sh.params, batch_sh), out_shardings=(b2, b1))
 
     mngr = checkpoint.manager(workdir, config.keep_checkpoints)
-    sampler = Sampler(len(train_data.ids), config.batch_size, config.seed)
+    train_rows = train_data.rows if train_data.rows is not None else np.arange(len(train_data.ids))
+    sampler = Sampler(len(train_rows), config.batch_size, config.seed)
     restored = checkpoint.restore_latest(mngr, abstract)
     if restored is None:
         state = init_fn(jax.random.PRNGKey(config.seed))
@@ -449,7 +566,10 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
     if is_main:
         where = "resuming at step" if start else "starting at step"
         print(
-            f"v2t train: inverter {n_params / 1e6:.1f}M params, mesh {dict(mesh.shape)}, {where} {start}",
+            f"v2t train: {config.model} {n_params / 1e6:.1f}M params, mesh {dict(mesh.shape)}, {where} {start}"
+            + (
+                f" ({len(train_rows)} of {len(train_data.ids)} training rows not already exact)" if is_corrector else ""
+            ),
             file=sys.stderr,
         )
 
@@ -466,12 +586,23 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
             "labels": lab,
             "mask": (lab != vocab.pad_id).astype(np.int32),
         }
+        if is_corrector:
+            host["hyp_ids"] = np.asarray(data[split].hyp_ids[idx], np.int32)
+            host["hyp_embeddings"] = np.asarray(data[split].hyp_embeddings[idx], np.float32)
         return {k: jax.make_array_from_process_local_data(batch_sh[k], v) for k, v in host.items()}
 
     def padded(start: int, stop: int) -> tuple[np.ndarray, int]:
         """Row indices [start, stop) padded to a whole batch by repeating the last row."""
         idx = np.arange(start, stop)
         return np.concatenate([idx, np.full(config.batch_size - len(idx), idx[-1])]), len(idx)
+
+    def hypothesis_metrics(refs: list[str]) -> dict:
+        n = len(refs)
+        hyps = [metrics.normalize(vocab.decode(r)) for r in np.asarray(val_data.hyp_ids[:n])]
+        cos = embedders.cosine(np.asarray(val_data.hyp_embeddings[:n]), np.asarray(val_data.embeddings[:n]))
+        out = metrics.text_metrics(hyps, refs, np.asarray(cos).tolist())
+        out["example"] = hyps[0]
+        return out
 
     def evaluate(step: int, params) -> dict:
         n_val = len(val_data.ids)
@@ -489,7 +620,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
         preds, refs, coss = [], [], []
         for s in range(0, min(config.eval_samples, n_val), bs):
             idx, n = padded(s, min(s + bs, n_val, config.eval_samples))
-            gen, cos = gen_score(params, make_batch("validation", idx)["embeddings"])
+            gen, cos = gen_score(params, make_batch("validation", idx))
             gen = np.asarray(multihost_utils.process_allgather(gen, tiled=True))[:n]
             cos = np.asarray(multihost_utils.process_allgather(cos, tiled=True))[:n]
             batch_preds = [vocab.decode(row) for row in gen]
@@ -506,6 +637,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
         if preds:
             out.update(metrics.text_metrics(preds, refs, coss))
             out["example_pred"], out["example_ref"] = preds[0], refs[0]
+            if is_corrector:  # the same rows' cached hypotheses: what one correction step starts from
+                out.update({f"hypothesis_{k}": v for k, v in hypothesis_metrics(refs).items()})
         logger.write(step, "eval", out)
         return out
 
@@ -546,7 +679,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
 
     try:
         for step in range(start, config.num_steps):
-            batch = make_batch("train", sampler.next_indices())
+            batch = make_batch("train", np.sort(train_rows[sampler.next_indices()]))
             state, aux = train_step(state, batch)
             if pending is not None:  # check the previous step while this one runs
                 check(*pending)

@@ -69,3 +69,28 @@ def precompute(
     return targets.chunked(
         len(embeddings), Path(out_dir), split, ("hyp_ids", "hyp_embeddings", "exact"), compute, "hypotheses", progress
     )
+
+
+def ensure(
+    model,
+    targets_dir: Path,
+    bundle: Path,
+    splits=("train", "validation", "test"),
+    batch_size: int = 64,
+    progress: bool = True,
+) -> Path:
+    """Computes whatever is missing of `bundle`'s hypotheses for `splits`; returns their folder."""
+    out = hypotheses_dir(targets_dir, bundle)
+    for split in splits:
+        emb, ids = targets.load(targets_dir, split)
+        precompute(model, emb, ids, out, split, batch_size, progress=progress)
+    return out
+
+
+def load(hyp_dir: Path, split: str) -> dict[str, np.ndarray]:
+    """{"hyp_ids", "hyp_embeddings", "exact"} of one split, memory-mapped."""
+    paths = {name: Path(hyp_dir) / f"{split}.{name}.npy" for name in ("hyp_ids", "hyp_embeddings", "exact")}
+    missing = [p.name for p in paths.values() if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"{hyp_dir} lacks {', '.join(missing)}")
+    return {name: np.load(p, mmap_mode="r") for name, p in paths.items()}

@@ -1,0 +1,28 @@
+"""Corrector training configs (ml_collections): the inverter's config of the same variant, plus what the
+corrector adds. It trains on (e, x⁰, ê⁰) -> x, where x⁰ is the frozen inverter's greedy hypothesis and ê⁰ its
+embedding, cached beside the dataset (`v2t data hypotheses`; computed on first use).
+
+    v2t export --workdir runs/inverter_cpu_small --output bundles/inverter_cpu_small
+    v2t train --config configs/corrector.py:cpu_small --workdir runs/corrector_cpu_small \
+        --config.inverter=bundles/inverter_cpu_small
+
+Variants: tiny (tests), cpu_small, base, as in configs/inverter.py.
+"""
+
+from pathlib import Path
+
+import ml_collections
+
+from v2t_jax import config_loading
+
+
+def get_config(arg: str = "cpu_small") -> ml_collections.ConfigDict:
+    c = config_loading.load(f"{Path(__file__).with_name('inverter.py')}:{arg}")
+    c.model = "corrector"
+    c.inverter = ""  # model bundle of the inverter whose hypotheses the corrector learns to correct
+    c.drop_exact = True  # skip training passages the inverter already recovers exactly (as the reference does)
+    c.dropout_rate = 0.0  # of the three embedding projections (vec2text 0.0.13: 0)
+    c.ignore_hypothesis_embedding = False  # the "no feedback" ablation
+    c.training_noise = 0.0  # Gaussian noise on e and ê in training (vec2text 0.0.13: 0; later versions 1e-5)
+    del c["noise_level"]
+    return c

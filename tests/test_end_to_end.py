@@ -1,0 +1,138 @@
+"""End to end: a tiny inverter + corrector trained in a fixture (tests/conftest.py `tiny_models`) invert
+embeddings through the compiled N-step program and through host-side re-embedding."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import CORPUS, ROOT, tiny_config
+from v2t_jax import api, cli, correction
+from v2t_jax.models import embedders
+
+
+@pytest.fixture(scope="module")
+def model(tiny_models):
+    return api.load_model(tiny_models["corrector"])
+
+
+@pytest.fixture(scope="module")
+def targets(model, sentences):
+    return model.embedder.embed_texts(sentences[:6])
+
+
+def test_training_runs_logged_what_a_user_reads(tiny_models):
+    rows = [json.loads(x) for x in (tiny_models["corrector_run"] / "metrics.jsonl").read_text().splitlines()]
+    last_eval = [r for r in rows if r["kind"] == "eval"][-1]
+    # one greedy correction of the cached hypotheses, next to those hypotheses on the same rows
+    for key in ("bleu", "cosine", "hypothesis_bleu", "hypothesis_cosine"):
+        assert np.isfinite(last_eval[key])
+    meta = json.loads((tiny_models["corrector"] / api.BUNDLE_FILE).read_text())
+    assert meta["corrector"] is not None and meta["source"]["inverter"].endswith("inverter")
+    # the bundle's inverter is the inverter bundle's, bit for bit
+    inv = api.load_model(tiny_models["inverter"])
+    for a, b in zip(
+        jax.tree_util.tree_leaves(inv.params["inverter"]),
+        jax.tree_util.tree_leaves(api.load_model(tiny_models["corrector"]).params["inverter"]),
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_inversion_outputs_strings_and_best_cosine_never_decreases(model, targets):
+    texts, trace = model.invert_embeddings(targets, num_steps=4, sequence_beam_width=3, return_trace=True)
+    assert len(texts) == len(targets) and all(isinstance(t, str) for t in texts)
+    for i, row in enumerate(trace["steps"]):
+        cos = np.asarray(row["cosines"])
+        assert len(row["hypotheses"]) == len(cos) == 5
+        assert np.all(np.diff(cos) >= 0), cos
+        assert row["hypotheses"][-1] == texts[i] and cos[-1] == pytest.approx(trace["cosine"][i])
+    # the search can only add: after 4 steps at beam 3 the best cosine is at least step 0's
+    assert np.mean([r["cosines"][-1] - r["cosines"][0] for r in trace["steps"]]) >= 0
+
+
+def test_same_model_same_outputs(model, targets, tiny_models):
+    a = model.invert_embeddings(targets, num_steps=3, sequence_beam_width=2)
+    b = model.invert_embeddings(targets, num_steps=3, sequence_beam_width=2)
+    c = api.load_model(tiny_models["corrector"]).invert_embeddings(targets, num_steps=3, sequence_beam_width=2)
+    assert a == b == c
+
+
+def test_same_seed_same_model(tmp_path, tiny_data, tiny_models):
+    """Retraining the corrector with the same config and seed gives the same parameters bit for bit."""
+    from v2t_jax import checkpoint, train
+
+    overrides = ["--config.num_steps=200", "--config.eval_every=200", "--config.checkpoint_every=100"]
+    overrides += ["--config.learning_rate=3e-3", f"--config.inverter={tiny_models['inverter']}"]
+    train.train(tiny_config(tiny_data, *overrides, config_file="corrector.py"), tmp_path / "again")
+    a = checkpoint.read_state_as_numpy(tmp_path / "again", 200)["params"]
+    b = checkpoint.read_state_as_numpy(tiny_models["corrector_run"], 200)["params"]
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("steps,beam", [(0, 1), (3, 1), (3, 3)])
+def test_host_side_re_embedding_matches_the_compiled_program(model, targets, steps, beam):
+    """The black-box path runs the same algorithm: with an injective decode (ids written out as numbers) and
+    a black box that embeds those ids exactly as the program does, ids and cosines agree with `invert`."""
+    p = model.program
+
+    def decode(ids):
+        return " ".join(str(int(t)) for t in ids)
+
+    def black_box(texts):
+        ids = np.array([[int(x) for x in t.split()] for t in texts], np.int32)
+        return np.asarray(embedders.embed_decoder_ids(p.embedder, model.params["embedder"], ids, p.cls_id, p.pad_id))
+
+    compiled = jax.device_get(model._run(p, model.params, targets, steps, beam, 2.0))
+    host = correction.invert_host(p, model.params, targets, steps, beam, decode, black_box)
+    np.testing.assert_array_equal(host["step_ids"], compiled["step_ids"])
+    np.testing.assert_allclose(host["step_cosine"], compiled["step_cosine"], atol=1e-5)
+
+
+def test_host_side_with_a_text_black_box(model, targets):
+    """A black box that sees only strings: outputs are strings, best cosine never decreases, and the reported
+    cosine is the black box's embedding of the reported text against the target; each distinct string is
+    embedded once."""
+    seen: list[str] = []
+
+    def black_box(texts):
+        seen.extend(texts)
+        return model.embedder.embed_texts(texts)
+
+    texts, trace = model.invert_embeddings(
+        targets, num_steps=3, sequence_beam_width=2, embed_fn=black_box, return_trace=True
+    )
+    assert all(isinstance(t, str) for t in texts) and len(seen) == len(set(seen))
+    for row in trace["steps"]:
+        assert np.all(np.diff(row["cosines"]) >= 0)
+    again = np.asarray(embedders.cosine(model.embedder.embed_texts(texts), targets))
+    np.testing.assert_allclose(trace["cosine"], again, atol=1e-5)
+
+    with pytest.raises(ValueError, match="embed_fn returned shape"):
+        model.invert_embeddings(targets, embed_fn=lambda t: np.zeros((len(t), 7), np.float32))
+
+
+def test_cli_invert_with_correction_steps(tmp_path, model, targets, tiny_models):
+    np.save(tmp_path / "v.npy", targets)
+    args = ["invert", "--embeddings", str(tmp_path / "v.npy"), "--checkpoint", str(tiny_models["corrector"])]
+    args += ["--steps", "2", "--sbeam", "2", "--trace", "--output", str(tmp_path / "o.jsonl"), "--quiet"]
+    assert cli.main(args) == 0
+    rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert len(rows) == len(targets)
+    assert rows[0]["text"] == model.invert_embeddings(targets[:1], num_steps=2, sequence_beam_width=2)[0]
+    assert all(len(r["steps"]["hypotheses"]) == 3 for r in rows)
+
+
+def test_corrector_config_errors_are_one_line(capsys, tmp_path, tiny_data, tiny_models):
+    base = ["train", "--config", str(ROOT / "configs" / "corrector.py") + ":tiny", "--workdir", str(tmp_path / "w")]
+    base += [f"--config.data.corpus={CORPUS}", f"--config.data.data_dir={tiny_data}", "--config.progress=false"]
+    for extra, message in [
+        ([], "--config.inverter=BUNDLE"),
+        ([f"--config.inverter={tiny_models['inverter_run']}"], "export a bundle first"),
+        ([f"--config.inverter={tmp_path}"], "not a v2t model bundle"),
+        ([f"--config.inverter={tiny_models['inverter']}", "--config.max_length=16"], "at 32 tokens"),
+    ]:
+        assert cli.main(base + extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert message in err[-1], err
