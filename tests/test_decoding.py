@@ -77,15 +77,18 @@ def test_length_penalty_changes_the_ranking():
     assert not np.allclose(np.asarray(plain), np.asarray(normed))
 
 
-def test_cached_beam_search_equals_uncached_on_a_t5():
+def _small_t5(b):
     cfg = t5.t5_config("tiny", vocab_size=50, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
     model = t5.T5(cfg)
-    params = t5.init_params(model, jax.random.PRNGKey(3))
-    v = {"params": params}
-    b, k, L = 2, 3, 7
+    v = {"params": t5.init_params(model, jax.random.PRNGKey(3))}
     ids = jax.random.randint(jax.random.PRNGKey(1), (b, 9), 2, 50)
-    mask = jnp.ones((b, 9), bool)
-    enc = model.apply(v, ids, mask, method=t5.T5.encode)
+    mask = jnp.ones((b, 9), bool).at[1, 6:].set(False)
+    return cfg, model, v, model.apply(v, ids, mask, method=t5.T5.encode), mask
+
+
+def test_cached_beam_search_equals_uncached_on_a_t5():
+    b, k, L = 2, 3, 7
+    cfg, model, v, enc, mask = _small_t5(b)
 
     def cached(tok, cache):
         return model.apply(v, tok, cache, method=t5.T5.decode_step)
@@ -103,3 +106,24 @@ def test_cached_beam_search_equals_uncached_on_a_t5():
     np.testing.assert_array_equal(np.asarray(s1), np.asarray(s2))
     np.testing.assert_allclose(np.asarray(p1), np.asarray(p2), atol=1e-4)
     assert (np.diff(np.asarray(p1), axis=1) <= 1e-6).all()  # best first
+
+
+def test_beams_share_their_rows_cross_attention_cache():
+    """T5's cache keeps cross-attention K/V once per row ([b, ...], `DecoderCache.map_beams`); the result equals
+    the layout where every cache leaf is repeated and reordered per beam."""
+    b, k, L = 2, 4, 6
+    cfg, model, v, enc, mask = _small_t5(b)
+    cache = model.apply(v, enc, mask, L, method=t5.T5.init_cache)
+
+    def shared(tok, c):
+        return model.apply(v, tok, c, method=t5.T5.decode_step)
+
+    def per_beam(tok, c):  # a plain tuple: beam search repeats and gathers every [b*k, ...] leaf
+        logits, new = model.apply(v, tok, t5.DecoderCache(*c), method=t5.T5.decode_step)
+        return logits, (new.self_k, new.self_v, new.cross_k, new.cross_v, new.encoder_mask, new.index)
+
+    plain = (cache.self_k, cache.self_v, cache.cross_k, cache.cross_v, cache.encoder_mask, cache.index)
+    s1, p1 = jax.jit(lambda c: decoding.beam_search(shared, c, b, k, L, 0, cfg.eos_token_id))(cache)
+    s2, p2 = jax.jit(lambda c: decoding.beam_search(per_beam, c, b, k, L, 0, cfg.eos_token_id))(plain)
+    np.testing.assert_array_equal(np.asarray(s1), np.asarray(s2))
+    np.testing.assert_allclose(np.asarray(p1), np.asarray(p2), atol=1e-5)

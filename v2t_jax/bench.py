@@ -26,6 +26,41 @@ def _peak_memory_bytes() -> tuple[int, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
 
 
+def random_model(config):
+    """A Vec2Text with randomly initialised inverter and corrector of the shapes a corrector config trains (the
+    inverter gets the same T5 shape). Untrained decoders rarely emit EOS, so decoding runs its full length
+    (beam search may stop early once every beam has ended): an upper bound on a trained model's time;
+    the per-example early stop is off in `run`."""
+    import ml_collections
+
+    from v2t_jax import api, train
+    from v2t_jax.models import embedders
+
+    emb = embedders.load_embedder(config.embedder)
+    vocab = train.target_vocab(config, emb)
+    if not vocab.in_graph:
+        raise ValueError("benchmarks need a model decoding in the embedder's vocabulary (vocab=embedder)")
+    inv_config = ml_collections.ConfigDict(config.to_dict())
+    inv_config.model = "inverter"
+    inv_config.noise_level = 0.0
+    inv_config.dropout_rate = 0.1
+    cor_config = ml_collections.ConfigDict(config.to_dict())
+    cor_config.model = "corrector"
+    for key, value in dict(ignore_hypothesis_embedding=False, training_noise=0.0, dropout_rate=0.0).items():
+        cor_config[key] = cor_config.get(key, value)
+    cfgs = [train.model_config(c, emb.dim, vocab.size, vocab.pad_id, vocab.eos_id) for c in (inv_config, cor_config)]
+    e = np.zeros((1, emb.dim), np.float32)
+    ids = np.zeros((1, vocab.length), np.int32)
+    params = []
+    for i, cfg in enumerate(cfgs):
+        m = train.make_model(cfg)
+        inputs = train.model_inputs(m, {"embeddings": e, "hyp_embeddings": e, "hyp_ids": ids})
+        import flax.linen as nn
+
+        params.append(nn.unbox(jax.jit(m.init)(jax.random.PRNGKey(i), *inputs, ids)["params"]))
+    return api.build(cfgs[0], params[0], cfgs[1], params[1], emb, config.max_length)
+
+
 def run(model, batches, steps, beams, repeats: int = 3, seed: int = 0, progress: bool = True) -> list[dict]:
     rng = np.random.default_rng(seed)
     rows = []
@@ -36,6 +71,8 @@ def run(model, batches, steps, beams, repeats: int = 3, seed: int = 0, progress:
         grid = tqdm(grid, unit="point", desc="bench", dynamic_ncols=True)
     for b, s, k in grid:
         if s > 0 and model.program.corrector is None:
+            continue
+        if s == 0 and k > min(beams):  # step 0 is the inverter's greedy decode: the beam does not enter it
             continue
         e = rng.normal(size=(b, model.dim)).astype(np.float32)
         e /= np.linalg.norm(e, axis=1, keepdims=True)

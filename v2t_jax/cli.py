@@ -256,15 +256,37 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UsageError("--batch, --beam and --repeats must be >= 1 and --steps >= 0")
     from v2t_jax import api, bench
 
-    try:
-        model = api.load_model(args.checkpoint, cache_dir=args.cache_dir)
-    except api.ModelError as e:
-        raise UsageError(str(e)) from e
+    if (args.checkpoint is None) == (args.config is None):
+        raise UsageError("pass one of --checkpoint BUNDLE or --config configs/corrector.py:VARIANT")
+    if args.config is not None:
+        from v2t_jax import config_loading
+
+        try:
+            config = config_loading.apply_overrides(config_loading.load(args.config), args.overrides)
+            model = bench.random_model(config)
+        except (config_loading.ConfigError, ValueError) as e:
+            raise UsageError(str(e)) from e
+        import jax
+
+        n_inv, n_cor = (
+            sum(x.size for x in jax.tree_util.tree_leaves(model.params[k])) / 1e6 for k in ("inverter", "corrector")
+        )
+        desc = f"random weights of {args.config} (inverter {n_inv:.1f}M + corrector {n_cor:.1f}M params)"
+    else:
+        if args.overrides:
+            raise UsageError(
+                f"unrecognized arguments: {' '.join(args.overrides)} (--config.KEY=VALUE goes with --config)"
+            )
+        try:
+            model = api.load_model(args.checkpoint, cache_dir=args.cache_dir)
+        except api.ModelError as e:
+            raise UsageError(str(e)) from e
+        desc = f"bundle {args.checkpoint}"
     if model.program.corrector is None and max(steps) > 0:
         raise UsageError(f"{args.checkpoint} is an inverter-only bundle: use --steps 0")
     rows = bench.run(model, batches, steps, beams, args.repeats, progress=not args.quiet)
     command = "v2t bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "v2t bench"
-    print(bench.write(rows, Path(args.output), command, f"bundle {args.checkpoint}"))
+    print(bench.write(rows, Path(args.output), command, desc))
     return 0
 
 
@@ -409,7 +431,12 @@ def build_parser() -> argparse.ArgumentParser:
     iv.set_defaults(func=cmd_invert)
 
     bn = sub.add_parser("bench", help="inversions/s and peak memory over a (batch, steps, beam) grid")
-    bn.add_argument("--checkpoint", required=True, help="model bundle folder")
+    bn.add_argument("--checkpoint", default=None, help="model bundle folder")
+    bn.add_argument(
+        "--config",
+        default=None,
+        help="instead of a bundle: random weights of the shapes a config trains (e.g. configs/corrector.py:cpu_small)",
+    )
     bn.add_argument("--batch", default="32", help="comma-separated batch sizes (default %(default)s)")
     bn.add_argument("--steps", default="0,5,20", help="comma-separated correction steps (default %(default)s)")
     bn.add_argument("--beam", default="1,4,8", help="comma-separated sequence beam widths (default %(default)s)")
@@ -442,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command == "train":
+    if args.command in ("train", "bench"):
         args.overrides = extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -58,7 +58,11 @@ class BeamState:
 
 
 def _map_batch_leaves(fn, cache, bk: int):
-    """Applies fn to every cache leaf whose leading dimension is the flattened batch b * k."""
+    """Applies fn to the cache's per-beam parts. A cache with a `map_beams(fn)` method says itself which parts
+    follow the beams (the rest, e.g. cross-attention keys/values, is shared by a row's beams and stays
+    [b, ...]); otherwise fn goes to every leaf whose leading dimension is the flattened batch `bk`."""
+    if hasattr(cache, "map_beams"):
+        return cache.map_beams(fn)
     return jax.tree_util.tree_map(lambda x: fn(x) if (x.ndim >= 1 and x.shape[0] == bk) else x, cache)
 
 
@@ -114,11 +118,18 @@ def beam_search(
             s.live_seqs[:, :, jnp.maximum(s.step - 1, 0)].reshape(-1),
         )
         logits, cache = tokens_to_logits(prev[:, None], s.cache)
-        logp = jax.nn.log_softmax(logits[:, -1].astype(jnp.float32)).reshape(b, k, -1)  # [b, k, V]
-        vocab = logp.shape[-1]
-        cand = (s.live_logprobs[..., None] + logp).reshape(b, k * vocab)
-        top_lp, top_i = jax.lax.top_k(cand, 2 * k)  # 2k: up to k may end in EOS, k stay live
-        src, tok = top_i // vocab, (top_i % vocab).astype(jnp.int32)
+        logits = logits[:, -1].astype(jnp.float32)  # [b*k, V]
+        # The best 2k continuations overall are among each beam's best 2k tokens: take those per beam (the
+        # log-softmax shift is the same for a whole row, so it is applied to the 2k values only), then the
+        # best 2k of the k*2k. Same result and tie order as one top_k over all k*V log-probabilities.
+        # 2k: up to k may end in EOS, k stay live.
+        n = min(2 * k, logits.shape[-1])
+        beam_top, beam_tok = jax.lax.top_k(logits, n)  # [b*k, n]
+        beam_lp = beam_top - jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+        cand = (s.live_logprobs[..., None] + beam_lp.reshape(b, k, n)).reshape(b, k * n)
+        top_lp, top_i = jax.lax.top_k(cand, 2 * k)
+        src = top_i // n
+        tok = jnp.take_along_axis(beam_tok.reshape(b, k * n), top_i, axis=1).astype(jnp.int32)
         seqs = jnp.take_along_axis(s.live_seqs, src[..., None], axis=1)
         seqs = seqs.at[:, :, s.step].set(tok)  # [b, 2k, L]
         is_eos = tok == eos_id

@@ -295,12 +295,18 @@ class Attention(nn.Module):
         """Attends queries from x to precomputed keys/values; bias already holds the mask."""
         dt = self.config.dtype
         q = _matmul(x_bqe.astype(dt), jnp.asarray(self.q, dt))  # [b, q, h, d]
+        rows, n_q = k_bkhd.shape[0], q.shape[1]
+        group = q.shape[0] // rows  # > 1: beams of a row attend to the row's shared keys/values
+        if group > 1:
+            q = q.reshape((rows, group * n_q) + q.shape[2:])
         # [b, h, l, d] layout for the two batched products (faster on XLA:CPU than [b, l, h, d])
         q_bhqd, k_bhkd, v_bhkd = (jnp.swapaxes(t, 1, 2) for t in (q, k_bkhd, v_bkhd))
         scores = jnp.einsum("bhqd,bhkd->bhqk", q_bhqd, k_bhkd).astype(jnp.float32) + bias_bhqk
         probs = jax.nn.softmax(scores, axis=-1)
         probs = self.dropout(probs, deterministic=deterministic).astype(dt)
         out = jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", probs, v_bhkd), 1, 2)  # [b, q, h, d]
+        if group > 1:
+            out = out.reshape((rows * group, n_q) + out.shape[2:])
         return _matmul(out, jnp.asarray(self.o, dt), n_in=2)
 
 
@@ -427,6 +433,12 @@ class DecoderCache:
     @property
     def max_length(self) -> int:
         return self.self_k[0].shape[1]
+
+    def map_beams(self, fn) -> "DecoderCache":
+        """fn applied to the self-attention cache only: in beam search the k beams of a row share the row's
+        cross-attention keys/values and encoder mask ([b, ...]; attention groups the b·k queries by row),
+        so they are neither repeated k times nor reordered at every step."""
+        return self.replace(self_k=tuple(map(fn, self.self_k)), self_v=tuple(map(fn, self.self_v)))
 
 
 class Decoder(nn.Module):
