@@ -27,9 +27,11 @@ setup(
         "tensorboardX>=2.6",
     ],
     extras_require={
-        # PyTorch reference for parity tests. torch is pinned to the CPU wheel these machines carry;
-        # leaving it free lets pip pull a several-GB CUDA build.
-        "test": ["pytest>=8", "torch==2.13.0", "sentence-transformers>=5"],
+        # PyTorch reference for parity tests (torch is pinned to the CPU wheel these machines carry; leaving it
+        # free lets pip pull a several-GB CUDA build); matplotlib for the results-table script's test.
+        "test": ["pytest>=8", "torch==2.13.0", "sentence-transformers>=5", "matplotlib>=3.8"],
+        # experiments/results_table.py draws its plot with matplotlib
+        "experiments": ["matplotlib>=3.8"],
     },
     entry_points={"console_scripts": ["v2t=v2t_jax.cli:main"]},
 )

@@ -1,6 +1,7 @@
 """The inversion API and `v2t invert` on a small random bundle (real MiniLM embedder, untrained models)."""
 
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -181,9 +182,26 @@ def test_bench_grid_writes_table(capsys, tmp_path, bundle):
     )
     assert code == 0
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
-    assert [(r["steps"], r["beam"]) for r in rows] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    # step 0 is the inverter's greedy decode: its beam-2 point would repeat the beam-1 one
+    assert [(r["steps"], r["beam"]) for r in rows] == [(0, 1), (1, 1), (1, 2)]
     assert all(r["inversions_per_s"] > 0 and r["compile_s"] > 0 and r["peak_memory_mib"] > 0 for r in rows)
     assert "| batch | steps | beam |" in out.with_suffix(".md").read_text()
     capsys.readouterr()
     assert cli.main(["bench", "--checkpoint", str(folder), "--steps", "a,b"]) == 2
     assert "comma-separated integers" in capsys.readouterr().err
+
+
+def test_bench_random_weights_of_a_config(capsys, tmp_path, bundle):
+    """`v2t bench --config` times random weights of the shapes a config trains, before any training."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bench"
+    args = ["bench", "--config", str(root / "configs" / "corrector.py") + ":tiny", "--config.t5.num_layers=1"]
+    args += ["--batch", "2", "--steps", "1", "--beam", "2", "--repeats", "1", "--output", str(out), "--quiet"]
+    assert cli.main(args) == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert [(r["steps"], r["beam"]) for r in meta["rows"]] == [(1, 2)] and "random weights" in meta["model"]
+    capsys.readouterr()
+    assert cli.main(["bench", "--batch", "2"]) == 2
+    assert "one of --checkpoint BUNDLE or --config" in capsys.readouterr().err
+    assert cli.main(["bench", "--checkpoint", str(bundle[0]), "--config.t5.num_layers=1"]) == 2
+    assert "goes with --config" in capsys.readouterr().err

@@ -136,3 +136,43 @@ def test_corrector_config_errors_are_one_line(capsys, tmp_path, tiny_data, tiny_
         assert cli.main(base + extra) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert message in err[-1], err
+
+
+def test_results_table_script(tmp_path, tiny_data, tiny_models):
+    """experiments/results_table.py on the tiny models: rows from one run per beam width (a shorter row is a
+    prefix of the trace), markdown + JSON + PNG written."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("results_table", ROOT / "experiments" / "results_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "table"
+    args = ["--checkpoint", str(tiny_models["corrector"]), "--n", "6", "--rows", "0:1,1:1,2:1,2:2"]
+    args += ["--corpus", str(CORPUS), "--data-dir", str(tiny_data), "--out", str(out)]
+    assert mod.main(args) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert [(r["steps"], r["beam"]) for r in result["rows"]] == [(0, 1), (1, 1), (2, 1), (2, 2)]
+    assert result["n"] == 6 and len(result["curves"]["1"]) == 3
+    assert result["rows"][1]["cosine"] == pytest.approx(result["curves"]["1"][1]["cosine"])
+    # best-so-far: the mean cosine never falls with more steps, and beam 2 starts where beam 1 does
+    cos = [c["cosine"] for c in result["curves"]["1"]]
+    assert cos == sorted(cos) and result["curves"]["2"][0] == result["curves"]["1"][0]
+    assert (
+        out.with_suffix(".png").stat().st_size > 1000 and "| 2 steps + sbeam 2 |" in out.with_suffix(".md").read_text()
+    )
+
+
+def test_a_corrector_run_refuses_another_inverters_weights(capsys, tmp_path, tiny_data, tiny_models):
+    """Re-exporting different inverter weights to the same bundle path would silently change the corrector's
+    training data; the rerun is refused instead."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_models["corrector_run"], run)
+    (run / "inverter_hypotheses.txt").write_text("hypotheses-000000000000\n")
+    args = ["train", "--config", str(ROOT / "configs" / "corrector.py") + ":tiny", "--workdir", str(run)]
+    args += [f"--config.data.corpus={CORPUS}", f"--config.data.data_dir={tiny_data}", "--config.progress=false"]
+    args += ["--config.num_steps=200", "--config.eval_every=200", "--config.checkpoint_every=100"]
+    args += ["--config.learning_rate=3e-3", f"--config.inverter={tiny_models['inverter']}"]
+    assert cli.main(args) == 2
+    assert "other inverter weights" in capsys.readouterr().err

@@ -72,3 +72,33 @@ def test_not_a_vec2text_folder(tmp_path):
     save_file({"x": np.zeros(2, np.float32)}, str(tmp_path / "model.safetensors"))
     with pytest.raises(ValueError):
         vec2text_import.load_folder(tmp_path)
+
+
+def test_imported_models_invert_through_host_side_re_embedding(io, tmp_path):
+    """The reference's models decode in T5's vocabulary, so their correction loop re-embeds through text:
+    imported inverter + corrector run `correction.invert_host` with a text black box."""
+    inv_cfg, inv_params = vec2text_import.inverter_from_state_dict(load_file(GOLDEN / "inverter.safetensors"))
+    cor_cfg, cor_params = vec2text_import.corrector_from_state_dict(load_file(GOLDEN / "corrector.safetensors"))
+    program = vec2text_import.inversion_program(inv_cfg, cor_cfg, length=7)
+    params = {"inverter": inv_params, "corrector": cor_params}
+
+    def decode(ids):  # a stand-in for the T5 tokenizer: token i -> "w<i>", up to EOS
+        ids = [int(t) for t in ids]
+        ids = ids[: ids.index(1)] if 1 in ids else ids
+        return " ".join(f"w{t}" for t in ids if t != 0)
+
+    def black_box(texts):  # a deterministic text embedder of the right width
+        out = np.zeros((len(texts), 24), np.float32)
+        for i, t in enumerate(texts):
+            for w in t.split():
+                out[i] += np.random.default_rng(int(w[1:])).normal(size=24)
+        return out + 1e-3
+
+    e = np.asarray(io["e"], np.float32)
+    out = correction.invert_host(program, params, e, 3, 2, decode, black_box)
+    assert out["step_ids"].shape == (4, 3, 7) and out["step_cosine"].shape == (4, 3)
+    assert (np.diff(out["step_cosine"], axis=0) >= 0).all()
+    texts = [decode(r) for r in out["ids"]]
+    emb = black_box(texts)
+    cos = (emb * e).sum(1) / np.linalg.norm(emb, axis=1) / np.linalg.norm(e, axis=1)
+    np.testing.assert_allclose(out["cosine"], cos, atol=1e-5)

@@ -498,6 +498,22 @@ def _check_config_against_saved(config: ml_collections.ConfigDict, workdir: Path
         path.write_text(json.dumps(current, indent=2) + "\n")
 
 
+def _check_inverter_weights(config: ml_collections.ConfigDict, workdir: Path) -> None:
+    """A corrector run continues only on the hypotheses of the inverter it started with (same weights)."""
+    from v2t_jax.data import hypotheses
+
+    path = workdir / "inverter_hypotheses.txt"
+    current = hypotheses.hypotheses_dir(Path("."), inverter_bundle(config)).name
+    has_checkpoints = any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*"))
+    if path.exists() and has_checkpoints and path.read_text().strip() != current:
+        raise TrainingError(
+            f"{workdir} trained on the hypotheses of other inverter weights ({path.read_text().strip()}); "
+            "use a new --workdir for this inverter"
+        )
+    if jax.process_index() == 0:
+        path.write_text(current + "\n")
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     """Trains (or resumes) the inverter described by `config` in `workdir`; returns the last metrics."""
     if config.model == "corrector":
@@ -515,6 +531,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
     _check_config_against_saved(config, workdir)
+    if config.model == "corrector":
+        _check_inverter_weights(config, workdir)
 
     n_dev = mesh.devices.size
     if config.batch_size % n_dev:

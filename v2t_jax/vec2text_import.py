@@ -118,3 +118,19 @@ def load_folder(folder: str | os.PathLike):
     if "embedding_transform.0.weight" in sd:
         return inverter_from_state_dict(sd)
     raise ValueError(f"{folder}: neither a vec2text InversionModel nor a CorrectorEncoderModel checkpoint")
+
+
+def inversion_program(
+    inverter_cfg: inversion.InverterConfig, corrector_cfg: correction.CorrectorConfig | None, length: int = 32
+) -> correction.InversionProgram:
+    """An `InversionProgram` for imported models, which decode in T5's vocabulary (pad = start = 0, EOS = 1)
+    rather than the embedder's: run it with `correction.invert_host` (hypotheses go through text to the
+    embedder), giving `decode` = the T5 tokenizer's decode and `embed_fn` = the embedder (e.g. GTR).
+
+        program = vec2text_import.inversion_program(inv_cfg, cor_cfg, length=32)
+        params = {"inverter": inv_params, "corrector": cor_params}
+        out = correction.invert_host(program, params, vectors, 20, 4, decode, embed_fn)
+    """
+    return correction.InversionProgram(
+        inverter_cfg, corrector_cfg, None, length, cls_id=-1, eos_id=inverter_cfg.t5.eos_token_id, pad_id=0
+    )
