@@ -31,6 +31,7 @@ def random_model(config):
     inverter gets the same T5 shape). Untrained decoders rarely emit EOS, so decoding runs its full length
     (beam search may stop early once every beam has ended): an upper bound on a trained model's time;
     the per-example early stop is off in `run`."""
+    import flax.linen as nn
     import ml_collections
 
     from v2t_jax import api, train
@@ -55,8 +56,6 @@ def random_model(config):
     for i, cfg in enumerate(cfgs):
         m = train.make_model(cfg)
         inputs = train.model_inputs(m, {"embeddings": e, "hyp_embeddings": e, "hyp_ids": ids})
-        import flax.linen as nn
-
         params.append(nn.unbox(jax.jit(m.init)(jax.random.PRNGKey(i), *inputs, ids)["params"]))
     return api.build(cfgs[0], params[0], cfgs[1], params[1], emb, config.max_length)
 
