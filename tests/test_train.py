@@ -320,33 +320,11 @@ def test_export_inverter_bundle_and_invert(capsys, tmp_path, tiny_data, sentence
     with pytest.raises(api.ModelError, match="inverter only"):
         model.invert_embeddings(vectors, num_steps=1)
     np.save(tmp_path / "v.npy", vectors)
-    code = cli.main(
-        [
-            "invert",
-            "--embeddings",
-            str(tmp_path / "v.npy"),
-            "--checkpoint",
-            str(tmp_path / "bundle"),
-            "--output",
-            str(tmp_path / "o.jsonl"),
-            "--quiet",
-        ]
-    )
+    invert = ["invert", "--embeddings", str(tmp_path / "v.npy"), "--checkpoint", str(tmp_path / "bundle")]
+    code = cli.main(invert + ["--output", str(tmp_path / "o.jsonl"), "--quiet"])
     assert code == 0 and len((tmp_path / "o.jsonl").read_text().splitlines()) == 3
     capsys.readouterr()
-    code = cli.main(
-        [
-            "invert",
-            "--embeddings",
-            str(tmp_path / "v.npy"),
-            "--checkpoint",
-            str(tmp_path / "bundle"),
-            "--output",
-            str(tmp_path / "o2.jsonl"),
-            "--steps",
-            "2",
-        ]
-    )
+    code = cli.main(invert + ["--output", str(tmp_path / "o2.jsonl"), "--steps", "2"])
     assert code == 2 and "inverter-only" in capsys.readouterr().err
     code = cli.main(["export", "--workdir", str(tmp_path / "run"), "--output", str(tmp_path / "bundle")])
     assert code == 2 and "--overwrite" in capsys.readouterr().err

@@ -296,7 +296,7 @@ def export(workdir: str | os.PathLike, folder: str | os.PathLike, step: int | No
     cfg = train.model_config(config, emb.dim, vocab.size, vocab.pad_id, vocab.eos_id)
     params = checkpoint.read_state_as_numpy(workdir, step)["params"]
     source = {"workdir": str(workdir.absolute()), "step": step}
-    if config.get("model", "inverter") == "corrector":
+    if config.model == "corrector":
         try:
             inverter = load_model(train.inverter_bundle(config))
         except train.TrainingError as e:

@@ -230,10 +230,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from v2t_jax import api
 
     try:
-        model = api.load_model(api.export(args.workdir, out, args.step))
+        meta = json.loads((api.export(args.workdir, out, args.step) / api.BUNDLE_FILE).read_text())
     except api.ModelError as e:
         raise UsageError(str(e)) from e
-    kind = "an inverter-only" if model.program.corrector is None else "an inverter + corrector"
+    kind = "an inverter-only" if meta["corrector"] is None else "an inverter + corrector"
     print(f"v2t export: wrote {kind} bundle to {out}", file=sys.stderr)
     return 0
 
@@ -332,14 +332,13 @@ def cmd_data_hypotheses(args: argparse.Namespace) -> int:
     )
     b = dataset.builder(spec, args.data_dir)
     tdir = targets.targets_dir(b.data_dir, model.embedder.name, model.max_length)
-    out = hypotheses.hypotheses_dir(tdir, Path(args.inverter))
-    for split in ("train", "validation", "test"):
-        try:
-            emb, ids = targets.load(tdir, split)
-        except FileNotFoundError as e:
-            raise UsageError(f"dataset {spec.config_name} has no targets for {split!r}; run v2t data prepare") from e
-        paths = hypotheses.precompute(model, emb, ids, out, split, args.batch_size, progress=not args.quiet)
-        exact = np.load(paths["exact"])
+    splits = ("train", "validation", "test")
+    try:
+        out = hypotheses.ensure(model, tdir, Path(args.inverter), splits, args.batch_size, progress=not args.quiet)
+    except FileNotFoundError as e:
+        raise UsageError(f"dataset {spec.config_name}: {e}") from e
+    for split in splits:
+        exact = np.asarray(hypotheses.load(out, split)["exact"])
         print(f"{split}: {len(exact)} hypotheses, {int(exact.sum())} already exact")
     print(f"hypotheses in {out}")
     return 0

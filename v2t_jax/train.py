@@ -503,7 +503,7 @@ def _check_inverter_weights(config: ml_collections.ConfigDict, workdir: Path) ->
     from v2t_jax.data import hypotheses
 
     path = workdir / "inverter_hypotheses.txt"
-    current = hypotheses.hypotheses_dir(Path("."), inverter_bundle(config)).name
+    current = hypotheses.hypotheses_dir(Path(), inverter_bundle(config)).name  # hypotheses-<digest>
     has_checkpoints = any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*"))
     if path.exists() and has_checkpoints and path.read_text().strip() != current:
         raise TrainingError(

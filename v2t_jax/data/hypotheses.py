@@ -12,6 +12,7 @@ Chunked and resumable like the targets; the digest ties the cache to the inverte
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import jax
@@ -20,10 +21,22 @@ import numpy as np
 from v2t_jax.data import targets
 
 
-def hypotheses_dir(targets_dir: Path, bundle: Path) -> Path:
+def inverter_digest(bundle: Path) -> str:
+    """12 hex digits of the sha256 of a bundle's inverter weights (hashed once per unchanged file)."""
+    path = Path(bundle) / "inverter.safetensors"
+    st = path.stat()
+    return _digest(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
     from v2t_jax.assets import sha256_file
 
-    return Path(targets_dir) / f"hypotheses-{sha256_file(Path(bundle) / 'inverter.safetensors')[:12]}"
+    return sha256_file(Path(path))[:12]
+
+
+def hypotheses_dir(targets_dir: Path, bundle: Path) -> Path:
+    return Path(targets_dir) / f"hypotheses-{inverter_digest(bundle)}"
 
 
 def make_step(model):
