@@ -8,7 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["v2t_jax", "v2t_jax.*"]),
-    package_data={"v2t_jax": ["resources/*.txt"]},
+    package_data={"v2t_jax": ["resources/*.txt", "resources/v2t_minilm_l6_v2/*"]},
     install_requires=[
         "jax>=0.10",
         "flax>=0.12",

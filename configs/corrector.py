@@ -20,6 +20,7 @@ def get_config(arg: str = "cpu_small") -> ml_collections.ConfigDict:
     c = config_loading.load(f"{Path(__file__).with_name('inverter.py')}:{arg}")
     c.model = "corrector"
     c.inverter = ""  # model bundle of the inverter whose hypotheses the corrector learns to correct
+    c.init_from_inverter = True  # start T5 and the e/ê projections from the inverter's weights (same shape)
     c.drop_exact = True  # skip training passages the inverter already recovers exactly (as the reference does)
     c.dropout_rate = 0.0  # of the three embedding projections (vec2text 0.0.13: 0)
     c.ignore_hypothesis_embedding = False  # the "no feedback" ablation

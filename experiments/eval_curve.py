@@ -36,16 +36,26 @@ def main(argv=None) -> int:
         f"Logged wall time from the first to the last row: {wall / 60:.1f} min (includes pauses for resumption).",
         "Validation split; BLEU / token F1 / exact on greedy decodes of `eval_samples` passages, case-folded and",
         "whitespace-normalised (the embedder is uncased); cosine of the re-embedded hypothesis to the target.",
+    ]
+    corrector = any("hypothesis_bleu" in r for r in evals.values())
+    if corrector:  # the eval decodes one greedy correction of the inverter's cached hypotheses x⁰
+        lines += [
+            "Corrector run: the scores are of one greedy correction of the inverter's hypothesis x⁰ (cached);",
+            "the x⁰ columns score x⁰ itself on the same passages, so the gain of one step is the difference.",
+        ]
+    extra_head, extra_rule = (" x⁰ BLEU | x⁰ cosine |", "---|---|") if corrector else ("", "")
+    lines += [
         "",
-        "| step | val loss | token acc | BLEU | token F1 | exact | cosine | example hypothesis |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| step | val loss | token acc | BLEU | token F1 | exact | cosine |{extra_head} example |",
+        f"|---|---|---|---|---|---|---|{extra_rule}---|",
     ]
     for step in sorted(evals):
         r = evals[step]
         ex = r.get("example_pred", "").replace("|", "/")[:60]
+        extra = f" {r['hypothesis_bleu']:.2f} | {r['hypothesis_cosine']:.3f} |" if corrector else ""
         lines.append(
             f"| {step} | {r.get('loss', float('nan')):.3f} | {r.get('token_accuracy', float('nan')):.3f} | "
-            f"{r['bleu']:.2f} | {r['token_f1']:.3f} | {r['exact']:.3f} | {r['cosine']:.3f} | {ex} |"
+            f"{r['bleu']:.2f} | {r['token_f1']:.3f} | {r['exact']:.3f} | {r['cosine']:.3f} |{extra} {ex} |"
         )
     last = evals[max(evals)]
     lines += ["", f"Reference of the example: {last.get('example_ref', '')[:120]}"]

@@ -26,8 +26,10 @@ $V2T train --config configs/inverter.py:$VARIANT --workdir "$INV_RUN" --config.n
   --config.warmup_steps=300 --config.eval_every=1000 --config.checkpoint_every=250 --config.progress=false
 [ -f "$INV_BUNDLE/v2t_model.json" ] || $V2T export --workdir "$INV_RUN" --output "$INV_BUNDLE"
 $V2T data hypotheses --inverter "$INV_BUNDLE"
+# the corrector starts from the inverter's weights (config.init_from_inverter), hence the lower peak rate
 $V2T train --config configs/corrector.py:$VARIANT --workdir "$COR_RUN" --config.inverter="$INV_BUNDLE" \
-  --config.num_steps="$COR_STEPS" --config.warmup_steps=300 --config.eval_every=1000 \
-  --config.checkpoint_every=250 --config.progress=false
-$V2T export --workdir "$COR_RUN" --output "$BUNDLE" --overwrite
+  --config.num_steps="$COR_STEPS" --config.learning_rate=5e-4 --config.warmup_steps=150 \
+  --config.eval_every=500 --config.checkpoint_every=100 --config.progress=false
+$V2T export --workdir "$COR_RUN" --output "$BUNDLE" --weights int8 --overwrite
 echo "bundle: $BUNDLE; next: python experiments/results_table.py --checkpoint $BUNDLE"
+echo "release: copy $BUNDLE/* into v2t_jax/resources/v2t_minilm_l6_v2/ (see README, 'The shipped model')"

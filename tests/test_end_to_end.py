@@ -176,3 +176,83 @@ def test_a_corrector_run_refuses_another_inverters_weights(capsys, tmp_path, tin
     args += ["--config.learning_rate=3e-3", f"--config.inverter={tiny_models['inverter']}"]
     assert cli.main(args) == 2
     assert "other inverter weights" in capsys.readouterr().err
+
+
+def test_int8_bundle_is_a_quarter_of_the_size_and_inverts_alike(tmp_path, model, targets, tiny_models):
+    """`v2t export --weights int8`: every large tensor within half a quantization step of the float32 one,
+    the files ≤ 0.3× the float32 bundle's, and the inversions nearly the same (cosine within 0.05 on average)."""
+    out = tmp_path / "int8"
+    args = ["export", "--workdir", str(tiny_models["corrector_run"]), "--output", str(out), "--weights", "int8"]
+    assert cli.main(args) == 0
+    q = api.load_model(out)
+    assert json.loads((out / api.BUNDLE_FILE).read_text())["weights"] == "int8"
+    flat_f = api.encode_params(model.params["corrector"])
+    flat_q = api.encode_params(model.params["corrector"], "int8")
+    loaded = api.read_params(out / "corrector.safetensors")
+    for key, w in flat_f.items():
+        got = loaded
+        for part in key.split("/"):
+            got = got[part]
+        if key + api.SCALE_SUFFIX in flat_q:
+            assert flat_q[key].dtype == np.int8
+            assert np.all(np.abs(got - w) <= flat_q[key + api.SCALE_SUFFIX] / 2 + 1e-7), key
+        else:
+            np.testing.assert_array_equal(got, w)
+
+    def size(folder):
+        return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+
+    assert size(out) <= 0.3 * size(tiny_models["corrector"])
+    _, a = model.invert_embeddings(targets, num_steps=2, return_trace=True)
+    _, b = q.invert_embeddings(targets, num_steps=2, return_trace=True)
+    assert abs(np.mean(a["cosine"]) - np.mean(b["cosine"])) < 0.05
+    assert cli.main(args) == 2  # an existing bundle is not replaced without --overwrite
+
+
+def test_corrector_warm_start_takes_the_inverters_weights(tiny_models):
+    """config.init_from_inverter: the corrector's T5 and e/ê projections start as the inverter's; the rest
+    keeps its initialisation; a corrector of another shape is a one-line error."""
+    import flax.linen as nn
+
+    from v2t_jax import train
+
+    inv = api.load_model(tiny_models["inverter"]).params["inverter"]
+    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+    def fresh(**t5):
+        config = tiny_config("unused", config_file="corrector.py")
+        config.t5.update(t5)
+        m = train.make_model(train.model_config(config, 384, 30522))
+        e, ids = np.zeros((1, 384), np.float32), np.zeros((1, 31), np.int32)
+        boxed = m.init(jax.random.PRNGKey(0), e, e, ids, ids != 0, ids)["params"]
+        return jax.tree_util.tree_map(np.asarray, nn.unbox(boxed))
+
+    params = fresh()
+    warm = train.warm_start(params, tiny_models["inverter"], jax.tree_util.tree_map(lambda _: dev, params))
+    for a, b in zip(jax.tree_util.tree_leaves(warm["t5"]), jax.tree_util.tree_leaves(inv["t5"])):
+        np.testing.assert_array_equal(a, b)
+    for name in ("transform_target", "transform_hypothesis"):
+        np.testing.assert_array_equal(warm[name]["out_proj"]["kernel"], inv["transform"]["out_proj"]["kernel"])
+    np.testing.assert_array_equal(
+        warm["transform_diff"]["in_proj"]["kernel"], params["transform_diff"]["in_proj"]["kernel"]
+    )
+    other = fresh(d_ff=96)
+    with pytest.raises(train.TrainingError, match="init_from_inverter=false"):
+        train.warm_start(other, tiny_models["inverter"], jax.tree_util.tree_map(lambda _: dev, other))
+
+
+def test_eval_curve_script_on_a_corrector_run(tmp_path, tiny_models):
+    """experiments/eval_curve.py: one row per eval step; a corrector run also shows x⁰'s own scores."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_curve", ROOT / "experiments" / "eval_curve.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = [json.loads(x) for x in (tiny_models["corrector_run"] / "metrics.jsonl").read_text().splitlines()]
+    evals = {r["step"]: r for r in rows if r["kind"] == "eval"}
+    out = tmp_path / "curve.md"
+    assert mod.main([str(tiny_models["corrector_run"]), "--out", str(out)]) == 0
+    table = [line for line in out.read_text().splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(table) == len(evals) and "x⁰ BLEU" in out.read_text()
+    last = table[-1].split("|")
+    assert float(last[8]) == pytest.approx(evals[max(evals)]["hypothesis_bleu"], abs=0.005)

@@ -1,6 +1,7 @@
 """Inversion API in the reference's shape, over a saved model bundle.
 
-    model = v2t_jax.api.load_model("path/to/bundle")          # inverter + corrector + embedder name
+    model = v2t_jax.api.load_model()                          # the shipped all-MiniLM-L6-v2 model
+    model = v2t_jax.api.load_model("path/to/bundle")          # or a bundle: inverter + corrector + embedder name
     texts = v2t_jax.api.invert_embeddings(vectors, model, num_steps=20, sequence_beam_width=4)
     texts, trace = model.invert_embeddings(vectors, num_steps=5, return_trace=True)
 
@@ -26,10 +27,17 @@ from v2t_jax import correction, inversion
 from v2t_jax.models import embedders, t5
 
 BUNDLE_FILE = "v2t_model.json"
+# The release that ships in the package: all-MiniLM-L6-v2 at 32 tokens, int8 weights (see its v2t_model.json).
+SHIPPED_BUNDLE = Path(__file__).parent / "resources" / "v2t_minilm_l6_v2"
 
 
 class ModelError(ValueError):
     """A bundle is missing, incomplete or does not fit the input; the message says what to do."""
+
+
+WEIGHT_FORMATS = ("float32", "int8")
+SCALE_SUFFIX = "@scale"
+_MIN_QUANTIZED_SIZE = 4096  # smaller tensors (norm scales, biases, relative-position tables) stay float32
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
@@ -43,7 +51,53 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
     return out
 
 
-def _unflatten(flat: dict[str, np.ndarray]) -> dict:
+def quantize_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric weight-only int8: one float32 scale per index of the tensor's longest axis (per vocabulary
+    entry of an embedding table or LM head, per output or input unit of a projection), so that each scale
+    covers at most a few hundred weights. w ≈ q * scale (broadcast); the error is at most scale / 2."""
+    w = np.asarray(w, np.float32)
+    axis = int(np.argmax(w.shape))
+    others = tuple(i for i in range(w.ndim) if i != axis)
+    scale = np.max(np.abs(w), axis=others, keepdims=True) / 127.0
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    return np.clip(np.rint(w / scale), -127, 127).astype(np.int8), scale
+
+
+def encode_params(tree: dict, weights: str = "float32") -> dict[str, np.ndarray]:
+    """Flattened ('/'-joined keys) tensors to save; with weights="int8", every tensor of ≥ 2 dims and ≥ 4096
+    entries becomes an int8 tensor plus a float32 `<key>@scale` tensor."""
+    if weights not in WEIGHT_FORMATS:
+        raise ModelError(f"unknown weight format {weights!r}; use one of {', '.join(WEIGHT_FORMATS)}")
+    flat = _flatten(tree)
+    if weights == "float32":
+        return flat
+    out = {}
+    for key, w in flat.items():
+        if w.ndim >= 2 and w.size >= _MIN_QUANTIZED_SIZE:
+            out[key], out[key + SCALE_SUFFIX] = quantize_int8(w)
+        else:
+            out[key] = w
+    return out
+
+
+def read_params(path: str | os.PathLike) -> dict:
+    """A parameter tree from a bundle's .safetensors, int8 tensors dequantized to float32."""
+    from safetensors.numpy import load_file
+
+    flat = load_file(str(path))
+    out = {}
+    for key, w in flat.items():
+        if key.endswith(SCALE_SUFFIX):
+            continue
+        if w.dtype == np.int8:
+            if key + SCALE_SUFFIX not in flat:
+                raise ModelError(f"{path}: int8 tensor {key} has no {key}{SCALE_SUFFIX}; the bundle is damaged")
+            w = w.astype(np.float32) * flat[key + SCALE_SUFFIX]
+        out[key] = w
+    return unflatten_params(out)
+
+
+def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
     out: dict = {}
     for key, value in flat.items():
         node = out
@@ -170,12 +224,20 @@ class Vec2Text:
     def invert_strings(self, texts: Sequence[str], **kwargs):
         return self.invert_embeddings(self.embedder.embed_texts(list(texts), max_length=self.max_length), **kwargs)
 
+    def embedder_view(self, texts: Sequence[str]) -> list[str]:
+        """Each text as the embedder sees it at `max_length` tokens, decoded back (for an uncased WordPiece
+        embedder: lower case, accents stripped, WordPiece spacing): the most an inversion can recover, and
+        what recovered text is scored against."""
+        return [self.decode(ids) for ids in self.embedder.tokenize(list(texts), self.max_length)]
+
     def decode(self, ids) -> str:
         return self.embedder.tokenizer.decode([int(t) for t in ids], skip_special_tokens=True)
 
-    def save(self, folder: str | os.PathLike) -> None:
+    def save(self, folder: str | os.PathLike, weights: str = "float32") -> None:
+        """Writes the bundle; weights="int8" stores the large tensors as int8 + per-row scales (~1/4 the size)."""
         from safetensors.numpy import save_file
 
+        inverter = encode_params(self.params["inverter"], weights)  # checks `weights` before writing anything
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         p = self.program
@@ -188,10 +250,11 @@ class Vec2Text:
             "cls_id": p.cls_id,
             "eos_id": p.eos_id,
             "pad_id": p.pad_id,
+            "weights": weights,
         }
-        save_file(_flatten(self.params["inverter"]), str(folder / "inverter.safetensors"))
+        save_file(inverter, str(folder / "inverter.safetensors"))
         if p.corrector is not None:
-            save_file(_flatten(self.params["corrector"]), str(folder / "corrector.safetensors"))
+            save_file(encode_params(self.params["corrector"], weights), str(folder / "corrector.safetensors"))
         (folder / BUNDLE_FILE).write_text(json.dumps(meta, indent=1) + "\n")
 
 
@@ -212,9 +275,20 @@ def build(inverter_cfg, inverter_params, corrector_cfg, corrector_params, embedd
     return Vec2Text(program, jax.tree_util.tree_map(np.asarray, params), embedder, max_length)
 
 
-def load_model(folder: str | os.PathLike, cache_dir: str | None = None) -> Vec2Text:
-    from safetensors.numpy import load_file
+def shipped_bundle() -> Path:
+    """The bundle folder of the model that ships with the package (used when no bundle is named)."""
+    if not (SHIPPED_BUNDLE / BUNDLE_FILE).exists():
+        raise ModelError(
+            f"this install lacks the shipped model ({SHIPPED_BUNDLE}); reinstall from the repository "
+            "or pass a model bundle folder"
+        )
+    return SHIPPED_BUNDLE
 
+
+def load_model(folder: str | os.PathLike | None = None, cache_dir: str | None = None) -> Vec2Text:
+    """The model in bundle `folder` (default: the shipped all-MiniLM-L6-v2 model)."""
+    if folder is None:
+        folder = shipped_bundle()
     folder = Path(folder)
     meta_path = folder / BUNDLE_FILE
     if not meta_path.exists():
@@ -241,9 +315,9 @@ def load_model(folder: str | os.PathLike, cache_dir: str | None = None) -> Vec2T
         )
     model = build(
         inverter_cfg,
-        _unflatten(load_file(str(folder / "inverter.safetensors"))),
+        read_params(folder / "inverter.safetensors"),
         corrector_cfg,
-        _unflatten(load_file(str(folder / "corrector.safetensors"))) if has_corrector else None,
+        read_params(folder / "corrector.safetensors") if has_corrector else None,
         emb,
         meta["max_length"],
     )
@@ -272,14 +346,19 @@ def _check_params_fit(model: Vec2Text) -> None:
             raise ModelError(f"the {name} parameters do not match its config; the bundle is damaged or mixed up")
 
 
-def export(workdir: str | os.PathLike, folder: str | os.PathLike, step: int | None = None) -> Path:
+def export(
+    workdir: str | os.PathLike, folder: str | os.PathLike, step: int | None = None, weights: str = "float32"
+) -> Path:
     """A model bundle from a `v2t train` run directory (its latest checkpoint, or `step`): an inverter run gives
-    an inverter-only bundle; a corrector run gives its inverter bundle's inverter + the trained corrector."""
+    an inverter-only bundle; a corrector run gives its inverter bundle's inverter + the trained corrector.
+    `weights`: "float32", or "int8" (weight-only, per-row scales; see `encode_params`)."""
     import ml_collections
 
     from v2t_jax import checkpoint, train
 
     workdir = Path(workdir)
+    if weights not in WEIGHT_FORMATS:
+        raise ModelError(f"unknown weight format {weights!r}; use one of {', '.join(WEIGHT_FORMATS)}")
     if not (workdir / "config.json").exists():
         raise ModelError(f"{workdir} is not a v2t train run directory (no config.json)")
     config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
@@ -306,7 +385,7 @@ def export(workdir: str | os.PathLike, folder: str | os.PathLike, step: int | No
     else:
         model = build(cfg, params, None, None, emb, config.max_length)
     _check_params_fit(model)
-    model.save(folder)
+    model.save(folder, weights)
     meta_path = Path(folder) / BUNDLE_FILE
     meta = json.loads(meta_path.read_text())
     meta["source"] = source
@@ -331,4 +410,12 @@ def invert_strings(
     )
 
 
-__all__: list[Any] = ["Vec2Text", "ModelError", "load_model", "build", "invert_embeddings", "invert_strings"]
+__all__: list[Any] = [
+    "Vec2Text",
+    "ModelError",
+    "load_model",
+    "shipped_bundle",
+    "build",
+    "invert_embeddings",
+    "invert_strings",
+]

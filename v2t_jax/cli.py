@@ -18,6 +18,12 @@ from pathlib import Path
 from typing import Sequence
 
 
+# `v2t invert` / `v2t demo` defaults: the shipped model's best setting on this CPU in its results table
+# (experiments/results/table1_minilm.md).
+DEFAULT_STEPS = 20
+DEFAULT_SBEAM = 1
+
+
 class UsageError(Exception):
     """A problem with the user's input; printed as one line, exit status 2."""
 
@@ -163,11 +169,80 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_model(args: argparse.Namespace):
+    """The bundle named by --checkpoint, or the shipped model; checks --steps/--sbeam against it (no --steps:
+    DEFAULT_STEPS with a corrector, 0 for an inverter-only bundle)."""
+    if (args.steps is not None and args.steps < 0) or args.sbeam < 1:
+        raise UsageError("--steps must be >= 0 and --sbeam >= 1")
+    from v2t_jax import api, assets
+
+    try:
+        model = api.load_model(args.checkpoint, cache_dir=args.cache_dir)
+    except (api.ModelError, assets.AssetError) as e:
+        raise UsageError(str(e)) from e
+    if args.steps is None:
+        args.steps = DEFAULT_STEPS if model.program.corrector is not None else 0
+    if args.steps > 0 and model.program.corrector is None:
+        raise UsageError(f"{args.checkpoint} is an inverter-only bundle (no corrector): use --steps 0")
+    return model
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Embeds passages, inverts the vectors and prints original vs recovered text with BLEU and cosine."""
+    from importlib import resources
+
+    import numpy as np
+
+    from v2t_jax import api, metrics
+    from v2t_jax.data import passages
+
+    path = args.input or str(resources.files("v2t_jax") / "resources" / "sample_passages.txt")
+    texts = read_texts(path)
+    model = _load_model(args)
+    norm = metrics.normalize
+    # each text cut where the embedder stops reading (max_length tokens); recovery is scored against that
+    # cut as the uncased embedder sees it (model.embedder_view)
+    refs = [passages.truncate(t, model.embedder.tokenizer, model.max_length)[0] for t in texts]
+    views = [norm(v) for v in model.embedder_view(refs)]
+    vectors = model.embedder.embed_texts(refs, max_length=model.max_length)
+    try:
+        out, trace = model.invert_embeddings(
+            vectors, num_steps=args.steps, sequence_beam_width=args.sbeam, return_trace=True, progress=not args.quiet
+        )
+    except api.ModelError as e:
+        raise UsageError(str(e)) from e
+    first = [row["hypotheses"][0] for row in trace["steps"]]
+    first_cos = [row["cosines"][0] for row in trace["steps"]]
+    how = "inverter only" if args.steps == 0 else f"{args.steps} correction steps, sequence beam {args.sbeam}"
+    print(f"{len(refs)} passages from {path}, embedded with {model.embedder.name} at {model.max_length} tokens")
+    print(f"inverted by {'the shipped model' if args.checkpoint is None else args.checkpoint} ({how})")
+    print(
+        "BLEU: against each passage as the uncased embedder sees it (lower case, accents stripped, WordPiece "
+        "spacing), case-folded and whitespace-normalised\n"
+    )
+    for i, (ref, text) in enumerate(zip(refs, out)):
+        bleu = metrics.sentence_bleu(norm(text), views[i])
+        print(f"[{i + 1}] original : {ref}")
+        if args.steps > 0:
+            b0 = metrics.sentence_bleu(norm(first[i]), views[i])
+            print(f"    step 0   : {first[i]}")
+            print(f"               BLEU {b0:5.1f}  cosine {first_cos[i]:.3f}")
+        print(f"    recovered: {text}")
+        print(f"               BLEU {bleu:5.1f}  cosine {trace['cosine'][i]:.3f}\n")
+    final = metrics.text_metrics([norm(t) for t in out], views, trace["cosine"])
+    summary = f"mean over {len(refs)}: BLEU {final['bleu']:.1f}, cosine {final['cosine']:.3f}"
+    if args.steps > 0:
+        start = metrics.text_metrics([norm(t) for t in first], views, first_cos)
+        summary += f" (step 0: BLEU {start['bleu']:.1f}, cosine {start['cosine']:.3f})"
+    print(summary)
+    return 0 if np.isfinite(final["cosine"]) else 1
+
+
 def cmd_invert(args: argparse.Namespace) -> int:
     import numpy as np
 
-    if args.steps < 0 or args.sbeam < 1 or args.batch_size < 1:
-        raise UsageError("--steps must be >= 0, --sbeam >= 1 and --batch-size >= 1")
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be >= 1")
     path = Path(args.embeddings)
     if not path.is_file():
         raise UsageError(f"embeddings file {path} does not exist")
@@ -178,17 +253,9 @@ def cmd_invert(args: argparse.Namespace) -> int:
     if not isinstance(vectors, np.ndarray):
         raise UsageError(f"{path} holds several arrays (.npz); save the [N, D] vectors with numpy.save as .npy")
     output = check_output(args.output, args.overwrite)
-    if args.checkpoint is None:
-        raise UsageError("no --checkpoint given, and no model ships with this version yet; pass a model bundle folder")
+    model = _load_model(args)
+    from v2t_jax import api
 
-    from v2t_jax import api, assets
-
-    try:
-        model = api.load_model(args.checkpoint, cache_dir=args.cache_dir)
-    except (api.ModelError, assets.AssetError) as e:
-        raise UsageError(str(e)) from e
-    if args.steps > 0 and model.program.corrector is None:
-        raise UsageError(f"{args.checkpoint} is an inverter-only bundle (no corrector): use --steps 0")
     try:  # invert_embeddings checks the vectors (dimension, NaN/inf, zero rows, dtype) before any work
         texts, trace = model.invert_embeddings(
             vectors,
@@ -230,11 +297,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     from v2t_jax import api
 
     try:
-        meta = json.loads((api.export(args.workdir, out, args.step) / api.BUNDLE_FILE).read_text())
+        meta = json.loads((api.export(args.workdir, out, args.step, args.weights) / api.BUNDLE_FILE).read_text())
     except api.ModelError as e:
         raise UsageError(str(e)) from e
     kind = "an inverter-only" if meta["corrector"] is None else "an inverter + corrector"
-    print(f"v2t export: wrote {kind} bundle to {out}", file=sys.stderr)
+    size = sum(p.stat().st_size for p in out.iterdir()) / 1e6
+    print(f"v2t export: wrote {kind} bundle to {out} ({args.weights} weights, {size:.1f} MB)", file=sys.stderr)
     return 0
 
 
@@ -415,11 +483,31 @@ def build_parser() -> argparse.ArgumentParser:
     dh.add_argument("--quiet", action="store_true")
     dh.set_defaults(func=cmd_data_hypotheses, command="data hypotheses")
 
+    dm = sub.add_parser("demo", help="embed sample passages, invert them, print original vs recovered")
+    dm.add_argument("--input", default=None, help="texts to use (default: the shipped sample passages)")
+    dm.add_argument("--checkpoint", default=None, help="model bundle folder (default: the shipped model)")
+    dm.add_argument(
+        "--steps", type=int, default=None, help=f"correction steps (default {DEFAULT_STEPS}; 0 without a corrector)"
+    )
+    dm.add_argument("--sbeam", type=int, default=DEFAULT_SBEAM, help="sequence beam width (default %(default)s)")
+    dm.add_argument("--cache-dir", default=None)
+    dm.add_argument("--quiet", action="store_true", help="no progress bar")
+    dm.set_defaults(func=cmd_demo)
+
     iv = sub.add_parser("invert", help="recover text from embedding vectors")
     iv.add_argument("--embeddings", required=True, help="float [N, D] .npy of vectors to invert")
-    iv.add_argument("--checkpoint", default=None, help="model bundle folder (inverter + corrector)")
-    iv.add_argument("--steps", type=int, default=0, help="correction steps (0: inverter only; default %(default)s)")
-    iv.add_argument("--sbeam", type=int, default=1, help="sequence beam width (1: greedy correction)")
+    iv.add_argument(
+        "--checkpoint", default=None, help="model bundle folder (default: the shipped all-MiniLM-L6-v2 model)"
+    )
+    iv.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"correction steps (0: inverter only; default {DEFAULT_STEPS}, or 0 for an inverter-only bundle)",
+    )
+    iv.add_argument(
+        "--sbeam", type=int, default=DEFAULT_SBEAM, help="sequence beam width (1: greedy; default %(default)s)"
+    )
     iv.add_argument("--stop-cosine", type=float, default=None, help="stop an example once its cosine reaches this")
     iv.add_argument("--batch-size", type=int, default=32)
     iv.add_argument("--output", required=True, help="JSON lines: text, cosine[, steps with --trace]")
@@ -449,6 +537,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--workdir", required=True, help="a v2t train run directory")
     ex.add_argument("--output", required=True, help="bundle folder to write")
     ex.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    ex.add_argument(
+        "--weights",
+        choices=("float32", "int8"),
+        default="float32",
+        help="int8: weight-only int8 with per-row float32 scales, ~1/4 the size (default %(default)s)",
+    )
     ex.add_argument("--overwrite", action="store_true")
     ex.set_defaults(func=cmd_export)
 

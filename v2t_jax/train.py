@@ -252,6 +252,28 @@ def inverter_bundle(config: ml_collections.ConfigDict) -> Path:
     return bundle
 
 
+def warm_start(params: dict, bundle: Path, shardings: Any) -> dict:
+    """Corrector parameters whose T5 and two embedding projections start as the inverter's.
+
+    The inverter already maps an embedding to text; the corrector starts from that instead of from noise:
+    its T5 takes the inverter's T5, its projections of e and ê take the inverter's projection of e, and the
+    projection of e - ê and the input layer norm keep their fresh initialisation. The reference starts both
+    models from the same pretrained T5; with none here, the trained inverter is the closest thing."""
+    from v2t_jax import api
+
+    inv = api.read_params(bundle / "inverter.safetensors")
+    new = dict(params, t5=inv["t5"], transform_target=inv["transform"], transform_hypothesis=inv["transform"])
+    same = jax.tree_util.tree_structure(new) == jax.tree_util.tree_structure(params) and all(
+        np.shape(a) == np.shape(b) for a, b in zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(params))
+    )
+    if not same:
+        raise TrainingError(
+            f"init_from_inverter: the inverter in {bundle} has another shape than this corrector config "
+            "(T5 size, vocabulary or embedding width); set --config.init_from_inverter=false"
+        )
+    return jax.tree_util.tree_map(lambda x, s: jax.device_put(np.asarray(x, np.float32), s), new, shardings)
+
+
 def prepare_hypotheses(config: ml_collections.ConfigDict) -> None:
     """Computes whatever is missing of the inverter's train/validation hypotheses (single process, outside
     any mesh: the inverter runs as a plain jitted program)."""
@@ -576,6 +598,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
     restored = checkpoint.restore_latest(mngr, abstract)
     if restored is None:
         state = init_fn(jax.random.PRNGKey(config.seed))
+        if is_corrector and config.init_from_inverter:
+            state = state.replace(params=warm_start(state.params, inverter_bundle(config), state_sh.params))
         start = 0
     else:
         state, data_state, start = restored

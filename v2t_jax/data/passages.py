@@ -33,6 +33,17 @@ class Passage:
     n_tokens: int  # embedder tokens including [CLS] and [SEP]
 
 
+def truncate(text: str, tokenizer, max_tokens: int) -> tuple[str, int]:
+    """`text` cut where its `max_tokens - 2`-th content token ends (what an embedder sees at `max_tokens`
+    including [CLS]/[SEP]), and its content-token count."""
+    budget = max_tokens - 2
+    enc = tokenizer.encode(text)
+    content = [k for k, (a, b) in enumerate(enc.offsets) if b > a]  # drop [CLS]/[SEP]
+    if len(content) > budget:
+        return text[: enc.offsets[content[budget - 1]][1]], budget
+    return text, len(content)
+
+
 def document_passages(doc: Document, tokenizer, max_tokens: int, min_words: int = 3) -> Iterator[Passage]:
     """`tokenizer` is a `tokenizers.Tokenizer` with truncation and padding off."""
     budget = max_tokens - 2
@@ -48,14 +59,7 @@ def document_passages(doc: Document, tokenizer, max_tokens: int, min_words: int 
             while j < len(sentences) and total < budget:
                 total += counts[j]
                 j += 1
-            text = " ".join(sentences[i:j])
-            enc = tokenizer.encode(text)
-            content = [k for k, (a, b) in enumerate(enc.offsets) if b > a]  # drop [CLS]/[SEP]
-            if len(content) > budget:
-                text = text[: enc.offsets[content[budget - 1]][1]]
-                n = budget
-            else:
-                n = len(content)
+            text, n = truncate(" ".join(sentences[i:j]), tokenizer, max_tokens)
             i = j
             if len(text.split()) >= min_words:
                 yield Passage(text, doc.source, doc.doc_id, index, n + 2)

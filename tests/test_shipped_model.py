@@ -1,0 +1,89 @@
+"""The release that ships in the package (v2t_jax/resources/v2t_minilm_l6_v2): size, format, the defaults that
+use it (`v2t invert` without --checkpoint, `v2t demo`), and that it is a trained model, not noise."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from v2t_jax import api, cli, metrics
+from v2t_jax.data import passages
+
+SAMPLES = api.SHIPPED_BUNDLE.parent / "sample_passages.txt"
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return api.load_model()
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return [line for line in SAMPLES.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_release_is_small_int8_and_documented():
+    folder = api.shipped_bundle()
+    assert sum(p.stat().st_size for p in folder.iterdir()) <= 80e6
+    meta = json.loads((folder / api.BUNDLE_FILE).read_text())
+    assert meta["weights"] == "int8" and meta["corrector"] is not None
+    assert meta["embedder"] == "all-MiniLM-L6-v2" and meta["max_length"] == 32
+    release = meta["release"]
+    assert {"inverter", "corrector"} <= set(release) and all("v2t train" in release[k]["command"] for k in release)
+
+
+def test_sample_passages_fit_the_embedder(shipped, samples):
+    """The demo scores against what the embedder sees; the shipped samples are whole 32-token passages."""
+    assert len(samples) == 8
+    for t in samples:
+        assert passages.truncate(t, shipped.embedder.tokenizer, shipped.max_length)[0] == t
+
+
+def test_trained_model_recovers_more_than_noise(shipped, samples):
+    """Step 0 of the trained inverter lands near the targets (an untrained model's hypotheses sit at
+    cosine ≈ 0.03 to them, see experiments/results/inverter_cpu_small_curve.md at step 0), and correction
+    never lowers the best cosine."""
+    e = shipped.embedder.embed_texts(samples, max_length=shipped.max_length)
+    texts, trace = shipped.invert_embeddings(e, num_steps=2, return_trace=True)
+    start = np.array([row["cosines"][0] for row in trace["steps"]])
+    assert start.mean() > 0.2, start
+    assert np.all(np.asarray(trace["cosine"]) >= start - 1e-6)
+    assert all(isinstance(t, str) and t for t in texts)
+
+
+def test_invert_defaults_to_the_shipped_model(tmp_path, shipped, samples):
+    e = shipped.embedder.embed_texts(samples[:2], max_length=shipped.max_length)
+    np.save(tmp_path / "v.npy", e)
+    args = ["invert", "--embeddings", str(tmp_path / "v.npy"), "--output", str(tmp_path / "o.jsonl")]
+    assert cli.main(args + ["--steps", "1", "--quiet"]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in rows] == shipped.invert_embeddings(e, num_steps=1)
+
+
+def test_demo_prints_original_and_recovered_side_by_side(capsys, shipped, samples):
+    assert cli.main(["demo", "--steps", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    for t in samples:
+        assert f"original : {t}\n" in out
+    recovered = re.findall(r"recovered: (.*)\n\s+BLEU\s+([\d.]+)\s+cosine ([\d.-]+)", out)
+    assert len(recovered) == len(samples)
+    # each printed BLEU is the sentence BLEU of that pair, against the passage as the embedder sees it
+    for view, (text, bleu, _) in zip(shipped.embedder_view(samples), recovered):
+        want = metrics.sentence_bleu(metrics.normalize(text), metrics.normalize(view))
+        assert float(bleu) == pytest.approx(want, abs=0.05)
+    assert re.search(r"mean over 8: BLEU [\d.]+, cosine [\d.]+ \(step 0: BLEU [\d.]+, cosine [\d.]+\)", out)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--steps", "-1"], "--steps must be >= 0"),
+        (["--input", "/nonexistent/passages.txt"], "does not exist"),
+        (["--checkpoint", "/nonexistent/bundle"], "not a v2t model bundle"),
+    ],
+)
+def test_demo_errors_are_one_line(capsys, extra, message):
+    assert cli.main(["demo", "--quiet"] + extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
