@@ -6,7 +6,8 @@
     texts, trace = model.invert_embeddings(vectors, num_steps=5, return_trace=True)
 
 A bundle folder holds `v2t_model.json` (configs, token ids, embedder name, max length), `inverter.safetensors`
-and `corrector.safetensors` (parameters flattened with '/'-joined keys); an inverter-only bundle (no
+and `corrector.safetensors` (parameters flattened with '/'-joined keys; in an int8 bundle each large tensor
+is int8 beside a float32 `<key>@scale`, see `encode_params`); an inverter-only bundle (no
 corrector) inverts with 0 correction steps. The embedder is loaded by name
 (`v2t_jax.assets`). The whole N-step inversion of a batch is one compiled program
 (`correction.invert`); one compile per (batch, steps, beam).

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Sequence
 
 
-# `v2t invert` / `v2t demo` defaults: the shipped model's best setting on this CPU in its results table
-# (experiments/results/table1_minilm.md).
+# `v2t invert` / `v2t demo` defaults with a corrector: 20 greedy correction steps (~0.6 s a passage on 2 CPU
+# cores); experiments/results/table1_minilm.md shows what a sequence beam adds, at what cost.
 DEFAULT_STEPS = 20
 DEFAULT_SBEAM = 1
 
@@ -191,8 +191,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Embeds passages, inverts the vectors and prints original vs recovered text with BLEU and cosine."""
     from importlib import resources
 
-    import numpy as np
-
     from v2t_jax import api, metrics
     from v2t_jax.data import passages
 
@@ -235,7 +233,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         start = metrics.text_metrics([norm(t) for t in first], views, first_cos)
         summary += f" (step 0: BLEU {start['bleu']:.1f}, cosine {start['cosine']:.3f})"
     print(summary)
-    return 0 if np.isfinite(final["cosine"]) else 1
+    return 0
 
 
 def cmd_invert(args: argparse.Namespace) -> int:
@@ -254,6 +252,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
         raise UsageError(f"{path} holds several arrays (.npz); save the [N, D] vectors with numpy.save as .npy")
     output = check_output(args.output, args.overwrite)
     model = _load_model(args)
+
     from v2t_jax import api
 
     try:  # invert_embeddings checks the vectors (dimension, NaN/inf, zero rows, dtype) before any work
