@@ -64,11 +64,15 @@ def quantize_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(np.rint(w / scale), -127, 127).astype(np.int8), scale
 
 
+def check_weight_format(weights: str) -> None:
+    if weights not in WEIGHT_FORMATS:
+        raise ModelError(f"unknown weight format {weights!r}; use one of {', '.join(WEIGHT_FORMATS)}")
+
+
 def encode_params(tree: dict, weights: str = "float32") -> dict[str, np.ndarray]:
     """Flattened ('/'-joined keys) tensors to save; with weights="int8", every tensor of ≥ 2 dims and ≥ 4096
     entries becomes an int8 tensor plus a float32 `<key>@scale` tensor."""
-    if weights not in WEIGHT_FORMATS:
-        raise ModelError(f"unknown weight format {weights!r}; use one of {', '.join(WEIGHT_FORMATS)}")
+    check_weight_format(weights)
     flat = _flatten(tree)
     if weights == "float32":
         return flat
@@ -358,8 +362,7 @@ def export(
     from v2t_jax import checkpoint, train
 
     workdir = Path(workdir)
-    if weights not in WEIGHT_FORMATS:
-        raise ModelError(f"unknown weight format {weights!r}; use one of {', '.join(WEIGHT_FORMATS)}")
+    check_weight_format(weights)  # before any loading
     if not (workdir / "config.json").exists():
         raise ModelError(f"{workdir} is not a v2t train run directory (no config.json)")
     config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))

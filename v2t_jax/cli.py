@@ -22,6 +22,7 @@ from typing import Sequence
 # cores); experiments/results/table1_minilm.md shows what a sequence beam adds, at what cost.
 DEFAULT_STEPS = 20
 DEFAULT_SBEAM = 1
+WEIGHT_FORMATS = ("float32", "int8")  # v2t_jax.api.WEIGHT_FORMATS, without importing jax for --help
 
 
 class UsageError(Exception):
@@ -538,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     ex.add_argument(
         "--weights",
-        choices=("float32", "int8"),
+        choices=WEIGHT_FORMATS,
         default="float32",
         help="int8: weight-only int8 with per-row float32 scales, ~1/4 the size (default %(default)s)",
     )
