@@ -136,37 +136,55 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
     if args.corpus and not Path(args.corpus).is_file():
         raise UsageError(f"corpus file {args.corpus} does not exist")
-    unknown = [s for s in args.sources if s not in sources.ALL_SOURCES]
-    if unknown:
-        raise UsageError(f"unknown source {unknown[0]!r}; choose from {', '.join(sources.ALL_SOURCES)}")
+    try:
+        names = sources.expand(args.sources)
+    except sources.SourceError as e:
+        raise UsageError(str(e)) from e
     if args.max_tokens < 4:
         raise UsageError(f"--max-tokens must be at least 4, got {args.max_tokens}")
+    if (args.workers is not None and args.workers < 1) or (args.batch_size is not None and args.batch_size < 1):
+        raise UsageError("--workers and --batch-size must be >= 1")
+
+    import time
 
     from v2t_jax.data import dataset, targets
     from v2t_jax.models import embedders
 
     spec = dataset.DatasetSpec(
-        sources=tuple(args.sources),
+        sources=names,
         corpus=args.corpus,
         embedder=args.embedder,
         max_tokens=args.max_tokens,
         seed=args.seed,
     )
+    start = time.perf_counter()
     try:
-        b, counts = dataset.prepare(spec, data_dir=args.data_dir, cache_dir=args.cache_dir)
+        b, counts = dataset.prepare(
+            spec, data_dir=args.data_dir, cache_dir=args.cache_dir, workers=args.workers, progress=not args.quiet
+        )
     except (sources.SourceError, assets.AssetError) as e:
         raise UsageError(str(e)) from e
-    print(f"dataset {spec.config_name} in {b.data_dir}")
+    n = sum(counts[s]["passages"] for s in dataset.splits(counts))
+    built = f" built in {time.perf_counter() - start:.1f} s ({n / (time.perf_counter() - start):,.0f} passages/s)"
+    print(f"dataset {spec.config_name} in {b.data_dir}" + (built if b.built is not None else ""))
     print(dataset.format_counts(counts))
     if args.no_targets:
         return 0
     out = targets.targets_dir(b.data_dir, args.embedder, args.max_tokens)
-    missing = [split for split in counts if not targets.exists(out, split)]
+    missing = [split for split in dataset.splits(counts) if not targets.exists(out, split)]
     if missing:
+        t0 = time.perf_counter()
         emb = embedders.load_embedder(args.embedder, cache_dir=args.cache_dir)
+        batch = args.batch_size or targets.default_batch_size()
+        todo = 0
         for split in missing:
-            targets.precompute(dataset.texts(b, split), emb, out, split, args.max_tokens, progress=not args.quiet)
-    print(f"target embeddings and ids in {out}")
+            texts = dataset.texts(b, split)
+            todo += len(texts)
+            targets.precompute(texts, emb, out, split, args.max_tokens, batch_size=batch, progress=not args.quiet)
+        rate = todo / (time.perf_counter() - t0)
+        print(f"target embeddings and ids in {out} ({todo:,} passages at batch {batch}, {rate:,.0f} passages/s)")
+    else:
+        print(f"target embeddings and ids in {out}")
     return 0
 
 
@@ -389,10 +407,14 @@ def cmd_data_hypotheses(args: argparse.Namespace) -> int:
         model = api.load_model(args.inverter, cache_dir=args.cache_dir)
     except api.ModelError as e:
         raise UsageError(str(e)) from e
-    from v2t_jax.data import dataset, hypotheses, targets
+    from v2t_jax.data import dataset, hypotheses, sources, targets
 
+    try:
+        names = sources.expand(args.sources)
+    except sources.SourceError as e:
+        raise UsageError(str(e)) from e
     spec = dataset.DatasetSpec(
-        sources=tuple(args.sources),
+        sources=names,
         corpus=args.corpus,
         embedder=model.embedder.name,
         max_tokens=model.max_length,
@@ -461,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--sources",
         nargs="+",
         default=["wiki", "bbc", "sotu", "moby"],
-        help="built-in sources: wiki bbc sotu moby (default) and wordnet pydocs",
+        help="built-in sources (default: wiki bbc sotu moby; `all` for every one; `python -m v2t_jax.data.sources` "
+        "lists them)",
     )
     dp.add_argument("--corpus", default=None, help="your own .txt (a document per line) or .jsonl (text, doc_id)")
     dp.add_argument("--embedder", default="all-MiniLM-L6-v2")
@@ -469,6 +492,10 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--seed", type=int, default=0, help="seed of the split by document")
     dp.add_argument("--cache-dir", default=None)
     dp.add_argument("--no-targets", action="store_true", help="skip precomputing target embeddings")
+    dp.add_argument("--workers", type=int, default=None, help="processes that read and tokenise (default: every core)")
+    dp.add_argument(
+        "--batch-size", type=int, default=None, help="passages per embedding batch (default: 128 on CPU, 2048 on GPU/TPU)"
+    )
     dp.add_argument("--quiet", action="store_true")
     dp.set_defaults(func=cmd_data_prepare, command="data prepare")
 

@@ -194,10 +194,14 @@ class SplitData:
 
 def _dataset(config: ml_collections.ConfigDict):
     """(TFDS builder, targets folder, the `v2t data prepare` command that makes them) of `config`'s data."""
-    from v2t_jax.data import dataset, targets
+    from v2t_jax.data import dataset, sources, targets
 
+    try:
+        names = sources.expand(tuple(config.data.sources))
+    except sources.SourceError as e:
+        raise TrainingError(f"config.data.sources: {e}") from e
     spec = dataset.DatasetSpec(
-        sources=tuple(config.data.sources),
+        sources=names,
         corpus=config.data.corpus or None,
         embedder=config.embedder,
         max_tokens=config.max_length,

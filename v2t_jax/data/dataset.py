@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -26,7 +27,7 @@ import tensorflow_datasets as tfds
 
 from v2t_jax.data import passages, sources
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"  # 1.1.0: duplicates across sources dropped; built on every core
 SPLIT_FRACTIONS = {"validation": 0.02, "test": 0.04}  # the rest is train; by document
 
 
@@ -54,6 +55,10 @@ class DatasetSpec:
             origin = f"file-{_slug(Path(self.corpus).stem)}-{digest}"
         else:
             origin = "+".join(self.sources)
+            if self.sources == sources.ALL_SOURCES:
+                origin = "all"
+            elif len(origin) > 60:  # TFDS config names stay readable: count + digest of the names
+                origin = f"{len(self.sources)}sources-" + hashlib.sha256(origin.encode()).hexdigest()[:10]
         return f"{origin}-{emb}-{self.max_tokens}tok-seed{self.seed}"
 
 
@@ -66,9 +71,19 @@ class V2tPassages(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version(VERSION)
 
-    def __init__(self, *, spec: DatasetSpec | None = None, cache_dir: str | None = None, **kwargs):
+    def __init__(
+        self,
+        *,
+        spec: DatasetSpec | None = None,
+        cache_dir: str | None = None,
+        workers: int | None = None,
+        progress: bool = False,
+        **kwargs,
+    ):
         self.spec = spec or DatasetSpec()
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.workers, self.progress = workers, progress
+        self.built: passages.Built | None = None  # set by a build: what counts() records
         kwargs.setdefault("config", tfds.core.BuilderConfig(name=self.spec.config_name, version=VERSION))
         kwargs.setdefault("file_format", "array_record")
         super().__init__(**kwargs)
@@ -97,11 +112,18 @@ class V2tPassages(tfds.core.GeneratorBasedBuilder):
         cache = self.cache_dir or assets.default_cache_dir()
         tokenizer = load_tokenizer(_tokenizer_folder(str(assets.resolve_embedder(self.spec.embedder, cache))))
         if self.spec.corpus:
-            docs = sources.user_file_documents(self.spec.corpus)
+            docs = list(sources.user_file_documents(self.spec.corpus))
+            jobs = [docs[i : i + 256] for i in range(0, len(docs), 256)]
         else:
-            docs = sources.documents(self.spec.sources, cache)
-        by_split = passages.passages_by_split(docs, tokenizer, self.spec.max_tokens, self.spec.seed, SPLIT_FRACTIONS)
-        return {name: self._generate_examples(items) for name, items in by_split.items() if items}
+            jobs = sources.work_units(self.spec.sources, cache)
+        workers = self.workers or min(passages.default_workers(), max(1, len(jobs)))
+        self.built = passages.build(
+            jobs, tokenizer, self.spec.max_tokens, self.spec.seed, SPLIT_FRACTIONS, workers, self.progress
+        )
+        if not any(self.built.splits.values()):
+            what = self.spec.corpus or ", ".join(self.spec.sources)
+            raise sources.SourceError(f"{what} holds no passage of at least 3 words; nothing to build")
+        return {name: self._generate_examples(items) for name, items in self.built.splits.items() if items}
 
     def _generate_examples(self, items):
         for p in items:
@@ -112,19 +134,68 @@ class V2tPassages(tfds.core.GeneratorBasedBuilder):
             )
 
 
-def builder(spec: DatasetSpec, data_dir: str | os.PathLike | None = None, cache_dir: str | None = None) -> V2tPassages:
+def builder(
+    spec: DatasetSpec, data_dir: str | os.PathLike | None = None, cache_dir: str | None = None, **kwargs
+) -> V2tPassages:
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.ERROR)  # tfds logs every custom config as a warning
-    return V2tPassages(spec=spec, data_dir=str(data_dir or default_data_dir()), cache_dir=cache_dir)
+    return V2tPassages(spec=spec, data_dir=str(data_dir or default_data_dir()), cache_dir=cache_dir, **kwargs)
 
 
-def prepare(spec: DatasetSpec, data_dir=None, cache_dir=None) -> tuple[V2tPassages, dict]:
-    """Builds the dataset if it is not there yet (re-running does nothing) and returns its counts."""
-    b = builder(spec, data_dir, cache_dir)
+def prepare(
+    spec: DatasetSpec, data_dir=None, cache_dir=None, workers: int | None = None, progress: bool = False
+) -> tuple[V2tPassages, dict]:
+    """Builds the dataset if it is not there yet (re-running does nothing) and returns its counts. Reading,
+    sentence splitting and tokenisation run on `workers` processes (default: every core); the counts and
+    the per-passage source table are taken from the passages as they are written, not read back."""
+    b = builder(spec, data_dir, cache_dir, workers=workers, progress=progress)
     tfds.disable_progress_bar()
     b.download_and_prepare()
+    if b.built is not None:
+        _write_counts(b, b.built)
     return b, counts(b)
+
+
+def _write_counts(b: V2tPassages, built: passages.Built) -> None:
+    names = sorted({p.source for items in built.splits.values() for p in items})
+    code = {n: i for i, n in enumerate(names)}
+    out: dict = {"sources": names, "duplicates_dropped": dict(sorted(built.duplicates.items()))}
+    for split, items in built.splits.items():
+        if not items:
+            continue
+        per_source = collections.Counter(p.source for p in items)
+        docs = collections.defaultdict(set)
+        for p in items:
+            docs[p.source].add(p.doc_id)
+        out[split] = {
+            "passages": len(items),
+            "documents": sum(len(v) for v in docs.values()),
+            "by_source": {s: {"passages": per_source[s], "documents": len(docs[s])} for s in sorted(per_source)},
+        }
+        _atomic_save(Path(b.data_dir) / f"{split}.source_ids.npy", np.array([code[p.source] for p in items], np.uint8))
+    tmp = Path(b.data_dir) / ".counts.json.tmp"
+    tmp.write_text(json.dumps(out, indent=2) + "\n")
+    os.replace(tmp, Path(b.data_dir) / "counts.json")
+
+
+def _atomic_save(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def source_ids(b: V2tPassages, split: str) -> tuple[np.ndarray, list[str]]:
+    """(source number of every passage of `split` [N] uint8, the source names it indexes)."""
+    path = Path(b.data_dir) / f"{split}.source_ids.npy"
+    c = counts(b)
+    if not path.exists():  # a dataset built before 1.1.0 kept no table: read it back once
+        names = sorted({s for k, v in c.items() if isinstance(v, dict) and "by_source" in v for s in v["by_source"]})
+        code = {n: i for i, n in enumerate(names)}
+        ds = b.as_data_source()[split]
+        _atomic_save(path, np.array([code[_str(ds[i]["source"])] for i in range(len(ds))], np.uint8))
+        return np.load(path), names
+    return np.load(path), c["sources"]
 
 
 def counts(b: V2tPassages) -> dict:
@@ -154,17 +225,38 @@ def _str(x) -> str:
     return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
+SPLITS = ("train", "validation", "test")
+
+
+def splits(c: dict) -> list[str]:
+    """The splits a counts dict holds (it also holds `sources` and `duplicates_dropped`)."""
+    return [s for s in SPLITS if s in c]
+
+
 def texts(b: V2tPassages, split: str) -> list[str]:
+    if b.built is not None:  # just built: the passages are still in memory
+        return [p.text for p in b.built.splits[split]]
     ds = b.as_data_source()[split]
     return [_str(ds[i]["text"]) for i in range(len(ds))]
 
 
 def format_counts(c: dict) -> str:
-    lines = ["split        passages  documents  by source (passages/documents)"]
-    for split in ("train", "validation", "test"):
-        if split not in c:
-            continue
-        s = c[split]
-        srcs = ", ".join(f"{k} {v['passages']}/{v['documents']}" for k, v in s["by_source"].items())
-        lines.append(f"{split:<12} {s['passages']:>8}  {s['documents']:>9}  {srcs}")
+    """The counts as a table: a row per split, then a row per source with its passages in each split (the
+    held-out counts per source) and the duplicates dropped."""
+    present = splits(c)
+    lines = [f"{'':<12}" + "".join(f"{s:>12}" for s in present) + f"{'documents':>12}" + f"{'duplicates':>12}"]
+    lines.append(
+        f"{'all':<12}"
+        + "".join(f"{c[s]['passages']:>12,}" for s in present)
+        + f"{sum(c[s]['documents'] for s in present):>12,}"
+        + f"{sum(c.get('duplicates_dropped', {}).values()):>12,}"
+    )
+    names = sorted({n for s in present for n in c[s]["by_source"]})
+    for n in names:
+        row = [c[s]["by_source"].get(n, {}).get("passages", 0) for s in present]
+        docs = sum(c[s]["by_source"].get(n, {}).get("documents", 0) for s in present)
+        lines.append(
+            f"{n:<12}" + "".join(f"{v:>12,}" for v in row) + f"{docs:>12,}"
+            + f"{c.get('duplicates_dropped', {}).get(n, 0):>12,}"
+        )
     return "\n".join(lines)
