@@ -19,15 +19,30 @@ def get_config(arg: str = "cpu_small") -> ml_collections.ConfigDict:
     c.embedder = "all-MiniLM-L6-v2"
     c.max_length = 32  # embedder tokens incl. [CLS]/[SEP]; the decoder emits max_length - 1
     c.vocab = "embedder"  # decode in the embedder's own WordPiece vocabulary
-    c.data = ml_collections.ConfigDict(dict(sources=("wiki", "bbc", "sotu", "moby"), corpus="", data_dir="", seed=0))
+    # sources: names in `python -m v2t_jax.data.sources`, or ("all",); mixture: "default" (each source's
+    # registry weight: technical documentation at 0.5), "uniform", or "name=weight,..." overrides
+    c.data = ml_collections.ConfigDict(
+        dict(sources=("wiki", "bbc", "sotu", "moby"), corpus="", data_dir="", seed=0, mixture="default")
+    )
     c.t5 = ml_collections.ConfigDict(
-        dict(size="tiny", variant="v1.1", d_model=0, d_kv=0, d_ff=0, num_layers=0, num_heads=0, dropout_rate=0.1)
+        dict(
+            size="tiny",
+            variant="v1.1",
+            d_model=0,
+            d_kv=0,
+            d_ff=0,
+            num_layers=0,
+            num_heads=0,
+            dropout_rate=0.1,
+            dtype="float32",  # compute dtype: bfloat16 on accelerators (params and the loss stay float32)
+        )
     )  # 0 = the named size's value
     c.num_repeat_tokens = 16
     c.dropout_rate = 0.1  # in the embedding transform
     c.noise_level = 0.0
     c.batch_size = 64
     c.num_steps = 20_000
+    c.train_minutes = 0.0  # > 0: time-boxed; stop at this wall-clock budget, learning rate decaying to 0 at it
     c.learning_rate = 1e-3
     c.warmup_steps = 500
     c.weight_decay = 0.0

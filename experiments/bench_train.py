@@ -43,13 +43,13 @@ def bench_jax(args) -> dict:
         state = s.init_fn(jax.random.PRNGKey(0))
         b = {k: jax.device_put(v, s.batch_sh[k]) for k, v in batch.items()}
         t0 = time.perf_counter()
-        state, aux = s.train_step(state, b)
+        state, aux = s.train_step(state, b, 1.0)
         jax.block_until_ready(aux)
         compile_s = time.perf_counter() - t0
         times = []
         for _ in range(args.steps):
             t0 = time.perf_counter()
-            state, aux = s.train_step(state, b)
+            state, aux = s.train_step(state, b, 1.0)
             jax.block_until_ready(aux)
             times.append(time.perf_counter() - t0)
     return {

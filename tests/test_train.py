@@ -77,7 +77,7 @@ SHARDED_SCRIPT = textwrap.dedent(
             state = s.init_fn(jax.random.PRNGKey(0))
             losses = []
             for b in batches:
-                state, aux = s.train_step(state, {k: jax.device_put(v, s.batch_sh[k]) for k, v in b.items()})
+                state, aux = s.train_step(state, {k: jax.device_put(v, s.batch_sh[k]) for k, v in b.items()}, 1.0)
                 losses.append(float(aux["loss"]))
             if name == "eight":
                 emb_sh = state.params["t5"]["shared"].sharding

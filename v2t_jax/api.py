@@ -366,6 +366,8 @@ def export(
     if not (workdir / "config.json").exists():
         raise ModelError(f"{workdir} is not a v2t train run directory (no config.json)")
     config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    if "dtype" in config.t5:  # a bundle computes in float32 whatever the run trained in (bfloat16 on accelerators)
+        config.t5.dtype = "float32"
     steps = sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit())
     if not steps:
         raise ModelError(f"{workdir} has no finished checkpoint yet")

@@ -74,6 +74,7 @@ def t5_config_from(config: ml_collections.ConfigDict, vocab_size: int, pad_id: i
         pad_token_id=pad_id,
         decoder_start_token_id=pad_id,
         eos_token_id=eos_id,
+        dtype=c.get("dtype", "float32"),
         **overrides,
     )
 
@@ -131,6 +132,12 @@ def target_vocab(config: ml_collections.ConfigDict, embedder) -> TargetVocab:
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     warmup = max(1, min(config.warmup_steps, config.num_steps))
+    if config.train_minutes > 0:  # time-boxed: warmup here, the decay to 0 at the deadline by `lr_scale_at`
+        schedule = optax.linear_schedule(0.0, config.learning_rate, warmup)
+        return optax.chain(
+            optax.clip_by_global_norm(config.grad_clip),
+            optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=config.weight_decay),
+        )
     schedule = optax.join_schedules(
         [
             optax.linear_schedule(0.0, config.learning_rate, warmup),
@@ -142,6 +149,15 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
         optax.clip_by_global_norm(config.grad_clip),
         optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=config.weight_decay),
     )
+
+
+def lr_scale_at(elapsed_s: float, budget_s: float, decay_start: float = 0.0) -> float:
+    """A time-boxed run's learning-rate factor: 1 until `decay_start` of the budget has passed, then linear to 0
+    at the deadline (so the schedule ends when the time does, whatever the step rate turns out to be)."""
+    frac = min(1.0, max(0.0, elapsed_s / budget_s))
+    if frac <= decay_start:
+        return 1.0
+    return max(0.0, (1.0 - frac) / (1.0 - decay_start))
 
 
 # ----------------------------------------------------------------------------- data
@@ -180,6 +196,79 @@ class Sampler:
 
     def restore(self, state: dict) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+@dataclasses.dataclass
+class WeightedSampler:
+    """Draws each batch with replacement, a row with probability proportional to its source's mixture weight
+    (`config.data.mixture`), from a generator seeded by (seed, batch number): the state is just how many
+    batches were drawn, checkpointed like `Sampler`'s."""
+
+    weights: np.ndarray  # [n] float64, >= 0
+    batch_size: int
+    seed: int
+    epoch: int = 0  # unused; kept so both samplers share one checkpoint format
+    position: int = 0  # batches drawn
+
+    def __post_init__(self):
+        if len(self.weights) < self.batch_size:
+            raise TrainingError(
+                f"the training split has {len(self.weights)} examples, fewer than batch_size {self.batch_size}"
+            )
+        self._cdf = np.cumsum(self.weights, dtype=np.float64)
+        self._cdf /= self._cdf[-1]
+
+    def next_indices(self) -> np.ndarray:
+        u = np.random.default_rng([self.seed, 1 << 20, self.position]).random(self.batch_size)
+        self.position += 1
+        return np.sort(np.minimum(np.searchsorted(self._cdf, u, side="right"), len(self._cdf) - 1))
+
+    def state(self) -> dict:
+        return {"epoch": int(self.epoch), "position": int(self.position)}
+
+    def restore(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+def mixture_weights(spec: str, names: list[str]) -> dict[str, float]:
+    """`config.data.mixture` -> a weight per source: "default" (each source's registry weight; 1 for a user
+    corpus), "uniform" (every passage alike), or "name=w,..." overriding the defaults."""
+    from v2t_jax.data import sources
+
+    defaults = {n: (sources.SOURCES[n].weight if n in sources.SOURCES else 1.0) for n in names}
+    spec = (spec or "default").strip()
+    if spec == "uniform":
+        return {n: 1.0 for n in names}
+    if spec == "default":
+        return defaults
+    out = dict(defaults)
+    for item in spec.split(","):
+        name, eq, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if not eq or weight < 0 or not math.isfinite(weight):
+            raise TrainingError(f"config.data.mixture: expected default, uniform or name=weight,..., got {item!r}")
+        if name.strip() not in out:
+            raise TrainingError(f"config.data.mixture names {name.strip()!r}, which is not in this dataset ({', '.join(names)})")
+        out[name.strip()] = weight
+    if not any(out.values()):
+        raise TrainingError("config.data.mixture gives every source weight 0")
+    return out
+
+
+def make_sampler(config: ml_collections.ConfigDict, b, train_rows: np.ndarray):
+    """The epoch-permutation `Sampler` when every training passage weighs the same, else a `WeightedSampler`
+    over the sources' mixture weights."""
+    from v2t_jax.data import dataset
+
+    ids, names = dataset.source_ids(b, "train")
+    weights = mixture_weights(config.data.mixture, names)
+    row_w = np.asarray([weights[n] for n in names], np.float64)[ids[train_rows]]
+    if np.all(row_w == row_w[0]):
+        return Sampler(len(train_rows), config.batch_size, config.seed)
+    return WeightedSampler(row_w, config.batch_size, config.seed)
 
 
 @dataclasses.dataclass
@@ -329,7 +418,9 @@ def model_inputs(model, batch: dict) -> tuple:
 
 
 def make_train_step(model, tx: optax.GradientTransformation):
-    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    def train_step(state: TrainState, batch: dict, lr_scale: Array) -> tuple[TrainState, dict]:
+        """`lr_scale` [] float32 multiplies the update (1.0 but in a time-boxed run, where the host decays it
+        to 0 at the deadline: `lr_scale_at`)."""
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         r_drop, r_noise = jax.random.split(rng)
         labels, mask = batch["labels"], batch["mask"]
@@ -347,6 +438,7 @@ def make_train_step(model, tx: optax.GradientTransformation):
 
         (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        updates = jax.tree_util.tree_map(lambda u: u * lr_scale.astype(u.dtype), updates)
         params = optax.apply_updates(state.params, updates)
         aux = {**aux, "grad_norm": optax.global_norm(grads)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), aux
@@ -501,10 +593,27 @@ def build(
     batch_sh = {k: b2 for k in batch_keys(model)}
     init_fn = jax.jit(lambda r: nn.unbox(init_boxed(r)), out_shardings=state_sh)
     train_step = jax.jit(
-        make_train_step(model, tx), in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep), donate_argnums=0
+        make_train_step(model, tx),
+        in_shardings=(state_sh, batch_sh, rep),
+        out_shardings=(state_sh, rep),
+        donate_argnums=0,
     )
     eval_step = jax.jit(make_eval_step(model), in_shardings=(state_sh.params, batch_sh), out_shardings=rep)
     return Setup(model, tx, abstract, state_sh, batch_sh, init_fn, train_step, eval_step, n_params)
+
+
+# Config keys added after runs were saved, with the value that reproduces what those runs did.
+NEW_KEY_DEFAULTS = {("data", "mixture"): "default", ("t5", "dtype"): "float32", ("train_minutes",): 0.0}
+
+
+def _with_new_defaults(saved: dict) -> dict:
+    for path, value in NEW_KEY_DEFAULTS.items():
+        node = saved
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.setdefault(path[-1], value)
+    return saved
 
 
 def _check_config_against_saved(config: ml_collections.ConfigDict, workdir: Path) -> None:
@@ -512,7 +621,7 @@ def _check_config_against_saved(config: ml_collections.ConfigDict, workdir: Path
     current = json.loads(config.to_json())
     has_checkpoints = any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*"))
     if path.exists() and has_checkpoints:  # a run that never saved a step may start over with any config
-        saved = json.loads(path.read_text())
+        saved = _with_new_defaults(json.loads(path.read_text()))
         diff = sorted(
             k for k in set(saved) | set(current) if k not in RESUMABLE_KEYS and saved.get(k) != current.get(k)
         )
@@ -572,7 +681,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
         raise TrainingError(
             "the corrector reads the inverter's hypotheses in the embedder's vocabulary: vocab=embedder"
         )
-    _, data = load_data(config, need_texts=not vocab.in_graph)
+    b, data = load_data(config, need_texts=not vocab.in_graph)
     train_data, val_data = data["train"], data["validation"]
     labels = {"train": vocab.labels(train_data), "validation": vocab.labels(val_data)}
 
@@ -598,7 +707,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
 
     mngr = checkpoint.manager(workdir, config.keep_checkpoints)
     train_rows = train_data.rows if train_data.rows is not None else np.arange(len(train_data.ids))
-    sampler = Sampler(len(train_rows), config.batch_size, config.seed)
+    sampler = make_sampler(config, b, train_rows)
     restored = checkpoint.restore_latest(mngr, abstract)
     if restored is None:
         state = init_fn(jax.random.PRNGKey(config.seed))
@@ -723,29 +832,49 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
             raise TrainingError(f"non-finite loss or gradient at step {step} (loss {host['loss']}); {kept}")
         return host
 
+    budget_s = 60.0 * config.train_minutes
+    elapsed_before = float(data_state.get("elapsed_s", 0.0)) if restored is not None else 0.0
+    t_start = time.perf_counter()
+
+    def elapsed() -> float:
+        return elapsed_before + time.perf_counter() - t_start
+
+    def data_checkpoint() -> dict:
+        return {**sampler.state(), "elapsed_s": elapsed()}
+
     try:
         for step in range(start, config.num_steps):
+            out_of_time = budget_s > 0 and elapsed() >= budget_s
+            if out_of_time:
+                if is_main:
+                    print(f"v2t train: the {config.train_minutes:g}-minute budget is spent at step {step}", file=sys.stderr)
+                break
             batch = make_batch("train", np.sort(train_rows[sampler.next_indices()]))
-            state, aux = train_step(state, batch)
+            scale = np.float32(lr_scale_at(elapsed(), budget_s) if budget_s > 0 else 1.0)
+            state, aux = train_step(state, batch, scale)
             if pending is not None:  # check the previous step while this one runs
                 check(*pending)
             pending = (step + 1, aux)
             bar.update(1)
             steps_since += 1
             done = step + 1
-            if done % config.log_every == 0 or done == config.num_steps:
+            # the last step: num_steps, or (time-boxed) the step that crosses the deadline
+            final = done == config.num_steps or (budget_s > 0 and elapsed() >= budget_s)
+            if done % config.log_every == 0 or final:
                 host = check(*pending)
                 now = time.perf_counter()
                 host["steps_per_second"] = steps_since / (now - t_log)
+                if budget_s > 0:
+                    host["lr_scale"], host["elapsed_minutes"] = float(scale), elapsed() / 60
                 t_log, steps_since = now, 0
                 logger.write(done, "train", host)
                 bar.set_postfix(loss=f"{host['loss']:.3f}", acc=f"{host['token_accuracy']:.3f}")
                 last = {"train_" + k: v for k, v in host.items()}
-            if config.eval_every > 0 and (done % config.eval_every == 0 or done == config.num_steps):
+            if config.eval_every > 0 and (done % config.eval_every == 0 or final):
                 last.update({"eval_" + k: v for k, v in evaluate(done, state.params).items()})
-            if done % config.checkpoint_every == 0 or done == config.num_steps:
+            if done % config.checkpoint_every == 0 or final:
                 check(*pending)
-                checkpoint.save(mngr, done, state, sampler.state())
+                checkpoint.save(mngr, done, state, data_checkpoint())
                 last_saved = done
         if pending is not None:
             check(*pending)
@@ -756,7 +885,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
         logger.close()
     if is_main:
         print(
-            f"v2t train: finished step {config.num_steps}; checkpoint at step {last_saved} in {workdir}",
+            f"v2t train: finished at step {int(jax.device_get(state.step))}; checkpoint at step {last_saved} in {workdir}",
             file=sys.stderr,
         )
     last["params"] = state.params
