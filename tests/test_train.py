@@ -388,3 +388,71 @@ def test_a_run_that_never_saved_may_change_its_config(capsys, tmp_path, tiny_dat
         "--config.progress=false",
     ]
     assert cli.main(ok) == 0
+
+
+# ----------------------------------------------------------------------------- mixture, time box, bfloat16
+
+
+def test_weighted_sampler_follows_the_mixture_and_resumes():
+    from v2t_jax import train
+
+    src = np.repeat([0, 1, 2], [6000, 3000, 1000])  # three sources of unequal size
+    names = ["a", "b", "tech"]
+    w = train.mixture_weights("tech=0.5,b=2", names)
+    assert w == {"a": 1.0, "b": 2.0, "tech": 0.5}
+    row_w = np.asarray([w[n] for n in names])[src]
+    s = train.WeightedSampler(row_w, 256, seed=3)
+    draws = np.concatenate([s.next_indices() for _ in range(200)])
+    share = np.bincount(src[draws], minlength=3) / len(draws)
+    expected = np.array([6000 * 1, 3000 * 2, 1000 * 0.5]) / 12500
+    np.testing.assert_allclose(share, expected, atol=0.01)
+    state = s.state()
+    after = [s.next_indices() for _ in range(3)]
+    resumed = train.WeightedSampler(row_w, 256, seed=3)
+    resumed.restore(state)
+    assert all((a == b).all() for a, b in zip(after, [resumed.next_indices() for _ in range(3)]))
+    assert train.mixture_weights("uniform", names) == {"a": 1.0, "b": 1.0, "tech": 1.0}
+    for bad, msg in [("b=x", "expected default"), ("zzz=1", "not in this dataset"), ("a=0,b=0,tech=0", "weight 0")]:
+        with pytest.raises(train.TrainingError, match=msg):
+            train.mixture_weights(bad, names)
+
+
+def test_lr_scale_decays_to_zero_at_the_deadline():
+    from v2t_jax.train import lr_scale_at
+
+    assert lr_scale_at(0, 100) == 1.0 and lr_scale_at(50, 100) == pytest.approx(0.5)
+    assert lr_scale_at(100, 100) == 0.0 and lr_scale_at(250, 100) == 0.0
+    assert lr_scale_at(30, 100, decay_start=0.5) == 1.0 and lr_scale_at(75, 100, decay_start=0.5) == pytest.approx(0.5)
+
+
+def test_time_boxed_bfloat16_run_stops_at_its_deadline_and_exports_float32(capsys, tmp_path, tiny_data):
+    """train_minutes stops the run at the deadline (not at num_steps), with a checkpoint and an eval there;
+    the learning-rate factor falls over the run; rerunning finds the budget spent; t5.dtype=bfloat16 trains
+    and the exported bundle computes in float32."""
+    from v2t_jax import api, train
+
+    run = tmp_path / "run"
+    cfg = _tiny_config(
+        tiny_data,
+        "--config.num_steps=100000",
+        "--config.train_minutes=0.25",
+        "--config.log_every=5",
+        "--config.eval_every=0",
+        "--config.checkpoint_every=100000",
+        "--config.t5.dtype=bfloat16",
+    )
+    t0 = time.perf_counter()
+    train.train(cfg, run)
+    assert time.perf_counter() - t0 < 0.25 * 60 + 60  # stopped near the budget (compile + final save on top)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    scales = [r["lr_scale"] for r in rows if r["kind"] == "train"]
+    assert len(scales) >= 3 and scales == sorted(scales, reverse=True) and scales[-1] < 0.2
+    steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps and 5 < steps[-1] < 100000
+    assert f"budget is spent at step {steps[-1]}" in capsys.readouterr().err
+    train.train(cfg, run)  # the same command again: nothing left to do
+    assert f"budget is spent at step {steps[-1]}" in capsys.readouterr().err
+    assert sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())[-1] == steps[-1]
+    api.export(run, tmp_path / "bundle")
+    meta = json.loads((tmp_path / "bundle" / "v2t_model.json").read_text())
+    assert json.dumps(meta).count('"bfloat16"') == 0 and '"float32"' in json.dumps(meta)
