@@ -6,7 +6,7 @@ embedding, cached beside the dataset (`v2t data hypotheses`; computed on first u
     v2t train --config configs/corrector.py:cpu_small --workdir runs/corrector_cpu_small \
         --config.inverter=bundles/inverter_cpu_small
 
-Variants: tiny (tests), cpu_small, base, as in configs/inverter.py.
+Variants: tiny (tests), cpu_small, gpu, base, as in configs/inverter.py.
 """
 
 from pathlib import Path
@@ -26,4 +26,5 @@ def get_config(arg: str = "cpu_small") -> ml_collections.ConfigDict:
     c.ignore_hypothesis_embedding = False  # the "no feedback" ablation
     c.training_noise = 0.0  # Gaussian noise on e and ê in training (vec2text 0.0.13: 0; later versions 1e-5)
     del c["noise_level"]
+    c.init_token_embeddings = "random"  # it starts from the inverter's weights (init_from_inverter) instead
     return c

@@ -7,6 +7,9 @@
 Variants:
   tiny       seconds: a 2+2-layer d=64 T5, batch 8; used by the tests
   cpu_small  hours on 2 CPU cores: T5 "tiny" shape (d 256, 4+4 layers), batch 64
+  gpu        minutes on one H100/H200 (experiments/gpu_release.sh): T5 family (tied embeddings, ReLU), d 384
+             = the embedder's width, 4+4 layers, ff 1024, 27.6M params (its int8 bundle and the corrector's fit the
+             device's 64 MiB return), batch 512, bfloat16 compute, token embeddings from the embedder
   base       the paper's shape: T5-base, batch 128 (accelerators)
 """
 
@@ -37,6 +40,7 @@ def get_config(arg: str = "cpu_small") -> ml_collections.ConfigDict:
             dtype="float32",  # compute dtype: bfloat16 on accelerators (params and the loss stay float32)
         )
     )  # 0 = the named size's value
+    c.init_token_embeddings = "random"  # or "embedder": T5 token embeddings from the embedder's (same width)
     c.num_repeat_tokens = 16
     c.dropout_rate = 0.1  # in the embedding transform
     c.noise_level = 0.0
@@ -67,6 +71,16 @@ def get_config(arg: str = "cpu_small") -> ml_collections.ConfigDict:
         c.eval_batches = 2
         c.eval_samples = 16
         c.checkpoint_every = 5
+    elif arg == "gpu":
+        c.t5.update(variant="t5", d_model=384, d_kv=64, d_ff=1024, num_layers=4, num_heads=6, dtype="bfloat16")
+        c.init_token_embeddings = "embedder"
+        c.batch_size = 512
+        c.learning_rate = 1e-3
+        c.warmup_steps = 300
+        c.eval_every = 1000
+        c.eval_samples = 512
+        c.checkpoint_every = 1000
+        c.log_every = 100
     elif arg == "base":
         c.t5.size = "base"
         c.batch_size = 128
@@ -76,5 +90,5 @@ def get_config(arg: str = "cpu_small") -> ml_collections.ConfigDict:
         c.eval_every = 5000
         c.checkpoint_every = 2000
     elif arg != "cpu_small":
-        raise ValueError(f"unknown variant {arg!r} of configs/inverter.py; use tiny, cpu_small or base")
+        raise ValueError(f"unknown variant {arg!r} of configs/inverter.py; use tiny, cpu_small, gpu or base")
     return c

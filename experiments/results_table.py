@@ -7,7 +7,8 @@ steps, with sequence beam search, plus a plot of BLEU and cosine against the num
 
 Each row is STEPS:BEAM. One inversion run per beam width, as long as that width's longest row: the trace of
 best-so-far hypotheses gives every shorter row (N steps of the loop are a prefix of M > N steps). Passages are
-a fixed random sample (seed 0) of the split of the default dataset (`v2t data prepare`). Comparison is
+a fixed random sample (seed 0) of the split of the dataset named by --sources (default: `v2t data prepare`'s)
+or --corpus. Comparison is
 case-folded and whitespace-normalised against each passage *as the uncased embedder sees it* (its tokenizer's
 round trip: lower case, accents stripped, WordPiece spacing), since nothing else is recoverable from the
 vector. Writes OUT.md, OUT.json and OUT.png.
@@ -41,18 +42,24 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--corpus", default=None, help="a user corpus prepared with v2t data prepare --corpus")
+    p.add_argument("--sources", nargs="+", default=["wiki", "bbc", "sotu", "moby"], help="built-in sources (or all)")
     p.add_argument("--out", default="experiments/results/table1")
     args = p.parse_args(argv)
 
     from v2t_jax import api, metrics
-    from v2t_jax.data import dataset, targets
+    from v2t_jax.data import dataset, sources, targets
 
     rows = parse_rows(args.rows)
     model = api.load_model(args.checkpoint)
     if model.program.corrector is None and any(s for s, _ in rows):
         print(f"{args.checkpoint} has no corrector: only 0-step rows are possible", file=sys.stderr)
         return 2
-    spec = dataset.DatasetSpec(corpus=args.corpus, embedder=model.embedder.name, max_tokens=model.max_length)
+    spec = dataset.DatasetSpec(
+        sources=sources.expand(args.sources),
+        corpus=args.corpus,
+        embedder=model.embedder.name,
+        max_tokens=model.max_length,
+    )
     b = dataset.builder(spec, args.data_dir)
     emb, ids = targets.load(targets.targets_dir(b.data_dir, model.embedder.name, model.max_length), args.split)
     n = min(args.n, len(emb))

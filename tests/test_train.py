@@ -205,7 +205,7 @@ def test_every_config_runs_two_tiny_steps(request, tmp_path, tiny_data, config_f
 
 
 @pytest.mark.parametrize("config_file", ["inverter.py", "corrector.py"])
-@pytest.mark.parametrize("variant", ["cpu_small", "base"])
+@pytest.mark.parametrize("variant", ["cpu_small", "gpu", "base"])
 def test_full_size_configs_build_abstractly(variant, config_file):
     import flax.linen as nn
     import jax
@@ -217,6 +217,8 @@ def test_full_size_configs_build_abstractly(variant, config_file):
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
         s = train.build(config, mesh, 384, 30522)
     assert s.n_params > (200e6 if variant == "base" else 20e6)
+    if variant == "gpu":  # both int8 bundles must come back from the device (<= 64 MiB) and ship (<= 80 MB)
+        assert s.n_params < (34e6 if config_file == "corrector.py" else 29e6), s.n_params
 
 
 @pytest.mark.parametrize(

@@ -367,6 +367,22 @@ def warm_start(params: dict, bundle: Path, shardings: Any) -> dict:
     return jax.tree_util.tree_map(lambda x, s: jax.device_put(np.asarray(x, np.float32), s), new, shardings)
 
 
+def embedder_token_embeddings(params: dict, embedder, vocab: TargetVocab, shardings: Any) -> dict:
+    """T5 token embeddings started from the embedder's own word embeddings (`config.init_token_embeddings=
+    "embedder"`): same vocabulary, same width required; rescaled to the random init's unit standard deviation."""
+    word = embedder.params.get("backbone", {}).get("word_embeddings") if isinstance(embedder.params, dict) else None
+    shared = params["t5"]["shared"]
+    if word is None or not vocab.in_graph or tuple(np.shape(word)) != tuple(shared.shape):
+        raise TrainingError(
+            f"init_token_embeddings=embedder needs vocab=embedder and t5.d_model equal to the embedder's width "
+            f"({np.shape(word)[-1] if word is not None else '?'}); got a T5 embedding of shape {tuple(shared.shape)}"
+        )
+    w = np.asarray(word, np.float32)
+    w = w / w.std()
+    t5 = dict(params["t5"], shared=jax.device_put(w.astype(shared.dtype), shardings["t5"]["shared"]))
+    return dict(params, t5=t5)
+
+
 def prepare_hypotheses(config: ml_collections.ConfigDict) -> None:
     """Computes whatever is missing of the inverter's train/validation hypotheses (single process, outside
     any mesh: the inverter runs as a plain jitted program)."""
@@ -603,7 +619,12 @@ def build(
 
 
 # Config keys added after runs were saved, with the value that reproduces what those runs did.
-NEW_KEY_DEFAULTS = {("data", "mixture"): "default", ("t5", "dtype"): "float32", ("train_minutes",): 0.0}
+NEW_KEY_DEFAULTS = {
+    ("data", "mixture"): "default",
+    ("t5", "dtype"): "float32",
+    ("train_minutes",): 0.0,
+    ("init_token_embeddings",): "random",
+}
 
 
 def _with_new_defaults(saved: dict) -> dict:
@@ -713,6 +734,11 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
         state = init_fn(jax.random.PRNGKey(config.seed))
         if is_corrector and config.init_from_inverter:
             state = state.replace(params=warm_start(state.params, inverter_bundle(config), state_sh.params))
+        elif config.get("init_token_embeddings", "random") == "embedder":
+            params = embedder_token_embeddings(state.params, embedder, vocab, state_sh.params)
+            state = state.replace(params=params)
+        elif config.get("init_token_embeddings", "random") != "random":
+            raise TrainingError(f"init_token_embeddings must be random or embedder, got {config.init_token_embeddings!r}")
         start = 0
     else:
         state, data_state, start = restored

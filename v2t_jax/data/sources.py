@@ -719,15 +719,29 @@ def jsonl_objects(path: Path) -> Iterator[tuple[int, dict]]:
 
 def user_file_documents(path: str | os.PathLike) -> Iterator[Document]:
     """A user's corpus: `.jsonl` objects with `text` (and optional `doc_id`), or a text file with one
-    document per line (blank lines skipped)."""
+    document per line (blank lines skipped). Objects that also carry a string `source` keep it and their
+    `doc_id` as they are, consecutive lines of one document forming its paragraphs: a corpus of passages
+    written from a built dataset (`experiments/gpu_kit.py`) rebuilds the same passages in the same splits."""
     path = Path(path)
     if not path.is_file():
         raise SourceError(f"corpus file {path} does not exist")
     stem = path.stem
     if path.suffix.lower() == ".jsonl":
+        group: tuple[str, str] | None = None
+        paras: list[str] = []
         for lineno, obj in jsonl_objects(path):
-            doc_id = str(obj.get("doc_id", obj.get("id", lineno)))
-            yield Document(stem, f"{stem}:{doc_id}", _paragraphs(obj["text"]))
+            if not isinstance(obj.get("source"), str):
+                doc_id = str(obj.get("doc_id", obj.get("id", lineno)))
+                yield Document(stem, f"{stem}:{doc_id}", _paragraphs(obj["text"]))
+                continue
+            key = (obj["source"], str(obj.get("doc_id", lineno)))
+            if key != group and paras:
+                yield Document(group[0], group[1], tuple(paras))
+                paras = []
+            group = key
+            paras.extend(_paragraphs(obj["text"]))
+        if paras:
+            yield Document(group[0], group[1], tuple(paras))
         return
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
