@@ -99,10 +99,7 @@ def write_passages(b, out: Path, budget_bytes: int) -> dict:
     """All validation/test passages + the training documents with the smallest hashes that fit the budget."""
     from v2t_jax.data import dataset
 
-    rows = {}
-    for split in ("validation", "test", "train"):
-        ds = b.as_data_source()[split]
-        rows[split] = [ds[i] for i in range(len(ds))]
+    rows = {split: list(dataset.rows(b, split)) for split in ("validation", "test", "train")}
 
     def line(r) -> bytes:
         obj = {"source": dataset._str(r["source"]), "doc_id": dataset._str(r["doc_id"]), "text": dataset._str(r["text"])}
