@@ -34,8 +34,10 @@ RUNS = {
     "base": ("cpu_small", []),
     "data92k": ("cpu_small", ["--config.data.sources=('wiki','bbc','sotu','moby')"]),
     "deep": ("cpu_small", ["--config.t5.d_model=192", "--config.t5.num_heads=3", "--config.t5.num_layers=6"]),
-    "gpu_shape": ("gpu", ["--config.t5.dtype=float32", "--config.init_token_embeddings=random",
-                          "--config.batch_size=64"]),
+    "gpu_shape": (
+        "gpu",
+        ["--config.t5.dtype=float32", "--config.init_token_embeddings=random", "--config.batch_size=64"],
+    ),
     "gpu_embinit": ("gpu", ["--config.t5.dtype=float32", "--config.batch_size=64"]),
     "lr3e-3": ("cpu_small", ["--config.learning_rate=3e-3"]),
     "lr3e-4": ("cpu_small", ["--config.learning_rate=3e-4"]),
@@ -44,8 +46,9 @@ RUNS = {
 
 
 def v2t(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "v2t_jax.cli", *args], cwd=ROOT, check=True,
-                   env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    subprocess.run(
+        [sys.executable, "-m", "v2t_jax.cli", *args], cwd=ROOT, check=True, env=dict(os.environ, PYTHONPATH=str(ROOT))
+    )
 
 
 def _params(path: Path) -> int:
@@ -78,8 +81,21 @@ def one(name: str, args, root: Path, data_args: list[str]) -> dict:
         v2t("export", "--workdir", str(run), "--output", str(bundle))
     if not table.with_suffix(".json").exists():
         data = ["--corpus", args.corpus] if args.corpus else ["--sources", *args.sources]
-        cmd = [sys.executable, "experiments/results_table.py", "--checkpoint", str(bundle), "--rows", "0:1",
-               "--n", str(args.n), "--split", "test", *data, "--out", str(table)]
+        cmd = [
+            sys.executable,
+            "experiments/results_table.py",
+            "--checkpoint",
+            str(bundle),
+            "--rows",
+            "0:1",
+            "--n",
+            str(args.n),
+            "--split",
+            "test",
+            *data,
+            "--out",
+            str(table),
+        ]
         proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True)
         if proc.returncode:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
@@ -118,8 +134,9 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in RUNS]
     if unknown:
         p.error(f"unknown run {unknown[0]!r}; choose from {', '.join(RUNS)}")
-    data_args = [f"--config.data.corpus={args.corpus}"] if args.corpus else [
-        f"--config.data.sources={tuple(args.sources)!r}"]
+    data_args = (
+        [f"--config.data.corpus={args.corpus}"] if args.corpus else [f"--config.data.sources={tuple(args.sources)!r}"]
+    )
     root = Path(args.workdir).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     results = []
@@ -129,9 +146,12 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = "python experiments/ablations.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    out.with_suffix(".json").write_text(json.dumps({"command": cmd, "minutes": args.minutes, "runs": results}, indent=1))
+    out.with_suffix(".json").write_text(
+        json.dumps({"command": cmd, "minutes": args.minutes, "runs": results}, indent=1)
+    )
     lines = [
-        f"# Ablations: inverter runs of {args.minutes:g} minutes each on this machine ({len(os.sched_getaffinity(0))} cores)",
+        f"# Ablations: inverter runs of {args.minutes:g} minutes each on this machine "
+        f"({len(os.sched_getaffinity(0))} cores)",
         "",
         f"`{cmd}`",
         "",
@@ -143,8 +163,8 @@ def main(argv=None) -> int:
     for r in results:
         what = f"{r['variant']} " + " ".join(o.replace("--config.", "") for o in r["overrides"])
         lines.append(
-            f"| {r['run']} | {what.strip()} | {r['params_m']}M | {r['steps']} | {r['passages_per_s']} | {r['val_loss']} | {r['bleu']} "
-            f"| {r['token_f1']} | {r['cosine']} |"
+            f"| {r['run']} | {what.strip()} | {r['params_m']}M | {r['steps']} | {r['passages_per_s']} "
+            f"| {r['val_loss']} | {r['bleu']} | {r['token_f1']} | {r['cosine']} |"
         )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -51,8 +51,12 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         before_tree = tmp / "before"
-        subprocess.run(["git", "worktree", "add", "--detach", str(before_tree), args.before], cwd=ROOT, check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(before_tree), args.before],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
         try:
             before = run(before_tree, args.sources, tmp / "data_before", args.targets, None)
             after = run(ROOT, args.sources, tmp / "data_after", args.targets, args.workers)
@@ -60,9 +64,16 @@ def main(argv=None) -> int:
             subprocess.run(["git", "worktree", "remove", "--force", str(before_tree)], cwd=ROOT, capture_output=True)
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     cores = len(os.sched_getaffinity(0))
-    result = {"before_commit": args.before, "after_commit": head.strip(), "cores": cores, "sources": args.sources,
-              "targets": args.targets, "before": before, "after": after,
-              "speedup": round(after["passages_per_s"] / before["passages_per_s"], 2)}
+    result = {
+        "before_commit": args.before,
+        "after_commit": head.strip(),
+        "cores": cores,
+        "sources": args.sources,
+        "targets": args.targets,
+        "before": before,
+        "after": after,
+        "speedup": round(after["passages_per_s"] / before["passages_per_s"], 2),
+    }
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     cmd = "python experiments/bench_prepare.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -73,8 +84,10 @@ def main(argv=None) -> int:
         "",
         "| code | passages written | seconds | passages/s |",
         "|---|---|---|---|",
-        f"| before ({args.before}: one process, counts read back) | {before['passages']:,} | {before['seconds']} | {before['passages_per_s']:,} |",
-        f"| after ({head.strip()}: every core, de-duplicated, counts while writing) | {after['passages']:,} | {after['seconds']} | {after['passages_per_s']:,} |",
+        f"| before ({args.before}: one process, counts read back) | {before['passages']:,} "
+        f"| {before['seconds']} | {before['passages_per_s']:,} |",
+        f"| after ({head.strip()}: every core, de-duplicated, counts while writing) | {after['passages']:,} "
+        f"| {after['seconds']} | {after['passages_per_s']:,} |",
         "",
         f"Speed-up: **{result['speedup']}×** passages/s (the after build writes fewer passages: duplicates dropped).",
     ]

@@ -102,7 +102,11 @@ def write_passages(b, out: Path, budget_bytes: int) -> dict:
     rows = {split: list(dataset.rows(b, split)) for split in ("validation", "test", "train")}
 
     def line(r) -> bytes:
-        obj = {"source": dataset._str(r["source"]), "doc_id": dataset._str(r["doc_id"]), "text": dataset._str(r["text"])}
+        obj = {
+            "source": dataset._str(r["source"]),
+            "doc_id": dataset._str(r["doc_id"]),
+            "text": dataset._str(r["text"]),
+        }
         return (json.dumps(obj, ensure_ascii=False) + "\n").encode()
 
     held_out = b"".join(line(r) for s in ("validation", "test") for r in rows[s])

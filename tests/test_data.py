@@ -71,7 +71,9 @@ def test_corpus_dataset_build_targets_and_rerun(tmp_path, minilm, capsys):
         for i in range(len(ds)):
             docs.setdefault(ds[i]["doc_id"], set()).add(split)
     assert all(len(s) == 1 for s in docs.values())  # no document in two splits
-    assert sum(counts[s]["passages"] for s in dataset.splits(counts)) == sum(len(ds) for ds in b.as_data_source().values())
+    assert sum(counts[s]["passages"] for s in dataset.splits(counts)) == sum(
+        len(ds) for ds in b.as_data_source().values()
+    )
 
     tdir = targets.targets_dir(b.data_dir, "all-MiniLM-L6-v2", 32)
     emb, ids = targets.load(tdir, "train")

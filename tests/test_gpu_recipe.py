@@ -23,10 +23,22 @@ def test_gpu_release_recipe_at_tiny_scale(tmp_path, minilm, sentences):
     assert manifest["minilm_min_cosine_vs_float32"] > 0.9999
     assert manifest["passages"]["train_passages"] == manifest["passages"]["train_of"]  # the budget holds all
 
-    env = {"TINY": "1", "WORK": str(work), "PYTHON": str(ROOT / ".venv/bin/python"), "TABLE_N": "8", "ROWS": "0:1,2:1",
-           "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run(["bash", str(ROOT / "experiments/gpu_release.sh"), str(kit), str(out), "4", "tiny"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    env = {
+        "TINY": "1",
+        "WORK": str(work),
+        "PYTHON": str(ROOT / ".venv/bin/python"),
+        "TABLE_N": "8",
+        "ROWS": "0:1,2:1",
+        "PATH": "/usr/bin:/bin",
+    }
+    proc = subprocess.run(
+        ["bash", str(ROOT / "experiments/gpu_release.sh"), str(kit), str(out), "4", "tiny"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     files = sorted(p for p in out.iterdir())
     assert 3 <= len(files) <= 8 and all(p.stat().st_size <= 16 * 2**20 for p in files)

@@ -41,7 +41,9 @@ def assert_clean_prose(paras: list[str], n: int):
     assert len(paras) >= n
     for p in paras:
         assert p == p.strip() and "  " not in p and "\n" not in p
-        assert not re.search(r"</(?:div|span|a|code|hi|note|title|reference|color|p)>|<(?:hi|note|reference|div|span) ", p), p
+        assert not re.search(
+            r"</(?:div|span|a|code|hi|note|title|reference|color|p)>|<(?:hi|note|reference|div|span) ", p
+        ), p
         assert "://" not in p and "@" not in p, p
         assert len(p.split()) >= 4, p
 

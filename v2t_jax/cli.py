@@ -494,7 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--no-targets", action="store_true", help="skip precomputing target embeddings")
     dp.add_argument("--workers", type=int, default=None, help="processes that read and tokenise (default: every core)")
     dp.add_argument(
-        "--batch-size", type=int, default=None, help="passages per embedding batch (default: 128 on CPU, 2048 on GPU/TPU)"
+        "--batch-size",
+        type=int,
+        default=None,
+        help="passages per embedding batch (default: 128 on CPU, 2048 on GPU/TPU)",
     )
     dp.add_argument("--quiet", action="store_true")
     dp.set_defaults(func=cmd_data_prepare, command="data prepare")

@@ -251,7 +251,9 @@ def mixture_weights(spec: str, names: list[str]) -> dict[str, float]:
         if not eq or weight < 0 or not math.isfinite(weight):
             raise TrainingError(f"config.data.mixture: expected default, uniform or name=weight,..., got {item!r}")
         if name.strip() not in out:
-            raise TrainingError(f"config.data.mixture names {name.strip()!r}, which is not in this dataset ({', '.join(names)})")
+            raise TrainingError(
+                f"config.data.mixture names {name.strip()!r}, which is not in this dataset ({', '.join(names)})"
+            )
         out[name.strip()] = weight
     if not any(out.values()):
         raise TrainingError("config.data.mixture gives every source weight 0")
@@ -738,7 +740,9 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
             params = embedder_token_embeddings(state.params, embedder, vocab, state_sh.params)
             state = state.replace(params=params)
         elif config.get("init_token_embeddings", "random") != "random":
-            raise TrainingError(f"init_token_embeddings must be random or embedder, got {config.init_token_embeddings!r}")
+            raise TrainingError(
+                f"init_token_embeddings must be random or embedder, got {config.init_token_embeddings!r}"
+            )
         start = 0
     else:
         state, data_state, start = restored
@@ -873,7 +877,10 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
             out_of_time = budget_s > 0 and elapsed() >= budget_s
             if out_of_time:
                 if is_main:
-                    print(f"v2t train: the {config.train_minutes:g}-minute budget is spent at step {step}", file=sys.stderr)
+                    print(
+                        f"v2t train: the {config.train_minutes:g}-minute budget is spent at step {step}",
+                        file=sys.stderr,
+                    )
                 break
             batch = make_batch("train", np.sort(train_rows[sampler.next_indices()]))
             scale = np.float32(lr_scale_at(elapsed(), budget_s) if budget_s > 0 else 1.0)
@@ -911,7 +918,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
         logger.close()
     if is_main:
         print(
-            f"v2t train: finished at step {int(jax.device_get(state.step))}; checkpoint at step {last_saved} in {workdir}",
+            f"v2t train: finished at step {int(jax.device_get(state.step))}; "
+            f"checkpoint at step {last_saved} in {workdir}",
             file=sys.stderr,
         )
     last["params"] = state.params

