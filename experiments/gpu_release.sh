@@ -110,3 +110,4 @@ tar cf "$WORK/bundle.tar" -C "$RUNS/bundle" .
 split -b 15M -d "$WORK/bundle.tar" "$OUT/bundle.tar.part-"
 ls -la "$OUT"
 stage "done"
+sleep 1  # let tee write the log
