@@ -211,3 +211,35 @@ def test_build_of_two_real_sources_counts_while_writing(tmp_path, capsys):
     assert counts["validation"]["passages"] > 0 and counts["test"]["passages"] > 0
     assert cli.main(args) == 0  # a second run reuses the build
     assert "passages/s" not in capsys.readouterr().out
+
+
+def test_a_corpus_of_built_passages_rebuilds_the_same_dataset(tmp_path):
+    """experiments/gpu_kit.py writes a built dataset's passages as a corpus keeping `source` and `doc_id`;
+    `v2t data prepare --corpus` on it gives the same passages, sources and splits (what a lent GPU trains on)."""
+    import importlib.util
+    import lzma
+
+    spec = importlib.util.spec_from_file_location("gpu_kit", ROOT / "experiments/gpu_kit.py")
+    gpu_kit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_kit)
+    args = ["data", "prepare", "--sources", "jargon", "--data-dir", str(tmp_path / "a"), "--no-targets", "--quiet"]
+    assert cli.main(args) == 0
+    b = dataset.builder(dataset.DatasetSpec(sources=("jargon",)), tmp_path / "a")
+    info = gpu_kit.write_passages(b, tmp_path, 10 * 2**20)
+    assert info["train_passages"] == info["train_of"]  # 10 MiB hold them all
+    corpus = tmp_path / "passages.jsonl"
+    corpus.write_bytes(lzma.decompress((tmp_path / "passages.jsonl.xz").read_bytes()))
+    args = ["data", "prepare", "--corpus", str(corpus), "--data-dir", str(tmp_path / "b"), "--no-targets", "--quiet"]
+    assert cli.main(args) == 0
+    c = dataset.builder(dataset.DatasetSpec(corpus=str(corpus)), tmp_path / "b")
+
+    def examples(builder, split):
+        return [
+            (dataset._str(r["text"]), dataset._str(r["source"]), dataset._str(r["doc_id"]))
+            for r in dataset.rows(builder, split)
+        ]
+
+    for split in dataset.SPLITS:
+        assert sorted(examples(b, split)) == sorted(examples(c, split)), split
+    small = gpu_kit.write_passages(b, tmp_path, 40_000)  # a budget below the corpus: whole documents dropped
+    assert 0 < small["train_passages"] < small["train_of"] and small["test"] == info["test"]
