@@ -119,11 +119,20 @@ def write_passages(b, out: Path, budget_bytes: int) -> dict:
     train_estimate = len(lzma.compress(sample, preset=6)) * step  # compressed bytes of all training lines
     held_size = len(lzma.compress(held_out, preset=6))
     frac = min(1.0, 0.97 * max(0.0, budget_bytes - held_size) / max(1, train_estimate))
-    kept = [r for r in rows["train"] if _doc_hash(dataset._str(r["doc_id"])) < frac]
-    with lzma.open(out / "passages.jsonl.xz", "wb", preset=6) as f:
-        f.write(held_out)
-        for r in kept:
-            f.write(line(r))
+
+    def write(frac: float) -> list:
+        kept = [r for r in rows["train"] if _doc_hash(dataset._str(r["doc_id"])) < frac]
+        with lzma.open(out / "passages.jsonl.xz", "wb", preset=6) as f:
+            f.write(held_out)
+            for r in kept:
+                f.write(line(r))
+        return kept
+
+    kept = write(frac)
+    size = (out / "passages.jsonl.xz").stat().st_size
+    if frac < 1 and size < 0.95 * budget_bytes and size > held_size:  # the sample's estimate was pessimistic
+        frac = min(1.0, 0.98 * frac * (budget_bytes - held_size) / (size - held_size))
+        kept = write(frac)
     return {
         "train_passages": len(kept),
         "train_of": len(rows["train"]),
