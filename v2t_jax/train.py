@@ -867,23 +867,25 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
     t_start = time.perf_counter()
 
     def elapsed() -> float:
-        return elapsed_before + time.perf_counter() - t_start
+        """Seconds of this run so far; with several processes, process 0's clock, so that every process takes
+        the same learning-rate factor and stops at the same step."""
+        t = elapsed_before + time.perf_counter() - t_start
+        if budget_s > 0 and jax.process_count() > 1:
+            t = float(multihost_utils.broadcast_one_to_all(np.float64(t)))
+        return t
 
     def data_checkpoint() -> dict:
         return {**sampler.state(), "elapsed_s": elapsed()}
 
     try:
-        for step in range(start, config.num_steps):
-            out_of_time = budget_s > 0 and elapsed() >= budget_s
-            if out_of_time:
-                if is_main:
-                    print(
-                        f"v2t train: the {config.train_minutes:g}-minute budget is spent at step {step}",
-                        file=sys.stderr,
-                    )
-                break
+        # a time-boxed run stops after the step that crosses its deadline (saved as the final step); one resumed
+        # with no time left does nothing
+        no_time = budget_s > 0 and elapsed() >= budget_s
+        final = False
+        for step in range(start, start if no_time else config.num_steps):
+            now_s = elapsed() if budget_s > 0 else 0.0
             batch = make_batch("train", np.sort(train_rows[sampler.next_indices()]))
-            scale = np.float32(lr_scale_at(elapsed(), budget_s) if budget_s > 0 else 1.0)
+            scale = np.float32(lr_scale_at(now_s, budget_s) if budget_s > 0 else 1.0)
             state, aux = train_step(state, batch, scale)
             if pending is not None:  # check the previous step while this one runs
                 check(*pending)
@@ -892,13 +894,13 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
             steps_since += 1
             done = step + 1
             # the last step: num_steps, or (time-boxed) the step that crosses the deadline
-            final = done == config.num_steps or (budget_s > 0 and elapsed() >= budget_s)
+            final = done == config.num_steps or (budget_s > 0 and elapsed() >= budget_s)  # agreed, as above
             if done % config.log_every == 0 or final:
                 host = check(*pending)
                 now = time.perf_counter()
                 host["steps_per_second"] = steps_since / (now - t_log)
                 if budget_s > 0:
-                    host["lr_scale"], host["elapsed_minutes"] = float(scale), elapsed() / 60
+                    host["lr_scale"], host["elapsed_minutes"] = float(scale), now_s / 60
                 t_log, steps_since = now, 0
                 logger.write(done, "train", host)
                 bar.set_postfix(loss=f"{host['loss']:.3f}", acc=f"{host['token_accuracy']:.3f}")
@@ -909,8 +911,13 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
                 check(*pending)
                 checkpoint.save(mngr, done, state, data_checkpoint())
                 last_saved = done
+            if final:
+                break
         if pending is not None:
             check(*pending)
+        if budget_s > 0 and is_main and (no_time or final):
+            at = start if no_time else done
+            print(f"v2t train: the {config.train_minutes:g}-minute budget is spent at step {at}", file=sys.stderr)
     finally:
         bar.close()
         mngr.wait_until_finished()
