@@ -74,6 +74,7 @@ def get_config(arg: str = "cpu_small") -> ml_collections.ConfigDict:
     elif arg == "gpu":
         c.t5.update(variant="t5", d_model=384, d_kv=64, d_ff=1024, num_layers=4, num_heads=6, dtype="bfloat16")
         c.init_token_embeddings = "embedder"
+        c.data.sources = ("all",)
         c.batch_size = 512
         c.learning_rate = 1e-3
         c.warmup_steps = 300
