@@ -809,8 +809,8 @@ SOURCES: dict[str, Source] = {
             "the Jargon File 4.4.7",
             "jargon",
             _deb("dict-jargon"),
-            _whole,
-            lambda root, unit: _jargon(root, (0, 1)),
+            _shards(1),
+            _jargon,
         ),
     )
 }
