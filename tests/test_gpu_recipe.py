@@ -20,7 +20,7 @@ def test_gpu_release_recipe_at_tiny_scale(tmp_path, minilm, sentences):
     build = ["python", str(ROOT / "experiments/gpu_kit.py"), "build", "--corpus", str(CORPUS), "--out", str(kit)]
     subprocess.run([str(Path(ROOT / ".venv/bin/python"))] + build[1:], check=True, cwd=ROOT)
     manifest = json.loads((kit / "manifest.json").read_text())
-    assert manifest["minilm_min_cosine_vs_float32"] > 0.9999
+    assert manifest["minilm_min_cosine_vs_float32"] > 0.998  # int8 matrices (README: 0.999 on 512 test passages)
     assert manifest["passages"]["train_passages"] == manifest["passages"]["train_of"]  # the budget holds all
 
     env = {
