@@ -173,7 +173,8 @@ def _write_counts(b: V2tPassages, built: passages.Built) -> None:
             "documents": sum(len(v) for v in docs.values()),
             "by_source": {s: {"passages": per_source[s], "documents": len(docs[s])} for s in sorted(per_source)},
         }
-        _atomic_save(Path(b.data_dir) / f"{split}.source_ids.npy", np.array([code[p.source] for p in items], np.uint8))
+        ids = np.array([code[p.source] for p in items], np.uint8 if len(names) < 256 else np.uint16)
+        _atomic_save(Path(b.data_dir) / f"{split}.source_ids.npy", ids)
     tmp = Path(b.data_dir) / ".counts.json.tmp"
     tmp.write_text(json.dumps(out, indent=2) + "\n")
     os.replace(tmp, Path(b.data_dir) / "counts.json")
@@ -186,16 +187,15 @@ def _atomic_save(path: Path, array: np.ndarray) -> None:
 
 
 def source_ids(b: V2tPassages, split: str) -> tuple[np.ndarray, list[str]]:
-    """(source number of every passage of `split` [N] uint8, the source names it indexes)."""
+    """(source number of every passage of `split` [N], the source names it indexes)."""
     path = Path(b.data_dir) / f"{split}.source_ids.npy"
     c = counts(b)
+    # the sorted source names, as `_write_counts` numbers them
+    names = c.get("sources") or sorted({s for k in splits(c) for s in c[k]["by_source"]})
     if not path.exists():  # a dataset built before 1.1.0 kept no table: read it back once
-        names = sorted({s for k, v in c.items() if isinstance(v, dict) and "by_source" in v for s in v["by_source"]})
         code = {n: i for i, n in enumerate(names)}
-        ds = b.as_data_source()[split]
-        _atomic_save(path, np.array([code[_str(ds[i]["source"])] for i in range(len(ds))], np.uint8))
-        return np.load(path), names
-    return np.load(path), c["sources"]
+        _atomic_save(path, np.array([code[_str(r["source"])] for r in rows(b, split)], np.uint16))
+    return np.load(path), names
 
 
 def counts(b: V2tPassages) -> dict:
