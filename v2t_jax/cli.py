@@ -164,8 +164,8 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
         )
     except (sources.SourceError, assets.AssetError) as e:
         raise UsageError(str(e)) from e
-    n = sum(counts[s]["passages"] for s in dataset.splits(counts))
-    built = f" built in {time.perf_counter() - start:.1f} s ({n / (time.perf_counter() - start):,.0f} passages/s)"
+    n, took = sum(counts[s]["passages"] for s in dataset.splits(counts)), time.perf_counter() - start
+    built = f" built in {took:.1f} s ({n / took:,.0f} passages/s)"
     print(f"dataset {spec.config_name} in {b.data_dir}" + (built if b.built is not None else ""))
     print(dataset.format_counts(counts))
     if args.no_targets:

@@ -134,17 +134,14 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     warmup = max(1, min(config.warmup_steps, config.num_steps))
     if config.train_minutes > 0:  # time-boxed: warmup here, the decay to 0 at the deadline by `lr_scale_at`
         schedule = optax.linear_schedule(0.0, config.learning_rate, warmup)
-        return optax.chain(
-            optax.clip_by_global_norm(config.grad_clip),
-            optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=config.weight_decay),
+    else:
+        schedule = optax.join_schedules(
+            [
+                optax.linear_schedule(0.0, config.learning_rate, warmup),
+                optax.linear_schedule(config.learning_rate, 0.0, max(1, config.num_steps - warmup)),
+            ],
+            [warmup],
         )
-    schedule = optax.join_schedules(
-        [
-            optax.linear_schedule(0.0, config.learning_rate, warmup),
-            optax.linear_schedule(config.learning_rate, 0.0, max(1, config.num_steps - warmup)),
-        ],
-        [warmup],
-    )
     return optax.chain(
         optax.clip_by_global_norm(config.grad_clip),
         optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=config.weight_decay),

@@ -164,20 +164,30 @@ def _write_counts(b: V2tPassages, built: passages.Built) -> None:
     for split, items in built.splits.items():
         if not items:
             continue
-        per_source = collections.Counter(p.source for p in items)
-        docs = collections.defaultdict(set)
-        for p in items:
-            docs[p.source].add(p.doc_id)
-        out[split] = {
-            "passages": len(items),
-            "documents": sum(len(v) for v in docs.values()),
-            "by_source": {s: {"passages": per_source[s], "documents": len(docs[s])} for s in sorted(per_source)},
-        }
+        out[split] = _split_counts((p.source, p.doc_id) for p in items)
         ids = np.array([code[p.source] for p in items], np.uint8 if len(names) < 256 else np.uint16)
         _atomic_save(Path(b.data_dir) / f"{split}.source_ids.npy", ids)
-    tmp = Path(b.data_dir) / ".counts.json.tmp"
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    os.replace(tmp, Path(b.data_dir) / "counts.json")
+    _write_json(Path(b.data_dir) / "counts.json", out)
+
+
+def _split_counts(pairs) -> dict:
+    """Passages and documents of one split, in all and per source, from its (source, doc_id) pairs."""
+    per_source = collections.Counter()
+    docs = collections.defaultdict(set)
+    for source, doc_id in pairs:
+        per_source[source] += 1
+        docs[source].add(doc_id)
+    return {
+        "passages": sum(per_source.values()),
+        "documents": sum(len(v) for v in docs.values()),
+        "by_source": {s: {"passages": per_source[s], "documents": len(docs[s])} for s in sorted(per_source)},
+    }
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
@@ -203,21 +213,11 @@ def counts(b: V2tPassages) -> dict:
     path = Path(b.data_dir) / "counts.json"
     if path.exists():
         return json.loads(path.read_text())
-    out: dict = {}
-    for split, ds in b.as_data_source().items():
-        per_source = collections.Counter()
-        docs = collections.defaultdict(set)
-        for i in range(len(ds)):
-            ex = ds[i]
-            src = _str(ex["source"])
-            per_source[src] += 1
-            docs[src].add(_str(ex["doc_id"]))
-        out[split] = {
-            "passages": len(ds),
-            "documents": sum(len(v) for v in docs.values()),
-            "by_source": {s: {"passages": per_source[s], "documents": len(docs[s])} for s in sorted(per_source)},
-        }
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    out = {
+        split: _split_counts((_str(r["source"]), _str(r["doc_id"])) for r in rows(b, split))
+        for split in b.as_data_source()
+    }
+    _write_json(path, out)
     return out
 
 

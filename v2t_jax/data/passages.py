@@ -121,9 +121,7 @@ def _init_worker(tokenizer_json: str, max_tokens: int, seed: int, fractions: dic
 def _unit_passages(job: tuple[str, Path, Any]) -> list[tuple[str, Passage]]:
     from v2t_jax.data import sources
 
-    docs = sources.read_unit(*job)
-    out = batch_passages(docs, _WORKER["tokenizer"], _WORKER["max_tokens"])
-    return [(split_of(p.doc_id, _WORKER["seed"], _WORKER["fractions"]), p) for p in out]
+    return _docs_passages(sources.read_unit(*job))
 
 
 def _docs_passages(docs: list[Document]) -> list[tuple[str, Passage]]:

