@@ -131,11 +131,20 @@ class Vec2Text:
     max_length: int  # embedder tokens incl. [CLS]/[SEP]
 
     def __post_init__(self):
-        self._run = jax.jit(correction.invert, static_argnums=(0, 3, 4))
+        self._run = jax.jit(correction.invert, static_argnums=(0, 3, 4), static_argnames=("skip_repeated", "score"))
 
     @property
     def dim(self) -> int:
         return self.embedder.dim
+
+    def compiled(self, batch: int, num_steps: int, beam: int, skip_repeated: bool = False, score: bool = False):
+        """The inversion compiled ahead of time for one shape: a function (params, embeddings [batch, D]) ->
+        `correction.invert`'s outputs, with no stop cosine (benchmarks; `score` as in `correction.invert`)."""
+        e = jax.ShapeDtypeStruct((batch, self.dim), np.float32)
+        fn = self._run.lower(
+            self.program, self.params, e, num_steps, beam, 2.0, skip_repeated=skip_repeated, score=score
+        ).compile()
+        return lambda params, embeddings: fn(params, embeddings, 2.0)
 
     def check_embeddings(self, embeddings) -> np.ndarray:
         """Validates a [N, D] array of vectors; returns it as float32. Raises ModelError with what is wrong."""
@@ -173,8 +182,13 @@ class Vec2Text:
         return_trace: bool = False,
         progress: bool = False,
         embed_fn=None,
+        skip_repeated: bool = True,
     ):
         """Texts for [N, D] vectors; with return_trace also per-step hypotheses and cosines.
+
+        skip_repeated: an example stops once a step returns its hypotheses unchanged (a fixed point: every
+        later step would repeat it) and duplicate candidates are embedded once (`correction.invert`); the texts
+        are the full loop's up to floating-point rounding. False runs every step for every example.
 
         embed_fn: re-embed hypotheses with this black box (list of strings -> [n, D] array), e.g. a remote
         API, on the host between compiled decoding steps, instead of the bundle's embedder inside the program
@@ -202,7 +216,18 @@ class Vec2Text:
             if m < bs:  # one compiled shape: pad the last batch with copies of its last row
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - m, axis=0)])
             if embed_fn is None:
-                out = jax.device_get(self._run(self.program, self.params, chunk, num_steps, sequence_beam_width, stop))
+                out = jax.device_get(
+                    self._run(
+                        self.program,
+                        self.params,
+                        chunk,
+                        num_steps,
+                        sequence_beam_width,
+                        stop,
+                        skip_repeated=skip_repeated,
+                        score=return_trace or num_steps > 0,
+                    )
+                )
             else:
                 out = correction.invert_host(
                     self.program, self.params, chunk, num_steps, sequence_beam_width, self.decode, embed_fn, stop

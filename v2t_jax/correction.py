@@ -13,6 +13,7 @@ omits the separators and the LayerNorm; the reference code has them, and checkpo
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import flax.linen as nn
@@ -184,35 +185,124 @@ def initial_hypotheses(program: InversionProgram, params: dict, e: Array) -> tup
     return ids, emb, _cosine(emb, e)
 
 
-def candidates(program: InversionProgram, params: dict, e: Array, hyps: Array, hyp_emb: Array) -> Array:
-    """One correction step's proposals: for each of the k hypotheses [B, k, L] (embeddings [B, k, D]) of
-    each target e [B, D], the corrector's k-wide token beam search -> k² candidates [B, k·k, L]."""
+def candidates(program: InversionProgram, params: dict, e: Array, hyps: Array, hyp_emb: Array, width: int) -> Array:
+    """One correction step's proposals: for each of the m hypotheses [B, m, L] (embeddings [B, m, D]) of each
+    target e [B, D], the corrector's `width`-wide token beam search -> m·width candidates [B, m·width, L].
+    Width 1 is greedy decoding (what the reference's `generate` does with one beam)."""
     from v2t_jax import decoding
 
-    B, k, L = hyps.shape
+    B, m, L = hyps.shape
     cor = Corrector(program.corrector)
     vc = {"params": params["corrector"]}
-    flat_ids = hyps.reshape(B * k, L)
+    flat_ids = hyps.reshape(B * m, L)
     c = cor.apply(
         vc,
-        jnp.repeat(e, k, axis=0),
-        hyp_emb.reshape(B * k, -1),
+        jnp.repeat(e, m, axis=0),
+        hyp_emb.reshape(B * m, -1),
         flat_ids,
         flat_ids != program.pad_id,
         L,
         method=Corrector.init_cache,
     )
-    cand, _ = decoding.beam_search(
-        lambda t, cc: cor.apply(vc, t, cc, method=Corrector.decode_step),
-        c,
-        B * k,
-        k,
-        L,
-        program.pad_id,
-        program.eos_id,
-        program.pad_id,
+    step = lambda t, cc: cor.apply(vc, t, cc, method=Corrector.decode_step)  # noqa: E731
+    if width == 1:
+        cand = decoding.greedy(step, c, B * m, L, program.pad_id, program.eos_id, program.pad_id)
+    else:
+        cand, _ = decoding.beam_search(step, c, B * m, width, L, program.pad_id, program.eos_id, program.pad_id)
+    return cand.reshape(B, m * width, L)
+
+
+def _buckets(n: int, smallest: int) -> list[int]:
+    """Row capacities n, n/2, n/4, ... down to `smallest` (rounded up), for `_on_rows`."""
+    caps, c = {n}, n
+    while c > smallest:
+        c = -(-c // 2)
+        caps.add(c)
+    return sorted(caps)
+
+
+def _on_rows(mask: Array, fn, inputs: tuple, fill, caps: list[int]):
+    """fn(*inputs) on only the rows where `mask` [N] holds: those rows are moved to the front and fn runs on
+    the smallest capacity in `caps` that holds them (one `lax.switch` branch per capacity, and one that runs
+    nothing when no row does), so that rows left out cost no work. Outputs (leading dim N, as `fill`) take
+    fn's values on the masked rows and `fill` elsewhere."""
+    order = jnp.argsort(~mask, stable=True)  # masked rows first, in order
+    count = mask.sum()
+
+    def branch(cap):
+        def run(_):
+            idx = order[:cap]
+            out = fn(*(jax.tree_util.tree_map(lambda x: x[idx], a) for a in inputs))
+            ok = mask[idx]
+
+            def put(f, o):
+                sel = ok.reshape(ok.shape + (1,) * (o.ndim - 1))
+                return f.at[idx].set(jnp.where(sel, o.astype(f.dtype), f[idx]))
+
+            return jax.tree_util.tree_map(put, fill, out)
+
+        return run
+
+    branches = [lambda _: fill] + [branch(c) for c in caps]
+    which = jnp.where(count == 0, 0, 1 + jnp.searchsorted(jnp.asarray(caps), count))
+    return jax.lax.switch(which, branches, None)
+
+
+def _correct(
+    program: InversionProgram,
+    params: dict,
+    e: Array,
+    hyps: Array,
+    hyp_emb: Array,
+    hyp_cos: Array,
+    active: Array,
+    beam: int,
+    skip_repeated: bool,
+) -> tuple[Array, Array, Array]:
+    """One correction step for the rows where `active` [B] holds: candidates from the m live hypotheses
+    [B, m, L] (empty slots: hyp_cos -inf), re-embedded and scored by cosine to e; the top `beam` unique ones
+    -> (hyps [B, beam, L], embeddings, cosines). Inactive rows keep their hypotheses (m must equal beam then).
+
+    skip_repeated: finished rows leave the batch (`_on_rows`), and only the distinct new candidates are
+    re-embedded: a candidate equal to a current hypothesis takes its stored embedding, a repeat of another
+    candidate the first one's. Without it every row and candidate costs a full decode and embedding."""
+    B, m, L = hyps.shape
+    D = e.shape[-1]
+    n = m * beam
+    propose = functools.partial(candidates, program, params, width=beam)
+    embed = functools.partial(_embed_hypotheses, program, params["embedder"])
+    parent_ok = jnp.repeat(jnp.isfinite(hyp_cos), beam, axis=1)  # [B, n]: candidates of empty slots do not count
+    if not skip_repeated:
+        cand = propose(e, hyps, hyp_emb)
+        cand_emb = embed(cand)
+    else:
+        row_caps = _buckets(B, max(1, B // 8))
+        cand = _on_rows(active, propose, (e, hyps, hyp_emb), jnp.full((B, n, L), program.pad_id, jnp.int32), row_caps)
+        same = jnp.all(cand[:, :, None] == cand[:, None], axis=-1)  # [B, n, n]
+        first = jnp.argmax(same, axis=-1)  # the first candidate equal to each one (itself if none earlier)
+        is_hyp = jnp.all(cand[:, :, None] == hyps[:, None], axis=-1) & jnp.isfinite(hyp_cos)[:, None]  # [B, n, m]
+        known = jnp.any(is_hyp, axis=-1)
+        need = active[:, None] & parent_ok & (first == jnp.arange(n)[None]) & ~known
+        flat = cand.reshape(B * n, L)
+        fresh = _on_rows(
+            need.reshape(-1), embed, (flat,), jnp.zeros((B * n, D), jnp.float32), _buckets(B * n, max(1, B * n // 16))
+        ).reshape(B, n, D)
+        fresh = jnp.take_along_axis(fresh, first[..., None], axis=1)
+        stored = jnp.take_along_axis(hyp_emb, jnp.argmax(is_hyp, axis=-1)[..., None], axis=1)
+        cand_emb = jnp.where(known[..., None], stored, fresh)
+    cand_cos = _cosine(cand_emb, e[:, None])
+    score = _first_unique(cand, jnp.where(parent_ok, cand_cos, -jnp.inf))
+    top, j = jax.lax.top_k(score, beam)
+    new_hyps = jnp.take_along_axis(cand, j[..., None], axis=1)
+    new_emb = jnp.take_along_axis(cand_emb, j[..., None], axis=1)
+    if m != beam:  # step 1: every row is active
+        return new_hyps, new_emb, top
+    keep = ~active
+    return (
+        jnp.where(keep[:, None, None], hyps, new_hyps),
+        jnp.where(keep[:, None, None], hyp_emb, new_emb),
+        jnp.where(keep[:, None], hyp_cos, top),
     )
-    return cand.reshape(B, k * k, L)
 
 
 def invert(
@@ -222,64 +312,72 @@ def invert(
     num_steps: int,
     beam: int,
     stop_cosine: float = 2.0,
+    skip_repeated: bool = False,
+    score: bool = True,
 ) -> dict:
-    """The whole N-step inversion as one program (jit it with program, num_steps, beam static).
+    """The whole N-step inversion as one program (jit it with program, num_steps, beam, skip_repeated and
+    score static).
 
     params: {"inverter": ..., "corrector": ..., "embedder": ...}; embeddings [B, D].
-    Step 0 is the inverter's greedy decode. Each correction step beam-decodes `beam` continuations of each
-    of the `beam` current hypotheses with the corrector, re-embeds all beam² candidates, scores them by
-    cosine to the target and keeps the top `beam` unique ones. The best hypothesis seen at any step is
-    tracked; an example whose best cosine reaches `stop_cosine` keeps its hypotheses from then on.
+    Step 0 is the inverter's greedy decode. Step 1 decodes `beam` continuations of that one hypothesis; each
+    later step `beam` continuations of each of the `beam` current hypotheses (beam 1: greedy decoding), re-embeds
+    the candidates, scores them by cosine to the target and keeps the top `beam` unique ones. The best
+    hypothesis seen at any step is tracked; an example whose best cosine reaches `stop_cosine` stops.
+
+    skip_repeated: an example whose hypotheses come back unchanged from a step has reached a fixed point (every
+    later step would repeat it exactly), so it stops; stopped examples leave the batch, and only distinct new
+    candidates are re-embedded (`_correct`). The texts are those of the full loop, up to floating-point
+    rounding in near-ties, at a fraction of its work on a trained model.
+    score: False skips re-embedding the step-0 hypothesis when there are no correction steps (its cosine is
+    then NaN): the inverter's work alone, as vec2text does.
 
     Returns ids [B, L] and cosine [B] of the best hypothesis, and per-step best ids [S+1, B, L] and best
     cosines [S+1, B] (step 0 first).
     """
     e = embeddings.astype(jnp.float32)
-    B, L, k = e.shape[0], program.length, beam
+    B, k = e.shape[0], beam
     if num_steps > 0 and program.corrector is None:
         raise ValueError("this model has no corrector: only num_steps=0 (inverter only) is possible")
 
-    ids0, emb0, cos0 = initial_hypotheses(program, params, e)
+    ids0 = greedy_hypotheses(program, params, e)
+    if num_steps == 0 and not score:
+        nan = jnp.full((B,), jnp.nan, jnp.float32)
+        return {"ids": ids0, "cosine": nan, "step_ids": ids0[None], "step_cosine": nan[None]}
+    emb0 = _embed_hypotheses(program, params["embedder"], ids0)
+    cos0 = _cosine(emb0, e)
+    if num_steps == 0:
+        return {"ids": ids0, "cosine": cos0, "step_ids": ids0[None], "step_cosine": cos0[None]}
 
-    # the live set: only slot 0 holds a hypothesis at first ("b of b" candidates at step 1)
-    hyps = jnp.broadcast_to(ids0[:, None], (B, k, L))
-    hyp_emb = jnp.broadcast_to(emb0[:, None], (B, k, emb0.shape[-1]))
-    hyp_cos = jnp.where(jnp.arange(k)[None] == 0, cos0[:, None], -jnp.inf)
+    def update(hyps, hyp_emb, hyp_cos, best_ids, best_cos, settled, active, new):
+        new_hyps, new_emb, new_cos = new
+        if skip_repeated and new_hyps.shape == hyps.shape:
+            settled = settled | jnp.all(new_hyps == hyps, axis=(1, 2))
+        better = (new_cos[:, 0] > best_cos) & active
+        best_ids = jnp.where(better[:, None], new_hyps[:, 0], best_ids)
+        best_cos = jnp.where(better, new_cos[:, 0], best_cos)
+        return (new_hyps, new_emb, new_cos, best_ids, best_cos, settled), (best_ids, best_cos)
 
     def step(carry, _):
-        hyps, hyp_emb, hyp_cos, best_ids, best_cos = carry
-        done = best_cos >= stop_cosine
-        cand = candidates(program, params, e, hyps, hyp_emb)
-        cand_emb = _embed_hypotheses(program, params["embedder"], cand)
-        cand_cos = _cosine(cand_emb, e[:, None])
-        parent_ok = jnp.repeat(jnp.isfinite(hyp_cos), k, axis=1)  # candidates of empty slots do not count
-        score = _first_unique(cand, jnp.where(parent_ok, cand_cos, -jnp.inf))
-        top, j = jax.lax.top_k(score, k)
-        new_hyps = jnp.take_along_axis(cand, j[..., None], axis=1)
-        new_emb = jnp.take_along_axis(cand_emb, j[..., None], axis=1)
-        keep = done[:, None]
-        hyps = jnp.where(keep[..., None], hyps, new_hyps)
-        hyp_emb = jnp.where(keep[..., None], hyp_emb, new_emb)
-        hyp_cos = jnp.where(keep, hyp_cos, top)
-        better = (hyp_cos[:, 0] > best_cos) & ~done
-        best_ids = jnp.where(better[:, None], hyps[:, 0], best_ids)
-        best_cos = jnp.where(better, hyp_cos[:, 0], best_cos)
-        return (hyps, hyp_emb, hyp_cos, best_ids, best_cos), (best_ids, best_cos)
+        hyps, hyp_emb, hyp_cos, best_ids, best_cos, settled = carry
+        active = (best_cos < stop_cosine) & ~settled
+        new = _correct(program, params, e, hyps, hyp_emb, hyp_cos, active, k, skip_repeated)
+        return update(*carry, active, new)
 
-    init = (hyps, hyp_emb, hyp_cos, ids0, cos0)
-    if num_steps > 0:
-        (_, _, _, best_ids, best_cos), (trace_ids, trace_cos) = jax.lax.scan(step, init, None, length=num_steps)
-        trace_ids = jnp.concatenate([ids0[None], trace_ids])
-        trace_cos = jnp.concatenate([cos0[None], trace_cos])
+    # step 1 works from the one hypothesis of step 0 (k candidates per example, not k² from k copies of it)
+    first = (ids0[:, None], emb0[:, None], cos0[:, None], ids0, cos0, jnp.zeros((B,), bool))
+    carry, (ids1, cos1) = step(first, None)
+    if num_steps > 1:
+        _, (trace_ids, trace_cos) = jax.lax.scan(step, carry, None, length=num_steps - 1)
+        trace_ids = jnp.concatenate([ids0[None], ids1[None], trace_ids])
+        trace_cos = jnp.concatenate([cos0[None], cos1[None], trace_cos])
     else:
-        best_ids, best_cos, trace_ids, trace_cos = ids0, cos0, ids0[None], cos0[None]
-    return {"ids": best_ids, "cosine": best_cos, "step_ids": trace_ids, "step_cosine": trace_cos}
-
+        trace_ids, trace_cos = jnp.stack([ids0, ids1]), jnp.stack([cos0, cos1])
+    return {"ids": trace_ids[-1], "cosine": trace_cos[-1], "step_ids": trace_ids, "step_cosine": trace_cos}
 
 # ----------------------------------------------------------------------------- host-side re-embedding
 
 _greedy_jit = jax.jit(greedy_hypotheses, static_argnums=0)
-_candidates_jit = jax.jit(candidates, static_argnums=0)
+_candidates_jit = jax.jit(candidates, static_argnums=0, static_argnames="width")
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -328,21 +426,24 @@ def invert_host(
     texts0 = [decode(r) for r in ids0]
     emb0 = embed(texts0)
     cos0 = np.einsum("bd,bd->b", _unit_rows(emb0), target)
-    hyps = np.repeat(ids0[:, None], k, axis=1)
-    hyp_emb = np.repeat(emb0[:, None], k, axis=1)
-    hyp_cos = np.where(np.arange(k)[None] == 0, cos0[:, None], -np.inf)
+    hyps, hyp_emb, hyp_cos = ids0[:, None], emb0[:, None], cos0[:, None]  # step 1: one hypothesis each
     best_ids, best_cos = ids0.copy(), cos0.copy()
     trace_ids, trace_cos = [ids0.copy()], [cos0.copy()]
     for _ in range(num_steps):
         done = best_cos >= stop_cosine
+        m = hyps.shape[1]
         if not done.all():
-            cand = np.asarray(_candidates_jit(program, params, e, hyps, hyp_emb))  # [B, k*k, L]
+            cand = np.asarray(_candidates_jit(program, params, e, hyps, hyp_emb, width=k))  # [B, m*k, L]
             parent_ok = np.repeat(np.isfinite(hyp_cos), k, axis=1)
+            # finished examples keep their hypotheses (copies of the one at step 1)
+            new_hyps = np.repeat(hyps[:, :1], k, axis=1) if m != k else hyps.copy()
+            new_emb = np.repeat(hyp_emb[:, :1], k, axis=1) if m != k else hyp_emb.copy()
+            new_cos = np.repeat(hyp_cos[:, :1], k, axis=1) if m != k else hyp_cos.copy()
             for b in np.flatnonzero(~done):
                 valid = np.flatnonzero(parent_ok[b])
                 texts = [decode(cand[b, j]) for j in valid]
                 emb = embed(texts)
-                score = np.full(k * k, -np.inf)
+                score = np.full(m * k, -np.inf)
                 score[valid] = _unit_rows(emb) @ target[b]
                 seen: set[str] = set()
                 for j in np.argsort(-score, kind="stable"):  # keep the first (best, then earliest) of each string
@@ -353,12 +454,13 @@ def invert_host(
                         score[j] = -np.inf
                     seen.add(t)
                 top = np.argsort(-score, kind="stable")[:k]
-                hyps[b] = cand[b, top]
-                hyp_cos[b] = score[top]
+                new_hyps[b] = cand[b, top]
+                new_cos[b] = score[top]
                 by_index = dict(zip(valid.tolist(), emb))
-                hyp_emb[b] = np.stack([by_index.get(int(j), hyp_emb[b, 0]) for j in top])
-                if hyp_cos[b, 0] > best_cos[b]:
-                    best_ids[b], best_cos[b] = hyps[b, 0], hyp_cos[b, 0]
+                new_emb[b] = np.stack([by_index.get(int(j), hyp_emb[b, 0]) for j in top])
+                if new_cos[b, 0] > best_cos[b]:
+                    best_ids[b], best_cos[b] = new_hyps[b, 0], new_cos[b, 0]
+            hyps, hyp_emb, hyp_cos = new_hyps, new_emb, new_cos
         trace_ids.append(best_ids.copy())
         trace_cos.append(best_cos.copy())
     return {"ids": best_ids, "cosine": best_cos, "step_ids": np.stack(trace_ids), "step_cosine": np.stack(trace_cos)}

@@ -107,17 +107,49 @@ def corrector_from_state_dict(
     return cfg, _f32(params)
 
 
-def load_folder(folder: str | os.PathLike):
-    """A vec2text checkpoint folder -> (config, params) of an Inverter or a Corrector, by its contents."""
+def load_folder(folder: str | os.PathLike, **t5_overrides):
+    """A vec2text checkpoint folder -> (config, params) of an Inverter or a Corrector, by its contents.
+
+    The special token ids are not in a vec2text checkpoint (its config.json is the InversionConfig): they default
+    to T5's (pad = decoder start = 0, EOS = 1); a backbone decoding in another vocabulary must say its own, e.g.
+    `eos_token_id=102` for a WordPiece ([SEP]) backbone (or use `load_model`, which reads them off the embedder)."""
     folder = Path(folder)
     sd = t5_lib.read_hf_state_dict(folder)
     sd = {k: v for k, v in sd.items() if not k.startswith("embedder.")}
     meta = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
     if "embedding_transform_1.0.weight" in sd:
-        return corrector_from_state_dict(sd, bool(meta.get("corrector_ignore_hypothesis_embedding", False)))
+        ignore = bool(meta.get("corrector_ignore_hypothesis_embedding", False))
+        return corrector_from_state_dict(sd, ignore, **t5_overrides)
     if "embedding_transform.0.weight" in sd:
-        return inverter_from_state_dict(sd)
+        return inverter_from_state_dict(sd, **t5_overrides)
     raise ValueError(f"{folder}: neither a vec2text InversionModel nor a CorrectorEncoderModel checkpoint")
+
+
+def load_model(inverter_folder, corrector_folder, embedder, max_length: int = 32):
+    """An `api.Vec2Text` from vec2text checkpoint folders whose backbones decode in the embedder's own WordPiece
+    vocabulary (pad = decoder start = [PAD], EOS = [SEP]), so hypotheses are re-embedded inside the compiled
+    program. The token ids come from the embedder's tokenizer, never T5's defaults; a backbone with another
+    vocabulary (T5 SentencePiece, as the published GTR models) is refused: run it with `inversion_program` and
+    `correction.invert_host`."""
+    from v2t_jax import api
+
+    tok = embedder.tokenizer
+    sep = tok.token_to_id("[SEP]")
+    ids = dict(eos_token_id=sep, pad_token_id=embedder.pad_token_id, decoder_start_token_id=embedder.pad_token_id)
+    inv_cfg, inv_params = load_folder(inverter_folder, **ids)
+    if not isinstance(inv_cfg, inversion.InverterConfig):
+        raise ValueError(f"{inverter_folder}: not a vec2text InversionModel checkpoint")
+    if sep is None or inv_cfg.t5.vocab_size != tok.get_vocab_size():
+        raise ValueError(
+            f"{inverter_folder}: its backbone's vocabulary ({inv_cfg.t5.vocab_size} tokens) is not the embedder's "
+            f"({tok.get_vocab_size()}): run it through text with inversion_program + correction.invert_host"
+        )
+    cor_cfg = cor_params = None
+    if corrector_folder is not None:
+        cor_cfg, cor_params = load_folder(corrector_folder, **ids)
+        if not isinstance(cor_cfg, correction.CorrectorConfig):
+            raise ValueError(f"{corrector_folder}: not a vec2text CorrectorEncoderModel checkpoint")
+    return api.build(inv_cfg, inv_params, cor_cfg, cor_params, embedder, max_length)
 
 
 def inversion_program(
