@@ -12,8 +12,9 @@ grid point (steps, sequence beam, batch), both sides invert the same random unit
 alternating reference and v2t_jax run by run so that machine load falls on both alike. The table gives medians,
 the ratio, each side's peak resident memory over that point (Linux VmHWM, reset per point), the mean generated
 length (tokens incl. EOS: equal work needs equal lengths; random decoders rarely stop early), the load average,
-and how many texts agree between the two sides (at step 0 this is the first hypothesis on shared weights;
-after correction steps float rounding may fork a search).
+and how many texts agree between the two sides (at step 0 this is the first hypothesis on shared weights,
+after correction steps the last step's top hypothesis, which is what vec2text returns; float rounding may fork
+a search in near-ties).
 
 Both sides run their whole loop: v2t_jax's early exits (`--exit`) are off unless asked for, so the comparison is
 of equal work; `--exit fixed` adds the rows a user gets with the exact fixed-point exit and de-duplication.
@@ -44,6 +45,56 @@ SHAPES = {
 GRID = [(0, 1, 16), (0, 1, 64), (5, 1, 16), (5, 1, 64), (5, 4, 16), (20, 4, 16)]
 
 
+def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
+    """This machine's jitted float32 matrix-product rate (GFLOP/s, median of `repeats` n×n @ n×n)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x, y: x @ y)
+    jax.block_until_ready(f(a, a))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(a, a))
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def loop_gflops(t5: dict, steps: int, beam: int, batch: int, length: int = 31, repeat: int = 16) -> dict:
+    """Model FLOPs of one inversion (multiply-adds × 2; what both implementations must compute), by part.
+
+    T5 (d, h·d_kv, gated FFN d_ff, vocabulary V = 30,522): an encoder token costs layers × (8·d·hd + 6·d·ff) +
+    attention; a decoded token per beam row layers × (8·d·hd self + 4·d·hd cross q/o + 6·d·ff + attention over
+    its `length` self and encoder positions) + 2·d·V for the LM head; cross keys/values 4·d·hd per encoder token
+    per layer. MiniLM-L6 (d 384, ff 1,536, 32 tokens): 0.69 GFLOP per embedded sequence. Step 0 is the inverter
+    (R = 16 encoder positions) and its greedy decode; with correction steps its hypothesis is embedded, step 1
+    decodes `beam` candidates of each example's one hypothesis, each later step `beam` of each of `beam`, from
+    corrector encoder inputs of 4 + 3R + length positions, and every candidate is embedded."""
+    d, hd, ff, layers = t5["d_model"], t5["num_heads"] * t5["d_kv"], t5["d_ff"], t5["num_layers"]
+    V = 30522
+    enc_tok = lambda n: layers * (8 * d * hd + 6 * d * ff + 4 * n * hd) + layers * 4 * d * hd  # noqa: E731
+    dec_tok = lambda n: layers * (12 * d * hd + 6 * d * ff + 4 * hd * (length + n))  # noqa: E731
+    head = 2 * d * V
+    emb_seq = 32 * 6 * (8 * 384 * 384 + 4 * 384 * 1536 + 4 * 32 * 384)
+    parts = {"encoder": 0.0, "decoder layers": 0.0, "LM head": 0.0, "embedder": 0.0}
+    parts["encoder"] += batch * repeat * enc_tok(repeat)
+    parts["decoder layers"] += batch * length * dec_tok(repeat)
+    parts["LM head"] += batch * length * head
+    if steps:
+        parts["embedder"] += batch * emb_seq
+        n_enc = 4 + 3 * repeat + length
+        for s in range(steps):
+            rows = batch * (1 if s == 0 else beam)
+            parts["encoder"] += rows * n_enc * enc_tok(n_enc)
+            parts["decoder layers"] += rows * beam * length * dec_tok(n_enc)
+            parts["LM head"] += rows * beam * length * head
+            parts["embedder"] += rows * beam * emb_seq
+    parts = {k: v / 1e9 for k, v in parts.items()}
+    parts["total"] = sum(parts.values())
+    return parts
+
+
 class Reference:
     """The vec2text server process: one JSON request per line, one JSON reply per line."""
 
@@ -66,7 +117,9 @@ class Reference:
         ]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         self.log = open(out / "reference.log", "w")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env
+        )
         self.info = self._reply()
 
     def _reply(self) -> dict:
@@ -105,7 +158,7 @@ def ours_runner(model, exit_mode: str):
         t0 = time.perf_counter()
         out = jax.block_until_ready(fn(model.params, e))
         seconds = time.perf_counter() - t0
-        ids = np.asarray(out["ids"])
+        ids = np.asarray(out.get("last_ids", out["ids"]))  # vec2text returns the last step's hypothesis
         rss, _ = bench._peak_rss_bytes()
         return {
             "seconds": seconds,
@@ -148,6 +201,8 @@ def main() -> None:
     emb = embedders.load_embedder(embedder_folder)
     model = vec2text_import.load_model(work / "inverter", work / "corrector", emb, max_length=length)
     runners = {x: ours_runner(model, x) for x in exits}
+    rate = matmul_gflops()
+    print(f"compare: jitted float32 matmul rate {rate:.0f} GFLOP/s", flush=True)
     rng = np.random.default_rng(a.seed)
     rows = []
     for steps, beam, batch in grid:
@@ -166,6 +221,7 @@ def main() -> None:
             for x in exits:
                 rt[x].append(runners[x](e, steps, beam))
         ref_s = statistics.median(r["seconds"] for r in ot)
+        flops = loop_gflops(SHAPES[a.shape], steps, beam, batch)
         for x in exits:
             ours = rt[x]
             our_s = statistics.median(o["seconds"] for o in ours)
@@ -188,6 +244,9 @@ def main() -> None:
                     "agree": agree,
                     "compile_s": ours[0]["compile_s"],
                     "load": load,
+                    "gflop": flops,
+                    "ours_matmul_fraction": flops["total"] / our_s / rate,
+                    "reference_matmul_fraction": flops["total"] / ref_s / rate,
                     "reference_runs": [r["seconds"] for r in ot],
                     "ours_runs": [o["seconds"] for o in ours],
                 }
@@ -198,7 +257,8 @@ def main() -> None:
                 flush=True,
             )
     ref.close()
-    write(rows, Path(a.out), " ".join(["python", "experiments/compare_vec2text.py"] + sys.argv[1:]), a, ref.info)
+    command = " ".join(["python", "experiments/compare_vec2text.py"] + sys.argv[1:])
+    write(rows, Path(a.out), command, a, {**ref.info, "matmul_gflops": rate})
 
 
 def write(rows: list[dict], out: Path, command: str, a, info: dict) -> None:
@@ -224,15 +284,20 @@ def write(rows: list[dict], out: Path, command: str, a, info: dict) -> None:
         f"Medians of {a.repeats} runs after a warm-up; peak = resident memory over the point (VmHWM reset per point);"
         " tokens = mean generated tokens incl. EOS; agree = texts equal on both sides (last run).",
         "",
+        f"GFLOP = model FLOPs of the inversion (`loop_gflops`); % matmul = GFLOP / time / this machine's jitted"
+        f" float32 matmul rate ({info['matmul_gflops']:.0f} GFLOP/s, 1024² products).",
+        "",
         "| steps | sbeam | batch | exit | vec2text s | v2t_jax s | speed-up | vec2text /s | v2t_jax /s "
-        "| vec2text peak MiB | v2t_jax peak MiB | tokens (ref / ours) | agree | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| vec2text peak MiB | v2t_jax peak MiB | tokens (ref / ours) | agree | GFLOP | % matmul (ref / ours) | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {r['steps']} | {r['beam']} | {r['batch']} | {r['exit']} | {r['reference_s']:.3f} | {r['ours_s']:.3f} | "
         f"**{r['speedup']:.2f}×** | {r['reference_per_s']:.2f} | {r['ours_per_s']:.2f} | "
         f"{r['reference_peak_mib']:.0f} | {r['ours_peak_mib']:.0f} | "
-        f"{r['reference_tokens']:.1f} / {r['ours_tokens']:.1f} | {r['agree']}/{r['batch']} | {r['load']:.1f} |"
+        f"{r['reference_tokens']:.1f} / {r['ours_tokens']:.1f} | {r['agree']}/{r['batch']} | "
+        f"{r['gflop']['total']:.0f} | "
+        f"{100 * r['reference_matmul_fraction']:.0f} / {100 * r['ours_matmul_fraction']:.0f} | {r['load']:.1f} |"
         for r in rows
     ]
     text = "\n".join(lines) + "\n"

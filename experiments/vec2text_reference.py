@@ -108,7 +108,10 @@ def build(embedder_folder: str, out: Path, seed: int, shape: dict, length: int, 
             corrector,
             name,
             torch.nn.Sequential(
-                torch.nn.Linear(dim, dim), torch.nn.Dropout(0.0), torch.nn.GELU(), torch.nn.Linear(dim, d_model * repeat)
+                torch.nn.Linear(dim, dim),
+                torch.nn.Dropout(0.0),
+                torch.nn.GELU(),
+                torch.nn.Linear(dim, d_model * repeat),
             ),
         )
     corrector.embedder_dim = dim
@@ -117,7 +120,9 @@ def build(embedder_folder: str, out: Path, seed: int, shape: dict, length: int, 
     from safetensors.torch import save_file
 
     for name, model in (("inverter", inverter), ("corrector", corrector)):
-        sd = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items() if not k.startswith("embedder.")}
+        sd = {
+            k: v.detach().clone().contiguous() for k, v in model.state_dict().items() if not k.startswith("embedder.")
+        }
         save_file(sd, str(out / name / "model.safetensors"))
         (out / name / "config.json").write_text(json.dumps(model.config.to_dict(), indent=1, default=str) + "\n")
     return vec2text.api.load_corrector(inverter, corrector)

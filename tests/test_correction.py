@@ -133,3 +133,68 @@ def test_stop_cosine_freezes_finished_examples():
     cos = np.asarray(out["step_cosine"])
     assert (cos == cos[0]).all()
     np.testing.assert_array_equal(np.asarray(out["ids"]), np.asarray(out["step_ids"][0]))
+
+
+def test_on_rows_runs_only_the_masked_rows():
+    """`_on_rows` gives fn's values on the masked rows and the fill elsewhere, and fn sees only a capacity's
+    worth of rows (the smallest one holding them), none when no row is masked."""
+    x = jnp.arange(8.0)[:, None] * jnp.ones((8, 3))
+    fill = -jnp.ones((8, 3))
+    seen = []
+
+    def fn(rows):
+        seen.append(rows.shape[0])  # traced once per branch: the capacities compiled
+        return rows * 10
+
+    caps = correction._buckets(8, 2)
+    assert caps == [2, 4, 8]
+    for mask in ([0, 1, 0, 0, 0, 0, 1, 0], [1] * 8, [0] * 8, [1, 1, 1, 0, 0, 0, 0, 0]):
+        m = jnp.asarray(mask, bool)
+        out = np.asarray(jax.jit(lambda m: correction._on_rows(m, fn, (x,), fill, caps))(m))
+        want = np.where(np.asarray(m)[:, None], np.asarray(x) * 10, -1.0)
+        np.testing.assert_array_equal(out, want)
+    assert sorted(set(seen)) == caps
+
+
+def test_greedy_correction_is_the_corrector_greedy_decode():
+    """Width 1 is greedy decoding (the reference's generate with one beam), not a one-wide beam search."""
+    from v2t_jax import decoding
+
+    prog, params, targets = _program()
+    ids = correction.greedy_hypotheses(prog, params, targets)
+    emb = correction._embed_hypotheses(prog, params["embedder"], ids)
+    cand = correction.candidates(prog, params, targets, ids[:, None], emb[:, None], width=1)
+    cor = correction.Corrector(prog.corrector)
+    vc = {"params": params["corrector"]}
+    cache = cor.apply(vc, targets, emb, ids, ids != 0, prog.length, method=correction.Corrector.init_cache)
+    want = decoding.greedy(
+        lambda t, c: cor.apply(vc, t, c, method=correction.Corrector.decode_step), cache, 5, prog.length, 0, 1, 0
+    )
+    np.testing.assert_array_equal(np.asarray(cand[:, 0]), np.asarray(want))
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_skip_repeated_gives_the_full_loops_outputs(beam):
+    """Skipping fixed points and repeated candidates changes the work, not the result; an example that stopped
+    has reached a fixed point: its best never changes after."""
+    prog, params, targets = _program()
+    run = jax.jit(correction.invert, static_argnums=(0, 3, 4), static_argnames=("skip_repeated",))
+    full = jax.device_get(run(prog, params, targets, 6, beam))
+    fast = jax.device_get(run(prog, params, targets, 6, beam, skip_repeated=True))
+    np.testing.assert_array_equal(fast["step_ids"], full["step_ids"])
+    np.testing.assert_allclose(fast["step_cosine"], full["step_cosine"], atol=1e-6)
+    np.testing.assert_array_equal(fast["last_ids"], full["last_ids"])
+    assert full["step_active"].all()  # without skipping every example works at every step
+    active = fast["step_active"]
+    assert not active.all()  # random small models settle quickly: some work was skipped
+    for t, b in zip(*np.nonzero(~active)):
+        assert not active[t:, b].any()  # once stopped, stopped
+        np.testing.assert_array_equal(fast["step_ids"][t + 1 :, b], fast["step_ids"][t : t + 1, b].repeat(6 - t, 0))
+
+
+def test_step_zero_without_scoring_skips_the_embedder():
+    prog, params, targets = _program()
+    scored = correction.invert(prog, params, targets, 0, 1)
+    bare = correction.invert(prog, params, targets, 0, 1, score=False)
+    np.testing.assert_array_equal(np.asarray(bare["ids"]), np.asarray(scored["ids"]))
+    assert np.isnan(np.asarray(bare["cosine"])).all() and np.isfinite(np.asarray(scored["cosine"])).all()

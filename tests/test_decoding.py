@@ -127,3 +127,21 @@ def test_beams_share_their_rows_cross_attention_cache():
     s2, p2 = jax.jit(lambda c: decoding.beam_search(per_beam, c, b, k, L, 0, cfg.eos_token_id))(plain)
     np.testing.assert_array_equal(np.asarray(s1), np.asarray(s2))
     np.testing.assert_allclose(np.asarray(p1), np.asarray(p2), atol=1e-5)
+
+
+def test_fast_argmax_and_top_k_match_jax_including_ties():
+    """The vectorised argmax and the chunked top-k return exactly what jnp.argmax / lax.top_k return: values,
+    indices, and the lower index first among equal values (ties across and within chunks, a short last chunk)."""
+    rng = np.random.default_rng(0)
+    for V in (50, 30522, 1000):
+        x = rng.normal(size=(7, V)).astype(np.float32)
+        x[1, :] = 0.0  # a row of ties
+        x[2, [3, V - 1, V // 2]] = 9.0  # ties of the maximum far apart
+        x[3, V - 5 :] = 8.0  # the best values in the short last chunk
+        x[4] = np.round(x[4])  # many ties everywhere
+        np.testing.assert_array_equal(np.asarray(decoding.argmax_last(jnp.asarray(x))), np.argmax(x, -1))
+        for k in (1, 8):
+            want = jax.lax.top_k(jnp.asarray(x), k)
+            got = jax.jit(decoding.top_k_last, static_argnums=(1, 2))(jnp.asarray(x), k, 16)
+            np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
+            np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))

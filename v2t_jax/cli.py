@@ -283,6 +283,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             return_trace=True,
             progress=not args.quiet,
+            skip_repeated=args.skip_repeated,
         )
     except api.ModelError as e:
         raise UsageError(str(e)) from e
@@ -370,7 +371,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         desc = f"bundle {args.checkpoint}"
     if model.program.corrector is None and max(steps) > 0:
         raise UsageError(f"{args.checkpoint} is an inverter-only bundle: use --steps 0")
-    rows = bench.run(model, batches, steps, beams, args.repeats, progress=not args.quiet)
+    rows = bench.run(
+        model, batches, steps, beams, args.repeats, progress=not args.quiet, skip_repeated=args.skip_repeated
+    )
     command = "v2t bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "v2t bench"
     print(bench.write(rows, Path(args.output), command, desc))
     return 0
@@ -540,6 +543,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     iv.add_argument("--stop-cosine", type=float, default=None, help="stop an example once its cosine reaches this")
     iv.add_argument("--batch-size", type=int, default=32)
+    iv.add_argument(
+        "--no-skip-repeated",
+        dest="skip_repeated",
+        action="store_false",
+        help="run every step for every vector (default: a vector stops at a fixed point, repeats are embedded once)",
+    )
     iv.add_argument("--output", required=True, help="JSON lines: text, cosine[, steps with --trace]")
     iv.add_argument("--trace", action="store_true", help="also write every step's hypothesis and cosine")
     iv.add_argument("--cache-dir", default=None)
@@ -558,6 +567,11 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--steps", default="0,5,20", help="comma-separated correction steps (default %(default)s)")
     bn.add_argument("--beam", default="1,4,8", help="comma-separated sequence beam widths (default %(default)s)")
     bn.add_argument("--repeats", type=int, default=3, help="timed runs per point after compile")
+    bn.add_argument(
+        "--skip-repeated",
+        action="store_true",
+        help="time the loop that skips fixed points and repeated candidates (default: the full loop)",
+    )
     bn.add_argument("--output", default="bench", help="writes OUTPUT.md and OUTPUT.json (default %(default)s)")
     bn.add_argument("--cache-dir", default=None)
     bn.add_argument("--quiet", action="store_true")

@@ -331,8 +331,9 @@ def invert(
     score: False skips re-embedding the step-0 hypothesis when there are no correction steps (its cosine is
     then NaN): the inverter's work alone, as vec2text does.
 
-    Returns ids [B, L] and cosine [B] of the best hypothesis, and per-step best ids [S+1, B, L] and best
-    cosines [S+1, B] (step 0 first).
+    Returns ids [B, L] and cosine [B] of the best hypothesis, per-step best ids [S+1, B, L] and best
+    cosines [S+1, B] (step 0 first), and with correction steps which examples worked at each [S, B] and the
+    last step's top hypothesis [B, L] (what vec2text returns; the best seen may come from an earlier step).
     """
     e = embeddings.astype(jnp.float32)
     B, k = e.shape[0], beam
@@ -355,7 +356,7 @@ def invert(
         better = (new_cos[:, 0] > best_cos) & active
         best_ids = jnp.where(better[:, None], new_hyps[:, 0], best_ids)
         best_cos = jnp.where(better, new_cos[:, 0], best_cos)
-        return (new_hyps, new_emb, new_cos, best_ids, best_cos, settled), (best_ids, best_cos)
+        return (new_hyps, new_emb, new_cos, best_ids, best_cos, settled), (best_ids, best_cos, active)
 
     def step(carry, _):
         hyps, hyp_emb, hyp_cos, best_ids, best_cos, settled = carry
@@ -365,14 +366,22 @@ def invert(
 
     # step 1 works from the one hypothesis of step 0 (k candidates per example, not k² from k copies of it)
     first = (ids0[:, None], emb0[:, None], cos0[:, None], ids0, cos0, jnp.zeros((B,), bool))
-    carry, (ids1, cos1) = step(first, None)
+    carry, trace1 = step(first, None)
+    trace = jax.tree_util.tree_map(lambda x: x[None], trace1)
     if num_steps > 1:
-        _, (trace_ids, trace_cos) = jax.lax.scan(step, carry, None, length=num_steps - 1)
-        trace_ids = jnp.concatenate([ids0[None], ids1[None], trace_ids])
-        trace_cos = jnp.concatenate([cos0[None], cos1[None], trace_cos])
-    else:
-        trace_ids, trace_cos = jnp.stack([ids0, ids1]), jnp.stack([cos0, cos1])
-    return {"ids": trace_ids[-1], "cosine": trace_cos[-1], "step_ids": trace_ids, "step_cosine": trace_cos}
+        carry, rest = jax.lax.scan(step, carry, None, length=num_steps - 1)
+        trace = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), trace, rest)
+    trace_ids = jnp.concatenate([ids0[None], trace[0]])
+    trace_cos = jnp.concatenate([cos0[None], trace[1]])
+    return {
+        "ids": trace_ids[-1],
+        "cosine": trace_cos[-1],
+        "step_ids": trace_ids,
+        "step_cosine": trace_cos,
+        "step_active": trace[2],  # [S, B]: which examples did the work of each correction step
+        "last_ids": carry[0][:, 0],  # [B, L]: the last step's top hypothesis (vec2text returns this one)
+    }
+
 
 # ----------------------------------------------------------------------------- host-side re-embedding
 

@@ -279,28 +279,30 @@ class Attention(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
     def project_kv(self, x_bke: Array) -> tuple[Array, Array]:
+        """Keys and values of x [b, k, e], heads-major [b, h, k, d]: the layout the two attention products
+        read without a transpose (decoder caches are kept in it)."""
         dt = self.config.dtype
         k = _matmul(x_bke.astype(dt), jnp.asarray(self.k, dt))  # [b, k, h, d]
         v = _matmul(x_bke.astype(dt), jnp.asarray(self.v, dt))
-        return k, v
+        return jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
 
     def __call__(
         self,
         x_bqe: Array,
-        k_bkhd: Array,
-        v_bkhd: Array,
+        k_bhkd: Array,
+        v_bhkd: Array,
         bias_bhqk: Array,
         deterministic: bool,
     ) -> Array:
-        """Attends queries from x to precomputed keys/values; bias already holds the mask."""
+        """Attends queries from x to precomputed keys/values [b, h, k, d]; bias already holds the mask."""
         dt = self.config.dtype
         q = _matmul(x_bqe.astype(dt), jnp.asarray(self.q, dt))  # [b, q, h, d]
-        rows, n_q = k_bkhd.shape[0], q.shape[1]
+        rows, n_q = k_bhkd.shape[0], q.shape[1]
         group = q.shape[0] // rows  # > 1: beams of a row attend to the row's shared keys/values
         if group > 1:
             q = q.reshape((rows, group * n_q) + q.shape[2:])
-        # [b, h, l, d] layout for the two batched products (faster on XLA:CPU than [b, l, h, d])
-        q_bhqd, k_bhkd, v_bhkd = (jnp.swapaxes(t, 1, 2) for t in (q, k_bkhd, v_bkhd))
+        # [b, h, l, d] layout for the two batched products (several times faster on XLA:CPU than [b, l, h, d])
+        q_bhqd = jnp.swapaxes(q, 1, 2)
         scores = jnp.einsum("bhqd,bhkd->bhqk", q_bhqd, k_bhkd).astype(jnp.float32) + bias_bhqk
         probs = jax.nn.softmax(scores, axis=-1)
         probs = self.dropout(probs, deterministic=deterministic).astype(dt)
@@ -384,8 +386,8 @@ class DecoderLayer(nn.Module):
         k, v = self.self_attn.project_kv(h)
         if self_cache is not None:  # write the new keys/values at cache_index, attend over the whole cache
             ck, cv = self_cache
-            k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
-            v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
+            k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=2)
+            v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=2)
             self_cache = (k, v)
         x = x + drop(self.self_attn(h, k, v, self_bias, deterministic))
         h = self.cross_attn_norm(x)
@@ -423,16 +425,16 @@ class Encoder(nn.Module):
 class DecoderCache:
     """Incremental-decoding state. Every array leaf is batch-first except `index`."""
 
-    self_k: tuple[Array, ...]  # per layer [b, max_len, h, d]
-    self_v: tuple[Array, ...]  # per layer [b, max_len, h, d]
-    cross_k: tuple[Array, ...]  # per layer [b, enc_len, h, d]
-    cross_v: tuple[Array, ...]  # per layer [b, enc_len, h, d]
+    self_k: tuple[Array, ...]  # per layer [b, h, max_len, d] (heads-major, see Attention.project_kv)
+    self_v: tuple[Array, ...]  # per layer [b, h, max_len, d]
+    cross_k: tuple[Array, ...]  # per layer [b, h, enc_len, d]
+    cross_v: tuple[Array, ...]  # per layer [b, h, enc_len, d]
     encoder_mask: Array  # [b, enc_len] bool
     index: Array  # [] int32, number of decoder positions already written
 
     @property
     def max_length(self) -> int:
-        return self.self_k[0].shape[1]
+        return self.self_k[0].shape[2]
 
     def map_beams(self, fn) -> "DecoderCache":
         """fn applied to the self-attention cache only: in beam search the k beams of a row share the row's
@@ -592,7 +594,7 @@ class T5(nn.Module):
         cfg = self.config
         b = encoder_states.shape[0]
         ck, cv = self.decoder.cross_kv(encoder_states)
-        zeros = jnp.zeros((b, max_length, cfg.num_heads, cfg.d_kv), cfg.dtype)
+        zeros = jnp.zeros((b, cfg.num_heads, max_length, cfg.d_kv), cfg.dtype)
         n = cfg.num_decoder_layers
         return DecoderCache(
             self_k=(zeros,) * n,
