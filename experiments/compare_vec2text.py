@@ -70,7 +70,8 @@ def loop_gflops(t5: dict, steps: int, beam: int, batch: int, length: int = 31, r
     per layer. MiniLM-L6 (d 384, ff 1,536, 32 tokens): 0.69 GFLOP per embedded sequence. Step 0 is the inverter
     (R = 16 encoder positions) and its greedy decode; with correction steps its hypothesis is embedded, step 1
     decodes `beam` candidates of each example's one hypothesis, each later step `beam` of each of `beam`, from
-    corrector encoder inputs of 4 + 3R + length positions, and every candidate is embedded."""
+    corrector encoder inputs of 4 + 3R + 1 + length positions (the start token leads the hypothesis), and every
+    candidate is embedded."""
     d, hd, ff, layers = t5["d_model"], t5["num_heads"] * t5["d_kv"], t5["d_ff"], t5["num_layers"]
     V = 30522
     enc_tok = lambda n: layers * (8 * d * hd + 6 * d * ff + 4 * n * hd) + layers * 4 * d * hd  # noqa: E731
@@ -83,7 +84,7 @@ def loop_gflops(t5: dict, steps: int, beam: int, batch: int, length: int = 31, r
     parts["LM head"] += batch * length * head
     if steps:
         parts["embedder"] += batch * emb_seq
-        n_enc = 4 + 3 * repeat + length
+        n_enc = 4 + 3 * repeat + length + 1  # the hypothesis led by the decoder start token (vec2text)
         for s in range(steps):
             rows = batch * (1 if s == 0 else beam)
             parts["encoder"] += rows * n_enc * enc_tok(n_enc)

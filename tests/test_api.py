@@ -189,6 +189,22 @@ def test_bench_grid_writes_table(capsys, tmp_path, bundle):
     assert "comma-separated integers" in capsys.readouterr().err
 
 
+def test_bench_peak_memory_is_per_point():
+    """The peak-memory window restarts per grid point: a large allocation before the reset does not count."""
+    import numpy as np
+
+    from v2t_jax import bench
+
+    big = np.ones(400 * 2**20 // 8)  # 400 MiB resident
+    before, _ = bench._peak_rss_bytes()
+    del big
+    bench.reset_peak_memory()
+    after, windowed = bench._peak_rss_bytes()
+    if not windowed:
+        pytest.skip("this kernel cannot reset the peak resident set")
+    assert after < before - 300 * 2**20
+
+
 def test_bench_random_weights_of_a_config(capsys, tmp_path, bundle):
     """`v2t bench --config` times random weights of the shapes a config trains, before any training."""
     root = Path(__file__).resolve().parents[1]

@@ -122,6 +122,20 @@ def test_cli_invert_with_correction_steps(tmp_path, model, targets, tiny_models)
     assert len(rows) == len(targets)
     assert rows[0]["text"] == model.invert_embeddings(targets[:1], num_steps=2, sequence_beam_width=2)[0]
     assert all(len(r["steps"]["hypotheses"]) == 3 for r in rows)
+    # the full loop (every step for every vector) writes the same texts
+    args[args.index(str(tmp_path / "o.jsonl"))] = str(tmp_path / "full.jsonl")
+    assert cli.main(args + ["--no-skip-repeated"]) == 0
+    full = [json.loads(x) for x in (tmp_path / "full.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in full] == [r["text"] for r in rows]
+
+
+def test_skip_repeated_on_a_trained_model_skips_work_and_keeps_the_texts(model, targets):
+    """On a trained model hypotheses reach fixed points: the skipping loop stops those examples (and reports
+    which examples worked at each step) and returns the full loop's ids."""
+    fast = jax.device_get(model._run(model.program, model.params, targets, 6, 2, 2.0, skip_repeated=True))
+    full = jax.device_get(model._run(model.program, model.params, targets, 6, 2, 2.0))
+    np.testing.assert_array_equal(fast["step_ids"], full["step_ids"])
+    assert full["step_active"].all() and not fast["step_active"].all()
 
 
 def test_corrector_config_errors_are_one_line(capsys, tmp_path, tiny_data, tiny_models):

@@ -3,6 +3,7 @@
 Golden files: tests/golden/vec2text, made by tests/golden/make_vec2text_golden.py in the reference's own venv.
 """
 
+import shutil
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -102,3 +103,19 @@ def test_imported_models_invert_through_host_side_re_embedding(io, tmp_path):
     emb = black_box(texts)
     cos = (emb * e).sum(1) / np.linalg.norm(emb, axis=1) / np.linalg.norm(e, axis=1)
     np.testing.assert_allclose(out["cosine"], cos, atol=1e-5)
+
+
+def test_load_model_takes_token_ids_from_the_embedder_and_refuses_another_vocabulary(tmp_path):
+    """`load_model` builds an in-graph model only for a backbone decoding in the embedder's vocabulary, with the
+    embedder's [SEP] as EOS (not T5's default 1); the golden 60-token backbones are refused in one line."""
+    from v2t_jax.models import embedders
+
+    for name in ("inverter", "corrector"):
+        (tmp_path / name).mkdir()
+        shutil.copy(GOLDEN / f"{name}.safetensors", tmp_path / name / "model.safetensors")
+    emb = embedders.load_embedder("all-MiniLM-L6-v2")
+    with pytest.raises(ValueError, match="not the embedder's"):
+        vec2text_import.load_model(tmp_path / "inverter", tmp_path / "corrector", emb)
+    cfg, _ = vec2text_import.load_folder(tmp_path / "corrector", eos_token_id=102)
+    assert cfg.t5.eos_token_id == 102
+    assert vec2text_import.load_folder(tmp_path / "corrector")[0].t5.eos_token_id == 1

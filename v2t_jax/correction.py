@@ -37,6 +37,10 @@ class CorrectorConfig:
     ignore_hypothesis_embedding: bool = False
     training_noise: float = 0.0  # Gaussian noise on e and ê in training (vec2text 0.0.13: 0; later versions 1e-5)
     layer_norm_eps: float = 1e-5  # torch.nn.LayerNorm's default
+    # vec2text feeds each hypothesis back as `generate` returns it, led by the decoder start token (pad, masked
+    # out), so its hypothesis tokens sit one position later and its correctors were trained so: imported
+    # correctors set this. Ours are trained on hypotheses without it.
+    hypothesis_start_token: bool = False
 
     @property
     def bottleneck(self) -> int:
@@ -195,6 +199,8 @@ def candidates(program: InversionProgram, params: dict, e: Array, hyps: Array, h
     cor = Corrector(program.corrector)
     vc = {"params": params["corrector"]}
     flat_ids = hyps.reshape(B * m, L)
+    if program.corrector.hypothesis_start_token:
+        flat_ids = jnp.concatenate([jnp.full((B * m, 1), program.pad_id, flat_ids.dtype), flat_ids], axis=1)
     c = cor.apply(
         vc,
         jnp.repeat(e, m, axis=0),

@@ -96,6 +96,7 @@ def corrector_from_state_dict(
         bottleneck_dim=w0.shape[0],
         num_repeat_tokens=w3.shape[0] // t5cfg.d_model,
         ignore_hypothesis_embedding=ignore_hypothesis_embedding,
+        hypothesis_start_token=True,  # vec2text's hypotheses come back from generate led by the start token
     )
     params = {
         "transform_target": _transform(sd, "embedding_transform_1"),
