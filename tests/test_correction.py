@@ -198,3 +198,18 @@ def test_step_zero_without_scoring_skips_the_embedder():
     bare = correction.invert(prog, params, targets, 0, 1, score=False)
     np.testing.assert_array_equal(np.asarray(bare["ids"]), np.asarray(scored["ids"]))
     assert np.isnan(np.asarray(bare["cosine"])).all() and np.isfinite(np.asarray(scored["cosine"])).all()
+
+
+def test_pieces_bound_memory_and_change_nothing(monkeypatch):
+    """Big batches decode and re-embed in pieces (`_in_chunks`, padded last piece): same outputs as in one go."""
+    x = jnp.arange(10.0).reshape(5, 2)
+    out = correction._in_chunks(lambda a: (a * 2, a.sum(-1)), (x,), 2)  # 3 pieces of 2, one padded row
+    np.testing.assert_array_equal(np.asarray(out[0]), np.asarray(x) * 2)
+    np.testing.assert_array_equal(np.asarray(out[1]), np.asarray(x).sum(-1))
+    prog, params, targets = _program()
+    whole = jax.device_get(correction.invert(prog, params, targets, 2, 3))
+    monkeypatch.setattr(correction, "DECODE_ROWS", 6)  # two examples' 3x3 beam rows at a time
+    monkeypatch.setattr(correction, "EMBED_ROWS", 4)
+    pieces = jax.device_get(correction.invert(prog, params, targets, 2, 3))
+    np.testing.assert_array_equal(pieces["step_ids"], whole["step_ids"])
+    np.testing.assert_allclose(pieces["step_cosine"], whole["step_cosine"], atol=1e-6)

@@ -218,6 +218,28 @@ def candidates(program: InversionProgram, params: dict, e: Array, hyps: Array, h
     return cand.reshape(B, m * width, L)
 
 
+# Work per piece inside one correction step: decoded beam rows and re-embedded sequences. Bigger batches run in
+# pieces of this size (`_in_chunks`), so memory stays that of a batch-16, beam-4 step (the matrix products
+# are as large as at 256 rows already; more rows per piece gain little speed on a CPU).
+DECODE_ROWS = 256
+EMBED_ROWS = 256
+
+
+def _in_chunks(fn, inputs: tuple, size: int):
+    """fn(*inputs) computed over the leading axis in equal pieces of at most `size` rows (`lax.map`, the last
+    piece padded with copies of row 0), for memory bounded by the piece rather than the whole batch."""
+    n = inputs[0].shape[0]
+    if n <= size:
+        return fn(*inputs)
+    pieces = -(-n // size)
+    size = -(-n // pieces)
+    pad = pieces * size - n
+    if pad:
+        inputs = tuple(jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]) for x in inputs)
+    out = jax.lax.map(lambda xs: fn(*xs), tuple(x.reshape((pieces, size) + x.shape[1:]) for x in inputs))
+    return jax.tree_util.tree_map(lambda y: y.reshape((pieces * size,) + y.shape[2:])[:n], out)
+
+
 def _buckets(n: int, smallest: int) -> list[int]:
     """Row capacities n, n/2, n/4, ... down to `smallest` (rounded up), for `_on_rows`."""
     caps, c = {n}, n
@@ -275,12 +297,19 @@ def _correct(
     B, m, L = hyps.shape
     D = e.shape[-1]
     n = m * beam
-    propose = functools.partial(candidates, program, params, width=beam)
-    embed = functools.partial(_embed_hypotheses, program, params["embedder"])
+    per_row = functools.partial(candidates, program, params, width=beam)
+    per_seq = functools.partial(_embed_hypotheses, program, params["embedder"])
+
+    def propose(e, hyps, hyp_emb):
+        return _in_chunks(per_row, (e, hyps, hyp_emb), max(1, DECODE_ROWS // (m * beam)))
+
+    def embed(ids):  # [rows, L] -> [rows, D]
+        return _in_chunks(per_seq, (ids,), EMBED_ROWS)
+
     parent_ok = jnp.repeat(jnp.isfinite(hyp_cos), beam, axis=1)  # [B, n]: candidates of empty slots do not count
     if not skip_repeated:
         cand = propose(e, hyps, hyp_emb)
-        cand_emb = embed(cand)
+        cand_emb = embed(cand.reshape(B * n, L)).reshape(B, n, D)
     else:
         row_caps = _buckets(B, max(1, B // 8))
         cand = _on_rows(active, propose, (e, hyps, hyp_emb), jnp.full((B, n, L), program.pad_id, jnp.int32), row_caps)
