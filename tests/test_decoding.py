@@ -145,3 +145,22 @@ def test_fast_argmax_and_top_k_match_jax_including_ties():
             got = jax.jit(decoding.top_k_last, static_argnums=(1, 2))(jnp.asarray(x), k, 16)
             np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
             np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
+
+
+def test_greedy_stops_once_every_row_has_ended():
+    """Greedy decoding stops when every row has emitted EOS: the model is called no more often than that."""
+    calls = []
+    V, eos = 5, 1
+
+    def tokens_to_logits(prev, cache):
+        jax.debug.callback(lambda: calls.append(1))
+        # row 0 ends at its 2nd token, row 1 at its 3rd
+        t = cache
+        logits = jnp.full((2, 1, V), -1.0)
+        ends = jnp.array([t >= 1, t >= 2])
+        logits = logits.at[:, 0, eos].set(jnp.where(ends, 5.0, -5.0)).at[:, 0, 3].set(0.0)
+        return logits, cache + 1
+
+    ids = decoding.greedy(tokens_to_logits, jnp.zeros((), jnp.int32), 2, 10, 0, eos, 0)
+    np.testing.assert_array_equal(np.asarray(ids), [[3, 1] + [0] * 8, [3, 3, 1] + [0] * 7])
+    assert len(calls) == 3

@@ -56,19 +56,28 @@ def greedy(
     eos_id: int,
     pad_id: int = 0,
 ) -> Array:
-    """Greedy decoding for `max_length` steps -> ids [b, max_length]; positions after EOS hold `pad_id`."""
+    """Greedy decoding -> ids [b, max_length]; positions after EOS hold `pad_id`. Stops as soon as every row
+    has emitted EOS (as `generate` does), so short outputs cost only their length."""
 
-    def step(carry, _):
-        prev, done, cache = carry
+    def cond(carry):
+        t, _, done, _, _ = carry
+        return (t < max_length) & ~jnp.all(done)
+
+    def body(carry):
+        t, prev, done, cache, ids = carry
         logits, cache = tokens_to_logits(prev[:, None], cache)  # [b, 1, v]
-        nxt = argmax_last(logits[:, -1])
-        nxt = jnp.where(done, pad_id, nxt)
-        done = done | (nxt == eos_id)
-        return (nxt, done, cache), nxt
+        nxt = jnp.where(done, pad_id, argmax_last(logits[:, -1]))
+        ids = jax.lax.dynamic_update_slice_in_dim(ids, nxt[:, None], t, axis=1)
+        return t + 1, nxt, done | (nxt == eos_id), cache, ids
 
-    init = (jnp.full((batch,), start_id, jnp.int32), jnp.zeros((batch,), bool), cache)
-    _, ids = jax.lax.scan(step, init, None, length=max_length)
-    return ids.T
+    init = (
+        jnp.zeros((), jnp.int32),
+        jnp.full((batch,), start_id, jnp.int32),
+        jnp.zeros((batch,), bool),
+        cache,
+        jnp.full((batch, max_length), pad_id, jnp.int32),
+    )
+    return jax.lax.while_loop(cond, body, init)[-1]
 
 
 # ----------------------------------------------------------------------------- beam search
