@@ -2,16 +2,28 @@
 # One prepared run on a lent GPU machine: `v2t bench` of the compiled inversion at the T5-base shapes (random
 # weights of configs/corrector.py:base), bfloat16 compute, steps {0, 5, 20} x sequence beam {1, 4, 8} x batch
 # {32, 256}; one bench call per point, each written when it is done (a time-out keeps what finished).
-#   usage (on the GPU machine, repo root): bash experiments/gpu_invert_bench.sh OUT_DIR [SECONDS_PER_POINT=120]
+#   usage (on the GPU machine, repo root): bash experiments/gpu_invert_bench.sh OUT_DIR [SECONDS_PER_POINT=120] [KIT]
+# KIT (experiments/gpu_kit.py build, carried along): its wheels are installed when the image lacks them and its
+# MiniLM unpacked into a fresh v2t cache; without it the embedder must already be in the v2t cache.
 # CPU smoke test: CONFIG=configs/corrector.py:tiny BATCHES=2 STEPS="0 1" BEAMS="1 2" DTYPE=float32 bash ...
-# Needs only the MiniLM embedder in the v2t cache (experiments/gpu_kit.py unpack puts it there).
 set -uo pipefail
 OUT=$1
 LIMIT=${2:-120}
+KIT=${3:-}
+if [ -n "$KIT" ]; then
+  WORK=${WORK:-/tmp/v2t_bench}
+  mkdir -p "$WORK"
+  if [ -d "$KIT/wheels" ] && ! python3 -c "import ml_collections, tensorflow_datasets" 2>/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" "$KIT"/wheels/*.whl
+    export PYTHONPATH="$WORK/site:${PYTHONPATH:-}"
+  fi
+  export V2T_CACHE_DIR="$WORK/cache" HF_HUB_OFFLINE=1
+  PYTHONPATH="$PWD:${PYTHONPATH:-}" python3 experiments/gpu_kit.py unpack --kit "$KIT" --cache "$V2T_CACHE_DIR"
+fi
 CONFIG=${CONFIG:-configs/corrector.py:base}
 DTYPE=${DTYPE:-bfloat16}
 mkdir -p "$OUT"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 for B in ${BATCHES:-32 256}; do
   for S in ${STEPS:-0 5 20}; do
