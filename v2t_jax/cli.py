@@ -52,15 +52,20 @@ def read_texts(path: str | os.PathLike) -> list[str]:
         except SourceError as e:
             raise UsageError(str(e)) from e
     else:
-        texts = [line for line in raw.splitlines() if line.strip()]
+        # only "\n" (or "\r\n") ends a line: str.splitlines would also split at U+2028, U+0085, form feeds ...
+        # inside a line, and one text would silently become several vectors
+        texts = [line.removesuffix("\r") for line in raw.split("\n") if line.strip()]
     if not texts:
         raise UsageError(f"input file {path} holds no texts")
     return texts
 
 
-def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Fails early (before any work) if the output cannot or must not be written."""
+def check_output(path: str | os.PathLike, overwrite: bool, inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """Fails early (before any work) if the output cannot or must not be written (or is one of `inputs`)."""
     path = Path(path)
+    for inp in inputs:
+        if path.exists() and Path(inp).exists() and os.path.samefile(path, inp):
+            raise UsageError(f"output {path} is the input {inp}; write the output to another path")
     if path.is_dir():
         raise UsageError(f"output {path} is a directory; pass a file path such as vectors.npy")
     if path.exists() and not overwrite:
@@ -76,19 +81,37 @@ def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
     return path
 
 
-def save_npy_atomic(path: Path, array) -> None:
-    """Writes to a temporary file beside `path`, then renames it into place."""
-    import numpy as np
+def _output_mode(path: Path) -> int:
+    """The mode an output should get: the replaced file's, or for a new file what the umask allows of 0666
+    (mkstemp creates its temporary file 0600 whatever the umask)."""
+    if path.exists():
+        return path.stat().st_mode & 0o7777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
+
+def write_atomic(path: Path, write, binary: bool) -> None:
+    """write(file) into a temporary file beside `path`, then renamed into place with `_output_mode`'s mode;
+    nothing is left behind on failure."""
+    mode = _output_mode(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            write(f)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save_npy_atomic(path: Path, array) -> None:
+    """Writes to a temporary file beside `path`, then renames it into place."""
+    import numpy as np
+
+    write_atomic(path, lambda f: np.save(f, array), binary=True)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -100,7 +123,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
     texts = read_texts(args.input)
-    output = check_output(args.output, args.overwrite)
+    output = check_output(args.output, args.overwrite, [args.input])
 
     from v2t_jax import assets
     from v2t_jax.models import embedders
@@ -269,7 +292,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot read {path} as a .npy array ({e})") from e
     if not isinstance(vectors, np.ndarray):
         raise UsageError(f"{path} holds several arrays (.npz); save the [N, D] vectors with numpy.save as .npy")
-    output = check_output(args.output, args.overwrite)
+    output = check_output(args.output, args.overwrite, [args.embeddings])
     model = _load_model(args)
 
     from v2t_jax import api
@@ -293,15 +316,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
         if args.trace:
             row["steps"] = trace["steps"][i]
         rows.append(json.dumps(row, ensure_ascii=False))
-    fd, tmp = tempfile.mkstemp(dir=output.parent if str(output.parent) else ".", prefix=f".{output.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("\n".join(rows) + "\n")
-        os.replace(tmp, output)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(output, lambda f: f.write("\n".join(rows) + "\n"), binary=False)
     if not args.quiet:
         print(f"v2t invert: wrote {len(rows)} rows to {output}", file=sys.stderr)
     return 0
