@@ -90,3 +90,33 @@ def test_a_huge_sequence_beam_is_refused_before_any_work(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "sequence_beam_width 1000 is over 64" in err[0]
     assert _files(tmp_path) == {"v.npy"}
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--config.batch_size=0"], "config.batch_size must be a positive integer, got 0"),
+        (["--config.num_steps=-5"], "config.num_steps must be a positive integer, got -5"),
+        (["--config.checkpoint_every=0"], "config.checkpoint_every must be a positive integer"),
+        (["--config.learning_rate=0"], "config.learning_rate must be > 0"),
+        (["--config.warmup_steps=-1"], "config.warmup_steps must be >= 0"),
+        (["--distributed", "garbage"], "expected HOST:PORT,NUM_PROCESSES,PROCESS_ID"),
+        (["--distributed", "localhost:1,2,2"], "0 <= PROCESS_ID < NUM_PROCESSES"),
+    ],
+)
+def test_train_numbers_that_cannot_work_fail_before_anything_is_made(capsys, tmp_path, extra, message):
+    work = tmp_path / "w"
+    args = ["train", "--config", str(ROOT / "configs" / "inverter.py") + ":tiny", "--workdir", str(work)] + extra
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("v2t train: error:") and message in err[0]
+    assert not work.exists()
+
+
+def test_hypotheses_batch_size_zero(capsys, tmp_path):
+    assert cli.main(["data", "hypotheses", "--inverter", str(tmp_path / "none"), "--batch-size", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--batch-size must be positive" in err[0]

@@ -184,6 +184,9 @@ def test_kill_and_rerun_is_bit_identical(tmp_path, tiny_data):
     for x, y in zip(leaves_a, leaves_b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert _last(work, "train")["loss"] == _last(tmp_path / "ref", "train")["loss"]
+    # the steps repeated after the checkpoint are logged once: the same (step, kind) rows as the uninterrupted run
+    rows = lambda d: [(r["step"], r["kind"]) for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]  # noqa: E731
+    assert rows(work) == rows(tmp_path / "ref")
 
     again = subprocess.run(_train_cmd(work, tiny_data, *steps), env=_env(), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "nothing to do" in again.stderr

@@ -401,13 +401,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = config_loading.apply_overrides(config_loading.load(args.config), args.overrides)
     except config_loading.ConfigError as e:
         raise UsageError(str(e)) from e
+    from v2t_jax import sharding, train
+
+    try:
+        train.check_numbers(config)
+    except train.TrainingError as e:
+        raise UsageError(str(e)) from e
     if args.distributed:
         import jax
 
-        coordinator, num, pid = args.distributed.split(",")
+        parts = args.distributed.split(",")
+        ok = len(parts) == 3 and ":" in parts[0] and parts[1].isdigit() and parts[2].isdigit()
+        if not ok or not int(parts[2]) < int(parts[1]):
+            raise UsageError(
+                f"--distributed {args.distributed!r}: expected HOST:PORT,NUM_PROCESSES,PROCESS_ID "
+                "with 0 <= PROCESS_ID < NUM_PROCESSES, e.g. localhost:1234,2,0"
+            )
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(coordinator, num_processes=int(num), process_id=int(pid))
-    from v2t_jax import sharding, train
+        jax.distributed.initialize(parts[0], num_processes=int(parts[1]), process_id=int(parts[2]))
 
     try:
         train.train(config, args.workdir)
@@ -421,6 +432,8 @@ def cmd_data_hypotheses(args: argparse.Namespace) -> int:
 
     from v2t_jax import api
 
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
     try:
         model = api.load_model(args.inverter, cache_dir=args.cache_dir)
     except api.ModelError as e:
@@ -631,7 +644,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"v2t {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"v2t {args.command}: interrupted; nothing was written", file=sys.stderr)
+        if args.command == "train":
+            msg = f"interrupted; the checkpoints saved so far stay in {args.workdir}: rerun the command to resume"
+        else:
+            msg = "interrupted; nothing was written"
+        print(f"v2t {args.command}: {msg}", file=sys.stderr)
         return 130
 
 

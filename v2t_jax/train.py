@@ -491,10 +491,12 @@ def make_generate(model, max_length: int, eos_id: int):
 
 
 class Logger:
-    def __init__(self, workdir: Path, enabled: bool):
+    def __init__(self, workdir: Path, enabled: bool, resume_step: int = 0):
         self.enabled = enabled
         self.path = workdir / "metrics.jsonl"
         self.tb = None
+        if enabled and self.path.exists():
+            self._drop_rows_after(resume_step)
         if enabled:
             try:
                 from tensorboardX import SummaryWriter
@@ -502,6 +504,21 @@ class Logger:
                 self.tb = SummaryWriter(str(workdir / "tb"))
             except ImportError:
                 self.tb = None
+
+    def _drop_rows_after(self, step: int) -> None:
+        """A resumed run repeats the steps after its checkpoint: the interrupted run's rows for them go (as does a
+        torn last line), so that every (step, kind) appears once. A run starting afresh keeps none."""
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if step > 0 and isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+                kept.append(line)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
 
     def write(self, step: int, kind: str, values: dict) -> None:
         if not self.enabled:
@@ -669,8 +686,26 @@ def _check_inverter_weights(config: ml_collections.ConfigDict, workdir: Path) ->
         path.write_text(current + "\n")
 
 
+def check_numbers(config: ml_collections.ConfigDict) -> None:
+    """One-line errors for counts and rates that cannot work, before anything is created or compiled."""
+    limits = (("batch_size", 1), ("num_steps", 1), ("log_every", 1), ("eval_every", 0), ("checkpoint_every", 1))
+    for key, least in limits:
+        value = config.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+            what = "a positive integer" if least else "an integer >= 0 (0: no evaluation)"
+            raise TrainingError(f"config.{key} must be {what}, got {value!r}")
+    if config.get("warmup_steps") is not None and config.warmup_steps < 0:
+        raise TrainingError(f"config.warmup_steps must be >= 0, got {config.warmup_steps!r}")
+    if config.get("learning_rate") is not None and not config.learning_rate > 0:
+        raise TrainingError(f"config.learning_rate must be > 0, got {config.learning_rate!r}")
+    minutes = config.get("train_minutes")
+    if minutes is not None and not minutes >= 0:
+        raise TrainingError(f"config.train_minutes must be >= 0 (0: no time box), got {minutes!r}")
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     """Trains (or resumes) the inverter described by `config` in `workdir`; returns the last metrics."""
+    check_numbers(config)
     if config.model == "corrector":
         prepare_hypotheses(config)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
@@ -744,7 +779,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
     else:
         state, data_state, start = restored
         sampler.restore(data_state)
-    logger = Logger(workdir, is_main)
+    logger = Logger(workdir, is_main, start)
     if is_main:
         where = "resuming at step" if start else "starting at step"
         print(
