@@ -461,3 +461,20 @@ def test_time_boxed_bfloat16_run_stops_at_its_deadline_and_exports_float32(capsy
     api.export(run, tmp_path / "bundle")
     meta = json.loads((tmp_path / "bundle" / "v2t_model.json").read_text())
     assert json.dumps(meta).count('"bfloat16"') == 0 and '"float32"' in json.dumps(meta)
+
+
+def test_a_resumed_run_logs_each_step_once(tmp_path):
+    """Rows the interrupted run wrote after its last checkpoint (and a torn last line) are dropped when the run
+    resumes from that checkpoint; a run starting afresh keeps none."""
+    from v2t_jax import train
+
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"step": s, "kind": k, "loss": 1.0} for s, k in [(0, "eval"), (5, "train"), (8, "eval"), (10, "train")]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 1')
+    logger = train.Logger(tmp_path, True, resume_step=8)
+    logger.write(10, "train", {"loss": 0.5})
+    logger.close()
+    got = [(r["step"], r["kind"]) for r in map(json.loads, path.read_text().splitlines())]
+    assert got == [(0, "eval"), (5, "train"), (8, "eval"), (10, "train")]
+    train.Logger(tmp_path, True, resume_step=0).close()
+    assert path.read_text() == ""
