@@ -213,3 +213,12 @@ def test_pieces_bound_memory_and_change_nothing(monkeypatch):
     pieces = jax.device_get(correction.invert(prog, params, targets, 2, 3))
     np.testing.assert_array_equal(pieces["step_ids"], whole["step_ids"])
     np.testing.assert_allclose(pieces["step_cosine"], whole["step_cosine"], atol=1e-6)
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_examples_stopped_at_step_zero_keep_their_hypothesis(skip):
+    """stop_cosine reached by the step-0 hypothesis: nothing changes after, including the last-step hypothesis."""
+    prog, params, targets = _program()
+    out = jax.device_get(correction.invert(prog, params, targets, 3, 2, stop_cosine=-1.0, skip_repeated=skip))
+    np.testing.assert_array_equal(out["last_ids"], out["step_ids"][0])
+    assert not out["step_active"].any()

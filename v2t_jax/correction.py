@@ -289,7 +289,7 @@ def _correct(
 ) -> tuple[Array, Array, Array]:
     """One correction step for the rows where `active` [B] holds: candidates from the m live hypotheses
     [B, m, L] (empty slots: hyp_cos -inf), re-embedded and scored by cosine to e; the top `beam` unique ones
-    -> (hyps [B, beam, L], embeddings, cosines). Inactive rows keep their hypotheses (m must equal beam then).
+    -> (hyps [B, beam, L], embeddings, cosines). Inactive rows keep their hypotheses.
 
     skip_repeated: finished rows leave the batch (`_on_rows`), and only the distinct new candidates are
     re-embedded: a candidate equal to a current hypothesis takes its stored embedding, a repeat of another
@@ -330,8 +330,10 @@ def _correct(
     top, j = jax.lax.top_k(score, beam)
     new_hyps = jnp.take_along_axis(cand, j[..., None], axis=1)
     new_emb = jnp.take_along_axis(cand_emb, j[..., None], axis=1)
-    if m != beam:  # step 1: every row is active
-        return new_hyps, new_emb, top
+    if m != beam:  # step 1: a row that does not work keeps its one hypothesis in slot 0, the others empty
+        hyps = jnp.broadcast_to(hyps[:, :1], (B, beam, L))
+        hyp_emb = jnp.broadcast_to(hyp_emb[:, :1], (B, beam, D))
+        hyp_cos = jnp.where(jnp.arange(beam)[None] == 0, hyp_cos[:, :1], -jnp.inf)
     keep = ~active
     return (
         jnp.where(keep[:, None, None], hyps, new_hyps),
