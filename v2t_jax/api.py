@@ -176,10 +176,8 @@ class Vec2Text:
             a64 = arr.astype(np.float64)
             a64 /= np.abs(a64).max(axis=1, keepdims=True)
             arr = a64 / np.linalg.norm(a64, axis=1, keepdims=True)
-        else:
-            big = np.abs(arr).max() > np.finfo(np.float32).max
-            if big:
-                raise ModelError("embeddings hold values beyond float32's range; this embedder's vectors never do")
+        elif np.abs(arr).max() > np.finfo(np.float32).max:
+            raise ModelError("embeddings hold values beyond float32's range; this embedder's vectors never do")
         return arr.astype(np.float32)
 
     def invert_embeddings(

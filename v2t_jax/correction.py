@@ -301,7 +301,7 @@ def _correct(
     per_seq = functools.partial(_embed_hypotheses, program, params["embedder"])
 
     def propose(e, hyps, hyp_emb):
-        return _in_chunks(per_row, (e, hyps, hyp_emb), max(1, DECODE_ROWS // (m * beam)))
+        return _in_chunks(per_row, (e, hyps, hyp_emb), max(1, DECODE_ROWS // n))
 
     def embed(ids):  # [rows, L] -> [rows, D]
         return _in_chunks(per_seq, (ids,), EMBED_ROWS)
@@ -386,20 +386,16 @@ def invert(
     if num_steps == 0:
         return {"ids": ids0, "cosine": cos0, "step_ids": ids0[None], "step_cosine": cos0[None]}
 
-    def update(hyps, hyp_emb, hyp_cos, best_ids, best_cos, settled, active, new):
-        new_hyps, new_emb, new_cos = new
-        if skip_repeated and new_hyps.shape == hyps.shape:
+    def step(carry, _):
+        hyps, hyp_emb, hyp_cos, best_ids, best_cos, settled = carry
+        active = (best_cos < stop_cosine) & ~settled
+        new_hyps, new_emb, new_cos = _correct(program, params, e, hyps, hyp_emb, hyp_cos, active, k, skip_repeated)
+        if skip_repeated and new_hyps.shape == hyps.shape:  # not at step 1, which widens one hypothesis to k
             settled = settled | jnp.all(new_hyps == hyps, axis=(1, 2))
         better = (new_cos[:, 0] > best_cos) & active
         best_ids = jnp.where(better[:, None], new_hyps[:, 0], best_ids)
         best_cos = jnp.where(better, new_cos[:, 0], best_cos)
         return (new_hyps, new_emb, new_cos, best_ids, best_cos, settled), (best_ids, best_cos, active)
-
-    def step(carry, _):
-        hyps, hyp_emb, hyp_cos, best_ids, best_cos, settled = carry
-        active = (best_cos < stop_cosine) & ~settled
-        new = _correct(program, params, e, hyps, hyp_emb, hyp_cos, active, k, skip_repeated)
-        return update(*carry, active, new)
 
     # step 1 works from the one hypothesis of step 0 (k candidates per example, not k² from k copies of it)
     first = (ids0[:, None], emb0[:, None], cos0[:, None], ids0, cos0, jnp.zeros((B,), bool))

@@ -136,11 +136,13 @@ def load_model(inverter_folder, corrector_folder, embedder, max_length: int = 32
 
     tok = embedder.tokenizer
     sep = tok.token_to_id("[SEP]")
+    if sep is None:
+        raise ValueError("the embedder's tokenizer has no [SEP]: in-graph inversion needs the embedder's vocabulary")
     ids = dict(eos_token_id=sep, pad_token_id=embedder.pad_token_id, decoder_start_token_id=embedder.pad_token_id)
     inv_cfg, inv_params = load_folder(inverter_folder, **ids)
     if not isinstance(inv_cfg, inversion.InverterConfig):
         raise ValueError(f"{inverter_folder}: not a vec2text InversionModel checkpoint")
-    if sep is None or inv_cfg.t5.vocab_size != tok.get_vocab_size():
+    if inv_cfg.t5.vocab_size != tok.get_vocab_size():
         raise ValueError(
             f"{inverter_folder}: its backbone's vocabulary ({inv_cfg.t5.vocab_size} tokens) is not the embedder's "
             f"({tok.get_vocab_size()}): run it through text with inversion_program + correction.invert_host"
