@@ -46,6 +46,35 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def inversion_config_fields(embedder_name: str, length: int, repeat: int) -> dict:
+    """The InversionConfig fields (besides model_name_or_path) of an offline run on precomputed embeddings."""
+    return dict(
+        embedder_model_name=embedder_name,
+        embedder_model_api=None,
+        embedder_fake_with_zeros=False,
+        use_frozen_embeddings_as_input=True,
+        encoder_dropout_disabled=False,
+        decoder_dropout_disabled=False,
+        embeddings_from_layer_n=None,
+        use_lora=False,
+        embedder_torch_dtype="float32",
+        max_seq_length=length,
+        num_repeat_tokens=repeat,
+        embedder_no_grad=True,
+    )
+
+
+def rebuild_corrector_projections(corrector, dim: int, repeat: int) -> None:
+    """vec2text 0.0.13's CorrectorEncoderModel hard-codes embedder_dim = 768: its three embedding projections are
+    rebuilt (newly initialised from torch's RNG) at the embedder's real width."""
+    d_model = corrector.encoder_hidden_dim
+    for name in ("embedding_transform_1", "embedding_transform_2", "embedding_transform_3"):
+        first = torch.nn.Linear(dim, dim)  # created in this order: torch's RNG draws the weights
+        last = torch.nn.Linear(dim, d_model * repeat)
+        setattr(corrector, name, torch.nn.Sequential(first, torch.nn.Dropout(0.0), torch.nn.GELU(), last))
+    corrector.embedder_dim = dim
+
+
 def build(embedder_folder: str, out: Path, seed: int, shape: dict, length: int, repeat: int):
     import evaluate
     import sentence_transformers
@@ -80,20 +109,7 @@ def build(embedder_folder: str, out: Path, seed: int, shape: dict, length: int, 
         tok.save_pretrained(folder / "t5")
         return str(folder / "t5")
 
-    common = dict(
-        embedder_model_name="local-sentence-transformer",
-        embedder_model_api=None,
-        embedder_fake_with_zeros=False,
-        use_frozen_embeddings_as_input=True,
-        encoder_dropout_disabled=False,
-        decoder_dropout_disabled=False,
-        embeddings_from_layer_n=None,
-        use_lora=False,
-        embedder_torch_dtype="float32",
-        max_seq_length=length,
-        num_repeat_tokens=repeat,
-        embedder_no_grad=True,
-    )
+    common = inversion_config_fields("local-sentence-transformer", length, repeat)
     torch.manual_seed(seed)
     inverter = InversionModel(InversionConfig(model_name_or_path=t5_folder("inverter", seed + 1), **common)).eval()
     torch.manual_seed(seed + 2)
@@ -102,19 +118,7 @@ def build(embedder_folder: str, out: Path, seed: int, shape: dict, length: int, 
             model_name_or_path=t5_folder("corrector", seed + 3), corrector_ignore_hypothesis_embedding=False, **common
         )
     )
-    d_model = corrector.encoder_hidden_dim
-    for name in ("embedding_transform_1", "embedding_transform_2", "embedding_transform_3"):
-        setattr(
-            corrector,
-            name,
-            torch.nn.Sequential(
-                torch.nn.Linear(dim, dim),
-                torch.nn.Dropout(0.0),
-                torch.nn.GELU(),
-                torch.nn.Linear(dim, d_model * repeat),
-            ),
-        )
-    corrector.embedder_dim = dim
+    rebuild_corrector_projections(corrector, dim, repeat)
     corrector = corrector.eval()
 
     from safetensors.torch import save_file

@@ -27,6 +27,9 @@ import torch
 import transformers
 from safetensors.torch import save_file
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
+from vec2text_reference import inversion_config_fields, rebuild_corrector_projections  # noqa: E402 (same venv)
+
 
 def small_tokenizer(folder: Path) -> transformers.PreTrainedTokenizerFast:
     words = ["<pad>", "</s>", "<unk>"] + [f"w{i}" for i in range(57)]
@@ -75,21 +78,7 @@ def main(out: Path) -> None:
     )
     inversion_mod.load_embedder_and_tokenizer = lambda name, torch_dtype, **kw: (embedder, tok)  # offline
 
-    config = InversionConfig(
-        model_name_or_path=str(tmp / "t5"),
-        embedder_model_name="offline-bert",
-        embedder_model_api=None,
-        embedder_fake_with_zeros=False,
-        use_frozen_embeddings_as_input=True,
-        encoder_dropout_disabled=False,
-        decoder_dropout_disabled=False,
-        embeddings_from_layer_n=None,
-        use_lora=False,
-        embedder_torch_dtype="float32",
-        max_seq_length=8,
-        num_repeat_tokens=4,
-        embedder_no_grad=True,
-    )
+    config = InversionConfig(model_name_or_path=str(tmp / "t5"), **inversion_config_fields("offline-bert", 8, 4))
     torch.manual_seed(2)
     inverter = InversionModel(config).eval()
     small_t5(tmp / "t5c", 3, len(tok))
@@ -98,16 +87,7 @@ def main(out: Path) -> None:
     )
     torch.manual_seed(4)
     corrector = CorrectorEncoderModel(config_c)
-    # 0.0.13 hard-codes embedder_dim = 768: rebuild the three projections at the embedder's real width (24)
-    for name in ("embedding_transform_1", "embedding_transform_2", "embedding_transform_3"):
-        setattr(
-            corrector,
-            name,
-            torch.nn.Sequential(
-                torch.nn.Linear(24, 24), torch.nn.Dropout(0.0), torch.nn.GELU(), torch.nn.Linear(24, 32 * 4)
-            ),
-        )
-    corrector.embedder_dim = 24
+    rebuild_corrector_projections(corrector, 24, 4)  # 0.0.13 hard-codes embedder_dim = 768; ours is 24
     corrector = corrector.eval()
 
     g = torch.Generator().manual_seed(5)
