@@ -379,6 +379,93 @@ def test_rerun_with_a_different_model_config_is_refused(capsys, tmp_path):
     assert code == 2 and "different config" in err[-1] and "t5" in err[-1]
 
 
+def test_resuming_cannot_reshape_the_learning_rate_schedule(capsys, tmp_path):
+    """num_steps ends a step-based run's linear decay: a resume with another value is refused (the shipped
+    CPU inverter's decay restarted from ~0.8e-3 that way). A time-boxed run decays to 0 at its deadline and uses
+    num_steps as a cap only, so it may change it (not below the warmup)."""
+    from v2t_jax import config_loading
+
+    base = ["train", "--config", str(ROOT / "configs" / "inverter.py") + ":tiny"]
+
+    def saved(work, **changes):
+        config = config_loading.load(str(ROOT / "configs" / "inverter.py") + ":tiny")
+        config.update(changes)
+        (work / "checkpoints" / "5").mkdir(parents=True)
+        (work / "config.json").write_text(config.to_json())
+
+    saved(tmp_path / "steps", num_steps=3000)
+    code = cli.main(base + ["--workdir", str(tmp_path / "steps"), "--config.num_steps=12000"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "num_steps=3000" in err[0] and "learning-rate" in err[0]
+
+    from v2t_jax import train
+
+    boxed = {"train_minutes": 2.0, "warmup_steps": 10}
+    assert not train._schedule_keys_changed({"num_steps": 500, **boxed}, {"num_steps": 10**8, **boxed})
+    assert train._schedule_keys_changed({"num_steps": 500, **boxed}, {"num_steps": 5, **boxed})  # cuts the warmup
+    assert train._schedule_keys_changed({"num_steps": 500}, {"num_steps": 600, "train_minutes": 0.0})
+
+
+def test_a_second_run_on_a_locked_workdir_is_refused(capsys, tmp_path, tiny_data):
+    from v2t_jax import train
+
+    work = tmp_path / "run"
+    args = _train_cmd(work, tiny_data, "--config.num_steps=1", "--config.eval_every=0")[3:]
+    with train.workdir_lock(work):  # another run holds it
+        assert cli.main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"in use by another v2t train (pid {os.getpid()})" in err[0]
+        assert sorted(p.name for p in work.iterdir()) == [train.LOCK_FILE]  # nothing written
+    assert cli.main(args) == 0  # released: the run goes ahead
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(capsys, tmp_path, tiny_data):
+    """Export and resume skip a checkpoint that does not read back (warning once each), the damaged step is
+    moved aside, not deleted, and the resumed run reaches the same weights again."""
+    from v2t_jax import api, checkpoint, train
+
+    work = tmp_path / "run"
+    cfg = _tiny_config(tiny_data, "--config.num_steps=4", "--config.eval_every=0", "--config.checkpoint_every=2")
+    train.train(cfg, work)
+    want = checkpoint.read_state_as_numpy(work, 4)
+    for f in (work / "checkpoints" / "4" / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(b"\0" * 7)
+    capsys.readouterr()
+
+    bundle = api.export(work, tmp_path / "bundle")
+    err = capsys.readouterr().err
+    assert "checkpoint at step 4 is damaged" in err
+    assert json.loads((bundle / api.BUNDLE_FILE).read_text())["source"]["step"] == 2
+    with pytest.raises(api.ModelError, match="step 4 .* is damaged"):
+        api.export(work, tmp_path / "bundle4", step=4)
+
+    train.train(cfg, work)
+    err = capsys.readouterr().err
+    assert "checkpoint at step 4 is damaged" in err and "resuming at step 2" in err
+    assert (work / "damaged_checkpoints" / "4" / "state").is_dir()
+    got = checkpoint.read_state_as_numpy(work, 4)
+    import jax
+
+    for x, y in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(got)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+    for step in (2, 4):  # nothing readable left: one line, no traceback
+        for f in (work / "checkpoints" / str(step) / "state").rglob("*"):
+            if f.is_file() and f.stat().st_size > 0:
+                f.write_bytes(b"\0" * 7)
+    assert (
+        cli.main(
+            _train_cmd(work, tiny_data, "--config.num_steps=4", "--config.eval_every=0", "--config.checkpoint_every=2")[
+                3:
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "no checkpoint in" in err[-1] and "move that folder aside" in err[-1]
+
+
 def test_a_run_that_never_saved_may_change_its_config(capsys, tmp_path, tiny_data):
     """A first attempt that failed before its first checkpoint (here: dataset not prepared) does not pin the
     workdir's config."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -409,6 +410,7 @@ def export(
     steps = sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit())
     if not steps:
         raise ModelError(f"{workdir} has no finished checkpoint yet")
+    explicit = step is not None
     step = steps[-1] if step is None else step
     if step not in steps:
         raise ModelError(f"{workdir} has no checkpoint at step {step} (it has {', '.join(map(str, steps))})")
@@ -417,7 +419,19 @@ def export(
     if not vocab.in_graph:
         raise ModelError("only models that decode in the embedder's vocabulary can be exported as bundles")
     cfg = train.model_config(config, emb.dim, vocab.size, vocab.pad_id, vocab.eos_id)
-    params = checkpoint.read_state_as_numpy(workdir, step)["params"]
+    try:
+        if explicit:
+            params = checkpoint.read_state_as_numpy(workdir, step)["params"]
+        else:  # the newest step that reads back
+            state, step = checkpoint.read_latest_as_numpy(
+                workdir, steps, warn=lambda m: print(f"v2t export: {m}", file=sys.stderr)
+            )
+            params = state["params"]
+    except checkpoint.DamagedCheckpoints as e:
+        raise ModelError(str(e)) from None
+    except Exception as e:  # a named step that does not read back
+        why = checkpoint.describe_error(e)
+        raise ModelError(f"the checkpoint at step {step} in {workdir} is damaged ({why})") from None
     source = {"workdir": str(workdir.absolute()), "step": step}
     if config.model == "corrector":
         try:

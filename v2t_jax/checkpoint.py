@@ -10,7 +10,7 @@ iterator position -> continue at the restored step.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import orbax.checkpoint as ocp
 
@@ -26,15 +26,82 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_state: dict) -
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
 
 
-def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any) -> tuple[Any, dict, int] | None:
-    step = mngr.latest_step()
-    if step is None:
-        return None
-    restored = mngr.restore(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()),
+class DamagedCheckpoints(RuntimeError):
+    """No checkpoint of a run can be read; the message says which and what to do."""
+
+
+def describe_error(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
+
+
+def set_aside(workdir: str | Path, step: int) -> Path:
+    """Moves a damaged step folder out of checkpoints/ (to damaged_checkpoints/<step>): kept, never read again."""
+    src = Path(workdir).absolute() / "checkpoints" / str(step)
+    dst = Path(workdir).absolute() / "damaged_checkpoints" / str(step)
+    dst.parent.mkdir(exist_ok=True)
+    n = 1
+    while dst.exists():
+        dst, n = dst.with_name(f"{step}.{n}"), n + 1
+    src.rename(dst)
+    return dst
+
+
+def restore_latest(
+    mngr: ocp.CheckpointManager, abstract_state: Any, warn: Callable[[str], None] | None = None
+) -> tuple[Any, dict, int] | None:
+    """The newest checkpoint that reads back whole, or None when there is none. A damaged newer one (a disk
+    fault, a hand edit: orbax's own rename already covers a kill mid-save) is reported through `warn` and set
+    aside, so that the run continues from the previous intact step and saves its steps again."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    damaged = []
+    for step in sorted(mngr.all_steps(), reverse=True):
+        try:
+            restored = mngr.restore(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()),
+            )
+        except Exception as e:  # orbax/tensorstore raise many kinds for unreadable files
+            damaged.append(step)
+            if warn:
+                warn(f"checkpoint at step {step} is damaged ({describe_error(e)}); trying the one before")
+            continue
+        if damaged:
+            if jax.process_index() == 0:
+                for bad in damaged:
+                    where = set_aside(mngr.directory.parent, bad)
+                    if warn:
+                        warn(f"moved the damaged step {bad} to {where}; continuing from step {step}")
+            if jax.process_count() > 1:
+                multihost_utils.sync_global_devices("v2t checkpoints set aside")
+            mngr.reload()
+        return restored["state"], dict(restored["data"]), step
+    if damaged:
+        raise DamagedCheckpoints(
+            f"no checkpoint in {mngr.directory} can be read (steps {', '.join(map(str, damaged))} are damaged); "
+            "move that folder aside to start the run over"
+        )
+    return None
+
+
+def read_latest_as_numpy(
+    workdir: str | Path, steps: list[int], warn: Callable[[str], None] | None = None
+) -> tuple[dict, int]:
+    """The newest of `steps` that reads back (see `read_state_as_numpy`), warning about each damaged one."""
+    errors = []
+    for step in sorted(steps, reverse=True):
+        try:
+            return read_state_as_numpy(workdir, step), step
+        except Exception as e:  # as in restore_latest
+            errors.append(step)
+            if warn:
+                warn(f"checkpoint at step {step} is damaged ({describe_error(e)}); trying the one before")
+    raise DamagedCheckpoints(
+        f"no checkpoint in {Path(workdir) / 'checkpoints'} can be read "
+        f"(steps {', '.join(map(str, errors))} are damaged)"
     )
-    return restored["state"], dict(restored["data"]), step
 
 
 def read_state_as_numpy(workdir: str | Path, step: int) -> dict:

@@ -12,7 +12,9 @@ Metrics go to DIR/metrics.jsonl (one JSON object per log or eval event) and DIR/
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import math
 import os
@@ -35,9 +37,11 @@ from v2t_jax.models import t5 as t5_lib
 
 Array = jax.Array
 
-# Keys that may change between a run and its resumption (the rest must match the saved config).
+# Keys that may change between a run and its resumption (the rest must match the saved config). The
+# learning-rate schedule is a pure function of the checked keys: `num_steps` ends the linear decay of a step-based
+# run, so it is checked there; a time-boxed run (train_minutes > 0) decays to 0 at its deadline and uses
+# `num_steps` only as a cap, which may change as long as the warmup stays whole (see `_schedule_keys_changed`).
 RESUMABLE_KEYS = {
-    "num_steps",
     "log_every",
     "eval_every",
     "eval_batches",
@@ -660,14 +664,32 @@ def _check_config_against_saved(config: ml_collections.ConfigDict, workdir: Path
     if path.exists() and has_checkpoints:  # a run that never saved a step may start over with any config
         saved = _with_new_defaults(json.loads(path.read_text()))
         diff = sorted(
-            k for k in set(saved) | set(current) if k not in RESUMABLE_KEYS and saved.get(k) != current.get(k)
+            k
+            for k in set(saved) | set(current)
+            if k not in RESUMABLE_KEYS | {"num_steps"} and saved.get(k) != current.get(k)
         )
+        if not diff and _schedule_keys_changed(saved, current):
+            raise TrainingError(
+                f"{workdir} was started with num_steps={saved.get('num_steps')}, where its learning-rate decay "
+                f"ends; resume with --config.num_steps={saved.get('num_steps')} or use a new --workdir "
+                "(a time-boxed run, train_minutes > 0, may change it)"
+            )
         if diff:
             raise TrainingError(
                 f"{workdir} holds a run with a different config ({', '.join(diff)}); use a new --workdir to start over"
             )
     if jax.process_index() == 0:
         path.write_text(json.dumps(current, indent=2) + "\n")
+
+
+def _schedule_keys_changed(saved: dict, current: dict) -> bool:
+    """Whether resuming `saved` with `current` would reshape the learning-rate schedule through num_steps."""
+    old, new = saved.get("num_steps"), current.get("num_steps")
+    if old == new:
+        return False
+    if (current.get("train_minutes") or 0) > 0:  # the decay ends at the deadline; num_steps caps the run
+        return min(old or 0, new or 0) < current.get("warmup_steps", 0)  # ... unless it cut the warmup short
+    return True
 
 
 def _check_inverter_weights(config: ml_collections.ConfigDict, workdir: Path) -> None:
@@ -684,6 +706,10 @@ def _check_inverter_weights(config: ml_collections.ConfigDict, workdir: Path) ->
         )
     if jax.process_index() == 0:
         path.write_text(current + "\n")
+
+
+def _say(message: str) -> None:
+    print(f"v2t train: {message}", file=sys.stderr)
 
 
 def check_numbers(config: ml_collections.ConfigDict) -> None:
@@ -710,16 +736,42 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         prepare_hypotheses(config)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     # Tracing happens at the first call of each jitted function: keep mesh and rules active throughout.
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    with workdir_lock(Path(workdir)), jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
         return _train(config, Path(workdir), mesh)
+
+
+LOCK_FILE = "train.lock"
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: Path):
+    """One `v2t train` per workdir: process 0 holds an advisory lock on WORKDIR/train.lock (with its pid) for
+    the whole run; a second run on the same workdir stops with a one-line error before touching anything.
+    The lock goes with the process, so a killed run never leaves the workdir locked."""
+    if jax.process_index() != 0:
+        yield
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise TrainingError(
+                f"{workdir} is in use by another v2t train (pid {holder}); wait for it to end or use another --workdir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
     from v2t_jax.models import embedders
 
     is_main = jax.process_index() == 0
-    if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
     _check_config_against_saved(config, workdir)
     if config.model == "corrector":
         _check_inverter_weights(config, workdir)
@@ -763,7 +815,10 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
     mngr = checkpoint.manager(workdir, config.keep_checkpoints)
     train_rows = train_data.rows if train_data.rows is not None else np.arange(len(train_data.ids))
     sampler = make_sampler(config, b, train_rows)
-    restored = checkpoint.restore_latest(mngr, abstract)
+    try:
+        restored = checkpoint.restore_latest(mngr, abstract, warn=_say if is_main else None)
+    except checkpoint.DamagedCheckpoints as e:
+        raise TrainingError(str(e)) from None
     if restored is None:
         state = init_fn(jax.random.PRNGKey(config.seed))
         if is_corrector and config.init_from_inverter:
