@@ -120,3 +120,26 @@ def test_hypotheses_batch_size_zero(capsys, tmp_path):
     assert cli.main(["data", "hypotheses", "--inverter", str(tmp_path / "none"), "--batch-size", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--batch-size must be positive" in err[0]
+
+
+def test_two_local_embedders_of_the_same_name_never_share_cached_data(tmp_path):
+    """Targets, hypotheses and the tokenizer-cut dataset are cached under the embedder's key: a local folder's
+    key holds a digest of its files (it was the folder's basename, so `a/minilm` and `b/minilm` shared targets);
+    a moved copy keeps its key, and the packaged model keeps its name."""
+    from v2t_jax.data import dataset, targets
+
+    def folder(parent, weights):
+        f = tmp_path / parent / "minilm"
+        f.mkdir(parents=True)
+        (f / "config.json").write_text('{"model_type": "bert"}')
+        (f / "model.safetensors").write_bytes(weights)
+        return f
+
+    a, b, moved = folder("a", b"\1" * 64), folder("b", b"\2" * 64), folder("c", b"\1" * 64)
+    ka, kb, kc = (assets.embedder_key(str(x)) for x in (a, b, moved))
+    assert ka != kb and ka == kc and ka.startswith("minilm-")
+    assert targets.targets_dir("D", str(a), 32) != targets.targets_dir("D", str(b), 32)
+    names = {dataset.DatasetSpec(embedder=str(x)).config_name for x in (a, b)}
+    assert len(names) == 2
+    assert assets.embedder_key("sentence-transformers/all-MiniLM-L6-v2") == "all-minilm-l6-v2"
+    assert assets.embedder_key("org-a/model") != assets.embedder_key("org-b/model")  # a hub id whole

@@ -12,6 +12,7 @@ The cache directory is `$V2T_CACHE_DIR`, else `~/.cache/v2t_jax`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import shutil
@@ -81,6 +82,42 @@ def resolve_embedder(name_or_path: str | os.PathLike, cache_dir: str | os.PathLi
 def _looks_like_hub_id(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def embedder_key(name_or_path: str | os.PathLike) -> str:
+    """The name under which data made with an embedder is cached (datasets cut by its tokenizer, targets,
+    hypotheses): a packaged model's key; for a local folder its name and a digest of its files, so that two
+    folders of the same name never share cached data while a moved copy still finds its own; a hub id whole."""
+    name = os.fspath(name_or_path)
+    key = packaged_key(name)
+    if key is not None:
+        return key
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return f"{slug(path.name)}-{folder_digest(path)[:10]}"
+    return slug(name)
+
+
+def slug(s: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in s.lower()).strip("-")[:40] or "x"
+
+
+def folder_digest(folder: str | os.PathLike) -> str:
+    """sha256 over a folder's files (relative paths and contents; symlinks followed), computed once per
+    process for an unchanged folder."""
+    folder = Path(folder).resolve()
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    stamp = tuple((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return _folder_digest(str(folder), stamp)
+
+
+@functools.lru_cache(maxsize=32)
+def _folder_digest(folder: str, stamp: tuple) -> str:
+    h = hashlib.sha256()
+    for rel, size, _ in stamp:
+        h.update(f"{rel}\0{size}\0".encode())
+        h.update(bytes.fromhex(sha256_file(Path(folder) / rel)))
+    return h.hexdigest()
 
 
 def sha256_file(path: str | os.PathLike) -> str:

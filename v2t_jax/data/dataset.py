@@ -49,10 +49,10 @@ class DatasetSpec:
     def config_name(self) -> str:
         from v2t_jax import assets
 
-        emb = assets.packaged_key(self.embedder) or _slug(Path(self.embedder).name or self.embedder)
+        emb = assets.embedder_key(self.embedder)
         if self.corpus:
             digest = assets.sha256_file(self.corpus)[:10]
-            origin = f"file-{_slug(Path(self.corpus).stem)}-{digest}"
+            origin = f"file-{assets.slug(Path(self.corpus).stem)}-{digest}"
         else:
             origin = "+".join(self.sources)
             if self.sources == sources.ALL_SOURCES:
@@ -60,10 +60,6 @@ class DatasetSpec:
             elif len(origin) > 60:  # TFDS config names stay readable: count + digest of the names
                 origin = f"{len(self.sources)}sources-" + hashlib.sha256(origin.encode()).hexdigest()[:10]
         return f"{origin}-{emb}-{self.max_tokens}tok-seed{self.seed}"
-
-
-def _slug(s: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in s.lower()).strip("-")[:40] or "x"
 
 
 class V2tPassages(tfds.core.GeneratorBasedBuilder):

@@ -1,6 +1,6 @@
 """Target embeddings and token ids, computed once per (dataset, embedder, max length) with the JAX embedder.
 
-Stored beside the dataset, `<dataset dir>/targets/<embedder>-<max_length>/`:
+Stored beside the dataset, `<dataset dir>/targets/<embedder key>-<max_length>/` (`assets.embedder_key`):
   `<split>.embeddings.npy` float32 [N, D]   the vectors to invert
   `<split>.ids.npy`        int32   [N, L]   embedder token ids incl. [CLS]/[SEP], 0-padded (training labels)
 Work is written in chunks (`<split>.parts/NNNNN.npz`); an interrupted run resumes at the first missing
@@ -21,8 +21,7 @@ CHUNK = 4096
 def targets_dir(dataset_dir: str | os.PathLike, embedder_name: str, max_length: int) -> Path:
     from v2t_jax import assets
 
-    key = assets.packaged_key(embedder_name) or Path(embedder_name).name.lower()
-    return Path(dataset_dir) / "targets" / f"{key}-{max_length}"
+    return Path(dataset_dir) / "targets" / f"{assets.embedder_key(embedder_name)}-{max_length}"
 
 
 def default_batch_size() -> int:
