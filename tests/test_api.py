@@ -4,28 +4,15 @@ import json
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from v2t_jax import api, cli, correction, inversion
-from v2t_jax.models import t5
+from v2t_jax import api, cli
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory, minilm):
-    import flax.linen as nn
-
-    t5cfg = t5.t5_config("tiny", vocab_size=30522, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)
-    icfg = inversion.InverterConfig(t5=t5cfg, embed_dim=384, num_repeat_tokens=2)
-    ccfg = correction.CorrectorConfig(t5=t5cfg, embed_dim=384, num_repeat_tokens=2)
-    e, ids = jnp.zeros((1, 384)), jnp.zeros((1, 11), jnp.int32)
-    ip = nn.unbox(inversion.Inverter(icfg).init(jax.random.PRNGKey(0), e, ids)["params"])
-    cp = nn.unbox(correction.Corrector(ccfg).init(jax.random.PRNGKey(1), e, e, ids, ids != 0, ids)["params"])
-    model = api.build(icfg, ip, ccfg, cp, minilm, max_length=12)
-    folder = tmp_path_factory.mktemp("bundle")
-    model.save(folder)
-    return folder, model
+def bundle(small_bundle):
+    return small_bundle
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +116,11 @@ def test_cli_invert_checkpoint_errors(capsys, tmp_path, bundle, vectors):
     code, err = _run(capsys, *base, "--checkpoint", str(mixed))
     assert code == 2 and "missing corrector.safetensors" in err[0]
     (mixed / "corrector.safetensors").write_bytes((folder / "inverter.safetensors").read_bytes())
+    code, err = _run(capsys, *base, "--checkpoint", str(mixed))
+    assert code == 2 and "does not match the digest" in err[0]  # the recorded sha256 catches the swap first
+    meta = json.loads((mixed / "v2t_model.json").read_text())
+    del meta["files"]  # a format-1 bundle has no digests: the shape check still catches it, before compiling
+    (mixed / "v2t_model.json").write_text(json.dumps(meta))
     code, err = _run(capsys, *base, "--checkpoint", str(mixed))
     assert code == 2 and "do not match" in err[0]
     np.savez(tmp_path / "two.npz", a=vectors, b=vectors)

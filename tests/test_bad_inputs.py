@@ -2,6 +2,7 @@
 exception, the one-line message, and that nothing was created, changed or left behind."""
 
 import os
+import shutil
 import types
 import zipfile
 from pathlib import Path
@@ -143,3 +144,125 @@ def test_two_local_embedders_of_the_same_name_never_share_cached_data(tmp_path):
     assert len(names) == 2
     assert assets.embedder_key("sentence-transformers/all-MiniLM-L6-v2") == "all-minilm-l6-v2"
     assert assets.embedder_key("org-a/model") != assets.embedder_key("org-b/model")  # a hub id whole
+
+
+# ------------------------------------------------------------------------------- damaged and tampered bundles
+
+
+def _meta(folder: Path, change) -> None:
+    import json
+
+    meta = json.loads((folder / "v2t_model.json").read_text())
+    change(meta)
+    (folder / "v2t_model.json").write_text(json.dumps(meta))
+
+
+def _tensors(folder: Path, change, name: str = "inverter.safetensors") -> None:
+    """Rewrites a weights file and records its new digest: tampering that a digest alone cannot catch."""
+    from safetensors.numpy import load_file, save_file
+
+    flat = load_file(str(folder / name))
+    change(flat)
+    save_file(flat, str(folder / name))
+    _meta(folder, lambda m: m["files"].__setitem__(name, assets.sha256_file(folder / name)))
+
+
+def _big_int8(flat: dict) -> str:
+    return next(k for k, v in flat.items() if v.dtype == np.int8)
+
+
+def _set(key, value):
+    return lambda m: m.__setitem__(key, value)
+
+
+def _json_text(text: bytes):
+    return lambda f: (f / "v2t_model.json").write_bytes(text)
+
+
+BUNDLE_DAMAGE = [
+    # (case, damage(folder), message) -- each run through `v2t invert --checkpoint`
+    ("truncated metadata", lambda f: (f / "v2t_model.json").write_bytes((f / "v2t_model.json").read_bytes()[:40]),
+     "is not valid JSON"),
+    ("metadata not UTF-8", _json_text(b'{"format": 2, "embedder": "\xff"}'), "is not valid JSON"),
+    ("metadata a list", _json_text(b"[1, 2]"), "must hold a JSON object"),
+    ("newer format", lambda f: _meta(f, _set("format", 99)), "bundle format 99"),
+    ("no embedder", lambda f: _meta(f, lambda m: m.pop("embedder")), "lacks 'embedder'"),
+    ("embedder a number", lambda f: _meta(f, _set("embedder", 42)), "embedder is 42"),
+    ("max_length a string", lambda f: _meta(f, _set("max_length", "12")), "max_length is '12'"),
+    ("max_length 0", lambda f: _meta(f, _set("max_length", 0)), "max_length is 0"),
+    ("negative token id", lambda f: _meta(f, _set("eos_id", -1)), "eos_id is -1"),
+    ("unknown weight format", lambda f: _meta(f, _set("weights", "int4")), "weights is 'int4'"),
+    ("inverter without t5", lambda f: _meta(f, lambda m: m["inverter"].pop("t5")), "inverter lacks t5"),
+    ("t5 field of the wrong type", lambda f: _meta(f, lambda m: m["inverter"]["t5"].__setitem__("d_model", "32")),
+     "inverter.t5.d_model is '32'"),
+    ("unknown config field", lambda f: _meta(f, lambda m: m["corrector"].__setitem__("extra_layers", 3)),
+     "unknown fields (extra_layers)"),
+    ("corrector not an object", lambda f: _meta(f, _set("corrector", [1])), "corrector must be an object"),
+    ("bad embedder digest", lambda f: _meta(f, _set("embedder_digest", "abc")), "not a sha256"),
+    ("files not a mapping", lambda f: _meta(f, _set("files", ["inverter.safetensors"])), "files must map"),
+    ("weights file missing", lambda f: (f / "corrector.safetensors").unlink(), "missing corrector.safetensors"),
+    ("weights file truncated", lambda f: (f / "inverter.safetensors").write_bytes(b"\0" * 100),
+     "does not match the digest"),
+    ("truncated, no digests", lambda f: [(f / "inverter.safetensors").write_bytes(b"\7" * 100),
+                                         _meta(f, lambda m: m.pop("files"))], "cannot be read"),
+    ("weights file swapped", lambda f: shutil.copyfile(f / "inverter.safetensors", f / "corrector.safetensors"),
+     "does not match the digest"),
+    ("int32 tensor", lambda f: _tensors(f, lambda t: t.__setitem__(k := next(iter(t)), t[k].astype(np.int32))),
+     "bundles hold float32"),
+    ("NaN tensor", lambda f: _tensors(f, lambda t: t[next(k for k in t if t[k].dtype == np.float32)].fill(np.nan)),
+     "NaN or infinite"),
+    ("int8 scale of the wrong shape", lambda f: _tensors(f, lambda t: t.__setitem__(
+        _big_int8(t) + "@scale", np.ones((1, 1), np.float32))), "not the float32 per-row scale"),
+    ("int8 tensor without its scale", lambda f: _tensors(f, lambda t: t.pop(_big_int8(t) + "@scale")), "has no"),
+    ("zero int8 scale", lambda f: _tensors(f, lambda t: t[_big_int8(t) + "@scale"].fill(0.0)), "non-positive"),
+    ("another embedder's bundle", lambda f: _meta(f, _set("embedder_digest", "0" * 64)), "was trained for another"),
+    ("embedder folder that escapes", lambda f: _meta(f, _set("embedder", str(_escaping_embedder(f)))),
+     "outside the model folder"),
+]  # fmt: skip
+
+
+def _escaping_embedder(bundle: Path) -> Path:
+    """A sentence-transformers folder whose modules.json points outside itself."""
+    import json
+
+    folder = bundle.parent / "evil_embedder"
+    folder.mkdir()
+    (folder / "modules.json").write_text(json.dumps([{"type": "sentence_transformers.models.Transformer",
+                                                      "path": "../../etc"}]))  # fmt: skip
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+@pytest.mark.parametrize("case, damage, message", BUNDLE_DAMAGE, ids=[c[0] for c in BUNDLE_DAMAGE])
+def test_a_damaged_bundle_is_one_line_before_any_model_is_built(capsys, tmp_path, small_bundle, case, damage, message):
+    folder, model = small_bundle
+    bundle = tmp_path / "bundle"
+    if "int8" in case:
+        model.save(bundle, "int8")
+    else:
+        shutil.copytree(folder, bundle)
+    damage(bundle)
+    before = {p: p.read_bytes() for p in bundle.iterdir()}
+    np.save(tmp_path / "v.npy", np.ones((1, 384), np.float32))
+    out = tmp_path / "o.jsonl"
+    code = cli.main(["invert", "--embeddings", str(tmp_path / "v.npy"), "--checkpoint", str(bundle),
+                     "--output", str(out), "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("v2t invert: error: ") and message in err[0], err
+    assert not out.exists() and {p: p.read_bytes() for p in bundle.iterdir()} == before
+
+
+def test_bundles_record_digests_and_their_embedder(small_bundle):
+    """What the checks above rely on: a written bundle names each weights file's sha256 and its embedder's
+    weights digest, and reads back whole."""
+    import json
+
+    from v2t_jax import bundle
+
+    folder, model = small_bundle
+    meta = json.loads((folder / "v2t_model.json").read_text())
+    assert meta["format"] == bundle.FORMAT and meta["embedder_digest"] == model.embedder.digest
+    assert meta["files"] == {
+        n: assets.sha256_file(folder / n) for n in ("inverter.safetensors", "corrector.safetensors")
+    }
+    assert api.load_model(folder).program == model.program

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import CORPUS, ROOT, tiny_config
-from v2t_jax import api, cli, correction
+from v2t_jax import api, bundle, cli, correction
 from v2t_jax.models import embedders
 
 
@@ -200,16 +200,16 @@ def test_int8_bundle_is_a_quarter_of_the_size_and_inverts_alike(tmp_path, model,
     assert cli.main(args) == 0
     q = api.load_model(out)
     assert json.loads((out / api.BUNDLE_FILE).read_text())["weights"] == "int8"
-    flat_f = api.encode_params(model.params["corrector"])
-    flat_q = api.encode_params(model.params["corrector"], "int8")
-    loaded = api.read_params(out / "corrector.safetensors")
+    flat_f = bundle.encode_params(model.params["corrector"])
+    flat_q = bundle.encode_params(model.params["corrector"], "int8")
+    loaded = bundle.read_params(out / "corrector.safetensors")
     for key, w in flat_f.items():
         got = loaded
         for part in key.split("/"):
             got = got[part]
-        if key + api.SCALE_SUFFIX in flat_q:
+        if key + bundle.SCALE_SUFFIX in flat_q:
             assert flat_q[key].dtype == np.int8
-            assert np.all(np.abs(got - w) <= flat_q[key + api.SCALE_SUFFIX] / 2 + 1e-7), key
+            assert np.all(np.abs(got - w) <= flat_q[key + bundle.SCALE_SUFFIX] / 2 + 1e-7), key
         else:
             np.testing.assert_array_equal(got, w)
 

@@ -422,7 +422,7 @@ def test_a_second_run_on_a_locked_workdir_is_refused(capsys, tmp_path, tiny_data
 def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(capsys, tmp_path, tiny_data):
     """Export and resume skip a checkpoint that does not read back (warning once each), the damaged step is
     moved aside, not deleted, and the resumed run reaches the same weights again."""
-    from v2t_jax import api, checkpoint, train
+    from v2t_jax import api, checkpoint, export, train
 
     work = tmp_path / "run"
     cfg = _tiny_config(tiny_data, "--config.num_steps=4", "--config.eval_every=0", "--config.checkpoint_every=2")
@@ -433,12 +433,12 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(capsys, tmp_pa
             f.write_bytes(b"\0" * 7)
     capsys.readouterr()
 
-    bundle = api.export(work, tmp_path / "bundle")
+    out = export.export(work, tmp_path / "bundle")
     err = capsys.readouterr().err
     assert "checkpoint at step 4 is damaged" in err
-    assert json.loads((bundle / api.BUNDLE_FILE).read_text())["source"]["step"] == 2
+    assert json.loads((out / api.BUNDLE_FILE).read_text())["source"]["step"] == 2
     with pytest.raises(api.ModelError, match="step 4 .* is damaged"):
-        api.export(work, tmp_path / "bundle4", step=4)
+        export.export(work, tmp_path / "bundle4", step=4)
 
     train.train(cfg, work)
     err = capsys.readouterr().err
@@ -521,7 +521,7 @@ def test_time_boxed_bfloat16_run_stops_at_its_deadline_and_exports_float32(capsy
     """train_minutes stops the run at the deadline (not at num_steps), with a checkpoint and an eval there;
     the learning-rate factor falls over the run; rerunning finds the budget spent; t5.dtype=bfloat16 trains
     and the exported bundle computes in float32."""
-    from v2t_jax import api, train
+    from v2t_jax import export, train
 
     run = tmp_path / "run"
     cfg = _tiny_config(
@@ -545,7 +545,7 @@ def test_time_boxed_bfloat16_run_stops_at_its_deadline_and_exports_float32(capsy
     train.train(cfg, run)  # the same command again: nothing left to do
     assert f"budget is spent at step {steps[-1]}" in capsys.readouterr().err
     assert sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())[-1] == steps[-1]
-    api.export(run, tmp_path / "bundle")
+    export.export(run, tmp_path / "bundle")
     meta = json.loads((tmp_path / "bundle" / "v2t_model.json").read_text())
     assert json.dumps(meta).count('"bfloat16"') == 0 and '"float32"' in json.dumps(meta)
 

@@ -5,121 +5,30 @@
     texts = v2t_jax.api.invert_embeddings(vectors, model, num_steps=20, sequence_beam_width=4)
     texts, trace = model.invert_embeddings(vectors, num_steps=5, return_trace=True)
 
-A bundle folder holds `v2t_model.json` (configs, token ids, embedder name, max length), `inverter.safetensors`
-and `corrector.safetensors` (parameters flattened with '/'-joined keys; in an int8 bundle each large tensor
-is int8 beside a float32 `<key>@scale`, see `encode_params`); an inverter-only bundle (no
-corrector) inverts with 0 correction steps. The embedder is loaded by name
-(`v2t_jax.assets`). The whole N-step inversion of a batch is one compiled program
+The bundle format (metadata, int8 weights, digests, validation) is `v2t_jax.bundle`; bundles are written by
+`v2t_jax.export` from a training run. An inverter-only bundle (no corrector) inverts with 0 correction steps.
+The embedder is loaded by name (`v2t_jax.assets`) and must be the one the bundle was trained for (its
+weights' digest is recorded). The whole N-step inversion of a batch is one compiled program
 (`correction.invert`); one compile per (batch, steps, beam).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import jax
 import numpy as np
 
-from v2t_jax import correction, inversion
-from v2t_jax.models import embedders, t5
+from v2t_jax import bundle, correction, inversion
+from v2t_jax.bundle import ModelError  # noqa: F401  (the API's error; re-exported)
+from v2t_jax.models import embedders
 
-BUNDLE_FILE = "v2t_model.json"
+BUNDLE_FILE = bundle.FILE
 # The release that ships in the package: all-MiniLM-L6-v2 at 32 tokens, int8 weights (see its v2t_model.json).
 SHIPPED_BUNDLE = Path(__file__).parent / "resources" / "v2t_minilm_l6_v2"
-
-
-class ModelError(ValueError):
-    """A bundle is missing, incomplete or does not fit the input; the message says what to do."""
-
-
-WEIGHT_FORMATS = ("float32", "int8")
-SCALE_SUFFIX = "@scale"
-_MIN_QUANTIZED_SIZE = 4096  # smaller tensors (norm scales, biases, relative-position tables) stay float32
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
-    out = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "/"))
-        else:
-            out[key] = np.asarray(v, np.float32)
-    return out
-
-
-def quantize_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric weight-only int8: one float32 scale per index of the tensor's longest axis (per vocabulary
-    entry of an embedding table or LM head, per output or input unit of a projection), so that each scale
-    covers at most a few hundred weights. w ≈ q * scale (broadcast); the error is at most scale / 2."""
-    w = np.asarray(w, np.float32)
-    axis = int(np.argmax(w.shape))
-    others = tuple(i for i in range(w.ndim) if i != axis)
-    scale = np.max(np.abs(w), axis=others, keepdims=True) / 127.0
-    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-    return np.clip(np.rint(w / scale), -127, 127).astype(np.int8), scale
-
-
-def check_weight_format(weights: str) -> None:
-    if weights not in WEIGHT_FORMATS:
-        raise ModelError(f"unknown weight format {weights!r}; use one of {', '.join(WEIGHT_FORMATS)}")
-
-
-def encode_params(tree: dict, weights: str = "float32") -> dict[str, np.ndarray]:
-    """Flattened ('/'-joined keys) tensors to save; with weights="int8", every tensor of ≥ 2 dims and ≥ 4096
-    entries becomes an int8 tensor plus a float32 `<key>@scale` tensor."""
-    check_weight_format(weights)
-    flat = _flatten(tree)
-    if weights == "float32":
-        return flat
-    out = {}
-    for key, w in flat.items():
-        if w.ndim >= 2 and w.size >= _MIN_QUANTIZED_SIZE:
-            out[key], out[key + SCALE_SUFFIX] = quantize_int8(w)
-        else:
-            out[key] = w
-    return out
-
-
-def read_params(path: str | os.PathLike) -> dict:
-    """A parameter tree from a bundle's .safetensors, int8 tensors dequantized to float32."""
-    from safetensors.numpy import load_file
-
-    flat = load_file(str(path))
-    out = {}
-    for key, w in flat.items():
-        if key.endswith(SCALE_SUFFIX):
-            continue
-        if w.dtype == np.int8:
-            if key + SCALE_SUFFIX not in flat:
-                raise ModelError(f"{path}: int8 tensor {key} has no {key}{SCALE_SUFFIX}; the bundle is damaged")
-            w = w.astype(np.float32) * flat[key + SCALE_SUFFIX]
-        out[key] = w
-    return unflatten_params(out)
-
-
-def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
-    out: dict = {}
-    for key, value in flat.items():
-        node = out
-        *parents, leaf = key.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
-
-
-def _config_to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def _t5_from(d: dict) -> t5.T5Config:
-    return t5.T5Config(**d)
 
 
 MAX_SEQUENCE_BEAM = 64  # 4,096 candidates per vector and step; the paper's widest is 8 (64)
@@ -277,29 +186,23 @@ class Vec2Text:
     def decode(self, ids) -> str:
         return self.embedder.tokenizer.decode([int(t) for t in ids], skip_special_tokens=True)
 
-    def save(self, folder: str | os.PathLike, weights: str = "float32") -> None:
-        """Writes the bundle; weights="int8" stores the large tensors as int8 + per-row scales (~1/4 the size)."""
-        from safetensors.numpy import save_file
-
-        inverter = encode_params(self.params["inverter"], weights)  # checks `weights` before writing anything
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+    def save(self, folder: str | os.PathLike, weights: str = "float32", extra: dict | None = None) -> Path:
+        """Writes the bundle (`v2t_jax.bundle`); weights="int8" stores the large tensors as int8 + per-row
+        scales (~1/4 the size); `extra` adds provenance keys to its metadata."""
         p = self.program
-        meta = {
-            "format": 1,
-            "embedder": self.embedder.name,
-            "max_length": self.max_length,
-            "inverter": _config_to_dict(p.inverter),
-            "corrector": _config_to_dict(p.corrector) if p.corrector is not None else None,
-            "cls_id": p.cls_id,
-            "eos_id": p.eos_id,
-            "pad_id": p.pad_id,
-            "weights": weights,
-        }
-        save_file(inverter, str(folder / "inverter.safetensors"))
-        if p.corrector is not None:
-            save_file(encode_params(self.params["corrector"], weights), str(folder / "corrector.safetensors"))
-        (folder / BUNDLE_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+        meta = bundle.Meta(
+            embedder=self.embedder.name,
+            embedder_digest=self.embedder.digest,
+            max_length=self.max_length,
+            inverter=p.inverter,
+            corrector=p.corrector,
+            cls_id=p.cls_id,
+            eos_id=p.eos_id,
+            pad_id=p.pad_id,
+            weights=weights,
+            extra=dict(extra or {}),
+        )
+        return bundle.write(folder, meta, self.params["inverter"], self.params.get("corrector"))
 
 
 def build(inverter_cfg, inverter_params, corrector_cfg, corrector_params, embedder, max_length: int = 32) -> Vec2Text:
@@ -330,46 +233,35 @@ def shipped_bundle() -> Path:
 
 
 def load_model(folder: str | os.PathLike | None = None, cache_dir: str | None = None) -> Vec2Text:
-    """The model in bundle `folder` (default: the shipped all-MiniLM-L6-v2 model)."""
-    if folder is None:
-        folder = shipped_bundle()
-    folder = Path(folder)
-    meta_path = folder / BUNDLE_FILE
-    if not meta_path.exists():
-        raise ModelError(f"{folder} is not a v2t model bundle (no {BUNDLE_FILE})")
-    meta = json.loads(meta_path.read_text())
-    has_corrector = meta.get("corrector") is not None
-    wanted = ["inverter.safetensors"] + (["corrector.safetensors"] if has_corrector else [])
-    missing = [f for f in wanted if not (folder / f).exists()]
-    if missing:
-        raise ModelError(f"{folder} is incomplete: missing {', '.join(missing)}")
-    inv = dict(meta["inverter"])
-    inv["t5"] = _t5_from(inv["t5"])
-    inverter_cfg = inversion.InverterConfig(**inv)
-    corrector_cfg = None
-    if has_corrector:
-        cor = dict(meta["corrector"])
-        cor["t5"] = _t5_from(cor["t5"])
-        corrector_cfg = correction.CorrectorConfig(**cor)
-    emb = embedders.load_embedder(meta["embedder"], cache_dir=cache_dir)
-    if emb.dim != inverter_cfg.embed_dim or (corrector_cfg is not None and emb.dim != corrector_cfg.embed_dim):
+    """The model in bundle `folder` (default: the shipped all-MiniLM-L6-v2 model). Everything about the bundle
+    is checked before the embedder is loaded (`bundle.read`); the embedder must be the one it was trained for."""
+    meta, inverter_params, corrector_params = bundle.read(shipped_bundle() if folder is None else folder)
+    folder = Path(folder) if folder is not None else shipped_bundle()
+    from v2t_jax import assets
+
+    try:
+        emb = embedders.load_embedder(meta.embedder, cache_dir=cache_dir)
+    except assets.AssetError:
+        raise
+    except (ValueError, KeyError, OSError) as e:
+        raise ModelError(f"{folder}: its embedder {meta.embedder!r} cannot be loaded ({bundle.brief(e)})") from None
+    if meta.embedder_digest is not None and emb.digest != meta.embedder_digest:
         raise ModelError(
-            f"{folder}: the embedder {meta['embedder']!r} has dimension {emb.dim}, the models expect "
-            f"{inverter_cfg.embed_dim}"
+            f"{folder} was trained for another {meta.embedder!r} (weights digest {meta.embedder_digest[:12]}…, the "
+            f"one loaded has {emb.digest[:12]}…): its inversions would be meaningless; use the bundle's own embedder"
         )
-    model = build(
-        inverter_cfg,
-        read_params(folder / "inverter.safetensors"),
-        corrector_cfg,
-        read_params(folder / "corrector.safetensors") if has_corrector else None,
-        emb,
-        meta["max_length"],
-    )
-    _check_params_fit(model)
+    dims = {meta.inverter.embed_dim} | ({meta.corrector.embed_dim} if meta.corrector is not None else set())
+    if dims != {emb.dim}:
+        raise ModelError(
+            f"{folder}: the embedder {meta.embedder!r} has dimension {emb.dim}, the models expect "
+            f"{meta.inverter.embed_dim}"
+        )
+    model = build(meta.inverter, inverter_params, meta.corrector, corrector_params, emb, meta.max_length)
+    check_params_fit(model)
     return model
 
 
-def _check_params_fit(model: Vec2Text) -> None:
+def check_params_fit(model: Vec2Text) -> None:
     """Compares the loaded parameter shapes with what the configs build (a mismatched bundle fails here)."""
     import jax.numpy as jnp
 
@@ -388,67 +280,6 @@ def _check_params_fit(model: Vec2Text) -> None:
         have = jax.tree_util.tree_map(lambda x: x.shape, model.params[name])
         if want != have:
             raise ModelError(f"the {name} parameters do not match its config; the bundle is damaged or mixed up")
-
-
-def export(
-    workdir: str | os.PathLike, folder: str | os.PathLike, step: int | None = None, weights: str = "float32"
-) -> Path:
-    """A model bundle from a `v2t train` run directory (its latest checkpoint, or `step`): an inverter run gives
-    an inverter-only bundle; a corrector run gives its inverter bundle's inverter + the trained corrector.
-    `weights`: "float32", or "int8" (weight-only, per-row scales; see `encode_params`)."""
-    import ml_collections
-
-    from v2t_jax import checkpoint, train
-
-    workdir = Path(workdir)
-    check_weight_format(weights)  # before any loading
-    if not (workdir / "config.json").exists():
-        raise ModelError(f"{workdir} is not a v2t train run directory (no config.json)")
-    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-    if "dtype" in config.t5:  # a bundle computes in float32 whatever the run trained in (bfloat16 on accelerators)
-        config.t5.dtype = "float32"
-    steps = sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit())
-    if not steps:
-        raise ModelError(f"{workdir} has no finished checkpoint yet")
-    explicit = step is not None
-    step = steps[-1] if step is None else step
-    if step not in steps:
-        raise ModelError(f"{workdir} has no checkpoint at step {step} (it has {', '.join(map(str, steps))})")
-    emb = embedders.load_embedder(config.embedder)
-    vocab = train.target_vocab(config, emb)
-    if not vocab.in_graph:
-        raise ModelError("only models that decode in the embedder's vocabulary can be exported as bundles")
-    cfg = train.model_config(config, emb.dim, vocab.size, vocab.pad_id, vocab.eos_id)
-    try:
-        if explicit:
-            params = checkpoint.read_state_as_numpy(workdir, step)["params"]
-        else:  # the newest step that reads back
-            state, step = checkpoint.read_latest_as_numpy(
-                workdir, steps, warn=lambda m: print(f"v2t export: {m}", file=sys.stderr)
-            )
-            params = state["params"]
-    except checkpoint.DamagedCheckpoints as e:
-        raise ModelError(str(e)) from None
-    except Exception as e:  # a named step that does not read back
-        why = checkpoint.describe_error(e)
-        raise ModelError(f"the checkpoint at step {step} in {workdir} is damaged ({why})") from None
-    source = {"workdir": str(workdir.absolute()), "step": step}
-    if config.model == "corrector":
-        try:
-            inverter = load_model(train.inverter_bundle(config))
-        except train.TrainingError as e:
-            raise ModelError(str(e)) from e
-        model = build(inverter.program.inverter, inverter.params["inverter"], cfg, params, emb, config.max_length)
-        source["inverter"] = str(Path(config.inverter).expanduser().absolute())
-    else:
-        model = build(cfg, params, None, None, emb, config.max_length)
-    _check_params_fit(model)
-    model.save(folder, weights)
-    meta_path = Path(folder) / BUNDLE_FILE
-    meta = json.loads(meta_path.read_text())
-    meta["source"] = source
-    meta_path.write_text(json.dumps(meta, indent=1) + "\n")
-    return Path(folder)
 
 
 def invert_embeddings(

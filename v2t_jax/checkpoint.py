@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 import orbax.checkpoint as ocp
 
+from v2t_jax.bundle import brief as describe_error  # one line naming an exception
+
 
 def manager(workdir: str | Path, keep: int = 3) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
@@ -28,11 +30,6 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_state: dict) -
 
 class DamagedCheckpoints(RuntimeError):
     """No checkpoint of a run can be read; the message says which and what to do."""
-
-
-def describe_error(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
 
 
 def set_aside(workdir: str | Path, step: int) -> Path:

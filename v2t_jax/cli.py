@@ -22,7 +22,7 @@ from typing import Sequence
 # cores); experiments/results/table1_minilm.md shows what a sequence beam adds, at what cost.
 DEFAULT_STEPS = 20
 DEFAULT_SBEAM = 1
-WEIGHT_FORMATS = ("float32", "int8")  # v2t_jax.api.WEIGHT_FORMATS, without importing jax for --help
+WEIGHT_FORMATS = ("float32", "int8")  # v2t_jax.bundle.WEIGHT_FORMATS, without importing jax for --help
 
 
 class UsageError(Exception):
@@ -328,10 +328,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError(f"{out} exists and is not empty; pass --overwrite to replace its files")
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} is a file; pass a folder for the bundle")
-    from v2t_jax import api
+    from v2t_jax import api, bundle, export
 
     try:
-        meta = json.loads((api.export(args.workdir, out, args.step, args.weights) / api.BUNDLE_FILE).read_text())
+        meta = json.loads((export.export(args.workdir, out, args.step, args.weights) / bundle.FILE).read_text())
     except api.ModelError as e:
         raise UsageError(str(e)) from e
     kind = "an inverter-only" if meta["corrector"] is None else "an inverter + corrector"

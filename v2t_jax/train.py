@@ -328,7 +328,7 @@ def load_data(config: ml_collections.ConfigDict, need_texts: bool) -> tuple[Any,
 
 def inverter_bundle(config: ml_collections.ConfigDict) -> Path:
     """The corrector config's `inverter`: a model bundle whose inverter made (or will make) the hypotheses."""
-    from v2t_jax import api
+    from v2t_jax import bundle as bundle_lib
 
     if not config.inverter:
         raise TrainingError("a corrector needs the inverter that makes its hypotheses: --config.inverter=BUNDLE")
@@ -337,12 +337,13 @@ def inverter_bundle(config: ml_collections.ConfigDict) -> Path:
         raise TrainingError(
             f"{bundle} is a training run; export a bundle first: v2t export --workdir {bundle} --output BUNDLE"
         )
-    if not (bundle / api.BUNDLE_FILE).exists():
-        raise TrainingError(f"inverter {bundle} is not a v2t model bundle (no {api.BUNDLE_FILE}); see v2t export")
-    meta = json.loads((bundle / api.BUNDLE_FILE).read_text())
-    if meta.get("embedder") != config.embedder or meta.get("max_length") != config.max_length:
+    try:
+        meta = bundle_lib.read_meta(bundle)
+    except bundle_lib.ModelError as e:
+        raise TrainingError(f"inverter: {e}") from None
+    if meta.embedder != config.embedder or meta.max_length != config.max_length:
         raise TrainingError(
-            f"inverter {bundle} inverts {meta.get('embedder')} at {meta.get('max_length')} tokens, "
+            f"inverter {bundle} inverts {meta.embedder} at {meta.max_length} tokens, "
             f"the config {config.embedder} at {config.max_length}"
         )
     return bundle
@@ -355,9 +356,12 @@ def warm_start(params: dict, bundle: Path, shardings: Any) -> dict:
     its T5 takes the inverter's T5, its projections of e and ê take the inverter's projection of e, and the
     projection of e - ê and the input layer norm keep their fresh initialisation. The reference starts both
     models from the same pretrained T5; with none here, the trained inverter is the closest thing."""
-    from v2t_jax import api
+    from v2t_jax import bundle as bundle_lib
 
-    inv = api.read_params(bundle / "inverter.safetensors")
+    try:
+        inv = bundle_lib.read(bundle)[1]
+    except bundle_lib.ModelError as e:
+        raise TrainingError(f"inverter: {e}") from None
     new = dict(params, t5=inv["t5"], transform_target=inv["transform"], transform_hypothesis=inv["transform"])
     same = jax.tree_util.tree_structure(new) == jax.tree_util.tree_structure(params) and all(
         np.shape(a) == np.shape(b) for a, b in zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(params))

@@ -342,7 +342,7 @@ def load_embedder_config_and_params(folder: str | os.PathLike, head: str = "auto
     backbone_dir = folder
     for m in modules:
         kind = m.get("type", "").rsplit(".", 1)[-1]
-        sub = os.path.join(folder, m.get("path", ""))
+        sub = t5_lib.join_inside(folder, m.get("path", ""), "modules.json")
         if kind == "Transformer":
             backbone_dir = sub
         elif kind == "Pooling":
@@ -434,6 +434,22 @@ class Embedder:
     def dim(self) -> int:
         return self.config.dim
 
+    @property
+    def digest(self) -> str:
+        """sha256 of the weights as float32 (names, shapes, values): what a bundle records to bind itself to the
+        embedder it was trained for, whatever folder or file format holds them."""
+        if "_digest" not in self.__dict__:
+            import hashlib
+
+            h = hashlib.sha256()
+            leaves = jax.tree_util.tree_flatten_with_path(self.params)[0]
+            for path, leaf in sorted(leaves, key=lambda x: jax.tree_util.keystr(x[0])):
+                a = np.ascontiguousarray(np.asarray(leaf, np.float32))
+                h.update(f"{jax.tree_util.keystr(path)}{a.shape}".encode())
+                h.update(a.tobytes())
+            self.__dict__["_digest"] = h.hexdigest()
+        return self.__dict__["_digest"]
+
     def embed_ids(self, input_ids: Array, attention_mask: Array) -> Array:
         return _embed_jit(self.config, self.params, input_ids, attention_mask)
 
@@ -515,7 +531,7 @@ def load_embedder(name_or_path: str | os.PathLike, cache_dir: str | None = None,
 def _tokenizer_folder(folder: str) -> str:
     for m in _st_modules(os.fspath(folder)):
         if m.get("type", "").endswith("Transformer"):
-            sub = os.path.join(folder, m.get("path", ""))
+            sub = t5_lib.join_inside(folder, m.get("path", ""), "modules.json")
             if os.path.exists(os.path.join(sub, "tokenizer.json")) or os.path.exists(
                 os.path.join(sub, "tokenizer_config.json")
             ):

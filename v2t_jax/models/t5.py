@@ -659,6 +659,17 @@ def logical_axes(model: nn.Module, enc_len: int = 8, dec_len: int = 4) -> PyTree
 # ----------------------------------------------------------------------------- Hugging Face import
 
 
+def join_inside(folder: str | os.PathLike, rel: str, what: str) -> str:
+    """`folder/rel`, refusing a `rel` that leaves `folder` (absolute, or `..` past it): a model folder's own files
+    (modules.json, a safetensors index) name only files inside it. Checked on the names, so links inside the
+    folder (a hub cache's snapshot links to its blobs) still read."""
+    base = os.path.normpath(os.path.abspath(folder))
+    path = os.path.normpath(os.path.join(base, rel)) if isinstance(rel, str) else ""
+    if not isinstance(rel, str) or os.path.isabs(rel) or os.path.commonpath([base, path]) != base:
+        raise ValueError(f"{folder}: {what} names {rel!r}, outside the model folder; the folder is damaged or unsafe")
+    return path
+
+
 def read_hf_state_dict(folder: str | os.PathLike) -> dict[str, np.ndarray]:
     """Reads `model.safetensors` (or sharded safetensors, or `pytorch_model.bin` with weights_only)."""
     folder = os.fspath(folder)
@@ -672,7 +683,8 @@ def read_hf_state_dict(folder: str | os.PathLike) -> dict[str, np.ndarray]:
             files = [st_path]
         else:
             with open(index_path) as f:
-                files = sorted({os.path.join(folder, v) for v in json.load(f)["weight_map"].values()})
+                names = set(json.load(f)["weight_map"].values())
+            files = sorted(join_inside(folder, v, "model.safetensors.index.json") for v in names)
         out: dict[str, np.ndarray] = {}
         for path in files:
             try:

@@ -1,0 +1,67 @@
+"""`v2t export`: a model bundle (`v2t_jax.bundle`) from a `v2t train` run directory. Lives apart from the inference
+API: it needs the training side (configs, checkpoints, the target vocabulary), which inference never does."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import ml_collections
+
+from v2t_jax import api, bundle, checkpoint, train
+from v2t_jax.bundle import ModelError
+from v2t_jax.models import embedders
+
+
+def export(
+    workdir: str | os.PathLike, folder: str | os.PathLike, step: int | None = None, weights: str = "float32"
+) -> Path:
+    """A model bundle from a `v2t train` run directory (its latest checkpoint, or `step`): an inverter run gives
+    an inverter-only bundle; a corrector run gives its inverter bundle's inverter + the trained corrector.
+    `weights`: "float32", or "int8" (weight-only, per-row scales; see `encode_params`)."""
+    workdir = Path(workdir)
+    bundle.check_weight_format(weights)  # before any loading
+    if not (workdir / "config.json").exists():
+        raise ModelError(f"{workdir} is not a v2t train run directory (no config.json)")
+    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    if "dtype" in config.t5:  # a bundle computes in float32 whatever the run trained in (bfloat16 on accelerators)
+        config.t5.dtype = "float32"
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit())
+    if not steps:
+        raise ModelError(f"{workdir} has no finished checkpoint yet")
+    explicit = step is not None
+    step = steps[-1] if step is None else step
+    if step not in steps:
+        raise ModelError(f"{workdir} has no checkpoint at step {step} (it has {', '.join(map(str, steps))})")
+    emb = embedders.load_embedder(config.embedder)
+    vocab = train.target_vocab(config, emb)
+    if not vocab.in_graph:
+        raise ModelError("only models that decode in the embedder's vocabulary can be exported as bundles")
+    cfg = train.model_config(config, emb.dim, vocab.size, vocab.pad_id, vocab.eos_id)
+    try:
+        if explicit:
+            params = checkpoint.read_state_as_numpy(workdir, step)["params"]
+        else:  # the newest step that reads back
+            state, step = checkpoint.read_latest_as_numpy(
+                workdir, steps, warn=lambda m: print(f"v2t export: {m}", file=sys.stderr)
+            )
+            params = state["params"]
+    except checkpoint.DamagedCheckpoints as e:
+        raise ModelError(str(e)) from None
+    except Exception as e:  # a named step that does not read back
+        why = checkpoint.describe_error(e)
+        raise ModelError(f"the checkpoint at step {step} in {workdir} is damaged ({why})") from None
+    source = {"workdir": str(workdir.absolute()), "step": step}
+    if config.model == "corrector":
+        try:
+            inverter = api.load_model(train.inverter_bundle(config))
+        except train.TrainingError as e:
+            raise ModelError(str(e)) from e
+        model = api.build(inverter.program.inverter, inverter.params["inverter"], cfg, params, emb, config.max_length)
+        source["inverter"] = str(Path(config.inverter).expanduser().absolute())
+    else:
+        model = api.build(cfg, params, None, None, emb, config.max_length)
+    api.check_params_fit(model)
+    return model.save(folder, weights, extra={"source": source})
