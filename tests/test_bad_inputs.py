@@ -266,3 +266,60 @@ def test_bundles_record_digests_and_their_embedder(small_bundle):
         n: assets.sha256_file(folder / n) for n in ("inverter.safetensors", "corrector.safetensors")
     }
     assert api.load_model(folder).program == model.program
+
+
+# ------------------------------------------------------------------------------- v2t invert: streaming, resume
+
+
+def test_invert_streams_its_rows_and_resumes_after_a_full_disk(capsys, monkeypatch, tmp_path, small_bundle):
+    """Rows go to OUTPUT.partial batch by batch; a write that fails (here: ENOSPC on the third batch) is one line
+    that keeps the finished rows; the same command then resumes after them and the output equals an
+    uninterrupted run's. Another command on the same output is refused while the partial run is there."""
+    import errno
+
+    folder, model = small_bundle
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "v.npy", rng.normal(size=(7, 384)).astype(np.float32))
+    args = ["invert", "--embeddings", str(tmp_path / "v.npy"), "--checkpoint", str(folder), "--steps", "1",
+            "--batch-size", "2", "--trace", "--quiet", "--output"]  # fmt: skip
+    assert cli.main(args + [str(tmp_path / "whole.jsonl")]) == 0
+    whole = (tmp_path / "whole.jsonl").read_text()
+    assert len(whole.splitlines()) == 7
+
+    real_open, calls = open, []
+
+    def full_disk(file, mode="r", *a, **kw):
+        if str(file).endswith(".partial") and "a" in mode:
+            calls.append(file)
+            if len(calls) == 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(file, mode, *a, **kw)
+
+    out = tmp_path / "o.jsonl"
+    monkeypatch.setattr("builtins.open", full_disk)
+    assert cli.main(args + [str(out)]) == 2
+    monkeypatch.undo()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and "the 4 rows done are kept" in err[0]
+    partial = tmp_path / "o.jsonl.partial"
+    assert not out.exists() and partial.read_text() == "".join(whole.splitlines(keepends=True)[:4])
+
+    with real_open(partial, "a") as f:  # a torn row from a kill mid-write is cut off on resume
+        f.write('{"text": "half')
+    assert cli.main(args[:-2] + ["--steps", "2", "--quiet", "--output", str(out)]) == 2
+    assert "holds an interrupted run of other inputs or settings" in capsys.readouterr().err
+    assert cli.main(args + [str(out)]) == 0
+    assert "resuming after the 4 rows" in capsys.readouterr().err
+    assert out.read_text() == whole
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("o.")) == ["o.jsonl"]
+
+
+def test_a_text_file_named_npy_gets_no_pickle_advice(capsys, tmp_path):
+    (tmp_path / "v.npy").write_text("0.1 0.2 0.3\n")
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    for name, message in (("v.npy", "not a .npy file (no NumPy header)"), ("obj.npy", "never loads")):
+        out = tmp_path / "o.jsonl"
+        assert cli.main(["invert", "--embeddings", str(tmp_path / name), "--output", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0] and "allow_pickle" not in err[0], err
+        assert not out.exists()

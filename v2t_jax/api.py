@@ -111,6 +111,35 @@ class Vec2Text:
         embed_fn: re-embed hypotheses with this black box (list of strings -> [n, D] array), e.g. a remote
         API, on the host between compiled decoding steps, instead of the bundle's embedder inside the program
         (`correction.invert_host`)."""
+        texts: list[str] = []
+        cosines: list[float] = []
+        per_step: list[dict] = []
+        for _, t, c, steps in self.iter_batches(
+            embeddings, num_steps, sequence_beam_width, stop_cosine, batch_size, return_trace, progress, embed_fn,
+            skip_repeated,
+        ):  # fmt: skip
+            texts += t
+            cosines += c
+            per_step += steps or []
+        return (texts, {"cosine": cosines, "steps": per_step}) if return_trace else texts
+
+    def iter_batches(
+        self,
+        embeddings,
+        num_steps: int = 0,
+        sequence_beam_width: int = 1,
+        stop_cosine: float | None = None,
+        batch_size: int = 32,
+        trace: bool = False,
+        progress: bool = False,
+        embed_fn=None,
+        skip_repeated: bool = True,
+        start: int = 0,
+    ):
+        """`invert_embeddings` one batch at a time: yields (first row, texts, cosines, per-row step traces or
+        None) in order, from row `start` (a multiple of the batch size, as a resumed run left off). Every input
+        is checked before the first batch runs; the batches are those of a whole run, so the rows come out the
+        same whether a run is resumed or not."""
         if num_steps < 0 or sequence_beam_width < 1 or batch_size < 1:
             raise ModelError("num_steps must be >= 0, sequence_beam_width >= 1 and batch_size >= 1")
         if sequence_beam_width > MAX_SEQUENCE_BEAM:
@@ -122,16 +151,16 @@ class Vec2Text:
             raise ModelError("this model is an inverter only (no corrector): use 0 correction steps")
         e = self.check_embeddings(embeddings)
         n = len(e)
-        bs = min(batch_size, n)
-        texts: list[str] = []
-        cosines: list[float] = []
-        steps_text: list[list[str]] = []
-        steps_cos: list[np.ndarray] = []
-        starts = range(0, n, bs)
+        bs = self.batch_rows(n, batch_size)
+        if start % bs or not 0 <= start <= n:
+            raise ModelError(f"start row {start} is not a batch boundary (batch {bs}) within the {n} rows")
+        starts = range(start, n, bs)
         if progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, total=-(-n // bs), unit="batch", desc="invert", dynamic_ncols=True)
+            starts = tqdm(
+                starts, total=-(-n // bs), initial=start // bs, unit="batch", desc="invert", dynamic_ncols=True
+            )
         stop = 2.0 if stop_cosine is None else float(stop_cosine)
         for s in starts:
             chunk = e[s : s + bs]
@@ -148,31 +177,27 @@ class Vec2Text:
                         sequence_beam_width,
                         stop,
                         skip_repeated=skip_repeated,
-                        score=return_trace or num_steps > 0,
+                        score=trace or num_steps > 0,
                     )
                 )
             else:
                 out = correction.invert_host(
                     self.program, self.params, chunk, num_steps, sequence_beam_width, self.decode, embed_fn, stop
                 )
-            texts += [self.decode(row) for row in out["ids"][:m]]
-            cosines += out["cosine"][:m].tolist()
-            if return_trace:
-                steps_text += [[self.decode(row) for row in step[:m]] for step in out["step_ids"]]
-                steps_cos.append(out["step_cosine"][:, :m])
-        if not return_trace:
-            return texts
-        per_step = []
-        n_steps = num_steps + 1
-        for i in range(n):
-            b, j = divmod(i, bs)
-            per_step.append(
-                {
-                    "hypotheses": [steps_text[b * n_steps + t][j] for t in range(n_steps)],
-                    "cosines": [float(steps_cos[b][t, j]) for t in range(n_steps)],
-                }
-            )
-        return texts, {"cosine": cosines, "steps": per_step}
+            texts = [self.decode(row) for row in out["ids"][:m]]
+            steps = None
+            if trace:
+                hyps = [[self.decode(row) for row in step[:m]] for step in out["step_ids"]]
+                cos = out["step_cosine"][:, :m]
+                steps = [
+                    {"hypotheses": [h[j] for h in hyps], "cosines": [float(x) for x in cos[:, j]]} for j in range(m)
+                ]
+            yield s, texts, out["cosine"][:m].tolist(), steps
+
+    @staticmethod
+    def batch_rows(n: int, batch_size: int) -> int:
+        """The batch size a run over n rows uses (never more than n: one compiled shape, no padding waste)."""
+        return max(1, min(batch_size, n))
 
     def invert_strings(self, texts: Sequence[str], **kwargs):
         return self.invert_embeddings(self.embedder.embed_texts(list(texts), max_length=self.max_length), **kwargs)

@@ -278,7 +278,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _npy_problem(path: Path, error: Exception) -> str:
+    """What is wrong with a .npy that numpy refused, in words that do not suggest loading pickles."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head != b"\x93NUMPY":
+        return "not a .npy file (no NumPy header); save the [N, D] vectors with numpy.save"
+    if "pickle" in str(error).lower():
+        return "it holds Python objects, which v2t never loads; save a float array"
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
 def cmd_invert(args: argparse.Namespace) -> int:
+    """Inverts in batches and streams the rows, in order, to OUTPUT.partial (flushed and synced per batch);
+    renamed to OUTPUT at the end. An interrupted run (kill, SIGTERM, disk full) keeps its finished rows, and the
+    same command resumes after them (OUTPUT.partial.json records what the rows were made from)."""
     import numpy as np
 
     if args.batch_size < 1:
@@ -289,37 +303,103 @@ def cmd_invert(args: argparse.Namespace) -> int:
     try:
         vectors = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as e:
-        raise UsageError(f"cannot read {path} as a .npy array ({e})") from e
+        raise UsageError(f"cannot read {path} as a .npy array ({_npy_problem(path, e)})") from None
     if not isinstance(vectors, np.ndarray):
         raise UsageError(f"{path} holds several arrays (.npz); save the [N, D] vectors with numpy.save as .npy")
     output = check_output(args.output, args.overwrite, [args.embeddings])
     model = _load_model(args)
 
-    from v2t_jax import api
+    from v2t_jax import api, assets, bundle
 
-    try:  # invert_embeddings checks the vectors (dimension, NaN/inf, zero rows, dtype) before any work
-        texts, trace = model.invert_embeddings(
+    try:  # the vectors (dimension, NaN/inf, zero rows, dtype) before any work
+        n = len(model.check_embeddings(vectors))
+    except api.ModelError as e:
+        raise UsageError(str(e)) from e
+    bs = model.batch_rows(n, args.batch_size)
+    folder = Path(args.checkpoint) if args.checkpoint else api.shipped_bundle()
+    run = {
+        "embeddings": assets.sha256_file(path),
+        "model": assets.sha256_file(folder / bundle.FILE),
+        "steps": args.steps,
+        "sbeam": args.sbeam,
+        "stop_cosine": args.stop_cosine,
+        "batch_size": bs,
+        "skip_repeated": args.skip_repeated,
+        "trace": bool(args.trace),
+    }
+    stream = RowStream(output, run, bs)
+    try:
+        for _, texts, cosines, steps in model.iter_batches(
             vectors,
             num_steps=args.steps,
             sequence_beam_width=args.sbeam,
             stop_cosine=args.stop_cosine,
-            batch_size=args.batch_size,
-            return_trace=True,
+            batch_size=bs,
+            trace=bool(args.trace),
             progress=not args.quiet,
             skip_repeated=args.skip_repeated,
-        )
+            start=stream.done,
+        ):
+            rows = [{"text": t, "cosine": c} for t, c in zip(texts, cosines)]
+            for row, trace in zip(rows, steps or []):
+                row["steps"] = trace
+            stream.append([json.dumps(r, ensure_ascii=False) for r in rows])
     except api.ModelError as e:
         raise UsageError(str(e)) from e
-    rows = []
-    for i, text in enumerate(texts):
-        row = {"text": text, "cosine": trace["cosine"][i]}
-        if args.trace:
-            row["steps"] = trace["steps"][i]
-        rows.append(json.dumps(row, ensure_ascii=False))
-    write_atomic(output, lambda f: f.write("\n".join(rows) + "\n"), binary=False)
+    stream.finish()
     if not args.quiet:
-        print(f"v2t invert: wrote {len(rows)} rows to {output}", file=sys.stderr)
+        print(f"v2t invert: wrote {n} rows to {output}", file=sys.stderr)
     return 0
+
+
+class RowStream:
+    """JSON lines written in order to OUTPUT.partial as batches finish, with OUTPUT.partial.json naming the run
+    (inputs and settings); `done` rows are on disk (whole batches: a torn last batch is cut off) and a rerun of
+    the same run continues after them. `finish` renames the rows into place with the output's mode."""
+
+    def __init__(self, output: Path, run: dict, batch: int):
+        self.output, self.run, self.batch = output, run, batch
+        self.partial = output.with_name(output.name + ".partial")
+        self.state = output.with_name(output.name + ".partial.json")
+        self.done = 0
+        if self.state.exists() or self.partial.exists():
+            try:
+                saved = json.loads(self.state.read_text())
+            except (OSError, ValueError):
+                saved = None
+            if saved != run:
+                raise UsageError(
+                    f"{self.partial} holds an interrupted run of other inputs or settings; rerun that command to "
+                    f"finish it, or delete {self.partial} and {self.state}"
+                )
+            lines = self.partial.read_bytes().split(b"\n") if self.partial.exists() else []
+            whole = len(lines) - 1  # the last piece has no newline: empty, or a torn row
+            self.done = whole - whole % batch
+            with open(self.partial, "r+b") as f:
+                f.truncate(sum(len(x) + 1 for x in lines[: self.done]))
+            print(f"v2t invert: resuming after the {self.done} rows in {self.partial}", file=sys.stderr)
+
+    def append(self, rows: list[str]) -> None:
+        try:
+            if not self.state.exists():
+                write_atomic(self.state, lambda f: f.write(json.dumps(self.run) + "\n"), binary=False)
+            with open(self.partial, "a", encoding="utf-8") as f:
+                f.write("".join(r + "\n" for r in rows))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise UsageError(
+                f"cannot write {self.partial} ({e.strerror or e}); the {self.done} rows done are kept: free space "
+                "and rerun the same command to continue"
+            ) from None
+        self.done += len(rows)
+
+    def finish(self) -> None:
+        if not self.partial.exists():  # no rows at all
+            self.partial.write_text("")
+        os.chmod(self.partial, _output_mode(self.output))
+        os.replace(self.partial, self.output)
+        self.state.unlink(missing_ok=True)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -646,6 +726,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.command == "train":
             msg = f"interrupted; the checkpoints saved so far stay in {args.workdir}: rerun the command to resume"
+        elif args.command == "invert":
+            msg = "interrupted; the finished rows stay in OUTPUT.partial: rerun the command to resume"
         else:
             msg = "interrupted; nothing was written"
         print(f"v2t {args.command}: {msg}", file=sys.stderr)
