@@ -266,6 +266,9 @@ def test_bundles_record_digests_and_their_embedder(small_bundle):
         n: assets.sha256_file(folder / n) for n in ("inverter.safetensors", "corrector.safetensors")
     }
     assert api.load_model(folder).program == model.program
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in folder.iterdir()} == {0o666 & ~umask}  # safetensors alone gives 0600
 
 
 # ------------------------------------------------------------------------------- v2t invert: streaming, resume

@@ -44,13 +44,14 @@ def test_sample_passages_fit_the_embedder(shipped, samples):
 
 def test_trained_model_recovers_more_than_noise(shipped, samples):
     """Step 0 of the trained inverter lands near the targets (an untrained model's hypotheses sit at
-    cosine ≈ 0.03 to them, see experiments/results/inverter_cpu_small_curve.md at step 0), and correction
-    never lowers the best cosine."""
+    cosine ≈ 0.005 to them, experiments/results/gpu_release_h100.md at step 0; the first CPU release reached
+    0.24 on these eight), correction never lowers the best cosine and, over the eight, raises it."""
     e = shipped.embedder.embed_texts(samples, max_length=shipped.max_length)
     texts, trace = shipped.invert_embeddings(e, num_steps=2, return_trace=True)
     start = np.array([row["cosines"][0] for row in trace["steps"]])
-    assert start.mean() > 0.15, start
+    assert start.mean() > 0.5, start
     assert np.all(np.asarray(trace["cosine"]) >= start - 1e-6)
+    assert np.mean(trace["cosine"]) > start.mean() + 0.05
     assert all(isinstance(t, str) and t for t in texts)
 
 

@@ -323,9 +323,12 @@ def write(folder: str | os.PathLike, meta: Meta, inverter: dict, corrector: dict
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / FILE).unlink(missing_ok=True)
+    umask = os.umask(0)
+    os.umask(umask)
     files = {}
     for name, tensors in encoded.items():
         save_file(tensors, str(folder / name))
+        os.chmod(folder / name, 0o666 & ~umask)  # safetensors writes 0600 whatever the umask
         files[name] = sha256_file(folder / name)
     meta = dataclasses.replace(meta, files=files)
     (folder / FILE).write_text(json.dumps(meta.to_json(), indent=1) + "\n")
