@@ -10,7 +10,7 @@ from pathlib import Path
 
 import ml_collections
 
-from v2t_jax import api, bundle, checkpoint, train
+from v2t_jax import api, bundle, checkpoint, tasks, train
 from v2t_jax.bundle import ModelError
 from v2t_jax.models import embedders
 
@@ -39,7 +39,10 @@ def export(
     vocab = train.target_vocab(config, emb)
     if not vocab.in_graph:
         raise ModelError("only models that decode in the embedder's vocabulary can be exported as bundles")
-    cfg = train.model_config(config, emb.dim, vocab.size, vocab.pad_id, vocab.eos_id)
+    try:
+        cfg = train.model_config(config, emb.dim, vocab.size, vocab.pad_id, vocab.eos_id)
+    except tasks.TrainingError as e:
+        raise ModelError(str(e)) from None
     try:
         if explicit:
             params = checkpoint.read_state_as_numpy(workdir, step)["params"]
@@ -53,15 +56,10 @@ def export(
     except Exception as e:  # a named step that does not read back
         why = checkpoint.describe_error(e)
         raise ModelError(f"the checkpoint at step {step} in {workdir} is damaged ({why})") from None
-    source = {"workdir": str(workdir.absolute()), "step": step}
-    if config.model == "corrector":
-        try:
-            inverter = api.load_model(train.inverter_bundle(config))
-        except train.TrainingError as e:
-            raise ModelError(str(e)) from e
-        model = api.build(inverter.program.inverter, inverter.params["inverter"], cfg, params, emb, config.max_length)
-        source["inverter"] = str(Path(config.inverter).expanduser().absolute())
-    else:
-        model = api.build(cfg, params, None, None, emb, config.max_length)
+    try:
+        model, provenance = tasks.for_config(config).export_model(config, cfg, params, emb)
+    except tasks.TrainingError as e:
+        raise ModelError(str(e)) from None
+    source = {"workdir": str(workdir.absolute()), "step": step, **provenance}
     api.check_params_fit(model)
     return model.save(folder, weights, extra={"source": source})

@@ -32,7 +32,8 @@ import optax
 from flax import struct
 from jax.experimental import multihost_utils
 
-from v2t_jax import checkpoint, correction, decoding, inversion, metrics, sharding
+from v2t_jax import checkpoint, decoding, inversion, metrics, sharding, tasks
+from v2t_jax.tasks import TrainingError, inverter_bundle, warm_start  # noqa: F401  (re-exported)
 from v2t_jax.models import t5 as t5_lib
 
 Array = jax.Array
@@ -50,10 +51,6 @@ RESUMABLE_KEYS = {
     "keep_checkpoints",
     "progress",
 }
-
-
-class TrainingError(RuntimeError):
-    """A run cannot start or continue; the message says what to do."""
 
 
 @struct.dataclass
@@ -321,123 +318,16 @@ def load_data(config: ml_collections.ConfigDict, need_texts: bool) -> tuple[Any,
         except FileNotFoundError as e:
             raise TrainingError(f"no target embeddings for {split!r}; run: {command}") from e
         out[split] = SplitData(emb, ids, dataset.texts(b, split) if (need_texts or split == "validation") else None)
-    if config.model == "corrector":
-        _attach_hypotheses(config, tdir, out)
+    tasks.for_config(config).attach(config, tdir, out)
     return b, out
-
-
-def inverter_bundle(config: ml_collections.ConfigDict) -> Path:
-    """The corrector config's `inverter`: a model bundle whose inverter made (or will make) the hypotheses."""
-    from v2t_jax import bundle as bundle_lib
-
-    if not config.inverter:
-        raise TrainingError("a corrector needs the inverter that makes its hypotheses: --config.inverter=BUNDLE")
-    bundle = Path(config.inverter).expanduser()
-    if (bundle / "config.json").exists() and (bundle / "checkpoints").is_dir():
-        raise TrainingError(
-            f"{bundle} is a training run; export a bundle first: v2t export --workdir {bundle} --output BUNDLE"
-        )
-    try:
-        meta = bundle_lib.read_meta(bundle)
-    except bundle_lib.ModelError as e:
-        raise TrainingError(f"inverter: {e}") from None
-    if meta.embedder != config.embedder or meta.max_length != config.max_length:
-        raise TrainingError(
-            f"inverter {bundle} inverts {meta.embedder} at {meta.max_length} tokens, "
-            f"the config {config.embedder} at {config.max_length}"
-        )
-    return bundle
-
-
-def warm_start(params: dict, bundle: Path, shardings: Any) -> dict:
-    """Corrector parameters whose T5 and two embedding projections start as the inverter's.
-
-    The inverter already maps an embedding to text; the corrector starts from that instead of from noise:
-    its T5 takes the inverter's T5, its projections of e and ê take the inverter's projection of e, and the
-    projection of e - ê and the input layer norm keep their fresh initialisation. The reference starts both
-    models from the same pretrained T5; with none here, the trained inverter is the closest thing."""
-    from v2t_jax import bundle as bundle_lib
-
-    try:
-        inv = bundle_lib.read(bundle)[1]
-    except bundle_lib.ModelError as e:
-        raise TrainingError(f"inverter: {e}") from None
-    new = dict(params, t5=inv["t5"], transform_target=inv["transform"], transform_hypothesis=inv["transform"])
-    same = jax.tree_util.tree_structure(new) == jax.tree_util.tree_structure(params) and all(
-        np.shape(a) == np.shape(b) for a, b in zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(params))
-    )
-    if not same:
-        raise TrainingError(
-            f"init_from_inverter: the inverter in {bundle} has another shape than this corrector config "
-            "(T5 size, vocabulary or embedding width); set --config.init_from_inverter=false"
-        )
-    return jax.tree_util.tree_map(lambda x, s: jax.device_put(np.asarray(x, np.float32), s), new, shardings)
-
-
-def embedder_token_embeddings(params: dict, embedder, vocab: TargetVocab, shardings: Any) -> dict:
-    """T5 token embeddings started from the embedder's own word embeddings (`config.init_token_embeddings=
-    "embedder"`): same vocabulary, same width required; rescaled to the random init's unit standard deviation."""
-    word = embedder.params.get("backbone", {}).get("word_embeddings") if isinstance(embedder.params, dict) else None
-    shared = params["t5"]["shared"]
-    if word is None or not vocab.in_graph or tuple(np.shape(word)) != tuple(shared.shape):
-        raise TrainingError(
-            f"init_token_embeddings=embedder needs vocab=embedder and t5.d_model equal to the embedder's width "
-            f"({np.shape(word)[-1] if word is not None else '?'}); got a T5 embedding of shape {tuple(shared.shape)}"
-        )
-    w = np.asarray(word, np.float32)
-    w = w / w.std()
-    t5 = dict(params["t5"], shared=jax.device_put(w.astype(shared.dtype), shardings["t5"]["shared"]))
-    return dict(params, t5=t5)
-
-
-def prepare_hypotheses(config: ml_collections.ConfigDict) -> None:
-    """Computes whatever is missing of the inverter's train/validation hypotheses (single process, outside
-    any mesh: the inverter runs as a plain jitted program)."""
-    from v2t_jax import api
-    from v2t_jax.data import hypotheses, targets
-
-    bundle = inverter_bundle(config)
-    _, tdir, command = _dataset(config)
-    hdir = hypotheses.hypotheses_dir(tdir, bundle)
-    if all((hdir / f"{s}.exact.npy").exists() for s in ("train", "validation")):
-        return
-    if jax.process_count() > 1:
-        raise TrainingError(f"hypotheses not computed yet; run: v2t data hypotheses --inverter {bundle} ...")
-    if not all(targets.exists(tdir, s) for s in ("train", "validation")):
-        raise TrainingError(f"no target embeddings yet; run: {command}")
-    print(f"v2t train: computing the inverter's hypotheses into {hdir}", file=sys.stderr)
-    hypotheses.ensure(api.load_model(bundle), tdir, bundle, ("train", "validation"), progress=config.progress)
-
-
-def _attach_hypotheses(config: ml_collections.ConfigDict, tdir: Path, data: dict[str, SplitData]) -> None:
-    from v2t_jax.data import hypotheses
-
-    hdir = hypotheses.hypotheses_dir(tdir, inverter_bundle(config))
-    for split, d in data.items():
-        try:
-            h = hypotheses.load(hdir, split)
-        except FileNotFoundError as e:
-            raise TrainingError(f"{e}; run: v2t data hypotheses --inverter {config.inverter} ...") from e
-        d.hyp_ids, d.hyp_embeddings = h["hyp_ids"], h["hyp_embeddings"]
-        if split == "train" and config.drop_exact:
-            d.rows = np.flatnonzero(~np.asarray(h["exact"]))
-            if len(d.rows) < config.batch_size:
-                raise TrainingError(
-                    f"only {len(d.rows)} training passages are not already exact, fewer than batch_size "
-                    f"{config.batch_size}; set --config.drop_exact=false or use a smaller batch"
-                )
 
 
 # ----------------------------------------------------------------------------- steps
 
 
 def model_inputs(model, batch: dict) -> tuple:
-    """What the model encodes, from a batch: (e,) for the inverter; (e, ê, hypothesis ids, mask) for the
-    corrector."""
-    if isinstance(model, correction.Corrector):
-        hyp = batch["hyp_ids"]
-        return batch["embeddings"], batch["hyp_embeddings"], hyp, hyp != model.config.t5.pad_token_id
-    return (batch["embeddings"],)
+    """What the model encodes, from a batch (its task's `model_inputs`)."""
+    return tasks.for_model(model).model_inputs(model, batch)
 
 
 def make_train_step(model, tx: optax.GradientTransformation):
@@ -561,33 +451,23 @@ def _strip_boxes(tree):
 
 
 def model_config(config: ml_collections.ConfigDict, embed_dim: int, vocab_size: int, pad_id: int = 0, eos_id: int = 1):
-    """The InverterConfig or CorrectorConfig that `config` (its `model` key) describes."""
+    """The model config (InverterConfig, CorrectorConfig, ...) of `config`'s task."""
     t5cfg = t5_config_from(config, vocab_size, pad_id, eos_id)
     common = dict(t5=t5cfg, embed_dim=embed_dim, num_repeat_tokens=config.num_repeat_tokens)
-    if config.model == "inverter":
-        return inversion.InverterConfig(**common, dropout_rate=config.dropout_rate, noise_level=config.noise_level)
-    if config.model == "corrector":
-        return correction.CorrectorConfig(
-            **common,
-            dropout_rate=config.dropout_rate,
-            ignore_hypothesis_embedding=config.ignore_hypothesis_embedding,
-            training_noise=config.training_noise,
-        )
-    raise TrainingError(f"config.model is {config.model!r}; use 'inverter' or 'corrector'")
+    return tasks.for_config(config).model_config(config, common)
 
 
-def make_model(cfg) -> inversion.Inverter | correction.Corrector:
-    return correction.Corrector(cfg) if isinstance(cfg, correction.CorrectorConfig) else inversion.Inverter(cfg)
+def make_model(cfg) -> Any:
+    return tasks.for_model_config(cfg).make_model(cfg)
 
 
 def batch_keys(model) -> tuple[str, ...]:
-    extra = ("hyp_ids", "hyp_embeddings") if isinstance(model, correction.Corrector) else ()
-    return ("embeddings", "labels", "mask") + extra
+    return ("embeddings", "labels", "mask") + tasks.for_model(model).batch_extra
 
 
 @dataclasses.dataclass
 class Setup:
-    model: inversion.Inverter | correction.Corrector
+    model: Any  # the task's Flax module (inversion.Inverter, correction.Corrector)
     tx: optax.GradientTransformation
     abstract: Any  # TrainState of ShapeDtypeStructs carrying their shardings
     state_sh: Any
@@ -696,22 +576,6 @@ def _schedule_keys_changed(saved: dict, current: dict) -> bool:
     return True
 
 
-def _check_inverter_weights(config: ml_collections.ConfigDict, workdir: Path) -> None:
-    """A corrector run continues only on the hypotheses of the inverter it started with (same weights)."""
-    from v2t_jax.data import hypotheses
-
-    path = workdir / "inverter_hypotheses.txt"
-    current = hypotheses.hypotheses_dir(Path(), inverter_bundle(config)).name  # hypotheses-<digest>
-    has_checkpoints = any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*"))
-    if path.exists() and has_checkpoints and path.read_text().strip() != current:
-        raise TrainingError(
-            f"{workdir} trained on the hypotheses of other inverter weights ({path.read_text().strip()}); "
-            "use a new --workdir for this inverter"
-        )
-    if jax.process_index() == 0:
-        path.write_text(current + "\n")
-
-
 def _say(message: str) -> None:
     print(f"v2t train: {message}", file=sys.stderr)
 
@@ -736,8 +600,7 @@ def check_numbers(config: ml_collections.ConfigDict) -> None:
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     """Trains (or resumes) the inverter described by `config` in `workdir`; returns the last metrics."""
     check_numbers(config)
-    if config.model == "corrector":
-        prepare_hypotheses(config)
+    tasks.for_config(config).prepare(config, lambda: _dataset(config))
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     # Tracing happens at the first call of each jitted function: keep mesh and rules active throughout.
     with workdir_lock(Path(workdir)), jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
@@ -776,9 +639,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
     from v2t_jax.models import embedders
 
     is_main = jax.process_index() == 0
+    task = tasks.for_config(config)
     _check_config_against_saved(config, workdir)
-    if config.model == "corrector":
-        _check_inverter_weights(config, workdir)
 
     n_dev = mesh.devices.size
     if config.batch_size % n_dev:
@@ -788,10 +650,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
 
     embedder = embedders.load_embedder(config.embedder)
     vocab = target_vocab(config, embedder)
-    if config.model == "corrector" and not vocab.in_graph:
-        raise TrainingError(
-            "the corrector reads the inverter's hypotheses in the embedder's vocabulary: vocab=embedder"
-        )
+    task.check_run(config, workdir, vocab)
     b, data = load_data(config, need_texts=not vocab.in_graph)
     train_data, val_data = data["train"], data["validation"]
     labels = {"train": vocab.labels(train_data), "validation": vocab.labels(val_data)}
@@ -800,7 +659,6 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
     model, state_sh, batch_sh, abstract = setup.model, setup.state_sh, setup.batch_sh, setup.abstract
     init_fn, train_step, eval_step = setup.init_fn, setup.train_step, setup.eval_step
     n_params = setup.n_params
-    is_corrector = config.model == "corrector"
     b2, b1 = sharding.batch_sharding(mesh, 2), sharding.batch_sharding(mesh, 1)
     gen_fn = make_generate(model, vocab.length, vocab.eos_id)
 
@@ -825,15 +683,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
         raise TrainingError(str(e)) from None
     if restored is None:
         state = init_fn(jax.random.PRNGKey(config.seed))
-        if is_corrector and config.init_from_inverter:
-            state = state.replace(params=warm_start(state.params, inverter_bundle(config), state_sh.params))
-        elif config.get("init_token_embeddings", "random") == "embedder":
-            params = embedder_token_embeddings(state.params, embedder, vocab, state_sh.params)
-            state = state.replace(params=params)
-        elif config.get("init_token_embeddings", "random") != "random":
-            raise TrainingError(
-                f"init_token_embeddings must be random or embedder, got {config.init_token_embeddings!r}"
-            )
+        state = state.replace(params=task.initial_params(state.params, config, embedder, vocab, state_sh.params))
         start = 0
     else:
         state, data_state, start = restored
@@ -842,10 +692,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
     if is_main:
         where = "resuming at step" if start else "starting at step"
         print(
-            f"v2t train: {config.model} {n_params / 1e6:.1f}M params, mesh {dict(mesh.shape)}, {where} {start}"
-            + (
-                f" ({len(train_rows)} of {len(train_data.ids)} training rows not already exact)" if is_corrector else ""
-            ),
+            f"v2t train: {task.name} {n_params / 1e6:.1f}M params, mesh {dict(mesh.shape)}, {where} {start}"
+            + task.rows_note(train_data, train_rows),
             file=sys.stderr,
         )
 
@@ -862,23 +710,13 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
             "labels": lab,
             "mask": (lab != vocab.pad_id).astype(np.int32),
         }
-        if is_corrector:
-            host["hyp_ids"] = np.asarray(data[split].hyp_ids[idx], np.int32)
-            host["hyp_embeddings"] = np.asarray(data[split].hyp_embeddings[idx], np.float32)
+        host.update(task.host_batch(data[split], idx))
         return {k: jax.make_array_from_process_local_data(batch_sh[k], v) for k, v in host.items()}
 
     def padded(start: int, stop: int) -> tuple[np.ndarray, int]:
         """Row indices [start, stop) padded to a whole batch by repeating the last row."""
         idx = np.arange(start, stop)
         return np.concatenate([idx, np.full(config.batch_size - len(idx), idx[-1])]), len(idx)
-
-    def hypothesis_metrics(refs: list[str]) -> dict:
-        n = len(refs)
-        hyps = [metrics.normalize(vocab.decode(r)) for r in np.asarray(val_data.hyp_ids[:n])]
-        cos = embedders.cosine(np.asarray(val_data.hyp_embeddings[:n]), np.asarray(val_data.embeddings[:n]))
-        out = metrics.text_metrics(hyps, refs, np.asarray(cos).tolist())
-        out["example"] = hyps[0]
-        return out
 
     def evaluate(step: int, params) -> dict:
         n_val = len(val_data.ids)
@@ -913,8 +751,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
         if preds:
             out.update(metrics.text_metrics(preds, refs, coss))
             out["example_pred"], out["example_ref"] = preds[0], refs[0]
-            if is_corrector:  # the same rows' cached hypotheses: what one correction step starts from
-                out.update({f"hypothesis_{k}": v for k, v in hypothesis_metrics(refs).items()})
+            out.update(task.eval_extra(val_data, refs, vocab))
         logger.write(step, "eval", out)
         return out
 
