@@ -419,6 +419,30 @@ def test_a_second_run_on_a_locked_workdir_is_refused(capsys, tmp_path, tiny_data
     assert cli.main(args) == 0  # released: the run goes ahead
 
 
+def test_a_full_disk_in_train_is_one_line_that_keeps_the_checkpoints(capsys, monkeypatch, tmp_path, tiny_data):
+    import errno
+
+    from v2t_jax import checkpoint
+
+    work = tmp_path / "run"
+    args = _train_cmd(work, tiny_data, "--config.num_steps=4", "--config.eval_every=0", "--config.checkpoint_every=2")
+    real_save, calls = checkpoint.save, []
+
+    def save(mngr, step, *a):
+        calls.append(step)
+        if step == 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(mngr, step, *a)
+
+    monkeypatch.setattr(checkpoint, "save", save)
+    assert cli.main(args[3:]) == 2
+    monkeypatch.undo()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "No space left on device" in err[-1] and "rerun the command to resume" in err[-1]
+    assert not any("Traceback" in line for line in err)
+    assert cli.main(args[3:]) == 0 and "resuming at step 2" in capsys.readouterr().err
+
+
 def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(capsys, tmp_path, tiny_data):
     """Export and resume skip a checkpoint that does not read back (warning once each), the damaged step is
     moved aside, not deleted, and the resumed run reaches the same weights again."""
