@@ -90,3 +90,19 @@ def test_demo_errors_are_one_line(capsys, extra, message):
     assert cli.main(["demo", "--quiet"] + extra) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.parametrize("steps", [7, 8])
+def test_skipping_cycles_keeps_the_full_loops_outputs(shipped, samples, steps):
+    """The shipped corrector's greedy hypotheses often settle into 2-cycles (x, y, x, y, ...) rather than fixed
+    points: skip_repeated stops those examples too, and the best and the last-step hypotheses are the full
+    loop's for either parity of the step count."""
+    import jax
+
+    e = shipped.embedder.embed_texts(samples, max_length=shipped.max_length)
+    run = shipped._run
+    full = jax.device_get(run(shipped.program, shipped.params, e, steps, 1, 2.0, skip_repeated=False))
+    fast = jax.device_get(run(shipped.program, shipped.params, e, steps, 1, 2.0, skip_repeated=True))
+    np.testing.assert_array_equal(fast["step_ids"], full["step_ids"])
+    np.testing.assert_array_equal(fast["last_ids"], full["last_ids"])
+    assert not fast["step_active"].all()

@@ -362,7 +362,8 @@ def invert(
     hypothesis seen at any step is tracked; an example whose best cosine reaches `stop_cosine` stops.
 
     skip_repeated: an example whose hypotheses come back unchanged from a step has reached a fixed point (every
-    later step would repeat it exactly), so it stops; stopped examples leave the batch, and only distinct new
+    later step would repeat it exactly), and one whose hypotheses come back as they were two steps before is in
+    a 2-cycle (both of its states already scored), so it stops; stopped examples leave the batch, and only distinct new
     candidates are re-embedded (`_correct`). The texts are those of the full loop, up to floating-point
     rounding in near-ties, at a fraction of its work on a trained model.
     score: False skips re-embedding the step-0 hypothesis when there are no correction steps (its cosine is
@@ -387,18 +388,29 @@ def invert(
         return {"ids": ids0, "cosine": cos0, "step_ids": ids0[None], "step_cosine": cos0[None]}
 
     def step(carry, _):
-        hyps, hyp_emb, hyp_cos, best_ids, best_cos, settled = carry
+        hyps, hyp_emb, hyp_cos, best_ids, best_cos, settled, prev, t, alt, odd = carry
         active = (best_cos < stop_cosine) & ~settled
         new_hyps, new_emb, new_cos = _correct(program, params, e, hyps, hyp_emb, hyp_cos, active, k, skip_repeated)
         if skip_repeated and new_hyps.shape == hyps.shape:  # not at step 1, which widens one hypothesis to k
-            settled = settled | jnp.all(new_hyps == hyps, axis=(1, 2))
+            # the step is a fixed function of the hypotheses: a repeat of the last state (a fixed point) or of
+            # the one before (a 2-cycle) repeats forever, and both states of a cycle have been scored already
+            fixed = jnp.all(new_hyps == hyps, axis=(1, 2))
+            cycle = active & ~fixed & jnp.all(new_hyps == prev, axis=(1, 2))
+            # the full loop's last state alternates: after an odd number of further steps it is `hyps`
+            alt = jnp.where(cycle[:, None], hyps[:, 0], alt)
+            odd = jnp.where(cycle, (num_steps - t) % 2 == 1, odd)
+            settled = settled | fixed | cycle
         better = (new_cos[:, 0] > best_cos) & active
         best_ids = jnp.where(better[:, None], new_hyps[:, 0], best_ids)
         best_cos = jnp.where(better, new_cos[:, 0], best_cos)
-        return (new_hyps, new_emb, new_cos, best_ids, best_cos, settled), (best_ids, best_cos, active)
+        prev = hyps if hyps.shape == new_hyps.shape else jnp.full(new_hyps.shape, -1, jnp.int32)
+        out = (new_hyps, new_emb, new_cos, best_ids, best_cos, settled, prev, t + 1, alt, odd)
+        return out, (best_ids, best_cos, active)
 
     # step 1 works from the one hypothesis of step 0 (k candidates per example, not k² from k copies of it)
-    first = (ids0[:, None], emb0[:, None], cos0[:, None], ids0, cos0, jnp.zeros((B,), bool))
+    none = jnp.full((B, 1, ids0.shape[-1]), -1, jnp.int32)
+    no = jnp.zeros((B,), bool)
+    first = (ids0[:, None], emb0[:, None], cos0[:, None], ids0, cos0, no, none, jnp.int32(1), ids0, no)
     carry, trace1 = step(first, None)
     trace = jax.tree_util.tree_map(lambda x: x[None], trace1)
     if num_steps > 1:
@@ -412,7 +424,8 @@ def invert(
         "step_ids": trace_ids,
         "step_cosine": trace_cos,
         "step_active": trace[2],  # [S, B]: which examples did the work of each correction step
-        "last_ids": carry[0][:, 0],  # [B, L]: the last step's top hypothesis (vec2text returns this one)
+        # [B, L]: the last step's top hypothesis (vec2text returns this one), as the full loop would end a cycle
+        "last_ids": jnp.where(carry[9][:, None], carry[8], carry[0][:, 0]),
     }
 
 
