@@ -25,6 +25,7 @@ import numpy as np
 from v2t_jax import bundle, correction, inversion
 from v2t_jax.bundle import ModelError  # noqa: F401  (the API's error; re-exported)
 from v2t_jax.models import embedders
+from v2t_jax.vocabulary import Vocabulary, VocabularyError
 
 BUNDLE_FILE = bundle.FILE
 # The release that ships in the package: all-MiniLM-L6-v2 at 32 tokens, int8 weights (see its v2t_model.json).
@@ -232,14 +233,12 @@ class Vec2Text:
 
 def build(inverter_cfg, inverter_params, corrector_cfg, corrector_params, embedder, max_length: int = 32) -> Vec2Text:
     """A Vec2Text from configs and parameters decoding in the embedder's own vocabulary."""
-    tok = embedder.tokenizer
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    if cls_id is None or sep_id is None:
-        raise ModelError(
-            "the embedder's tokenizer has no [CLS]/[SEP]: in-graph inversion needs the embedder's vocabulary"
-        )
+    try:
+        vocab = Vocabulary.of_embedder(embedder, max_length)
+    except VocabularyError as e:
+        raise ModelError(str(e)) from None
     program = correction.InversionProgram(
-        inverter_cfg, corrector_cfg, embedder.config, max_length - 1, cls_id, sep_id, embedder.pad_token_id
+        inverter_cfg, corrector_cfg, embedder.config, vocab.length, vocab.cls_id, vocab.eos_id, vocab.pad_id
     )
     params = {"inverter": inverter_params, "embedder": embedder.params}
     if corrector_cfg is not None:

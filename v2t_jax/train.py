@@ -32,7 +32,7 @@ import optax
 from flax import struct
 from jax.experimental import multihost_utils
 
-from v2t_jax import checkpoint, decoding, inversion, metrics, sharding, tasks
+from v2t_jax import checkpoint, decoding, inversion, metrics, sharding, tasks, vocabulary
 from v2t_jax.tasks import TrainingError, inverter_bundle, warm_start  # noqa: F401  (re-exported)
 from v2t_jax.models import t5 as t5_lib
 
@@ -80,55 +80,17 @@ def t5_config_from(config: ml_collections.ConfigDict, vocab_size: int, pad_id: i
     )
 
 
-@dataclasses.dataclass
-class TargetVocab:
-    """What the decoder emits. The embedder's own vocabulary (`in_graph`: hypotheses are embedder ids and
-    can be re-embedded inside a jitted program) or an external tokenizer such as T5's SentencePiece
-    (hypotheses go back through text to be re-embedded)."""
-
-    tokenizer: Any  # tokenizers.Tokenizer
-    size: int
-    pad_id: int  # also the decoder start token
-    eos_id: int
-    cls_id: int | None  # embedder [CLS], for in-graph re-embedding
-    in_graph: bool
-    length: int  # decoder positions
-
-    def labels(self, split: SplitData) -> np.ndarray:
-        """[n, length] int32 targets ending in EOS, padded with pad_id."""
-        if self.in_graph:  # embedder ids `[CLS] t1 .. tn [SEP] 0 ..` -> `t1 .. tn [SEP] 0 ..`
-            return np.asarray(split.ids[:, 1:], np.int32)
-        self.tokenizer.no_truncation()
-        out = np.full((len(split.texts), self.length), self.pad_id, np.int32)
-        for i, enc in enumerate(self.tokenizer.encode_batch(split.texts, add_special_tokens=False)):
-            row = (enc.ids + [self.eos_id])[: self.length]
-            out[i, : len(row)] = row
-        return out
-
-    def decode(self, ids) -> str:
-        return self.tokenizer.decode([int(t) for t in ids], skip_special_tokens=True)
+TargetVocab = vocabulary.Vocabulary  # the decoder's vocabulary (v2t_jax/vocabulary.py)
 
 
-def target_vocab(config: ml_collections.ConfigDict, embedder) -> TargetVocab:
-    if config.vocab == "embedder":
-        tok = embedder.tokenizer
-        cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-        if cls_id is None or sep_id is None:
-            raise TrainingError("the embedder's tokenizer has no [CLS]/[SEP]; set --config.vocab=<a tokenizer folder>")
-        return TargetVocab(
-            tok, tok.get_vocab_size(), embedder.pad_token_id, sep_id, cls_id, True, config.max_length - 1
-        )
-    from v2t_jax.models.embedders import load_tokenizer
-
-    if not Path(config.vocab).is_dir():
-        raise TrainingError(f"vocab {config.vocab!r} is neither 'embedder' nor a tokenizer folder")
-    tok = load_tokenizer(config.vocab)
-    pad = next((tok.token_to_id(t) for t in ("<pad>", "[PAD]") if tok.token_to_id(t) is not None), 0)
-    eos = next((tok.token_to_id(t) for t in ("</s>", "[SEP]", "<eos>") if tok.token_to_id(t) is not None), None)
-    if eos is None:
-        raise TrainingError(f"the tokenizer in {config.vocab} has no end-of-sequence token (</s>)")
-    # SentencePiece splits text finer than WordPiece: leave room beyond the embedder's token budget.
-    return TargetVocab(tok, tok.get_vocab_size(), pad, eos, None, False, config.max_length + 16)
+def target_vocab(config: ml_collections.ConfigDict, embedder) -> vocabulary.Vocabulary:
+    """`config.vocab`: "embedder" (its WordPiece, in-graph re-embedding) or an external tokenizer folder."""
+    try:
+        if config.vocab == "embedder":
+            return vocabulary.Vocabulary.of_embedder(embedder, config.max_length)
+        return vocabulary.Vocabulary.from_folder(config.vocab, config.max_length)
+    except vocabulary.VocabularyError as e:
+        raise TrainingError(str(e)) from None
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:

@@ -1,0 +1,74 @@
+"""The decoder's vocabulary: one owner for its special tokens, how labels are made and ids decoded, and whether
+hypotheses can be re-embedded inside a compiled program.
+
+Two kinds:
+- the embedder's own WordPiece vocabulary (`Vocabulary.of_embedder`): the decoder emits embedder ids, ends
+  with [SEP] and starts from [PAD]; a hypothesis is re-embedded in-graph as [CLS] + ids (`in_graph`);
+- an external tokenizer (`Vocabulary.from_folder`, e.g. T5's SentencePiece as vec2text's GTR models use):
+  hypotheses go back through text to be re-embedded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+
+
+class VocabularyError(ValueError):
+    """A tokenizer that cannot serve as the decoder's vocabulary; the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocabulary:
+    tokenizer: Any  # tokenizers.Tokenizer
+    size: int
+    pad_id: int  # also the decoder start token
+    eos_id: int
+    cls_id: int | None  # embedder [CLS], for in-graph re-embedding
+    in_graph: bool
+    length: int  # decoder positions
+
+    @classmethod
+    def of_embedder(cls, embedder, max_length: int) -> Vocabulary:
+        """The embedder's WordPiece vocabulary, decoding `max_length - 1` positions (the embedder's budget
+        less [CLS])."""
+        tok = embedder.tokenizer
+        cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        if cls_id is None or sep_id is None:
+            raise VocabularyError(
+                "the embedder's tokenizer has no [CLS]/[SEP]: in-graph inversion needs the embedder's WordPiece "
+                "vocabulary; train with an external vocabulary folder instead (--config.vocab=DIR)"
+            )
+        return cls(tok, tok.get_vocab_size(), embedder.pad_token_id, sep_id, cls_id, True, max_length - 1)
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike, max_length: int) -> Vocabulary:
+        """An external tokenizer folder (`tokenizer.json`); SentencePiece splits text finer than WordPiece, so
+        it gets 16 positions beyond the embedder's token budget."""
+        from v2t_jax.models.embedders import load_tokenizer
+
+        if not os.path.isdir(folder):
+            raise VocabularyError(f"vocab {folder!r} is neither 'embedder' nor a tokenizer folder")
+        tok = load_tokenizer(os.fspath(folder))
+        pad = next((tok.token_to_id(t) for t in ("<pad>", "[PAD]") if tok.token_to_id(t) is not None), 0)
+        eos = next((tok.token_to_id(t) for t in ("</s>", "[SEP]", "<eos>") if tok.token_to_id(t) is not None), None)
+        if eos is None:
+            raise VocabularyError(f"the tokenizer in {folder} has no end-of-sequence token (</s>)")
+        return cls(tok, tok.get_vocab_size(), pad, eos, None, False, max_length + 16)
+
+    def labels(self, split) -> np.ndarray:
+        """[n, length] int32 targets ending in EOS, padded with pad_id, for a split's embedder ids / texts."""
+        if self.in_graph:  # embedder ids `[CLS] t1 .. tn [SEP] 0 ..` -> `t1 .. tn [SEP] 0 ..`
+            return np.asarray(split.ids[:, 1:], np.int32)
+        self.tokenizer.no_truncation()
+        out = np.full((len(split.texts), self.length), self.pad_id, np.int32)
+        for i, enc in enumerate(self.tokenizer.encode_batch(split.texts, add_special_tokens=False)):
+            row = (enc.ids + [self.eos_id])[: self.length]
+            out[i, : len(row)] = row
+        return out
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode([int(t) for t in ids], skip_special_tokens=True)
