@@ -106,8 +106,9 @@ class Vec2Text:
         """Texts for [N, D] vectors; with return_trace also per-step hypotheses and cosines.
 
         skip_repeated: an example stops once a step returns its hypotheses unchanged (a fixed point: every
-        later step would repeat it) and duplicate candidates are embedded once (`correction.invert`); the texts
-        are the full loop's up to floating-point rounding. False runs every step for every example.
+        later step would repeat it) or as they were two steps before (a 2-cycle), and duplicate candidates are
+        embedded once (`correction.invert`); the texts are the full loop's up to floating-point rounding.
+        False runs every step for every example.
 
         embed_fn: re-embed hypotheses with this black box (list of strings -> [n, D] array), e.g. a remote
         API, on the host between compiled decoding steps, instead of the bundle's embedder inside the program
