@@ -316,6 +316,21 @@ def test_invert_streams_its_rows_and_resumes_after_a_full_disk(capsys, monkeypat
     assert out.read_text() == whole
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("o.")) == ["o.jsonl"]
 
+    calls.clear()  # the disk fills before the first row: the run's record exists, its rows file does not
+    first = tmp_path / "first.jsonl"
+
+    def no_rows_file(file, mode="r", *a, **kw):
+        if str(file).endswith(".partial"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(file, mode, *a, **kw)
+
+    monkeypatch.setattr("builtins.open", no_rows_file)
+    assert cli.main(args + [str(first)]) == 2
+    monkeypatch.undo()
+    assert "the 0 rows done are kept" in capsys.readouterr().err
+    assert not (tmp_path / "first.jsonl.partial").exists() and (tmp_path / "first.jsonl.partial.json").exists()
+    assert cli.main(args + [str(first)]) == 0 and first.read_text() == whole
+
 
 def test_a_text_file_named_npy_gets_no_pickle_advice(capsys, tmp_path):
     (tmp_path / "v.npy").write_text("0.1 0.2 0.3\n")

@@ -380,11 +380,12 @@ class RowStream:
                     f"{self.partial} holds an interrupted run of other inputs or settings; rerun that command to "
                     f"finish it, or delete {self.partial} and {self.state}"
                 )
-            lines = self.partial.read_bytes().split(b"\n") if self.partial.exists() else []
+            lines = self.partial.read_bytes().split(b"\n") if self.partial.exists() else [b""]
             whole = len(lines) - 1  # the last piece has no newline: empty, or a torn row
             self.done = whole - whole % batch
-            with open(self.partial, "r+b") as f:
-                f.truncate(sum(len(x) + 1 for x in lines[: self.done]))
+            if self.partial.exists():
+                with open(self.partial, "r+b") as f:
+                    f.truncate(sum(len(x) + 1 for x in lines[: self.done]))
             print(f"v2t invert: resuming after the {self.done} rows in {self.partial}", file=sys.stderr)
 
     def append(self, rows: list[str]) -> None:
