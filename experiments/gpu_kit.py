@@ -65,11 +65,22 @@ def pack_minilm(folder: Path, out: Path, int8: str = "embeddings") -> int:
             arrays[f"f16/{name}"] = w.astype(np.float16)
     np.savez(out / "minilm.npz", **arrays)
     (out / "minilm").mkdir(exist_ok=True)
+    declare_stand_in(folder, out / "minilm")
     for rel in MINILM_FILES:
         if (folder / rel).exists():
             (out / "minilm" / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(folder / rel, out / "minilm" / rel)
     return (out / "minilm.npz").stat().st_size
+
+
+def declare_stand_in(folder: Path, kit_minilm: Path) -> None:
+    """The unpacked (dequantised) MiniLM stands in for the float32 one here: bundles trained with it bind to the
+    float32 weights' digest, so they load where the real all-MiniLM-L6-v2 is (and are measured with it)."""
+    from v2t_jax.models import embedders
+
+    digest = embedders.load_embedder(folder).digest
+    note = "the GPU kit's all-MiniLM-L6-v2 (int8 matrices, dequantised) standing in for the float32 weights"
+    (kit_minilm / embedders.STAND_IN_FILE).write_text(json.dumps({"digest": digest, "note": note}) + "\n")
 
 
 def unpack_minilm(kit: Path, target: Path) -> Path:

@@ -370,3 +370,26 @@ def test_embed_on_a_full_disk_and_after_a_killed_run(capsys, monkeypatch, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.txt", live.name])  # stale swept, no temp left
     assert cli.main(args) == 0 and np.load(out).shape == (2, 384)
     assert live.exists()
+
+
+def test_a_stand_in_embedder_binds_its_bundles_to_the_weights_it_approximates(tmp_path, minilm_dir, small_bundle):
+    """The GPU kit's dequantised MiniLM declares the float32 weights' digest (embedders.STAND_IN_FILE): bundles
+    trained with it record that digest and load with the real embedder; a malformed declaration is refused."""
+    import json
+
+    from v2t_jax.models import embedders
+
+    folder = tmp_path / "stand_in"
+    shutil.copytree(minilm_dir, folder)
+    real = embedders.load_embedder(minilm_dir)
+    (folder / embedders.STAND_IN_FILE).write_text(json.dumps({"digest": real.digest}))
+    stand_in = embedders.load_embedder(folder)
+    assert stand_in.binding_digest == real.digest == real.binding_digest
+    import dataclasses
+
+    _, model = small_bundle
+    dataclasses.replace(model, embedder=stand_in).save(tmp_path / "bundle")  # a model trained with the stand-in
+    assert json.loads((tmp_path / "bundle" / "v2t_model.json").read_text())["embedder_digest"] == real.digest
+    (folder / embedders.STAND_IN_FILE).write_text(json.dumps({"digest": "abc"}))
+    with pytest.raises(ValueError, match="must be the sha256"):
+        embedders.load_embedder(folder)

@@ -219,7 +219,7 @@ class Vec2Text:
         p = self.program
         meta = bundle.Meta(
             embedder=self.embedder.name,
-            embedder_digest=self.embedder.digest,
+            embedder_digest=self.embedder.binding_digest,
             max_length=self.max_length,
             inverter=p.inverter,
             corrector=p.corrector,
@@ -270,10 +270,11 @@ def load_model(folder: str | os.PathLike | None = None, cache_dir: str | None = 
         raise
     except (ValueError, KeyError, OSError) as e:
         raise ModelError(f"{folder}: its embedder {meta.embedder!r} cannot be loaded ({bundle.brief(e)})") from None
-    if meta.embedder_digest is not None and emb.digest != meta.embedder_digest:
+    if meta.embedder_digest is not None and emb.binding_digest != meta.embedder_digest:
         raise ModelError(
             f"{folder} was trained for another {meta.embedder!r} (weights digest {meta.embedder_digest[:12]}…, the "
-            f"one loaded has {emb.digest[:12]}…): its inversions would be meaningless; use the bundle's own embedder"
+            f"one loaded has {emb.binding_digest[:12]}…): its inversions would be meaningless; use the bundle's own "
+            "embedder"
         )
     dims = {meta.inverter.embed_dim} | ({meta.corrector.embed_dim} if meta.corrector is not None else set())
     if dims != {emb.dim}:

@@ -429,6 +429,9 @@ class Embedder:
     params: PyTree
     tokenizer: Any
     pad_token_id: int = 0
+    # set when the folder declares itself a stand-in for another embedder's weights (STAND_IN_FILE): e.g. the GPU
+    # kit's int8-dequantised MiniLM, whose bundles are meant for (and measured with) the float32 one
+    declared_digest: str | None = None
 
     @property
     def dim(self) -> int:
@@ -449,6 +452,12 @@ class Embedder:
                 h.update(a.tobytes())
             self.__dict__["_digest"] = h.hexdigest()
         return self.__dict__["_digest"]
+
+    @property
+    def binding_digest(self) -> str:
+        """The digest a bundle trained with this embedder records and is checked against: the weights' own, or
+        the one a stand-in folder declares."""
+        return self.declared_digest or self.digest
 
     def embed_ids(self, input_ids: Array, attention_mask: Array) -> Array:
         return _embed_jit(self.config, self.params, input_ids, attention_mask)
@@ -525,7 +534,18 @@ def load_embedder(name_or_path: str | os.PathLike, cache_dir: str | None = None,
     tok = load_tokenizer(_tokenizer_folder(folder))
     params = jax.tree_util.tree_map(jnp.asarray, params)
     pad_id = config.backbone.pad_token_id
-    return Embedder(str(name_or_path), config, params, tok, pad_id)
+    declared = None
+    stand_in = os.path.join(folder, STAND_IN_FILE)
+    if os.path.exists(stand_in):
+        declared = _read_json(stand_in).get("digest")
+        if not (isinstance(declared, str) and len(declared) == 64):
+            raise ValueError(f"{stand_in}: 'digest' must be the sha256 of the weights this folder stands in for")
+    return Embedder(str(name_or_path), config, params, tok, pad_id, declared)
+
+
+# A folder holding this file ({"digest": <Embedder.digest of the weights it approximates>, "note": ...}) stands in
+# for those weights: bundles trained with it bind to them (`Embedder.binding_digest`).
+STAND_IN_FILE = "v2t_stands_for.json"
 
 
 def _tokenizer_folder(folder: str) -> str:
