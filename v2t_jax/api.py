@@ -260,8 +260,8 @@ def shipped_bundle() -> Path:
 def load_model(folder: str | os.PathLike | None = None, cache_dir: str | None = None) -> Vec2Text:
     """The model in bundle `folder` (default: the shipped all-MiniLM-L6-v2 model). Everything about the bundle
     is checked before the embedder is loaded (`bundle.read`); the embedder must be the one it was trained for."""
-    meta, inverter_params, corrector_params = bundle.read(shipped_bundle() if folder is None else folder)
     folder = Path(folder) if folder is not None else shipped_bundle()
+    meta, inverter_params, corrector_params = bundle.read(folder)
     from v2t_jax import assets
 
     try:

@@ -128,6 +128,13 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def new_file_mode() -> int:
+    """The mode a new output file gets: what the umask allows of 0666 (mkstemp and safetensors create 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def sweep_stale(parent: Path, stem: str, sep: str) -> None:
     """Removes what a killed process left in `parent`: entries named `<stem><pid><sep>...` whose pid is no longer
     running (temporary outputs, half-fetched weights). Entries of live processes are left alone."""

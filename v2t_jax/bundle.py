@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from v2t_jax.assets import new_file_mode, sha256_file
+
 FILE = "v2t_model.json"
 FORMAT = 2  # 2: + files (sha256 per weights file) and embedder_digest; 1 still reads
 WEIGHT_FORMATS = ("float32", "int8")
@@ -143,12 +145,6 @@ def read_params(path: str | os.PathLike) -> dict:
             raise ModelError(f"{path}: tensor {key} holds NaN or infinite values; the bundle is damaged")
         out[key] = w
     return unflatten(out)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    from v2t_jax import assets
-
-    return assets.sha256_file(path)
 
 
 # ----------------------------------------------------------------------------------------------- metadata
@@ -323,12 +319,11 @@ def write(folder: str | os.PathLike, meta: Meta, inverter: dict, corrector: dict
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / FILE).unlink(missing_ok=True)
-    umask = os.umask(0)
-    os.umask(umask)
+    mode = new_file_mode()
     files = {}
     for name, tensors in encoded.items():
         save_file(tensors, str(folder / name))
-        os.chmod(folder / name, 0o666 & ~umask)  # safetensors writes 0600 whatever the umask
+        os.chmod(folder / name, mode)  # safetensors writes 0600 whatever the umask
         files[name] = sha256_file(folder / name)
     meta = dataclasses.replace(meta, files=files)
     (folder / FILE).write_text(json.dumps(meta.to_json(), indent=1) + "\n")

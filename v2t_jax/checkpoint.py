@@ -44,6 +44,20 @@ def set_aside(workdir: str | Path, step: int) -> Path:
     return dst
 
 
+def _newest_readable(steps, read: Callable[[int], Any], warn: Callable[[str], None] | None):
+    """(what `read(step)` gives for the newest step that reads back, that step, the newer damaged steps); value
+    and step None when none reads. Each damaged step is reported through `warn`."""
+    damaged = []
+    for step in sorted(steps, reverse=True):
+        try:
+            return read(step), step, damaged
+        except Exception as e:  # orbax/tensorstore raise many kinds for unreadable files
+            damaged.append(step)
+            if warn:
+                warn(f"checkpoint at step {step} is damaged ({describe_error(e)}); trying the one before")
+    return None, None, damaged
+
+
 def restore_latest(
     mngr: ocp.CheckpointManager, abstract_state: Any, warn: Callable[[str], None] | None = None
 ) -> tuple[Any, dict, int] | None:
@@ -53,52 +67,38 @@ def restore_latest(
     import jax
     from jax.experimental import multihost_utils
 
-    damaged = []
-    for step in sorted(mngr.all_steps(), reverse=True):
-        try:
-            restored = mngr.restore(
-                step,
-                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()),
-            )
-        except Exception as e:  # orbax/tensorstore raise many kinds for unreadable files
-            damaged.append(step)
-            if warn:
-                warn(f"checkpoint at step {step} is damaged ({describe_error(e)}); trying the one before")
-            continue
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
+    restored, step, damaged = _newest_readable(mngr.all_steps(), lambda s: mngr.restore(s, args=args), warn)
+    if step is None:
         if damaged:
-            if jax.process_index() == 0:
-                for bad in damaged:
-                    where = set_aside(mngr.directory.parent, bad)
-                    if warn:
-                        warn(f"moved the damaged step {bad} to {where}; continuing from step {step}")
-            if jax.process_count() > 1:
-                multihost_utils.sync_global_devices("v2t checkpoints set aside")
-            mngr.reload()
-        return restored["state"], dict(restored["data"]), step
+            raise DamagedCheckpoints(
+                f"no checkpoint in {mngr.directory} can be read (steps {', '.join(map(str, damaged))} are damaged); "
+                "move that folder aside to start the run over"
+            )
+        return None
     if damaged:
-        raise DamagedCheckpoints(
-            f"no checkpoint in {mngr.directory} can be read (steps {', '.join(map(str, damaged))} are damaged); "
-            "move that folder aside to start the run over"
-        )
-    return None
+        if jax.process_index() == 0:
+            for bad in damaged:
+                where = set_aside(mngr.directory.parent, bad)
+                if warn:
+                    warn(f"moved the damaged step {bad} to {where}; continuing from step {step}")
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("v2t checkpoints set aside")
+        mngr.reload()
+    return restored["state"], dict(restored["data"]), step
 
 
 def read_latest_as_numpy(
     workdir: str | Path, steps: list[int], warn: Callable[[str], None] | None = None
 ) -> tuple[dict, int]:
     """The newest of `steps` that reads back (see `read_state_as_numpy`), warning about each damaged one."""
-    errors = []
-    for step in sorted(steps, reverse=True):
-        try:
-            return read_state_as_numpy(workdir, step), step
-        except Exception as e:  # as in restore_latest
-            errors.append(step)
-            if warn:
-                warn(f"checkpoint at step {step} is damaged ({describe_error(e)}); trying the one before")
-    raise DamagedCheckpoints(
-        f"no checkpoint in {Path(workdir) / 'checkpoints'} can be read "
-        f"(steps {', '.join(map(str, errors))} are damaged)"
-    )
+    state, step, damaged = _newest_readable(steps, lambda s: read_state_as_numpy(workdir, s), warn)
+    if step is None:
+        raise DamagedCheckpoints(
+            f"no checkpoint in {Path(workdir) / 'checkpoints'} can be read "
+            f"(steps {', '.join(map(str, damaged))} are damaged)"
+        )
+    return state, step
 
 
 def read_state_as_numpy(workdir: str | Path, step: int) -> dict:

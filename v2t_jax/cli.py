@@ -85,11 +85,9 @@ def check_output(path: str | os.PathLike, overwrite: bool, inputs: Sequence[str 
 def _output_mode(path: Path) -> int:
     """The mode an output should get: the replaced file's, or for a new file what the umask allows of 0666
     (mkstemp creates its temporary file 0600 whatever the umask)."""
-    if path.exists():
-        return path.stat().st_mode & 0o7777
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    from v2t_jax import assets
+
+    return path.stat().st_mode & 0o7777 if path.exists() else assets.new_file_mode()
 
 
 def write_atomic(path: Path, write, binary: bool) -> None:
@@ -366,7 +364,7 @@ class RowStream:
     the same run continues after them. `finish` renames the rows into place with the output's mode."""
 
     def __init__(self, output: Path, run: dict, batch: int):
-        self.output, self.run, self.batch = output, run, batch
+        self.output, self.run = output, run
         self.partial = output.with_name(output.name + ".partial")
         self.state = output.with_name(output.name + ".partial.json")
         self.done = 0
@@ -743,7 +741,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "train":
             msg = f"interrupted; the checkpoints saved so far stay in {args.workdir}: rerun the command to resume"
         elif args.command == "invert":
-            msg = "interrupted; the finished rows stay in OUTPUT.partial: rerun the command to resume"
+            msg = f"interrupted; the finished rows stay in {args.output}.partial: rerun the command to resume"
         else:
             msg = "interrupted; nothing was written"
         print(f"v2t {args.command}: {msg}", file=sys.stderr)

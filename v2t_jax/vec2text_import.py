@@ -133,19 +133,17 @@ def load_model(inverter_folder, corrector_folder, embedder, max_length: int = 32
     vocabulary (T5 SentencePiece, as the published GTR models) is refused: run it with `inversion_program` and
     `correction.invert_host`."""
     from v2t_jax import api
+    from v2t_jax.vocabulary import Vocabulary
 
-    tok = embedder.tokenizer
-    sep = tok.token_to_id("[SEP]")
-    if sep is None:
-        raise ValueError("the embedder's tokenizer has no [SEP]: in-graph inversion needs the embedder's vocabulary")
-    ids = dict(eos_token_id=sep, pad_token_id=embedder.pad_token_id, decoder_start_token_id=embedder.pad_token_id)
+    vocab = Vocabulary.of_embedder(embedder, max_length)  # VocabularyError (a ValueError) without [CLS]/[SEP]
+    ids = dict(eos_token_id=vocab.eos_id, pad_token_id=vocab.pad_id, decoder_start_token_id=vocab.pad_id)
     inv_cfg, inv_params = load_folder(inverter_folder, **ids)
     if not isinstance(inv_cfg, inversion.InverterConfig):
         raise ValueError(f"{inverter_folder}: not a vec2text InversionModel checkpoint")
-    if inv_cfg.t5.vocab_size != tok.get_vocab_size():
+    if inv_cfg.t5.vocab_size != vocab.size:
         raise ValueError(
             f"{inverter_folder}: its backbone's vocabulary ({inv_cfg.t5.vocab_size} tokens) is not the embedder's "
-            f"({tok.get_vocab_size()}): run it through text with inversion_program + correction.invert_host"
+            f"({vocab.size}): run it through text with inversion_program + correction.invert_host"
         )
     cor_cfg = cor_params = None
     if corrector_folder is not None:

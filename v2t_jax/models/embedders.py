@@ -14,6 +14,8 @@ tokenizer and a batched text-in convenience around it.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import os
 from typing import Any, Sequence
@@ -437,21 +439,17 @@ class Embedder:
     def dim(self) -> int:
         return self.config.dim
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         """sha256 of the weights as float32 (names, shapes, values): what a bundle records to bind itself to the
         embedder it was trained for, whatever folder or file format holds them."""
-        if "_digest" not in self.__dict__:
-            import hashlib
-
-            h = hashlib.sha256()
-            leaves = jax.tree_util.tree_flatten_with_path(self.params)[0]
-            for path, leaf in sorted(leaves, key=lambda x: jax.tree_util.keystr(x[0])):
-                a = np.ascontiguousarray(np.asarray(leaf, np.float32))
-                h.update(f"{jax.tree_util.keystr(path)}{a.shape}".encode())
-                h.update(a.tobytes())
-            self.__dict__["_digest"] = h.hexdigest()
-        return self.__dict__["_digest"]
+        h = hashlib.sha256()
+        leaves = jax.tree_util.tree_flatten_with_path(self.params)[0]
+        for path, leaf in sorted(leaves, key=lambda x: jax.tree_util.keystr(x[0])):
+            a = np.ascontiguousarray(np.asarray(leaf, np.float32))
+            h.update(f"{jax.tree_util.keystr(path)}{a.shape}".encode())
+            h.update(a.tobytes())
+        return h.hexdigest()
 
     @property
     def binding_digest(self) -> str:
