@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="experiments/results/table1")
     args = p.parse_args(argv)
 
-    from v2t_jax import api, metrics
+    from v2t_jax import api, evaluate
     from v2t_jax.data import dataset, sources, targets
 
     rows = parse_rows(args.rows)
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     n = min(args.n, len(emb))
     pick = np.sort(np.random.default_rng(0).permutation(len(emb))[:n])
     vectors = np.asarray(emb[pick], np.float32)
-    refs = [metrics.normalize(model.decode(r[1:])) for r in np.asarray(ids[pick])]
+    refs = evaluate.views_of_ids(model.vocab, model.embedder, np.asarray(ids[pick]))
 
     runs = {}
     for beam in sorted({k for _, k in rows}):
@@ -83,8 +83,7 @@ def main(argv=None) -> int:
 
     def scores(beam: int, step: int) -> dict:
         tr = runs[beam]["trace"]
-        preds = [metrics.normalize(t["hypotheses"][step]) for t in tr]
-        return metrics.text_metrics(preds, refs, [t["cosines"][step] for t in tr])
+        return evaluate.score([t["hypotheses"][step] for t in tr], refs, [t["cosines"][step] for t in tr])
 
     table = [{"steps": s, "beam": k, **scores(k, s)} for s, k in rows]
     curves = {k: [scores(k, s) for s in range(r["steps"] + 1)] for k, r in runs.items()}

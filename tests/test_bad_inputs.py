@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from v2t_jax import api, assets, cli
+from v2t_jax import api, assets, cli, commands
 
 
 def _files(folder: Path) -> set[str]:
@@ -37,7 +37,7 @@ def test_only_newlines_end_a_text_line(tmp_path):
     later vector's row); CRLF files read like LF ones."""
     path = tmp_path / "in.txt"
     path.write_text("one\u2028still one\r\ntwo\x85and\x0ctwo\n\nthree", encoding="utf-8")
-    assert cli.read_texts(path) == ["one\u2028still one", "two\x85and\x0ctwo", "three"]
+    assert commands.read_texts(path) == ["one\u2028still one", "two\x85and\x0ctwo", "three"]
 
 
 @pytest.mark.parametrize("existing", [None, 0o640])
@@ -48,7 +48,7 @@ def test_outputs_follow_the_umask_and_a_replaced_file_keeps_its_mode(tmp_path, e
         os.chmod(out, existing)
     old = os.umask(0o022)
     try:
-        cli.save_npy_atomic(out, np.zeros(3, np.float32))
+        commands.save_npy_atomic(out, np.zeros(3, np.float32))
     finally:
         os.umask(old)
     assert out.stat().st_mode & 0o777 == (existing if existing is not None else 0o644)
@@ -218,7 +218,21 @@ BUNDLE_DAMAGE = [
     ("another embedder's bundle", lambda f: _meta(f, _set("embedder_digest", "0" * 64)), "was trained for another"),
     ("embedder folder that escapes", lambda f: _meta(f, _set("embedder", str(_escaping_embedder(f)))),
      "outside the model folder"),
+    # a bundle with its own vocabulary (format 3: tokenizer.json, cls_id null)
+    ("vocabulary that escapes", lambda f: _meta(f, _own("../tokenizer.json")), "vocabulary is '../tokenizer.json'"),
+    ("format 3 naming no vocabulary", lambda f: _meta(f, _set("format", 3)), "names its vocabulary"),
+    ("own vocabulary file missing", lambda f: _meta(f, _own()), "missing tokenizer.json"),
+    ("own vocabulary with a cls_id", lambda f: [(f / "tokenizer.json").write_text("{}"),
+                                                _meta(f, lambda m: [_own()(m), m.__setitem__("cls_id", 101)])],
+     "cls_id must be null"),
+    ("own vocabulary not a tokenizer", lambda f: [(f / "tokenizer.json").write_text('{"model": 1}'),
+                                                  _meta(f, _own())], "tokenizer.json does not load"),
 ]  # fmt: skip
+
+
+def _own(name: str = "tokenizer.json"):
+    """Metadata edit: the bundle claims a vocabulary of its own."""
+    return lambda m: m.update(format=3, vocabulary=name, cls_id=None)
 
 
 def _escaping_embedder(bundle: Path) -> Path:

@@ -80,11 +80,21 @@ def test_cached_greedy_equals_full_forward_argmax():
         assert (arg[r, :n] == o[r, :n]).all()
 
 
-def test_first_unique_keeps_the_best_copy():
-    seqs = jnp.array([[[1, 2], [3, 4], [1, 2], [5, 6], [3, 4]]])
-    scores = jnp.array([[0.1, 0.9, 0.5, 0.2, 0.3]])
-    out = np.asarray(correction._first_unique(seqs, scores))[0]
-    np.testing.assert_allclose(out, [-np.inf, 0.9, 0.5, 0.2, -np.inf])
+def test_first_equal_points_repeats_at_the_first_valid_copy():
+    """Repeats point at the first *valid* equal candidate (a candidate of an empty beam slot never stands for
+    a valid one), and only first copies are kept by the selection."""
+    seqs = jnp.array([[[1, 2], [3, 4], [1, 2], [5, 6], [3, 4], [1, 2]]])
+    valid = jnp.array([[False, True, True, True, True, True]])
+    np.testing.assert_array_equal(np.asarray(correction._first_equal(seqs, valid))[0], [2, 1, 2, 3, 1, 2])
+    e = jnp.ones((1, 3))
+    emb = jnp.array([[[1, 0, 0], [1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0], [1, 0, 0]]], jnp.float32)
+    state = correction._start(seqs[:, 0], emb[:, 0], jnp.zeros((1,)))  # one live hypothesis, beam 6
+    state = state._replace(cos=jnp.array([[0.0]]))
+    first = correction._first_equal(seqs, jnp.ones((1, 6), bool))
+    hyps, _, cos = correction._select(state, seqs, emb, first, e, beam=6)
+    # three distinct candidates, best first; the other three slots are empty (-inf)
+    np.testing.assert_array_equal(np.asarray(hyps)[0, :3], [[5, 6], [3, 4], [1, 2]])
+    assert np.isfinite(np.asarray(cos)[0, :3]).all() and np.isneginf(np.asarray(cos)[0, 3:]).all()
 
 
 def _program():

@@ -289,9 +289,11 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(capsys, tmp_path, tiny_d
         )
 
 
-def test_external_tokenizer_vocabulary(tmp_path, tiny_data, sentences):
+def test_external_tokenizer_vocabulary(tmp_path, tiny_data, sentences, minilm, capsys):
     """A T5-style SentencePiece-like vocabulary (here a small Unigram model with <pad>=0, </s>=1) instead of
-    the embedder's: labels come from text, hypotheses are re-embedded through text."""
+    the embedder's: labels come from text, hypotheses are re-embedded through text. The run exports as a
+    bundle holding its tokenizer (format 3), which `v2t invert` runs through text and scores with
+    --references; a changed tokenizer.json is refused."""
     import tokenizers
 
     from v2t_jax import train
@@ -310,6 +312,41 @@ def test_external_tokenizer_vocabulary(tmp_path, tiny_data, sentences):
     out = train.train(config, tmp_path / "run")
     assert out["params"]["t5"]["shared"].shape[0] == tok.get_vocab_size()
     assert np.isfinite(out["train_loss"]) and np.isfinite(out["eval_cosine"]) and "eval_bleu" in out
+
+    from v2t_jax import api
+
+    bundle = tmp_path / "bundle"
+    assert cli.main(["export", "--workdir", str(tmp_path / "run"), "--output", str(bundle), "--weights", "int8"]) == 0
+    meta = json.loads((bundle / "v2t_model.json").read_text())
+    assert meta["format"] == 3 and meta["vocabulary"] == "tokenizer.json" and meta["cls_id"] is None
+    stored = tokenizers.Tokenizer.from_file(str(bundle / "tokenizer.json"))  # the run's vocabulary, whole
+    assert stored.get_vocab() == tok.get_vocab() and stored.encode(sentences[0]).ids == tok.encode(sentences[0]).ids
+    model = api.load_model(bundle)
+    assert not model.program.in_graph and model.vocab.size == tok.get_vocab_size()
+    vectors = minilm.embed_texts(sentences[:3])
+    texts, trace = model.invert_embeddings(vectors, return_trace=True)
+    again = np.asarray(model.embed_texts(texts))  # the cosine is the embedder's, of the text
+    cos = (again * vectors).sum(1) / np.linalg.norm(again, axis=1) / np.linalg.norm(vectors, axis=1)
+    np.testing.assert_allclose(trace["cosine"], cos, atol=1e-5)
+    with pytest.raises(api.ModelError, match="no single compiled program"):
+        model.compiled(2, 0, 1)
+
+    np.save(tmp_path / "v.npy", vectors)
+    (tmp_path / "refs.txt").write_text("\n".join(sentences[:3]) + "\n")
+    args = ["invert", "--embeddings", str(tmp_path / "v.npy"), "--checkpoint", str(bundle), "--quiet"]
+    args += ["--references", str(tmp_path / "refs.txt"), "--output", str(tmp_path / "o.jsonl")]
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in rows] == texts
+    assert [r["reference"] for r in rows] == model.embedder_view(sentences[:3])
+    assert all({"bleu", "token_f1", "exact", "token_recall"} <= set(r) for r in rows)
+    assert "BLEU" in capsys.readouterr().out
+
+    with open(bundle / "tokenizer.json", "a") as f:
+        f.write(" ")
+    with pytest.raises(api.ModelError, match="tokenizer.json does not match the digest"):
+        api.load_model(bundle)
 
 
 def test_export_inverter_bundle_and_invert(capsys, tmp_path, tiny_data, sentences, minilm):

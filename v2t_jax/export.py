@@ -36,9 +36,7 @@ def export(
     if step not in steps:
         raise ModelError(f"{workdir} has no checkpoint at step {step} (it has {', '.join(map(str, steps))})")
     emb = embedders.load_embedder(config.embedder)
-    vocab = train.target_vocab(config, emb)
-    if not vocab.in_graph:
-        raise ModelError("only models that decode in the embedder's vocabulary can be exported as bundles")
+    vocab = train.target_vocab(config, emb)  # an external vocabulary goes into the bundle (tokenizer.json)
     try:
         cfg = train.model_config(config, emb.dim, vocab.size, vocab.pad_id, vocab.eos_id)
     except tasks.TrainingError as e:
@@ -57,7 +55,7 @@ def export(
         why = checkpoint.describe_error(e)
         raise ModelError(f"the checkpoint at step {step} in {workdir} is damaged ({why})") from None
     try:
-        model, provenance = tasks.for_config(config).export_model(config, cfg, params, emb)
+        model, provenance = tasks.for_config(config).export_model(config, cfg, params, emb, vocab)
     except tasks.TrainingError as e:
         raise ModelError(str(e)) from None
     source = {"workdir": str(workdir.absolute()), "step": step, **provenance}

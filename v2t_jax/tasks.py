@@ -77,11 +77,11 @@ class Task:
 
     # --------------------------------------------------------------------------- after training
 
-    def export_model(self, config: ml_collections.ConfigDict, cfg, params, embedder):
+    def export_model(self, config: ml_collections.ConfigDict, cfg, params, embedder, vocab):
         """(inference model, provenance to record) from a trained run's parameters."""
         from v2t_jax import api
 
-        return api.build(cfg, params, None, None, embedder, config.max_length), {}
+        return api.build(cfg, params, None, None, embedder, config.max_length, vocab), {}
 
 
 class CorrectorTask(Task):
@@ -176,22 +176,22 @@ class CorrectorTask(Task):
 
     def eval_extra(self, val_data, refs: list[str], vocab) -> dict:
         """The same rows' cached hypotheses, scored as the outputs are: what one correction step starts from."""
-        from v2t_jax import metrics
+        from v2t_jax import evaluate, metrics
         from v2t_jax.models import embedders
 
         n = len(refs)
-        hyps = [metrics.normalize(vocab.decode(r)) for r in np.asarray(val_data.hyp_ids[:n])]
+        hyps = [vocab.decode(r) for r in np.asarray(val_data.hyp_ids[:n])]
         cos = embedders.cosine(np.asarray(val_data.hyp_embeddings[:n]), np.asarray(val_data.embeddings[:n]))
-        out = metrics.text_metrics(hyps, refs, np.asarray(cos).tolist())
-        out["example"] = hyps[0]
+        out = evaluate.score(hyps, refs, np.asarray(cos).tolist())
+        out["example"] = metrics.normalize(hyps[0])
         return {f"hypothesis_{k}": v for k, v in out.items()}
 
-    def export_model(self, config: ml_collections.ConfigDict, cfg, params, embedder):
+    def export_model(self, config: ml_collections.ConfigDict, cfg, params, embedder, vocab):
         from v2t_jax import api
 
         inverter = api.load_model(inverter_bundle(config))
         inv_cfg, inv_params = inverter.program.inverter, inverter.params["inverter"]
-        model = api.build(inv_cfg, inv_params, cfg, params, embedder, config.max_length)
+        model = api.build(inv_cfg, inv_params, cfg, params, embedder, config.max_length, vocab)
         return model, {"inverter": str(Path(config.inverter).expanduser().absolute())}
 
 
@@ -250,6 +250,8 @@ def inverter_bundle(config: ml_collections.ConfigDict) -> Path:
         meta = bundle_lib.read_meta(bundle)
     except bundle_lib.ModelError as e:
         raise TrainingError(f"inverter: {e}") from None
+    if meta.vocabulary is not None:
+        raise TrainingError(f"inverter {bundle} decodes in its own vocabulary; a corrector reads the embedder's")
     if meta.embedder != config.embedder or meta.max_length != config.max_length:
         raise TrainingError(
             f"inverter {bundle} inverts {meta.embedder} at {meta.max_length} tokens, "

@@ -32,7 +32,7 @@ import optax
 from flax import struct
 from jax.experimental import multihost_utils
 
-from v2t_jax import checkpoint, decoding, inversion, metrics, sharding, tasks, vocabulary
+from v2t_jax import checkpoint, decoding, evaluate, inversion, metrics, sharding, tasks, vocabulary
 from v2t_jax.tasks import TrainingError, inverter_bundle, warm_start  # noqa: F401  (re-exported)
 from v2t_jax.models import t5 as t5_lib
 
@@ -559,14 +559,54 @@ def check_numbers(config: ml_collections.ConfigDict) -> None:
         raise TrainingError(f"config.train_minutes must be >= 0 (0: no time box), got {minutes!r}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Loop:
+    """The training loop's settings, decoded from the config and checked once (`Loop.of`)."""
+
+    batch_size: int
+    num_steps: int
+    train_minutes: float  # > 0: time-boxed (the learning rate decays to 0 at the deadline)
+    log_every: int
+    eval_every: int  # 0: no evaluation
+    eval_batches: int  # validation loss over this many whole batches
+    eval_samples: int  # validation passages decoded and scored
+    checkpoint_every: int
+    keep_checkpoints: int
+    seed: int
+    progress: bool
+    max_length: int  # embedder tokens of a passage (re-embedding through text)
+
+    @classmethod
+    def of(cls, config: ml_collections.ConfigDict) -> Loop:
+        check_numbers(config)
+        cast = {"int": int, "float": float, "bool": bool}  # the field annotations, as strings
+        return cls(**{f.name: cast[f.type](config[f.name]) for f in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything a training run is made of, built from the config once (`prepare`): the loop reads this,
+    never the config."""
+
+    loop: Loop
+    task: tasks.Task
+    embedder: Any  # embedders.Embedder
+    vocab: vocabulary.Vocabulary
+    data: dict[str, SplitData]  # train, validation
+    labels: dict[str, np.ndarray]  # [n, L] decoder targets per split
+    setup: Setup
+    sampler: Any  # Sampler | WeightedSampler
+    fresh_state: Any  # () -> TrainState: initialised and warm-started (the task's `initial_params`)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     """Trains (or resumes) the inverter described by `config` in `workdir`; returns the last metrics."""
-    check_numbers(config)
+    loop = Loop.of(config)
     tasks.for_config(config).prepare(config, lambda: _dataset(config))
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     # Tracing happens at the first call of each jitted function: keep mesh and rules active throughout.
     with workdir_lock(Path(workdir)), jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-        return _train(config, Path(workdir), mesh)
+        return run_loop(prepare(config, loop, Path(workdir), mesh), Path(workdir), mesh)
 
 
 LOCK_FILE = "train.lock"
@@ -597,29 +637,46 @@ def workdir_lock(workdir: Path):
         os.close(fd)
 
 
-def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
+def prepare(config: ml_collections.ConfigDict, loop: Loop, workdir: Path, mesh) -> Run:
+    """Decodes `config` into a `Run` (checked against a saved run in `workdir`): the task, embedder, vocabulary,
+    data and labels, model and jitted steps, sampler, and how a fresh state starts."""
     from v2t_jax.models import embedders
 
-    is_main = jax.process_index() == 0
     task = tasks.for_config(config)
     _check_config_against_saved(config, workdir)
-
     n_dev = mesh.devices.size
-    if config.batch_size % n_dev:
-        raise TrainingError(f"batch_size {config.batch_size} is not divisible by the {n_dev} devices of the mesh")
-    if config.batch_size % jax.process_count():
-        raise TrainingError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes")
+    if loop.batch_size % n_dev:
+        raise TrainingError(f"batch_size {loop.batch_size} is not divisible by the {n_dev} devices of the mesh")
+    if loop.batch_size % jax.process_count():
+        raise TrainingError(f"batch_size {loop.batch_size} is not divisible by {jax.process_count()} processes")
 
     embedder = embedders.load_embedder(config.embedder)
     vocab = target_vocab(config, embedder)
     task.check_run(config, workdir, vocab)
     b, data = load_data(config, need_texts=not vocab.in_graph)
-    train_data, val_data = data["train"], data["validation"]
-    labels = {"train": vocab.labels(train_data), "validation": vocab.labels(val_data)}
-
+    labels = {split: vocab.labels(d) for split, d in data.items()}
     setup = build(config, mesh, embedder.dim, vocab.size, vocab.pad_id, vocab.eos_id, vocab.length)
+    train_data = data["train"]
+    train_rows = train_data.rows if train_data.rows is not None else np.arange(len(train_data.ids))
+    sampler = make_sampler(config, b, train_rows)
+
+    def fresh_state() -> TrainState:
+        state = setup.init_fn(jax.random.PRNGKey(loop.seed))
+        return state.replace(params=task.initial_params(state.params, config, embedder, vocab, setup.state_sh.params))
+
+    return Run(loop, task, embedder, vocab, data, labels, setup, sampler, fresh_state)
+
+
+def run_loop(run: Run, workdir: Path, mesh) -> dict:
+    """Trains `run` in `workdir` (resuming from its newest readable checkpoint); returns the last metrics."""
+    from v2t_jax.models import embedders
+
+    is_main = jax.process_index() == 0
+    loop, task, embedder, vocab, data, labels = run.loop, run.task, run.embedder, run.vocab, run.data, run.labels
+    train_data, val_data = data["train"], data["validation"]
+    setup, sampler = run.setup, run.sampler
     model, state_sh, batch_sh, abstract = setup.model, setup.state_sh, setup.batch_sh, setup.abstract
-    init_fn, train_step, eval_step = setup.init_fn, setup.train_step, setup.eval_step
+    train_step, eval_step = setup.train_step, setup.eval_step
     n_params = setup.n_params
     b2, b1 = sharding.batch_sharding(mesh, 2), sharding.batch_sharding(mesh, 1)
     gen_fn = make_generate(model, vocab.length, vocab.eos_id)
@@ -636,16 +693,14 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
 
     gen_score = jax.jit(generate_and_score, in_shardings=(state_sh.params, batch_sh), out_shardings=(b2, b1))
 
-    mngr = checkpoint.manager(workdir, config.keep_checkpoints)
+    mngr = checkpoint.manager(workdir, loop.keep_checkpoints)
     train_rows = train_data.rows if train_data.rows is not None else np.arange(len(train_data.ids))
-    sampler = make_sampler(config, b, train_rows)
     try:
         restored = checkpoint.restore_latest(mngr, abstract, warn=_say if is_main else None)
     except checkpoint.DamagedCheckpoints as e:
         raise TrainingError(str(e)) from None
     if restored is None:
-        state = init_fn(jax.random.PRNGKey(config.seed))
-        state = state.replace(params=task.initial_params(state.params, config, embedder, vocab, state_sh.params))
+        state = run.fresh_state()
         start = 0
     else:
         state, data_state, start = restored
@@ -660,8 +715,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
         )
 
     local = slice(
-        jax.process_index() * config.batch_size // jax.process_count(),
-        (jax.process_index() + 1) * config.batch_size // jax.process_count(),
+        jax.process_index() * loop.batch_size // jax.process_count(),
+        (jax.process_index() + 1) * loop.batch_size // jax.process_count(),
     )
 
     def make_batch(split: str, idx: np.ndarray) -> dict:
@@ -678,13 +733,13 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
     def padded(start: int, stop: int) -> tuple[np.ndarray, int]:
         """Row indices [start, stop) padded to a whole batch by repeating the last row."""
         idx = np.arange(start, stop)
-        return np.concatenate([idx, np.full(config.batch_size - len(idx), idx[-1])]), len(idx)
+        return np.concatenate([idx, np.full(loop.batch_size - len(idx), idx[-1])]), len(idx)
 
-    def evaluate(step: int, params) -> dict:
+    def run_eval(step: int, params) -> dict:
         n_val = len(val_data.ids)
-        bs = config.batch_size
+        bs = loop.batch_size
         sums = {"loss": 0.0, "token_accuracy": 0.0, "tokens": 0.0}
-        for s in range(0, min(config.eval_batches * bs, n_val), bs):
+        for s in range(0, min(loop.eval_batches * bs, n_val), bs):
             idx, n = padded(s, min(s + bs, n_val))
             if n < bs:
                 break  # loss over whole batches only
@@ -694,46 +749,47 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
             sums["tokens"] += float(m["tokens"])
         out = {k: sums[k] / sums["tokens"] for k in ("loss", "token_accuracy")} if sums["tokens"] else {}
         preds, refs, coss = [], [], []
-        for s in range(0, min(config.eval_samples, n_val), bs):
-            idx, n = padded(s, min(s + bs, n_val, config.eval_samples))
+        for s in range(0, min(loop.eval_samples, n_val), bs):
+            idx, n = padded(s, min(s + bs, n_val, loop.eval_samples))
             gen, cos = gen_score(params, make_batch("validation", idx))
             gen = np.asarray(multihost_utils.process_allgather(gen, tiled=True))[:n]
             cos = np.asarray(multihost_utils.process_allgather(cos, tiled=True))[:n]
             batch_preds = [vocab.decode(row) for row in gen]
             if vocab.in_graph:  # both sides through the same uncased detokenisation
-                batch_refs = [vocab.decode(r) for r in np.asarray(val_data.ids[idx[:n]])]
+                batch_refs = evaluate.views_of_ids(vocab, embedder, val_data.ids[idx[:n]])
             else:  # re-embed on the host
-                batch_refs = [val_data.texts[i] for i in idx[:n]]
-                e_hat = embedder.embed_texts(batch_preds, max_length=config.max_length)
+                texts = [val_data.texts[i] for i in idx[:n]]
+                batch_refs = evaluate.reference_view(vocab, embedder, texts, loop.max_length)
+                e_hat = embedder.embed_texts(batch_preds, max_length=loop.max_length)
                 target = np.asarray(val_data.embeddings[idx[:n]])
                 cos = np.asarray(embedders.cosine(e_hat, target))
-            preds += [metrics.normalize(p) for p in batch_preds]
-            refs += [metrics.normalize(r) for r in batch_refs]
+            preds += batch_preds
+            refs += batch_refs
             coss.extend(np.asarray(cos).tolist())
         if preds:
-            out.update(metrics.text_metrics(preds, refs, coss))
-            out["example_pred"], out["example_ref"] = preds[0], refs[0]
+            out.update(evaluate.score(preds, refs, coss))
+            out["example_pred"], out["example_ref"] = metrics.normalize(preds[0]), metrics.normalize(refs[0])
             out.update(task.eval_extra(val_data, refs, vocab))
         logger.write(step, "eval", out)
         return out
 
     last: dict = {}
-    if start >= config.num_steps:
+    if start >= loop.num_steps:
         if is_main:
-            print(f"v2t train: already at step {start} of {config.num_steps}; nothing to do", file=sys.stderr)
+            print(f"v2t train: already at step {start} of {loop.num_steps}; nothing to do", file=sys.stderr)
         mngr.close()
         logger.close()
         return last
-    if start == 0 and config.eval_every > 0:
-        last = evaluate(0, state.params)
+    if start == 0 and loop.eval_every > 0:
+        last = run_eval(0, state.params)
 
     from tqdm.auto import tqdm
 
     bar = tqdm(
-        total=config.num_steps,
+        total=loop.num_steps,
         initial=start,
         unit="step",
-        disable=not (is_main and config.progress),
+        disable=not (is_main and loop.progress),
         dynamic_ncols=True,
     )
     pending: tuple[int, dict] | None = None
@@ -752,7 +808,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
             raise TrainingError(f"non-finite loss or gradient at step {step} (loss {host['loss']}); {kept}")
         return host
 
-    budget_s = 60.0 * config.train_minutes
+    budget_s = 60.0 * loop.train_minutes
     elapsed_before = float(data_state.get("elapsed_s", 0.0)) if restored is not None else 0.0
     t_start = time.perf_counter()
 
@@ -772,7 +828,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
         # with no time left does nothing
         no_time = budget_s > 0 and elapsed() >= budget_s
         final = False
-        for step in range(start, start if no_time else config.num_steps):
+        for step in range(start, start if no_time else loop.num_steps):
             now_s = elapsed() if budget_s > 0 else 0.0
             batch = make_batch("train", np.sort(train_rows[sampler.next_indices()]))
             scale = np.float32(lr_scale_at(now_s, budget_s) if budget_s > 0 else 1.0)
@@ -784,8 +840,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
             steps_since += 1
             done = step + 1
             # the last step: num_steps, or (time-boxed) the step that crosses the deadline
-            final = done == config.num_steps or (budget_s > 0 and elapsed() >= budget_s)  # agreed, as above
-            if done % config.log_every == 0 or final:
+            final = done == loop.num_steps or (budget_s > 0 and elapsed() >= budget_s)  # agreed, as above
+            if done % loop.log_every == 0 or final:
                 host = check(*pending)
                 now = time.perf_counter()
                 host["steps_per_second"] = steps_since / (now - t_log)
@@ -795,9 +851,9 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
                 logger.write(done, "train", host)
                 bar.set_postfix(loss=f"{host['loss']:.3f}", acc=f"{host['token_accuracy']:.3f}")
                 last = {"train_" + k: v for k, v in host.items()}
-            if config.eval_every > 0 and (done % config.eval_every == 0 or final):
-                last.update({"eval_" + k: v for k, v in evaluate(done, state.params).items()})
-            if done % config.checkpoint_every == 0 or final:
+            if loop.eval_every > 0 and (done % loop.eval_every == 0 or final):
+                last.update({"eval_" + k: v for k, v in run_eval(done, state.params).items()})
+            if done % loop.checkpoint_every == 0 or final:
                 check(*pending)
                 checkpoint.save(mngr, done, state, data_checkpoint())
                 last_saved = done
@@ -807,7 +863,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh) -> dict:
             check(*pending)
         if budget_s > 0 and is_main and (no_time or final):
             at = start if no_time else done
-            print(f"v2t train: the {config.train_minutes:g}-minute budget is spent at step {at}", file=sys.stderr)
+            print(f"v2t train: the {loop.train_minutes:g}-minute budget is spent at step {at}", file=sys.stderr)
     finally:
         bar.close()
         mngr.wait_until_finished()

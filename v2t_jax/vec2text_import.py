@@ -165,5 +165,5 @@ def inversion_program(
         out = correction.invert_host(program, params, vectors, 20, 4, decode, embed_fn)
     """
     return correction.InversionProgram(
-        inverter_cfg, corrector_cfg, None, length, cls_id=-1, eos_id=inverter_cfg.t5.eos_token_id, pad_id=0
+        inverter_cfg, corrector_cfg, None, length=length, eos_id=inverter_cfg.t5.eos_token_id, pad_id=0
     )

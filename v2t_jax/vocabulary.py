@@ -2,8 +2,9 @@
 hypotheses can be re-embedded inside a compiled program.
 
 Two kinds:
-- the embedder's own WordPiece vocabulary (`Vocabulary.of_embedder`): the decoder emits embedder ids, ends
-  with [SEP] and starts from [PAD]; a hypothesis is re-embedded in-graph as [CLS] + ids (`in_graph`);
+- the embedder's own vocabulary (`Vocabulary.of_embedder`; WordPiece for MiniLM and MPNet): the decoder emits
+  embedder ids, ends with [SEP] (</s>) and starts from the pad token; a hypothesis is re-embedded in-graph as
+  [CLS] (<s>) + ids (`in_graph`);
 - an external tokenizer (`Vocabulary.from_folder`, e.g. T5's SentencePiece as vec2text's GTR models use):
   hypotheses go back through text to be re-embedded.
 """
@@ -36,11 +37,16 @@ class Vocabulary:
         """The embedder's WordPiece vocabulary, decoding `max_length - 1` positions (the embedder's budget
         less [CLS])."""
         tok = embedder.tokenizer
-        cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        # BERT's [CLS] .. [SEP], or MPNet's / RoBERTa's <s> .. </s>
+        cls_id, sep_id = next(
+            ((tok.token_to_id(c), tok.token_to_id(s)) for c, s in (("[CLS]", "[SEP]"), ("<s>", "</s>"))
+             if tok.token_to_id(c) is not None and tok.token_to_id(s) is not None),
+            (None, None),
+        )  # fmt: skip
         if cls_id is None or sep_id is None:
             raise VocabularyError(
-                "the embedder's tokenizer has no [CLS]/[SEP]: in-graph inversion needs the embedder's WordPiece "
-                "vocabulary; train with an external vocabulary folder instead (--config.vocab=DIR)"
+                "the embedder's tokenizer has no [CLS]/[SEP] (or <s>/</s>): in-graph inversion needs the embedder's "
+                "own vocabulary; train with an external vocabulary folder instead (--config.vocab=DIR)"
             )
         return cls(tok, tok.get_vocab_size(), embedder.pad_token_id, sep_id, cls_id, True, max_length - 1)
 

@@ -228,6 +228,132 @@ def bert_params_from_hf_state_dict(sd: dict[str, np.ndarray], cfg: BertConfig) -
     return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), p)
 
 
+# ----------------------------------------------------------------------------- MPNet
+
+
+@dataclasses.dataclass(frozen=True)
+class MPNetConfig:
+    """MPNet (the backbone of all-mpnet-base-v2): BERT's post-LN layers, no token types, positions counted from
+    `pad_token_id + 1` over non-pad tokens, and one learned relative-position attention bias (T5's bidirectional
+    buckets) shared by every layer."""
+
+    vocab_size: int = 30527
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    max_position_embeddings: int = 514
+    layer_norm_eps: float = 1e-5
+    pad_token_id: int = 1
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    dtype: str = "float32"
+
+    @classmethod
+    def from_hf_dict(cls, d: dict) -> "MPNetConfig":
+        if d.get("hidden_act", "gelu") not in _BERT_ACTIVATIONS:
+            raise ValueError(f"MPNet hidden_act={d['hidden_act']!r} is not supported")
+        return cls(
+            vocab_size=d["vocab_size"],
+            hidden_size=d["hidden_size"],
+            num_hidden_layers=d["num_hidden_layers"],
+            num_attention_heads=d["num_attention_heads"],
+            intermediate_size=d["intermediate_size"],
+            hidden_act=d.get("hidden_act", "gelu"),
+            max_position_embeddings=d.get("max_position_embeddings", 514),
+            layer_norm_eps=d.get("layer_norm_eps", 1e-5),
+            pad_token_id=d.get("pad_token_id", 1),
+            relative_attention_num_buckets=d.get("relative_attention_num_buckets", 32),
+        )
+
+    @property
+    def layer(self) -> BertConfig:
+        """What each layer is: a BERT layer of these sizes."""
+        return BertConfig(
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            intermediate_size=self.intermediate_size,
+            hidden_act=self.hidden_act,
+            layer_norm_eps=self.layer_norm_eps,
+            pad_token_id=self.pad_token_id,
+            dtype=self.dtype,
+        )
+
+    @property
+    def max_positions(self) -> int:
+        return self.max_position_embeddings - self.pad_token_id - 1
+
+
+class MPNet(nn.Module):
+    """MPNet encoder (inference only). Returns token states [b, l, e]."""
+
+    config: MPNetConfig
+
+    @nn.compact
+    def __call__(self, input_ids: Array, attention_mask: Array) -> Array:
+        cfg = self.config
+
+        def table(name, n, d, axes):
+            return self.param(name, nn.with_logical_partitioning(nn.initializers.normal(0.02), axes), (n, d))
+
+        word = table("word_embeddings", cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"))
+        position = table("position_embeddings", cfg.max_position_embeddings, cfg.hidden_size, ("vocab", "embed"))
+        rel_bias = table("relative_attention_bias", cfg.relative_attention_num_buckets, cfg.num_attention_heads,
+                         (None, "heads"))  # fmt: skip
+        length = input_ids.shape[1]
+        if length > cfg.max_positions:
+            raise ValueError(f"sequence length {length} exceeds MPNet's {cfg.max_positions} positions")
+        real = (input_ids != cfg.pad_token_id).astype(jnp.int32)  # positions skip pad tokens, as the reference's
+        positions = jnp.cumsum(real, axis=1) * real + cfg.pad_token_id
+        x = jnp.take(word, input_ids, axis=0) + jnp.take(position, positions, axis=0)
+        x = _LayerNorm(cfg.layer_norm_eps, name="embeddings_norm")(x).astype(cfg.dtype)
+        rel = jnp.arange(length)[None, :] - jnp.arange(length)[:, None]  # key position - query position
+        bucket = t5_lib.relative_position_bucket(
+            rel, True, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance
+        )
+        position_bias = jnp.take(rel_bias, bucket, axis=0).transpose(2, 0, 1)[None]  # [1, h, q, k]
+        bias = jnp.where(attention_mask[:, None, None, :].astype(bool), 0.0, jnp.finfo(jnp.float32).min)
+        bias = bias + position_bias.astype(jnp.float32)  # [b, h, q, k]
+        x = x.reshape(-1, cfg.hidden_size)
+        for i in range(cfg.num_hidden_layers):
+            x = BertLayer(cfg.layer, name=f"layers_{i}")(x, bias)
+        return x.reshape(input_ids.shape + (cfg.hidden_size,))
+
+
+def mpnet_params_from_hf_state_dict(sd: dict[str, np.ndarray], cfg: MPNetConfig) -> dict:
+    """Maps a transformers MPNetModel state dict (with or without an 'mpnet.' prefix) onto ours."""
+    sd = {k.removeprefix("mpnet."): v for k, v in sd.items()}
+
+    def dense(prefix):
+        return {"kernel": sd[prefix + ".weight"].T, "bias": sd[prefix + ".bias"]}
+
+    def norm(prefix):
+        return {"scale": sd[prefix + ".weight"], "bias": sd[prefix + ".bias"]}
+
+    p: dict[str, Any] = {
+        "word_embeddings": sd["embeddings.word_embeddings.weight"],
+        "position_embeddings": sd["embeddings.position_embeddings.weight"],
+        "relative_attention_bias": sd["encoder.relative_attention_bias.weight"],
+        "embeddings_norm": norm("embeddings.LayerNorm"),
+    }
+    for i in range(cfg.num_hidden_layers):
+        L = f"encoder.layer.{i}."
+        p[f"layers_{i}"] = {
+            "query": dense(L + "attention.attn.q"),
+            "key": dense(L + "attention.attn.k"),
+            "value": dense(L + "attention.attn.v"),
+            "attn_out": dense(L + "attention.attn.o"),
+            "attn_norm": norm(L + "attention.LayerNorm"),
+            "ffn_in": dense(L + "intermediate.dense"),
+            "ffn_out": dense(L + "output.dense"),
+            "ffn_norm": norm(L + "output.LayerNorm"),
+        }
+    return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), p)
+
+
 # ----------------------------------------------------------------------------- sentence embedder
 
 
@@ -245,7 +371,7 @@ class DenseHead:
 class EmbedderConfig:
     """A whole sentence embedder: backbone, pooling, optional Dense, optional L2 normalisation."""
 
-    backbone: BertConfig | t5_lib.T5Config
+    backbone: BertConfig | MPNetConfig | t5_lib.T5Config
     pooling: str = "mean"  # "mean" or "cls"
     dense: DenseHead | None = None
     normalize: bool = True
@@ -254,12 +380,14 @@ class EmbedderConfig:
     def dim(self) -> int:
         if self.dense is not None:
             return self.dense.out_features
-        if isinstance(self.backbone, BertConfig):
+        if isinstance(self.backbone, (BertConfig, MPNetConfig)):
             return self.backbone.hidden_size
         return self.backbone.d_model
 
     @property
     def max_positions(self) -> int | None:
+        if isinstance(self.backbone, MPNetConfig):
+            return self.backbone.max_positions
         return self.backbone.max_position_embeddings if isinstance(self.backbone, BertConfig) else None
 
 
@@ -271,6 +399,8 @@ class SentenceEmbedder(nn.Module):
         cfg = self.config
         if isinstance(cfg.backbone, BertConfig):
             states = Bert(cfg.backbone, name="backbone")(input_ids, attention_mask)
+        elif isinstance(cfg.backbone, MPNetConfig):
+            states = MPNet(cfg.backbone, name="backbone")(input_ids, attention_mask)
         else:
             states = t5_lib.T5EncoderModel(cfg.backbone, name="backbone")(input_ids, attention_mask)
         states = states.astype(jnp.float32)
@@ -374,12 +504,15 @@ def load_embedder_config_and_params(folder: str | os.PathLike, head: str = "auto
 
     hf = _read_json(os.path.join(backbone_dir, "config.json"))
     model_type = hf.get("model_type")
-    if model_type not in ("bert", "t5"):
-        raise ValueError(f"{backbone_dir}: embedder backbone {model_type!r} is not supported (bert or t5)")
+    if model_type not in ("bert", "mpnet", "t5"):
+        raise ValueError(f"{backbone_dir}: embedder backbone {model_type!r} is not supported (bert, mpnet or t5)")
     sd = t5_lib.read_hf_state_dict(backbone_dir)
     if model_type == "bert":
         backbone = BertConfig.from_hf_dict(hf)
         backbone_params = bert_params_from_hf_state_dict(sd, backbone)
+    elif model_type == "mpnet":
+        backbone = MPNetConfig.from_hf_dict(hf)
+        backbone_params = mpnet_params_from_hf_state_dict(sd, backbone)
     else:
         backbone = t5_lib.T5Config.from_hf_dict(hf)
         backbone_params = t5_lib.params_from_hf_state_dict(sd, backbone, encoder_only=True)

@@ -1,0 +1,606 @@
+"""What each `v2t` command does, apart from parsing its arguments (`v2t_jax.cli`): every function takes the
+parsed `argparse.Namespace` and returns an exit status, and raises `UsageError` (one line, exit status 2) for a
+problem with the user's input. Nothing is written unless the whole job succeeds, except `v2t invert`'s streamed
+rows, which a rerun resumes. Heavy modules (jax, the models) are imported inside the commands, so `v2t --help`
+stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+from v2t_jax.remote import RemoteError  # stdlib only: `v2t --help` stays fast
+
+
+# `v2t invert` / `v2t demo` defaults with a corrector: 20 greedy correction steps (~0.6 s a passage on 2 CPU
+# cores); experiments/results/table1_minilm.md shows what a sequence beam adds, at what cost.
+DEFAULT_STEPS = 20
+DEFAULT_SBEAM = 1
+WEIGHT_FORMATS = ("float32", "int8")  # v2t_jax.bundle.WEIGHT_FORMATS, without importing jax for --help
+
+
+class UsageError(Exception):
+    """A problem with the user's input; printed as one line, exit status 2."""
+
+
+# ----------------------------------------------------------------------------- input / output helpers
+
+
+def read_texts(path: str | os.PathLike) -> list[str]:
+    """One text per line (blank lines skipped), or `.jsonl` objects with a `text` field."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"input file {path} does not exist")
+    if path.is_dir():
+        raise UsageError(f"input {path} is a directory; pass a .txt or .jsonl file")
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"input {path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+    texts: list[str] = []
+    if path.suffix.lower() == ".jsonl":
+        from v2t_jax.data.sources import SourceError, jsonl_objects
+
+        try:
+            texts = [obj["text"] for _, obj in jsonl_objects(path)]
+        except SourceError as e:
+            raise UsageError(str(e)) from e
+    else:
+        # only "\n" (or "\r\n") ends a line: str.splitlines would also split at U+2028, U+0085, form feeds ...
+        # inside a line, and one text would silently become several vectors
+        texts = [line.removesuffix("\r") for line in raw.split("\n") if line.strip()]
+    if not texts:
+        raise UsageError(f"input file {path} holds no texts")
+    return texts
+
+
+def check_output(path: str | os.PathLike, overwrite: bool, inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """Fails early (before any work) if the output cannot or must not be written (or is one of `inputs`)."""
+    path = Path(path)
+    for inp in inputs:
+        if path.exists() and Path(inp).exists() and os.path.samefile(path, inp):
+            raise UsageError(f"output {path} is the input {inp}; write the output to another path")
+    if path.is_dir():
+        raise UsageError(f"output {path} is a directory; pass a file path such as vectors.npy")
+    if path.exists() and not overwrite:
+        raise UsageError(f"output {path} already exists; pass --overwrite to replace it")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"cannot write {path}: directory {parent} does not exist")
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".v2t-probe-"):
+            pass
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: {e.strerror or e}") from e
+    return path
+
+
+def _output_mode(path: Path) -> int:
+    """The mode an output should get: the replaced file's, or for a new file what the umask allows of 0666
+    (mkstemp creates its temporary file 0600 whatever the umask)."""
+    from v2t_jax import assets
+
+    return path.stat().st_mode & 0o7777 if path.exists() else assets.new_file_mode()
+
+
+def write_atomic(path: Path, write, binary: bool) -> None:
+    """write(file) into a temporary file beside `path`, then renamed into place with `_output_mode`'s mode;
+    nothing is left behind on failure."""
+    from v2t_jax import assets
+
+    mode = _output_mode(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    assets.sweep_stale(parent, f".{path.name}.", ".")  # what a killed run left beside this output
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            write(f)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_npy_atomic(path: Path, array) -> None:
+    """Writes to a temporary file beside `path`, then renames it into place."""
+    import numpy as np
+
+    write_atomic(path, lambda f: np.save(f, array), binary=True)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    if args.max_length < 2:
+        raise UsageError(f"--max-length must be at least 2 tokens, got {args.max_length}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
+    texts = read_texts(args.input)
+    output = check_output(args.output, args.overwrite, [args.input])
+
+    from v2t_jax import assets
+    from v2t_jax.models import embedders
+
+    try:
+        embedder = embedders.load_embedder(args.embedder, cache_dir=args.cache_dir, head=args.head)
+    except assets.AssetError as e:
+        raise UsageError(str(e)) from e
+    except (ValueError, KeyError, OSError) as e:
+        raise UsageError(f"cannot load embedder {args.embedder!r}: {e}") from e
+    if embedder.config.max_positions is not None and args.max_length > embedder.config.max_positions:
+        raise UsageError(
+            f"--max-length {args.max_length} exceeds the embedder's {embedder.config.max_positions} positions"
+        )
+    t0 = time.perf_counter()
+    vectors = embedder.embed_texts(
+        texts, max_length=args.max_length, batch_size=args.batch_size, progress=not args.quiet
+    )
+    elapsed = time.perf_counter() - t0
+    try:
+        save_npy_atomic(output, vectors.astype("float32"))
+    except OSError as e:
+        raise UsageError(f"cannot write {output} ({e.strerror or e}); nothing was written") from None
+    if not args.quiet:
+        print(
+            f"v2t embed: wrote {output} [{vectors.shape[0]}, {vectors.shape[1]}] float32 "
+            f"({len(texts) / elapsed:.1f} texts/s incl. compile)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from v2t_jax import assets
+    from v2t_jax.data import sources
+
+    if args.corpus and not Path(args.corpus).is_file():
+        raise UsageError(f"corpus file {args.corpus} does not exist")
+    try:
+        names = sources.expand(args.sources)
+    except sources.SourceError as e:
+        raise UsageError(str(e)) from e
+    if args.max_tokens < 4:
+        raise UsageError(f"--max-tokens must be at least 4, got {args.max_tokens}")
+    if (args.workers is not None and args.workers < 1) or (args.batch_size is not None and args.batch_size < 1):
+        raise UsageError("--workers and --batch-size must be >= 1")
+
+    import time
+
+    from v2t_jax.data import dataset, targets
+    from v2t_jax.models import embedders
+
+    spec = dataset.DatasetSpec(
+        sources=names,
+        corpus=args.corpus,
+        embedder=args.embedder,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+    )
+    start = time.perf_counter()
+    try:
+        b, counts = dataset.prepare(
+            spec, data_dir=args.data_dir, cache_dir=args.cache_dir, workers=args.workers, progress=not args.quiet
+        )
+    except (sources.SourceError, assets.AssetError) as e:
+        raise UsageError(str(e)) from e
+    n, took = sum(counts[s]["passages"] for s in dataset.splits(counts)), time.perf_counter() - start
+    built = f" built in {took:.1f} s ({n / took:,.0f} passages/s)"
+    print(f"dataset {spec.config_name} in {b.data_dir}" + (built if b.built is not None else ""))
+    print(dataset.format_counts(counts))
+    if args.no_targets:
+        return 0
+    out = targets.targets_dir(b.data_dir, args.embedder, args.max_tokens)
+    missing = [split for split in dataset.splits(counts) if not targets.exists(out, split)]
+    if missing:
+        t0 = time.perf_counter()
+        emb = embedders.load_embedder(args.embedder, cache_dir=args.cache_dir)
+        batch = args.batch_size or targets.default_batch_size()
+        todo = 0
+        for split in missing:
+            texts = dataset.texts(b, split)
+            todo += len(texts)
+            targets.precompute(texts, emb, out, split, args.max_tokens, batch_size=batch, progress=not args.quiet)
+        rate = todo / (time.perf_counter() - t0)
+        print(f"target embeddings and ids in {out} ({todo:,} passages at batch {batch}, {rate:,.0f} passages/s)")
+    else:
+        print(f"target embeddings and ids in {out}")
+    return 0
+
+
+def _load_model(args: argparse.Namespace):
+    """The bundle named by --checkpoint, or the shipped model; checks --steps/--sbeam against it (no --steps:
+    DEFAULT_STEPS with a corrector, 0 for an inverter-only bundle)."""
+    if (args.steps is not None and args.steps < 0) or args.sbeam < 1:
+        raise UsageError("--steps must be >= 0 and --sbeam >= 1")
+    from v2t_jax import api, assets
+
+    try:
+        model = api.load_model(args.checkpoint, cache_dir=args.cache_dir)
+    except (api.ModelError, assets.AssetError) as e:
+        raise UsageError(str(e)) from e
+    if args.steps is None:
+        args.steps = DEFAULT_STEPS if model.program.corrector is not None else 0
+    if args.steps > 0 and model.program.corrector is None:
+        raise UsageError(f"{args.checkpoint} is an inverter-only bundle (no corrector): use --steps 0")
+    return model
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Embeds passages, inverts the vectors and prints original vs recovered text with BLEU and cosine."""
+    from importlib import resources
+
+    from v2t_jax import api, evaluate
+    from v2t_jax.data import passages
+
+    path = args.input or str(resources.files("v2t_jax") / "resources" / "sample_passages.txt")
+    texts = read_texts(path)
+    model = _load_model(args)
+    # each text cut where the embedder stops reading (max_length tokens); recovery is scored against that
+    # cut as the model can write it (model.embedder_view: for the uncased embedder, as it sees the text)
+    refs = [passages.truncate(t, model.embedder.tokenizer, model.max_length)[0] for t in texts]
+    views = model.embedder_view(refs)
+    vectors = model.embed_texts(refs)
+    try:
+        out, trace = model.invert_embeddings(
+            vectors, num_steps=args.steps, sequence_beam_width=args.sbeam, return_trace=True, progress=not args.quiet
+        )
+    except api.ModelError as e:
+        raise UsageError(str(e)) from e
+    first = [row["hypotheses"][0] for row in trace["steps"]]
+    first_cos = [row["cosines"][0] for row in trace["steps"]]
+    how = "inverter only" if args.steps == 0 else f"{args.steps} correction steps, sequence beam {args.sbeam}"
+    print(f"{len(refs)} passages from {path}, embedded with {model.embedder.name} at {model.max_length} tokens")
+    print(f"inverted by {'the shipped model' if args.checkpoint is None else args.checkpoint} ({how})")
+    print(
+        "BLEU: against each passage "
+        + (
+            "as the uncased embedder sees it (lower case, accents stripped, WordPiece spacing)"
+            if model.vocab.in_graph
+            else "as far as the embedder reads it"
+        )
+        + ", case-folded and whitespace-normalised\n"
+    )
+    bleu, bleu0 = [evaluate.per_record(x, views) for x in (out, first)]
+    for i, (ref, text) in enumerate(zip(refs, out)):
+        print(f"[{i + 1}] original : {ref}")
+        if args.steps > 0:
+            print(f"    step 0   : {first[i]}")
+            print(f"               BLEU {bleu0[i]['bleu']:5.1f}  cosine {first_cos[i]:.3f}")
+        print(f"    recovered: {text}")
+        print(f"               BLEU {bleu[i]['bleu']:5.1f}  cosine {trace['cosine'][i]:.3f}\n")
+    final = evaluate.score(out, views, trace["cosine"])
+    summary = f"mean over {len(refs)}: BLEU {final['bleu']:.1f}, cosine {final['cosine']:.3f}"
+    if args.steps > 0:
+        start = evaluate.score(first, views, first_cos)
+        summary += f" (step 0: BLEU {start['bleu']:.1f}, cosine {start['cosine']:.3f})"
+    print(summary)
+    return 0
+
+
+def _npy_problem(path: Path, error: Exception) -> str:
+    """What is wrong with a .npy that numpy refused, in words that do not suggest loading pickles."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head != b"\x93NUMPY":
+        return "not a .npy file (no NumPy header); save the [N, D] vectors with numpy.save"
+    if "pickle" in str(error).lower():
+        return "it holds Python objects, which v2t never loads; save a float array"
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def cmd_invert(args: argparse.Namespace) -> int:
+    """Inverts in batches and streams the rows, in order, to OUTPUT.partial (flushed and synced per batch);
+    renamed to OUTPUT at the end. An interrupted run (kill, SIGTERM, disk full) keeps its finished rows, and the
+    same command resumes after them (OUTPUT.partial.json records what the rows were made from)."""
+    import numpy as np
+
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be >= 1")
+    path = Path(args.embeddings)
+    if not path.is_file():
+        raise UsageError(f"embeddings file {path} does not exist")
+    try:
+        vectors = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise UsageError(f"cannot read {path} as a .npy array ({_npy_problem(path, e)})") from None
+    if not isinstance(vectors, np.ndarray):
+        raise UsageError(f"{path} holds several arrays (.npz); save the [N, D] vectors with numpy.save as .npy")
+    references = read_texts(args.references) if args.references else None
+    output = check_output(args.output, args.overwrite, [args.embeddings] + ([args.references] if references else []))
+    model = _load_model(args)
+
+    from v2t_jax import api, assets, bundle, evaluate
+
+    try:  # the vectors (dimension, NaN/inf, zero rows, dtype) before any work
+        n = len(model.check_embeddings(vectors))
+    except api.ModelError as e:
+        raise UsageError(str(e)) from e
+    if references is not None and len(references) != n:
+        raise UsageError(f"{args.references} holds {len(references)} texts for the {n} vectors; give one per vector")
+    views = model.embedder_view(references) if references is not None else None
+    remote = _remote_embedder(args, model)
+    bs = model.batch_rows(n, args.batch_size)
+    folder = Path(args.checkpoint) if args.checkpoint else api.shipped_bundle()
+    run = {
+        "embeddings": assets.sha256_file(path),
+        "model": assets.sha256_file(folder / bundle.FILE),
+        "steps": args.steps,
+        "sbeam": args.sbeam,
+        "stop_cosine": args.stop_cosine,
+        "batch_size": bs,
+        "skip_repeated": args.skip_repeated,
+        "trace": bool(args.trace),
+        "references": assets.sha256_file(Path(args.references)) if references is not None else None,
+        "embedder_url": [remote.url, remote.model] if remote is not None else None,
+    }
+    stream = RowStream(output, run, bs)
+    try:
+        for first, texts, cosines, steps in model.iter_batches(
+            vectors,
+            num_steps=args.steps,
+            sequence_beam_width=args.sbeam,
+            stop_cosine=args.stop_cosine,
+            batch_size=bs,
+            trace=bool(args.trace),
+            progress=not args.quiet,
+            skip_repeated=args.skip_repeated,
+            start=stream.done,
+            embed_fn=remote,
+        ):
+            rows = [{"text": t, "cosine": c} for t, c in zip(texts, cosines)]
+            for row, trace in zip(rows, steps or []):
+                row["steps"] = trace
+            if views is not None:
+                ref = views[first : first + len(rows)]
+                for row, r, scores in zip(rows, ref, evaluate.per_record(texts, ref)):
+                    row.update(reference=r, **scores)
+            stream.append([json.dumps(r, ensure_ascii=False) for r in rows])
+    except api.ModelError as e:
+        raise UsageError(str(e)) from e
+    except RemoteError as e:
+        kept = f"; the {stream.done} rows done are kept: rerun the same command to continue" if stream.done else ""
+        raise UsageError(f"{e}{kept}") from None
+    stream.finish()
+    if not args.quiet:
+        print(f"v2t invert: wrote {n} rows to {output}", file=sys.stderr)
+    if views is not None:  # over every row, those of an interrupted run included
+        rows = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+        scores = evaluate.score([r["text"] for r in rows], views, [r["cosine"] for r in rows])
+        print(f"v2t invert: against {args.references}: {evaluate.summary_line(scores)}")
+    return 0
+
+
+def _remote_embedder(args: argparse.Namespace, model):
+    """`--embedder-url`: the OpenAI-compatible endpoint that re-embeds hypotheses (the host-side search), its
+    dimension checked against the bundle's with one request before any work; None without the flag."""
+    if not getattr(args, "embedder_url", None):
+        return None
+    from v2t_jax.remote import RemoteEmbedder
+
+    try:
+        remote = RemoteEmbedder(
+            args.embedder_url,
+            args.embedder_model or model.embedder.name,
+            api_key_env=args.api_key_env,
+            batch_size=args.embedder_batch_size,
+            timeout_s=args.embedder_timeout,
+            retries=args.embedder_retries,
+        )
+        remote.check_dim(model.dim)
+    except RemoteError as e:
+        raise UsageError(str(e)) from None
+    return remote
+
+
+class RowStream:
+    """JSON lines written in order to OUTPUT.partial as batches finish, with OUTPUT.partial.json naming the run
+    (inputs and settings); `done` rows are on disk (whole batches: a torn last batch is cut off) and a rerun of
+    the same run continues after them. `finish` renames the rows into place with the output's mode."""
+
+    def __init__(self, output: Path, run: dict, batch: int):
+        self.output, self.run = output, run
+        self.partial = output.with_name(output.name + ".partial")
+        self.state = output.with_name(output.name + ".partial.json")
+        self.done = 0
+        if self.state.exists() or self.partial.exists():
+            try:
+                saved = json.loads(self.state.read_text())
+            except (OSError, ValueError):
+                saved = None
+            if saved != run:
+                raise UsageError(
+                    f"{self.partial} holds an interrupted run of other inputs or settings; rerun that command to "
+                    f"finish it, or delete {self.partial} and {self.state}"
+                )
+            lines = self.partial.read_bytes().split(b"\n") if self.partial.exists() else [b""]
+            whole = len(lines) - 1  # the last piece has no newline: empty, or a torn row
+            self.done = whole - whole % batch
+            if self.partial.exists():
+                with open(self.partial, "r+b") as f:
+                    f.truncate(sum(len(x) + 1 for x in lines[: self.done]))
+            print(f"v2t invert: resuming after the {self.done} rows in {self.partial}", file=sys.stderr)
+
+    def append(self, rows: list[str]) -> None:
+        try:
+            if not self.state.exists():
+                write_atomic(self.state, lambda f: f.write(json.dumps(self.run) + "\n"), binary=False)
+            with open(self.partial, "a", encoding="utf-8") as f:
+                f.write("".join(r + "\n" for r in rows))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise UsageError(
+                f"cannot write {self.partial} ({e.strerror or e}); the {self.done} rows done are kept: free space "
+                "and rerun the same command to continue"
+            ) from None
+        self.done += len(rows)
+
+    def finish(self) -> None:
+        if not self.partial.exists():  # no rows at all
+            self.partial.write_text("")
+        os.chmod(self.partial, _output_mode(self.output))
+        os.replace(self.partial, self.output)
+        self.state.unlink(missing_ok=True)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise UsageError(f"{out} exists and is not empty; pass --overwrite to replace its files")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} is a file; pass a folder for the bundle")
+    from v2t_jax import api, bundle, export
+
+    try:
+        meta = json.loads((export.export(args.workdir, out, args.step, args.weights) / bundle.FILE).read_text())
+    except api.ModelError as e:
+        raise UsageError(str(e)) from e
+    kind = "an inverter-only" if meta["corrector"] is None else "an inverter + corrector"
+    size = sum(p.stat().st_size for p in out.iterdir()) / 1e6
+    print(f"v2t export: wrote {kind} bundle to {out} ({args.weights} weights, {size:.1f} MB)", file=sys.stderr)
+    return 0
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} takes comma-separated integers, got {text!r}") from None
+    if not values:
+        raise UsageError(f"{flag} is empty")
+    return values
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    batches = _int_list(args.batch, "--batch")
+    steps = _int_list(args.steps, "--steps")
+    beams = _int_list(args.beam, "--beam")
+    if min(batches) < 1 or min(steps) < 0 or min(beams) < 1 or args.repeats < 1:
+        raise UsageError("--batch, --beam and --repeats must be >= 1 and --steps >= 0")
+    from v2t_jax import api, bench
+
+    if (args.checkpoint is None) == (args.config is None):
+        raise UsageError("pass one of --checkpoint BUNDLE or --config configs/corrector.py:VARIANT")
+    if args.config is not None:
+        from v2t_jax import config_loading
+
+        try:
+            config = config_loading.apply_overrides(config_loading.load(args.config), args.overrides)
+            model = bench.random_model(config)
+        except (config_loading.ConfigError, ValueError) as e:
+            raise UsageError(str(e)) from e
+        import jax
+
+        n_inv, n_cor = (
+            sum(x.size for x in jax.tree_util.tree_leaves(model.params[k])) / 1e6 for k in ("inverter", "corrector")
+        )
+        desc = f"random weights of {args.config} (inverter {n_inv:.1f}M + corrector {n_cor:.1f}M params)"
+    else:
+        if args.overrides:
+            raise UsageError(
+                f"unrecognized arguments: {' '.join(args.overrides)} (--config.KEY=VALUE goes with --config)"
+            )
+        try:
+            model = api.load_model(args.checkpoint, cache_dir=args.cache_dir)
+        except api.ModelError as e:
+            raise UsageError(str(e)) from e
+        desc = f"bundle {args.checkpoint}"
+    if model.program.corrector is None and max(steps) > 0:
+        raise UsageError(f"{args.checkpoint} is an inverter-only bundle: use --steps 0")
+    rows = bench.run(
+        model, batches, steps, beams, args.repeats, progress=not args.quiet, skip_repeated=args.skip_repeated
+    )
+    command = "v2t bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "v2t bench"
+    print(bench.write(rows, Path(args.output), command, desc))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from v2t_jax import config_loading
+
+    try:
+        config = config_loading.apply_overrides(config_loading.load(args.config), args.overrides)
+    except config_loading.ConfigError as e:
+        raise UsageError(str(e)) from e
+    from v2t_jax import sharding, train
+
+    try:
+        train.check_numbers(config)
+    except train.TrainingError as e:
+        raise UsageError(str(e)) from e
+    if args.distributed:
+        import jax
+
+        parts = args.distributed.split(",")
+        ok = len(parts) == 3 and ":" in parts[0] and parts[1].isdigit() and parts[2].isdigit()
+        if not ok or not int(parts[2]) < int(parts[1]):
+            raise UsageError(
+                f"--distributed {args.distributed!r}: expected HOST:PORT,NUM_PROCESSES,PROCESS_ID "
+                "with 0 <= PROCESS_ID < NUM_PROCESSES, e.g. localhost:1234,2,0"
+            )
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(parts[0], num_processes=int(parts[1]), process_id=int(parts[2]))
+
+    try:
+        train.train(config, args.workdir)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise UsageError(
+            f"cannot write in {args.workdir} ({e.strerror}); the checkpoints saved so far stay: free space and "
+            "rerun the command to resume"
+        ) from None
+    except (train.TrainingError, sharding.MeshError) as e:
+        raise UsageError(str(e)) from e
+    return 0
+
+
+def cmd_data_hypotheses(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from v2t_jax import api
+
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
+    try:
+        model = api.load_model(args.inverter, cache_dir=args.cache_dir)
+    except api.ModelError as e:
+        raise UsageError(str(e)) from e
+    if not model.vocab.in_graph:
+        raise UsageError(f"{args.inverter} decodes in its own vocabulary; a corrector reads the embedder's")
+    from v2t_jax.data import dataset, hypotheses, sources, targets
+
+    try:
+        names = sources.expand(args.sources)
+    except sources.SourceError as e:
+        raise UsageError(str(e)) from e
+    spec = dataset.DatasetSpec(
+        sources=names,
+        corpus=args.corpus,
+        embedder=model.embedder.name,
+        max_tokens=model.max_length,
+        seed=args.seed,
+    )
+    b = dataset.builder(spec, args.data_dir)
+    tdir = targets.targets_dir(b.data_dir, model.embedder.name, model.max_length)
+    splits = ("train", "validation", "test")
+    try:
+        out = hypotheses.ensure(model, tdir, Path(args.inverter), splits, args.batch_size, progress=not args.quiet)
+    except FileNotFoundError as e:
+        raise UsageError(f"dataset {spec.config_name}: {e}") from e
+    for split in splits:
+        exact = np.asarray(hypotheses.load(out, split)["exact"])
+        print(f"{split}: {len(exact)} hypotheses, {int(exact.sum())} already exact")
+    print(f"hypotheses in {out}")
+    return 0

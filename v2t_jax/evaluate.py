@@ -1,0 +1,80 @@
+"""How a recovery is scored, in one place: training's evaluation, `v2t demo`, `v2t invert --references` and
+`experiments/results_table.py` all score through here.
+
+- **The reference** is the original text as far as the embedder reads it (`max_length` tokens), written as the
+  decoders can write it (`reference_view`): in the embedder's uncased WordPiece, its tokens decoded back (lower
+  case, accents stripped, WordPiece spacing); in a vocabulary of the model's own, the text cut where the
+  embedder stops reading. Stored embedder ids (training data) give the same view (`views_of_ids`).
+- **Both sides** are case-folded and whitespace-normalised (`metrics.normalize`) before any comparison.
+- **Scores** (`score`): mean sentence BLEU, corpus BLEU, set token F1, exact match, mean cosine (from the caller,
+  which has the embedder), and `half_recovered`: the share of records with at least half of their reference's
+  word tokens in the recovery. `per_record` gives each record's BLEU, token F1, exact and token recall.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from v2t_jax import metrics
+
+
+def reference_view(vocab, embedder, texts: Sequence[str], max_length: int) -> list[str]:
+    """Each text as far as `embedder` reads it at `max_length` tokens, in the form `vocab`'s decoders write."""
+    texts = list(texts)
+    if vocab.in_graph:
+        return [vocab.decode(ids) for ids in embedder.tokenize(texts, max_length)]
+    from v2t_jax.data import passages
+
+    return [passages.truncate(t, embedder.tokenizer, max_length)[0] for t in texts]
+
+
+def views_of_ids(vocab, embedder, ids) -> list[str]:
+    """The reference view of passages stored as embedder ids (`[CLS] t1 .. tn [SEP] 0 ..`, or without [CLS]);
+    for a vocabulary of the model's own, the embedder's decoding of them (its tokens are all there is)."""
+    rows = np.asarray(ids)
+    if vocab.in_graph:
+        return [vocab.decode(row) for row in rows]
+    return [embedder.tokenizer.decode([int(t) for t in row], skip_special_tokens=True) for row in rows]
+
+
+def token_recall(pred: str, ref: str) -> float:
+    """The share of the reference's distinct word tokens that the prediction holds."""
+    r = set(metrics.word_tokens(ref))
+    return len(r & set(metrics.word_tokens(pred))) / len(r) if r else 1.0
+
+
+def per_record(preds: Sequence[str], refs: Sequence[str]) -> list[dict]:
+    """Each record's bleu, token_f1, exact (bool) and token_recall, after normalising both sides."""
+    if len(preds) != len(refs):
+        raise ValueError(f"{len(preds)} recoveries for {len(refs)} references")
+    out = []
+    for p, r in zip(preds, refs):
+        p, r = metrics.normalize(p), metrics.normalize(r)
+        out.append(
+            {
+                "bleu": metrics.sentence_bleu(p, r),
+                "token_f1": metrics.token_f1(p, r),
+                "exact": p == r,
+                "token_recall": token_recall(p, r),
+            }
+        )
+    return out
+
+
+def score(preds: Sequence[str], refs: Sequence[str], cosines: Sequence[float] | None = None) -> dict:
+    """Means over records (see the module docstring), both sides normalised; `n` records."""
+    p = [metrics.normalize(x) for x in preds]
+    r = [metrics.normalize(x) for x in refs]
+    out = metrics.text_metrics(p, r, cosines)
+    out["half_recovered"] = float(np.mean([token_recall(a, b) >= 0.5 for a, b in zip(p, r)]))
+    return out
+
+
+def summary_line(scores: dict) -> str:
+    """One line of the scores a person reads first."""
+    line = f"BLEU {scores['bleu']:.2f}, token F1 {100 * scores['token_f1']:.1f}, exact {100 * scores['exact']:.1f}%"
+    if "cosine" in scores:
+        line += f", cosine {scores['cosine']:.3f}"
+    return line + f", half the tokens recovered in {100 * scores['half_recovered']:.1f}% of {scores['n']}"
