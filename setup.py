@@ -25,13 +25,16 @@ setup(
         "array_record>=0.8",
         "importlib_resources",  # tensorflow-datasets imports it without declaring it
         "tensorboardX>=2.6",
+        "matplotlib>=3.8",  # v2t audit's report figure
     ],
     extras_require={
         # PyTorch reference for parity tests (torch is pinned to the CPU wheel these machines carry; leaving it
         # free lets pip pull a several-GB CUDA build); matplotlib for the results-table script's test.
-        "test": ["pytest>=8", "torch==2.13.0", "sentence-transformers>=5", "matplotlib>=3.8"],
-        # experiments/results_table.py draws its plot with matplotlib
-        "experiments": ["matplotlib>=3.8"],
+        # chromadb and faiss-cpu: `v2t audit` is tested on real stores built with their own client libraries.
+        "test": ["pytest>=8", "torch==2.13.0", "sentence-transformers>=5", "chromadb>=1.0", "faiss-cpu>=1.8"],
+        # the vector stores `v2t audit` reads through their client libraries (parquet through pyarrow)
+        "audit": ["chromadb>=1.0", "faiss-cpu>=1.8", "pyarrow>=15"],
+        "experiments": ["matplotlib>=3.8"],  # (matplotlib is now a dependency; kept for older instructions)
     },
     entry_points={"console_scripts": ["v2t=v2t_jax.cli:main"]},
 )

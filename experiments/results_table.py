@@ -1,7 +1,6 @@
 """The paper's Table 1 at our scale: inversion quality on held-out passages after 0, 1, 5, 20 correction
 steps, with sequence beam search, plus a plot of BLEU and cosine against the number of steps.
 
-    pip install -e '.[experiments]'
     python experiments/results_table.py --checkpoint BUNDLE [--n 500] [--split test]
         [--rows 0:1,1:1,5:1,20:1,20:4,50:8] [--out experiments/results/table1]
 

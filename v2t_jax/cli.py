@@ -17,6 +17,7 @@ from v2t_jax.commands import (
     DEFAULT_STEPS,
     WEIGHT_FORMATS,
     UsageError,
+    cmd_audit,
     cmd_bench,
     cmd_data_hypotheses,
     cmd_data_prepare,
@@ -34,6 +35,26 @@ from v2t_jax.remote import DEFAULT_KEY_ENV
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, like every other usage error
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _remote_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--embedder-url",
+        default=None,
+        help="re-embed hypotheses with an OpenAI-compatible embeddings endpoint (e.g. http://host:8000/v1/embeddings) "
+        "instead of the bundle's embedder, on the host between compiled decoding steps",
+    )
+    p.add_argument("--embedder-model", default=None, help="model name sent to --embedder-url (default: the bundle's)")
+    p.add_argument(
+        "--api-key-env",
+        default=DEFAULT_KEY_ENV,
+        help="environment variable holding the endpoint's API key, sent as a bearer token (default %(default)s)",
+    )
+    p.add_argument("--embedder-batch-size", type=int, default=64, help="texts per request (default %(default)s)")
+    p.add_argument("--embedder-timeout", type=float, default=30.0, help="seconds per request (default %(default)s)")
+    p.add_argument(
+        "--embedder-retries", type=int, default=4, help="retries of a failed request, backing off (default %(default)s)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,23 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the original texts, one per vector (as --input of v2t embed): each row gets its BLEU, token F1, "
         "exact and token recall, and a summary line is printed",
     )
-    iv.add_argument(
-        "--embedder-url",
-        default=None,
-        help="re-embed hypotheses with an OpenAI-compatible embeddings endpoint (e.g. http://host:8000/v1/embeddings) "
-        "instead of the bundle's embedder, on the host between compiled decoding steps",
-    )
-    iv.add_argument("--embedder-model", default=None, help="model name sent to --embedder-url (default: the bundle's)")
-    iv.add_argument(
-        "--api-key-env",
-        default=DEFAULT_KEY_ENV,
-        help="environment variable holding the endpoint's API key, sent as a bearer token (default %(default)s)",
-    )
-    iv.add_argument("--embedder-batch-size", type=int, default=64, help="texts per request (default %(default)s)")
-    iv.add_argument("--embedder-timeout", type=float, default=30.0, help="seconds per request (default %(default)s)")
-    iv.add_argument(
-        "--embedder-retries", type=int, default=4, help="retries of a failed request, with backoff (default %(default)s)"
-    )
+    _remote_flags(iv)
     iv.add_argument("--cache-dir", default=None)
     iv.add_argument("--overwrite", action="store_true")
     iv.add_argument("--quiet", action="store_true")
@@ -190,6 +195,28 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--cache-dir", default=None)
     bn.add_argument("--quiet", action="store_true")
     bn.set_defaults(func=cmd_bench)
+
+    au = sub.add_parser("audit", help="invert every vector of a vector store and report how much text leaks")
+    au.add_argument("store", help="a Chroma folder, a FAISS index file (.faiss/.index), a .npy or a .parquet")
+    au.add_argument("--output", required=True, help="report folder: report.md, report.png, records.jsonl")
+    au.add_argument("--collection", default=None, help="Chroma collection (needed when the store has several)")
+    au.add_argument("--store-kind", default="auto", choices=["auto", "chroma", "faiss", "npy", "parquet"])
+    au.add_argument("--documents", default=None, help="the records' texts, one per line, for a store without them")
+    au.add_argument("--vector-column", default=None, help="parquet: the vectors' column (default embedding/vector)")
+    au.add_argument("--text-column", default=None, help="parquet: the texts' column (default document/text)")
+    au.add_argument("--id-column", default=None, help="parquet: the ids' column (default id)")
+    au.add_argument("--checkpoint", default=None, help="model bundle folder (default: the shipped model)")
+    au.add_argument(
+        "--steps", type=int, default=None, help=f"correction steps (default {DEFAULT_STEPS}; 0 without a corrector)"
+    )
+    au.add_argument("--sbeam", type=int, default=DEFAULT_SBEAM, help="sequence beam width (default %(default)s)")
+    au.add_argument("--limit", type=int, default=None, help="audit the first N records only")
+    au.add_argument("--batch-size", type=int, default=32)
+    _remote_flags(au)
+    au.add_argument("--cache-dir", default=None)
+    au.add_argument("--overwrite", action="store_true", help="replace an earlier report in --output")
+    au.add_argument("--quiet", action="store_true")
+    au.set_defaults(func=cmd_audit)
 
     ex = sub.add_parser("export", help="a model bundle from a training run (inverter, or inverter + corrector)")
     ex.add_argument("--workdir", required=True, help="a v2t train run directory")
@@ -219,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
+    args.argv = argv  # as typed, for reports that name their command
     if args.command in ("train", "bench"):
         args.overrides = extra
     elif extra:
@@ -234,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             msg = f"interrupted; the checkpoints saved so far stay in {args.workdir}: rerun the command to resume"
         elif args.command == "invert":
             msg = f"interrupted; the finished rows stay in {args.output}.partial: rerun the command to resume"
+        elif args.command == "audit":
+            msg = f"interrupted; the finished records stay in {args.output}: rerun the command to resume"
         else:
             msg = "interrupted; nothing was written"
         print(f"v2t {args.command}: {msg}", file=sys.stderr)

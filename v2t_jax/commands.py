@@ -11,6 +11,7 @@ import argparse
 import errno
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -320,7 +321,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
     output = check_output(args.output, args.overwrite, [args.embeddings] + ([args.references] if references else []))
     model = _load_model(args)
 
-    from v2t_jax import api, assets, bundle, evaluate
+    from v2t_jax import api, assets, evaluate
 
     try:  # the vectors (dimension, NaN/inf, zero rows, dtype) before any work
         n = len(model.check_embeddings(vectors))
@@ -331,10 +332,9 @@ def cmd_invert(args: argparse.Namespace) -> int:
     views = model.embedder_view(references) if references is not None else None
     remote = _remote_embedder(args, model)
     bs = model.batch_rows(n, args.batch_size)
-    folder = Path(args.checkpoint) if args.checkpoint else api.shipped_bundle()
     run = {
         "embeddings": assets.sha256_file(path),
-        "model": assets.sha256_file(folder / bundle.FILE),
+        "model": _bundle_digest(args.checkpoint),
         "steps": args.steps,
         "sbeam": args.sbeam,
         "stop_cosine": args.stop_cosine,
@@ -452,6 +452,92 @@ class RowStream:
         os.chmod(self.partial, _output_mode(self.output))
         os.replace(self.partial, self.output)
         self.state.unlink(missing_ok=True)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Inverts every vector of a store and writes OUTPUT/report.md, report.png, records.jsonl (streamed and
+    resumable as `v2t invert`'s rows) and summary.json."""
+    from v2t_jax import api, audit, stores
+
+    if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
+        raise UsageError("--batch-size and --limit must be >= 1")
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} is a file; pass a folder for the report")
+    finished = [out / n for n in (audit.REPORT, audit.RECORDS) if (out / n).exists()]
+    if finished and not args.overwrite:
+        raise UsageError(f"{out} holds an audit report already; pass --overwrite to replace it, or another --output")
+    documents = read_texts(args.documents) if args.documents else None
+    try:
+        records = stores.read(
+            args.store, args.store_kind, args.collection, documents, args.vector_column, args.text_column,
+            args.id_column,
+        ).limit(args.limit)  # fmt: skip
+    except stores.StoreError as e:
+        raise UsageError(str(e)) from None
+    model = _load_model(args)
+    try:
+        audit.check_fit(records, model)
+        vectors = model.check_embeddings(records.vectors)
+    except (audit.AuditError, api.ModelError) as e:
+        raise UsageError(str(e)) from None
+    refs = None
+    if records.documents is not None:
+        refs = model.embedder_view([d or "" for d in records.documents])
+    remote = _remote_embedder(args, model)
+    bs = model.batch_rows(len(vectors), args.batch_size)
+    run = {
+        "store": records.digest(),
+        "model": _bundle_digest(args.checkpoint),
+        "steps": args.steps,
+        "sbeam": args.sbeam,
+        "batch_size": bs,
+        "documents": refs is not None,
+        "embedder_url": [remote.url, remote.model] if remote is not None else None,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    stream = RowStream(out / audit.RECORDS, run, bs)
+    if not args.quiet:
+        print(f"v2t audit: {len(records)} records of {records.source}", file=sys.stderr)
+    try:
+        for first, texts, cosines, _ in model.iter_batches(
+            vectors, num_steps=args.steps, sequence_beam_width=args.sbeam, batch_size=bs, progress=not args.quiet,
+            skip_repeated=True, start=stream.done, embed_fn=remote,
+        ):  # fmt: skip
+            ids = records.ids[first : first + len(texts)]
+            ref = refs[first : first + len(texts)] if refs is not None else None
+            stream.append([json.dumps(r, ensure_ascii=False) for r in audit.rows_of_batch(ids, texts, cosines, ref)])
+    except api.ModelError as e:
+        raise UsageError(str(e)) from e
+    except RemoteError as e:
+        raise UsageError(f"{e}; the {stream.done} records done are kept: rerun the same command to continue") from None
+    stream.finish()
+    rows = [json.loads(line) for line in (out / audit.RECORDS).read_text(encoding="utf-8").splitlines()]
+    about = {
+        "source": records.source,
+        "kind": records.kind,
+        "dim": int(records.vectors.shape[1]),
+        "embedder": records.embedder,
+        "model": args.checkpoint or f"the shipped model ({model.embedder.name})",
+        "steps": args.steps,
+        "sbeam": args.sbeam,
+        "max_length": model.max_length,
+        "command": "v2t " + shlex.join(getattr(args, "argv", None) or ["audit", args.store]),
+    }
+    summary = audit.write_report(out, rows, about)
+    line = f"v2t audit: wrote {out / audit.REPORT}: {summary['records']} records, "
+    line += f"mean cosine {summary['mean_cosine']:.3f}"
+    if "bleu" in summary:
+        line += f"; {100 * summary['half_recovered']:.1f}% give back at least half of their words"
+    print(line)
+    return 0
+
+
+def _bundle_digest(checkpoint: str | None) -> str:
+    from v2t_jax import api, assets, bundle
+
+    folder = Path(checkpoint) if checkpoint else api.shipped_bundle()
+    return assets.sha256_file(folder / bundle.FILE)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -1,0 +1,190 @@
+"""`v2t audit` on real vector stores built here with their own client libraries (Chroma, FAISS, parquet), and its
+refusals: another embedder's store, an empty, locked or damaged store, an existing report."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from v2t_jax import cli
+
+
+@pytest.fixture(scope="module")
+def texts(sentences):
+    return sentences[:6]
+
+
+@pytest.fixture(scope="module")
+def vectors(minilm, texts):
+    return minilm.embed_texts(texts, max_length=32)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from v2t_jax import api
+
+    return api.load_model()
+
+
+def _chroma(folder, name, vectors, texts=None, ef="default"):
+    import chromadb
+    from chromadb.utils import embedding_functions
+
+    client = chromadb.PersistentClient(path=str(folder))
+    function = embedding_functions.DefaultEmbeddingFunction() if ef == "default" else ef
+    col = client.create_collection(name, embedding_function=function)
+    if len(vectors):
+        ids = [f"doc-{i}" for i in range(len(vectors))]
+        col.add(ids=ids, embeddings=np.asarray(vectors).tolist(), documents=list(texts) if texts else None)
+    return folder
+
+
+def _audit(tmp_path, store, *extra):
+    out = tmp_path / "report"
+    return cli.main(["audit", str(store), "--output", str(out), "--steps", "1", "--quiet", *extra]), out
+
+
+def test_audit_of_a_chroma_store(capsys, tmp_path, vectors, texts, shipped):
+    """A Chroma collection made with Chroma's default embedding function (all-MiniLM-L6-v2, the shipped model's
+    embedder) and its documents: every record inverted as the API inverts it, scored against its document, the
+    most leaked first in the report, a PNG beside it."""
+    store = _chroma(tmp_path / "chroma", "passages", vectors, texts)
+    code, out = _audit(tmp_path, store)
+    assert code == 0
+    rows = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [f"doc-{i}" for i in range(len(texts))]
+    assert [r["text"] for r in rows] == shipped.invert_embeddings(vectors, num_steps=1)
+    assert [r["reference"] for r in rows] == shipped.embedder_view(texts)
+    assert all(0 <= r["token_recall"] <= 1 and "bleu" in r for r in rows)
+    report = (out / "report.md").read_text()
+    assert "records the embedder 'all-MiniLM-L6-v2'" in report and "≥ 50% of words recovered" in report
+    listed = [line.split(" | ")[1] for line in report.splitlines() if line.startswith("| ") and "doc-" in line]
+    by_id = {r["id"]: r for r in rows}
+    recall = [by_id[i]["token_recall"] for i in listed]
+    assert sorted(listed) == sorted(by_id) and recall == sorted(recall, reverse=True)
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["records"] == len(texts) and 0 <= summary["half_recovered"] <= 1
+    assert "give back at least half of their words" in capsys.readouterr().out
+
+
+def test_audit_of_a_faiss_index_with_documents_given(tmp_path, vectors, texts):
+    import faiss
+
+    index = faiss.IndexIDMap(faiss.IndexFlatIP(vectors.shape[1]))
+    index.add_with_ids(vectors, np.arange(100, 100 + len(vectors)).astype(np.int64))
+    faiss.write_index(index, str(tmp_path / "store.faiss"))
+    (tmp_path / "docs.txt").write_text("\n".join(texts) + "\n")
+    code, out = _audit(tmp_path, tmp_path / "store.faiss", "--documents", str(tmp_path / "docs.txt"), "--limit", "4")
+    assert code == 0
+    rows = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["100", "101", "102", "103"] and all("token_f1" in r for r in rows)
+
+
+def test_audit_of_a_parquet_file_without_documents(tmp_path, vectors):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "vector": vectors[:3].tolist()}), tmp_path / "v.parquet")
+    code, out = _audit(tmp_path, tmp_path / "v.parquet")
+    assert code == 0
+    assert "keeps no documents" in (out / "report.md").read_text()
+    assert [json.loads(x)["id"] for x in (out / "records.jsonl").read_text().splitlines()] == ["a", "b", "c"]
+
+
+def _other_embedder_store(folder, vectors):
+    from chromadb.api.types import EmbeddingFunction
+    from chromadb.utils.embedding_functions import register_embedding_function
+
+    @register_embedding_function
+    class RemoteModel(EmbeddingFunction):  # what an OpenAI-embedded collection records
+        def __init__(self, model_name="text-embedding-3-small"):
+            self.model_name = model_name
+
+        def __call__(self, input):
+            raise AssertionError("never called")
+
+        @staticmethod
+        def name():
+            return "openai"
+
+        def get_config(self):
+            return {"model_name": self.model_name}
+
+        @staticmethod
+        def build_from_config(config):
+            return RemoteModel(config["model_name"])
+
+    return _chroma(folder, "other", vectors, ef=RemoteModel())
+
+
+LOCK = textwrap.dedent(
+    """
+    import sqlite3, sys, time
+    con = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)
+    con.execute("BEGIN EXCLUSIVE")
+    print("locked", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("another embedder", "was embedded with 'text-embedding-3-small'; this model inverts all-MiniLM-L6-v2"),
+        ("another dimension", "holds 768-dimensional vectors; this model inverts all-MiniLM-L6-v2's 384"),
+        ("empty collection", "holds no records: nothing to audit"),
+        ("two collections", "has 2 collections (one, two): pick one with --collection"),
+        ("no such collection", "has no collection 'nope'"),
+        ("not a store", "is a folder but not a Chroma store"),
+        ("damaged store", "the Chroma store"),
+        ("locked store", "is locked by another process"),
+        ("report exists", "holds an audit report already"),
+        ("wrong document count", "--documents holds 2 texts for the 6 records"),
+    ],
+)
+def test_audit_refusals_are_one_line_and_create_nothing(capsys, tmp_path, vectors, case, message):
+    store = tmp_path / "chroma"
+    extra = []
+    locker = None
+    if case == "another embedder":
+        _other_embedder_store(store, vectors)
+    elif case == "another dimension":
+        _chroma(store, "wide", np.ones((2, 768), np.float32), ef=None)
+    elif case == "empty collection":
+        _chroma(store, "empty", [])
+    elif case in ("two collections", "no such collection"):
+        _chroma(store, "one", vectors)
+        _chroma(store, "two", vectors)
+        extra = ["--collection", "nope"] if case == "no such collection" else []
+    elif case == "not a store":
+        store.mkdir()
+        (store / "notes.txt").write_text("hello")
+    elif case == "damaged store":
+        store.mkdir()
+        (store / "chroma.sqlite3").write_bytes(b"not a database" * 100)
+    elif case == "locked store":
+        _chroma(store, "passages", vectors)
+        locker = subprocess.Popen([sys.executable, "-c", LOCK, str(store / "chroma.sqlite3")], stdout=subprocess.PIPE)
+        assert locker.stdout.readline().strip() == b"locked"
+    elif case == "report exists":
+        _chroma(store, "passages", vectors)
+        (tmp_path / "report").mkdir()
+        (tmp_path / "report" / "report.md").write_text("an earlier audit")
+    elif case == "wrong document count":
+        np.save(tmp_path / "v.npy", vectors)
+        (tmp_path / "docs.txt").write_text("one\ntwo\n")
+        store, extra = tmp_path / "v.npy", ["--documents", str(tmp_path / "docs.txt")]
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    try:
+        code, out = _audit(tmp_path, store, *extra)
+    finally:
+        if locker is not None:
+            locker.kill()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("v2t audit: error: ") and message in err[0], err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

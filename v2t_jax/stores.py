@@ -1,0 +1,270 @@
+"""Reading the vectors (and, where kept, the texts) out of a vector store, through the store's own client library,
+for `v2t audit`.
+
+    records = stores.read("path/to/chroma_folder", collection="docs")   # chromadb.PersistentClient
+    records = stores.read("index.faiss")                                # faiss.read_index
+    records = stores.read("vectors.npy", documents=texts)               # or .parquet
+
+Each reader returns `Records`: ids, float32 vectors [N, D], the stored documents (or None) and what the store
+records of the embedder (Chroma keeps its collection's embedding-function name and configuration). Every fault
+(no such store or collection, a store that is locked or damaged, an empty collection, a missing client library)
+is one `StoreError` line; nothing in the store is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+KINDS = ("auto", "chroma", "faiss", "npy", "parquet")
+_PAGE = 1000  # records per Chroma request
+
+
+class StoreError(ValueError):
+    """A store that cannot be read as asked; the message says what to do."""
+
+
+@dataclasses.dataclass
+class Records:
+    ids: list[str]
+    vectors: np.ndarray  # [N, D] float32
+    documents: list[str | None] | None  # the stored texts, when the store keeps them
+    kind: str  # chroma, faiss, npy, parquet
+    source: str  # the path (and collection) read
+    embedder: str | None = None  # the embedder the store records, as the store names it (Chroma)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def digest(self) -> str:
+        """sha256 of ids and vectors: what an interrupted audit's partial output was made from."""
+        h = hashlib.sha256()
+        h.update("\0".join(self.ids).encode())
+        h.update(np.ascontiguousarray(self.vectors).tobytes())
+        return h.hexdigest()
+
+    def limit(self, n: int | None) -> Records:
+        if n is None or n >= len(self):
+            return self
+        docs = self.documents[:n] if self.documents is not None else None
+        return dataclasses.replace(self, ids=self.ids[:n], vectors=self.vectors[:n], documents=docs)
+
+
+def detect(path: Path) -> str:
+    if path.is_dir():
+        if (path / "chroma.sqlite3").exists():
+            return "chroma"
+        raise StoreError(f"{path} is a folder but not a Chroma store (no chroma.sqlite3)")
+    suffix = path.suffix.lower()
+    kind = {".npy": "npy", ".parquet": "parquet", ".faiss": "faiss", ".index": "faiss"}.get(suffix)
+    if kind is None:
+        raise StoreError(
+            f"cannot tell what store {path} is: pass a Chroma folder, a .faiss/.index file, a .npy or a .parquet "
+            "(or --store-kind)"
+        )
+    return kind
+
+
+def read(
+    store: str | os.PathLike,
+    kind: str = "auto",
+    collection: str | None = None,
+    documents: list[str] | None = None,
+    vector_column: str | None = None,
+    text_column: str | None = None,
+    id_column: str | None = None,
+) -> Records:
+    """The records of `store` (see the module docstring); `documents`: one text per record, for stores that keep
+    none (FAISS, .npy)."""
+    path = Path(store)
+    if not path.exists():
+        raise StoreError(f"store {path} does not exist")
+    if kind not in KINDS:
+        raise StoreError(f"unknown store kind {kind!r}: one of {', '.join(KINDS)}")
+    kind = detect(path) if kind == "auto" else kind
+    if collection is not None and kind != "chroma":
+        raise StoreError("--collection names a Chroma collection; this store is " + kind)
+    if kind == "chroma":
+        records = _chroma(path, collection)
+    elif kind == "faiss":
+        records = _faiss(path)
+    elif kind == "npy":
+        records = _npy(path)
+    else:
+        records = _parquet(path, vector_column, text_column, id_column)
+    if documents is not None:
+        if records.documents is not None and any(d is not None for d in records.documents):
+            raise StoreError(f"{path} keeps its own documents; drop --documents")
+        if len(documents) != len(records):
+            raise StoreError(f"--documents holds {len(documents)} texts for the {len(records)} records of {path}")
+        records.documents = list(documents)
+    if len(records) == 0:
+        raise StoreError(f"{records.source} holds no records: nothing to audit")
+    return _checked(records)
+
+
+def _checked(records: Records) -> Records:
+    v = records.vectors
+    if v.ndim != 2 or v.shape[1] == 0:
+        raise StoreError(f"{records.source}: vectors of shape {v.shape}, not [N, D]")
+    if len(set(records.ids)) != len(records.ids):
+        raise StoreError(f"{records.source}: record ids repeat")
+    records.vectors = np.asarray(v, np.float32)
+    return records
+
+
+def _need(module: str, what: str, package: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise StoreError(f"reading {what} needs {package}: pip install {package} (or v2t-jax[audit])") from None
+
+
+def _sqlite_readable(path: Path, db: Path) -> None:
+    """A read-only look at the store's SQLite file first: Chroma itself would wait as long as another process
+    holds it locked, and may rewrite a file it cannot read."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True, timeout=2.0)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            con.close()
+    except sqlite3.OperationalError as e:
+        if "locked" in str(e) or "busy" in str(e):
+            raise StoreError(
+                f"the Chroma store {path} is locked by another process ({e}); retry when it is done"
+            ) from None
+        raise StoreError(f"cannot read the Chroma store {path} ({e})") from None
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"the Chroma store {path} is damaged ({e})") from None
+
+
+def _chroma(path: Path, name: str | None) -> Records:
+    chromadb = _need("chromadb", "a Chroma store", "chromadb")
+    _sqlite_readable(path, path / "chroma.sqlite3")
+    try:
+        client = chromadb.PersistentClient(path=str(path))
+        names = [c if isinstance(c, str) else c.name for c in client.list_collections()]
+        if not names:
+            raise StoreError(f"the Chroma store {path} has no collections")
+        if name is None:
+            if len(names) > 1:
+                raise StoreError(f"the Chroma store {path} has {len(names)} collections ({', '.join(sorted(names))}): "
+                                 "pick one with --collection")  # fmt: skip
+            name = names[0]
+        if name not in names:
+            raise StoreError(f"the Chroma store {path} has no collection {name!r} (it has {', '.join(sorted(names))})")
+        col = client.get_collection(name)
+        n = col.count()
+        ids: list[str] = []
+        vectors: list[np.ndarray] = []
+        docs: list[Any] = []
+        for offset in range(0, n, _PAGE):
+            page = col.get(include=["embeddings", "documents"], limit=_PAGE, offset=offset)
+            ids += list(page["ids"])
+            if len(page["ids"]):
+                vectors.append(np.asarray(page["embeddings"], np.float32))
+            docs += list(page.get("documents") or [None] * len(page["ids"]))
+        config = getattr(col, "configuration_json", None) or {}
+    except StoreError:
+        raise
+    except Exception as e:  # chromadb raises its own errors (and sqlite's) for locked or damaged stores
+        raise StoreError(f"cannot read the Chroma store {path} ({_brief(e)})") from None
+    dim = vectors[0].shape[1] if vectors else 0
+    return Records(
+        ids,
+        np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32),
+        docs if any(d is not None for d in docs) else None,
+        "chroma",
+        f"{path} (collection {name!r})",
+        _chroma_embedder(config.get("embedding_function")),
+    )
+
+
+def _chroma_embedder(ef: Any) -> str | None:
+    """The embedder a Chroma collection records, as a model name where it says one."""
+    if not isinstance(ef, dict) or not ef.get("name"):
+        return None
+    if ef["name"] == "default":  # Chroma's default embedding function: ONNX all-MiniLM-L6-v2
+        return "all-MiniLM-L6-v2"
+    model = (ef.get("config") or {}).get("model_name") or (ef.get("config") or {}).get("model")
+    return str(model) if model else str(ef["name"])
+
+
+def _faiss(path: Path) -> Records:
+    faiss = _need("faiss", "a FAISS index", "faiss-cpu")
+    try:
+        index = faiss.read_index(str(path))
+    except Exception as e:
+        raise StoreError(f"cannot read {path} as a FAISS index ({_brief(e)})") from None
+    n = index.ntotal
+    ids = [str(i) for i in range(n)]
+    inner = index
+    if hasattr(index, "id_map"):  # IndexIDMap(2): the user's ids around another index
+        ids = [str(i) for i in faiss.vector_to_array(index.id_map)]
+        inner = faiss.downcast_index(index.index)
+    try:
+        ivf = faiss.extract_index_ivf(inner)
+        ivf.make_direct_map()
+    except Exception:
+        pass  # not an IVF index
+    try:
+        vectors = inner.reconstruct_n(0, n) if n else np.zeros((0, index.d), np.float32)
+    except Exception as e:
+        raise StoreError(f"{path}: this FAISS index does not give back its vectors ({_brief(e)})") from None
+    return Records(ids, np.asarray(vectors), None, "faiss", str(path))
+
+
+def _npy(path: Path) -> Records:
+    try:
+        vectors = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise StoreError(f"cannot read {path} as a .npy array ({_brief(e)})") from None
+    if vectors.dtype.kind != "f":
+        raise StoreError(f"{path} holds {vectors.dtype} values, not float vectors")
+    return Records([str(i) for i in range(len(vectors))], vectors, None, "npy", str(path))
+
+
+def _parquet(path: Path, vector_column: str | None, text_column: str | None, id_column: str | None) -> Records:
+    pq = _need("pyarrow.parquet", "a .parquet file", "pyarrow")
+    try:
+        table = pq.read_table(path)
+    except Exception as e:
+        raise StoreError(f"cannot read {path} as parquet ({_brief(e)})") from None
+    cols = table.column_names
+
+    def pick(given: str | None, candidates: tuple[str, ...], what: str, required: bool) -> str | None:
+        if given is not None:
+            if given not in cols:
+                raise StoreError(f"{path} has no column {given!r} (it has {', '.join(cols)})")
+            return given
+        found = next((c for c in candidates if c in cols), None)
+        if found is None and required:
+            raise StoreError(f"{path}: no {what} column ({' or '.join(candidates)}); name it with --vector-column")
+        return found
+
+    vcol = pick(vector_column, ("embedding", "vector", "embeddings", "vectors"), "vector", True)
+    tcol = pick(text_column, ("document", "text", "documents", "content"), "text", False)
+    icol = pick(id_column, ("id", "ids"), "id", False)
+    try:
+        vectors = np.asarray(table.column(vcol).to_pylist(), np.float32)
+    except (ValueError, TypeError):
+        raise StoreError(f"{path}: column {vcol!r} does not hold vectors of one length") from None
+    n = len(vectors)
+    ids = [str(x) for x in table.column(icol).to_pylist()] if icol else [str(i) for i in range(n)]
+    docs = table.column(tcol).to_pylist() if tcol else None
+    return Records(ids, vectors, docs, "parquet", str(path))
+
+
+def _brief(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
