@@ -349,6 +349,28 @@ def test_external_tokenizer_vocabulary(tmp_path, tiny_data, sentences, minilm, c
         api.load_model(bundle)
 
 
+def test_init_from_a_bundle_starts_from_its_inverter(tmp_path, tiny_data):
+    """`--config.init_from=BUNDLE` fine-tunes the bundle's inverter (e.g. with noise: a noise-aware attacker):
+    the first step (learning rate 0 in warmup) leaves exactly its weights; another shape is one line."""
+    import jax
+
+    from v2t_jax import bundle, train
+
+    train.train(_tiny_config(tiny_data, "--config.num_steps=2", "--config.eval_every=0"), tmp_path / "run")
+    assert cli.main(["export", "--workdir", str(tmp_path / "run"), "--output", str(tmp_path / "b")]) == 0
+    tuned = _tiny_config(tiny_data, "--config.num_steps=1", "--config.eval_every=0", f"--config.init_from={tmp_path / 'b'}",
+                         "--config.noise_level=0.05")  # fmt: skip
+    out = train.train(tuned, tmp_path / "tuned")
+    want = bundle.read(tmp_path / "b")[1]
+    for a, b in zip(jax.tree_util.tree_leaves(out["params"]), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    wider = _tiny_config(
+        tiny_data, "--config.num_steps=1", "--config.t5.d_model=32", f"--config.init_from={tmp_path / 'b'}"
+    )
+    with pytest.raises(train.TrainingError, match="init_from: the inverter in .* has another shape"):
+        train.train(wider, tmp_path / "wider")
+
+
 def test_export_inverter_bundle_and_invert(capsys, tmp_path, tiny_data, sentences, minilm):
     """A training run -> `v2t export` -> an inverter-only bundle that `v2t invert` runs with 0 steps."""
     from v2t_jax import api, train

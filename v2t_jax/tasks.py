@@ -59,8 +59,11 @@ class Task:
         return {}
 
     def initial_params(self, params, config: ml_collections.ConfigDict, embedder, vocab, shardings):
-        """The parameters a fresh run starts from: as initialised, or with the T5 token embeddings taken from
-        the embedder's own (`config.init_token_embeddings=embedder`)."""
+        """The parameters a fresh run starts from: a bundle's model of this kind (`config.init_from`: fine-tuning,
+        e.g. with noise), or as initialised, with the T5 token embeddings taken from the embedder's own
+        (`config.init_token_embeddings=embedder`)."""
+        if config.get("init_from"):
+            return from_bundle(params, Path(config.init_from).expanduser(), self.name, shardings)
         how = config.get("init_token_embeddings", "random")
         if how == "embedder":
             return embedder_token_embeddings(params, embedder, vocab, shardings)
@@ -167,7 +170,7 @@ class CorrectorTask(Task):
         }
 
     def initial_params(self, params, config: ml_collections.ConfigDict, embedder, vocab, shardings):
-        if config.init_from_inverter:
+        if config.init_from_inverter and not config.get("init_from"):
             return warm_start(params, inverter_bundle(config), shardings)
         return super().initial_params(params, config, embedder, vocab, shardings)
 
@@ -260,6 +263,30 @@ def inverter_bundle(config: ml_collections.ConfigDict) -> Path:
     return bundle
 
 
+def from_bundle(params: dict, bundle: Path, kind: str, shardings: Any) -> dict:
+    """The `kind` ("inverter" or "corrector") parameters of model bundle `bundle`, in place of `params` (same
+    structure and shapes required), on `shardings`."""
+    from v2t_jax import bundle as bundle_lib
+
+    try:
+        _, inverter, corrector = bundle_lib.read(bundle)
+    except bundle_lib.ModelError as e:
+        raise TrainingError(f"init_from: {e}") from None
+    new = inverter if kind == "inverter" else corrector
+    if new is None:
+        raise TrainingError(f"init_from: {bundle} has no {kind}")
+    _check_same_shapes(new, params, f"init_from: the {kind} in {bundle} has another shape than this config")
+    return jax.tree_util.tree_map(lambda x, s: jax.device_put(np.asarray(x, np.float32), s), new, shardings)
+
+
+def _check_same_shapes(new: dict, params: dict, what: str, hint: str = "") -> None:
+    same = jax.tree_util.tree_structure(new) == jax.tree_util.tree_structure(params) and all(
+        np.shape(a) == np.shape(b) for a, b in zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(params))
+    )
+    if not same:
+        raise TrainingError(f"{what} (T5 size, vocabulary or embedding width){hint}")
+
+
 def warm_start(params: dict, bundle: Path, shardings: Any) -> dict:
     """Corrector parameters whose T5 and two embedding projections start as the inverter's.
 
@@ -274,12 +301,6 @@ def warm_start(params: dict, bundle: Path, shardings: Any) -> dict:
     except bundle_lib.ModelError as e:
         raise TrainingError(f"inverter: {e}") from None
     new = dict(params, t5=inv["t5"], transform_target=inv["transform"], transform_hypothesis=inv["transform"])
-    same = jax.tree_util.tree_structure(new) == jax.tree_util.tree_structure(params) and all(
-        np.shape(a) == np.shape(b) for a, b in zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(params))
-    )
-    if not same:
-        raise TrainingError(
-            f"init_from_inverter: the inverter in {bundle} has another shape than this corrector config "
-            "(T5 size, vocabulary or embedding width); set --config.init_from_inverter=false"
-        )
+    what = f"init_from_inverter: the inverter in {bundle} has another shape than this corrector config"
+    _check_same_shapes(new, params, what, "; set --config.init_from_inverter=false")
     return jax.tree_util.tree_map(lambda x, s: jax.device_put(np.asarray(x, np.float32), s), new, shardings)

@@ -490,6 +490,7 @@ NEW_KEY_DEFAULTS = {
     ("t5", "dtype"): "float32",
     ("train_minutes",): 0.0,
     ("init_token_embeddings",): "random",
+    ("init_from",): "",
 }
 
 
