@@ -358,15 +358,13 @@ def test_init_from_a_bundle_starts_from_its_inverter(tmp_path, tiny_data):
 
     train.train(_tiny_config(tiny_data, "--config.num_steps=2", "--config.eval_every=0"), tmp_path / "run")
     assert cli.main(["export", "--workdir", str(tmp_path / "run"), "--output", str(tmp_path / "b")]) == 0
-    tuned = _tiny_config(tiny_data, "--config.num_steps=1", "--config.eval_every=0", f"--config.init_from={tmp_path / 'b'}",
-                         "--config.noise_level=0.05")  # fmt: skip
+    init = f"--config.init_from={tmp_path / 'b'}"
+    tuned = _tiny_config(tiny_data, "--config.num_steps=1", "--config.eval_every=0", init, "--config.noise_level=0.05")
     out = train.train(tuned, tmp_path / "tuned")
     want = bundle.read(tmp_path / "b")[1]
     for a, b in zip(jax.tree_util.tree_leaves(out["params"]), jax.tree_util.tree_leaves(want)):
         np.testing.assert_array_equal(np.asarray(a), b)
-    wider = _tiny_config(
-        tiny_data, "--config.num_steps=1", "--config.t5.d_model=32", f"--config.init_from={tmp_path / 'b'}"
-    )
+    wider = _tiny_config(tiny_data, "--config.num_steps=1", "--config.t5.d_model=32", init)
     with pytest.raises(train.TrainingError, match="init_from: the inverter in .* has another shape"):
         train.train(wider, tmp_path / "wider")
 
