@@ -138,8 +138,9 @@ def main(argv=None) -> int:
     out.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
     label = args.attacker_label or "noise-aware inverter"
     how = f"{args.steps} steps" + (f" + sbeam {args.sbeam}" if args.sbeam > 1 else "")
-    head = "| λ | NDCG@10 | recall@10 | inverter BLEU | cosine | " + f"{how} BLEU | cosine |"
-    sep = "|---|---|---|---|---|---|---|"
+    corrected = all("corrected" in r for r in rows)
+    head = "| λ | NDCG@10 | recall@10 | inverter BLEU | cosine |" + (f" {how} BLEU | cosine |" if corrected else "")
+    sep = "|---|---|---|---|---|" + ("---|---|" if corrected else "")
     if attacker is not None:
         head += f" {label} BLEU | cosine |"
         sep += "---|---|"
@@ -157,8 +158,8 @@ def main(argv=None) -> int:
     for r in rows:
         cells = [f"{r['lambda']:g}", f"{r['ndcg@10']:.3f}", f"{r['recall@10']:.3f}",
                  f"{r['inverter']['bleu']:.1f}", f"{r['inverter']['cosine']:.3f}"]  # fmt: skip
-        cor = r.get("corrected")
-        cells += [f"{cor['bleu']:.1f}", f"{cor['cosine']:.3f}"] if cor else ["", ""]
+        if corrected:
+            cells += [f"{r['corrected']['bleu']:.1f}", f"{r['corrected']['cosine']:.3f}"]
         if attacker is not None:
             cells += [f"{r['attacker']['bleu']:.1f}", f"{r['attacker']['cosine']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
