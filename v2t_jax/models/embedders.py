@@ -51,20 +51,19 @@ class BertConfig:
     def from_hf_dict(cls, d: dict) -> "BertConfig":
         if d.get("position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"BERT position_embedding_type={d['position_embedding_type']!r} is not supported")
-        if d.get("hidden_act", "gelu") not in _BERT_ACTIVATIONS:
-            raise ValueError(f"BERT hidden_act={d['hidden_act']!r} is not supported")
-        return cls(
-            vocab_size=d["vocab_size"],
-            hidden_size=d["hidden_size"],
-            num_hidden_layers=d["num_hidden_layers"],
-            num_attention_heads=d["num_attention_heads"],
-            intermediate_size=d["intermediate_size"],
-            hidden_act=d.get("hidden_act", "gelu"),
-            max_position_embeddings=d.get("max_position_embeddings", 512),
-            type_vocab_size=d.get("type_vocab_size", 2),
-            layer_norm_eps=d.get("layer_norm_eps", 1e-12),
-            pad_token_id=d.get("pad_token_id", 0) or 0,
-        )
+        return cls(**_encoder_fields(cls, d, "BERT"), type_vocab_size=d.get("type_vocab_size", 2))
+
+
+def _encoder_fields(cls, d: dict, what: str) -> dict:
+    """The sizes a transformers config.json gives a post-LN encoder config `cls` (its defaults where absent)."""
+    if d.get("hidden_act", "gelu") not in _BERT_ACTIVATIONS:
+        raise ValueError(f"{what} hidden_act={d['hidden_act']!r} is not supported")
+    required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+    optional = ("hidden_act", "max_position_embeddings", "layer_norm_eps", "pad_token_id")
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    out = {k: d[k] for k in required}
+    out.update({k: defaults[k] if d.get(k) is None else d[k] for k in optional})
+    return out
 
 
 _BERT_ACTIVATIONS = {
@@ -200,6 +199,15 @@ def bert_params_from_hf_state_dict(sd: dict[str, np.ndarray], cfg: BertConfig) -
         k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias"): v
         for k, v in sd.items()
     }
+    tables = ("word_embeddings", "position_embeddings", "token_type_embeddings")
+    attention = {"query": "self.query", "key": "self.key", "value": "self.value", "attn_out": "output.dense",
+                 "attn_norm": "output.LayerNorm"}  # fmt: skip
+    return _post_ln_encoder_params(sd, {t: f"embeddings.{t}.weight" for t in tables}, attention, cfg.num_hidden_layers)
+
+
+def _post_ln_encoder_params(sd: dict, tables: dict[str, str], attention: dict[str, str], num_layers: int) -> dict:
+    """Our parameters of a post-LN encoder (`BertLayer`s) from a transformers state dict: `tables` maps our
+    embedding tables to their keys, `attention` our attention parameters to the keys under `attention.`."""
 
     def dense(prefix):
         return {"kernel": sd[prefix + ".weight"].T, "bias": sd[prefix + ".bias"]}
@@ -207,23 +215,13 @@ def bert_params_from_hf_state_dict(sd: dict[str, np.ndarray], cfg: BertConfig) -
     def norm(prefix):
         return {"scale": sd[prefix + ".weight"], "bias": sd[prefix + ".bias"]}
 
-    p: dict[str, Any] = {
-        "word_embeddings": sd["embeddings.word_embeddings.weight"],
-        "position_embeddings": sd["embeddings.position_embeddings.weight"],
-        "token_type_embeddings": sd["embeddings.token_type_embeddings.weight"],
-        "embeddings_norm": norm("embeddings.LayerNorm"),
-    }
-    for i in range(cfg.num_hidden_layers):
-        L = f"encoder.layer.{i}."
+    p: dict[str, Any] = {name: sd[key] for name, key in tables.items()}
+    p["embeddings_norm"] = norm("embeddings.LayerNorm")
+    layer = {name: "attention." + key for name, key in attention.items()}
+    layer.update(ffn_in="intermediate.dense", ffn_out="output.dense", ffn_norm="output.LayerNorm")
+    for i in range(num_layers):
         p[f"layers_{i}"] = {
-            "query": dense(L + "attention.self.query"),
-            "key": dense(L + "attention.self.key"),
-            "value": dense(L + "attention.self.value"),
-            "attn_out": dense(L + "attention.output.dense"),
-            "attn_norm": norm(L + "attention.output.LayerNorm"),
-            "ffn_in": dense(L + "intermediate.dense"),
-            "ffn_out": dense(L + "output.dense"),
-            "ffn_norm": norm(L + "output.LayerNorm"),
+            name: (norm if name.endswith("_norm") else dense)(f"encoder.layer.{i}.{key}") for name, key in layer.items()
         }
     return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), p)
 
@@ -252,20 +250,8 @@ class MPNetConfig:
 
     @classmethod
     def from_hf_dict(cls, d: dict) -> "MPNetConfig":
-        if d.get("hidden_act", "gelu") not in _BERT_ACTIVATIONS:
-            raise ValueError(f"MPNet hidden_act={d['hidden_act']!r} is not supported")
-        return cls(
-            vocab_size=d["vocab_size"],
-            hidden_size=d["hidden_size"],
-            num_hidden_layers=d["num_hidden_layers"],
-            num_attention_heads=d["num_attention_heads"],
-            intermediate_size=d["intermediate_size"],
-            hidden_act=d.get("hidden_act", "gelu"),
-            max_position_embeddings=d.get("max_position_embeddings", 514),
-            layer_norm_eps=d.get("layer_norm_eps", 1e-5),
-            pad_token_id=d.get("pad_token_id", 1),
-            relative_attention_num_buckets=d.get("relative_attention_num_buckets", 32),
-        )
+        buckets = d.get("relative_attention_num_buckets", 32)
+        return cls(**_encoder_fields(cls, d, "MPNet"), relative_attention_num_buckets=buckets)
 
     @property
     def layer(self) -> BertConfig:
@@ -326,32 +312,10 @@ class MPNet(nn.Module):
 def mpnet_params_from_hf_state_dict(sd: dict[str, np.ndarray], cfg: MPNetConfig) -> dict:
     """Maps a transformers MPNetModel state dict (with or without an 'mpnet.' prefix) onto ours."""
     sd = {k.removeprefix("mpnet."): v for k, v in sd.items()}
-
-    def dense(prefix):
-        return {"kernel": sd[prefix + ".weight"].T, "bias": sd[prefix + ".bias"]}
-
-    def norm(prefix):
-        return {"scale": sd[prefix + ".weight"], "bias": sd[prefix + ".bias"]}
-
-    p: dict[str, Any] = {
-        "word_embeddings": sd["embeddings.word_embeddings.weight"],
-        "position_embeddings": sd["embeddings.position_embeddings.weight"],
-        "relative_attention_bias": sd["encoder.relative_attention_bias.weight"],
-        "embeddings_norm": norm("embeddings.LayerNorm"),
-    }
-    for i in range(cfg.num_hidden_layers):
-        L = f"encoder.layer.{i}."
-        p[f"layers_{i}"] = {
-            "query": dense(L + "attention.attn.q"),
-            "key": dense(L + "attention.attn.k"),
-            "value": dense(L + "attention.attn.v"),
-            "attn_out": dense(L + "attention.attn.o"),
-            "attn_norm": norm(L + "attention.LayerNorm"),
-            "ffn_in": dense(L + "intermediate.dense"),
-            "ffn_out": dense(L + "output.dense"),
-            "ffn_norm": norm(L + "output.LayerNorm"),
-        }
-    return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), p)
+    tables = {t: f"embeddings.{t}.weight" for t in ("word_embeddings", "position_embeddings")}
+    tables["relative_attention_bias"] = "encoder.relative_attention_bias.weight"
+    attention = {"query": "attn.q", "key": "attn.k", "value": "attn.v", "attn_out": "attn.o", "attn_norm": "LayerNorm"}
+    return _post_ln_encoder_params(sd, tables, attention, cfg.num_hidden_layers)
 
 
 # ----------------------------------------------------------------------------- sentence embedder
