@@ -12,6 +12,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 DATA = Path(__file__).parent / "data"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_jax_caches():
+    """Each test module starts with JAX's compilation caches empty: the whole suite in one process compiles
+    thousands of programs, and XLA's CPU compiler has crashed (SIGSEGV) late in such runs."""
+    yield
+    import sys
+
+    if "jax" in sys.modules:
+        sys.modules["jax"].clear_caches()
+
+
 @pytest.fixture(scope="session")
 def sentences() -> list[str]:
     return [line for line in (DATA / "sentences.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
