@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -124,7 +125,7 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = "python experiments/noise_defense.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python experiments/noise_defense.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     meta = {
         "command": command,
         "documents": len(docs),
