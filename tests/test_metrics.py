@@ -35,3 +35,21 @@ def test_normalize_case_and_whitespace():
 def test_mismatched_lengths_are_an_error():
     with pytest.raises(ValueError):
         metrics.text_metrics(["a"], ["a", "b"])
+
+
+def test_evaluate_scores_after_normalising_both_sides():
+    """`v2t_jax.evaluate`, which training, the demo, `v2t invert --references`, the audit and the results table
+    share: case and spacing do not count; token recall is over the reference's distinct word tokens; a record
+    counts as half recovered at recall >= 0.5; an empty reference recovers nothing."""
+    from v2t_jax import evaluate
+
+    preds = ["The  Cat sat", "a dog", "x"]
+    refs = ["the cat sat", "the cat sat on the mat", ""]
+    rows = evaluate.per_record(preds, refs)
+    assert rows[0]["exact"] is True and rows[0]["token_recall"] == 1.0 and rows[0]["bleu"] > 99
+    assert rows[1]["token_recall"] == 0.0 and not rows[1]["exact"]  # {the, cat, sat, on, mat}: none of them
+    assert evaluate.token_recall("the mat", "the cat sat on the mat") == 2 / 5
+    assert rows[2]["token_recall"] == 0.0
+    scores = evaluate.score(preds, refs, [1.0, 0.5, 0.0])
+    assert scores["half_recovered"] == 1 / 3 and scores["exact"] == 1 / 3 and scores["cosine"] == 0.5
+    assert "half the tokens recovered in 33.3% of 3" in evaluate.summary_line(scores)

@@ -40,9 +40,10 @@ def views_of_ids(vocab, embedder, ids) -> list[str]:
 
 
 def token_recall(pred: str, ref: str) -> float:
-    """The share of the reference's distinct word tokens that the prediction holds."""
+    """The share of the reference's distinct word tokens that the prediction holds (0 for an empty reference:
+    a record without its text has nothing to recover)."""
     r = set(metrics.word_tokens(ref))
-    return len(r & set(metrics.word_tokens(pred))) / len(r) if r else 1.0
+    return len(r & set(metrics.word_tokens(pred))) / len(r) if r else 0.0
 
 
 def per_record(preds: Sequence[str], refs: Sequence[str]) -> list[dict]:
