@@ -29,11 +29,18 @@ setup(
     ],
     extras_require={
         # PyTorch reference for parity tests (torch is pinned to the CPU wheel these machines carry; leaving it
-        # free lets pip pull a several-GB CUDA build); matplotlib for the results-table script's test.
-        # chromadb and faiss-cpu: `v2t audit` is tested on real stores built with their own client libraries.
-        "test": ["pytest>=8", "torch==2.13.0", "sentence-transformers>=5", "chromadb>=1.0", "faiss-cpu>=1.8"],
+        # free lets pip pull a several-GB CUDA build).
+        # chromadb, lancedb, faiss-cpu: `v2t audit` is tested on real stores built with their own client libraries.
+        "test": [
+            "pytest>=8",
+            "torch==2.13.0",
+            "sentence-transformers>=5",
+            "chromadb>=1.0",
+            "lancedb>=0.20",
+            "faiss-cpu>=1.8",
+        ],
         # the vector stores `v2t audit` reads through their client libraries (parquet through pyarrow)
-        "audit": ["chromadb>=1.0", "faiss-cpu>=1.8", "pyarrow>=15"],
+        "audit": ["chromadb>=1.0", "lancedb>=0.20", "faiss-cpu>=1.8", "pyarrow>=15"],
         "experiments": ["matplotlib>=3.8"],  # (matplotlib is now a dependency; kept for older instructions)
     },
     entry_points={"console_scripts": ["v2t=v2t_jax.cli:main"]},

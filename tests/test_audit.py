@@ -1,5 +1,5 @@
-"""`v2t audit` on real vector stores built here with their own client libraries (Chroma, FAISS, parquet), and its
-refusals: another embedder's store, an empty, locked or damaged store, an existing report."""
+"""`v2t audit` on real vector stores built here with their own client libraries (Chroma, LanceDB, FAISS,
+parquet), and its refusals: another embedder's store, an empty, locked or damaged store, an existing report."""
 
 import json
 import subprocess
@@ -84,6 +84,28 @@ def test_audit_of_a_faiss_index_with_documents_given(tmp_path, vectors, texts):
     assert [r["id"] for r in rows] == ["100", "101", "102", "103"] and all("token_f1" in r for r in rows)
 
 
+def _lancedb(folder, vectors, texts, functions=None):
+    import lancedb
+    import pyarrow as pa
+
+    ids = [f"row-{i}" for i in range(len(vectors))]
+    table = pa.table({"id": ids, "vector": pa.array(np.asarray(vectors).tolist(), pa.list_(pa.float32(), 384)),
+                      "text": list(texts)})  # fmt: skip
+    if functions is not None:  # what lancedb writes for a table made with an embedding function
+        table = table.replace_schema_metadata({"embedding_functions": json.dumps(functions)})
+    lancedb.connect(str(folder)).create_table("docs", data=table)
+    return folder
+
+
+def test_audit_of_a_lancedb_table(tmp_path, vectors, texts, shipped):
+    store = _lancedb(tmp_path / "lance", vectors, texts)
+    code, out = _audit(tmp_path, store / "docs.lance", "--limit", "3")  # the table's own folder works too
+    assert code == 0
+    rows = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["row-0", "row-1", "row-2"]
+    assert [r["reference"] for r in rows] == shipped.embedder_view(texts[:3])
+
+
 def test_audit_of_a_parquet_file_without_documents(tmp_path, vectors):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -136,11 +158,12 @@ LOCK = textwrap.dedent(
     "case, message",
     [
         ("another embedder", "was embedded with 'text-embedding-3-small'; this model inverts all-MiniLM-L6-v2"),
+        ("another embedder (LanceDB)", "was embedded with 'text-embedding-3-small'; this model inverts"),
         ("another dimension", "holds 768-dimensional vectors; this model inverts all-MiniLM-L6-v2's 384"),
         ("empty collection", "holds no records: nothing to audit"),
         ("two collections", "has 2 collections (one, two): pick one with --collection"),
         ("no such collection", "has no collection 'nope'"),
-        ("not a store", "is a folder but not a Chroma store"),
+        ("not a store", "is a folder but neither a Chroma store (no chroma.sqlite3) nor a LanceDB one"),
         ("damaged store", "the Chroma store"),
         ("locked store", "is locked by another process"),
         ("report exists", "holds an audit report already"),
@@ -153,6 +176,10 @@ def test_audit_refusals_are_one_line_and_create_nothing(capsys, tmp_path, vector
     locker = None
     if case == "another embedder":
         _other_embedder_store(store, vectors)
+    elif case == "another embedder (LanceDB)":
+        functions = [{"name": "openai", "model": {"name": "text-embedding-3-small"}, "source_column": "text",
+                      "vector_column": "vector"}]  # fmt: skip
+        store = _lancedb(tmp_path / "lance", vectors, ["t"] * len(vectors), functions)
     elif case == "another dimension":
         _chroma(store, "wide", np.ones((2, 768), np.float32), ef=None)
     elif case == "empty collection":

@@ -197,10 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     bn.set_defaults(func=cmd_bench)
 
     au = sub.add_parser("audit", help="invert every vector of a vector store and report how much text leaks")
-    au.add_argument("store", help="a Chroma folder, a FAISS index file (.faiss/.index), a .npy or a .parquet")
+    au.add_argument(
+        "store", help="a Chroma or LanceDB folder, a FAISS index file (.faiss/.index), a .npy or a .parquet"
+    )
     au.add_argument("--output", required=True, help="report folder: report.md, report.png, records.jsonl")
-    au.add_argument("--collection", default=None, help="Chroma collection (needed when the store has several)")
-    au.add_argument("--store-kind", default="auto", choices=["auto", "chroma", "faiss", "npy", "parquet"])
+    au.add_argument(
+        "--collection", default=None, help="Chroma collection or LanceDB table (needed when the store has several)"
+    )
+    au.add_argument("--store-kind", default="auto", choices=["auto", "chroma", "lancedb", "faiss", "npy", "parquet"])
     au.add_argument("--documents", default=None, help="the records' texts, one per line, for a store without them")
     au.add_argument("--vector-column", default=None, help="parquet: the vectors' column (default embedding/vector)")
     au.add_argument("--text-column", default=None, help="parquet: the texts' column (default document/text)")

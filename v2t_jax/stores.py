@@ -2,6 +2,7 @@
 for `v2t audit`.
 
     records = stores.read("path/to/chroma_folder", collection="docs")   # chromadb.PersistentClient
+    records = stores.read("path/to/lancedb_folder", collection="docs")  # lancedb.connect; or the docs.lance folder
     records = stores.read("index.faiss")                                # faiss.read_index
     records = stores.read("vectors.npy", documents=texts)               # or .parquet
 
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-KINDS = ("auto", "chroma", "faiss", "npy", "parquet")
+KINDS = ("auto", "chroma", "lancedb", "faiss", "npy", "parquet")
 _PAGE = 1000  # records per Chroma request
 
 
@@ -59,13 +60,15 @@ def detect(path: Path) -> str:
     if path.is_dir():
         if (path / "chroma.sqlite3").exists():
             return "chroma"
-        raise StoreError(f"{path} is a folder but not a Chroma store (no chroma.sqlite3)")
+        if path.suffix == ".lance" or any(p.suffix == ".lance" and p.is_dir() for p in path.iterdir()):
+            return "lancedb"
+        raise StoreError(f"{path} is a folder but neither a Chroma store (no chroma.sqlite3) nor a LanceDB one")
     suffix = path.suffix.lower()
     kind = {".npy": "npy", ".parquet": "parquet", ".faiss": "faiss", ".index": "faiss"}.get(suffix)
     if kind is None:
         raise StoreError(
-            f"cannot tell what store {path} is: pass a Chroma folder, a .faiss/.index file, a .npy or a .parquet "
-            "(or --store-kind)"
+            f"cannot tell what store {path} is: pass a Chroma or LanceDB folder, a .faiss/.index file, a .npy or a "
+            ".parquet (or --store-kind)"
         )
     return kind
 
@@ -87,10 +90,12 @@ def read(
     if kind not in KINDS:
         raise StoreError(f"unknown store kind {kind!r}: one of {', '.join(KINDS)}")
     kind = detect(path) if kind == "auto" else kind
-    if collection is not None and kind != "chroma":
-        raise StoreError("--collection names a Chroma collection; this store is " + kind)
+    if collection is not None and kind not in ("chroma", "lancedb"):
+        raise StoreError("--collection names a Chroma collection or LanceDB table; this store is " + kind)
     if kind == "chroma":
         records = _chroma(path, collection)
+    elif kind == "lancedb":
+        records = _lancedb(path, collection, vector_column, text_column, id_column)
     elif kind == "faiss":
         records = _faiss(path)
     elif kind == "npy":
@@ -234,12 +239,62 @@ def _npy(path: Path) -> Records:
     return Records([str(i) for i in range(len(vectors))], vectors, None, "npy", str(path))
 
 
+def _lancedb(path: Path, name: str | None, vector_column, text_column, id_column) -> Records:
+    lancedb = _need("lancedb", "a LanceDB store", "lancedb")
+    if path.suffix == ".lance" and name is None:  # a table's own folder
+        path, name = path.parent, path.stem
+    try:
+        db = lancedb.connect(str(path))
+        names = list(getattr(db.list_tables(), "tables", None) or [])
+        if not names:
+            raise StoreError(f"the LanceDB store {path} has no tables")
+        if name is None:
+            if len(names) > 1:
+                raise StoreError(f"the LanceDB store {path} has {len(names)} tables ({', '.join(sorted(names))}): "
+                                 "pick one with --collection")  # fmt: skip
+            name = names[0]
+        if name not in names:
+            raise StoreError(f"the LanceDB store {path} has no table {name!r} (it has {', '.join(sorted(names))})")
+        table = db.open_table(name).to_arrow()
+    except StoreError:
+        raise
+    except Exception as e:  # lance raises its own errors for damaged datasets
+        raise StoreError(f"cannot read the LanceDB store {path} ({_brief(e)})") from None
+    source = f"{path} (table {name!r})"
+    records = _from_arrow(table, source, "lancedb", vector_column, text_column, id_column)
+    records.embedder = _lancedb_embedder(table.schema.metadata or {}, records)
+    return records
+
+
+def _lancedb_embedder(metadata: dict, records: Records) -> str | None:
+    """The model a LanceDB table's embedding function records (schema metadata `embedding_functions`)."""
+    import json
+
+    raw = metadata.get(b"embedding_functions")
+    if not raw:
+        return None
+    try:
+        functions = json.loads(raw)
+        if not functions:
+            return None
+        model = functions[0].get("model") or {}
+        return str(model.get("name") or model.get("model_name") or functions[0]["name"])
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise StoreError(f"{records.source}: its embedding_functions metadata is not readable") from None
+
+
 def _parquet(path: Path, vector_column: str | None, text_column: str | None, id_column: str | None) -> Records:
     pq = _need("pyarrow.parquet", "a .parquet file", "pyarrow")
     try:
         table = pq.read_table(path)
     except Exception as e:
         raise StoreError(f"cannot read {path} as parquet ({_brief(e)})") from None
+    return _from_arrow(table, str(path), "parquet", vector_column, text_column, id_column)
+
+
+def _from_arrow(table, source: str, kind: str, vector_column, text_column, id_column) -> Records:
+    """Records from an Arrow table's vector, text and id columns (named, or found by their usual names)."""
+    path = source
     cols = table.column_names
 
     def pick(given: str | None, candidates: tuple[str, ...], what: str, required: bool) -> str | None:
@@ -262,7 +317,7 @@ def _parquet(path: Path, vector_column: str | None, text_column: str | None, id_
     n = len(vectors)
     ids = [str(x) for x in table.column(icol).to_pylist()] if icol else [str(i) for i in range(n)]
     docs = table.column(tcol).to_pylist() if tcol else None
-    return Records(ids, vectors, docs, "parquet", str(path))
+    return Records(ids, vectors, docs, kind, source)
 
 
 def _brief(e: BaseException) -> str:
