@@ -596,6 +596,7 @@ class Run:
     data: dict[str, SplitData]  # train, validation
     labels: dict[str, np.ndarray]  # [n, L] decoder targets per split
     setup: Setup
+    train_rows: np.ndarray  # training rows the sampler draws from
     sampler: Any  # Sampler | WeightedSampler
     fresh_state: Any  # () -> TrainState: initialised and warm-started (the task's `initial_params`)
 
@@ -665,7 +666,7 @@ def prepare(config: ml_collections.ConfigDict, loop: Loop, workdir: Path, mesh) 
         state = setup.init_fn(jax.random.PRNGKey(loop.seed))
         return state.replace(params=task.initial_params(state.params, config, embedder, vocab, setup.state_sh.params))
 
-    return Run(loop, task, embedder, vocab, data, labels, setup, sampler, fresh_state)
+    return Run(loop, task, embedder, vocab, data, labels, setup, train_rows, sampler, fresh_state)
 
 
 def run_loop(run: Run, workdir: Path, mesh) -> dict:
@@ -695,7 +696,7 @@ def run_loop(run: Run, workdir: Path, mesh) -> dict:
     gen_score = jax.jit(generate_and_score, in_shardings=(state_sh.params, batch_sh), out_shardings=(b2, b1))
 
     mngr = checkpoint.manager(workdir, loop.keep_checkpoints)
-    train_rows = train_data.rows if train_data.rows is not None else np.arange(len(train_data.ids))
+    train_rows = run.train_rows
     try:
         restored = checkpoint.restore_latest(mngr, abstract, warn=_say if is_main else None)
     except checkpoint.DamagedCheckpoints as e:
