@@ -153,21 +153,27 @@ def _sqlite_readable(path: Path, db: Path) -> None:
         raise StoreError(f"the Chroma store {path} is damaged ({e})") from None
 
 
+def _pick_one(names: list[str], name: str | None, store: str, what: str) -> str:
+    """The collection / table `name` of a store holding `names`; with no name, its only one."""
+    listed = ", ".join(sorted(names))
+    if not names:
+        raise StoreError(f"{store} has no {what}s")
+    if name is None:
+        if len(names) > 1:
+            raise StoreError(f"{store} has {len(names)} {what}s ({listed}): pick one with --collection")
+        return names[0]
+    if name not in names:
+        raise StoreError(f"{store} has no {what} {name!r} (it has {listed})")
+    return name
+
+
 def _chroma(path: Path, name: str | None) -> Records:
     chromadb = _need("chromadb", "a Chroma store", "chromadb")
     _sqlite_readable(path, path / "chroma.sqlite3")
     try:
         client = chromadb.PersistentClient(path=str(path))
         names = [c if isinstance(c, str) else c.name for c in client.list_collections()]
-        if not names:
-            raise StoreError(f"the Chroma store {path} has no collections")
-        if name is None:
-            if len(names) > 1:
-                raise StoreError(f"the Chroma store {path} has {len(names)} collections ({', '.join(sorted(names))}): "
-                                 "pick one with --collection")  # fmt: skip
-            name = names[0]
-        if name not in names:
-            raise StoreError(f"the Chroma store {path} has no collection {name!r} (it has {', '.join(sorted(names))})")
+        name = _pick_one(names, name, f"the Chroma store {path}", "collection")
         col = client.get_collection(name)
         n = col.count()
         ids: list[str] = []
@@ -246,15 +252,7 @@ def _lancedb(path: Path, name: str | None, vector_column, text_column, id_column
     try:
         db = lancedb.connect(str(path))
         names = list(getattr(db.list_tables(), "tables", None) or [])
-        if not names:
-            raise StoreError(f"the LanceDB store {path} has no tables")
-        if name is None:
-            if len(names) > 1:
-                raise StoreError(f"the LanceDB store {path} has {len(names)} tables ({', '.join(sorted(names))}): "
-                                 "pick one with --collection")  # fmt: skip
-            name = names[0]
-        if name not in names:
-            raise StoreError(f"the LanceDB store {path} has no table {name!r} (it has {', '.join(sorted(names))})")
+        name = _pick_one(names, name, f"the LanceDB store {path}", "table")
         table = db.open_table(name).to_arrow()
     except StoreError:
         raise
@@ -294,17 +292,16 @@ def _parquet(path: Path, vector_column: str | None, text_column: str | None, id_
 
 def _from_arrow(table, source: str, kind: str, vector_column, text_column, id_column) -> Records:
     """Records from an Arrow table's vector, text and id columns (named, or found by their usual names)."""
-    path = source
     cols = table.column_names
 
     def pick(given: str | None, candidates: tuple[str, ...], what: str, required: bool) -> str | None:
         if given is not None:
             if given not in cols:
-                raise StoreError(f"{path} has no column {given!r} (it has {', '.join(cols)})")
+                raise StoreError(f"{source} has no column {given!r} (it has {', '.join(cols)})")
             return given
         found = next((c for c in candidates if c in cols), None)
         if found is None and required:
-            raise StoreError(f"{path}: no {what} column ({' or '.join(candidates)}); name it with --vector-column")
+            raise StoreError(f"{source}: no {what} column ({' or '.join(candidates)}); name it with --vector-column")
         return found
 
     vcol = pick(vector_column, ("embedding", "vector", "embeddings", "vectors"), "vector", True)
@@ -313,7 +310,7 @@ def _from_arrow(table, source: str, kind: str, vector_column, text_column, id_co
     try:
         vectors = np.asarray(table.column(vcol).to_pylist(), np.float32)
     except (ValueError, TypeError):
-        raise StoreError(f"{path}: column {vcol!r} does not hold vectors of one length") from None
+        raise StoreError(f"{source}: column {vcol!r} does not hold vectors of one length") from None
     n = len(vectors)
     ids = [str(x) for x in table.column(icol).to_pylist()] if icol else [str(i) for i in range(n)]
     docs = table.column(tcol).to_pylist() if tcol else None
