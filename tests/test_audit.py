@@ -2,6 +2,7 @@
 parquet), and its refusals: another embedder's store, an empty, locked or damaged store, an existing report."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -243,3 +244,209 @@ def test_an_interrupted_audit_resumes_where_it_stopped(capsys, tmp_path, vectors
     assert code == 0 and "resuming after the 2 rows" in capsys.readouterr().err
     assert (out / "records.jsonl").read_text() == (out_whole / "records.jsonl").read_text()
     assert sorted(p.name for p in out.iterdir()) == ["records.jsonl", "report.md", "report.png", "summary.json"]
+
+
+# ------------------------------------------------------------------------------- the evidence is untouched
+
+
+def _fingerprint(folder):
+    """Every file and folder under (or at) `folder`: its sha256, size and modification time."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    folder = Path(folder)
+    paths = [folder] if folder.is_file() else sorted(folder.rglob("*"))
+    out = {}
+    for p in paths:
+        st = os.lstat(p)
+        digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        out[str(p.relative_to(folder.parent))] = (digest, st.st_size, st.st_mtime_ns, st.st_mode)
+    return out
+
+
+CHROMA_IN_ANOTHER_PROCESS = textwrap.dedent(
+    """
+    import sys, numpy as np, chromadb
+    from chromadb.utils import embedding_functions
+    vectors = np.load(sys.argv[2])
+    client = chromadb.PersistentClient(path=sys.argv[1])
+    col = client.create_collection("passages", embedding_function=embedding_functions.ONNXMiniLM_L6_V2())
+    col.add(ids=[f"doc-{i}" for i in range(len(vectors))], embeddings=vectors.tolist(),
+            documents=[f"text {i}" for i in range(len(vectors))])
+    """
+)
+
+
+def _store_of_kind(kind, tmp_path, vectors, texts):
+    import faiss
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    if kind == "chroma":  # made by another process, as a real store is: its client's writes are on disk
+        np.save(tmp_path / "src.npy", vectors)
+        store = tmp_path / "chroma"
+        subprocess.run([sys.executable, "-c", CHROMA_IN_ANOTHER_PROCESS, str(store), str(tmp_path / "src.npy")],
+                       check=True)  # fmt: skip
+        (tmp_path / "src.npy").unlink()
+        return store, []
+    if kind == "lancedb":
+        return _lancedb(tmp_path / "lance", vectors, texts), []
+    if kind.startswith("faiss"):
+        d = vectors.shape[1]
+        index = {"faiss-flat": lambda: faiss.IndexFlatIP(d), "faiss-hnsw": lambda: faiss.IndexHNSWFlat(d, 8),
+                 "faiss-lsh": lambda: faiss.IndexLSH(d, 64)}[kind]()  # fmt: skip
+        index.add(vectors)
+        faiss.write_index(index, str(tmp_path / "store.faiss"))
+        return tmp_path / "store.faiss", []
+    if kind == "npy":
+        np.save(tmp_path / "v.npy", vectors)
+        return tmp_path / "v.npy", []
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(len(vectors))], "vector": vectors.tolist(),
+                             "text": list(texts)}), tmp_path / "v.parquet")  # fmt: skip
+    return tmp_path / "v.parquet", []
+
+
+@pytest.mark.parametrize("kind", ["chroma", "lancedb", "faiss-flat", "faiss-hnsw", "faiss-lsh", "npy", "parquet"])
+def test_an_audit_leaves_every_kind_of_store_byte_for_byte_as_it_was(tmp_path, vectors, texts, kind):
+    """A security tool must not alter the evidence: every Chroma audit rewrote chroma.sqlite3 (a lock row) and
+    the first one its HNSW length.bin. Every file of every store kind keeps its bytes, size, mode and mtime, and
+    no file appears or goes."""
+    store, extra = _store_of_kind(kind, tmp_path / "stores", vectors, texts)
+    before = _fingerprint(store)
+    code, out = _audit(tmp_path, store, "--steps", "0", "--limit", "2", *extra)
+    assert code == 0 and (out / "report.md").exists()
+    assert _fingerprint(store) == before
+
+
+def test_chromas_onnx_minilm_function_is_all_minilm(tmp_path, vectors, texts):
+    """Chroma's `ONNXMiniLM_L6_V2` embedding function is all-MiniLM-L6-v2 (it was refused as another embedder)."""
+    store, _ = _store_of_kind("chroma", tmp_path, vectors, texts)
+    code, out = _audit(tmp_path, store, "--steps", "0", "--limit", "1")
+    assert code == 0 and "records the embedder 'all-MiniLM-L6-v2'" in (out / "report.md").read_text()
+
+
+def test_a_lossy_faiss_index_is_named_as_such_in_the_report(tmp_path, vectors, texts):
+    store, _ = _store_of_kind("faiss-lsh", tmp_path, vectors, texts)
+    code, out = _audit(tmp_path, store, "--steps", "0", "--limit", "2")
+    report = (out / "report.md").read_text()
+    assert code == 0 and "This IndexLSH index keeps 8 bytes per vector where the float32 embedding takes 1536" in report
+    flat, _ = _store_of_kind("faiss-flat", tmp_path / "flat", vectors, texts)
+    code, out = _audit(tmp_path / "flat", flat, "--steps", "0", "--limit", "2")
+    assert code == 0 and "**Note.**" not in (out / "report.md").read_text()
+
+
+# ------------------------------------------------------------------------------- one writer, whole reports
+
+
+def test_a_second_audit_into_the_same_folder_stops_at_once(capsys, tmp_path, vectors):
+    """Two audits into one folder both exited 0 and lost records; the second now stops with the holder's pid,
+    and the first's lock goes with it."""
+    from v2t_jax import outputs
+
+    np.save(tmp_path / "v.npy", vectors)
+    out = tmp_path / "report"
+    out.mkdir()
+    with outputs.lock(out / "records.jsonl", "audit"):  # another run holds the folder
+        code, _ = _audit(tmp_path, tmp_path / "v.npy", "--steps", "0")
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and f"is being written by another v2t audit (pid {os.getpid()})" in err[0]
+    assert sorted(p.name for p in out.iterdir()) == []
+    code, _ = _audit(tmp_path, tmp_path / "v.npy", "--steps", "0")
+    assert code == 0 and sorted(p.name for p in out.iterdir()) == ["records.jsonl", "report.md", "report.png",
+                                                                   "summary.json"]  # fmt: skip
+
+
+def test_an_audit_stopped_after_its_records_finishes_its_report(capsys, tmp_path, vectors, texts, monkeypatch):
+    """kill -9 after records.jsonl and before the report left a folder no command could finish ("holds an audit
+    report already"); the same command now writes the report from the records, without inverting again."""
+    from v2t_jax import api, audit
+
+    np.save(tmp_path / "v.npy", vectors)
+    (tmp_path / "docs.txt").write_text("\n".join(texts) + "\n")
+    args = ("--steps", "1", "--documents", str(tmp_path / "docs.txt"))
+    whole, out_whole = _audit(tmp_path / "whole", tmp_path / "v.npy", *args)
+    real = audit.write_report
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(audit, "write_report", killed)
+    code, out = _audit(tmp_path, tmp_path / "v.npy", *args)
+    assert code == 130 and (out / "records.jsonl").exists() and not (out / "report.md").exists()
+    monkeypatch.setattr(audit, "write_report", real)
+    monkeypatch.setattr(api.Vec2Text, "iter_batches", lambda *a, **k: iter(()))  # nothing is inverted again
+    capsys.readouterr()
+    code, out = _audit(tmp_path, tmp_path / "v.npy", *args)
+    assert code == 0 and "v2t audit: finishing the report of the 6 records" in capsys.readouterr().err
+    assert (out / "records.jsonl").read_text() == (out_whole / "records.jsonl").read_text()
+    assert json.loads((out / "summary.json").read_text())["bleu"] == json.loads(
+        (out_whole / "summary.json").read_text()
+    )["bleu"]
+    assert sorted(p.name for p in out.iterdir()) == ["records.jsonl", "report.md", "report.png", "summary.json"]
+
+
+def test_the_resume_message_names_the_audit(capsys, tmp_path, vectors, monkeypatch):
+    from v2t_jax import api
+
+    np.save(tmp_path / "v.npy", vectors)
+    real = api.Vec2Text.iter_batches
+
+    def one_batch_then_interrupt(self, *args, **kwargs):
+        for i, batch in enumerate(real(self, *args, **kwargs)):
+            if i == 1:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(api.Vec2Text, "iter_batches", one_batch_then_interrupt)
+    assert _audit(tmp_path, tmp_path / "v.npy", "--steps", "0", "--batch-size", "2")[0] == 130
+    monkeypatch.setattr(api.Vec2Text, "iter_batches", real)
+    capsys.readouterr()
+    assert _audit(tmp_path, tmp_path / "v.npy", "--steps", "0", "--batch-size", "2")[0] == 0
+    assert "v2t audit: resuming after the 2 rows" in capsys.readouterr().err
+
+
+def test_audit_at_zero_steps_reports_real_cosines(capsys, tmp_path, vectors, shipped):
+    """--steps 0 reported "mean cosine nan" (the inverter's text was never embedded); every number is now
+    measured and every JSON file is strict."""
+    np.save(tmp_path / "v.npy", vectors)
+    code, out = _audit(tmp_path, tmp_path / "v.npy", "--steps", "0")
+    assert code == 0 and "mean cosine nan" not in capsys.readouterr().out
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in strict JSON"))
+
+    rows = [strict(x) for x in (out / "records.jsonl").read_text().splitlines()]
+    texts, trace = shipped.invert_embeddings(vectors, num_steps=0, return_trace=True)
+    assert [r["text"] for r in rows] == texts
+    np.testing.assert_allclose([r["cosine"] for r in rows], trace["cosine"], atol=1e-5)
+    # the cosine of the inverter's ids in the program; re-tokenising the decoded text comes close
+    again = shipped.embed_texts(texts)
+    cos = np.sum(again * vectors, axis=1) / np.linalg.norm(again, axis=1) / np.linalg.norm(vectors, axis=1)
+    np.testing.assert_allclose([r["cosine"] for r in rows], cos, atol=0.05)
+    assert 0 < strict((out / "summary.json").read_text())["mean_cosine"] < 1
+
+
+@pytest.mark.parametrize("kind", ["parquet", "lancedb"])
+@pytest.mark.parametrize("column", ["ints", "lists", "structs"])
+def test_a_text_column_that_holds_no_text_is_one_line(capsys, tmp_path, vectors, kind, column):
+    import lancedb
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 3
+    text = {"ints": pa.array(range(n)), "lists": pa.array([[1, 2]] * n),
+            "structs": pa.array([{"a": 1}] * n)}[column]  # fmt: skip
+    table = pa.table({"vector": pa.array(vectors[:n].tolist(), pa.list_(pa.float32(), 384)), "text": text})
+    if kind == "parquet":
+        pq.write_table(table, tmp_path / "v.parquet")
+        store = tmp_path / "v.parquet"
+    else:
+        lancedb.connect(str(tmp_path / "lance")).create_table("docs", data=table)
+        store = tmp_path / "lance"
+    code, out = _audit(tmp_path, store, "--steps", "0")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "text column 'text' is" in err[0] and "not text" in err[0], err
+    assert not out.exists()

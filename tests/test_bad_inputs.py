@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from v2t_jax import api, assets, cli, commands
+from v2t_jax import api, assets, cli, commands, outputs
 
 
 def _files(folder: Path) -> set[str]:
@@ -48,7 +48,7 @@ def test_outputs_follow_the_umask_and_a_replaced_file_keeps_its_mode(tmp_path, e
         os.chmod(out, existing)
     old = os.umask(0o022)
     try:
-        commands.save_npy_atomic(out, np.zeros(3, np.float32))
+        outputs.save_npy_atomic(out, np.zeros(3, np.float32))
     finally:
         os.umask(old)
     assert out.stat().st_mode & 0o777 == (existing if existing is not None else 0o644)
@@ -227,7 +227,26 @@ BUNDLE_DAMAGE = [
      "cls_id must be null"),
     ("own vocabulary not a tokenizer", lambda f: [(f / "tokenizer.json").write_text('{"model": 1}'),
                                                   _meta(f, _own())], "tokenizer.json does not load"),
+    # fields in range: each of these reached JAX (a traceback) or allocated without bound before
+    ("unknown dtype", lambda f: _meta(f, _t5("dtype", "float8")), "inverter.t5.dtype is 'float8', not one of"),
+    ("zero relative-position buckets", lambda f: _meta(f, _t5("relative_attention_num_buckets", 0)),
+     "relative_attention_num_buckets is 0, outside 2..1024"),
+    ("a million layers", lambda f: _meta(f, _t5("num_layers", 10**6)), "num_layers is 1000000, outside 1..128"),
+    ("a million heads in the corrector", lambda f: _meta(f, _t5("num_heads", 10**6, "corrector")),
+     "corrector.t5.num_heads is 1000000"),
+    ("dropout of 2", lambda f: _meta(f, lambda m: m["inverter"].__setitem__("dropout_rate", 2.0)),
+     "dropout_rate is 2.0, not in [0, 1)"),
+    ("layer-norm epsilon of 0", lambda f: _meta(f, lambda m: m["corrector"].__setitem__("layer_norm_eps", 0.0)),
+     "layer_norm_eps is 0.0, not in (0, 1)"),
+    ("token id past the vocabulary", lambda f: _meta(f, _set("eos_id", 10**6)), "eos_id 1000000 is past the"),
+    ("max_length past the embedder's positions", lambda f: _meta(f, _set("max_length", 4000)),
+     "max_length 4000 is past its embedder's 512 positions"),
 ]  # fmt: skip
+
+
+def _t5(key, value, model="inverter"):
+    """Metadata edit: one field of a model's T5 config."""
+    return lambda m: m[model]["t5"].__setitem__(key, value)
 
 
 def _own(name: str = "tokenizer.json"):
@@ -407,3 +426,267 @@ def test_a_stand_in_embedder_binds_its_bundles_to_the_weights_it_approximates(tm
     (folder / embedders.STAND_IN_FILE).write_text(json.dumps({"digest": "abc"}))
     with pytest.raises(ValueError, match="must be the sha256"):
         embedders.load_embedder(folder)
+
+
+# ------------------------------------------------------------------------------- outputs that are not files
+
+
+def _invert_args(tmp_path, out, *extra):
+    np.save(tmp_path / "v.npy", np.ones((1, 384), np.float32))
+    return ["invert", "--embeddings", str(tmp_path / "v.npy"), "--output", str(out), "--quiet", *extra]
+
+
+def _not_loaded(monkeypatch):
+    """Any model load fails the test: these refusals come before any work."""
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded before the output was checked")
+
+    monkeypatch.setattr(api, "load_model", refuse)
+
+
+@pytest.mark.parametrize("command", ["invert", "embed"])
+@pytest.mark.parametrize("kind", ["symlink to stdout", "symlink to a file", "FIFO", "dangling symlink"])
+def test_an_output_that_is_not_a_regular_file_is_refused_and_kept(capsys, tmp_path, monkeypatch, command, kind):
+    """--overwrite replaced a character device and a symlink to /proc/self/fd/1 with regular files (as root, the
+    real /dev/null would be); the path is now refused, before any work, and left as it was."""
+    out = tmp_path / "out"
+    target = tmp_path / "target.txt"
+    if kind == "symlink to stdout":
+        out.symlink_to("/proc/self/fd/1")
+    elif kind == "symlink to a file":
+        target.write_text("keep me")
+        out.symlink_to(target)
+    elif kind == "dangling symlink":
+        out.symlink_to(tmp_path / "nowhere")
+    else:
+        os.mkfifo(out)
+    _not_loaded(monkeypatch)
+    if command == "invert":
+        args = _invert_args(tmp_path, out, "--overwrite")
+    else:
+        (tmp_path / "in.txt").write_text("a text\n")
+        args = ["embed", "--input", str(tmp_path / "in.txt"), "--output", str(out), "--overwrite", "--quiet"]
+    before = (os.lstat(out).st_mode, os.readlink(out) if out.is_symlink() else None)
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    what = "a FIFO" if kind == "FIFO" else "a symbolic link"
+    assert len(err) == 1 and f"{out} is {what}, not a regular file" in err[0], err
+    assert (os.lstat(out).st_mode, os.readlink(out) if out.is_symlink() else None) == before
+    assert not target.exists() or target.read_text() == "keep me"
+
+
+def test_write_atomic_never_renames_over_a_device(tmp_path):
+    """The mechanism itself (used by every command): a path that became a link to a device while the work ran is
+    refused at the rename, and the temporary file is gone."""
+    from v2t_jax import outputs
+
+    out = tmp_path / "null"
+    out.symlink_to("/dev/null")
+    with pytest.raises(outputs.OutputError, match="is a symbolic link"):
+        outputs.write_text_atomic(out, "data")
+    assert out.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == ["null"]
+    assert os.path.exists("/dev/null") and not Path("/dev/null").is_file()
+
+
+def _mount_tmpfs(path: Path, options: str) -> None:
+    import subprocess
+
+    path.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)]).returncode:
+        pytest.skip("needs root to mount a small file system")
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 64 KiB tmpfs, filled up, and a read-only one."""
+    import subprocess
+
+    full, ro = tmp_path / "full", tmp_path / "ro"
+    _mount_tmpfs(full, "size=64k")
+    subprocess.run(["dd", "if=/dev/zero", f"of={full / 'fill'}", "bs=4k"], capture_output=True)
+    _mount_tmpfs(ro, "size=64k,ro")
+    yield full, ro
+    for p in (full, ro):
+        subprocess.run(["umount", str(p)])
+
+
+@pytest.mark.parametrize("command", ["invert", "audit"])
+@pytest.mark.parametrize("where", ["full", "read-only", "under a file"])
+def test_an_output_that_cannot_be_written_is_found_before_any_work(capsys, tmp_path, monkeypatch, command, where,
+                                                                   request):  # fmt: skip
+    """--output on a full or read-only file system, or under a regular file, was found only after the model had
+    loaded and the work had run; it is now one line before anything is loaded."""
+    if where == "under a file":
+        (tmp_path / "afile").write_text("x")
+        out = tmp_path / "afile" / "sub" / "out"
+        message = "afile is a file, not a folder"
+    else:
+        full, ro = request.getfixturevalue("tiny_fs")
+        out = (full if where == "full" else ro) / "out"
+        message = "no space left on the device" if where == "full" else "the file system is read-only"
+    _not_loaded(monkeypatch)
+    if command == "invert":
+        args = _invert_args(tmp_path, out)
+    else:
+        np.save(tmp_path / "v.npy", np.ones((1, 384), np.float32))
+        args = ["audit", str(tmp_path / "v.npy"), "--output", str(out), "--quiet"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"v2t {command}: error: ") and message in err[0], err
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------- one writer per output
+
+
+def test_a_second_invert_on_the_same_output_stops_at_once(capsys, tmp_path, small_bundle):
+    """Two `v2t invert` runs into one output both exited 0 and rows were lost; the second now stops with the
+    holder's pid, and a finished run's lock is gone."""
+    from v2t_jax import outputs
+
+    folder, _ = small_bundle
+    out = tmp_path / "o.jsonl"
+    args = _invert_args(tmp_path, out, "--checkpoint", str(folder), "--steps", "1")
+    with outputs.lock(out, "invert"):
+        assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{out} is being written by another v2t invert (pid {os.getpid()})" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.npy"]
+    assert cli.main(args) == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["o.jsonl", "v.npy"]
+
+
+def test_two_invert_processes_on_one_output_one_waits_out(tmp_path, small_bundle):
+    """Real processes: while one holds the output (its lock taken in a child that sleeps), another is refused;
+    after the holder is killed with SIGKILL, its lock is gone with it and the output can be written."""
+    import subprocess
+    import sys
+
+    folder, _ = small_bundle
+    out = tmp_path / "o.jsonl"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from v2t_jax import outputs\n"
+         "with outputs.lock(Path(sys.argv[1]), 'invert'):\n print('held', flush=True); time.sleep(60)", str(out)],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == b"held"
+    args = _invert_args(tmp_path, out, "--checkpoint", str(folder), "--steps", "0")
+    second = subprocess.run([sys.executable, "-m", "v2t_jax.cli", *args], capture_output=True, text=True)
+    assert second.returncode == 2 and f"being written by another v2t invert (pid {holder.pid})" in second.stderr
+    holder.kill()
+    holder.wait()
+    assert cli.main(args) == 0 and out.exists()
+
+
+# ------------------------------------------------------------------------------- strict JSON, honest numbers
+
+
+def _strict(text: str):
+    import json
+
+    return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+
+
+def test_invert_at_zero_steps_writes_real_cosines_in_strict_json(tmp_path, small_bundle):
+    """`v2t invert --steps 0` wrote "cosine": NaN (invalid JSON for strict parsers): the inverter's text was
+    never embedded. Its cosine is now measured, equal to the embedder's own."""
+    folder, model = small_bundle
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(3, 384)).astype(np.float32)
+    np.save(tmp_path / "v.npy", vectors)
+    out = tmp_path / "o.jsonl"
+    assert cli.main(["invert", "--embeddings", str(tmp_path / "v.npy"), "--output", str(out), "--quiet",
+                     "--checkpoint", str(folder), "--steps", "0"]) == 0  # fmt: skip
+    rows = [_strict(line) for line in out.read_text().splitlines()]
+    texts, trace = model.invert_embeddings(vectors, num_steps=0, return_trace=True)
+    assert [r["text"] for r in rows] == texts and np.isfinite(trace["cosine"]).all()
+    np.testing.assert_allclose([r["cosine"] for r in rows], trace["cosine"], atol=1e-5)
+    # the same number as the cosine a correction step starts from (step 0 of a 1-step trace)
+    _, one = model.invert_embeddings(vectors, num_steps=1, return_trace=True)
+    np.testing.assert_allclose([r["cosine"] for r in rows], [s["cosines"][0] for s in one["steps"]], atol=1e-5)
+
+
+def test_strict_json_writes_null_for_numbers_that_are_not_finite():
+    from v2t_jax import outputs
+
+    text = outputs.dumps({"a": float("nan"), "b": [1.5, float("inf"), {"c": -float("inf")}], "d": "NaN"})
+    assert _strict(text) == {"a": None, "b": [1.5, None, {"c": None}], "d": "NaN"}
+
+
+def test_extreme_float128_vectors_normalise_instead_of_overflowing():
+    """float128 rows of 1e4000 passed the finiteness check and overflowed to inf in float64 after it."""
+    if np.finfo(np.longdouble).max < 1e4000:
+        pytest.skip("this platform's long double is float64")
+    fake = types.SimpleNamespace(
+        dim=4, embedder=types.SimpleNamespace(name="e", config=types.SimpleNamespace(normalize=True))
+    )
+    rows = np.array([[3, 4, 0, 0], [1, -1, 1, -1]], np.longdouble)
+    for scale in (np.longdouble("1e4000"), np.longdouble("1e-4000")):
+        out = api.Vec2Text.check_embeddings(fake, rows * scale)
+        np.testing.assert_allclose(out, [[0.6, 0.8, 0, 0], [0.5, -0.5, 0.5, -0.5]], atol=1e-6)
+
+
+# ------------------------------------------------------------------------------- .npy files that lie
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("0-d array", "an array of shape (), not [N, D] vectors"),
+        ("1-d array", "an array of shape (384,), not [N, D] vectors"),
+        ("header claims 10**12 rows", "its header claims 1,000,000,000,000 x 384 float32 values"),
+        ("truncated data", "it is truncated or damaged"),
+        ("integers", "int64 values, not float vectors"),
+        ("unparsable header", "cannot read"),
+    ],
+)
+@pytest.mark.parametrize("command", ["invert", "audit"])
+def test_a_npy_that_lies_is_one_line_before_anything_is_allocated(capsys, tmp_path, monkeypatch, case, message,
+                                                                 command):  # fmt: skip
+    path = tmp_path / "v.npy"
+    if case == "0-d array":
+        np.save(path, np.float32(1.0))
+    elif case == "1-d array":
+        np.save(path, np.ones(384, np.float32))
+    elif case == "integers":
+        np.save(path, np.ones((2, 384), np.int64))
+    else:
+        np.save(path, np.ones((2, 384), np.float32))
+        raw = path.read_bytes()
+        if case == "header claims 10**12 rows":
+            raw = raw.replace(b"(2, 384)", b"(1000000000000, 384)")
+        elif case == "truncated data":
+            raw = raw[:-100]
+        else:
+            raw = raw.replace(b"'descr'", b"'dscr'")
+        path.write_bytes(raw)
+    _not_loaded(monkeypatch)
+    out = tmp_path / "out"
+    args = (["invert", "--embeddings", str(path), "--output", str(out)] if command == "invert"
+            else ["audit", str(path), "--output", str(out)])  # fmt: skip
+    assert cli.main(args + ["--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "Traceback" not in err[0], err
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------- configs that do not load
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("def get_config(:\n", "does not load (SyntaxError"),
+        ("import no_such_module_here\n", "does not load (ModuleNotFoundError"),
+        ("def get_config():\n    return {}['x']\n", "get_config('') failed (KeyError"),
+        ("def get_config():\n    return 42\n", "returned int, not an ml_collections.ConfigDict"),
+        ("get_config = 3\n", "has no get_config()"),
+    ],
+)
+def test_a_train_config_that_does_not_load_is_one_line(capsys, tmp_path, source, message):
+    (tmp_path / "cfg.py").write_text(source)
+    work = tmp_path / "w"
+    assert cli.main(["train", "--config", str(tmp_path / "cfg.py"), "--workdir", str(work)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("v2t train: error: ") and message in err[0], err
+    assert not work.exists()

@@ -137,3 +137,161 @@ def test_bad_endpoint_settings_are_refused_before_any_request():
         RemoteEmbedder("ftp://x", "m")
     with pytest.raises(RemoteError, match="batch size must be >= 1"):
         RemoteEmbedder("http://x", "m", batch_size=0)
+
+
+# ------------------------------------------------------------------------------- the key, hostile servers
+
+from servers import RawServer, embeddings_reply, http_reply  # noqa: E402
+
+KEY = "sk-live-0123456789abcdef"
+
+
+@pytest.fixture
+def raw():
+    servers = []
+
+    def make(reply):
+        servers.append(RawServer(reply))
+        return servers[-1]
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+def _one_line(capsys, code):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("v2t invert: error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_the_key_never_follows_a_redirect_to_another_host(capsys, tmp_path, raw, monkeypatch, status):
+    """urllib used to follow redirects with the Authorization header: a server could hand the key to any host.
+    Now no redirect is followed; the line names where it pointed, and the other host sees nothing."""
+    other = raw(lambda r: http_reply(200, embeddings_reply(len(r["json"]["input"]), 384)))
+    first = raw(lambda r: http_reply(status, b"moved", {"Location": f"{other.url}/v1/embeddings?token={KEY}"}))
+    monkeypatch.setenv("V2T_EMBEDDER_API_KEY", KEY)
+    np.save(tmp_path / "v.npy", np.ones((1, 384), np.float32))
+    code = cli.main(["invert", "--embeddings", str(tmp_path / "v.npy"), "--output", str(tmp_path / "o.jsonl"),
+                     "--quiet", "--steps", "1", "--embedder-url", first.url])  # fmt: skip
+    line = _one_line(capsys, code)
+    assert f"HTTP {status}, a redirect to {other.url}/v1/embeddings" in line and KEY not in line
+    assert other.requests == [] and first.requests[0]["headers"]["authorization"] == f"Bearer {KEY}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.npy"]
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["error body", "error body, URL-quoted", "bad reply", "query"],
+)
+def test_the_key_is_redacted_from_every_message(capsys, tmp_path, raw, monkeypatch, where):
+    """A server that echoes the request's Authorization header in its error, or a key given in the URL's query,
+    never reaches the terminal (or the partial run's state)."""
+    import urllib.parse
+
+    echo = {"error body": KEY, "error body, URL-quoted": urllib.parse.quote(f"Bearer {KEY}", safe=""),
+            "bad reply": f"not json {KEY}", "query": "fine"}[where]  # fmt: skip
+    status = 200 if where in ("bad reply", "query") else 403
+    server = raw(lambda r: http_reply(status, f"Authorization: {echo}\nmore".encode()))
+    url = server.url + (f"/v1/embeddings?api_key={KEY}" if where == "query" else "")
+    if where != "query":
+        monkeypatch.setenv("V2T_EMBEDDER_API_KEY", KEY)
+    np.save(tmp_path / "v.npy", np.ones((1, 384), np.float32))
+    code = cli.main(["invert", "--embeddings", str(tmp_path / "v.npy"), "--output", str(tmp_path / "o.jsonl"),
+                     "--quiet", "--steps", "1", "--embedder-url", url])  # fmt: skip
+    line = _one_line(capsys, code)
+    assert KEY not in line and urllib.parse.quote(KEY) not in line
+    if where.startswith("error body"):
+        assert "Authorization: " in line and "***" in line  # the server's words are shown, the key is not
+
+
+def test_a_url_with_credentials_and_a_key_that_cannot_be_a_header_are_refused(monkeypatch):
+    with pytest.raises(RemoteError, match="carries credentials") as e:
+        RemoteEmbedder(f"http://user:{KEY}@127.0.0.1:9", "m")
+    assert KEY not in str(e.value)
+    monkeypatch.setenv("BAD_KEY", "sk-abc\r\nX-Injected: 1")
+    with pytest.raises(RemoteError, match="cannot carry"):
+        RemoteEmbedder("http://127.0.0.1:9", "m", api_key_env="BAD_KEY")
+
+
+@pytest.mark.parametrize(
+    "timeout", ["nan", "inf", "-1", "0", "1e9"],
+)
+def test_a_timeout_that_is_not_a_number_of_seconds_is_one_line(capsys, tmp_path, timeout):
+    np.save(tmp_path / "v.npy", np.ones((1, 384), np.float32))
+    code = cli.main(["invert", "--embeddings", str(tmp_path / "v.npy"), "--output", str(tmp_path / "o.jsonl"),
+                     "--quiet", "--steps", "1", "--embedder-url", "http://127.0.0.1:9", "--embedder-timeout",
+                     timeout])  # fmt: skip
+    assert "embedder timeout must be a number of seconds" in _one_line(capsys, code)
+
+
+def _nested(depth: int) -> bytes:
+    return b'{"data": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+HOSTILE = {
+    # name: (reply for every request, what the one line says)
+    "bad status line": (b"HTTP/1.1 two hundred OK\r\n\r\n", "malformed reply"),
+    "not HTTP at all": (b"SSH-2.0-OpenSSH_9.6\r\n", "malformed reply"),
+    "empty reply": (b"", "malformed reply"),
+    "truncated body": (http_reply(200, b'{"data": [{"index": 0, "embe', length=5000), "malformed reply"),
+    "header too long": (b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70000 + b"\r\n\r\n", "malformed reply"),
+    "deeply nested JSON": (http_reply(200, _nested(100000)), "answered something else"),
+    "JSON that is a list": (http_reply(200, b"[1, 2]"), "without a `data` list"),
+    "rows out of order, repeated index": (
+        http_reply(200, embeddings_reply(0, rows=[{"index": 1, "embedding": [1.0] * 384}] * 2)),
+        "`index` values [1, 1] where 0..1 were due",
+    ),
+    "index past the rows": (
+        http_reply(200, embeddings_reply(0, rows=[{"index": i + 1, "embedding": [1.0] * 384} for i in range(2)])),
+        "`index` values [1, 2] where 0..1 were due",
+    ),
+    "index as text": (
+        http_reply(200, embeddings_reply(0, rows=[{"index": str(i), "embedding": [1.0] * 384} for i in range(2)])),
+        "not an integer",
+    ),
+    "numbers as text": (
+        http_reply(200, embeddings_reply(0, rows=[{"index": i, "embedding": ["1.0"] * 384} for i in range(2)])),
+        "without a list of numbers",
+    ),
+    "NaN in a vector": (http_reply(200, b'{"data": [{"index": 0, "embedding": [NaN]}, '
+                                        b'{"index": 1, "embedding": [1.0]}]}'), "NaN, infinite"),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_replies_are_one_line(capsys, tmp_path, raw, case):
+    reply, message = HOSTILE[case]
+    server = raw(lambda r: reply)
+    remote = RemoteEmbedder(server.url, "m", retries=1, backoff_s=0.0, timeout_s=5)
+    with pytest.raises(RemoteError) as e:
+        remote(["one", "two"])
+    assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_a_reply_dripped_past_the_deadline_is_cut_off(raw):
+    """The timeout used to apply per socket read: a server sending one byte every 0.2 s held a 1 s client
+    for as long as it liked. Now each request has a total deadline."""
+    body = http_reply(200, embeddings_reply(2, 384))
+    server = raw(lambda r: [(body[i : i + 1], 0.2) for i in range(len(body))])
+    remote = RemoteEmbedder(server.url, "m", retries=1, backoff_s=0.0, timeout_s=1.0)
+    t0 = time.monotonic()
+    with pytest.raises(RemoteError, match="timed out after 2 tries"):
+        remote(["one", "two"])
+    assert time.monotonic() - t0 < 6  # two tries of 1 s each (the drip alone would take minutes)
+
+
+def test_rows_given_in_any_order_are_put_in_index_order(raw):
+    rows = [{"index": 1, "embedding": [0.0, 2.0]}, {"index": 0, "embedding": [1.0, 0.0]}]
+    server = raw(lambda r: http_reply(200, embeddings_reply(0, rows=rows)))
+    np.testing.assert_array_equal(RemoteEmbedder(server.url, "m")(["a", "b"]), [[1.0, 0.0], [0.0, 2.0]])
+
+
+def test_an_http_proxy_from_the_environment_is_used(raw, monkeypatch):
+    proxy = raw(lambda r: http_reply(200, embeddings_reply(len(r["json"]["input"]), 2)))
+    monkeypatch.setenv("http_proxy", proxy.url)
+    monkeypatch.setenv("no_proxy", "")
+    out = RemoteEmbedder("http://embeddings.example:8080", "m")(["a"])
+    assert out.shape == (1, 2)
+    assert proxy.requests[0]["line"] == "POST http://embeddings.example:8080/v1/embeddings HTTP/1.1"

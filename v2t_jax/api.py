@@ -88,11 +88,13 @@ class Vec2Text:
                 f"row {int(np.argmax(zero))} is all zeros ({int(zero.sum())} such rows): nothing to invert"
             )
         if self.embedder.config.normalize:
-            # the embedder L2-normalises its outputs: scale does not carry information, so treat it alike. In
-            # float64 after dividing by the largest entry, so that rows of any scale (1e-30 or 1e30 in float32,
-            # whose squares under- or overflow) come out unit-length
-            a64 = arr.astype(np.float64)
-            a64 /= np.abs(a64).max(axis=1, keepdims=True)
+            # the embedder L2-normalises its outputs: scale does not carry information, so treat it alike. Each
+            # row is divided by its largest entry in its own dtype (float128's range is far wider than
+            # float64's), then normalised in float64, so that rows of any scale (1e-30 or 1e30 in float32, whose
+            # squares under- or overflow; 1e4000 in float128) come out unit-length
+            scaled = arr / np.abs(arr).max(axis=1, keepdims=True)
+            a64 = scaled.astype(np.float64)
+            a64 /= np.abs(a64).max(axis=1, keepdims=True)  # (entries that were subnormal in float64 are 0 now)
             arr = a64 / np.linalg.norm(a64, axis=1, keepdims=True)
         elif np.abs(arr).max() > np.finfo(np.float32).max:
             raise ModelError("embeddings hold values beyond float32's range; this embedder's vectors never do")
@@ -126,7 +128,7 @@ class Vec2Text:
         per_step: list[dict] = []
         for _, t, c, steps in self.iter_batches(
             embeddings, num_steps, sequence_beam_width, stop_cosine, batch_size, return_trace, progress, embed_fn,
-            skip_repeated,
+            skip_repeated, score=return_trace,
         ):  # fmt: skip
             texts += t
             cosines += c
@@ -145,11 +147,13 @@ class Vec2Text:
         embed_fn=None,
         skip_repeated: bool = True,
         start: int = 0,
+        score: bool = True,
     ):
         """`invert_embeddings` one batch at a time: yields (first row, texts, cosines, per-row step traces or
         None) in order, from row `start` (a multiple of the batch size, as a resumed run left off). Every input
         is checked before the first batch runs; the batches are those of a whole run, so the rows come out the
-        same whether a run is resumed or not."""
+        same whether a run is resumed or not. Each cosine is that of the text's embedding to its target, at 0
+        steps too; `score=False` leaves the step-0 text unembedded at 0 steps (its cosine is then NaN)."""
         if num_steps < 0 or sequence_beam_width < 1 or batch_size < 1:
             raise ModelError("num_steps must be >= 0, sequence_beam_width >= 1 and batch_size >= 1")
         if sequence_beam_width > MAX_SEQUENCE_BEAM:
@@ -189,7 +193,7 @@ class Vec2Text:
                         sequence_beam_width,
                         stop,
                         skip_repeated=skip_repeated,
-                        score=trace or num_steps > 0,
+                        score=score or trace or num_steps > 0,
                     )
                 )
             else:
@@ -308,6 +312,12 @@ def load_model(folder: str | os.PathLike | None = None, cache_dir: str | None = 
             f"{folder} was trained for another {meta.embedder!r} (weights digest {meta.embedder_digest[:12]}…, the "
             f"one loaded has {emb.binding_digest[:12]}…): its inversions would be meaningless; use the bundle's own "
             "embedder"
+        )
+    positions = emb.config.max_positions
+    if positions is not None and meta.max_length > positions:
+        raise ModelError(
+            f"{folder}: max_length {meta.max_length} is past its embedder's {positions} positions: the bundle is "
+            "damaged"
         )
     dims = {meta.inverter.embed_dim} | ({meta.corrector.embed_dim} if meta.corrector is not None else set())
     if dims != {emb.dim}:

@@ -22,8 +22,10 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from v2t_jax.errors import V2TError
 
-class AssetError(RuntimeError):
+
+class AssetError(V2TError, RuntimeError):
     """An embedder or checkpoint could not be found or fetched; the message says what to do."""
 
 

@@ -5,25 +5,26 @@ gets its recovered text and the cosine of that text's embedding to the stored ve
 the documents, the scores of `v2t_jax.evaluate` against each document as far as the embedder reads it (BLEU,
 token F1, exact, token recall). The report (`write_report`) is `report.md` + `report.png` beside the
 records (`records.jsonl`): the summary, the share of records with at least half of their words recovered, and
-the most leaked records first.
+the most leaked records first. Each file is written whole (`outputs.write_atomic`), report.md last: a folder
+with report.md holds a finished audit.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from v2t_jax import assets, evaluate
+from v2t_jax import assets, evaluate, outputs
+from v2t_jax.errors import V2TError
 
-REPORT, FIGURE, RECORDS = "report.md", "report.png", "records.jsonl"
+REPORT, FIGURE, RECORDS, SUMMARY = "report.md", "report.png", "records.jsonl", "summary.json"
 SHOWN = 20  # records in the report's most-leaked table
 
 
-class AuditError(ValueError):
+class AuditError(V2TError, ValueError):
     """A store that this model cannot audit; the message says why."""
 
 
@@ -75,8 +76,9 @@ def most_leaked(rows: list[dict]) -> list[dict]:
 
 
 def write_report(out: Path, rows: list[dict], about: dict) -> dict:
-    """report.md and report.png in `out` from the finished rows; `about`: source, kind, embedder, model, steps,
-    sbeam, command. Returns the summary."""
+    """report.png, summary.json and last report.md in `out` from the finished rows; `about`: source, kind, dim,
+    embedder, note (what the store reader says of the vectors, or None), model, steps, sbeam, max_length,
+    command. Returns the summary."""
     summary = summarize(rows)
     _figure(out / FIGURE, rows)
     has_refs = "bleu" in summary
@@ -91,6 +93,10 @@ def write_report(out: Path, rows: list[dict], about: dict) -> dict:
         "",
         f"Command: `{about['command']}`",
         "",
+    ]
+    if about.get("note"):
+        lines += [f"**Note.** {about['note']}", ""]
+    lines += [
         "## Summary",
         "",
     ]
@@ -128,8 +134,8 @@ def write_report(out: Path, rows: list[dict], about: dict) -> dict:
             cells += [f"{r['cosine']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"![cosine and recovered words per record]({FIGURE})", ""]
-    (out / REPORT).write_text("\n".join(lines), encoding="utf-8")
-    (out / "summary.json").write_text(json.dumps({**summary, **about}, indent=1) + "\n")
+    outputs.write_text_atomic(out / SUMMARY, outputs.dumps({**summary, **about}, indent=1) + "\n")
+    outputs.write_text_atomic(out / REPORT, "\n".join(lines))
     return summary
 
 
@@ -155,5 +161,7 @@ def _figure(path: Path, rows: list[dict]) -> None:
         axes[1].set(xlabel="share of the original's words recovered", ylabel="records",
                     title=f"{100 * share:.0f}% of records: at least half of their words")  # fmt: skip
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        outputs.write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110), binary=True)
+    finally:
+        plt.close(fig)

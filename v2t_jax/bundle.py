@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from v2t_jax.assets import new_file_mode, sha256_file
+from v2t_jax.errors import V2TError
 
 FILE = "v2t_model.json"
 FORMAT = 2  # 2: + files (sha256 per weights file) and embedder_digest; 1 still reads
@@ -42,7 +43,7 @@ _MIN_QUANTIZED_SIZE = 4096  # smaller tensors (norm scales, biases, relative-pos
 WEIGHT_FILES = {"inverter": "inverter.safetensors", "corrector": "corrector.safetensors"}
 
 
-class ModelError(ValueError):
+class ModelError(V2TError, ValueError):
     """A bundle is missing, incomplete, damaged or does not fit the input; the message says what to do."""
 
 
@@ -206,6 +207,56 @@ def typed_config(cls: type, data: Any, where: str, nested: dict[str, type] | Non
         raise ModelError(f"{where} does not make a config ({brief(e)})") from None
 
 
+# What a config field may hold: anything outside is refused before a model is built (a bundle claiming 10**6
+# layers or an unknown dtype is damaged or hostile, and would allocate without bound or fail deep inside JAX).
+# The bounds are generous: T5-11B, mT5's 250k vocabulary and 4k-dimensional embedders all fit.
+_DTYPES = ("float32", "bfloat16", "float16")
+_BOUNDS: dict[str, tuple[float, float]] = {
+    "vocab_size": (2, 1 << 20),
+    "d_model": (1, 16384),
+    "d_kv": (1, 1024),
+    "d_ff": (1, 131072),
+    "num_layers": (1, 128),
+    "num_decoder_layers": (1, 128),
+    "num_heads": (1, 256),
+    "relative_attention_num_buckets": (2, 1024),
+    "relative_attention_max_distance": (1, 1 << 16),
+    "pad_token_id": (0, 1 << 20),
+    "eos_token_id": (0, 1 << 20),
+    "decoder_start_token_id": (0, 1 << 20),
+    "embed_dim": (1, 65536),
+    "bottleneck_dim": (1, 65536),
+    "num_repeat_tokens": (1, 1024),
+}
+_OPEN_UNIT = ("dropout_rate",)  # in [0, 1)
+_NON_NEGATIVE = ("noise_level", "training_noise")
+_POSITIVE_SMALL = ("layer_norm_epsilon", "layer_norm_eps")  # in (0, 1)
+
+
+def check_bounds(cfg: Any, where: str) -> None:
+    """ModelError unless every field of the config dataclass `cfg` (and of its `t5`) is within its bounds."""
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            check_bounds(v, f"{where}.{f.name}")
+            continue
+        if v is None or isinstance(v, bool):
+            continue
+        name = f"{where}.{f.name}"
+        if f.name in _BOUNDS:
+            lo, hi = _BOUNDS[f.name]
+            if not lo <= v <= hi:
+                raise ModelError(f"{name} is {v!r}, outside {lo}..{hi}: the bundle is damaged")
+        elif f.name in _OPEN_UNIT and not 0 <= v < 1:
+            raise ModelError(f"{name} is {v!r}, not in [0, 1): the bundle is damaged")
+        elif f.name in _NON_NEGATIVE and not v >= 0:
+            raise ModelError(f"{name} is {v!r}, not >= 0: the bundle is damaged")
+        elif f.name in _POSITIVE_SMALL and not 0 < v < 1:
+            raise ModelError(f"{name} is {v!r}, not in (0, 1): the bundle is damaged")
+        elif f.name in ("dtype", "param_dtype") and v not in _DTYPES:
+            raise ModelError(f"{name} is {v!r}, not one of {', '.join(_DTYPES)}: the bundle is damaged")
+
+
 @dataclasses.dataclass(frozen=True)
 class Meta:
     """A bundle's validated metadata; `extra` keeps the provenance keys (`source`, `release`, ...)."""
@@ -295,6 +346,12 @@ def read_meta(folder: str | os.PathLike) -> Meta:
     corrector = None
     if data.get("corrector") is not None:
         corrector = typed_config(correction.CorrectorConfig, data["corrector"], "corrector", {"t5": t5.T5Config})
+    for where, cfg in (("inverter", inverter), ("corrector", corrector)):
+        if cfg is not None:
+            check_bounds(cfg, f"{path}: {where}")
+            for k, v in ids.items():
+                if v is not None and v >= cfg.t5.vocab_size:
+                    raise ModelError(f"{path}: {k} {v} is past the {where}'s {cfg.t5.vocab_size}-token vocabulary")
     digest = data.get("embedder_digest")
     if digest is not None and not (isinstance(digest, str) and len(digest) == 64):
         raise ModelError(f"{path}: embedder_digest is {digest!r}, not a sha256")

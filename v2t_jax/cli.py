@@ -16,7 +16,6 @@ from v2t_jax.commands import (
     DEFAULT_SBEAM,
     DEFAULT_STEPS,
     WEIGHT_FORMATS,
-    UsageError,
     cmd_audit,
     cmd_bench,
     cmd_data_hypotheses,
@@ -27,6 +26,7 @@ from v2t_jax.commands import (
     cmd_invert,
     cmd_train,
 )
+from v2t_jax.errors import V2TError, one_line
 from v2t_jax.remote import DEFAULT_KEY_ENV
 
 # ----------------------------------------------------------------------------- parser
@@ -51,7 +51,12 @@ def _remote_flags(p: argparse.ArgumentParser) -> None:
         help="environment variable holding the endpoint's API key, sent as a bearer token (default %(default)s)",
     )
     p.add_argument("--embedder-batch-size", type=int, default=64, help="texts per request (default %(default)s)")
-    p.add_argument("--embedder-timeout", type=float, default=30.0, help="seconds per request (default %(default)s)")
+    p.add_argument(
+        "--embedder-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a request may take in all, connecting and reading included (default %(default)s)",
+    )
     p.add_argument(
         "--embedder-retries", type=int, default=4, help="retries of a failed request, backing off (default %(default)s)"
     )
@@ -259,8 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
-    except UsageError as e:
-        print(f"v2t {args.command}: error: {e}", file=sys.stderr)
+    except V2TError as e:  # UsageError, and any library error that says what to do in one line
+        print(f"v2t {args.command}: error: {one_line(str(e), limit=2000)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if args.command == "train":

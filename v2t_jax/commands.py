@@ -13,12 +13,12 @@ import json
 import os
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Sequence
 
-from v2t_jax.remote import RemoteError  # stdlib only: `v2t --help` stays fast
+from v2t_jax.errors import V2TError  # stdlib only: `v2t --help` stays fast
+from v2t_jax.outputs import RowStream, check_file, save_npy_atomic
+from v2t_jax.remote import RemoteError
 
 
 # `v2t invert` / `v2t demo` defaults with a corrector: 20 greedy correction steps (~0.6 s a passage on 2 CPU
@@ -28,8 +28,8 @@ DEFAULT_SBEAM = 1
 WEIGHT_FORMATS = ("float32", "int8")  # v2t_jax.bundle.WEIGHT_FORMATS, without importing jax for --help
 
 
-class UsageError(Exception):
-    """A problem with the user's input; printed as one line, exit status 2."""
+class UsageError(V2TError):
+    """A problem with the user's input; printed as one line, exit status 2 (as every `V2TError`)."""
 
 
 # ----------------------------------------------------------------------------- input / output helpers
@@ -63,62 +63,6 @@ def read_texts(path: str | os.PathLike) -> list[str]:
     return texts
 
 
-def check_output(path: str | os.PathLike, overwrite: bool, inputs: Sequence[str | os.PathLike] = ()) -> Path:
-    """Fails early (before any work) if the output cannot or must not be written (or is one of `inputs`)."""
-    path = Path(path)
-    for inp in inputs:
-        if path.exists() and Path(inp).exists() and os.path.samefile(path, inp):
-            raise UsageError(f"output {path} is the input {inp}; write the output to another path")
-    if path.is_dir():
-        raise UsageError(f"output {path} is a directory; pass a file path such as vectors.npy")
-    if path.exists() and not overwrite:
-        raise UsageError(f"output {path} already exists; pass --overwrite to replace it")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"cannot write {path}: directory {parent} does not exist")
-    try:
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".v2t-probe-"):
-            pass
-    except OSError as e:
-        raise UsageError(f"cannot write {path}: {e.strerror or e}") from e
-    return path
-
-
-def _output_mode(path: Path) -> int:
-    """The mode an output should get: the replaced file's, or for a new file what the umask allows of 0666
-    (mkstemp creates its temporary file 0600 whatever the umask)."""
-    from v2t_jax import assets
-
-    return path.stat().st_mode & 0o7777 if path.exists() else assets.new_file_mode()
-
-
-def write_atomic(path: Path, write, binary: bool) -> None:
-    """write(file) into a temporary file beside `path`, then renamed into place with `_output_mode`'s mode;
-    nothing is left behind on failure."""
-    from v2t_jax import assets
-
-    mode = _output_mode(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    assets.sweep_stale(parent, f".{path.name}.", ".")  # what a killed run left beside this output
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
-            write(f)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def save_npy_atomic(path: Path, array) -> None:
-    """Writes to a temporary file beside `path`, then renames it into place."""
-    import numpy as np
-
-    write_atomic(path, lambda f: np.save(f, array), binary=True)
-
-
 # ----------------------------------------------------------------------------- commands
 
 
@@ -128,7 +72,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
     texts = read_texts(args.input)
-    output = check_output(args.output, args.overwrite, [args.input])
+    output = check_file(args.output, args.overwrite, [args.input])
 
     from v2t_jax import assets
     from v2t_jax.models import embedders
@@ -289,22 +233,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _npy_problem(path: Path, error: Exception) -> str:
-    """What is wrong with a .npy that numpy refused, in words that do not suggest loading pickles."""
-    with open(path, "rb") as f:
-        head = f.read(6)
-    if head != b"\x93NUMPY":
-        return "not a .npy file (no NumPy header); save the [N, D] vectors with numpy.save"
-    if "pickle" in str(error).lower():
-        return "it holds Python objects, which v2t never loads; save a float array"
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-
-
 def cmd_invert(args: argparse.Namespace) -> int:
     """Inverts in batches and streams the rows, in order, to OUTPUT.partial (flushed and synced per batch);
     renamed to OUTPUT at the end. An interrupted run (kill, SIGTERM, disk full) keeps its finished rows, and the
-    same command resumes after them (OUTPUT.partial.json records what the rows were made from)."""
-    import numpy as np
+    same command resumes after them (OUTPUT.partial.json records what the rows were made from). One run per
+    output (`outputs.lock`)."""
+    from v2t_jax import outputs, stores
 
     if args.batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
@@ -312,13 +246,16 @@ def cmd_invert(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise UsageError(f"embeddings file {path} does not exist")
     try:
-        vectors = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise UsageError(f"cannot read {path} as a .npy array ({_npy_problem(path, e)})") from None
-    if not isinstance(vectors, np.ndarray):
-        raise UsageError(f"{path} holds several arrays (.npz); save the [N, D] vectors with numpy.save as .npy")
+        vectors = stores.read_npy(path)
+    except stores.StoreError as e:
+        raise UsageError(str(e)) from None
     references = read_texts(args.references) if args.references else None
-    output = check_output(args.output, args.overwrite, [args.embeddings] + ([args.references] if references else []))
+    output = check_file(args.output, args.overwrite, [args.embeddings] + ([args.references] if references else []))
+    with outputs.lock(output, "invert"):
+        return _invert(args, path, vectors, references, output)
+
+
+def _invert(args: argparse.Namespace, path: Path, vectors, references: list[str] | None, output: Path) -> int:
     model = _load_model(args)
 
     from v2t_jax import api, assets, evaluate
@@ -342,9 +279,9 @@ def cmd_invert(args: argparse.Namespace) -> int:
         "skip_repeated": args.skip_repeated,
         "trace": bool(args.trace),
         "references": assets.sha256_file(Path(args.references)) if references is not None else None,
-        "embedder_url": [remote.url, remote.model] if remote is not None else None,
+        "embedder_url": [remote.shown_url, remote.model] if remote is not None else None,
     }
-    stream = RowStream(output, run, bs)
+    stream = RowStream(output, run, bs, "invert")
     try:
         for first, texts, cosines, steps in model.iter_batches(
             vectors,
@@ -365,7 +302,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
                 ref = views[first : first + len(rows)]
                 for row, r, scores in zip(rows, ref, evaluate.per_record(texts, ref)):
                     row.update(reference=r, **scores)
-            stream.append([json.dumps(r, ensure_ascii=False) for r in rows])
+            stream.append(rows)
     except api.ModelError as e:
         raise UsageError(str(e)) from e
     except RemoteError as e:
@@ -375,7 +312,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"v2t invert: wrote {n} rows to {output}", file=sys.stderr)
     if views is not None:  # over every row, those of an interrupted run included
-        rows = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+        rows = stream.rows()
         scores = evaluate.score([r["text"] for r in rows], views, [r["cosine"] for r in rows])
         print(f"v2t invert: against {args.references}: {evaluate.summary_line(scores)}")
     return 0
@@ -403,70 +340,17 @@ def _remote_embedder(args: argparse.Namespace, model):
     return remote
 
 
-class RowStream:
-    """JSON lines written in order to OUTPUT.partial as batches finish, with OUTPUT.partial.json naming the run
-    (inputs and settings); `done` rows are on disk (whole batches: a torn last batch is cut off) and a rerun of
-    the same run continues after them. `finish` renames the rows into place with the output's mode."""
-
-    def __init__(self, output: Path, run: dict, batch: int):
-        self.output, self.run = output, run
-        self.partial = output.with_name(output.name + ".partial")
-        self.state = output.with_name(output.name + ".partial.json")
-        self.done = 0
-        if self.state.exists() or self.partial.exists():
-            try:
-                saved = json.loads(self.state.read_text())
-            except (OSError, ValueError):
-                saved = None
-            if saved != run:
-                raise UsageError(
-                    f"{self.partial} holds an interrupted run of other inputs or settings; rerun that command to "
-                    f"finish it, or delete {self.partial} and {self.state}"
-                )
-            lines = self.partial.read_bytes().split(b"\n") if self.partial.exists() else [b""]
-            whole = len(lines) - 1  # the last piece has no newline: empty, or a torn row
-            self.done = whole - whole % batch
-            if self.partial.exists():
-                with open(self.partial, "r+b") as f:
-                    f.truncate(sum(len(x) + 1 for x in lines[: self.done]))
-            print(f"v2t invert: resuming after the {self.done} rows in {self.partial}", file=sys.stderr)
-
-    def append(self, rows: list[str]) -> None:
-        try:
-            if not self.state.exists():
-                write_atomic(self.state, lambda f: f.write(json.dumps(self.run) + "\n"), binary=False)
-            with open(self.partial, "a", encoding="utf-8") as f:
-                f.write("".join(r + "\n" for r in rows))
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as e:
-            raise UsageError(
-                f"cannot write {self.partial} ({e.strerror or e}); the {self.done} rows done are kept: free space "
-                "and rerun the same command to continue"
-            ) from None
-        self.done += len(rows)
-
-    def finish(self) -> None:
-        if not self.partial.exists():  # no rows at all
-            self.partial.write_text("")
-        os.chmod(self.partial, _output_mode(self.output))
-        os.replace(self.partial, self.output)
-        self.state.unlink(missing_ok=True)
-
-
 def cmd_audit(args: argparse.Namespace) -> int:
     """Inverts every vector of a store and writes OUTPUT/report.md, report.png, records.jsonl (streamed and
-    resumable as `v2t invert`'s rows) and summary.json."""
-    from v2t_jax import api, audit, stores
+    resumable as `v2t invert`'s rows) and summary.json; the store is only read (`v2t_jax.stores`). One run per
+    output folder; report.md is written last, and a run stopped after its records and before it finishes the
+    report on the next run of the same command."""
+    from v2t_jax import api, audit, outputs, stores
 
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise UsageError("--batch-size and --limit must be >= 1")
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} is a file; pass a folder for the report")
-    finished = [out / n for n in (audit.REPORT, audit.RECORDS) if (out / n).exists()]
-    if finished and not args.overwrite:
-        raise UsageError(f"{out} holds an audit report already; pass --overwrite to replace it, or another --output")
+    out = outputs.check_folder(args.output, "report folder")
+    _check_no_report(out, args.overwrite)
     documents = read_texts(args.documents) if args.documents else None
     try:
         records = stores.read(
@@ -493,44 +377,66 @@ def cmd_audit(args: argparse.Namespace) -> int:
         "sbeam": args.sbeam,
         "batch_size": bs,
         "documents": refs is not None,
-        "embedder_url": [remote.url, remote.model] if remote is not None else None,
+        "embedder_url": [remote.shown_url, remote.model] if remote is not None else None,
     }
     out.mkdir(parents=True, exist_ok=True)
-    stream = RowStream(out / audit.RECORDS, run, bs)
-    if not args.quiet:
-        print(f"v2t audit: {len(records)} records of {records.source}", file=sys.stderr)
-    try:
-        for first, texts, cosines, _ in model.iter_batches(
-            vectors, num_steps=args.steps, sequence_beam_width=args.sbeam, batch_size=bs, progress=not args.quiet,
-            skip_repeated=True, start=stream.done, embed_fn=remote,
-        ):  # fmt: skip
-            ids = records.ids[first : first + len(texts)]
-            ref = refs[first : first + len(texts)] if refs is not None else None
-            stream.append([json.dumps(r, ensure_ascii=False) for r in audit.rows_of_batch(ids, texts, cosines, ref)])
-    except api.ModelError as e:
-        raise UsageError(str(e)) from e
-    except RemoteError as e:
-        raise UsageError(f"{e}; the {stream.done} records done are kept: rerun the same command to continue") from None
-    stream.finish()
-    rows = [json.loads(line) for line in (out / audit.RECORDS).read_text(encoding="utf-8").splitlines()]
-    about = {
-        "source": records.source,
-        "kind": records.kind,
-        "dim": int(records.vectors.shape[1]),
-        "embedder": records.embedder,
-        "model": args.checkpoint or f"the shipped model ({model.embedder.name})",
-        "steps": args.steps,
-        "sbeam": args.sbeam,
-        "max_length": model.max_length,
-        "command": "v2t " + shlex.join(getattr(args, "argv", None) or ["audit", args.store]),
-    }
-    summary = audit.write_report(out, rows, about)
+    with outputs.lock(out / audit.RECORDS, "audit"):
+        _check_no_report(out, args.overwrite)  # (again, now that no other run can write here)
+        if args.overwrite:
+            (out / audit.REPORT).unlink(missing_ok=True)  # the mark of a finished audit goes first
+        stream = RowStream(out / audit.RECORDS, run, bs, "audit")
+        if not args.quiet:
+            print(f"v2t audit: {len(records)} records of {records.source}", file=sys.stderr)
+        if stream.complete:  # (said even with --quiet, as a resume is)
+            print(f"v2t audit: finishing the report of the {stream.done} records in {stream.output}", file=sys.stderr)
+        try:
+            for first, texts, cosines, _ in model.iter_batches(
+                vectors, num_steps=args.steps, sequence_beam_width=args.sbeam, batch_size=bs, progress=not args.quiet,
+                skip_repeated=True, start=stream.done, embed_fn=remote,
+            ):  # fmt: skip
+                ids = records.ids[first : first + len(texts)]
+                ref = refs[first : first + len(texts)] if refs is not None else None
+                stream.append(audit.rows_of_batch(ids, texts, cosines, ref))
+        except api.ModelError as e:
+            raise UsageError(str(e)) from e
+        except RemoteError as e:
+            kept = f"the {stream.done} records done are kept: rerun the same command to continue"
+            raise UsageError(f"{e}; {kept}") from None
+        stream.finish(keep_state=True)  # until the report is written
+        about = {
+            "source": records.source,
+            "kind": records.kind,
+            "dim": int(records.vectors.shape[1]),
+            "embedder": records.embedder,
+            "note": records.note,
+            "model": args.checkpoint or f"the shipped model ({model.embedder.name})",
+            "steps": args.steps,
+            "sbeam": args.sbeam,
+            "max_length": model.max_length,
+            "command": "v2t " + shlex.join(getattr(args, "argv", None) or ["audit", args.store]),
+        }
+        summary = audit.write_report(out, stream.rows(), about)
+        stream.close()
     line = f"v2t audit: wrote {out / audit.REPORT}: {summary['records']} records, "
     line += f"mean cosine {summary['mean_cosine']:.3f}"
     if "bleu" in summary:
         line += f"; {100 * summary['half_recovered']:.1f}% give back at least half of their words"
     print(line)
     return 0
+
+
+def _check_no_report(out: Path, overwrite: bool) -> None:
+    """Refuses a folder that holds a finished audit (its report.md), or records that no resumable run of this
+    command left (no state beside them), unless --overwrite."""
+    from v2t_jax import audit, outputs
+
+    for name in (audit.REPORT, audit.SUMMARY, audit.FIGURE, audit.RECORDS):
+        outputs.check_regular(out / name, "report file")
+    records = out / audit.RECORDS
+    resumable = records.with_name(f"{records.name}.partial.json").exists()
+    finished = (out / audit.REPORT).exists() or (records.exists() and not resumable)
+    if finished and not overwrite:
+        raise UsageError(f"{out} holds an audit report already; pass --overwrite to replace it, or another --output")
 
 
 def _bundle_digest(checkpoint: str | None) -> str:

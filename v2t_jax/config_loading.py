@@ -8,8 +8,10 @@ from pathlib import Path
 
 import ml_collections
 
+from v2t_jax.errors import V2TError
 
-class ConfigError(ValueError):
+
+class ConfigError(V2TError, ValueError):
     pass
 
 
@@ -18,14 +20,31 @@ def load(spec: str) -> ml_collections.ConfigDict:
     if not Path(path).is_file():
         raise ConfigError(f"config file {path} does not exist")
     mod_spec = importlib.util.spec_from_file_location(f"v2t_config_{Path(path).stem}", path)
+    if mod_spec is None or mod_spec.loader is None:
+        raise ConfigError(f"config file {path} is not a Python file (configs/inverter.py:VARIANT is one)")
     module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
+    try:
+        mod_spec.loader.exec_module(module)
+    except Exception as e:  # a config file is the user's code: a syntax error, a failed import, ...
+        raise ConfigError(f"config file {path} does not load ({_brief(e)}); fix it") from None
+    if not callable(getattr(module, "get_config", None)):
         raise ConfigError(f"{path} has no get_config()")
     try:
-        return module.get_config(arg) if arg else module.get_config()
+        config = module.get_config(arg) if arg else module.get_config()
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    except Exception as e:
+        raise ConfigError(f"{path}: get_config({arg!r}) failed ({_brief(e)})") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"{path}: get_config() returned {type(config).__name__}, not an ml_collections.ConfigDict")
+    return config
+
+
+def _brief(e: BaseException) -> str:
+    if isinstance(e, SyntaxError):
+        return f"SyntaxError: {e.msg} at line {e.lineno}"
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
 def _parse(raw: str, current, key: str):

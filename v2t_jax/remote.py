@@ -3,31 +3,60 @@
 
 What an attacker who can only query an embedding API has: the inverter and corrector come from a bundle trained
 for that embedder, and every hypothesis is re-embedded by the API. Requests are JSON `{"model", "input"}` of at
-most `batch_size` texts; the answer's `data[i].embedding` (ordered by `index`) are the vectors. The API key, if
-any, is read from an environment variable (never from the command line, where `ps` shows it) and sent as
-`Authorization: Bearer`. Timeouts, connection failures, 429 and 5xx answers are retried with exponential
-backoff; any other failure, an answer that is not the vectors asked for, or running out of retries is one
-`RemoteError` line.
+most `batch_size` texts; the answer's `data[i].embedding` (ordered by `index`) are the vectors.
+
+What it guarantees (`tests/test_remote.py`, against real local servers):
+- **The key stays with its origin.** The API key, if any, is read from an environment variable (never from the
+  command line, where `ps` shows it) and sent as `Authorization: Bearer` to the URL's host only. Redirects are
+  never followed (a 3xx is one line naming where it points, without the key); a URL that carries credentials
+  (`user:pass@`) is refused. The key is redacted (`errors.redact`) from every message, the server's words
+  included, and the URL is shown without its query.
+- **Every request has a total deadline** (`timeout_s`, connecting, sending and reading the whole reply): a
+  server that drips its reply a byte at a time is cut off when it passes, as is one that never answers.
+- **Replies are checked against the request**: `data` holds exactly one row per text sent, each `index` an
+  integer in 0..n-1 and no two alike (rows are put in `index` order; with no `index` at all, in the order
+  sent), each `embedding` a list of finite numbers of one length, the same for every reply. A reply over
+  `MAX_REPLY_BYTES` is cut off.
+- **Failures are one `RemoteError` line.** Timeouts, connection failures, malformed HTTP (a bad status line, a
+  truncated body) and 408/409/425/429/5xx answers are retried with exponential backoff; any other status, an
+  answer that is not the vectors asked for, or running out of retries is not.
+Proxies named by the usual environment variables (`https_proxy`, `http_proxy`, `no_proxy`) are used.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import math
 import os
+import socket
+import threading
 import time
-import urllib.error
+import urllib.parse
 import urllib.request
 from typing import TYPE_CHECKING, Sequence
+
+from v2t_jax.errors import V2TError, add_secret, one_line
 
 if TYPE_CHECKING:
     import numpy as np
 
 DEFAULT_KEY_ENV = "V2T_EMBEDDER_API_KEY"
 RETRIED_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+MAX_TIMEOUT_S = 3600.0
+MAX_RETRIES = 20
+MAX_REPLY_BYTES = 256 * 1024 * 1024
 
 
-class RemoteError(RuntimeError):
+class RemoteError(V2TError, RuntimeError):
     """The endpoint is down, refuses, or answers something that is not the embeddings asked for."""
+
+    def __init__(self, message: str):
+        super().__init__(one_line(message, limit=600))  # redacted, control characters out, bounded
+
+
+class _Retry(Exception):
+    """A failure worth another try (the reason, in words)."""
 
 
 class RemoteEmbedder:
@@ -41,14 +70,45 @@ class RemoteEmbedder:
         retries: int = 4,
         backoff_s: float = 0.5,
     ):
-        if not url.startswith(("http://", "https://")):
-            raise RemoteError(f"embedder URL {url!r} must start with http:// or https://")
-        if batch_size < 1 or timeout_s <= 0 or retries < 0:
-            raise RemoteError("batch size must be >= 1, timeout > 0 and retries >= 0")
-        self.url = url if url.rstrip("/").endswith("/embeddings") else url.rstrip("/") + "/v1/embeddings"
-        self.model = model
         self.key = os.environ.get(api_key_env) or None
-        self.batch_size, self.timeout_s, self.retries, self.backoff_s = batch_size, timeout_s, retries, backoff_s
+        add_secret(self.key)
+        if self.key is not None and not (self.key.isascii() and self.key.isprintable() and " " not in self.key):
+            raise RemoteError(f"the key in ${api_key_env} holds characters an HTTP header cannot carry; check it")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise RemoteError(f"embedder URL {url!r} must start with http:// or https://")
+        try:
+            parts = urllib.parse.urlsplit(url)
+            port = parts.port
+        except ValueError as e:
+            raise RemoteError(f"embedder URL {url!r} is malformed ({e})") from None
+        if parts.username is not None or parts.password is not None:
+            raise RemoteError(
+                "the embedder URL carries credentials (user:password@): pass the key through the environment "
+                f"variable {api_key_env} instead"
+            )
+        add_secret(parts.query if len(parts.query) >= 8 else None)  # a key in the query never reaches a message
+        if not parts.hostname:
+            raise RemoteError(f"embedder URL {url!r} names no host")
+        if not (isinstance(batch_size, int) and batch_size >= 1):
+            raise RemoteError(f"the embedder batch size must be >= 1 (an integer), got {batch_size!r}")
+        if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and 0 < timeout_s <= MAX_TIMEOUT_S):
+            raise RemoteError(
+                f"the embedder timeout must be a number of seconds in (0, {MAX_TIMEOUT_S:g}], got {timeout_s!r}"
+            )
+        if not (isinstance(retries, int) and 0 <= retries <= MAX_RETRIES):
+            raise RemoteError(f"the embedder retries must be an integer in 0..{MAX_RETRIES}, got {retries!r}")
+        if not (isinstance(backoff_s, (int, float)) and math.isfinite(backoff_s) and 0 <= backoff_s <= 60):
+            raise RemoteError(f"the backoff must be a number of seconds in [0, 60], got {backoff_s!r}")
+        path = parts.path.rstrip("/")
+        if not path.endswith("/embeddings"):
+            path += "/v1/embeddings"
+        self.scheme, self.host, self.port = parts.scheme, parts.hostname, port
+        self.target = path + (f"?{parts.query}" if parts.query else "")
+        netloc = parts.netloc
+        self.url = urllib.parse.urlunsplit((parts.scheme, netloc, path, parts.query, ""))
+        self.shown_url = urllib.parse.urlunsplit((parts.scheme, netloc, path, "", ""))  # no query
+        self.model = model
+        self.batch_size, self.timeout_s, self.retries, self.backoff_s = batch_size, float(timeout_s), retries, backoff_s
         self.requests = 0  # sent, retries included
         self.dim: int | None = None
 
@@ -59,9 +119,69 @@ class RemoteEmbedder:
         chunks = [self._post(texts[s : s + self.batch_size]) for s in range(0, len(texts), self.batch_size)]
         return np.concatenate(chunks) if chunks else np.zeros((0, self.dim or 0), np.float32)
 
+    # ------------------------------------------------------------------------------------------- transport
+
+    def _connection(self) -> tuple[http.client.HTTPConnection, str]:
+        """A connection to the endpoint (through the environment's proxy, if one applies) and the request target."""
+        https = self.scheme == "https"
+        port = self.port or (443 if https else 80)
+        proxy = urllib.request.getproxies().get(self.scheme)
+        if proxy and not urllib.request.proxy_bypass(self.host):
+            p = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+            if https:
+                # TCP to the proxy, CONNECT, then TLS to the endpoint through the tunnel
+                conn = http.client.HTTPSConnection(p.hostname, p.port or 80, timeout=self.timeout_s)
+                conn.set_tunnel(self.host, port)  # CONNECT: the proxy sees no header, the key included
+                return conn, self.target
+            conn = http.client.HTTPConnection(p.hostname, p.port or 80, timeout=self.timeout_s)
+            return conn, self.url
+        cls = http.client.HTTPSConnection if https else http.client.HTTPConnection
+        return cls(self.host, port, timeout=self.timeout_s), self.target
+
+    def _exchange(self, body: bytes, headers: dict) -> tuple[int, dict, bytes]:
+        """One request within `timeout_s` in all: a timer shuts the socket down when the deadline passes, so no
+        read (however slowly the server drips) outlives it."""
+        conn, target = self._connection()
+        expired = threading.Event()
+
+        def cut_off():
+            expired.set()
+            sock = conn.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        timer = threading.Timer(self.timeout_s, cut_off)
+        timer.daemon = True
+        timer.start()
+        try:
+            conn.request("POST", target, body=body, headers=headers)
+            response = conn.getresponse()
+            raw = response.read(MAX_REPLY_BYTES + 1)
+            if len(raw) > MAX_REPLY_BYTES:
+                raise RemoteError(f"{self.shown_url} answered more than {MAX_REPLY_BYTES >> 20} MiB; not embeddings")
+            if expired.is_set():
+                raise _Retry("timed out")
+            if response.length:  # what Content-Length promised and the connection did not bring
+                raise _Retry(f"malformed reply (its body ends {response.length} bytes short of its Content-Length)")
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, raw
+        except RemoteError:
+            raise
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            # ValueError: http.client's own (a header it cannot parse); OSError: refused, reset, TLS, timeouts
+            if expired.is_set() or isinstance(e, (TimeoutError, socket.timeout)):
+                raise _Retry("timed out") from None
+            reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e) or type(e).__name__
+            raise _Retry(f"unreachable or malformed reply ({type(e).__name__}: {reason})") from None
+        finally:
+            timer.cancel()
+            conn.close()
+
     def _post(self, texts: list[str]) -> np.ndarray:
         body = json.dumps({"model": self.model, "input": texts}).encode()
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.key:
             headers["Authorization"] = f"Bearer {self.key}"
         why = ""
@@ -69,42 +189,62 @@ class RemoteEmbedder:
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
             self.requests += 1
-            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    raw = response.read()
-            except urllib.error.HTTPError as e:
-                detail = _brief(e.read())
-                if e.code not in RETRIED_STATUS:
-                    raise RemoteError(f"{self.url} answered HTTP {e.code}{detail}") from None
-                why = f"HTTP {e.code}{detail}"
+                status, reply_headers, raw = self._exchange(body, headers)
+            except _Retry as e:
+                why = str(e)
                 continue
-            except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as e:
-                reason = getattr(e, "reason", e)
-                why = "timed out" if isinstance(reason, TimeoutError) else f"unreachable ({reason})"
+            if 300 <= status < 400:
+                raise RemoteError(self._redirect(status, reply_headers.get("location", "")))
+            if status in RETRIED_STATUS:
+                why = f"HTTP {status}{_brief(raw)}"
                 continue
+            if status != 200:
+                raise RemoteError(f"{self.shown_url} answered HTTP {status}{_brief(raw)}")
             return self._vectors(raw, len(texts))
-        raise RemoteError(f"{self.url}: {why} after {self.retries + 1} tries; is the embedding server up?")
+        raise RemoteError(f"{self.shown_url}: {why} after {self.retries + 1} tries; is the embedding server up?")
+
+    def _redirect(self, status: int, location: str) -> str:
+        try:
+            to = urllib.parse.urlsplit(urllib.parse.urljoin(self.url, location))
+            where = f"{to.scheme}://{to.netloc.rpartition('@')[2]}{to.path}"  # no credentials, no query
+        except ValueError:
+            where = "somewhere it does not say clearly"
+        return (
+            f"{self.shown_url} answered HTTP {status}, a redirect to {where}: v2t does not follow redirects, so "
+            "that the key goes only where it was meant to; pass the URL it redirects to as --embedder-url"
+        )
+
+    # ------------------------------------------------------------------------------------------- the reply
 
     def _vectors(self, raw: bytes, n: int) -> np.ndarray:
         import numpy as np
 
         def bad(what: str) -> RemoteError:
-            return RemoteError(f"{self.url} answered {what}, not OpenAI-style embeddings of the {n} texts sent")
+            return RemoteError(f"{self.shown_url} answered {what}, not OpenAI-style embeddings of the {n} texts sent")
 
         try:
-            data = json.loads(raw)["data"]
-            rows = sorted(data, key=lambda r: r.get("index", 0)) if all(isinstance(r, dict) for r in data) else None
-        except (ValueError, KeyError, TypeError):
+            reply = json.loads(raw)
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; nesting past the stack
             raise bad("something else") from None
-        if rows is None or len(rows) != n:
-            raise bad(f"{len(data) if isinstance(data, list) else 'no'} rows")
-        try:
-            out = np.asarray([r["embedding"] for r in rows], np.float64)
-        except (KeyError, TypeError, ValueError):
-            raise bad("rows without a numeric `embedding`") from None
-        if out.ndim != 2 or out.shape[1] == 0:
+        data = reply.get("data") if isinstance(reply, dict) else None
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise bad("JSON without a `data` list of objects")
+        if len(data) != n:
+            raise bad(f"{len(data)} rows")
+        indices = [r.get("index") for r in data]
+        if any(i is not None for i in indices):
+            if not all(type(i) is int for i in indices):
+                raise bad("rows whose `index` is missing or not an integer")
+            if sorted(indices) != list(range(n)):
+                raise bad(f"`index` values {_few(indices)} where 0..{n - 1} were due, each once")
+            data = sorted(data, key=lambda r: r["index"])
+        rows = [r.get("embedding") for r in data]
+        if not all(isinstance(v, list) and v and all(type(x) in (int, float) for x in v) for v in rows):
+            raise bad("rows without a list of numbers as `embedding`")
+        if len({len(v) for v in rows}) != 1:
             raise bad("rows of different lengths")
+        out = np.asarray(rows, np.float64)
         if not np.isfinite(out).all() or np.abs(out).max() > np.finfo(np.float32).max:
             raise bad("NaN, infinite or out-of-range numbers")
         if self.dim is not None and out.shape[1] != self.dim:
@@ -117,14 +257,19 @@ class RemoteEmbedder:
         got = self(["dimension check"]).shape[1]
         if got != dim:
             raise RemoteError(
-                f"{self.url} ({self.model}) answers {got}-dimensional vectors; the model inverts {dim}-dimensional "
-                "ones: use the embedder the bundle was trained for"
+                f"{self.shown_url} ({self.model}) answers {got}-dimensional vectors; the model inverts "
+                f"{dim}-dimensional ones: use the embedder the bundle was trained for"
             )
 
 
 def _brief(body: bytes) -> str:
-    text = body.decode("utf-8", errors="replace").strip().splitlines()
-    return f": {text[0][:160]}" if text else ""
+    text = body[:4096].decode("utf-8", errors="replace").strip().splitlines()
+    return f": {one_line(text[0], limit=160)}" if text else ""
+
+
+def _few(values: list) -> str:
+    shown = ", ".join(repr(v) for v in values[:6])
+    return f"[{shown}{', …' if len(values) > 6 else ''}]"
 
 
 __all__ = ["RemoteEmbedder", "RemoteError", "DEFAULT_KEY_ENV"]

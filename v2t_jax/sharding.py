@@ -11,6 +11,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from v2t_jax.errors import V2TError
+
 # logical name -> mesh axis (or axes). Rules are tried in order; a mesh axis used once in an array is
 # skipped for later dimensions, so activations [batch, length, embed] keep `embed` unsharded.
 LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
@@ -27,7 +29,7 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
-class MeshError(ValueError):
+class MeshError(V2TError, ValueError):
     pass
 
 

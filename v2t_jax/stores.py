@@ -8,25 +8,38 @@ for `v2t audit`.
 
 Each reader returns `Records`: ids, float32 vectors [N, D], the stored documents (or None) and what the store
 records of the embedder (Chroma keeps its collection's embedding-function name and configuration). Every fault
-(no such store or collection, a store that is locked or damaged, an empty collection, a missing client library)
-is one `StoreError` line; nothing in the store is written.
+(no such store or collection, a store that is locked or damaged, an empty collection, a missing client library,
+a column that does not hold what it should) is one `StoreError` line.
+
+**Nothing in the store is written**: a store is evidence, and an audit leaves its files byte for byte as it
+found them. SQLite is opened read-only (`mode=ro`); Chroma's client, which writes to any store it opens (a
+lock row, its HNSW files), reads a snapshot copy made in a temporary folder (SQLite's backup API from the
+read-only connection, so the copy is consistent) that is removed afterwards. FAISS, LanceDB, .npy and parquet
+are read by readers that only read. `tests/test_audit.py` hashes every file of every kind of store before and
+after an audit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import math
 import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
+
+from v2t_jax.errors import V2TError
 
 KINDS = ("auto", "chroma", "lancedb", "faiss", "npy", "parquet")
 _PAGE = 1000  # records per Chroma request
 
 
-class StoreError(ValueError):
+class StoreError(V2TError, ValueError):
     """A store that cannot be read as asked; the message says what to do."""
 
 
@@ -38,6 +51,7 @@ class Records:
     kind: str  # chroma, faiss, npy, parquet
     source: str  # the path (and collection) read
     embedder: str | None = None  # the embedder the store records, as the store names it (Chroma)
+    note: str | None = None  # what the reader knows the audit should say of the vectors (a lossy FAISS code)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -167,11 +181,45 @@ def _pick_one(names: list[str], name: str | None, store: str, what: str) -> str:
     return name
 
 
-def _chroma(path: Path, name: str | None) -> Records:
-    chromadb = _need("chromadb", "a Chroma store", "chromadb")
-    _sqlite_readable(path, path / "chroma.sqlite3")
+@contextlib.contextmanager
+def _snapshot(path: Path) -> Iterator[Path]:
+    """A copy of the Chroma folder `path` in a temporary folder (removed afterwards), for a client that writes to
+    what it opens: chroma.sqlite3 through SQLite's backup API from a read-only connection (a consistent copy even
+    while another process writes), every other file as it is."""
+    import sqlite3
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"v2t-store-{os.getpid()}-"))
     try:
-        client = chromadb.PersistentClient(path=str(path))
+        copy = tmp / path.name
+        shutil.copytree(path, copy, symlinks=True, ignore=shutil.ignore_patterns("chroma.sqlite3*"))
+        source = sqlite3.connect(f"{(path / 'chroma.sqlite3').absolute().as_uri()}?mode=ro", uri=True, timeout=2.0)
+        try:
+            target = sqlite3.connect(copy / "chroma.sqlite3")
+            try:
+                source.backup(target)
+            finally:
+                target.close()
+        finally:
+            source.close()
+        yield copy
+    except (OSError, sqlite3.Error) as e:
+        raise StoreError(f"cannot copy the Chroma store {path} to read it untouched ({_brief(e)})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _chroma(path: Path, name: str | None) -> Records:
+    _need("chromadb", "a Chroma store", "chromadb")
+    _sqlite_readable(path, path / "chroma.sqlite3")
+    with _snapshot(path) as copy:
+        return _chroma_read(copy, path, name)
+
+
+def _chroma_read(copy: Path, path: Path, name: str | None) -> Records:
+    import chromadb
+
+    try:
+        client = chromadb.PersistentClient(path=str(copy))
         names = [c if isinstance(c, str) else c.name for c in client.list_collections()]
         name = _pick_one(names, name, f"the Chroma store {path}", "collection")
         col = client.get_collection(name)
@@ -201,11 +249,15 @@ def _chroma(path: Path, name: str | None) -> Records:
     )
 
 
+# Chroma's own embedding functions that are all-MiniLM-L6-v2 (ONNX): its default one, and ONNXMiniLM_L6_V2 named
+_CHROMA_MINILM = ("default", "onnx_mini_lm_l6_v2")
+
+
 def _chroma_embedder(ef: Any) -> str | None:
     """The embedder a Chroma collection records, as a model name where it says one."""
     if not isinstance(ef, dict) or not ef.get("name"):
         return None
-    if ef["name"] == "default":  # Chroma's default embedding function: ONNX all-MiniLM-L6-v2
+    if ef["name"] in _CHROMA_MINILM:
         return "all-MiniLM-L6-v2"
     model = (ef.get("config") or {}).get("model_name") or (ef.get("config") or {}).get("model")
     return str(model) if model else str(ef["name"])
@@ -232,16 +284,70 @@ def _faiss(path: Path) -> Records:
         vectors = inner.reconstruct_n(0, n) if n else np.zeros((0, index.d), np.float32)
     except Exception as e:
         raise StoreError(f"{path}: this FAISS index does not give back its vectors ({_brief(e)})") from None
-    return Records(ids, np.asarray(vectors), None, "faiss", str(path))
+    return Records(ids, np.asarray(vectors), None, "faiss", str(path), note=_faiss_loss(faiss, inner, index.d))
+
+
+def _faiss_loss(faiss, index, dim: int) -> str | None:
+    """What the report says when the index keeps a lossy code of each vector (PQ, LSH, scalar quantizers): the
+    audited vectors are its reconstructions, not the embeddings that were added."""
+    storage = faiss.downcast_index(index.storage) if hasattr(index, "storage") else index  # HNSW: its storage
+    code = getattr(storage, "code_size", None)
+    if not isinstance(code, int) or code >= 4 * dim:
+        return None
+    return (
+        f"This {type(storage).__name__} index keeps {code} bytes per vector where the float32 embedding takes "
+        f"{4 * dim}: the audited vectors are its lossy reconstructions, not the embeddings that were added, so "
+        "their cosines and the recovered text measure what the index itself gives away."
+    )
+
+
+def read_npy(path: str | os.PathLike) -> np.ndarray:
+    """The [N, D] float array of a .npy file, its header checked against the file before anything is allocated
+    (a header may claim 10^12 rows), never a pickle; StoreError for anything else."""
+    path = Path(path)
+
+    def bad(why: str) -> StoreError:
+        return StoreError(f"cannot read {path} as a .npy array ({why})")
+
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                raise bad("not a .npy file (no NumPy header); save the [N, D] vectors with numpy.save")
+            f.seek(0)
+            version = fmt.read_magic(f)
+            readers = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+            if version not in readers:
+                raise bad(f".npy format version {version[0]}.{version[1]}; save it with numpy.save")
+            shape, _, dtype = readers[version](f)  # a header that does not parse raises ValueError
+            offset = f.tell()
+            size = os.fstat(f.fileno()).st_size
+    except StoreError:
+        raise
+    except OSError as e:
+        raise bad(e.strerror or str(e)) from None
+    except Exception as e:  # numpy parses the header with tokenize + literal_eval: ValueError, TokenError, ...
+        raise bad(f"its header does not parse: {_brief(e)}") from None
+    if dtype.hasobject:
+        raise bad("it holds Python objects, which v2t never loads; save a float array")
+    if len(shape) != 2:
+        raise bad(f"an array of shape {tuple(shape)}, not [N, D] vectors")
+    if dtype.kind != "f":
+        raise bad(f"{dtype} values, not float vectors")
+    need = math.prod(shape) * dtype.itemsize
+    if need != size - offset:
+        raise bad(
+            f"its header claims {shape[0]:,} x {shape[1]:,} {dtype} values ({need:,} bytes) and the file holds "
+            f"{size - offset:,}: it is truncated or damaged"
+        )
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, MemoryError) as e:
+        raise bad(_brief(e)) from None
 
 
 def _npy(path: Path) -> Records:
-    try:
-        vectors = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise StoreError(f"cannot read {path} as a .npy array ({_brief(e)})") from None
-    if vectors.dtype.kind != "f":
-        raise StoreError(f"{path} holds {vectors.dtype} values, not float vectors")
+    vectors = read_npy(path)
     return Records([str(i) for i in range(len(vectors))], vectors, None, "npy", str(path))
 
 
@@ -307,13 +413,30 @@ def _from_arrow(table, source: str, kind: str, vector_column, text_column, id_co
     vcol = pick(vector_column, ("embedding", "vector", "embeddings", "vectors"), "vector", True)
     tcol = pick(text_column, ("document", "text", "documents", "content"), "text", False)
     icol = pick(id_column, ("id", "ids"), "id", False)
+    import pyarrow as pa
+
+    vtype = table.schema.field(vcol).type
+    numeric = lambda t: pa.types.is_floating(t) or pa.types.is_integer(t)  # noqa: E731
+    is_list = pa.types.is_list(vtype) or pa.types.is_large_list(vtype) or pa.types.is_fixed_size_list(vtype)
+    if not (is_list and numeric(vtype.value_type)):
+        raise StoreError(f"{source}: column {vcol!r} is {vtype}, not lists of numbers (vectors)")
+    if table.column(vcol).null_count:
+        raise StoreError(f"{source}: column {vcol!r} has {table.column(vcol).null_count} rows without a vector")
     try:
         vectors = np.asarray(table.column(vcol).to_pylist(), np.float32)
     except (ValueError, TypeError):
         raise StoreError(f"{source}: column {vcol!r} does not hold vectors of one length") from None
+    if vectors.ndim != 2:
+        raise StoreError(f"{source}: column {vcol!r} does not hold vectors of one length")
     n = len(vectors)
     ids = [str(x) for x in table.column(icol).to_pylist()] if icol else [str(i) for i in range(n)]
-    docs = table.column(tcol).to_pylist() if tcol else None
+    docs = None
+    if tcol:
+        ttype = table.schema.field(tcol).type
+        text = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view, pa.types.is_null)
+        if not any(is_text(ttype) for is_text in text):
+            raise StoreError(f"{source}: text column {tcol!r} is {ttype}, not text; name another with --text-column")
+        docs = table.column(tcol).to_pylist()
     return Records(ids, vectors, docs, kind, source)
 
 

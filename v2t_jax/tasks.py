@@ -18,9 +18,10 @@ import ml_collections
 import numpy as np
 
 from v2t_jax import correction, inversion
+from v2t_jax.errors import V2TError
 
 
-class TrainingError(RuntimeError):
+class TrainingError(V2TError, RuntimeError):
     """A run cannot start or continue; the message says what to do (raised as `train.TrainingError` too)."""
 
 

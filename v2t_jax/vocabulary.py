@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from v2t_jax.errors import V2TError
 
-class VocabularyError(ValueError):
+
+class VocabularyError(V2TError, ValueError):
     """A tokenizer that cannot serve as the decoder's vocabulary; the message says what to do."""
 
 

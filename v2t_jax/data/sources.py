@@ -34,8 +34,10 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from v2t_jax.errors import V2TError
 
-class SourceError(RuntimeError):
+
+class SourceError(V2TError, RuntimeError):
     """A source could not be fetched or read; the message says what to do."""
 
 

@@ -1,0 +1,320 @@
+"""Where v2t writes, and how: every output is a regular file (or a path that does not exist yet), written whole,
+by one run at a time, as strict JSON.
+
+- `check_file` / `check_folder` before any work: an output that exists without --overwrite, that is a directory,
+  a symbolic link, a device, a FIFO or a socket, that sits under a regular file, or in a folder that is
+  read-only or full, is one `OutputError` line. A symbolic link is refused rather than renamed over (the link
+  would become a file; a link to `/dev/stdout` or a device would be replaced).
+- `write_atomic`: into a temporary file beside the output, then renamed into place with the mode the replaced
+  file had (or the umask's); nothing is left behind on failure.
+- `lock`: one writer per output. A second run on the same output stops at once with the holder's pid; the lock
+  goes with the process, so a killed run never leaves its output locked.
+- `dumps`: JSON that strict parsers read (no NaN or Infinity: a number that is not finite is written `null`).
+- `RowStream`: rows streamed in order to OUTPUT.partial, synced per batch, and resumed after an interruption.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import math
+import os
+import stat
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from v2t_jax import assets
+from v2t_jax.errors import V2TError
+
+_PROBE_BYTES = 64 * 1024  # what a folder must take before any work starts (a full disk is found here)
+
+
+class OutputError(V2TError, ValueError):
+    """An output that cannot or must not be written; the message says what to do."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a directory")):  # fmt: skip
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_regular(path: Path, what: str = "output") -> bool:
+    """True if `path` is a regular file, False if nothing is there; OutputError for anything else (a link is not
+    followed: v2t would rename a finished file over it)."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):  # (a file on the way is for the caller to name)
+        return False
+    except OSError as e:
+        raise OutputError(f"cannot use {what} {path} ({e.strerror or e})") from None
+    if stat.S_ISREG(st.st_mode):
+        return True
+    hint = "pass the path it points to" if stat.S_ISLNK(st.st_mode) else "pass a file path"
+    raise OutputError(f"{what} {path} is {_kind(st.st_mode)}, not a regular file: {hint}")
+
+
+def _errno_words(e: OSError) -> str:
+    if e.errno == errno.EROFS:
+        return "the file system is read-only"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on the device"
+    return e.strerror or str(e)
+
+
+def probe(folder: Path, what: str) -> None:
+    """OutputError unless `folder` takes a new file of `_PROBE_BYTES` (read-only, full or unwritable folders are
+    found before any work)."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".v2t-probe-{os.getpid()}-") as f:
+            f.write(b"\0" * _PROBE_BYTES)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise OutputError(f"cannot write {what}: {_errno_words(e)} in {folder}") from None
+
+
+def _existing_parent(path: Path, what: str) -> Path:
+    """The folder `path` would be made in: its nearest existing ancestor, which must be a directory."""
+    parent = path.parent if str(path.parent) else Path(".")
+    while not parent.exists():
+        if parent.is_symlink():
+            raise OutputError(f"cannot write {what} {path}: {parent} is a broken symbolic link")
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {what} {path}: {parent} is a file, not a folder")
+    return parent
+
+
+def check_file(
+    path: str | os.PathLike, overwrite: bool, inputs: Sequence[str | os.PathLike] = (), what: str = "output"
+) -> Path:
+    """Fails early (before any work) if the output file cannot or must not be written, or is one of `inputs`."""
+    path = Path(path)
+    for inp in inputs:
+        if path.exists() and Path(inp).exists() and os.path.samefile(path, inp):
+            raise OutputError(f"{what} {path} is the input {inp}; write the {what} to another path")
+    if path.is_dir() and not path.is_symlink():
+        raise OutputError(f"{what} {path} is a directory; pass a file path such as vectors.npy")
+    exists = check_regular(path, what)
+    if exists and not overwrite:
+        raise OutputError(f"{what} {path} already exists; pass --overwrite to replace it")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        _existing_parent(path, what)  # a file on the way is named as such
+        raise OutputError(f"cannot write {path}: directory {parent} does not exist")
+    probe(parent, str(path))
+    return path
+
+
+def check_folder(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Fails early if the folder `path` (made by the run, with its parents) cannot be made or written."""
+    path = Path(path)
+    if path.is_symlink() and not path.is_dir():
+        raise OutputError(f"{what} {path} is a broken symbolic link; pass a folder")
+    if path.exists():
+        if not path.is_dir():
+            raise OutputError(f"{path} is a file; pass a folder for the {what.removesuffix(' folder')}")
+        probe(path, f"in {path}")
+    else:
+        probe(_existing_parent(path, what), str(path))
+    return path
+
+
+def mode_for(path: Path) -> int:
+    """The mode an output gets: the replaced file's, or for a new file what the umask allows of 0666 (mkstemp
+    creates its temporary file 0600 whatever the umask)."""
+    return path.stat().st_mode & 0o7777 if check_regular(path) else assets.new_file_mode()
+
+
+def write_atomic(path: Path, write: Callable[[Any], None], binary: bool) -> None:
+    """write(file) into a temporary file beside `path`, then renamed into place with `mode_for`'s mode; nothing
+    is left behind on failure, and nothing but a regular file (or nothing) at `path` is ever replaced."""
+    path = Path(path)
+    mode = mode_for(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    assets.sweep_stale(parent, f".{path.name}.", ".")  # what a killed run left beside this output
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        check_regular(path)  # (again: it may have changed while the work ran)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_atomic(path, lambda f: f.write(text), binary=False)
+
+
+def save_npy_atomic(path: Path, array) -> None:
+    import numpy as np
+
+    write_atomic(path, lambda f: np.save(f, array), binary=True)
+
+
+# ----------------------------------------------------------------------------------------------- strict JSON
+
+
+def finite(value: Any) -> Any:
+    """`value` with every float that is not finite (NaN, ±inf) made None, through dicts, lists and tuples."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def dumps(obj: Any, **kw) -> str:
+    """Strict JSON (RFC 8259): a number that is not finite is written null, never NaN or Infinity."""
+    return json.dumps(finite(obj), ensure_ascii=False, allow_nan=False, **kw)
+
+
+# ----------------------------------------------------------------------------------------------- one writer
+
+
+def lock_path(output: Path) -> Path:
+    output = Path(output)
+    return output.with_name(f".{output.name}.lock")
+
+
+@contextlib.contextmanager
+def lock(output: Path, command: str) -> Iterator[None]:
+    """One run per output: an advisory lock on `.OUTPUT.lock` beside it (with the holder's pid) for the whole
+    run; a second run on the same output stops with a one-line OutputError. The lock file is removed when the
+    run ends; one a killed run left holds no lock and is taken over."""
+    path = lock_path(output)
+    while True:
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise OutputError(f"{path} (the lock of {output}) is not a regular file; remove it")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise OutputError(f"cannot lock {output} ({_errno_words(e)})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise OutputError(
+                f"{output} is being written by another v2t {command} (pid {holder}); wait for it to end or pass "
+                "another --output"
+            ) from None
+        try:  # the file locked may have been removed by the run that held it: lock the one at `path`
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # while still locked: a waiting run then finds no file, or a new one
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------------------------- streamed rows
+
+
+def _no_follow(path, flags):
+    return os.open(path, flags | os.O_NOFOLLOW, 0o666)
+
+
+class RowStream:
+    """JSON lines written in order to OUTPUT.partial as batches finish, with OUTPUT.partial.json naming the run
+    (inputs and settings); `done` rows are on disk (whole batches: a torn last batch is cut off) and a rerun of
+    the same run continues after them. `finish` renames the rows into place with the output's mode.
+
+    `complete`: OUTPUT is there already with the state of this same run beside it (a run stopped after its rows
+    and before what it does with them, e.g. `v2t audit`'s report); the caller only finishes that part."""
+
+    def __init__(self, output: Path, run: dict, batch: int, command: str):
+        self.output, self.run, self.command = Path(output), run, command
+        self.partial = self.output.with_name(self.output.name + ".partial")
+        self.state = self.output.with_name(self.output.name + ".partial.json")
+        self.done = 0
+        self.complete = False
+        has_state, has_partial = check_regular(self.state), check_regular(self.partial)
+        if not (has_state or has_partial):
+            return
+        try:
+            saved = json.loads(self.state.read_text())
+        except (OSError, ValueError):
+            saved = None
+        if saved != json.loads(dumps(run)):
+            raise OutputError(
+                f"{self.partial} holds an interrupted run of other inputs or settings; rerun that command to "
+                f"finish it, or delete {self.partial} and {self.state}"
+            )
+        if not has_partial and check_regular(self.output):
+            self.complete = True
+            with self.output.open("rb") as f:
+                self.done = sum(1 for _ in f)
+            return
+        lines = self.partial.read_bytes().split(b"\n") if has_partial else [b""]
+        whole = len(lines) - 1  # the last piece has no newline: empty, or a torn row
+        self.done = whole - whole % batch
+        if has_partial:
+            with open(self.partial, "r+b") as f:
+                f.truncate(sum(len(x) + 1 for x in lines[: self.done]))
+        print(f"v2t {command}: resuming after the {self.done} rows in {self.partial}", file=sys.stderr)
+
+    def append(self, rows: list[dict]) -> None:
+        try:
+            if not check_regular(self.state, "state file"):
+                write_text_atomic(self.state, dumps(self.run) + "\n")
+            check_regular(self.partial, "partial output")
+            with open(self.partial, "a", encoding="utf-8", opener=_no_follow) as f:
+                f.write("".join(dumps(r) + "\n" for r in rows))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise OutputError(
+                f"cannot write {self.partial} ({e.strerror or e}); the {self.done} rows done are kept: free space "
+                "and rerun the same command to continue"
+            ) from None
+        self.done += len(rows)
+
+    def finish(self, keep_state: bool = False) -> None:
+        """OUTPUT.partial becomes OUTPUT; the run's state is removed unless `keep_state` (the caller still has
+        work to do with the rows, and removes it with `close`)."""
+        if self.complete:
+            return
+        if not check_regular(self.partial, "partial output"):  # no rows at all
+            write_text_atomic(self.partial, "")
+        if not check_regular(self.state, "state file"):
+            write_text_atomic(self.state, dumps(self.run) + "\n")
+        os.chmod(self.partial, mode_for(self.output))
+        check_regular(self.output)
+        os.replace(self.partial, self.output)
+        if not keep_state:
+            self.close()
+
+    def close(self) -> None:
+        self.state.unlink(missing_ok=True)
+
+    def rows(self) -> list[dict]:
+        return [json.loads(line) for line in self.output.read_text(encoding="utf-8").splitlines()]
+
+
+__all__ = ["OutputError", "check_file", "check_folder", "check_regular", "write_atomic", "write_text_atomic",
+           "save_npy_atomic", "dumps", "finite", "lock", "RowStream"]  # fmt: skip
