@@ -382,9 +382,10 @@ def test_an_audit_stopped_after_its_records_finishes_its_report(capsys, tmp_path
     code, out = _audit(tmp_path, tmp_path / "v.npy", *args)
     assert code == 0 and "v2t audit: finishing the report of the 6 records" in capsys.readouterr().err
     assert (out / "records.jsonl").read_text() == (out_whole / "records.jsonl").read_text()
-    assert json.loads((out / "summary.json").read_text())["bleu"] == json.loads(
-        (out_whole / "summary.json").read_text()
-    )["bleu"]
+    assert (
+        json.loads((out / "summary.json").read_text())["bleu"]
+        == json.loads((out_whole / "summary.json").read_text())["bleu"]
+    )
     assert sorted(p.name for p in out.iterdir()) == ["records.jsonl", "report.md", "report.png", "summary.json"]
 
 

@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 from servers import RawServer, http_reply
 
-from v2t_jax import stores
 from v2t_jax.remote import RemoteEmbedder, RemoteError
 
 pytestmark = pytest.mark.slow

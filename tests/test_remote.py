@@ -216,7 +216,8 @@ def test_a_url_with_credentials_and_a_key_that_cannot_be_a_header_are_refused(mo
 
 
 @pytest.mark.parametrize(
-    "timeout", ["nan", "inf", "-1", "0", "1e9"],
+    "timeout",
+    ["nan", "inf", "-1", "0", "1e9"],
 )
 def test_a_timeout_that_is_not_a_number_of_seconds_is_one_line(capsys, tmp_path, timeout):
     np.save(tmp_path / "v.npy", np.ones((1, 384), np.float32))
@@ -255,8 +256,10 @@ HOSTILE = {
         http_reply(200, embeddings_reply(0, rows=[{"index": i, "embedding": ["1.0"] * 384} for i in range(2)])),
         "without a list of numbers",
     ),
-    "NaN in a vector": (http_reply(200, b'{"data": [{"index": 0, "embedding": [NaN]}, '
-                                        b'{"index": 1, "embedding": [1.0]}]}'), "NaN, infinite"),  # fmt: skip
+    "NaN in a vector": (
+        http_reply(200, b'{"data": [{"index": 0, "embedding": [NaN]}, {"index": 1, "embedding": [1.0]}]}'),
+        "NaN, infinite",
+    ),  # fmt: skip
 }
 
 

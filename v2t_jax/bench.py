@@ -8,7 +8,6 @@ the backend reports them, else the process's peak resident set).
 from __future__ import annotations
 
 import itertools
-import json
 import platform
 import resource
 import statistics
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import jax
 import numpy as np
+
+from v2t_jax import outputs
 
 
 def reset_peak_memory() -> None:
@@ -150,7 +151,7 @@ def write(rows: list[dict], out: Path, command: str, model_desc: str) -> str:
         "machine": platform.machine(),
         "rows": rows,
     }
-    out.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
+    out.with_suffix(".json").write_text(outputs.dumps(meta, indent=1) + "\n")
     lines = [
         f"# v2t bench: {model_desc}",
         "",

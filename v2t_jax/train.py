@@ -32,7 +32,7 @@ import optax
 from flax import struct
 from jax.experimental import multihost_utils
 
-from v2t_jax import checkpoint, decoding, evaluate, inversion, metrics, sharding, tasks, vocabulary
+from v2t_jax import checkpoint, decoding, evaluate, inversion, metrics, outputs, sharding, tasks, vocabulary
 from v2t_jax.tasks import TrainingError, inverter_bundle, warm_start  # noqa: F401  (re-exported)
 from v2t_jax.models import t5 as t5_lib
 
@@ -385,7 +385,7 @@ class Logger:
             return
         row = {"step": int(step), "kind": kind, "time": time.time(), **{k: _py(v) for k, v in values.items()}}
         with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(outputs.dumps(row) + "\n")  # strict JSON: a NaN loss is written null
         if self.tb is not None:
             for k, v in values.items():
                 if isinstance(v, (int, float, np.floating, np.integer)) or (hasattr(v, "shape") and v.shape == ()):
@@ -526,7 +526,7 @@ def _check_config_against_saved(config: ml_collections.ConfigDict, workdir: Path
                 f"{workdir} holds a run with a different config ({', '.join(diff)}); use a new --workdir to start over"
             )
     if jax.process_index() == 0:
-        path.write_text(json.dumps(current, indent=2) + "\n")
+        path.write_text(outputs.dumps(current, indent=2) + "\n")
 
 
 def _schedule_keys_changed(saved: dict, current: dict) -> bool:
