@@ -636,7 +636,7 @@ def test_extreme_float128_vectors_normalise_instead_of_overflowing():
         ("1-d array", "an array of shape (384,), not [N, D] vectors"),
         ("header claims 10**12 rows", "its header claims 1,000,000,000,000 x 384 float32 values"),
         ("truncated data", "it is truncated or damaged"),
-        ("integers", "int64 values, not float vectors"),
+        ("integers", "int64 values: embeddings must be floating point"),
         ("unparsable header", "cannot read"),
     ],
 )
@@ -690,3 +690,38 @@ def test_a_train_config_that_does_not_load_is_one_line(capsys, tmp_path, source,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("v2t train: error: ") and message in err[0], err
     assert not work.exists()
+
+
+def test_a_bundle_is_never_written_through_a_link(tmp_path, small_bundle):
+    """`v2t export` and `Vec2Text.save` write the bundle's files in place: a link to a device (or anywhere) among
+    them is refused before anything is written, and left as it was."""
+    _, model = small_bundle
+    folder = tmp_path / "bundle"
+    folder.mkdir()
+    (folder / "corrector.safetensors").symlink_to("/dev/null")
+    with pytest.raises(api.ModelError, match="corrector.safetensors is a symbolic link, not a regular file"):
+        model.save(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["corrector.safetensors"]
+    assert os.readlink(folder / "corrector.safetensors") == "/dev/null"
+
+
+def test_bench_refuses_an_output_that_is_a_link_before_any_work(capsys, tmp_path, monkeypatch):
+    (tmp_path / "bench.md").symlink_to("/dev/null")
+    _not_loaded(monkeypatch)
+    code = cli.main(["bench", "--checkpoint", "x", "--output", str(tmp_path / "bench"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "bench.md is a symbolic link" in err[0], err
+
+
+@pytest.mark.parametrize("name", ["o.jsonl.partial", "o.jsonl.partial.json"])
+def test_a_linked_partial_file_is_never_truncated_or_appended_to(capsys, tmp_path, monkeypatch, name):
+    """A resumed run truncates OUTPUT.partial to its whole batches and appends to it: were it a link, the file
+    it points to would be cut. Refused before any work; the target keeps its bytes."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n" * 10)
+    (tmp_path / name).symlink_to(victim)
+    _not_loaded(monkeypatch)
+    assert cli.main(_invert_args(tmp_path, tmp_path / "o.jsonl")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{name} is a symbolic link, not a regular file" in err[0], err
+    assert victim.read_text() == "precious\n" * 10

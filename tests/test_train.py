@@ -598,12 +598,17 @@ def test_lr_scale_decays_to_zero_at_the_deadline():
     assert lr_scale_at(30, 100, decay_start=0.5) == 1.0 and lr_scale_at(75, 100, decay_start=0.5) == pytest.approx(0.5)
 
 
-def test_time_boxed_bfloat16_run_stops_at_its_deadline_and_exports_float32(capsys, tmp_path, tiny_data):
+def test_time_boxed_bfloat16_run_stops_at_its_deadline_and_exports_float32(capsys, tmp_path, tiny_data,
+                                                                           monkeypatch):  # fmt: skip
     """train_minutes stops the run at the deadline (not at num_steps), with a checkpoint and an eval there;
     the learning-rate factor falls over the run; rerunning finds the budget spent; t5.dtype=bfloat16 trains
-    and the exported bundle computes in float32."""
+    and the exported bundle computes in float32. The run reads an injected clock that advances 0.5 s per
+    reading, so the outcome does not depend on the machine's speed (it once logged 1 step on a busy machine,
+    its 15 s budget spent compiling)."""
     from v2t_jax import export, train
 
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(train, "clock", lambda: 0.5 * next(ticks))
     run = tmp_path / "run"
     cfg = _tiny_config(
         tiny_data,
@@ -614,14 +619,12 @@ def test_time_boxed_bfloat16_run_stops_at_its_deadline_and_exports_float32(capsy
         "--config.checkpoint_every=100000",
         "--config.t5.dtype=bfloat16",
     )
-    t0 = time.perf_counter()
     train.train(cfg, run)
-    assert time.perf_counter() - t0 < 0.25 * 60 + 60  # stopped near the budget (compile + final save on top)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     scales = [r["lr_scale"] for r in rows if r["kind"] == "train"]
     assert len(scales) >= 3 and scales == sorted(scales, reverse=True) and scales[-1] < 0.2
     steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
-    assert steps and 5 < steps[-1] < 100000
+    assert steps and 5 < steps[-1] <= 16  # 15 s of clock at two readings per step (0.5 s each)
     assert f"budget is spent at step {steps[-1]}" in capsys.readouterr().err
     train.train(cfg, run)  # the same command again: nothing left to do
     assert f"budget is spent at step {steps[-1]}" in capsys.readouterr().err

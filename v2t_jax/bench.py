@@ -151,7 +151,7 @@ def write(rows: list[dict], out: Path, command: str, model_desc: str) -> str:
         "machine": platform.machine(),
         "rows": rows,
     }
-    out.with_suffix(".json").write_text(outputs.dumps(meta, indent=1) + "\n")
+    outputs.write_text_atomic(out.with_suffix(".json"), outputs.dumps(meta, indent=1) + "\n")
     lines = [
         f"# v2t bench: {model_desc}",
         "",
@@ -167,5 +167,5 @@ def write(rows: list[dict], out: Path, command: str, model_desc: str) -> str:
         for r in rows
     ]
     text = "\n".join(lines) + "\n"
-    out.with_suffix(".md").write_text(text)
+    outputs.write_text_atomic(out.with_suffix(".md"), text)
     return text

@@ -400,6 +400,13 @@ def write(
     if corrector is not None:
         encoded[WEIGHT_FILES["corrector"]] = encode_params(corrector, meta.weights)
     folder = Path(folder)
+    from v2t_jax import outputs
+
+    for name in [*encoded, VOCABULARY_FILE, FILE]:  # a link or device is never written through
+        try:
+            outputs.check_regular(folder / name, "bundle file")
+        except outputs.OutputError as e:
+            raise ModelError(str(e)) from None
     folder.mkdir(parents=True, exist_ok=True)
     (folder / FILE).unlink(missing_ok=True)
     mode = new_file_mode()

@@ -251,6 +251,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     references = read_texts(args.references) if args.references else None
     output = check_file(args.output, args.overwrite, [args.embeddings] + ([args.references] if references else []))
+    RowStream.check(output)
     with outputs.lock(output, "invert"):
         return _invert(args, path, vectors, references, output)
 
@@ -433,6 +434,7 @@ def _check_no_report(out: Path, overwrite: bool) -> None:
     for name in (audit.REPORT, audit.SUMMARY, audit.FIGURE, audit.RECORDS):
         outputs.check_regular(out / name, "report file")
     records = out / audit.RECORDS
+    RowStream.check(records)
     resumable = records.with_name(f"{records.name}.partial.json").exists()
     finished = (out / audit.REPORT).exists() or (records.exists() and not resumable)
     if finished and not overwrite:
@@ -480,6 +482,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     beams = _int_list(args.beam, "--beam")
     if min(batches) < 1 or min(steps) < 0 or min(beams) < 1 or args.repeats < 1:
         raise UsageError("--batch, --beam and --repeats must be >= 1 and --steps >= 0")
+    from v2t_jax import outputs
+
+    out = Path(args.output)
+    outputs.check_folder(out.parent, "output folder")  # before any work: the results are written at the end
+    for path in (out.with_suffix(".md"), out.with_suffix(".json")):
+        outputs.check_regular(path)
     from v2t_jax import api, bench
 
     if (args.checkpoint is None) == (args.config is None):

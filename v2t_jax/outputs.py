@@ -249,8 +249,7 @@ class RowStream:
 
     def __init__(self, output: Path, run: dict, batch: int, command: str):
         self.output, self.run, self.command = Path(output), run, command
-        self.partial = self.output.with_name(self.output.name + ".partial")
-        self.state = self.output.with_name(self.output.name + ".partial.json")
+        self.partial, self.state = self.paths(self.output)
         self.done = 0
         self.complete = False
         has_state, has_partial = check_regular(self.state), check_regular(self.partial)
@@ -277,6 +276,17 @@ class RowStream:
             with open(self.partial, "r+b") as f:
                 f.truncate(sum(len(x) + 1 for x in lines[: self.done]))
         print(f"v2t {command}: resuming after the {self.done} rows in {self.partial}", file=sys.stderr)
+
+    @staticmethod
+    def paths(output: Path) -> tuple[Path, Path]:
+        """(OUTPUT.partial, OUTPUT.partial.json)."""
+        return output.with_name(output.name + ".partial"), output.with_name(output.name + ".partial.json")
+
+    @staticmethod
+    def check(output: Path) -> None:
+        """OutputError unless the stream's files are regular files or missing (before any work)."""
+        for path, what in zip(RowStream.paths(Path(output)), ("partial output", "state file")):
+            check_regular(path, what)
 
     def append(self, rows: list[dict]) -> None:
         try:

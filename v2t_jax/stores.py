@@ -333,7 +333,7 @@ def read_npy(path: str | os.PathLike) -> np.ndarray:
     if len(shape) != 2:
         raise bad(f"an array of shape {tuple(shape)}, not [N, D] vectors")
     if dtype.kind != "f":
-        raise bad(f"{dtype} values, not float vectors")
+        raise bad(f"{dtype} values: embeddings must be floating point")
     need = math.prod(shape) * dtype.itemsize
     if need != size - offset:
         raise bad(

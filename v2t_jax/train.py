@@ -614,6 +614,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
 LOCK_FILE = "train.lock"
 
 
+def clock() -> float:
+    """The clock a time-boxed run (config.train_minutes) reads, in seconds; the only one it reads, so that a test
+    can replace it and time-boxing does not depend on how fast the machine is at that moment."""
+    return time.perf_counter()
+
+
 @contextlib.contextmanager
 def workdir_lock(workdir: Path):
     """One `v2t train` per workdir: process 0 holds an advisory lock on WORKDIR/train.lock (with its pid) for
@@ -812,12 +818,12 @@ def run_loop(run: Run, workdir: Path, mesh) -> dict:
 
     budget_s = 60.0 * loop.train_minutes
     elapsed_before = float(data_state.get("elapsed_s", 0.0)) if restored is not None else 0.0
-    t_start = time.perf_counter()
+    t_start = clock()
 
     def elapsed() -> float:
-        """Seconds of this run so far; with several processes, process 0's clock, so that every process takes
-        the same learning-rate factor and stops at the same step."""
-        t = elapsed_before + time.perf_counter() - t_start
+        """Seconds of this run so far (by `clock`); with several processes, process 0's clock, so that every
+        process takes the same learning-rate factor and stops at the same step."""
+        t = elapsed_before + clock() - t_start
         if budget_s > 0 and jax.process_count() > 1:
             t = float(multihost_utils.broadcast_one_to_all(np.float64(t)))
         return t

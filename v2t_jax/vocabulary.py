@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -80,3 +81,62 @@ class Vocabulary:
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode([int(t) for t in ids], skip_special_tokens=True)
+
+    def readable(self, texts: list[str]) -> list[str]:
+        """Decoded texts as people write them (`readable`) for the embedder's WordPiece, whose decoding spaces
+        out punctuation ("elton ' s"); an external tokenizer's decoding is already so."""
+        return [readable(t) for t in texts] if self.in_graph else list(texts)
+
+
+# The embedder's WordPiece decoding keeps a space on each side of most punctuation ("elton ' s ( cns ) said :
+# i ' ve co - operated"). These rules take the spaces out where written text has none. They only remove spaces
+# next to punctuation, which the embedder's tokenizer splits off anyway, so the embedder reads the readable text
+# as the same tokens (tests/test_vocabulary.py checks the round trip on real passages), and scores, computed on
+# the decoding itself, do not change.
+_READABLE = [
+    (re.compile(r"(\w) ' (?=(?:s|t|ve|re|ll|d|m)\b)"), r"\1'"),  # elton ' s, i ' ve, don ' t
+    (re.compile(r"\b([od]) ' (?=\w)"), r"\1'"),  # o ' neil, d ' arcy
+    (re.compile(r"- -"), "--"),
+    (re.compile(r"(\w) - (?=\w)"), r"\1-"),  # co - operate, well - known
+    (re.compile(r"(\w) / (?=\w)"), r"\1/"),  # and / or
+    (re.compile(r"\. \. \."), "..."),
+    (re.compile(r"\b([^\W\d_])\. (?=[^\W\d_]\.)"), r"\1."),  # e. g., u. s., a. m. (single letters)
+    (re.compile(r"(\d)\. (?=\d)"), r"\1."),  # 3. 5
+    (re.compile(r"(\d) : (?=\d\d\b)"), r"\1:"),  # 10 : 30
+    (re.compile(r"(\d), (?=\d{3}\b)"), r"\1,"),  # 1, 000
+    (re.compile(r"([(\[{]) "), r"\1"),  # ( cns )
+    (re.compile(r" ([)\]}])"), r"\1"),
+    (re.compile(r"(\S) ([.,;:!?%])(?=\s|$)"), r"\1\2"),  # said : -> said:, 5 % -> 5%
+    (re.compile(r"([$£€#@]) (?=\w)"), r"\1"),  # $ 5, # tag
+]
+
+
+def readable(text: str) -> str:
+    """`text` as the embedder's WordPiece decoding writes it, with the spaces around punctuation taken out where
+    written text has none; quotation marks (double, and single ones left after contractions) are paired: an
+    opening one joins the next word, a closing one the word before."""
+    for pattern, repl in _READABLE:
+        text = pattern.sub(repl, text)
+    for mark in ('"', "'"):
+        if f" {mark} " in f" {text} ":
+            text = _pair_quotes(text, mark)
+    return text
+
+
+def _pair_quotes(text: str, mark: str) -> str:
+    out: list[str] = []
+    opening, glue = True, False
+    for part in text.split(" "):
+        if part == mark:
+            if opening or not out:
+                out.append(mark)
+                glue = True
+            else:
+                out[-1] += mark
+            opening = not opening
+        elif glue:
+            out[-1] += part
+            glue = False
+        else:
+            out.append(part)
+    return " ".join(out)
