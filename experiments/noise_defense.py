@@ -71,8 +71,9 @@ def invert_scores(model, vectors, clean, refs, steps: int, sbeam: int, batch: in
     from v2t_jax import evaluate
 
     texts, trace = model.invert_embeddings(
-        vectors, num_steps=steps, sequence_beam_width=sbeam, batch_size=batch, return_trace=True, progress=True
-    )
+        vectors, num_steps=steps, sequence_beam_width=sbeam, batch_size=batch, return_trace=True, progress=True,
+        readable=False,  # the decoding itself: scored against the embedder's view
+    )  # fmt: skip
     back = model.embed_texts(texts)
     out = evaluate.score(texts, refs, (unit(back) * unit(clean)).sum(1).tolist())
     out["cosine_to_noised"] = float(np.mean(trace["cosine"]))

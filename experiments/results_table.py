@@ -77,6 +77,7 @@ def main(argv=None) -> int:
             batch_size=args.batch_size,
             return_trace=True,
             progress=True,
+            readable=False,  # the decoding itself: scored against the embedder's view
         )
         runs[beam] = {"steps": steps, "trace": trace["steps"], "seconds": time.perf_counter() - t0}
 

@@ -32,7 +32,7 @@ def test_gpu_release_recipe_at_tiny_scale(tmp_path, minilm, sentences):
         "PATH": "/usr/bin:/bin",
     }
     proc = subprocess.run(
-        ["bash", str(ROOT / "experiments/gpu_release.sh"), str(kit), str(out), "4", "tiny"],
+        ["bash", str(ROOT / "experiments/gpu_release.sh"), str(kit), str(out), "6", "tiny"],
         cwd=ROOT,
         env=env,
         capture_output=True,

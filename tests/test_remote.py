@@ -298,3 +298,16 @@ def test_an_http_proxy_from_the_environment_is_used(raw, monkeypatch):
     out = RemoteEmbedder("http://embeddings.example:8080", "m")(["a"])
     assert out.shape == (1, 2)
     assert proxy.requests[0]["line"] == "POST http://embeddings.example:8080/v1/embeddings HTTP/1.1"
+
+
+def test_a_key_in_the_url_never_reaches_the_audit_report(tmp_path, fresh, minilm, sentences):
+    """The report names its command: a key given in --embedder-url's query is redacted there too (and in the
+    records' run state, which names the endpoint without its query)."""
+    np.save(tmp_path / "v.npy", minilm.embed_texts(sentences[:2]))
+    out = tmp_path / "report"
+    code = cli.main(["audit", str(tmp_path / "v.npy"), "--output", str(out), "--quiet", "--steps", "1",
+                     "--embedder-url", f"{fresh.url}/v1/embeddings?api_key={KEY}"])  # fmt: skip
+    assert code == 0 and fresh.seen and all(s["path"].endswith(f"?api_key={KEY}") for s in fresh.seen)
+    for p in out.rglob("*"):
+        assert KEY.encode() not in p.read_bytes(), p
+    assert "api_key=***" in (out / "report.md").read_text()

@@ -71,9 +71,12 @@ def test_demo_prints_original_and_recovered_side_by_side(capsys, shipped, sample
         assert f"original : {t}\n" in out
     recovered = re.findall(r"recovered: (.*)\n\s+BLEU\s+([\d.]+)\s+cosine ([\d.-]+)", out)
     assert len(recovered) == len(samples)
-    # each printed BLEU is the sentence BLEU of that pair, against the passage as the embedder sees it
-    for view, (text, bleu, _) in zip(shipped.embedder_view(samples), recovered):
-        want = metrics.sentence_bleu(metrics.normalize(text), metrics.normalize(view))
+    # each printed BLEU is the sentence BLEU of that pair, against the passage as the embedder sees it; the
+    # text is printed as people write it (`readable`), and scored as decoded
+    decoded = shipped.invert_embeddings(shipped.embed_texts(samples), num_steps=1, readable=False)
+    for view, raw, (text, bleu, _) in zip(shipped.embedder_view(samples), decoded, recovered):
+        assert text == shipped.readable([raw])[0]
+        want = metrics.sentence_bleu(metrics.normalize(raw), metrics.normalize(view))
         assert float(bleu) == pytest.approx(want, abs=0.05)
     assert re.search(r"mean over 8: BLEU [\d.]+, cosine [\d.]+ \(step 0: BLEU [\d.]+, cosine [\d.]+\)", out)
 
@@ -123,3 +126,25 @@ def test_skipping_cycles_keeps_the_full_loops_outputs():
         [sys.executable, "-c", CYCLES_SCRIPT, str(SAMPLES)], cwd=ROOT, capture_output=True, text=True, timeout=900
     )
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+def test_readable_output_scores_as_the_decoding_did(capsys, tmp_path, shipped, samples):
+    """`v2t invert` writes texts and references as people write them ("it's", "co-operate"); its scores are
+    those of the decoding itself against the embedder's view, as before, so readable output costs no BLEU."""
+    from v2t_jax import evaluate
+
+    e = shipped.embed_texts(samples)
+    np.save(tmp_path / "v.npy", e)
+    (tmp_path / "refs.txt").write_text("\n".join(samples) + "\n", encoding="utf-8")
+    args = ["invert", "--embeddings", str(tmp_path / "v.npy"), "--output", str(tmp_path / "o.jsonl"), "--quiet",
+            "--steps", "1", "--references", str(tmp_path / "refs.txt")]  # fmt: skip
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    decoded, trace = shipped.invert_embeddings(e, num_steps=1, return_trace=True, readable=False)
+    views = shipped.embedder_view(samples)
+    assert [r["text"] for r in rows] == shipped.readable(decoded) == shipped.invert_embeddings(e, num_steps=1)
+    assert [r["reference"] for r in rows] == shipped.readable(views)
+    assert sum(r["reference"] != v for r, v in zip(rows, views)) >= 2  # the samples have apostrophes, hyphens
+    before = evaluate.score(decoded, views, trace["cosine"])  # what `v2t invert` reported before
+    assert f"v2t invert: against {tmp_path / 'refs.txt'}: {evaluate.summary_line(before)}" in printed

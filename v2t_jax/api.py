@@ -111,8 +111,13 @@ class Vec2Text:
         progress: bool = False,
         embed_fn=None,
         skip_repeated: bool = True,
+        readable: bool = True,
     ):
         """Texts for [N, D] vectors; with return_trace also per-step hypotheses and cosines.
+
+        readable: texts (and traced hypotheses) as people write them (`Vocabulary.readable`: "elton's", not
+        the embedder's decoding "elton ' s"); False gives the decoding itself, which is what `evaluate` scores
+        against the embedder's view of a reference (the embedder reads both as the same tokens).
 
         skip_repeated: an example stops once a step returns its hypotheses unchanged (a fixed point: every
         later step would repeat it) or as they were two steps before (a 2-cycle), and duplicate candidates are
@@ -133,6 +138,9 @@ class Vec2Text:
             texts += t
             cosines += c
             per_step += steps or []
+        if readable:
+            texts = self.readable(texts)
+            per_step = [{**s, "hypotheses": self.readable(s["hypotheses"])} for s in per_step]
         return (texts, {"cosine": cosines, "steps": per_step}) if return_trace else texts
 
     def iter_batches(
@@ -234,6 +242,10 @@ class Vec2Text:
 
     def decode(self, ids) -> str:
         return self.vocab.decode(ids)
+
+    def readable(self, texts: Sequence[str]) -> list[str]:
+        """Decoded texts (or reference views) as people write them; see `Vocabulary.readable`."""
+        return self.vocab.readable(list(texts))
 
     def save(self, folder: str | os.PathLike, weights: str = "float32", extra: dict | None = None) -> Path:
         """Writes the bundle (`v2t_jax.bundle`); weights="int8" stores the large tensors as int8 + per-row

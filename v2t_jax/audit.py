@@ -49,11 +49,14 @@ def check_fit(records, model) -> None:
         )
 
 
-def rows_of_batch(ids: Sequence[str], texts: list[str], cosines: list[float], refs: list[str] | None) -> list[dict]:
-    """One JSON row per record: id, recovered text, cosine; with references, the per-record scores."""
-    rows = [{"id": i, "text": t, "cosine": float(c)} for i, t, c in zip(ids, texts, cosines)]
+def rows_of_batch(
+    ids: Sequence[str], texts: list[str], cosines: list[float], refs: list[str] | None, readable=lambda x: x
+) -> list[dict]:
+    """One JSON row per record: id, recovered text, cosine; with references, the per-record scores. Scored as
+    decoded against the embedder's views; text and reference written through `readable` (`Vec2Text.readable`)."""
+    rows = [{"id": i, "text": t, "cosine": float(c)} for i, t, c in zip(ids, readable(texts), cosines)]
     if refs is not None:
-        for row, ref, scores in zip(rows, refs, evaluate.per_record(texts, refs)):
+        for row, ref, scores in zip(rows, readable(refs), evaluate.per_record(texts, refs)):
             row.update(reference=ref, **scores)
     return rows
 
@@ -61,8 +64,8 @@ def rows_of_batch(ids: Sequence[str], texts: list[str], cosines: list[float], re
 def summarize(rows: list[dict]) -> dict:
     cos = np.asarray([r["cosine"] for r in rows], np.float64)
     out = {"records": len(rows), "mean_cosine": float(cos.mean()), "cosine_0.9": float((cos >= 0.9).mean())}
-    if rows and "reference" in rows[0]:
-        scores = evaluate.score([r["text"] for r in rows], [r["reference"] for r in rows])
+    if rows and "reference" in rows[0]:  # from the rows' own scores (made as decoded, before `readable`)
+        scores = evaluate.summary_of_rows(rows)
         out.update({k: scores[k] for k in ("bleu", "token_f1", "exact", "half_recovered")})
     return out
 

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from v2t_jax.errors import V2TError  # stdlib only: `v2t --help` stays fast
+from v2t_jax.errors import V2TError, redact  # stdlib only: `v2t --help` stays fast
 from v2t_jax.outputs import RowStream, check_file, save_npy_atomic
 from v2t_jax.remote import RemoteError
 
@@ -197,9 +197,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     views = model.embedder_view(refs)
     vectors = model.embed_texts(refs)
     try:
-        out, trace = model.invert_embeddings(
-            vectors, num_steps=args.steps, sequence_beam_width=args.sbeam, return_trace=True, progress=not args.quiet
-        )
+        out, trace = model.invert_embeddings(  # scored as decoded, shown as people write (model.readable)
+            vectors, num_steps=args.steps, sequence_beam_width=args.sbeam, return_trace=True, progress=not args.quiet,
+            readable=False,
+        )  # fmt: skip
     except api.ModelError as e:
         raise UsageError(str(e)) from e
     first = [row["hypotheses"][0] for row in trace["steps"]]
@@ -217,10 +218,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         + ", case-folded and whitespace-normalised\n"
     )
     bleu, bleu0 = [evaluate.per_record(x, views) for x in (out, first)]
-    for i, (ref, text) in enumerate(zip(refs, out)):
+    shown, shown0 = model.readable(out), model.readable(first)
+    for i, (ref, text) in enumerate(zip(refs, shown)):
         print(f"[{i + 1}] original : {ref}")
         if args.steps > 0:
-            print(f"    step 0   : {first[i]}")
+            print(f"    step 0   : {shown0[i]}")
             print(f"               BLEU {bleu0[i]['bleu']:5.1f}  cosine {first_cos[i]:.3f}")
         print(f"    recovered: {text}")
         print(f"               BLEU {bleu[i]['bleu']:5.1f}  cosine {trace['cosine'][i]:.3f}\n")
@@ -296,12 +298,13 @@ def _invert(args: argparse.Namespace, path: Path, vectors, references: list[str]
             start=stream.done,
             embed_fn=remote,
         ):
-            rows = [{"text": t, "cosine": c} for t, c in zip(texts, cosines)]
+            # scored as decoded (against the embedder's view), written as people write (model.readable)
+            rows = [{"text": t, "cosine": c} for t, c in zip(model.readable(texts), cosines)]
             for row, trace in zip(rows, steps or []):
-                row["steps"] = trace
+                row["steps"] = {**trace, "hypotheses": model.readable(trace["hypotheses"])}
             if views is not None:
                 ref = views[first : first + len(rows)]
-                for row, r, scores in zip(rows, ref, evaluate.per_record(texts, ref)):
+                for row, r, scores in zip(rows, model.readable(ref), evaluate.per_record(texts, ref)):
                     row.update(reference=r, **scores)
             stream.append(rows)
     except api.ModelError as e:
@@ -313,8 +316,7 @@ def _invert(args: argparse.Namespace, path: Path, vectors, references: list[str]
     if not args.quiet:
         print(f"v2t invert: wrote {n} rows to {output}", file=sys.stderr)
     if views is not None:  # over every row, those of an interrupted run included
-        rows = stream.rows()
-        scores = evaluate.score([r["text"] for r in rows], views, [r["cosine"] for r in rows])
+        scores = evaluate.summary_of_rows(stream.rows())
         print(f"v2t invert: against {args.references}: {evaluate.summary_line(scores)}")
     return 0
 
@@ -397,7 +399,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             ):  # fmt: skip
                 ids = records.ids[first : first + len(texts)]
                 ref = refs[first : first + len(texts)] if refs is not None else None
-                stream.append(audit.rows_of_batch(ids, texts, cosines, ref))
+                stream.append(audit.rows_of_batch(ids, texts, cosines, ref, model.readable))
         except api.ModelError as e:
             raise UsageError(str(e)) from e
         except RemoteError as e:
@@ -414,7 +416,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
             "steps": args.steps,
             "sbeam": args.sbeam,
             "max_length": model.max_length,
-            "command": "v2t " + shlex.join(getattr(args, "argv", None) or ["audit", args.store]),
+            # (a key given in --embedder-url's query is redacted from the report, as from every message)
+            "command": redact("v2t " + shlex.join(getattr(args, "argv", None) or ["audit", args.store])),
         }
         summary = audit.write_report(out, stream.rows(), about)
         stream.close()

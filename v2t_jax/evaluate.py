@@ -73,6 +73,21 @@ def score(preds: Sequence[str], refs: Sequence[str], cosines: Sequence[float] | 
     return out
 
 
+def summary_of_rows(rows: Sequence[dict]) -> dict:
+    """`score`'s means (bleu, token_f1, exact, half_recovered, and cosine where the rows have one) from rows
+    that carry `per_record`'s scores: what a command reports over the rows it wrote, however its texts are
+    shown."""
+    if not rows:
+        raise ValueError("no rows to summarise")
+    out = {k: float(np.mean([float(r[k]) for r in rows])) for k in ("bleu", "token_f1", "exact")}
+    out["half_recovered"] = float(np.mean([r["token_recall"] >= 0.5 for r in rows]))
+    cos = [r["cosine"] for r in rows if r.get("cosine") is not None]
+    if len(cos) == len(rows):
+        out["cosine"] = float(np.mean(cos))
+    out["n"] = len(rows)
+    return out
+
+
 def summary_line(scores: dict) -> str:
     """One line of the scores a person reads first."""
     line = f"BLEU {scores['bleu']:.2f}, token F1 {100 * scores['token_f1']:.1f}, exact {100 * scores['exact']:.1f}%"

@@ -57,7 +57,14 @@ def check_regular(path: Path, what: str = "output") -> bool:
         raise OutputError(f"cannot use {what} {path} ({e.strerror or e})") from None
     if stat.S_ISREG(st.st_mode):
         return True
-    hint = "pass the path it points to" if stat.S_ISLNK(st.st_mode) else "pass a file path"
+    hint = "pass a file path"
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            to = os.stat(path).st_mode
+            hint = f"pass the file it points to ({os.path.realpath(path)})" if stat.S_ISREG(to) else (
+                f"it points to {_kind(to)}; pass a file path")  # fmt: skip
+        except OSError:
+            hint = "it points to nothing; pass a file path"
     raise OutputError(f"{what} {path} is {_kind(st.st_mode)}, not a regular file: {hint}")
 
 
