@@ -90,7 +90,7 @@ def probe(folder: Path, what: str) -> None:
 
 def _existing_parent(path: Path, what: str) -> Path:
     """The folder `path` would be made in: its nearest existing ancestor, which must be a directory."""
-    parent = path.parent if str(path.parent) else Path(".")
+    parent = path.parent
     while not parent.exists():
         if parent.is_symlink():
             raise OutputError(f"cannot write {what} {path}: {parent} is a broken symbolic link")
@@ -113,7 +113,7 @@ def check_file(
     exists = check_regular(path, what)
     if exists and not overwrite:
         raise OutputError(f"{what} {path} already exists; pass --overwrite to replace it")
-    parent = path.parent if str(path.parent) else Path(".")
+    parent = path.parent
     if not parent.is_dir():
         _existing_parent(path, what)  # a file on the way is named as such
         raise OutputError(f"cannot write {path}: directory {parent} does not exist")
@@ -146,7 +146,7 @@ def write_atomic(path: Path, write: Callable[[Any], None], binary: bool) -> None
     is left behind on failure, and nothing but a regular file (or nothing) at `path` is ever replaced."""
     path = Path(path)
     mode = mode_for(path)
-    parent = path.parent if str(path.parent) else Path(".")
+    parent = path.parent
     assets.sweep_stale(parent, f".{path.name}.", ".")  # what a killed run left beside this output
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
@@ -297,8 +297,7 @@ class RowStream:
 
     def append(self, rows: list[dict]) -> None:
         try:
-            if not check_regular(self.state, "state file"):
-                write_text_atomic(self.state, dumps(self.run) + "\n")
+            self._save_state()
             check_regular(self.partial, "partial output")
             with open(self.partial, "a", encoding="utf-8", opener=_no_follow) as f:
                 f.write("".join(dumps(r) + "\n" for r in rows))
@@ -318,13 +317,17 @@ class RowStream:
             return
         if not check_regular(self.partial, "partial output"):  # no rows at all
             write_text_atomic(self.partial, "")
-        if not check_regular(self.state, "state file"):
-            write_text_atomic(self.state, dumps(self.run) + "\n")
+        self._save_state()
         os.chmod(self.partial, mode_for(self.output))
         check_regular(self.output)
         os.replace(self.partial, self.output)
         if not keep_state:
             self.close()
+
+    def _save_state(self) -> None:
+        """OUTPUT.partial.json names the run, written once before its first rows (or before an empty finish)."""
+        if not check_regular(self.state, "state file"):
+            write_text_atomic(self.state, dumps(self.run) + "\n")
 
     def close(self) -> None:
         self.state.unlink(missing_ok=True)
