@@ -3,6 +3,7 @@ travel with the working tree (the device tool carries at most 64 MiB, the tracke
 
     python experiments/gpu_kit.py build [--sources all | --corpus FILE] [--out .gpu_kit] [--budget-mb 58] [--wheels]
     python experiments/gpu_kit.py unpack --kit .gpu_kit --cache DIR     # there: DIR becomes $V2T_CACHE_DIR
+    python experiments/gpu_kit.py unpack --kit .gpu_kit --cache DIR --slice 1/4   # a quarter of the training docs
 
 What it holds:
 - `minilm.npz` + the small files of all-MiniLM-L6-v2: every matrix as int8 with one float32 scale per row,
@@ -200,12 +201,53 @@ def cmd_build(args) -> int:
     return 0
 
 
+def parse_slice(text: str) -> tuple[int, int]:
+    """ "K/N" -> (K, N) with 0 <= K < N."""
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise SystemExit(f"--slice takes K/N (e.g. 1/4), got {text!r}") from None
+    if not 0 <= k < n:
+        raise SystemExit(f"--slice K/N needs 0 <= K < N, got {text!r}")
+    return k, n
+
+
+def in_slice(doc_id: str, k: int, n: int) -> bool:
+    """Training document `doc_id` belongs to slice k of n (a hash of its id, apart from the kit's own choice)."""
+    return int.from_bytes(hashlib.sha256(f"slice:{doc_id}".encode()).digest()[:8], "big") % n == k
+
+
+def write_slice(src, dst, k: int, n: int, seed: int = 0) -> dict:
+    """Copies corpus lines: every validation and test document (split as `v2t data prepare` splits them: by a
+    hash of seed and document id, so no held-out passage moves to training) and the training documents of slice
+    k of n. Returns line counts."""
+    from v2t_jax.data import dataset, passages
+
+    kept = dropped = 0
+    for raw in src:
+        doc_id = json.loads(raw)["doc_id"]
+        if passages.split_of(doc_id, seed, dataset.SPLIT_FRACTIONS) != "train" or in_slice(doc_id, k, n):
+            dst.write(raw)
+            kept += 1
+        else:
+            dropped += 1
+    return {"lines": kept, "dropped": dropped}
+
+
 def cmd_unpack(args) -> int:
     kit, cache = Path(args.kit), Path(args.cache)
     target = unpack_minilm(kit, cache / "embedders" / "all-minilm-l6-v2")
     corpus = cache / "passages.jsonl"
     with lzma.open(kit / "passages.jsonl.xz", "rb") as src, open(corpus, "wb") as dst:
-        shutil.copyfileobj(src, dst, 1 << 22)
+        if args.slice:
+            k, n = parse_slice(args.slice)
+            counts = write_slice(src, dst, k, n)
+            print(
+                f"slice {k}/{n} of the training documents: {counts['lines']:,} lines kept, "
+                f"{counts['dropped']:,} left out"
+            )
+        else:
+            shutil.copyfileobj(src, dst, 1 << 22)
     print(f"embedder in {target}; corpus {corpus}")
     return 0
 
@@ -229,6 +271,12 @@ def main(argv=None) -> int:
     up = sub.add_parser("unpack")
     up.add_argument("--kit", required=True)
     up.add_argument("--cache", required=True)
+    up.add_argument(
+        "--slice",
+        default=None,
+        help="K/N: only the training documents of slice K of N (all held-out ones): each continued run trains on "
+        "another slice",
+    )
     up.set_defaults(func=cmd_unpack)
     args = p.parse_args(argv)
     return args.func(args)

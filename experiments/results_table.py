@@ -2,10 +2,12 @@
 steps, with sequence beam search, plus a plot of BLEU and cosine against the number of steps.
 
     python experiments/results_table.py --checkpoint BUNDLE [--n 500] [--split test]
-        [--rows 0:1,1:1,5:1,20:1,20:4,50:8] [--out experiments/results/table1]
+        [--rows 0:1,1:1,5:1,20:1,20:4,50:8,20:4:0.1] [--out experiments/results/table1]
 
-Each row is STEPS:BEAM. One inversion run per beam width, as long as that width's longest row: the trace of
-best-so-far hypotheses gives every shorter row (N steps of the loop are a prefix of M > N steps). Passages are
+Each row is STEPS:BEAM[:PRIOR] (PRIOR: the language prior's weight, `v2t invert --prior`; default 0). One
+inversion run per (beam width, prior), as long as its longest row: the trace of best-so-far hypotheses gives
+every shorter row (N steps of the loop are a prefix of M > N steps). Seconds per vector are those of each run,
+shown on its longest row. Passages are
 a fixed random sample (seed 0) of the split of the dataset named by --sources (default: `v2t data prepare`'s)
 or --corpus. Comparison is
 case-folded and whitespace-normalised against each passage *as the uncased embedder sees it* (its tokenizer's
@@ -20,16 +22,53 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 
-def parse_rows(text: str) -> list[tuple[int, int]]:
+class Row(NamedTuple):
+    steps: int
+    beam: int = 1
+    prior: float = 0.0  # the language prior's weight (no effect at 0 steps)
+    polish: int = 0  # rounds of token swaps after the last step
+
+    @property
+    def run(self) -> tuple:
+        """The run a row reads from: one per (beam, prior, polish); a polished one per row (the polish comes after
+        that row's last step), the others as long as their longest row."""
+        prior = self.prior if self.steps else 0.0
+        return (self.beam, prior, self.polish, self.steps if self.polish else None)
+
+    @property
+    def label(self) -> str:
+        return ":".join(
+            [str(self.steps), str(self.beam)] + ([f"{self.prior if self.steps else 0:g}", str(self.polish)]
+            if self.polish else [f"{self.prior:g}"] if self.prior and self.steps else [])
+        )  # fmt: skip
+
+    @property
+    def name(self) -> str:
+        if self.steps == 0 and not self.polish:
+            return "step 0 (inverter)"
+        out = "step 0" if self.steps == 0 else f"{self.steps} steps"
+        out += f" + sbeam {self.beam}" if self.beam > 1 and self.steps else ""
+        out += f" + prior {self.prior:g}" if self.prior and self.steps else ""
+        return out + (f" + {self.polish} swap rounds" if self.polish else "")
+
+
+def parse_rows(text: str) -> list[Row]:
     rows = []
     for item in text.split(","):
-        steps, _, beam = item.partition(":")
-        rows.append((int(steps), int(beam or 1)))
+        steps, beam, prior, polish = (item.split(":") + ["", "", ""])[:4]
+        rows.append(Row(int(steps), int(beam or 1), float(prior or 0.0), int(polish or 0)))
     return rows
+
+
+def run_name(run: tuple) -> str:
+    """A run's name in OUT.json: its beam width, then its prior and polish when set ("4", "4p0.1", "1s4@20")."""
+    beam, prior, polish, steps = run
+    return f"{beam}" + (f"p{prior:g}" if prior else "") + (f"s{polish}@{steps}" if polish else "")
 
 
 def main(argv=None) -> int:
@@ -37,7 +76,9 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", required=True, help="model bundle (inverter + corrector)")
     p.add_argument("--n", type=int, default=500, help="passages (default %(default)s)")
     p.add_argument("--split", default="test")
-    p.add_argument("--rows", default="0:1,1:1,5:1,20:1,20:4,50:8", help="STEPS:BEAM,... (default %(default)s)")
+    p.add_argument(
+        "--rows", default="0:1,1:1,5:1,20:1,20:4,50:8", help="STEPS:BEAM[:PRIOR[:POLISH]],... (default %(default)s)"
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--corpus", default=None, help="a user corpus prepared with v2t data prepare --corpus")
@@ -50,7 +91,7 @@ def main(argv=None) -> int:
 
     rows = parse_rows(args.rows)
     model = api.load_model(args.checkpoint)
-    if model.program.corrector is None and any(s for s, _ in rows):
+    if model.program.corrector is None and any(r.steps for r in rows):
         print(f"{args.checkpoint} has no corrector: only 0-step rows are possible", file=sys.stderr)
         return 2
     spec = dataset.DatasetSpec(
@@ -67,8 +108,9 @@ def main(argv=None) -> int:
     refs = evaluate.views_of_ids(model.vocab, model.embedder, np.asarray(ids[pick]))
 
     runs = {}
-    for beam in sorted({k for _, k in rows}):
-        steps = max(s for s, k in rows if k == beam)
+    for run in sorted({r.run for r in rows}, key=str):
+        beam, prior, polish, _ = run
+        steps = max(r.steps for r in rows if r.run == run)
         t0 = time.perf_counter()
         _, trace = model.invert_embeddings(
             vectors,
@@ -78,17 +120,33 @@ def main(argv=None) -> int:
             return_trace=True,
             progress=True,
             readable=False,  # the decoding itself: scored against the embedder's view
+            prior=prior,
+            polish=polish,
         )
-        runs[beam] = {"steps": steps, "trace": trace["steps"], "seconds": time.perf_counter() - t0}
+        runs[run] = {
+            "steps": steps, "beam": beam, "prior": prior, "polish": polish, "trace": trace["steps"],
+            "seconds": time.perf_counter() - t0,
+        }  # fmt: skip
 
-    def scores(beam: int, step: int) -> dict:
-        tr = runs[beam]["trace"]
+    def scores(run: tuple, step: int) -> dict:
+        tr = runs[run]["trace"]
         return evaluate.score([t["hypotheses"][step] for t in tr], refs, [t["cosines"][step] for t in tr])
 
-    table = [{"steps": s, "beam": k, **scores(k, s)} for s, k in rows]
-    curves = {k: [scores(k, s) for s in range(r["steps"] + 1)] for k, r in runs.items()}
+    def at(r: Row) -> int:  # the row's entry in its run's trace: a polished text follows the last step's
+        return r.steps + (1 if r.polish else 0)
+
+    table = []
+    for r in rows:
+        run = runs[r.run]
+        # each run's time, on its longest row (shorter rows are prefixes of its trace)
+        spv = run["seconds"] / n if r.steps == run["steps"] else None
+        table.append(
+            {"steps": r.steps, "beam": r.beam, "prior": r.prior if r.steps else 0.0, "polish": r.polish,
+             **scores(r.run, at(r)), "s_per_vector": spv}
+        )  # fmt: skip
+    curves = {run_name(k): [scores(k, s) for s in range(v["steps"] + 1)] for k, v in runs.items()}
     examples = [
-        {"reference": refs[i], **{f"{s}:{k}": runs[k]["trace"][i]["hypotheses"][s] for s, k in rows}}
+        {"reference": refs[i], **{r.label: runs[r.run]["trace"][i]["hypotheses"][at(r)] for r in rows}}
         for i in range(min(5, n))
     ]
     command = "python experiments/results_table.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -103,7 +161,7 @@ def main(argv=None) -> int:
                 "n": n,
                 "rows": table,
                 "curves": {str(k): v for k, v in curves.items()},
-                "seconds": {str(k): r["seconds"] for k, r in runs.items()},
+                "seconds": {run_name(k): r["seconds"] for k, r in runs.items()},
                 "examples": examples,
             },
             indent=1,
@@ -119,22 +177,26 @@ def main(argv=None) -> int:
         "case-folded and whitespace-normalised against each passage as the uncased embedder sees it; BLEU is",
         "sacrebleu sentence BLEU averaged over passages; cosine of the re-embedded output to the target.",
         "",
-        "| method | BLEU | token F1 | exact % | cosine |",
-        "|---|---|---|---|---|",
+        "| method | BLEU | token F1 | exact % | cosine | s / vector |",
+        "|---|---|---|---|---|---|",
     ]
-    for r in table:
-        name = (
-            "step 0 (inverter)"
-            if r["steps"] == 0
-            else f"{r['steps']} steps" + (f" + sbeam {r['beam']}" if r["beam"] > 1 else "")
-        )
+    for row, r in zip(rows, table):
+        spv = "" if r["s_per_vector"] is None else f"{r['s_per_vector']:.2f}"
         lines.append(
-            f"| {name} | {r['bleu']:.2f} | {100 * r['token_f1']:.1f} | {100 * r['exact']:.1f} | {r['cosine']:.3f} |"
+            f"| {row.name} | {r['bleu']:.2f} | {100 * r['token_f1']:.1f} | {100 * r['exact']:.1f} | "
+            f"{r['cosine']:.3f} | {spv} |"
         )
     lines += [
         "",
-        "Wall time per run: "
-        + ", ".join(f"beam {k}, {r['steps']} steps: {r['seconds'] / 60:.1f} min" for k, r in runs.items())
+        "Wall time per run (batch "
+        + f"{args.batch_size}, this machine): "
+        + ", ".join(
+            f"beam {r['beam']}"
+            + (f" prior {r['prior']:g}" if r["prior"] else "")
+            + (f" polish {r['polish']}" if r["polish"] else "")
+            + f", {r['steps']} steps: {r['seconds'] / 60:.1f} min"
+            for r in runs.values()
+        )
         + ".",
         "",
         "Examples:",
@@ -142,8 +204,8 @@ def main(argv=None) -> int:
     ]
     for ex in examples:
         lines.append(f"- reference: {ex['reference']}")
-        for s, k in rows:
-            lines.append(f"  - {s}:{k}: {ex[f'{s}:{k}']}")
+        for r in rows:
+            lines.append(f"  - {r.label}: {ex[r.label]}")
     lines += ["", f"![BLEU and cosine against correction steps]({out.with_suffix('.png').name})"]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
@@ -153,10 +215,12 @@ def main(argv=None) -> int:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for k, curve in curves.items():
+    for curve, run in zip(curves.values(), runs.values()):
         x = np.arange(len(curve))
-        ax1.plot(x, [c["bleu"] for c in curve], marker=".", label=f"sbeam {k}")
-        ax2.plot(x, [c["cosine"] for c in curve], marker=".", label=f"sbeam {k}")
+        name = f"sbeam {run['beam']}" + (f", prior {run['prior']:g}" if run["prior"] else "")
+        name += f", polish {run['polish']}" if run["polish"] else ""
+        ax1.plot(x, [c["bleu"] for c in curve], marker=".", label=name)
+        ax2.plot(x, [c["cosine"] for c in curve], marker=".", label=name)
     ax1.set(xlabel="correction steps", ylabel="BLEU", title=f"BLEU ({args.split}, n={n})")
     ax2.set(xlabel="correction steps", ylabel="cosine to target", title="cosine")
     for ax in (ax1, ax2):

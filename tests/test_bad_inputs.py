@@ -93,6 +93,23 @@ def test_a_huge_sequence_beam_is_refused_before_any_work(capsys, tmp_path):
     assert _files(tmp_path) == {"v.npy"}
 
 
+@pytest.mark.parametrize("prior", ["-1", "nan", "inf", "1000"])
+def test_a_prior_out_of_range_is_refused_before_any_work(capsys, tmp_path, prior):
+    np.save(tmp_path / "v.npy", np.ones((1, 384), np.float32))
+    args = ["invert", "--embeddings", str(tmp_path / "v.npy"), "--output", str(tmp_path / "o.jsonl"), "--quiet"]
+    assert cli.main(args + ["--prior", prior]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--prior must be in [0, 100]" in err[0]
+    assert _files(tmp_path) == {"v.npy"}
+
+
+def test_the_api_checks_the_prior():
+    assert api.check_prior(0) == 0.0 and api.check_prior("0.25") == 0.25
+    for bad in (-0.1, float("nan"), 101, "x", None):
+        with pytest.raises(api.ModelError, match="prior must be"):
+            api.check_prior(bad)
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from v2t_jax import correction, decoding
+from v2t_jax import correction, decoding, inversion
 from v2t_jax.models import t5
 
 
@@ -88,17 +88,43 @@ def test_first_equal_points_repeats_at_the_first_valid_copy():
     np.testing.assert_array_equal(np.asarray(correction._first_equal(seqs, valid))[0], [2, 1, 2, 3, 1, 2])
     e = jnp.ones((1, 3))
     emb = jnp.array([[[1, 0, 0], [1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0], [1, 0, 0]]], jnp.float32)
-    state = correction._start(seqs[:, 0], emb[:, 0], jnp.zeros((1,)))  # one live hypothesis, beam 6
+    state = correction._start(seqs[:, 0], emb[:, 0], jnp.zeros((1,)), jnp.zeros((1,)))  # one hypothesis, beam 6
     state = state._replace(cos=jnp.array([[0.0]]))
     first = correction._first_equal(seqs, jnp.ones((1, 6), bool))
-    hyps, _, cos = correction._select(state, seqs, emb, first, e, beam=6)
+    hyps, _, cos, _ = correction._select(state, seqs, emb, first, e, beam=6)
     # three distinct candidates, best first; the other three slots are empty (-inf)
     np.testing.assert_array_equal(np.asarray(hyps)[0, :3], [[5, 6], [3, 4], [1, 2]])
     assert np.isfinite(np.asarray(cos)[0, :3]).all() and np.isneginf(np.asarray(cos)[0, 3:]).all()
 
 
+def test_prior_ranks_by_cosine_plus_weighted_mean_log_probability():
+    """Known answer: candidate 0 embeds closest (cos 1.0, mean log-prob -3), candidate 1 reads better
+    (cos 0.6, log-prob -0.1). By cosine alone 0 wins; with prior 0.5: 1.0 - 1.5 < 0.6 - 0.05, so 1 wins. The
+    selection keeps each candidate's own cosine and reports its score."""
+    seqs = jnp.array([[[1, 2], [3, 4]]])
+    emb = jnp.array([[[1.0, 0.0], [0.6, 0.8]]])
+    e = jnp.array([[1.0, 0.0]])
+    lp = jnp.array([[-3.0, -0.1]])
+    state = correction._start(seqs[:, 0], emb[:, 0], jnp.ones((1,)), jnp.ones((1,)))
+    first = correction._first_equal(seqs, jnp.ones((1, 2), bool))
+    hyps, _, cos, score = correction._select(state, seqs, emb, first, e, 2)
+    assert np.asarray(hyps)[0, 0].tolist() == [1, 2]
+    np.testing.assert_allclose(np.asarray(score), np.asarray(cos))  # no prior: the score is the cosine
+    hyps, _, cos, score = correction._select(state, seqs, emb, first, e, 2, lp, 0.5)
+    assert np.asarray(hyps)[0].tolist() == [[3, 4], [1, 2]]
+    np.testing.assert_allclose(np.asarray(cos)[0], [0.6, 1.0], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(score)[0], [0.55, -0.5], atol=1e-6)
+
+
+def test_mean_log_probability_counts_tokens_up_to_eos():
+    prog, _, _ = _program()  # pad 0, EOS 1, L 8
+    ids = jnp.array([[5, 6, 1, 0, 0, 0, 0, 0], [5, 6, 7, 8, 9, 10, 11, 12]])
+    got = correction.mean_logprob(prog, ids, jnp.array([-3.0, -4.0]))
+    np.testing.assert_allclose(np.asarray(got), [-1.0, -0.5])
+    assert np.isneginf(np.asarray(correction.mean_logprob(prog, ids[:1], jnp.array([-1.0e7])))).all()
+
+
 def _program():
-    from v2t_jax import inversion
     from v2t_jax.models import embedders
 
     V, L = 60, 8
@@ -135,6 +161,36 @@ def test_compiled_inversion_program(beam):
     np.testing.assert_allclose(np.asarray(again), np.asarray(out["cosine"]), atol=1e-5)
     same = run(prog, params, targets, 4, beam)  # deterministic
     np.testing.assert_array_equal(np.asarray(same["ids"]), np.asarray(out["ids"]))
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_language_prior_in_the_compiled_program(beam):
+    """With a prior the best is the best by cosine + λ · mean log-probability: that score never falls from step
+    to step, the reported cosine is the reported text's, and step 0's score is its cosine plus λ times the
+    inverter's own mean log-probability of it (teacher-forced here, independently of greedy decoding)."""
+    prog, params, targets = _program()
+    lam = 0.3
+    run = jax.jit(correction.invert, static_argnums=(0, 3, 4), static_argnames=("prior", "skip_repeated"))
+    out = jax.device_get(run(prog, params, targets, 4, beam, prior=lam))
+    score = out["step_score"]
+    assert (np.diff(score, axis=0) >= -1e-6).all()
+    assert (score <= out["step_cosine"] + 1e-6).all()  # a log-probability is never positive
+    again = correction._cosine(correction._embed_hypotheses(prog, params["embedder"], out["ids"]), targets)
+    np.testing.assert_allclose(np.asarray(again), out["cosine"], atol=1e-5)
+    ids0 = jnp.asarray(out["step_ids"][0])
+    inv = inversion.Inverter(prog.inverter)
+    dec_in = jnp.concatenate([jnp.zeros((5, 1), jnp.int32), ids0[:, :-1]], axis=1)
+    logp = jax.nn.log_softmax(inv.apply({"params": params["inverter"]}, targets, dec_in).astype(jnp.float32))
+    tok_lp = jnp.take_along_axis(logp, ids0[..., None], axis=-1)[..., 0]
+    mask = ids0 != prog.pad_id
+    want = out["step_cosine"][0] + lam * np.asarray((tok_lp * mask).sum(-1) / mask.sum(-1))
+    np.testing.assert_allclose(score[0], want, atol=1e-4)
+    # skipping fixed points and repeats changes the work, not the result, with a prior too
+    fast = jax.device_get(run(prog, params, targets, 4, beam, prior=lam, skip_repeated=True))
+    np.testing.assert_array_equal(fast["step_ids"], out["step_ids"])
+    np.testing.assert_allclose(fast["step_score"], out["step_score"], atol=1e-6)
+    plain = jax.device_get(run(prog, params, targets, 4, beam))
+    np.testing.assert_array_equal(plain["step_score"], plain["step_cosine"])  # no prior: score = cosine
 
 
 def test_stop_cosine_freezes_finished_examples():

@@ -54,6 +54,28 @@ def test_greedy_follows_the_locally_best_token():
     assert ids.tolist() == [[A, A, A, A]] * 2
 
 
+def test_greedy_log_probability_is_the_sum_over_its_tokens():
+    """with_logprob: the same ids, and each row's log-probability of them (A A A A: 0.6 * 0.45^3)."""
+    ids, lp = decoding.greedy(toy, _cache(2), 2, 4, PAD, EOS, with_logprob=True)
+    assert ids.tolist() == decoding.greedy(toy, _cache(2), 2, 4, PAD, EOS).tolist()
+    np.testing.assert_allclose(np.asarray(lp), [math.log(0.6 * 0.45**3)] * 2, rtol=1e-5)
+
+
+def test_greedy_log_probability_stops_at_eos():
+    """Tokens after EOS (pad) add nothing: rows ending at different steps get their own sums."""
+    ends = jnp.array([1, 3])  # row 0 emits EOS at step 1, row 1 at step 3
+
+    def fn(ids, t):
+        # row r: token 2 with probability 0.7 until its end step, then EOS with probability 0.7
+        tok = jnp.where(t + 1 >= ends, EOS, 2)
+        probs = jnp.full((2, 4), 0.1).at[jnp.arange(2), tok].set(0.7)
+        return jnp.log(probs)[:, None, :], t + 1
+
+    ids, lp = decoding.greedy(fn, jnp.zeros((), jnp.int32), 2, 5, PAD, EOS, with_logprob=True)
+    assert ids.tolist() == [[EOS, PAD, PAD, PAD, PAD], [2, 2, EOS, PAD, PAD]]
+    np.testing.assert_allclose(np.asarray(lp), [math.log(0.7), 3 * math.log(0.7)], rtol=1e-5)
+
+
 def test_beam_search_finds_the_hand_computed_best_path():
     seqs, scores = decoding.beam_search(toy, _cache(3), 3, 2, 4, PAD, EOS)
     ranking = brute_force_ranking(4)

@@ -71,8 +71,8 @@ def test_same_seed_same_model(tmp_path, tiny_data, tiny_models):
         np.testing.assert_array_equal(x, y)
 
 
-@pytest.mark.parametrize("steps,beam", [(0, 1), (3, 1), (3, 3)])
-def test_host_side_re_embedding_matches_the_compiled_program(model, targets, steps, beam):
+@pytest.mark.parametrize("steps,beam,prior", [(0, 1, 0.0), (3, 1, 0.0), (3, 3, 0.0), (3, 3, 0.5)])
+def test_host_side_re_embedding_matches_the_compiled_program(model, targets, steps, beam, prior):
     """The black-box path runs the same algorithm: with an injective decode (ids written out as numbers) and
     a black box that embeds those ids exactly as the program does, ids and cosines agree with `invert`."""
     p = model.program
@@ -84,10 +84,12 @@ def test_host_side_re_embedding_matches_the_compiled_program(model, targets, ste
         ids = np.array([[int(x) for x in t.split()] for t in texts], np.int32)
         return np.asarray(embedders.embed_decoder_ids(p.embedder, model.params["embedder"], ids, p.cls_id, p.pad_id))
 
-    compiled = jax.device_get(model._run(p, model.params, targets, steps, beam, 2.0))
-    host = correction.invert_host(p, model.params, targets, steps, beam, decode, black_box)
+    compiled = jax.device_get(model._run(p, model.params, targets, steps, beam, 2.0, prior=prior))
+    host = correction.invert_host(p, model.params, targets, steps, beam, decode, black_box, prior=prior)
     np.testing.assert_array_equal(host["step_ids"], compiled["step_ids"])
     np.testing.assert_allclose(host["step_cosine"], compiled["step_cosine"], atol=1e-5)
+    if steps:
+        np.testing.assert_allclose(host["step_score"], compiled["step_score"], atol=1e-5)
 
 
 def test_host_side_with_a_text_black_box(model, targets):
@@ -161,12 +163,21 @@ def test_results_table_script(tmp_path, tiny_data, tiny_models):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out = tmp_path / "table"
-    args = ["--checkpoint", str(tiny_models["corrector"]), "--n", "6", "--rows", "0:1,1:1,2:1,2:2"]
+    rows = "0:1,1:1,2:1,2:2,2:2:0.5,2:1:0:2"
+    args = ["--checkpoint", str(tiny_models["corrector"]), "--n", "6", "--rows", rows]
     args += ["--corpus", str(CORPUS), "--data-dir", str(tiny_data), "--out", str(out)]
     assert mod.main(args) == 0
     result = json.loads(out.with_suffix(".json").read_text())
-    assert [(r["steps"], r["beam"]) for r in result["rows"]] == [(0, 1), (1, 1), (2, 1), (2, 2)]
+    got = [(r["steps"], r["beam"], r["prior"], r["polish"]) for r in result["rows"]]
+    assert got == [(0, 1, 0, 0), (1, 1, 0, 0), (2, 1, 0, 0), (2, 2, 0, 0), (2, 2, 0.5, 0), (2, 1, 0, 2)]
     assert result["n"] == 6 and len(result["curves"]["1"]) == 3
+    assert set(result["seconds"]) == {"1", "2", "2p0.5", "1s2@2"}
+    # seconds per vector on each run's longest row only
+    assert [r["s_per_vector"] is not None for r in result["rows"]] == [False, False, True, True, True, True]
+    md = out.with_suffix(".md").read_text()
+    assert "| 2 steps + sbeam 2 + prior 0.5 |" in md and "| 2 steps + 2 swap rounds |" in md
+    # swaps are kept only when they raise the cosine: the polished row is at least the unpolished one
+    assert result["rows"][5]["cosine"] >= result["rows"][2]["cosine"] - 1e-6
     assert result["rows"][1]["cosine"] == pytest.approx(result["curves"]["1"][1]["cosine"])
     # best-so-far: the mean cosine never falls with more steps, and beam 2 starts where beam 1 does
     cos = [c["cosine"] for c in result["curves"]["1"]]
@@ -174,6 +185,27 @@ def test_results_table_script(tmp_path, tiny_data, tiny_models):
     assert (
         out.with_suffix(".png").stat().st_size > 1000 and "| 2 steps + sbeam 2 |" in out.with_suffix(".md").read_text()
     )
+
+
+def test_export_takes_another_inverter_for_a_corrector_run(capsys, tmp_path, tiny_models):
+    """`v2t export --inverter B`: the corrector run's corrector with B's inverter (a newer one trained alongside
+    it), provenance naming both; refused for an inverter run and for a folder that is no bundle."""
+    other = api.load_model(tiny_models["inverter"])
+    other.params["inverter"] = jax.tree_util.tree_map(lambda x: np.asarray(x) + 0.01, other.params["inverter"])
+    other.save(tmp_path / "other")
+    base = ["export", "--output", str(tmp_path / "out"), "--inverter"]
+    assert cli.main(base + [str(tmp_path / "other"), "--workdir", str(tiny_models["inverter_run"])]) == 2
+    assert "corrector run only" in capsys.readouterr().err
+    assert cli.main(base + [str(tmp_path / "nothing"), "--workdir", str(tiny_models["corrector_run"])]) == 2
+    assert "nothing" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert cli.main(base + [str(tmp_path / "other"), "--workdir", str(tiny_models["corrector_run"])]) == 0
+    got = api.load_model(tmp_path / "out")
+    trained = api.load_model(tiny_models["corrector"])
+    for kind, want in (("inverter", other), ("corrector", trained)):
+        for x, y in zip(jax.tree_util.tree_leaves(got.params[kind]), jax.tree_util.tree_leaves(want.params[kind])):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    source = json.loads((tmp_path / "out" / bundle.FILE).read_text())["source"]
+    assert source["inverter"].endswith("other") and source["hypotheses_of"].endswith("inverter")
 
 
 def test_a_corrector_run_refuses_another_inverters_weights(capsys, tmp_path, tiny_data, tiny_models):

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from v2t_jax import bundle, correction, inversion
+from v2t_jax import bundle, correction, hotflip, inversion
 from v2t_jax.bundle import ModelError  # noqa: F401  (the API's error; re-exported)
 from v2t_jax.models import embedders
 from v2t_jax.vocabulary import Vocabulary, VocabularyError
@@ -35,6 +35,19 @@ SHIPPED_BUNDLE = Path(__file__).parent / "resources" / "v2t_minilm_l6_v2"
 
 
 MAX_SEQUENCE_BEAM = 64  # 4,096 candidates per vector and step; the paper's widest is 8 (64)
+MAX_PRIOR = 100.0  # the language prior's weight: far past where the cosine still counts
+MAX_POLISH = 100  # rounds of token swaps (each changes at most one token)
+
+
+def check_prior(prior) -> float:
+    """The language prior's weight as a float in [0, MAX_PRIOR] (a static argument: one compile per value)."""
+    try:
+        value = float(prior)
+    except (TypeError, ValueError):
+        raise ModelError(f"prior must be a number, got {prior!r}") from None
+    if not 0.0 <= value <= MAX_PRIOR:  # NaN fails too
+        raise ModelError(f"prior must be in [0, {MAX_PRIOR:g}] (0: cosine alone), got {prior!r}")
+    return value
 
 
 @dataclasses.dataclass
@@ -48,22 +61,37 @@ class Vec2Text:
     max_length: int  # embedder tokens incl. [CLS]/[SEP]
 
     def __post_init__(self):
-        self._run = jax.jit(correction.invert, static_argnums=(0, 3, 4), static_argnames=("skip_repeated", "score"))
+        self._run = jax.jit(
+            correction.invert, static_argnums=(0, 3, 4), static_argnames=("skip_repeated", "score", "prior", "polish")
+        )
 
     @property
     def dim(self) -> int:
         return self.embedder.dim
 
-    def compiled(self, batch: int, num_steps: int, beam: int, skip_repeated: bool = False, score: bool = False):
+    def compiled(
+        self, batch: int, num_steps: int, beam: int, skip_repeated: bool = False, score: bool = False,
+        prior: float = 0.0, polish: int = 0,
+    ):  # fmt: skip
         """The inversion compiled ahead of time for one shape: a function (params, embeddings [batch, D]) ->
-        `correction.invert`'s outputs, with no stop cosine (benchmarks; `score` as in `correction.invert`)."""
+        `correction.invert`'s outputs, with no stop cosine (benchmarks; `score`, `prior`, `polish` as in
+        `correction.invert`)."""
         if not self.program.in_graph:
             raise ModelError(
                 "this model re-embeds through text (its own vocabulary): it has no single compiled program"
             )
         e = jax.ShapeDtypeStruct((batch, self.dim), np.float32)
         fn = self._run.lower(
-            self.program, self.params, e, num_steps, beam, 2.0, skip_repeated=skip_repeated, score=score
+            self.program,
+            self.params,
+            e,
+            num_steps,
+            beam,
+            2.0,
+            skip_repeated=skip_repeated,
+            score=score,
+            prior=prior,
+            polish=polish,
         ).compile()
         return lambda params, embeddings: fn(params, embeddings, 2.0)
 
@@ -112,6 +140,8 @@ class Vec2Text:
         embed_fn=None,
         skip_repeated: bool = True,
         readable: bool = True,
+        prior: float = 0.0,
+        polish: int = 0,
     ):
         """Texts for [N, D] vectors; with return_trace also per-step hypotheses and cosines.
 
@@ -127,13 +157,20 @@ class Vec2Text:
         embed_fn: re-embed hypotheses with this black box (list of strings -> [n, D] array), e.g. a remote
         API, on the host between compiled decoding steps, instead of the bundle's embedder inside the program
         (`correction.invert_host`). A model with its own vocabulary always re-embeds this way (by default
-        with its embedder)."""
+        with its embedder).
+
+        prior: the language prior's weight λ (`correction.invert`): hypotheses are ranked by cosine + λ · their
+        mean log-probability under the corrector. 0 ranks by cosine alone, as vec2text does.
+
+        polish: rounds of gradient-guided token swaps on each result (`v2t_jax.hotflip`; in the embedder's own
+        vocabulary only): each round re-embeds the most promising single-token swaps and keeps one only if it
+        raises the score. With return_trace the polished text is one more entry after the last step's."""
         texts: list[str] = []
         cosines: list[float] = []
         per_step: list[dict] = []
         for _, t, c, steps in self.iter_batches(
             embeddings, num_steps, sequence_beam_width, stop_cosine, batch_size, return_trace, progress, embed_fn,
-            skip_repeated, score=return_trace,
+            skip_repeated, score=return_trace, prior=prior, polish=polish,
         ):  # fmt: skip
             texts += t
             cosines += c
@@ -156,6 +193,8 @@ class Vec2Text:
         skip_repeated: bool = True,
         start: int = 0,
         score: bool = True,
+        prior: float = 0.0,
+        polish: int = 0,
     ):
         """`invert_embeddings` one batch at a time: yields (first row, texts, cosines, per-row step traces or
         None) in order, from row `start` (a multiple of the batch size, as a resumed run left off). Every input
@@ -164,6 +203,13 @@ class Vec2Text:
         steps too; `score=False` leaves the step-0 text unembedded at 0 steps (its cosine is then NaN)."""
         if num_steps < 0 or sequence_beam_width < 1 or batch_size < 1:
             raise ModelError("num_steps must be >= 0, sequence_beam_width >= 1 and batch_size >= 1")
+        prior = check_prior(prior)
+        if not isinstance(polish, (int, np.integer)) or not 0 <= polish <= MAX_POLISH:
+            raise ModelError(f"polish must be a whole number of rounds in [0, {MAX_POLISH}], got {polish!r}")
+        if polish and not self.program.in_graph:
+            raise ModelError("polish (token swaps) needs a model that decodes in the embedder's own vocabulary")
+        if polish and embed_fn is not None:
+            raise ModelError("polish (token swaps) needs the embedder's gradients: not with a black-box embed_fn")
         if sequence_beam_width > MAX_SEQUENCE_BEAM:
             raise ModelError(
                 f"sequence_beam_width {sequence_beam_width} is over {MAX_SEQUENCE_BEAM}: a step decodes and re-embeds "
@@ -202,12 +248,14 @@ class Vec2Text:
                         stop,
                         skip_repeated=skip_repeated,
                         score=score or trace or num_steps > 0,
+                        prior=prior,
+                        polish=int(polish),
                     )
                 )
             else:
                 out = correction.invert_host(
                     self.program, self.params, chunk, num_steps, sequence_beam_width, self.decode, embed_fn, stop,
-                    skip_repeated,
+                    skip_repeated, prior,
                 )  # fmt: skip
             texts = [self.decode(row) for row in out["ids"][:m]]
             steps = None
@@ -289,6 +337,7 @@ def build(
         eos_id=vocab.eos_id,
         pad_id=vocab.pad_id,
         cls_id=vocab.cls_id,
+        banned=hotflip.banned_ids(vocab.tokenizer, vocab.size) if vocab.in_graph else (),
     )
     params = {"inverter": inverter_params, "embedder": embedder.params}
     if corrector_cfg is not None:

@@ -13,6 +13,7 @@ import sys
 from typing import Sequence
 
 from v2t_jax.commands import (
+    DEFAULT_PRIOR,
     DEFAULT_SBEAM,
     DEFAULT_STEPS,
     WEIGHT_FORMATS,
@@ -140,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", type=int, default=None, help=f"correction steps (default {DEFAULT_STEPS}; 0 without a corrector)"
     )
     dm.add_argument("--sbeam", type=int, default=DEFAULT_SBEAM, help="sequence beam width (default %(default)s)")
+    dm.add_argument(
+        "--prior",
+        type=float,
+        default=DEFAULT_PRIOR,
+        help="language prior: rank hypotheses by cosine + PRIOR x their mean log-probability under the corrector "
+        "(default %(default)s: cosine alone)",
+    )
     dm.add_argument("--cache-dir", default=None)
     dm.add_argument("--quiet", action="store_true", help="no progress bar")
     dm.set_defaults(func=cmd_demo)
@@ -157,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     iv.add_argument(
         "--sbeam", type=int, default=DEFAULT_SBEAM, help="sequence beam width (1: greedy; default %(default)s)"
+    )
+    iv.add_argument(
+        "--prior",
+        type=float,
+        default=DEFAULT_PRIOR,
+        help="language prior: rank hypotheses by cosine + PRIOR x their mean log-probability under the corrector "
+        "(default %(default)s: cosine alone)",
     )
     iv.add_argument("--stop-cosine", type=float, default=None, help="stop an example once its cosine reaches this")
     iv.add_argument("--batch-size", type=int, default=32)
@@ -219,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", type=int, default=None, help=f"correction steps (default {DEFAULT_STEPS}; 0 without a corrector)"
     )
     au.add_argument("--sbeam", type=int, default=DEFAULT_SBEAM, help="sequence beam width (default %(default)s)")
+    au.add_argument(
+        "--prior",
+        type=float,
+        default=DEFAULT_PRIOR,
+        help="language prior: rank hypotheses by cosine + PRIOR x their mean log-probability under the corrector "
+        "(default %(default)s: cosine alone)",
+    )
     au.add_argument("--limit", type=int, default=None, help="audit the first N records only")
     au.add_argument("--batch-size", type=int, default=32)
     _remote_flags(au)
@@ -231,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--workdir", required=True, help="a v2t train run directory")
     ex.add_argument("--output", required=True, help="bundle folder to write")
     ex.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    ex.add_argument(
+        "--inverter",
+        default=None,
+        help="corrector runs: take the inverter from this bundle instead of the one the corrector trained on",
+    )
     ex.add_argument(
         "--weights",
         choices=WEIGHT_FORMATS,

@@ -25,6 +25,8 @@ from v2t_jax.remote import RemoteError
 # cores); experiments/results/table1_minilm.md shows what a sequence beam adds, at what cost.
 DEFAULT_STEPS = 20
 DEFAULT_SBEAM = 1
+# the language prior's weight (correction.invert's `prior`): 0 ranks hypotheses by cosine alone, as vec2text
+DEFAULT_PRIOR = 0.0
 WEIGHT_FORMATS = ("float32", "int8")  # v2t_jax.bundle.WEIGHT_FORMATS, without importing jax for --help
 
 
@@ -171,6 +173,11 @@ def _load_model(args: argparse.Namespace):
     from v2t_jax import api, assets
 
     try:
+        args.prior = api.check_prior(getattr(args, "prior", DEFAULT_PRIOR))
+    except api.ModelError as e:
+        raise UsageError(f"--{e}") from None
+
+    try:
         model = api.load_model(args.checkpoint, cache_dir=args.cache_dir)
     except (api.ModelError, assets.AssetError) as e:
         raise UsageError(str(e)) from e
@@ -199,13 +206,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         out, trace = model.invert_embeddings(  # scored as decoded, shown as people write (model.readable)
             vectors, num_steps=args.steps, sequence_beam_width=args.sbeam, return_trace=True, progress=not args.quiet,
-            readable=False,
+            readable=False, prior=args.prior,
         )  # fmt: skip
     except api.ModelError as e:
         raise UsageError(str(e)) from e
     first = [row["hypotheses"][0] for row in trace["steps"]]
     first_cos = [row["cosines"][0] for row in trace["steps"]]
     how = "inverter only" if args.steps == 0 else f"{args.steps} correction steps, sequence beam {args.sbeam}"
+    how += f", language prior {args.prior:g}" if args.steps and args.prior else ""
     print(f"{len(refs)} passages from {path}, embedded with {model.embedder.name} at {model.max_length} tokens")
     print(f"inverted by {'the shipped model' if args.checkpoint is None else args.checkpoint} ({how})")
     print(
@@ -277,6 +285,7 @@ def _invert(args: argparse.Namespace, path: Path, vectors, references: list[str]
         "model": _bundle_digest(args.checkpoint),
         "steps": args.steps,
         "sbeam": args.sbeam,
+        "prior": args.prior,
         "stop_cosine": args.stop_cosine,
         "batch_size": bs,
         "skip_repeated": args.skip_repeated,
@@ -297,6 +306,7 @@ def _invert(args: argparse.Namespace, path: Path, vectors, references: list[str]
             skip_repeated=args.skip_repeated,
             start=stream.done,
             embed_fn=remote,
+            prior=args.prior,
         ):
             # scored as decoded (against the embedder's view), written as people write (model.readable)
             rows = [{"text": t, "cosine": c} for t, c in zip(model.readable(texts), cosines)]
@@ -378,6 +388,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         "model": _bundle_digest(args.checkpoint),
         "steps": args.steps,
         "sbeam": args.sbeam,
+        "prior": args.prior,
         "batch_size": bs,
         "documents": refs is not None,
         "embedder_url": [remote.shown_url, remote.model] if remote is not None else None,
@@ -395,7 +406,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         try:
             for first, texts, cosines, _ in model.iter_batches(
                 vectors, num_steps=args.steps, sequence_beam_width=args.sbeam, batch_size=bs, progress=not args.quiet,
-                skip_repeated=True, start=stream.done, embed_fn=remote,
+                skip_repeated=True, start=stream.done, embed_fn=remote, prior=args.prior,
             ):  # fmt: skip
                 ids = records.ids[first : first + len(texts)]
                 ref = refs[first : first + len(texts)] if refs is not None else None
@@ -415,6 +426,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             "model": args.checkpoint or f"the shipped model ({model.embedder.name})",
             "steps": args.steps,
             "sbeam": args.sbeam,
+            "prior": args.prior,
             "max_length": model.max_length,
             # (a key given in --embedder-url's query is redacted from the report, as from every message)
             "command": redact("v2t " + shlex.join(getattr(args, "argv", None) or ["audit", args.store])),
@@ -460,7 +472,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from v2t_jax import api, bundle, export
 
     try:
-        meta = json.loads((export.export(args.workdir, out, args.step, args.weights) / bundle.FILE).read_text())
+        written = export.export(args.workdir, out, args.step, args.weights, args.inverter)
+        meta = json.loads((written / bundle.FILE).read_text())
     except api.ModelError as e:
         raise UsageError(str(e)) from e
     kind = "an inverter-only" if meta["corrector"] is None else "an inverter + corrector"

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from v2t_jax import decoding, inversion
+from v2t_jax import decoding, hotflip, inversion
 from v2t_jax.inversion import EmbeddingTransform
 from v2t_jax.models import embedders
 from v2t_jax.models import t5 as t5_lib
@@ -144,6 +144,7 @@ class InversionProgram:
     eos_id: int
     pad_id: int = 0  # also the decoder start token
     cls_id: int | None = None  # the embedder's [CLS]: set when the decoders emit the embedder's own ids
+    banned: tuple[int, ...] = ()  # ids a token swap never writes (`hotflip.banned_ids`: special, unused)
 
     @property
     def in_graph(self) -> bool:
@@ -156,8 +157,10 @@ class SearchState(NamedTuple):
     hyps: Array  # [B, m, L] live hypotheses: m = 1 before the first step, the beam width after it
     emb: Array  # [B, m, D] their embeddings
     cos: Array  # [B, m] their cosines to the target; -inf marks an empty slot
-    best_ids: Array  # [B, L] the best hypothesis seen at any step
-    best_cos: Array  # [B]
+    score: Array  # [B, m] what ranks them: the cosine, plus prior x log-probability with a language prior
+    best_ids: Array  # [B, L] the best hypothesis seen at any step (highest score)
+    best_cos: Array  # [B] its cosine
+    best_score: Array  # [B] its score
     settled: Array  # [B] bool: at a fixed point or in a 2-cycle (skip_repeated)
     prev: Array  # [B, m, L] the hypotheses one step before (-1: none yet)
     t: Array  # correction steps done
@@ -181,12 +184,19 @@ def _first_equal(cand: Array, valid: Array) -> Array:
     return jnp.where(jnp.any(same, axis=-1), jnp.argmax(same, axis=-1), jnp.arange(n)[None])
 
 
-def greedy_hypotheses(program: InversionProgram, params: dict, e: Array) -> Array:
-    """The inverter's greedy decode of e [B, D] -> decoder ids [B, L]."""
+def mean_logprob(program: InversionProgram, ids: Array, logprob: Array) -> Array:
+    """Sequence log-probabilities [...] of decoder ids [..., L] divided by their lengths (tokens up to and
+    including EOS): the language prior's term, comparable across lengths."""
+    length = jnp.maximum(jnp.sum(ids != program.pad_id, axis=-1), 1).astype(jnp.float32)
+    return jnp.where(logprob > decoding.NEG_INF / 2, logprob / length, -jnp.inf)
+
+
+def greedy_hypotheses(program: InversionProgram, params: dict, e: Array, with_logprob: bool = False):
+    """The inverter's greedy decode of e [B, D] -> decoder ids [B, L] (with_logprob: and `mean_logprob` [B])."""
     inv = inversion.Inverter(program.inverter)
     vi = {"params": params["inverter"]}
     cache = inv.apply(vi, e, program.length, method=inversion.Inverter.init_cache)
-    return decoding.greedy(
+    out = decoding.greedy(
         lambda t, c: inv.apply(vi, t, c, method=inversion.Inverter.decode_step),
         cache,
         e.shape[0],
@@ -194,7 +204,9 @@ def greedy_hypotheses(program: InversionProgram, params: dict, e: Array) -> Arra
         program.pad_id,
         program.eos_id,
         program.pad_id,
+        with_logprob=with_logprob,
     )
+    return (out[0], mean_logprob(program, *out)) if with_logprob else out
 
 
 def initial_hypotheses(program: InversionProgram, params: dict, e: Array) -> tuple[Array, Array, Array]:
@@ -204,10 +216,14 @@ def initial_hypotheses(program: InversionProgram, params: dict, e: Array) -> tup
     return ids, emb, _cosine(emb, e)
 
 
-def candidates(program: InversionProgram, params: dict, e: Array, hyps: Array, hyp_emb: Array, width: int) -> Array:
+def candidates(
+    program: InversionProgram, params: dict, e: Array, hyps: Array, hyp_emb: Array, width: int,
+    with_logprob: bool = False,
+):  # fmt: skip
     """One correction step's proposals: for each of the m hypotheses [B, m, L] (embeddings [B, m, D]) of each
     target e [B, D], the corrector's `width`-wide token beam search -> m·width candidates [B, m·width, L].
-    Width 1 is greedy decoding (what the reference's `generate` does with one beam)."""
+    Width 1 is greedy decoding (what the reference's `generate` does with one beam). with_logprob: also each
+    candidate's `mean_logprob` under the corrector [B, m·width] (the language prior)."""
     B, m, L = hyps.shape
     cor = Corrector(program.corrector)
     vc = {"params": params["corrector"]}
@@ -225,10 +241,12 @@ def candidates(program: InversionProgram, params: dict, e: Array, hyps: Array, h
     )
     step = lambda t, cc: cor.apply(vc, t, cc, method=Corrector.decode_step)  # noqa: E731
     if width == 1:
-        cand = decoding.greedy(step, c, B * m, L, program.pad_id, program.eos_id, program.pad_id)
+        out = decoding.greedy(step, c, B * m, L, program.pad_id, program.eos_id, program.pad_id, with_logprob)
+        cand, lp = out if with_logprob else (out, None)
     else:
-        cand, _ = decoding.beam_search(step, c, B * m, width, L, program.pad_id, program.eos_id, program.pad_id)
-    return cand.reshape(B, m * width, L)
+        cand, lp = decoding.beam_search(step, c, B * m, width, L, program.pad_id, program.eos_id, program.pad_id)
+    cand = cand.reshape(B, m * width, L)
+    return (cand, mean_logprob(program, cand, lp.reshape(B, m * width))) if with_logprob else cand
 
 
 # Work per piece inside one correction step: decoded beam rows and re-embedded sequences. Bigger batches run in
@@ -289,11 +307,19 @@ def _on_rows(mask: Array, fn, inputs: tuple, fill, caps: list[int]):
     return jax.lax.switch(which, branches, None)
 
 
-def _start(ids0: Array, emb0: Array, cos0: Array) -> SearchState:
+def _start(ids0: Array, emb0: Array, cos0: Array, score0: Array) -> SearchState:
     """The search before its first correction step: the inverter's one hypothesis per example."""
     no = jnp.zeros(cos0.shape, bool)
     none = jnp.full(ids0[:, None].shape, -1, jnp.int32)
-    return SearchState(ids0[:, None], emb0[:, None], cos0[:, None], ids0, cos0, no, none, jnp.int32(0), ids0, no)
+    return SearchState(
+        ids0[:, None], emb0[:, None], cos0[:, None], score0[:, None], ids0, cos0, score0, no, none, jnp.int32(0),
+        ids0, no,
+    )  # fmt: skip
+
+
+def _scored(cos: Array, logprob: Array | None, prior: float) -> Array:
+    """The search's ranking: cosine + prior x mean log-probability (prior 0: the cosine alone, as vec2text)."""
+    return cos if not prior else cos + prior * logprob
 
 
 def _active(state: SearchState, stop_cosine) -> Array:
@@ -302,10 +328,11 @@ def _active(state: SearchState, stop_cosine) -> Array:
 
 
 def _propose_in_graph(
-    program: InversionProgram, params: dict, e: Array, state: SearchState, active: Array, beam: int, skip_repeated: bool
-) -> tuple[Array, Array, Array]:
-    """One step's candidates [B, n, L] (n = m·beam), their embeddings [B, n, D] and `_first_equal` [B, n], with
-    the embedder inside the program.
+    program: InversionProgram, params: dict, e: Array, state: SearchState, active: Array, beam: int,
+    skip_repeated: bool, prior: float = 0.0,
+) -> tuple[Array, Array, Array, Array | None]:  # fmt: skip
+    """One step's candidates [B, n, L] (n = m·beam), their embeddings [B, n, D], `_first_equal` [B, n] and (with
+    a prior) their mean log-probabilities [B, n], with the embedder inside the program.
 
     skip_repeated: only the `active` rows are decoded (`_on_rows`), and only the distinct new candidates are
     embedded: a candidate equal to a current hypothesis takes its stored embedding, a repeat of another
@@ -314,7 +341,7 @@ def _propose_in_graph(
     B, m, L = hyps.shape
     D = e.shape[-1]
     n = m * beam
-    per_row = functools.partial(candidates, program, params, width=beam)
+    per_row = functools.partial(candidates, program, params, width=beam, with_logprob=bool(prior))
     per_seq = functools.partial(_embed_hypotheses, program, params["embedder"])
 
     def propose(e, hyps, hyp_emb):
@@ -325,10 +352,15 @@ def _propose_in_graph(
 
     valid = jnp.repeat(jnp.isfinite(state.cos), beam, axis=1)  # candidates of empty slots do not count
     if not skip_repeated:
-        cand = propose(e, hyps, hyp_emb)
-        return cand, embed(cand.reshape(B * n, L)).reshape(B, n, D), _first_equal(cand, valid)
+        out = propose(e, hyps, hyp_emb)
+        cand, lp = out if prior else (out, None)
+        return cand, embed(cand.reshape(B * n, L)).reshape(B, n, D), _first_equal(cand, valid), lp
     row_caps = _buckets(B, max(1, B // 8))
-    cand = _on_rows(active, propose, (e, hyps, hyp_emb), jnp.full((B, n, L), program.pad_id, jnp.int32), row_caps)
+    fill = jnp.full((B, n, L), program.pad_id, jnp.int32)
+    if prior:
+        cand, lp = _on_rows(active, propose, (e, hyps, hyp_emb), (fill, jnp.full((B, n), -jnp.inf)), row_caps)
+    else:
+        cand, lp = _on_rows(active, propose, (e, hyps, hyp_emb), fill, row_caps), None
     first = _first_equal(cand, valid)
     is_hyp = jnp.all(cand[:, :, None] == hyps[:, None], axis=-1) & jnp.isfinite(state.cos)[:, None]  # [B, n, m]
     known = jnp.any(is_hyp, axis=-1)
@@ -339,44 +371,52 @@ def _propose_in_graph(
     ).reshape(B, n, D)  # fmt: skip
     fresh = jnp.take_along_axis(fresh, first[..., None], axis=1)
     stored = jnp.take_along_axis(hyp_emb, jnp.argmax(is_hyp, axis=-1)[..., None], axis=1)
-    return cand, jnp.where(known[..., None], stored, fresh), first
+    return cand, jnp.where(known[..., None], stored, fresh), first, lp
 
 
 def _select(
-    state: SearchState, cand: Array, cand_emb: Array, first: Array, e: Array, beam: int
-) -> tuple[Array, Array, Array]:
-    """Scores candidates [B, n, L] (embeddings [B, n, D]) by cosine to e [B, D] and keeps the top `beam`
-    distinct ones (`first`: `_first_equal`, by ids or by text) -> hyps [B, beam, L], embeddings, cosines;
-    candidates of empty slots and repeats score -inf (a row with fewer distinct ones gets empty slots)."""
+    state: SearchState, cand: Array, cand_emb: Array, first: Array, e: Array, beam: int,
+    logprob: Array | None = None, prior: float = 0.0,
+) -> tuple[Array, Array, Array, Array]:  # fmt: skip
+    """Scores candidates [B, n, L] (embeddings [B, n, D]) by cosine to e [B, D] (with a prior, plus prior x
+    their mean log-probabilities [B, n]) and keeps the top `beam` distinct ones (`first`: `_first_equal`, by ids
+    or by text) -> hyps [B, beam, L], embeddings, cosines, scores; candidates of empty slots and repeats score
+    -inf (a row with fewer distinct ones gets empty slots)."""
     n = cand.shape[1]
     valid = jnp.repeat(jnp.isfinite(state.cos), beam, axis=1)
     cand_cos = _cosine(cand_emb, e[:, None])
-    score = jnp.where(valid & (first == jnp.arange(n)[None]), cand_cos, -jnp.inf)
+    ok = valid & (first == jnp.arange(n)[None])
+    score = jnp.where(ok, _scored(cand_cos, logprob, prior), -jnp.inf)
     top, j = jax.lax.top_k(score, beam)
+    cos = jnp.take_along_axis(jnp.where(ok, cand_cos, -jnp.inf), j, axis=1)
     return (
         jnp.take_along_axis(cand, j[..., None], axis=1),
         jnp.take_along_axis(cand_emb, j[..., None], axis=1),
+        jnp.where(jnp.isfinite(top), cos, -jnp.inf),
         top,
     )
 
 
 def _advance(
-    state: SearchState, new: tuple[Array, Array, Array], active: Array, num_steps: int, skip_repeated: bool
+    state: SearchState, new: tuple[Array, Array, Array, Array], active: Array, num_steps: int, skip_repeated: bool
 ) -> tuple[SearchState, tuple[Array, Array, Array]]:
     """The state after a step whose selection (`_select`) is `new`, applied to the `active` rows (the others
-    keep their hypotheses), and the step's trace (best ids [B, L], best cosine [B], active [B])."""
-    new_hyps, new_emb, new_cos = new
+    keep their hypotheses), and the step's trace (best ids [B, L], best cosine [B], active [B], best score
+    [B])."""
+    new_hyps, new_emb, new_cos, new_score = new
     B, m, L = state.hyps.shape
     k = new_hyps.shape[1]
-    hyps, emb, cos = state.hyps, state.emb, state.cos
+    hyps, emb, cos, score = state.hyps, state.emb, state.cos, state.score
     if m != k:  # step 1 widens one hypothesis to k: a row that does not work keeps it in slot 0, the rest empty
         hyps = jnp.broadcast_to(hyps[:, :1], (B, k, L))
         emb = jnp.broadcast_to(emb[:, :1], (B, k, emb.shape[-1]))
         cos = jnp.where(jnp.arange(k)[None] == 0, cos[:, :1], -jnp.inf)
+        score = jnp.where(jnp.arange(k)[None] == 0, score[:, :1], -jnp.inf)
     keep = ~active
     new_hyps = jnp.where(keep[:, None, None], hyps, new_hyps)
     new_emb = jnp.where(keep[:, None, None], emb, new_emb)
     new_cos = jnp.where(keep[:, None], cos, new_cos)
+    new_score = jnp.where(keep[:, None], score, new_score)
     settled, alt, odd = state.settled, state.alt, state.odd
     if skip_repeated and m == k:
         # a step is a fixed function of the hypotheses: a repeat of the last state (a fixed point) or of the one
@@ -387,16 +427,22 @@ def _advance(
         alt = jnp.where(cycle[:, None], state.hyps[:, 0], alt)
         odd = jnp.where(cycle, (num_steps - state.t - 1) % 2 == 1, odd)
         settled = settled | fixed | cycle
-    better = (new_cos[:, 0] > state.best_cos) & active
+    better = (new_score[:, 0] > state.best_score) & active
     best_ids = jnp.where(better[:, None], new_hyps[:, 0], state.best_ids)
     best_cos = jnp.where(better, new_cos[:, 0], state.best_cos)
+    best_score = jnp.where(better, new_score[:, 0], state.best_score)
     prev = state.hyps if m == k else jnp.full(new_hyps.shape, -1, jnp.int32)
-    out = SearchState(new_hyps, new_emb, new_cos, best_ids, best_cos, settled, prev, state.t + 1, alt, odd)
-    return out, (best_ids, best_cos, active)
+    out = SearchState(
+        new_hyps, new_emb, new_cos, new_score, best_ids, best_cos, best_score, settled, prev, state.t + 1, alt, odd
+    )
+    return out, (best_ids, best_cos, active, best_score)
 
 
-def _result(ids0: Array, cos0: Array, trace: tuple[Array, Array, Array] | None, state: SearchState | None) -> dict:
-    """The search's outputs (see `invert`) from step 0 and the stacked per-step traces."""
+def _result(
+    ids0: Array, cos0: Array, trace: tuple | None, state: SearchState | None, score0: Array | None = None
+) -> dict:
+    """The search's outputs (see `invert`) from step 0 (score0: its score, the cosine by default) and the
+    stacked per-step traces."""
     if trace is None:
         return {"ids": ids0, "cosine": cos0, "step_ids": ids0[None], "step_cosine": cos0[None]}
     step_ids = jnp.concatenate([ids0[None], trace[0]])
@@ -406,6 +452,8 @@ def _result(ids0: Array, cos0: Array, trace: tuple[Array, Array, Array] | None, 
         "cosine": step_cos[-1],
         "step_ids": step_ids,
         "step_cosine": step_cos,
+        # [S+1, B]: the best's score (the cosine without a prior); it never falls from one step to the next
+        "step_score": jnp.concatenate([(cos0 if score0 is None else score0)[None], trace[3]]),
         "step_active": trace[2],  # [S, B]: which examples did the work of each correction step
         # [B, L]: the last step's top hypothesis (vec2text returns this one), as the full loop would end a cycle
         "last_ids": jnp.where(state.odd[:, None], state.alt, state.hyps[:, 0]),
@@ -426,6 +474,9 @@ def invert(
     stop_cosine: float = 2.0,
     skip_repeated: bool = False,
     score: bool = True,
+    prior: float = 0.0,
+    polish: int = 0,
+    polish_top: int = 16,
 ) -> dict:
     """The whole N-step inversion as one program (jit it with program, num_steps, beam, skip_repeated and
     score static), for a program that decodes in the embedder's vocabulary (`program.in_graph`).
@@ -443,46 +494,79 @@ def invert(
     floating-point rounding in near-ties, at a fraction of its work on a trained model.
     score: False skips re-embedding the step-0 hypothesis when there are no correction steps (its cosine is
     then NaN): the inverter's work alone, as vec2text does.
+    prior: the language prior's weight λ. 0 (vec2text) ranks hypotheses by cosine alone; λ > 0 ranks them by
+    cosine + λ · their mean log-probability under the model that proposed them (the corrector; the inverter for
+    step 0), which keeps the search from drifting to word salad that embeds close to the target. The best
+    hypothesis seen is then the best by that score, and its cosine is the one returned.
+    polish: rounds of gradient-guided token swaps on the best hypothesis after the search (`hotflip.polish`,
+    `polish_top` exactly re-embedded swaps per round, kept only if they raise the score); the per-step
+    outputs then end with one more entry, the polished hypothesis, and `polish_kept` [polish, B] says which
+    rows took a swap in each round. With a prior the swaps are ranked by cosine + λ · the inverter's mean
+    log-probability of the text given e (a swap has no proposing corrector), so the polished entry's score is
+    on that scale.
 
     Returns ids [B, L] and cosine [B] of the best hypothesis, per-step best ids [S+1, B, L] and best
-    cosines [S+1, B] (step 0 first), and with correction steps which examples worked at each [S, B] and the
-    last step's top hypothesis [B, L] (what vec2text returns; the best seen may come from an earlier step).
+    cosines [S+1, B] (step 0 first), and with correction steps their scores [S+1, B], which examples worked at
+    each step [S, B] and the last step's top hypothesis [B, L] (what vec2text returns; the best seen may come
+    from an earlier step).
     """
     if not program.in_graph:
         raise ValueError("this program decodes in another vocabulary than the embedder's: use invert_host")
     _check_steps(program, num_steps)
     e = embeddings.astype(jnp.float32)
-    ids0 = greedy_hypotheses(program, params, e)
+    with_lp = bool(prior) and num_steps > 0
+    if with_lp:
+        ids0, lp0 = greedy_hypotheses(program, params, e, True)
+    else:
+        ids0, lp0 = greedy_hypotheses(program, params, e), None
     if num_steps == 0 and not score:
         return _result(ids0, jnp.full(ids0.shape[:1], jnp.nan, jnp.float32), None, None)
     emb0 = _embed_hypotheses(program, params["embedder"], ids0)
     cos0 = _cosine(emb0, e)
     if num_steps == 0:
-        return _result(ids0, cos0, None, None)
+        return _polished(program, params, e, _result(ids0, cos0, None, None), polish, polish_top, prior)
 
     def step(state: SearchState, _):
         active = _active(state, stop_cosine)
-        cand, cand_emb, first = _propose_in_graph(program, params, e, state, active, beam, skip_repeated)
-        return _advance(state, _select(state, cand, cand_emb, first, e, beam), active, num_steps, skip_repeated)
+        cand, cand_emb, first, lp = _propose_in_graph(program, params, e, state, active, beam, skip_repeated, prior)
+        new = _select(state, cand, cand_emb, first, e, beam, lp, prior)
+        return _advance(state, new, active, num_steps, skip_repeated)
 
     # step 1 works from the one hypothesis of step 0 (beam candidates per example, not beam² from copies of it)
-    state, trace1 = step(_start(ids0, emb0, cos0), None)
+    score0 = _scored(cos0, lp0, prior)
+    state, trace1 = step(_start(ids0, emb0, cos0, score0), None)
     trace = jax.tree_util.tree_map(lambda x: x[None], trace1)
     if num_steps > 1:
         state, rest = jax.lax.scan(step, state, None, length=num_steps - 1)
         trace = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), trace, rest)
-    return _result(ids0, cos0, trace, state)
+    return _polished(program, params, e, _result(ids0, cos0, trace, state, score0), polish, polish_top, prior)
+
+
+def _polished(program: InversionProgram, params: dict, e: Array, out: dict, rounds: int, top: int, prior: float):
+    """`out` with its best hypothesis polished by `rounds` of token swaps, appended to the per-step outputs."""
+    if not rounds:
+        return out
+    ids, cos, score, kept = hotflip.polish(program, params, e, out["ids"], rounds, top, prior)
+    out = dict(out, ids=ids, cosine=cos, polish_kept=kept)
+    out["step_ids"] = jnp.concatenate([out["step_ids"], ids[None]])
+    out["step_cosine"] = jnp.concatenate([out["step_cosine"], cos[None]])
+    if "step_score" in out:
+        out["step_score"] = jnp.concatenate([out["step_score"], score[None]])
+    return out
 
 
 # ----------------------------------------------------------------------------- the same search through text
 
-_greedy_jit = jax.jit(greedy_hypotheses, static_argnums=0)
-_candidates_jit = jax.jit(candidates, static_argnums=0, static_argnames="width")
+_greedy_jit = jax.jit(greedy_hypotheses, static_argnums=(0, 3))
+_candidates_jit = jax.jit(candidates, static_argnums=0, static_argnames=("width", "with_logprob"))
 
 
-@functools.partial(jax.jit, static_argnames=("beam", "num_steps", "skip_repeated"))
-def _host_step(state, cand, cand_emb, first, e, active, beam: int, num_steps: int, skip_repeated: bool):
-    return _advance(state, _select(state, cand, cand_emb, first, e, beam), active, num_steps, skip_repeated)
+@functools.partial(jax.jit, static_argnames=("beam", "num_steps", "skip_repeated", "prior"))
+def _host_step(
+    state, cand, cand_emb, first, lp, e, active, beam: int, num_steps: int, skip_repeated: bool, prior: float
+):  # fmt: skip
+    new = _select(state, cand, cand_emb, first, e, beam, lp, prior)
+    return _advance(state, new, active, num_steps, skip_repeated)
 
 
 def invert_host(
@@ -495,6 +579,7 @@ def invert_host(
     embed_fn: Callable[[list[str]], np.ndarray],
     stop_cosine: float = 2.0,
     skip_repeated: bool = False,
+    prior: float = 0.0,
 ) -> dict:
     """`invert` for hypotheses that are re-embedded through text: a model decoding in another vocabulary than
     the embedder's, or a black-box embedder (a remote API).
@@ -521,12 +606,15 @@ def invert_host(
             memo.update(zip(new, out.astype(np.float32)))
         return np.stack([memo[t] for t in texts]) if texts else np.zeros((0, D), np.float32)
 
-    ids0 = np.asarray(_greedy_jit(program, params, e))
+    with_lp = bool(prior) and num_steps > 0
+    ids0, lp0 = _greedy_jit(program, params, e, True) if with_lp else (_greedy_jit(program, params, e, False), None)
+    ids0 = np.asarray(ids0)
     emb0 = embed([decode(r) for r in ids0])
     cos0 = np.asarray(_cosine(emb0, e))
     if num_steps == 0:
         return jax.device_get(_result(ids0, cos0, None, None))
-    state = _start(jnp.asarray(ids0), jnp.asarray(emb0), jnp.asarray(cos0))
+    score0 = _scored(jnp.asarray(cos0), lp0, prior)
+    state = _start(jnp.asarray(ids0), jnp.asarray(emb0), jnp.asarray(cos0), score0)
     traces = []
     for _ in range(num_steps):
         active = np.asarray(_active(state, stop_cosine))
@@ -534,8 +622,10 @@ def invert_host(
         n = m * beam
         first = np.tile(np.arange(n), (B, 1))
         cand_emb = np.zeros((B, n, D), np.float32)
+        lp = np.full((B, n), -np.inf, np.float32) if with_lp else None
         if active.any():
-            cand = np.asarray(_candidates_jit(program, params, e, state.hyps, state.emb, width=beam))
+            out = _candidates_jit(program, params, e, state.hyps, state.emb, width=beam, with_logprob=with_lp)
+            cand, lp = (np.asarray(out[0]), np.asarray(out[1])) if with_lp else (np.asarray(out), None)
             valid = np.repeat(np.isfinite(np.asarray(state.cos)), beam, axis=1) & active[:, None]
             where = [(b, j) for b in range(B) for j in np.flatnonzero(valid[b])]
             texts = [decode(cand[b, j]) for b, j in where]
@@ -546,7 +636,7 @@ def invert_host(
                 first[b, j] = seen.setdefault((b, t), j)
         else:  # nothing to work on: the step keeps every hypothesis
             cand = np.repeat(np.asarray(state.hyps), beam, axis=1)
-        state, trace = _host_step(state, cand, cand_emb, first, e, active, beam, num_steps, skip_repeated)
+        state, trace = _host_step(state, cand, cand_emb, first, lp, e, active, beam, num_steps, skip_repeated, prior)
         traces.append(trace)
     trace = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *traces)
-    return jax.device_get(_result(jnp.asarray(ids0), jnp.asarray(cos0), trace, state))
+    return jax.device_get(_result(jnp.asarray(ids0), jnp.asarray(cos0), trace, state, score0))

@@ -55,20 +55,28 @@ def greedy(
     start_id: int,
     eos_id: int,
     pad_id: int = 0,
-) -> Array:
+    with_logprob: bool = False,
+) -> Array | tuple[Array, Array]:
     """Greedy decoding -> ids [b, max_length]; positions after EOS hold `pad_id`. Stops as soon as every row
-    has emitted EOS (as `generate` does), so short outputs cost only their length."""
+    has emitted EOS (as `generate` does), so short outputs cost only their length. with_logprob: also each
+    row's log-probability [b] (the sum over its tokens up to and including EOS), as `beam_search` scores."""
 
     def cond(carry):
-        t, _, done, _, _ = carry
+        t, _, done, _, _, _ = carry
         return (t < max_length) & ~jnp.all(done)
 
     def body(carry):
-        t, prev, done, cache, ids = carry
+        t, prev, done, cache, ids, lp = carry
         logits, cache = tokens_to_logits(prev[:, None], cache)  # [b, 1, v]
-        nxt = jnp.where(done, pad_id, argmax_last(logits[:, -1]))
+        last = logits[:, -1]
+        tok = argmax_last(last)
+        nxt = jnp.where(done, pad_id, tok)
+        if with_logprob:
+            last = last.astype(jnp.float32)
+            gain = jnp.max(last, axis=-1) - jax.nn.logsumexp(last, axis=-1)  # the argmax token's log-probability
+            lp = lp + jnp.where(done, 0.0, gain)
         ids = jax.lax.dynamic_update_slice_in_dim(ids, nxt[:, None], t, axis=1)
-        return t + 1, nxt, done | (nxt == eos_id), cache, ids
+        return t + 1, nxt, done | (nxt == eos_id), cache, ids, lp
 
     init = (
         jnp.zeros((), jnp.int32),
@@ -76,8 +84,10 @@ def greedy(
         jnp.zeros((batch,), bool),
         cache,
         jnp.full((batch, max_length), pad_id, jnp.int32),
+        jnp.zeros((batch,), jnp.float32),
     )
-    return jax.lax.while_loop(cond, body, init)[-1]
+    out = jax.lax.while_loop(cond, body, init)
+    return (out[4], out[5]) if with_logprob else out[4]
 
 
 # ----------------------------------------------------------------------------- beam search

@@ -16,16 +16,32 @@ from v2t_jax.models import embedders
 
 
 def export(
-    workdir: str | os.PathLike, folder: str | os.PathLike, step: int | None = None, weights: str = "float32"
+    workdir: str | os.PathLike,
+    folder: str | os.PathLike,
+    step: int | None = None,
+    weights: str = "float32",
+    inverter: str | os.PathLike | None = None,
 ) -> Path:
     """A model bundle from a `v2t train` run directory (its latest checkpoint, or `step`): an inverter run gives
     an inverter-only bundle; a corrector run gives its inverter bundle's inverter + the trained corrector.
-    `weights`: "float32", or "int8" (weight-only, per-row scales; see `encode_params`)."""
+    `weights`: "float32", or "int8" (weight-only, per-row scales; see `encode_params`).
+    inverter: for a corrector run, the bundle whose inverter goes into the export instead of the one the
+    corrector trained on (a newer inverter trained alongside it: `experiments/gpu_continue.sh`); it must invert
+    the same embedder at the same length."""
     workdir = Path(workdir)
     bundle.check_weight_format(weights)  # before any loading
     if not (workdir / "config.json").exists():
         raise ModelError(f"{workdir} is not a v2t train run directory (no config.json)")
     config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    trained_on = None
+    if inverter is not None:
+        if config.get("model") != "corrector":
+            raise ModelError(f"{workdir} trained an inverter: --inverter applies to a corrector run only")
+        trained_on, config.inverter = config.inverter, str(inverter)
+        try:
+            tasks.inverter_bundle(config)  # a bundle of the same embedder and length, in its vocabulary
+        except tasks.TrainingError as e:
+            raise ModelError(str(e)) from None
     if "dtype" in config.t5:  # a bundle computes in float32 whatever the run trained in (bfloat16 on accelerators)
         config.t5.dtype = "float32"
     steps = sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit())
@@ -59,5 +75,7 @@ def export(
     except tasks.TrainingError as e:
         raise ModelError(str(e)) from None
     source = {"workdir": str(workdir.absolute()), "step": step, **provenance}
+    if trained_on is not None:  # the corrector learned on another inverter's hypotheses: say which
+        source["hypotheses_of"] = str(Path(trained_on).expanduser().absolute())
     api.check_params_fit(model)
     return model.save(folder, weights, extra={"source": source})

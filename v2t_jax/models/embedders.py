@@ -158,6 +158,17 @@ class BertLayer(nn.Module):
         return _LayerNorm(cfg.layer_norm_eps, name="ffn_norm")(out + x)
 
 
+TOKEN_PERTURBATION = "token_embeddings"
+
+
+def _token_vectors(module: nn.Module, word: Array, input_ids: Array) -> Array:
+    """The input tokens' word vectors [b, l, e], through a zero perturbation (`nn.Module.perturb`): applied with
+    a "perturbations" collection, the gradient with respect to it is the gradient with respect to each input
+    token's vector (`v2t_jax.hotflip`); without one (every other use) it is a no-op."""
+    x = jnp.take(word, input_ids, axis=0)
+    return x if module.is_initializing() else module.perturb(TOKEN_PERTURBATION, x)
+
+
 class Bert(nn.Module):
     """BERT encoder (inference only: embedders are frozen). Returns token states [b, l, e]."""
 
@@ -182,7 +193,7 @@ class Bert(nn.Module):
             raise ValueError(
                 f"sequence length {length} exceeds BERT max_position_embeddings {cfg.max_position_embeddings}"
             )
-        x = jnp.take(word, input_ids, axis=0) + position[None, :length] + token_type[0][None, None]
+        x = _token_vectors(self, word, input_ids) + position[None, :length] + token_type[0][None, None]
         x = _LayerNorm(cfg.layer_norm_eps, name="embeddings_norm")(x).astype(cfg.dtype)
         bias = jnp.where(attention_mask[:, None, None, :].astype(bool), 0.0, jnp.finfo(jnp.float32).min)
         x = x.reshape(-1, cfg.hidden_size)  # token-major [b*l, e] through the layers
@@ -294,7 +305,7 @@ class MPNet(nn.Module):
             raise ValueError(f"sequence length {length} exceeds MPNet's {cfg.max_positions} positions")
         real = (input_ids != cfg.pad_token_id).astype(jnp.int32)  # positions skip pad tokens, as the reference's
         positions = jnp.cumsum(real, axis=1) * real + cfg.pad_token_id
-        x = jnp.take(word, input_ids, axis=0) + jnp.take(position, positions, axis=0)
+        x = _token_vectors(self, word, input_ids) + jnp.take(position, positions, axis=0)
         x = _LayerNorm(cfg.layer_norm_eps, name="embeddings_norm")(x).astype(cfg.dtype)
         rel = jnp.arange(length)[None, :] - jnp.arange(length)[:, None]  # key position - query position
         bucket = t5_lib.relative_position_bucket(
