@@ -22,7 +22,8 @@
 # --slice`). MINUTES (default 9; BUDGET_S overrides it in seconds): the budget of this call. In the train phase
 # the shipped inverter's hypotheses (the corrector's data) are computed while the inverter trains, then the
 # corrector trains alongside it; both are time-boxed to one deadline, and what is left goes to the int8 bundle
-# (new inverter + new corrector: `v2t export --inverter`), the table and the packing. The log ends with the
+# (new inverter + new corrector: `v2t export --inverter`) and the packing (and a table with TABLE_N > 0; by
+# default the held-out table is run here, on the bundle that comes back). The log ends with the
 # share of the call that went to train steps. VARIANT (default gpu) names the configs' variant; BUNDLE (default
 # the shipped one) the bundle to continue from; BATCH overrides both configs' batch size. Tested at tiny scale on
 # CPU: tests/test_gpu_recipe.py (TINY=1, a tiny bundle as BUNDLE).
@@ -48,24 +49,9 @@ since() { echo $(( $(date +%s) - START )); }
 stage() { echo "== [$(since) s] $*"; }
 
 # ---------------------------------------------------------------- environment (both phases)
-PY=${PYTHON:-python3}
-if [ -d "$WORK/site" ]; then export PYTHONPATH="$WORK/site:${PYTHONPATH:-}"; fi
-if [ -d "$KIT/wheels" ] && ! "$PY" -c "import ml_collections, tensorflow_datasets" 2>/dev/null; then
-  stage "installing $(ls "$KIT"/wheels | wc -l) wheels"
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" "$KIT"/wheels/*.whl
-  export PYTHONPATH="$WORK/site:${PYTHONPATH:-}"
-fi
-export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
-export V2T_CACHE_DIR="$WORK/cache" V2T_DATA_DIR="$WORK/data" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=true
-if [ -z "${TINY:-}" ]; then
-  export JAX_DEFAULT_MATMUL_PRECISION=bfloat16 DTYPE=bfloat16
-else
-  export DTYPE=float32
-fi
-V2T=("$PY" -m v2t_jax.cli)
+source experiments/gpu_env.sh
 CORPUS="$V2T_CACHE_DIR/passages.jsonl"
 PREPARED="$WORK/prepared-${SLICE/\//-of-}"
-command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 
 # ---------------------------------------------------------------- prep: the slice's data and targets
 if [ "$PHASE" != train ]; then
@@ -87,13 +73,18 @@ BUNDLE=$(realpath -m "${BUNDLE:-v2t_jax/resources/v2t_minilm_l6_v2}")
 "$PY" -c "import jax; print('jax', jax.__version__, jax.devices())"
 RUNS="$WORK/runs"
 rm -rf "$RUNS" && mkdir -p "$RUNS"
-# The seconds the stages after training take (overridable): export of both bundles (EXPORT), table and packing
-# (TAIL). Both trainings end at TRAIN_END; each reports its own train-step time in its metrics.
-if [ -n "${TINY:-}" ]; then EXPORT=${EXPORT:-30}; TAIL=${TAIL:-25}; else EXPORT=${EXPORT:-45}; TAIL=${TAIL:-40}; fi
+# The seconds the stages around training take (overridable): a training's start-up before its clock starts and
+# its final eval and save (RUN), the export of both bundles (EXPORT), the table and the packing (TAIL). Both
+# trainings end at TRAIN_END; each reports its own train-step time in its metrics.
+# The table (TABLE_N test passages; default 0: none, run it here on the returned bundle, as the device's time is
+# for training) gets what is left at the end.
+TABLE_N=${TABLE_N:-0}
+if [ -n "${TINY:-}" ]; then RUN=${RUN:-40}; EXPORT=${EXPORT:-30}; else RUN=${RUN:-40}; EXPORT=${EXPORT:-40}; fi
+if [ "$TABLE_N" -gt 0 ]; then TAIL=${TAIL:-30}; else TAIL=${TAIL:-10}; fi
 DEADLINE=$(( START + ${BUDGET_S:-$(( MINUTES * 60 ))} ))
 TRAIN_END=$(( DEADLINE - EXPORT - TAIL ))
-minutes_until() {  # the minutes from now to TRAIN_END, refusing too few
-  local left=$(( TRAIN_END - $(date +%s) ))
+minutes_until() {  # a time box that ends the run by TRAIN_END, refusing too short a one
+  local left=$(( TRAIN_END - RUN - $(date +%s) ))
   if [ "$left" -lt 30 ]; then echo "only $left s left for training: give the script more MINUTES" >&2; exit 2; fi
   "$PY" -c "print(round($left / 60, 3))"
 }
@@ -159,10 +150,10 @@ pack_reports
 
 # ---------------------------------------------------------------- table: held-out test passages
 TABLE_S=$(( DEADLINE + ${GRACE:-20} - $(date +%s) ))
-stage "table on ${TABLE_N:-500} test passages (at most $TABLE_S s)"
-if [ "$TABLE_S" -gt 10 ]; then
+if [ "$TABLE_N" -gt 0 ] && [ "$TABLE_S" -gt 10 ]; then
+  stage "table on $TABLE_N test passages (at most $TABLE_S s)"
   timeout "$TABLE_S" "$PY" experiments/results_table.py --checkpoint "$RUNS/bundle" --corpus "$CORPUS" \
-    --n "${TABLE_N:-500}" --split test --rows "${ROWS:-0:1,1:1,20:1}" --batch-size 256 --out "$WORK/table1" \
+    --n "$TABLE_N" --split test --rows "${ROWS:-0:1,1:1,20:1}" --batch-size 256 --out "$WORK/table1" \
     || echo "results table failed or ran out of time (bundle kept)"
 fi
 pack_reports

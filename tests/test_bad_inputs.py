@@ -103,6 +103,23 @@ def test_a_prior_out_of_range_is_refused_before_any_work(capsys, tmp_path, prior
     assert _files(tmp_path) == {"v.npy"}
 
 
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--polish", "-1"], "--polish must be in [0, 100]"),
+        (["--polish", "500"], "--polish must be in [0, 100]"),
+        (["--polish", "2", "--embedder-url", "http://127.0.0.1:9/v1"], "--polish needs the embedder's gradients"),
+    ],
+)
+def test_a_polish_that_cannot_run_is_refused_before_any_work(capsys, tmp_path, extra, message):
+    np.save(tmp_path / "v.npy", np.ones((1, 384), np.float32))
+    args = ["invert", "--embeddings", str(tmp_path / "v.npy"), "--output", str(tmp_path / "o.jsonl"), "--quiet"]
+    assert cli.main(args + extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert _files(tmp_path) == {"v.npy"}
+
+
 def test_the_api_checks_the_prior():
     assert api.check_prior(0) == 0.0 and api.check_prior("0.25") == 0.25
     for bad in (-0.1, float("nan"), 101, "x", None):

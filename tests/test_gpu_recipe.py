@@ -85,7 +85,7 @@ def test_gpu_continue_recipe_at_tiny_scale(tmp_path, kit, tiny_models, minilm, s
 
     out, work = tmp_path / "out", tmp_path / "work"
     env = {"TINY": "1", "WORK": str(work), "PYTHON": PY, "TABLE_N": "8", "ROWS": "0:1,2:1", "PATH": "/usr/bin:/bin",
-           "BUNDLE": str(tiny_models["corrector"]), "VARIANT": "tiny"}  # fmt: skip
+           "BUNDLE": str(tiny_models["corrector"]), "VARIANT": "tiny", "GRACE": "120"}  # fmt: skip
     script = ["bash", str(ROOT / "experiments/gpu_continue.sh"), str(kit), str(out)]
 
     def call(phase, *args, extra=None):
@@ -97,7 +97,7 @@ def test_gpu_continue_recipe_at_tiny_scale(tmp_path, kit, tiny_models, minilm, s
     prep = call("prep", "0", "1/2")
     assert prep.returncode == 0, prep.stdout[-3000:] + prep.stderr[-3000:]
     assert "slice 1/2 of the training documents" in prep.stdout and (work / "prepared-1-of-2").exists()
-    proc = call("train", "4", "1/2")
+    proc = call("train", "5", "1/2")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     files = sorted(p for p in out.iterdir())
     assert 3 <= len(files) <= 8 and all(p.stat().st_size <= 16 * 2**20 for p in files)

@@ -13,6 +13,7 @@ import sys
 from typing import Sequence
 
 from v2t_jax.commands import (
+    DEFAULT_POLISH,
     DEFAULT_PRIOR,
     DEFAULT_SBEAM,
     DEFAULT_STEPS,
@@ -148,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="language prior: rank hypotheses by cosine + PRIOR x their mean log-probability under the corrector "
         "(default %(default)s: cosine alone)",
     )
+    dm.add_argument(
+        "--polish",
+        type=int,
+        default=DEFAULT_POLISH,
+        help="rounds of gradient-guided token swaps after the last step, each kept only if it raises the score "
+        "(default %(default)s)",
+    )
     dm.add_argument("--cache-dir", default=None)
     dm.add_argument("--quiet", action="store_true", help="no progress bar")
     dm.set_defaults(func=cmd_demo)
@@ -172,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_PRIOR,
         help="language prior: rank hypotheses by cosine + PRIOR x their mean log-probability under the corrector "
         "(default %(default)s: cosine alone)",
+    )
+    iv.add_argument(
+        "--polish",
+        type=int,
+        default=DEFAULT_POLISH,
+        help="rounds of gradient-guided token swaps after the last step, each kept only if it raises the score "
+        "(default %(default)s)",
     )
     iv.add_argument("--stop-cosine", type=float, default=None, help="stop an example once its cosine reaches this")
     iv.add_argument("--batch-size", type=int, default=32)
@@ -240,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_PRIOR,
         help="language prior: rank hypotheses by cosine + PRIOR x their mean log-probability under the corrector "
         "(default %(default)s: cosine alone)",
+    )
+    au.add_argument(
+        "--polish",
+        type=int,
+        default=DEFAULT_POLISH,
+        help="rounds of gradient-guided token swaps after the last step, each kept only if it raises the score "
+        "(default %(default)s)",
     )
     au.add_argument("--limit", type=int, default=None, help="audit the first N records only")
     au.add_argument("--batch-size", type=int, default=32)

@@ -27,6 +27,8 @@ DEFAULT_STEPS = 20
 DEFAULT_SBEAM = 1
 # the language prior's weight (correction.invert's `prior`): 0 ranks hypotheses by cosine alone, as vec2text
 DEFAULT_PRIOR = 0.0
+# rounds of gradient-guided token swaps after the search (v2t_jax/hotflip.py); 0: none, as vec2text
+DEFAULT_POLISH = 0
 WEIGHT_FORMATS = ("float32", "int8")  # v2t_jax.bundle.WEIGHT_FORMATS, without importing jax for --help
 
 
@@ -176,6 +178,9 @@ def _load_model(args: argparse.Namespace):
         args.prior = api.check_prior(getattr(args, "prior", DEFAULT_PRIOR))
     except api.ModelError as e:
         raise UsageError(f"--{e}") from None
+    args.polish = getattr(args, "polish", DEFAULT_POLISH)
+    if not 0 <= args.polish <= api.MAX_POLISH:
+        raise UsageError(f"--polish must be in [0, {api.MAX_POLISH}] rounds, got {args.polish}")
 
     try:
         model = api.load_model(args.checkpoint, cache_dir=args.cache_dir)
@@ -185,6 +190,10 @@ def _load_model(args: argparse.Namespace):
         args.steps = DEFAULT_STEPS if model.program.corrector is not None else 0
     if args.steps > 0 and model.program.corrector is None:
         raise UsageError(f"{args.checkpoint} is an inverter-only bundle (no corrector): use --steps 0")
+    if args.polish and (not model.program.in_graph or getattr(args, "embedder_url", None)):
+        raise UsageError(
+            "--polish needs the embedder's gradients: a model in the embedder's own vocabulary, without --embedder-url"
+        )
     return model
 
 
@@ -206,7 +215,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         out, trace = model.invert_embeddings(  # scored as decoded, shown as people write (model.readable)
             vectors, num_steps=args.steps, sequence_beam_width=args.sbeam, return_trace=True, progress=not args.quiet,
-            readable=False, prior=args.prior,
+            readable=False, prior=args.prior, polish=args.polish,
         )  # fmt: skip
     except api.ModelError as e:
         raise UsageError(str(e)) from e
@@ -214,6 +223,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     first_cos = [row["cosines"][0] for row in trace["steps"]]
     how = "inverter only" if args.steps == 0 else f"{args.steps} correction steps, sequence beam {args.sbeam}"
     how += f", language prior {args.prior:g}" if args.steps and args.prior else ""
+    how += f", {args.polish} rounds of token swaps" if args.polish else ""
     print(f"{len(refs)} passages from {path}, embedded with {model.embedder.name} at {model.max_length} tokens")
     print(f"inverted by {'the shipped model' if args.checkpoint is None else args.checkpoint} ({how})")
     print(
@@ -286,6 +296,7 @@ def _invert(args: argparse.Namespace, path: Path, vectors, references: list[str]
         "steps": args.steps,
         "sbeam": args.sbeam,
         "prior": args.prior,
+        "polish": args.polish,
         "stop_cosine": args.stop_cosine,
         "batch_size": bs,
         "skip_repeated": args.skip_repeated,
@@ -307,6 +318,7 @@ def _invert(args: argparse.Namespace, path: Path, vectors, references: list[str]
             start=stream.done,
             embed_fn=remote,
             prior=args.prior,
+            polish=args.polish,
         ):
             # scored as decoded (against the embedder's view), written as people write (model.readable)
             rows = [{"text": t, "cosine": c} for t, c in zip(model.readable(texts), cosines)]
@@ -389,6 +401,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         "steps": args.steps,
         "sbeam": args.sbeam,
         "prior": args.prior,
+        "polish": args.polish,
         "batch_size": bs,
         "documents": refs is not None,
         "embedder_url": [remote.shown_url, remote.model] if remote is not None else None,
@@ -407,6 +420,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             for first, texts, cosines, _ in model.iter_batches(
                 vectors, num_steps=args.steps, sequence_beam_width=args.sbeam, batch_size=bs, progress=not args.quiet,
                 skip_repeated=True, start=stream.done, embed_fn=remote, prior=args.prior,
+                polish=args.polish,
             ):  # fmt: skip
                 ids = records.ids[first : first + len(texts)]
                 ref = refs[first : first + len(texts)] if refs is not None else None
@@ -427,6 +441,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             "steps": args.steps,
             "sbeam": args.sbeam,
             "prior": args.prior,
+            "polish": args.polish,
             "max_length": model.max_length,
             # (a key given in --embedder-url's query is redacted from the report, as from every message)
             "command": redact("v2t " + shlex.join(getattr(args, "argv", None) or ["audit", args.store])),
