@@ -78,8 +78,8 @@ def test_gpu_release_recipe_at_tiny_scale(tmp_path, kit, minilm, sentences):
 @pytest.mark.slow
 def test_gpu_continue_recipe_at_tiny_scale(tmp_path, kit, tiny_models, minilm, sentences):
     """experiments/gpu_continue.sh in its two calls (prep, then train on the same WORK), continuing the tiny
-    bundle as it continues the shipped one on a device: both models start from the bundle (their first eval is
-    the bundle's, far below a fresh model's), train on a slice of the documents alongside each other, and come
+    bundle as it continues the shipped one on a device: both models start from the bundle (their weights end near
+    the bundle's, far from a fresh init), train on a slice of the documents alongside each other, and come
     back as one int8 bundle of the new inverter + the new corrector, in pieces the device tool returns."""
     from v2t_jax import api, bundle
 
@@ -111,9 +111,11 @@ def test_gpu_continue_recipe_at_tiny_scale(tmp_path, kit, tiny_models, minilm, s
     assert Path(meta["source"]["inverter"]).resolve() == (work / "runs" / "inverter_bundle").resolve()
     model = api.load_model(folder)
     old = api.load_model(tiny_models["corrector"])
-    for kind in ("inverter", "corrector"):  # both trained further
-        a, b = (jax_leaves(m.params[kind]) for m in (model, old))
+    for kind in ("inverter", "corrector"):  # both trained further, from the bundle's weights (not from scratch:
+        a, b = (jax_leaves(m.params[kind]) for m in (model, old))  # a fresh init would be ~1.4x away)
         assert len(a) == len(b) and any(not np.allclose(x, y, atol=1e-2) for x, y in zip(a, b))
+        moved = np.sqrt(sum(np.sum((x - y) ** 2) for x, y in zip(a, b)) / sum(np.sum(y**2) for y in b))
+        assert 0 < moved < 0.5, (kind, moved)
     texts = model.invert_embeddings(np.asarray(minilm.embed_texts(sentences[:2])), num_steps=1)
     assert len(texts) == 2
 
@@ -123,10 +125,8 @@ def test_gpu_continue_recipe_at_tiny_scale(tmp_path, kit, tiny_models, minilm, s
                    for k in ("inverter", "corrector")}  # fmt: skip
         data = tf.extractfile("data.txt").read().decode()
     assert {"share.txt", "table1.md", "data.txt"} <= names
-    # started from the bundle: the first eval is the bundle's (a fresh model's loss is ~ln(30522) = 10.3)
-    for k, rows in metrics.items():
-        first = next(r for r in rows if r["kind"] == "eval")
-        assert first["step"] == 0 and first["loss"] < 9.0, (k, first)
+    for k, rows in metrics.items():  # both runs evaluated and trained
+        assert rows[0]["kind"] == "eval" and rows[0]["step"] == 0 and any(r["kind"] == "train" for r in rows), k
     # a slice: fewer training passages than the whole corpus
     full = json.loads((kit / "manifest.json").read_text())["passages"]["train_of"]
     train = int(next(line.split()[1] for line in data.splitlines() if line.startswith("all")).replace(",", ""))
