@@ -187,8 +187,7 @@ def _first_equal(cand: Array, valid: Array) -> Array:
 def mean_logprob(program: InversionProgram, ids: Array, logprob: Array) -> Array:
     """Sequence log-probabilities [...] of decoder ids [..., L] divided by their lengths (tokens up to and
     including EOS): the language prior's term, comparable across lengths."""
-    length = jnp.maximum(jnp.sum(ids != program.pad_id, axis=-1), 1).astype(jnp.float32)
-    return jnp.where(logprob > decoding.NEG_INF / 2, logprob / length, -jnp.inf)
+    return decoding.mean_logprob(ids, logprob, program.pad_id)
 
 
 def greedy_hypotheses(program: InversionProgram, params: dict, e: Array, with_logprob: bool = False):
@@ -546,7 +545,7 @@ def _polished(program: InversionProgram, params: dict, e: Array, out: dict, roun
     """`out` with its best hypothesis polished by `rounds` of token swaps, appended to the per-step outputs."""
     if not rounds:
         return out
-    ids, cos, score, kept = hotflip.polish(program, params, e, out["ids"], rounds, top, prior)
+    ids, cos, score, kept = hotflip.polish(program, params, e, out["ids"], out["cosine"], rounds, top, prior)
     out = dict(out, ids=ids, cosine=cos, polish_kept=kept)
     out["step_ids"] = jnp.concatenate([out["step_ids"], ids[None]])
     out["step_cosine"] = jnp.concatenate([out["step_cosine"], cos[None]])

@@ -90,6 +90,13 @@ def greedy(
     return (out[4], out[5]) if with_logprob else out[4]
 
 
+def mean_logprob(ids: Array, logprob: Array, pad_id: int) -> Array:
+    """Sequence log-probabilities [...] of ids [..., L] divided by their lengths (tokens up to and including EOS,
+    pad after): comparable across lengths. A score at NEG_INF (an empty beam slot) stays -inf."""
+    length = jnp.maximum(jnp.sum(ids != pad_id, axis=-1), 1).astype(jnp.float32)
+    return jnp.where(logprob > NEG_INF / 2, logprob / length, -jnp.inf)
+
+
 # ----------------------------------------------------------------------------- beam search
 
 NEG_INF = -1.0e7

@@ -44,8 +44,7 @@ def banned_ids(tokenizer, size: int) -> tuple[int, ...]:
 def token_gradients(config: embedders.EmbedderConfig, params, ids: Array, cls_id: int, pad_id: int, e: Array):
     """(cosines [B], gradients [B, L, d] of each one's cosine to e with respect to the word vectors of decoder ids
     [B, L]) — the embedder sees `[CLS] + ids`, as `embedders.embed_decoder_ids` builds it."""
-    full = jnp.concatenate([jnp.full((ids.shape[0], 1), cls_id, ids.dtype), ids], axis=1)
-    mask = (full != pad_id).astype(jnp.int32)
+    full, mask = embedders.decoder_inputs(ids, cls_id, pad_id)
     d = params["backbone"]["word_embeddings"].shape[-1]
 
     def total(delta):
@@ -83,13 +82,13 @@ def inverter_logprob(program, params, e: Array, ids: Array) -> Array:
     dec_in = jnp.concatenate([jnp.full((B * n, 1), program.pad_id, flat.dtype), flat[:, :-1]], axis=1)
     logits = inv.apply({"params": params["inverter"]}, jnp.repeat(e, n, axis=0), dec_in).astype(jnp.float32)
     logp = jnp.take_along_axis(jax.nn.log_softmax(logits), flat[..., None], axis=-1)[..., 0]
-    mask = flat != program.pad_id
-    lp = jnp.sum(jnp.where(mask, logp, 0.0), -1) / jnp.maximum(mask.sum(-1), 1)
-    return lp.reshape(B, n)
+    total = jnp.sum(jnp.where(flat != program.pad_id, logp, 0.0), -1)
+    return decoding.mean_logprob(flat, total, program.pad_id).reshape(B, n)
 
 
-def polish(program, params, e: Array, ids: Array, rounds: int, top: int, prior: float = 0.0):
-    """`rounds` rounds of gradient-guided swaps on hypotheses ids [B, L] -> (ids [B, L], cosine [B], score [B],
+def polish(program, params, e: Array, ids: Array, cos: Array, rounds: int, top: int, prior: float = 0.0):
+    """`rounds` rounds of gradient-guided swaps on hypotheses ids [B, L] (their cosines to e [B], as the search
+    measured them) -> (ids [B, L], cosine [B], score [B],
     kept [rounds, B]: which rows took a swap in each round). Each round keeps a swap only if it raises the
     score (see the module docstring), so neither falls."""
     cfg, emb = program.embedder, params["embedder"]
@@ -115,7 +114,6 @@ def polish(program, params, e: Array, ids: Array, rounds: int, top: int, prior: 
         score = jnp.where(take, jnp.take_along_axis(cand_score, best[:, None], axis=1)[:, 0], score)
         return (ids, cos, score), take
 
-    cos0 = embedders.cosine(embedders.embed_decoder_ids(cfg, emb, ids, program.cls_id, program.pad_id), e)
-    score0 = score_of(ids[:, None], cos0[:, None])[:, 0]
-    (ids, cos, score), kept = jax.lax.scan(one, (ids, cos0, score0), None, length=rounds)
+    score0 = score_of(ids[:, None], cos[:, None])[:, 0]
+    (ids, cos, score), kept = jax.lax.scan(one, (ids, cos, score0), None, length=rounds)
     return ids, cos, score, kept

@@ -411,9 +411,14 @@ def embed_decoder_ids(config: EmbedderConfig, params: PyTree, ids: Array, cls_id
 
     The embedder sees `[CLS] t1 .. tn [SEP]`; a hypothesis that never emitted [SEP] is embedded without one."""
     flat = ids.reshape(-1, ids.shape[-1])
-    full = jnp.concatenate([jnp.full((flat.shape[0], 1), cls_id, flat.dtype), flat], axis=1)
-    vec = embed(config, params, full, (full != pad_id).astype(jnp.int32))
+    vec = embed(config, params, *decoder_inputs(flat, cls_id, pad_id))
     return vec.reshape(ids.shape[:-1] + vec.shape[-1:])
+
+
+def decoder_inputs(ids: Array, cls_id: int, pad_id: int = 0) -> tuple[Array, Array]:
+    """Decoder ids [B, L] as the embedder reads them: `[CLS] + ids` [B, L+1] and its attention mask."""
+    full = jnp.concatenate([jnp.full((ids.shape[0], 1), cls_id, ids.dtype), ids], axis=1)
+    return full, (full != pad_id).astype(jnp.int32)
 
 
 def cosine(a: Array, b: Array) -> Array:
