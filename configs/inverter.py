@@ -10,6 +10,9 @@ Variants:
   gpu        minutes on one H100/H200 (experiments/gpu_release.sh): T5 family (tied embeddings, ReLU), d 384
              = the embedder's width, 4+4 layers, ff 1024, 27.6M params (its int8 bundle and the corrector's fit the
              device's 64 MiB return), batch 512, bfloat16 compute, token embeddings from the embedder
+  gpu_warm   gpu's budget in the "bert" layout (BERT2BERT): both stacks start from the embedder's own first 3
+             transformer layers (d 384, 12 heads, ff 1536; 27.2M params, gpu's size), new cross-attention, BERT's
+             masked-LM head on the tied WordPiece embedding
   base       the paper's shape: T5-base, batch 128 (accelerators)
 """
 
@@ -36,11 +39,15 @@ def get_config(arg: str = "cpu_small") -> ml_collections.ConfigDict:
             d_ff=0,
             num_layers=0,
             num_heads=0,
+            num_decoder_layers=0,
             dropout_rate=0.1,
             dtype="float32",  # compute dtype: bfloat16 on accelerators (params and the loss stay float32)
         )
     )  # 0 = the named size's value
     c.init_token_embeddings = "random"  # or "embedder": T5 token embeddings from the embedder's (same width)
+    # or "embedder": encoder and decoder layers i start as the embedder's layer i, token and position embeddings
+    # as its own (t5.variant="bert", the embedder's shape; a BERT-backbone embedder)
+    c.init_layers = "random"
     c.num_repeat_tokens = 16
     c.dropout_rate = 0.1  # in the embedding transform
     c.noise_level = 0.0  # > 0: Gaussian noise on the embedding in training (a noise-aware attacker)
@@ -83,6 +90,17 @@ def get_config(arg: str = "cpu_small") -> ml_collections.ConfigDict:
         c.eval_samples = 512
         c.checkpoint_every = 1000
         c.log_every = 100
+    elif arg == "gpu_warm":
+        c.t5.update(variant="bert", d_model=384, d_kv=32, d_ff=1536, num_layers=3, num_heads=12, dtype="bfloat16")
+        c.init_layers = "embedder"
+        c.data.sources = ("all",)
+        c.batch_size = 512
+        c.learning_rate = 1e-3
+        c.warmup_steps = 300
+        c.eval_every = 1000
+        c.eval_samples = 512
+        c.checkpoint_every = 1000
+        c.log_every = 100
     elif arg == "base":
         c.t5.size = "base"
         c.batch_size = 128
@@ -92,5 +110,5 @@ def get_config(arg: str = "cpu_small") -> ml_collections.ConfigDict:
         c.eval_every = 5000
         c.checkpoint_every = 2000
     elif arg != "cpu_small":
-        raise ValueError(f"unknown variant {arg!r} of configs/inverter.py; use tiny, cpu_small, gpu or base")
+        raise ValueError(f"unknown variant {arg!r} of configs/inverter.py; use tiny, cpu_small, gpu, gpu_warm or base")
     return c

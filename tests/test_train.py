@@ -208,7 +208,7 @@ def test_every_config_runs_two_tiny_steps(request, tmp_path, tiny_data, config_f
 
 
 @pytest.mark.parametrize("config_file", ["inverter.py", "corrector.py"])
-@pytest.mark.parametrize("variant", ["cpu_small", "gpu", "base"])
+@pytest.mark.parametrize("variant", ["cpu_small", "gpu", "gpu_warm", "base"])
 def test_full_size_configs_build_abstractly(variant, config_file):
     import flax.linen as nn
     import jax
@@ -220,7 +220,7 @@ def test_full_size_configs_build_abstractly(variant, config_file):
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
         s = train.build(config, mesh, 384, 30522)
     assert s.n_params > (200e6 if variant == "base" else 20e6)
-    if variant == "gpu":  # both int8 bundles must come back from the device (<= 64 MiB) and ship (<= 80 MB)
+    if variant in ("gpu", "gpu_warm"):  # both int8 bundles must come back from the device (<= 64 MiB) and ship
         assert s.n_params < (34e6 if config_file == "corrector.py" else 29e6), s.n_params
 
 
@@ -367,6 +367,38 @@ def test_init_from_a_bundle_starts_from_its_inverter(tmp_path, tiny_data):
     wider = _tiny_config(tiny_data, "--config.num_steps=1", "--config.t5.d_model=32", init)
     with pytest.raises(train.TrainingError, match="init_from: the inverter in .* has another shape"):
         train.train(wider, tmp_path / "wider")
+
+
+WARM = ("--config.t5.variant=bert", "--config.t5.d_model=384", "--config.t5.d_kv=32", "--config.t5.d_ff=1536",
+        "--config.t5.num_heads=12", "--config.t5.num_layers=1", "--config.init_layers=embedder")  # fmt: skip
+
+
+def test_init_layers_from_the_embedder_trains_exports_and_inverts(capsys, tmp_path, tiny_data, sentences, minilm):
+    """`--config.init_layers=embedder` (BERT2BERT): after a first step at learning rate 0 both stacks' layer 0 and
+    the token and position embeddings are MiniLM's own; the run exports a bundle that `v2t invert` runs; a
+    T5-layout config is refused in one line before training."""
+    from v2t_jax import api, train
+
+    cfg = _tiny_config(tiny_data, "--config.num_steps=1", "--config.eval_every=0", *WARM)
+    t5 = train.train(cfg, tmp_path / "run")["params"]["t5"]
+    bert = minilm.params["backbone"]
+    q = np.asarray(bert["layers_0"]["query"]["kernel"]).reshape(384, 12, 32)
+    np.testing.assert_array_equal(np.asarray(t5["encoder"]["layers_0"]["attn"]["q"]), q)
+    np.testing.assert_array_equal(np.asarray(t5["decoder"]["layers_0"]["self_attn"]["q"]), q)
+    np.testing.assert_array_equal(np.asarray(t5["shared"]), np.asarray(bert["word_embeddings"]))
+    pos = np.asarray(bert["position_embeddings"]) + np.asarray(bert["token_type_embeddings"])[0]
+    np.testing.assert_allclose(np.asarray(t5["decoder"]["positions"]["embedding"]), pos, rtol=0, atol=1e-7)
+    assert cli.main(["export", "--workdir", str(tmp_path / "run"), "--output", str(tmp_path / "b")]) == 0
+    model = api.load_model(tmp_path / "b")
+    assert model.program.inverter.t5.layout == "bert"
+    texts = model.invert_embeddings(minilm.embed_texts(sentences[:2]))
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    capsys.readouterr()
+    t5_layout = _tiny_config(tiny_data, "--config.num_steps=1", *WARM[1:-1], "--config.init_layers=embedder")
+    with pytest.raises(train.TrainingError, match="init_layers=embedder: .*layout = bert"):
+        train.train(t5_layout, tmp_path / "t5")
+    with pytest.raises(train.TrainingError, match="init_layers must be random or embedder, got 'bert'"):
+        train.train(_tiny_config(tiny_data, "--config.init_layers=bert"), tmp_path / "bad")
 
 
 def test_export_inverter_bundle_and_invert(capsys, tmp_path, tiny_data, sentences, minilm):

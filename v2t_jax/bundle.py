@@ -221,6 +221,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "num_heads": (1, 256),
     "relative_attention_num_buckets": (2, 1024),
     "relative_attention_max_distance": (1, 1 << 16),
+    "max_position_embeddings": (1, 1 << 16),
     "pad_token_id": (0, 1 << 20),
     "eos_token_id": (0, 1 << 20),
     "decoder_start_token_id": (0, 1 << 20),

@@ -26,6 +26,7 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("joined_kv", None),
     ("length", None),
     ("relpos_buckets", None),
+    ("positions", None),
 )
 
 

@@ -19,6 +19,8 @@ import numpy as np
 
 from v2t_jax import correction, inversion
 from v2t_jax.errors import V2TError
+from v2t_jax.models import embedders
+from v2t_jax.models import t5 as t5_lib
 
 
 class TrainingError(V2TError, RuntimeError):
@@ -62,14 +64,17 @@ class Task:
     def initial_params(self, params, config: ml_collections.ConfigDict, embedder, vocab, shardings):
         """The parameters a fresh run starts from: a bundle's model of this kind (`config.init_from`: fine-tuning,
         e.g. with noise), or as initialised, with the T5 token embeddings taken from the embedder's own
-        (`config.init_token_embeddings=embedder`)."""
+        (`config.init_token_embeddings=embedder`), or both stacks' layers too (`config.init_layers=embedder`)."""
         if config.get("init_from"):
             return from_bundle(params, Path(config.init_from).expanduser(), self.name, shardings)
-        how = config.get("init_token_embeddings", "random")
+        how, layers = config.get("init_token_embeddings", "random"), config.get("init_layers", "random")
+        for key, value in (("init_token_embeddings", how), ("init_layers", layers)):
+            if value not in ("random", "embedder"):
+                raise TrainingError(f"{key} must be random or embedder, got {value!r}")
+        if layers == "embedder":  # includes the token embeddings, at the embedder's own scale
+            return embedder_layers(params, config, embedder, vocab, shardings)
         if how == "embedder":
             return embedder_token_embeddings(params, embedder, vocab, shardings)
-        if how != "random":
-            raise TrainingError(f"init_token_embeddings must be random or embedder, got {how!r}")
         return params
 
     def rows_note(self, train_data, rows: np.ndarray) -> str:
@@ -181,7 +186,6 @@ class CorrectorTask(Task):
     def eval_extra(self, val_data, refs: list[str], vocab) -> dict:
         """The same rows' cached hypotheses, scored as the outputs are: what one correction step starts from."""
         from v2t_jax import evaluate, metrics
-        from v2t_jax.models import embedders
 
         n = len(refs)
         hyps = [vocab.decode(r) for r in np.asarray(val_data.hyp_ids[:n])]
@@ -223,6 +227,25 @@ def for_model(model) -> Task:
 # ------------------------------------------------------------------------------- the corrector's inverter
 
 
+def t5_config(config: ml_collections.ConfigDict, vocab_size: int, pad_id: int = 0, eos_id: int = 1):
+    """The T5 config of `config.t5` (a named size and family, with its non-zero overrides)."""
+    c = config.t5
+    overrides = {
+        k: c[k] for k in ("d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads") if c.get(k, 0)
+    }
+    return t5_lib.t5_config(
+        c.size,
+        c.variant,
+        vocab_size=vocab_size,
+        dropout_rate=c.dropout_rate,
+        pad_token_id=pad_id,
+        decoder_start_token_id=pad_id,
+        eos_token_id=eos_id,
+        dtype=c.get("dtype", "float32"),
+        **overrides,
+    )
+
+
 def embedder_token_embeddings(params: dict, embedder, vocab, shardings: Any) -> dict:
     """T5 token embeddings started from the embedder's own word embeddings (`config.init_token_embeddings=
     "embedder"`): same vocabulary, same width required; rescaled to the random init's unit standard deviation."""
@@ -236,6 +259,29 @@ def embedder_token_embeddings(params: dict, embedder, vocab, shardings: Any) -> 
     w = np.asarray(word, np.float32)
     w = w / w.std()
     t5 = dict(params["t5"], shared=jax.device_put(w.astype(shared.dtype), shardings["t5"]["shared"]))
+    return dict(params, t5=t5)
+
+
+def embedder_layers(params: dict, config: ml_collections.ConfigDict, embedder, vocab, shardings: Any) -> dict:
+    """T5 ("bert" layout) whose encoder and decoder layers, token and position embeddings start as the BERT
+    embedder's own (`config.init_layers="embedder"`; BERT2BERT, Rothe et al. 2020): `t5.bert_layers_to_t5`."""
+    backbone = getattr(getattr(embedder, "config", None), "backbone", None)
+    if not isinstance(backbone, embedders.BertConfig) or not vocab.in_graph:
+        raise TrainingError(
+            "init_layers=embedder needs a BERT-backbone embedder (all-MiniLM-L6-v2, say) and vocab=embedder; "
+            f"got a {type(backbone).__name__} backbone"
+        )
+    cfg = t5_config(config, vocab.size, vocab.pad_id, vocab.eos_id)
+    try:
+        host = jax.tree_util.tree_map(np.asarray, params["t5"])
+        t5 = t5_lib.bert_layers_to_t5(jax.tree_util.tree_map(np.asarray, embedder.params["backbone"]), cfg, host)
+    except ValueError as e:
+        raise TrainingError(
+            f"init_layers=embedder: {e} (use --config configs/inverter.py:gpu_warm's t5 shape)"
+        ) from None
+    t5 = jax.tree_util.tree_map(
+        lambda x, old, s: jax.device_put(x.astype(old.dtype), s), t5, params["t5"], shardings["t5"]
+    )
     return dict(params, t5=t5)
 
 

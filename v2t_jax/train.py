@@ -64,22 +64,6 @@ class TrainState:
 # ----------------------------------------------------------------------------- model and optimizer
 
 
-def t5_config_from(config: ml_collections.ConfigDict, vocab_size: int, pad_id: int = 0, eos_id: int = 1):
-    c = config.t5
-    overrides = {k: c[k] for k in ("d_model", "d_kv", "d_ff", "num_layers", "num_heads") if c.get(k, 0)}
-    return t5_lib.t5_config(
-        c.size,
-        c.variant,
-        vocab_size=vocab_size,
-        dropout_rate=c.dropout_rate,
-        pad_token_id=pad_id,
-        decoder_start_token_id=pad_id,
-        eos_token_id=eos_id,
-        dtype=c.get("dtype", "float32"),
-        **overrides,
-    )
-
-
 TargetVocab = vocabulary.Vocabulary  # the decoder's vocabulary (v2t_jax/vocabulary.py)
 
 
@@ -414,7 +398,7 @@ def _strip_boxes(tree):
 
 def model_config(config: ml_collections.ConfigDict, embed_dim: int, vocab_size: int, pad_id: int = 0, eos_id: int = 1):
     """The model config (InverterConfig, CorrectorConfig, ...) of `config`'s task."""
-    t5cfg = t5_config_from(config, vocab_size, pad_id, eos_id)
+    t5cfg = tasks.t5_config(config, vocab_size, pad_id, eos_id)
     common = dict(t5=t5cfg, embed_dim=embed_dim, num_repeat_tokens=config.num_repeat_tokens)
     return tasks.for_config(config).model_config(config, common)
 
@@ -491,6 +475,8 @@ NEW_KEY_DEFAULTS = {
     ("train_minutes",): 0.0,
     ("init_token_embeddings",): "random",
     ("init_from",): "",
+    ("init_layers",): "random",
+    ("t5", "num_decoder_layers"): 0,
 }
 
 

@@ -3,7 +3,11 @@
 Both families are covered by one config:
   * original T5: ReLU feed-forward, LM head tied to the shared embedding, decoder output
     rescaled by d_model**-0.5 before the head;
-  * T5 v1.1: gated-GELU (tanh approximation) feed-forward, separate LM head, no rescale.
+  * T5 v1.1: gated-GELU (tanh approximation) feed-forward, separate LM head, no rescale;
+  * the "bert" layout (BERT2BERT, Rothe et al. 2020; transformers' `EncoderDecoderModel` of two BERTs):
+    post-LN layers with biases, scaled attention, learned absolute positions with an embedding layer norm,
+    and BERT's masked-LM head (dense, GELU, layer norm, then the tied embedding plus a bias). It exists so
+    that both stacks can start from a BERT embedder's own layers (`bert_layers_to_t5`).
 
 The encoder takes token ids *or* input embeddings (the inverter feeds projected vectors).
 The decoder runs either on a whole sequence (teacher forcing) or incrementally with an
@@ -64,21 +68,30 @@ class T5Config:
     decoder_start_token_id: int = 0
     dtype: str = "float32"  # computation dtype
     param_dtype: str = "float32"
+    # "t5" (pre-RMSNorm, relative position buckets) or "bert" (post-LN, biases, absolute positions, MLM head)
+    layout: str = "t5"
+    max_position_embeddings: int = 512  # the "bert" layout's position table (each stack has its own)
 
     def __post_init__(self):
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout={self.layout!r} is not supported; use one of {', '.join(map(repr, LAYOUTS))}")
         if self.num_decoder_layers is None:
             object.__setattr__(self, "num_decoder_layers", self.num_layers)
         if self.scale_decoder_outputs is None:
-            object.__setattr__(self, "scale_decoder_outputs", self.tie_word_embeddings)
+            object.__setattr__(self, "scale_decoder_outputs", self.tie_word_embeddings and self.layout == "t5")
         act = self.feed_forward_proj.split("-")
         if len(act) > 2 or (len(act) == 2 and act[0] != "gated") or act[-1] not in _ACTIVATIONS:
             raise ValueError(
                 f"feed_forward_proj={self.feed_forward_proj!r} is not supported; use one of "
                 "'relu', 'gelu', 'gated-gelu', 'gated-relu', 'gated-silu'"
             )
-        for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads"):
+        for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "max_position_embeddings"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"T5Config.{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def is_bert(self) -> bool:
+        return self.layout == "bert"
 
     @property
     def is_gated(self) -> bool:
@@ -120,7 +133,9 @@ class T5Config:
         return cls(**kwargs)
 
     def to_hf_dict(self) -> dict:
-        """The `config.json` fields transformers needs to rebuild this model."""
+        """The `config.json` fields transformers needs to rebuild this model (T5 layout only)."""
+        if self.is_bert:
+            raise ValueError("a 'bert'-layout model has no transformers T5 config")
         return dict(
             architectures=["T5ForConditionalGeneration"],
             model_type="t5",
@@ -145,6 +160,9 @@ class T5Config:
         )
 
 
+LAYOUTS = ("t5", "bert")
+
+
 def _first(x):
     return x[0] if isinstance(x, (list, tuple)) else x
 
@@ -167,11 +185,12 @@ _SIZES = {
 _VARIANTS = {
     "v1.1": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False),
     "t5": dict(feed_forward_proj="relu", tie_word_embeddings=True),
+    "bert": dict(layout="bert", feed_forward_proj="gelu", tie_word_embeddings=True, layer_norm_epsilon=1e-12),
 }
 
 
 def t5_config(size: str = "tiny", variant: str = "v1.1", **overrides) -> T5Config:
-    """A named T5 shape ('tiny', 'small', 'base') in a family ('v1.1' or 't5'), with overrides."""
+    """A named T5 shape ('tiny', 'small', 'base') in a family ('v1.1', 't5' or 'bert'), with overrides."""
     if size not in _SIZES:
         raise ValueError(f"unknown T5 size {size!r}; choose one of {sorted(_SIZES)} or pass a T5Config")
     if variant not in _VARIANTS:
@@ -188,6 +207,15 @@ def _param(module: nn.Module, name: str, init, shape, axes, dtype):
 
 def _normal(std: float):
     return nn.initializers.normal(stddev=std)
+
+
+def _weight_init(cfg: "T5Config", std: float):
+    """T5's scaled normal init, or BERT's normal(0.02) in the "bert" layout."""
+    return _normal(0.02 if cfg.is_bert else std)
+
+
+def _bias(module: nn.Module, name: str, shape, axes, cfg: "T5Config"):
+    return _param(module, name, nn.initializers.zeros, shape, axes, cfg.param_dtype)
 
 
 def _matmul(x: Array, w: Array, n_in: int = 1) -> Array:
@@ -213,6 +241,27 @@ class RMSNorm(nn.Module):
         var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
         y = x32 * jax.lax.rsqrt(var + cfg.layer_norm_epsilon)
         return (jnp.asarray(scale, jnp.float32) * y).astype(cfg.dtype)
+
+
+class LayerNorm(nn.Module):
+    """BERT's layer norm (the "bert" layout): mean and variance, scale and bias, statistics in float32."""
+
+    config: T5Config
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        scale = _param(self, "scale", nn.initializers.ones, (cfg.d_model,), ("embed",), cfg.param_dtype)
+        bias = _bias(self, "bias", (cfg.d_model,), ("embed",), cfg)
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + cfg.layer_norm_epsilon)
+        return (y * jnp.asarray(scale, jnp.float32) + jnp.asarray(bias, jnp.float32)).astype(cfg.dtype)
+
+
+def _norm(cfg: T5Config) -> nn.Module:
+    return LayerNorm(cfg) if cfg.is_bert else RMSNorm(cfg)
 
 
 def relative_position_bucket(rel_pos: Array, bidirectional: bool, num_buckets: int, max_distance: int) -> Array:
@@ -264,7 +313,8 @@ class RelativePositionBias(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention without score scaling (T5 folds it into the initialisation)."""
+    """Multi-head attention: T5's has no score scaling (folded into the initialisation) and no biases; the
+    "bert" layout's scales scores by d_kv**-0.5 and has a bias on every projection."""
 
     config: T5Config
 
@@ -272,10 +322,15 @@ class Attention(nn.Module):
         cfg = self.config
         e, h, d = cfg.d_model, cfg.num_heads, cfg.d_kv
         pd = cfg.param_dtype
-        self.q = _param(self, "q", _normal((e * d) ** -0.5), (e, h, d), ("embed", "heads", "kv"), pd)
-        self.k = _param(self, "k", _normal(e**-0.5), (e, h, d), ("embed", "heads", "kv"), pd)
-        self.v = _param(self, "v", _normal(e**-0.5), (e, h, d), ("embed", "heads", "kv"), pd)
-        self.o = _param(self, "o", _normal((h * d) ** -0.5), (h, d, e), ("heads", "kv", "embed"), pd)
+        self.q = _param(self, "q", _weight_init(cfg, (e * d) ** -0.5), (e, h, d), ("embed", "heads", "kv"), pd)
+        self.k = _param(self, "k", _weight_init(cfg, e**-0.5), (e, h, d), ("embed", "heads", "kv"), pd)
+        self.v = _param(self, "v", _weight_init(cfg, e**-0.5), (e, h, d), ("embed", "heads", "kv"), pd)
+        self.o = _param(self, "o", _weight_init(cfg, (h * d) ** -0.5), (h, d, e), ("heads", "kv", "embed"), pd)
+        if cfg.is_bert:
+            self.q_bias = _bias(self, "q_bias", (h, d), ("heads", "kv"), cfg)
+            self.k_bias = _bias(self, "k_bias", (h, d), ("heads", "kv"), cfg)
+            self.v_bias = _bias(self, "v_bias", (h, d), ("heads", "kv"), cfg)
+            self.o_bias = _bias(self, "o_bias", (e,), ("embed",), cfg)
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
     def project_kv(self, x_bke: Array) -> tuple[Array, Array]:
@@ -284,6 +339,8 @@ class Attention(nn.Module):
         dt = self.config.dtype
         k = _matmul(x_bke.astype(dt), jnp.asarray(self.k, dt))  # [b, k, h, d]
         v = _matmul(x_bke.astype(dt), jnp.asarray(self.v, dt))
+        if self.config.is_bert:
+            k, v = k + jnp.asarray(self.k_bias, dt), v + jnp.asarray(self.v_bias, dt)
         return jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
 
     def __call__(
@@ -297,6 +354,8 @@ class Attention(nn.Module):
         """Attends queries from x to precomputed keys/values [b, h, k, d]; bias already holds the mask."""
         dt = self.config.dtype
         q = _matmul(x_bqe.astype(dt), jnp.asarray(self.q, dt))  # [b, q, h, d]
+        if self.config.is_bert:
+            q = (q + jnp.asarray(self.q_bias, dt)) * np.asarray(self.config.d_kv**-0.5, dt)
         rows, n_q = k_bhkd.shape[0], q.shape[1]
         group = q.shape[0] // rows  # > 1: beams of a row attend to the row's shared keys/values
         if group > 1:
@@ -309,7 +368,8 @@ class Attention(nn.Module):
         out = jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", probs, v_bhkd), 1, 2)  # [b, q, h, d]
         if group > 1:
             out = out.reshape((rows * group, n_q) + out.shape[2:])
-        return _matmul(out, jnp.asarray(self.o, dt), n_in=2)
+        out = _matmul(out, jnp.asarray(self.o, dt), n_in=2)
+        return out + jnp.asarray(self.o_bias, dt) if self.config.is_bert else out
 
 
 class FeedForward(nn.Module):
@@ -321,38 +381,52 @@ class FeedForward(nn.Module):
         e, f, dt, pd = cfg.d_model, cfg.d_ff, cfg.dtype, cfg.param_dtype
         x = x_ble.astype(dt)
         act_name = cfg.feed_forward_proj.split("-")[-1]
+
+        def dense(name, n_in, n_out, axes, std, y):  # with a bias in the "bert" layout
+            w = _param(self, name, _weight_init(cfg, std), (n_in, n_out), axes, pd)
+            out = _matmul(y, jnp.asarray(w, dt))
+            return out + jnp.asarray(_bias(self, name + "_bias", (n_out,), axes[1:], cfg), dt) if cfg.is_bert else out
+
         if cfg.is_gated:
             act = _ACTIVATIONS_GATED.get(act_name, _ACTIVATIONS[act_name])
-            wi_0 = _param(self, "wi_0", _normal(e**-0.5), (e, f), ("embed", "mlp"), pd)
-            wi_1 = _param(self, "wi_1", _normal(e**-0.5), (e, f), ("embed", "mlp"), pd)
-            h = act(_matmul(x, jnp.asarray(wi_0, dt))) * _matmul(x, jnp.asarray(wi_1, dt))
+            h = act(dense("wi_0", e, f, ("embed", "mlp"), e**-0.5, x)) * dense(
+                "wi_1", e, f, ("embed", "mlp"), e**-0.5, x
+            )
         else:
-            wi = _param(self, "wi", _normal(e**-0.5), (e, f), ("embed", "mlp"), pd)
-            h = _ACTIVATIONS[act_name](_matmul(x, jnp.asarray(wi, dt)))
+            h = _ACTIVATIONS[act_name](dense("wi", e, f, ("embed", "mlp"), e**-0.5, x))
         h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
         h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
-        wo = _param(self, "wo", _normal(f**-0.5), (f, e), ("mlp", "embed"), pd)
-        return _matmul(h, jnp.asarray(wo, dt))
+        return dense("wo", f, e, ("mlp", "embed"), f**-0.5, h)
 
 
 # ----------------------------------------------------------------------------- layers and stacks
+
+
+def _residual(norm: nn.Module, x: Array, sublayer: Callable[[Array], Array], post: bool) -> Array:
+    """x + sublayer(norm(x)) (T5's pre-norm), or norm(x + sublayer(x)) (BERT's post-norm)."""
+    return norm(x + sublayer(x)) if post else x + sublayer(norm(x))
 
 
 class EncoderLayer(nn.Module):
     config: T5Config
 
     def setup(self):
-        self.attn_norm = RMSNorm(self.config)
+        self.attn_norm = _norm(self.config)
         self.attn = Attention(self.config)
-        self.ffn_norm = RMSNorm(self.config)
+        self.ffn_norm = _norm(self.config)
         self.ffn = FeedForward(self.config)
         self.dropout = nn.Dropout(self.config.dropout_rate)
 
     def __call__(self, x: Array, bias_bhqk: Array, deterministic: bool) -> Array:
-        h = self.attn_norm(x)
-        k, v = self.attn.project_kv(h)
-        x = x + self.dropout(self.attn(h, k, v, bias_bhqk, deterministic), deterministic=deterministic)
-        x = x + self.dropout(self.ffn(self.ffn_norm(x), deterministic), deterministic=deterministic)
+        drop = lambda y: self.dropout(y, deterministic=deterministic)  # noqa: E731
+        post = self.config.is_bert
+
+        def attend(h):
+            k, v = self.attn.project_kv(h)
+            return drop(self.attn(h, k, v, bias_bhqk, deterministic))
+
+        x = _residual(self.attn_norm, x, attend, post)
+        x = _residual(self.ffn_norm, x, lambda h: drop(self.ffn(h, deterministic)), post)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
@@ -360,11 +434,11 @@ class DecoderLayer(nn.Module):
     config: T5Config
 
     def setup(self):
-        self.self_attn_norm = RMSNorm(self.config)
+        self.self_attn_norm = _norm(self.config)
         self.self_attn = Attention(self.config)
-        self.cross_attn_norm = RMSNorm(self.config)
+        self.cross_attn_norm = _norm(self.config)
         self.cross_attn = Attention(self.config)
-        self.ffn_norm = RMSNorm(self.config)
+        self.ffn_norm = _norm(self.config)
         self.ffn = FeedForward(self.config)
         self.dropout = nn.Dropout(self.config.dropout_rate)
 
@@ -382,18 +456,27 @@ class DecoderLayer(nn.Module):
         cache_index: Array | None = None,
     ) -> tuple[Array, tuple[Array, Array] | None]:
         drop = lambda y: self.dropout(y, deterministic=deterministic)  # noqa: E731
-        h = self.self_attn_norm(x)
-        k, v = self.self_attn.project_kv(h)
-        if self_cache is not None:  # write the new keys/values at cache_index, attend over the whole cache
-            ck, cv = self_cache
-            k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=2)
-            v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=2)
-            self_cache = (k, v)
-        x = x + drop(self.self_attn(h, k, v, self_bias, deterministic))
-        h = self.cross_attn_norm(x)
-        x = x + drop(self.cross_attn(h, cross_kv[0], cross_kv[1], cross_bias, deterministic))
-        x = x + drop(self.ffn(self.ffn_norm(x), deterministic))
-        return nn.with_logical_constraint(x, ("batch", "length", "embed")), self_cache
+        post = self.config.is_bert
+        written = []
+
+        def attend_self(h):
+            k, v = self.self_attn.project_kv(h)
+            if self_cache is not None:  # write the new keys/values at cache_index, attend over the whole cache
+                ck, cv = self_cache
+                k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=2)
+                v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=2)
+                written.append((k, v))
+            return drop(self.self_attn(h, k, v, self_bias, deterministic))
+
+        x = _residual(self.self_attn_norm, x, attend_self, post)
+        x = _residual(
+            self.cross_attn_norm,
+            x,
+            lambda h: drop(self.cross_attn(h, cross_kv[0], cross_kv[1], cross_bias, deterministic)),
+            post,
+        )
+        x = _residual(self.ffn_norm, x, lambda h: drop(self.ffn(h, deterministic)), post)
+        return nn.with_logical_constraint(x, ("batch", "length", "embed")), (written[0] if written else None)
 
 
 def _mask_to_bias(mask: Array) -> Array:
@@ -401,24 +484,61 @@ def _mask_to_bias(mask: Array) -> Array:
     return jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
 
 
+class AbsolutePositions(nn.Module):
+    """The "bert" layout's input: token vectors + a learned vector per position, then a layer norm."""
+
+    config: T5Config
+
+    @nn.compact
+    def __call__(self, x_ble: Array, positions: Array) -> Array:
+        """x [b, l, e], positions [l] int32 -> [b, l, e]."""
+        cfg = self.config
+        table = _param(
+            self,
+            "embedding",
+            _normal(0.02),
+            (cfg.max_position_embeddings, cfg.d_model),
+            ("positions", "embed"),
+            cfg.param_dtype,
+        )
+        x = x_ble.astype(jnp.float32) + jnp.take(jnp.asarray(table, jnp.float32), positions, axis=0)[None]
+        return LayerNorm(cfg, name="norm")(x)
+
+
+def _check_positions(cfg: T5Config, length: int, what: str) -> None:
+    if cfg.is_bert and length > cfg.max_position_embeddings:
+        raise ValueError(f"{what} of {length} positions exceeds max_position_embeddings={cfg.max_position_embeddings}")
+
+
 class Encoder(nn.Module):
+    """T5: relative position bias, pre-norm layers, a final norm. "bert": absolute positions, post-norm layers."""
+
     config: T5Config
 
     def setup(self):
         cfg = self.config
-        self.relpos = RelativePositionBias(cfg, bidirectional=True)
+        if cfg.is_bert:
+            self.positions = AbsolutePositions(cfg)
+        else:
+            self.relpos = RelativePositionBias(cfg, bidirectional=True)
+            self.final_norm = RMSNorm(cfg)
         self.layers = [EncoderLayer(cfg) for _ in range(cfg.num_layers)]
-        self.final_norm = RMSNorm(cfg)
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
     def __call__(self, x_ble: Array, mask_bl: Array, deterministic: bool) -> Array:
+        cfg = self.config
         length = x_ble.shape[1]
+        _check_positions(cfg, length, "an encoder input")
         pos = jnp.arange(length, dtype=jnp.int32)
-        bias = self.relpos(pos, pos) + _mask_to_bias(mask_bl[:, None, None, :].astype(bool))
-        x = self.dropout(x_ble.astype(self.config.dtype), deterministic=deterministic)
+        bias = _mask_to_bias(mask_bl[:, None, None, :].astype(bool))
+        if cfg.is_bert:
+            x_ble = self.positions(x_ble, pos)
+        else:
+            bias = bias + self.relpos(pos, pos)
+        x = self.dropout(x_ble.astype(cfg.dtype), deterministic=deterministic)
         for layer in self.layers:
             x = layer(x, bias, deterministic)
-        return self.dropout(self.final_norm(x), deterministic=deterministic)
+        return x if cfg.is_bert else self.dropout(self.final_norm(x), deterministic=deterministic)
 
 
 @struct.dataclass
@@ -448,10 +568,22 @@ class Decoder(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.relpos = RelativePositionBias(cfg, bidirectional=False)
+        if cfg.is_bert:
+            self.positions = AbsolutePositions(cfg)
+        else:
+            self.relpos = RelativePositionBias(cfg, bidirectional=False)
+            self.final_norm = RMSNorm(cfg)
         self.layers = [DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers)]
-        self.final_norm = RMSNorm(cfg)
         self.dropout = nn.Dropout(cfg.dropout_rate)
+
+    def _inputs(self, x_ble: Array, q_pos: Array, k_pos: Array, allowed: Array) -> tuple[Array, Array]:
+        """(the first layer's input, the self-attention bias) for queries at q_pos over keys at k_pos."""
+        if self.config.is_bert:
+            return self.positions(x_ble, q_pos), _mask_to_bias(allowed)
+        return x_ble, self.relpos(q_pos, k_pos) + _mask_to_bias(allowed)
+
+    def _out(self, x: Array, deterministic: bool) -> Array:
+        return x if self.config.is_bert else self.dropout(self.final_norm(x), deterministic=deterministic)
 
     def cross_kv(self, encoder_states: Array) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
         kvs = [layer.cross_kv(encoder_states) for layer in self.layers]
@@ -467,27 +599,29 @@ class Decoder(nn.Module):
     ) -> Array:
         """Full-sequence (teacher-forced) pass: causal self-attention, cross-attention."""
         length = x_ble.shape[1]
+        _check_positions(self.config, length, "a decoder input")
         pos = jnp.arange(length, dtype=jnp.int32)
         allowed = (pos[None, :] <= pos[:, None])[None, None]  # [1, 1, q, k]
         if decoder_mask is not None:
             allowed = allowed & decoder_mask[:, None, None, :].astype(bool)
-        self_bias = self.relpos(pos, pos) + _mask_to_bias(allowed)
+        x, self_bias = self._inputs(x_ble, pos, pos, allowed)
         cross_bias = _mask_to_bias(encoder_mask[:, None, None, :].astype(bool))
         ck, cv = self.cross_kv(encoder_states)
-        x = self.dropout(x_ble.astype(self.config.dtype), deterministic=deterministic)
+        x = self.dropout(x.astype(self.config.dtype), deterministic=deterministic)
         for i, layer in enumerate(self.layers):
             x, _ = layer(x, self_bias, (ck[i], cv[i]), cross_bias, deterministic)
-        return self.dropout(self.final_norm(x), deterministic=deterministic)
+        return self._out(x, deterministic)
 
     def step(self, x_ble: Array, cache: DecoderCache) -> tuple[Array, DecoderCache]:
         """Incremental pass over `l` new positions starting at cache.index (deterministic)."""
         length = x_ble.shape[1]
+        _check_positions(self.config, cache.max_length, "a decoder cache")
         q_pos = cache.index + jnp.arange(length, dtype=jnp.int32)
         k_pos = jnp.arange(cache.max_length, dtype=jnp.int32)
         allowed = (k_pos[None, :] <= q_pos[:, None])[None, None]
-        self_bias = self.relpos(q_pos, k_pos) + _mask_to_bias(allowed)
+        x, self_bias = self._inputs(x_ble, q_pos, k_pos, allowed)
         cross_bias = _mask_to_bias(cache.encoder_mask[:, None, None, :])
-        x = x_ble.astype(self.config.dtype)
+        x = x.astype(self.config.dtype)
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
             x, (k, v) = layer(
@@ -502,18 +636,34 @@ class Decoder(nn.Module):
             new_k.append(k)
             new_v.append(v)
         cache = cache.replace(self_k=tuple(new_k), self_v=tuple(new_v), index=cache.index + length)
-        return self.final_norm(x), cache
+        return self._out(x, True), cache
 
 
 # ----------------------------------------------------------------------------- models
 
 
 def _shared_embedding(module: nn.Module, cfg: T5Config):
-    return _param(module, "shared", _normal(1.0), (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.param_dtype)
+    init = _weight_init(cfg, 1.0)
+    return _param(module, "shared", init, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.param_dtype)
+
+
+class MaskedLMHead(nn.Module):
+    """BERT's masked-LM transform before the tied output embedding ("bert" layout): dense, GELU, layer norm."""
+
+    config: T5Config
+
+    @nn.compact
+    def __call__(self, h_ble: Array) -> Array:
+        cfg = self.config
+        dt = cfg.dtype
+        w = _param(self, "kernel", _normal(0.02), (cfg.d_model, cfg.d_model), ("embed", "embed_in"), cfg.param_dtype)
+        b = _bias(self, "bias", (cfg.d_model,), ("embed_in",), cfg)
+        y = _ACTIVATIONS["gelu"](_matmul(h_ble.astype(dt), jnp.asarray(w, dt)) + jnp.asarray(b, dt))
+        return LayerNorm(cfg, name="norm")(y)
 
 
 class T5(nn.Module):
-    """T5 encoder-decoder with an LM head. Params: shared, encoder, decoder, [lm_head]."""
+    """T5 encoder-decoder with an LM head. Params: shared, encoder, decoder, [lm_head] ("bert": head, lm_bias)."""
 
     config: T5Config
 
@@ -532,6 +682,9 @@ class T5(nn.Module):
                 ("embed", "vocab"),
                 cfg.param_dtype,
             )
+        if cfg.is_bert:
+            self.head = MaskedLMHead(cfg)
+            self.lm_bias = _bias(self, "lm_bias", (cfg.vocab_size,), ("vocab",), cfg)
 
     def embed(self, ids: Array) -> Array:
         return jnp.take(jnp.asarray(self.shared, self.config.dtype), ids, axis=0)
@@ -554,6 +707,8 @@ class T5(nn.Module):
 
     def logits(self, h_ble: Array) -> Array:
         cfg = self.config
+        if cfg.is_bert:
+            h_ble = self.head(h_ble)
         if cfg.scale_decoder_outputs:
             h_ble = h_ble * (cfg.d_model**-0.5)
         if cfg.tie_word_embeddings:
@@ -561,6 +716,8 @@ class T5(nn.Module):
         else:
             w = jnp.asarray(self.lm_head, cfg.dtype)
         out = _matmul(h_ble.astype(cfg.dtype), w)
+        if cfg.is_bert:
+            out = out + jnp.asarray(self.lm_bias, cfg.dtype)
         return nn.with_logical_constraint(out.astype(jnp.float32), ("batch", "length", "vocab"))
 
     def decode(
@@ -811,3 +968,82 @@ def load_hf_t5(folder: str | os.PathLike, encoder_only: bool = False, **config_o
         if untied != (not cfg.tie_word_embeddings):
             cfg = cfg.replace(tie_word_embeddings=not untied)
     return cfg, params_from_hf_state_dict(sd, cfg, encoder_only=encoder_only)
+
+
+# ----------------------------------------------------------------------------- starting from a BERT
+
+
+def _bert_attention(layer: dict, cfg: T5Config) -> dict:
+    e, h, d = cfg.d_model, cfg.num_heads, cfg.d_kv
+    out = {}
+    for ours, theirs in (("q", "query"), ("k", "key"), ("v", "value")):
+        out[ours] = np.reshape(layer[theirs]["kernel"], (e, h, d))
+        out[ours + "_bias"] = np.reshape(layer[theirs]["bias"], (h, d))
+    out["o"] = np.reshape(layer["attn_out"]["kernel"], (h, d, e))
+    out["o_bias"] = np.asarray(layer["attn_out"]["bias"])
+    return out
+
+
+def _bert_ffn(layer: dict) -> dict:
+    return {
+        "wi": layer["ffn_in"]["kernel"],
+        "wi_bias": layer["ffn_in"]["bias"],
+        "wo": layer["ffn_out"]["kernel"],
+        "wo_bias": layer["ffn_out"]["bias"],
+    }
+
+
+def bert_layers_to_t5(bert: dict, cfg: T5Config, params: dict) -> dict:
+    """`params` of a "bert"-layout T5 with both stacks started from a BERT encoder's own (BERT2BERT warm start).
+
+    `bert` is a BERT backbone's parameters as `v2t_jax.models.embedders.Bert` names them. The shared token
+    embedding (so the tied output layer too) is BERT's word embedding; each stack gets BERT's position table
+    (plus its token-type-0 vector) and embedding layer norm; encoder layer i and decoder layer i start as BERT's
+    layer i (self-attention, feed-forward and their norms). What BERT has no counterpart for keeps its value in
+    `params`: the decoder's cross-attention and its norm, the masked-LM head and its bias. The decoder's
+    self-attention becomes causal by how it is applied, not by its weights."""
+    word = np.asarray(bert["word_embeddings"])
+    n_bert = sum(1 for k in bert if k.startswith("layers_"))
+    layer0 = bert.get("layers_0", {})
+    wants = {
+        "layout": (cfg.layout, "bert"),
+        "vocab_size": (cfg.vocab_size, word.shape[0]),
+        "d_model": (cfg.d_model, word.shape[1]),
+        "num_heads * d_kv": (cfg.num_heads * cfg.d_kv, word.shape[1]),
+        "d_ff": (cfg.d_ff, np.shape(layer0.get("ffn_in", {}).get("kernel", np.zeros((0, 0))))[1]),
+        "feed_forward_proj": (cfg.feed_forward_proj, "gelu"),
+        "max_position_embeddings": (cfg.max_position_embeddings, np.shape(bert["position_embeddings"])[0]),
+    }
+    for name, (have, want) in wants.items():
+        if have != want:
+            raise ValueError(f"starting from the embedder's layers needs {name} = {want} (the embedder's); got {have}")
+    if max(cfg.num_layers, cfg.num_decoder_layers) > n_bert:
+        raise ValueError(
+            f"the embedder has {n_bert} layers; a stack cannot have more "
+            f"(got {cfg.num_layers} encoder + {cfg.num_decoder_layers} decoder layers)"
+        )
+    positions = {
+        "embedding": np.asarray(bert["position_embeddings"]) + np.asarray(bert["token_type_embeddings"])[0],
+        "norm": dict(bert["embeddings_norm"]),
+    }
+    encoder = dict(params["encoder"], positions=positions)
+    for i in range(cfg.num_layers):
+        b = bert[f"layers_{i}"]
+        encoder[f"layers_{i}"] = {
+            "attn": _bert_attention(b, cfg),
+            "attn_norm": dict(b["attn_norm"]),
+            "ffn": _bert_ffn(b),
+            "ffn_norm": dict(b["ffn_norm"]),
+        }
+    decoder = dict(params["decoder"], positions=positions)
+    for i in range(cfg.num_decoder_layers):
+        b = bert[f"layers_{i}"]
+        decoder[f"layers_{i}"] = dict(
+            params["decoder"][f"layers_{i}"],
+            self_attn=_bert_attention(b, cfg),
+            self_attn_norm=dict(b["attn_norm"]),
+            ffn=_bert_ffn(b),
+            ffn_norm=dict(b["ffn_norm"]),
+        )
+    out = dict(params, shared=word, encoder=encoder, decoder=decoder)
+    return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), out)
