@@ -13,6 +13,7 @@ Runs (all at warmup 50 steps, the same seed, on `--sources` unless said otherwis
   gpu_embinit gpu_shape with token embeddings from MiniLM's word embeddings (its release setting)
   gpu_warm    configs/inverter.py:gpu_warm in float32, batch 64: the "bert" layout whose encoder and decoder
               start from MiniLM's first 3 layers (BERT2BERT), 27.2M params against gpu_embinit's 27.6M
+  gpu_warm_lr3e-4  gpu_warm at learning rate 3e-4 (pretrained layers may want a gentler rate)
   lr3e-3      base at learning rate 3e-3
   lr3e-4      base at learning rate 3e-4
   batch128    base at batch 128
@@ -46,6 +47,10 @@ RUNS = {
     ),
     "gpu_embinit": ("gpu", ["--config.t5.dtype=float32", "--config.batch_size=64"]),
     "gpu_warm": ("gpu_warm", ["--config.t5.dtype=float32", "--config.batch_size=64"]),
+    "gpu_warm_lr3e-4": (
+        "gpu_warm",
+        ["--config.t5.dtype=float32", "--config.batch_size=64", "--config.learning_rate=3e-4"],
+    ),
     "lr3e-3": ("cpu_small", ["--config.learning_rate=3e-3"]),
     "lr3e-4": ("cpu_small", ["--config.learning_rate=3e-4"]),
     "batch128": ("cpu_small", ["--config.batch_size=128"]),
