@@ -9,7 +9,8 @@ inversion run per (beam width, prior), as long as its longest row: the trace of 
 every shorter row (N steps of the loop are a prefix of M > N steps). Seconds per vector are those of each run,
 shown on its longest row. Passages are
 a fixed random sample (seed 0) of the split of the dataset named by --sources (default: `v2t data prepare`'s)
-or --corpus. Comparison is
+or --corpus; or, with --texts FILE, the first --n lines of a text file, embedded here (each cut where the
+embedder stops reading: an out-of-domain set such as `experiments/data/ood_fortunes.txt`). Comparison is
 case-folded and whitespace-normalised against each passage *as the uncased embedder sees it* (its tokenizer's
 round trip: lower case, accents stripped, WordPiece spacing), since nothing else is recoverable from the
 vector. Writes OUT.md, OUT.json and OUT.png.
@@ -83,6 +84,7 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--corpus", default=None, help="a user corpus prepared with v2t data prepare --corpus")
     p.add_argument("--sources", nargs="+", default=["wiki", "bbc", "sotu", "moby"], help="built-in sources (or all)")
+    p.add_argument("--texts", default=None, help="a text file, one passage per line, instead of a dataset split")
     p.add_argument("--out", default="experiments/results/table1")
     args = p.parse_args(argv)
 
@@ -94,18 +96,25 @@ def main(argv=None) -> int:
     if model.program.corrector is None and any(r.steps for r in rows):
         print(f"{args.checkpoint} has no corrector: only 0-step rows are possible", file=sys.stderr)
         return 2
-    spec = dataset.DatasetSpec(
-        sources=sources.expand(args.sources),
-        corpus=args.corpus,
-        embedder=model.embedder.name,
-        max_tokens=model.max_length,
-    )
-    b = dataset.builder(spec, args.data_dir)
-    emb, ids = targets.load(targets.targets_dir(b.data_dir, model.embedder.name, model.max_length), args.split)
-    n = min(args.n, len(emb))
-    pick = np.sort(np.random.default_rng(0).permutation(len(emb))[:n])
-    vectors = np.asarray(emb[pick], np.float32)
-    refs = evaluate.views_of_ids(model.vocab, model.embedder, np.asarray(ids[pick]))
+    if args.texts:
+        texts = [t.strip() for t in Path(args.texts).read_text(encoding="utf-8").splitlines() if t.strip()]
+        n = min(args.n, len(texts))
+        vectors = np.asarray(model.embedder.embed_texts(texts[:n], max_length=model.max_length), np.float32)
+        refs = model.embedder_view(texts[:n])
+        args.split = Path(args.texts).name
+    else:
+        spec = dataset.DatasetSpec(
+            sources=sources.expand(args.sources),
+            corpus=args.corpus,
+            embedder=model.embedder.name,
+            max_tokens=model.max_length,
+        )
+        b = dataset.builder(spec, args.data_dir)
+        emb, ids = targets.load(targets.targets_dir(b.data_dir, model.embedder.name, model.max_length), args.split)
+        n = min(args.n, len(emb))
+        pick = np.sort(np.random.default_rng(0).permutation(len(emb))[:n])
+        vectors = np.asarray(emb[pick], np.float32)
+        refs = evaluate.views_of_ids(model.vocab, model.embedder, np.asarray(ids[pick]))
 
     runs = {}
     for run in sorted({r.run for r in rows}, key=str):
@@ -169,7 +178,9 @@ def main(argv=None) -> int:
         + "\n"
     )
     lines = [
-        f"# Inversion quality on the {args.split} split ({n} passages)",
+        f"# Inversion quality on {args.split} ({n} passages)"
+        if args.texts
+        else f"# Inversion quality on the {args.split} split ({n} passages)",
         "",
         f"Command: `{command}`",
         "",

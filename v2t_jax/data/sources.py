@@ -120,6 +120,12 @@ def _deb(package: str) -> Callable[[Path], None]:
     return fetch
 
 
+def debian_package(package: str, cache: Path) -> Path:
+    """The unpacked files of Debian `package` (apt-get download; no root needed), fetched once into
+    `<cache>/sources/deb-<package>`: for text that is not a training source (evaluation sets)."""
+    return _fetched(Path(cache), f"deb-{package}", _deb(package))
+
+
 # ----------------------------------------------------------------------------- shared cleaning
 
 _WS = re.compile(r"\s+")
