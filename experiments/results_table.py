@@ -10,7 +10,10 @@ every shorter row (N steps of the loop are a prefix of M > N steps). Seconds per
 shown on its longest row. Passages are
 a fixed random sample (seed 0) of the split of the dataset named by --sources (default: `v2t data prepare`'s)
 or --corpus; or, with --texts FILE, the first --n lines of a text file, embedded here (each cut where the
-embedder stops reading: an out-of-domain set such as `experiments/data/ood_fortunes.txt`). Comparison is
+embedder stops reading: an out-of-domain set such as `experiments/data/ood_fortunes.txt`).
+Each finished run is kept in OUT.runs/ (its trace, time and what it ran on), so a sweep that is stopped and
+rerun with the same command redoes only the unfinished runs; the folder goes once the table is written.
+Comparison is
 case-folded and whitespace-normalised against each passage *as the uncased embedder sees it* (its tokenizer's
 round trip: lower case, accents stripped, WordPiece spacing), since nothing else is recoverable from the
 vector. Writes OUT.md, OUT.json and OUT.png.
@@ -19,7 +22,9 @@ vector. Writes OUT.md, OUT.json and OUT.png.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -72,6 +77,36 @@ def run_name(run: tuple) -> str:
     return f"{beam}" + (f"p{prior:g}" if prior else "") + (f"s{polish}@{steps}" if polish else "")
 
 
+def _run_store(out: Path, key: dict):
+    """(load, save, drop) of finished runs in OUT.runs/: a run is reused only under the same `key` (bundle,
+    passages, batch size) and for the same number of steps."""
+    folder = out.parent / (out.name + ".runs")
+
+    def path(run: tuple) -> Path:
+        return folder / f"{run_name(run)}.json"
+
+    def load(run: tuple, steps: int) -> dict | None:
+        try:
+            saved = json.loads(path(run).read_text())
+        except (OSError, ValueError):
+            return None
+        return saved if saved.get("key") == key and saved.get("steps") == steps else None
+
+    def save(run: tuple, result: dict) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path(run).with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": key, **result}))
+        os.replace(tmp, path(run))
+
+    def drop() -> None:
+        for f in folder.glob("*.json"):
+            f.unlink()
+        if folder.exists():
+            folder.rmdir()
+
+    return load, save, drop
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="model bundle (inverter + corrector)")
@@ -116,10 +151,25 @@ def main(argv=None) -> int:
         vectors = np.asarray(emb[pick], np.float32)
         refs = evaluate.views_of_ids(model.vocab, model.embedder, np.asarray(ids[pick]))
 
+    from v2t_jax import assets
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    key = {
+        "bundle": assets.folder_digest(args.checkpoint),
+        "vectors": hashlib.sha256(np.ascontiguousarray(vectors).tobytes()).hexdigest(),
+        "batch_size": args.batch_size,
+    }
+    load, save, drop = _run_store(out, key)
     runs = {}
     for run in sorted({r.run for r in rows}, key=str):
         beam, prior, polish, _ = run
         steps = max(r.steps for r in rows if r.run == run)
+        kept = load(run, steps)
+        if kept is not None:
+            print(f"results_table: run {run_name(run)} read back from {args.out}.runs/", file=sys.stderr)
+            runs[run] = {k: v for k, v in kept.items() if k != "key"}
+            continue
         t0 = time.perf_counter()
         _, trace = model.invert_embeddings(
             vectors,
@@ -133,9 +183,12 @@ def main(argv=None) -> int:
             polish=polish,
         )
         runs[run] = {
-            "steps": steps, "beam": beam, "prior": prior, "polish": polish, "trace": trace["steps"],
+            "steps": steps, "beam": beam, "prior": prior, "polish": polish,
+            "trace": [{"hypotheses": list(t["hypotheses"]), "cosines": [float(c) for c in t["cosines"]]}
+                      for t in trace["steps"]],
             "seconds": time.perf_counter() - t0,
         }  # fmt: skip
+        save(run, runs[run])
 
     def scores(run: tuple, step: int) -> dict:
         tr = runs[run]["trace"]
@@ -159,8 +212,6 @@ def main(argv=None) -> int:
         for i in range(min(5, n))
     ]
     command = "python experiments/results_table.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(
         json.dumps(
             {
@@ -239,6 +290,7 @@ def main(argv=None) -> int:
         ax.legend()
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=120)
+    drop()  # the table holds it all now
     print(out.with_suffix(".md").read_text())
     return 0
 

@@ -185,6 +185,52 @@ def test_results_table_script(tmp_path, tiny_data, tiny_models):
     assert (
         out.with_suffix(".png").stat().st_size > 1000 and "| 2 steps + sbeam 2 |" in out.with_suffix(".md").read_text()
     )
+    assert not (tmp_path / "table.runs").exists()  # the finished runs' store goes once the table is written
+
+
+def test_results_table_resumes_a_stopped_sweep_and_scores_a_text_file(tmp_path, tiny_data, tiny_models, monkeypatch,
+                                                                      capsys, sentences):  # fmt: skip
+    """A sweep stopped in its second run keeps the first (OUT.runs/); the same command then runs only the second
+    and writes the table a straight run writes. --texts scores the lines of a file."""
+    import importlib.util
+
+    from v2t_jax import api
+
+    spec = importlib.util.spec_from_file_location("results_table", ROOT / "experiments" / "results_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    args = ["--checkpoint", str(tiny_models["corrector"]), "--n", "4", "--rows", "0:1,2:1,2:2", "--corpus", str(CORPUS),
+            "--data-dir", str(tiny_data)]  # fmt: skip
+    assert mod.main(args + ["--out", str(tmp_path / "straight")]) == 0
+    original, calls = api.Vec2Text.invert_embeddings, []
+
+    def stopped_in_beam_2(self, *a, **kw):
+        calls.append(kw["sequence_beam_width"])
+        if kw["sequence_beam_width"] == 2 and calls.count(2) == 1:
+            raise KeyboardInterrupt
+        return original(self, *a, **kw)
+
+    monkeypatch.setattr(api.Vec2Text, "invert_embeddings", stopped_in_beam_2)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        mod.main(args + ["--out", str(out)])
+    assert [p.name for p in (tmp_path / "resumed.runs").iterdir()] == ["1.json"] and not out.with_suffix(".md").exists()
+    capsys.readouterr()
+    assert mod.main(args + ["--out", str(out)]) == 0
+    assert calls == [1, 2, 2] and "run 1 read back" in capsys.readouterr().err
+    straight, resumed = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("straight", "resumed"))
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "s_per_vector"} for r in rows]  # noqa: E731
+    assert strip(resumed["rows"]) == strip(straight["rows"]) and resumed["examples"] == straight["examples"]
+    assert not (tmp_path / "resumed.runs").exists()
+
+    monkeypatch.setattr(api.Vec2Text, "invert_embeddings", original)
+    (tmp_path / "ood.txt").write_text("\n".join(sentences[:3]) + "\n\n")
+    assert mod.main(["--checkpoint", str(tiny_models["corrector"]), "--texts", str(tmp_path / "ood.txt"),
+                     "--rows", "0:1", "--out", str(tmp_path / "ood")]) == 0  # fmt: skip
+    ood = json.loads((tmp_path / "ood.json").read_text())
+    assert (
+        ood["n"] == 3 and ood["split"] == "ood.txt" and "on ood.txt (3 passages)" in (tmp_path / "ood.md").read_text()
+    )
 
 
 def test_export_takes_another_inverter_for_a_corrector_run(capsys, tmp_path, tiny_models):
