@@ -3,7 +3,8 @@
 step-0 BLEU / token F1 / cosine on the same held-out test passages (`results_table.py --rows 0:1`).
 
     python experiments/ablations.py [--minutes 4] [--runs base,data92k,...] [--seeds 0,1] [--jobs 2]
-        [--sources all] [--n 300] [--out experiments/results/ablations] [--workdir ~/.cache/v2t_jax/runs/ablations]
+        [--sources all] [--train-docs 0.08] [--n 300] [--out experiments/results/ablations]
+        [--workdir ~/.cache/v2t_jax/runs/ablations]
 
 Runs (all at warmup 50 steps, the same seed, on `--sources` unless said otherwise):
   base        configs/inverter.py:cpu_small (T5 v1.1 d 256, 4+4 layers, 26.8M), batch 64, lr 1e-3
@@ -22,6 +23,10 @@ of `--sources` (documents of the default sources' test split are in it: the spli
 --seeds: each run once per seed (`config.seed`: initialisation and batch order; seed 0 keeps the run's name,
 seed s is NAME@sS). --jobs N: N runs at a time, each pinned to its own core (with N = the cores, every run gets
 one core for its whole budget: equal compute, however the runs are ordered).
+--train-docs F: train on a fixed sample of `--sources` instead of all of it: the training documents whose id hash
+(gpu_kit.doc_hash) is below F and the held-out ones below 0.1, written as a corpus (`WORKDIR/sample_F.jsonl`,
+gpu_kit's format: same passages, same splits) and prepared with its targets. A run of minutes sees a few
+thousand passages, so this costs it nothing, and spares embedding a million training passages first.
 """
 
 from __future__ import annotations
@@ -161,6 +166,29 @@ def one(label: str, args, root: Path, data_args: list[str], cores=None) -> dict:
     }
 
 
+def sample_corpus(sources: list[str], fraction: float, path: Path, data_dir=None, held_out: float = 0.1) -> Path:
+    """`path`: the passages of `--sources`' built dataset (`v2t data prepare`) whose documents' hash is below
+    `fraction` (training) or `held_out` (validation, test), as a corpus that rebuilds them in the same splits."""
+    if path.exists():
+        return path
+    from gpu_kit import doc_hash
+
+    from v2t_jax.data import dataset, sources as sources_lib
+
+    b = dataset.builder(dataset.DatasetSpec(sources=sources_lib.expand(sources)), data_dir)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for split in ("validation", "test", "train"):
+            limit = fraction if split == "train" else held_out
+            for r in dataset.rows(b, split):
+                doc = dataset._str(r["doc_id"])
+                if doc_hash(doc) < limit:
+                    obj = {"source": dataset._str(r["source"]), "doc_id": doc, "text": dataset._str(r["text"])}
+                    f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
 def seed_means(results: list[dict]) -> list[str]:
     """Markdown rows of each run's mean (and spread) over its seeds; nothing when every run has one seed."""
     groups: dict[str, list[dict]] = {}
@@ -195,6 +223,7 @@ def main(argv=None) -> int:
     p.add_argument("--sources", nargs="+", default=["all"])
     p.add_argument("--corpus", default=None, help="a user corpus instead of --sources (tests)")
     p.add_argument("--data-dir", default=None, help="where the prepared dataset lives (default: v2t's cache)")
+    p.add_argument("--train-docs", type=float, default=None, help="train on this fraction of --sources' documents")
     p.add_argument("--n", type=int, default=300, help="test passages scored per run")
     p.add_argument("--workdir", default=str(Path.home() / ".cache/v2t_jax/runs/ablations"))
     p.add_argument("--out", default=str(ROOT / "experiments/results/ablations"))
@@ -211,11 +240,17 @@ def main(argv=None) -> int:
     if not 1 <= args.jobs <= len(cores):
         p.error(f"--jobs must be 1..{len(cores)} (the cores this process may use), got {args.jobs}")
     labels = [n if s == 0 else f"{n}@s{s}" for s in seeds for n in names]  # seed-major: a pair finishes together
+    root = Path(args.workdir).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    if args.train_docs is not None:
+        if not 0 < args.train_docs <= 1 or args.corpus:
+            p.error("--train-docs takes a fraction in (0, 1] of --sources' documents (not with --corpus)")
+        sample = root / f"sample_{args.train_docs:g}.jsonl"
+        args.corpus = str(sample_corpus(args.sources, args.train_docs, sample, args.data_dir))
+        v2t("data", "prepare", "--corpus", args.corpus, *(["--data-dir", args.data_dir] if args.data_dir else []))
     data_args = (
         [f"--config.data.corpus={args.corpus}"] if args.corpus else [f"--config.data.sources={tuple(args.sources)!r}"]
     ) + ([f"--config.data.data_dir={args.data_dir}"] if args.data_dir else [])
-    root = Path(args.workdir).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
     if args.jobs == 1:
         results = []
         for label in labels:

@@ -106,7 +106,8 @@ def unpack_minilm(kit: Path, target: Path) -> Path:
     return target
 
 
-def _doc_hash(doc_id: str) -> float:
+def doc_hash(doc_id: str) -> float:
+    """A document's place in [0, 1): documents below a threshold form a fixed, seed-free sample."""
     return int.from_bytes(hashlib.sha256(doc_id.encode()).digest()[:8], "big") / 2**64
 
 
@@ -133,7 +134,7 @@ def write_passages(b, out: Path, budget_bytes: int) -> dict:
     frac = min(1.0, 0.97 * max(0.0, budget_bytes - held_size) / max(1, train_estimate))
 
     def write(frac: float) -> list:
-        kept = [r for r in rows["train"] if _doc_hash(dataset._str(r["doc_id"])) < frac]
+        kept = [r for r in rows["train"] if doc_hash(dataset._str(r["doc_id"])) < frac]
         with lzma.open(out / "passages.jsonl.xz", "wb", preset=6) as f:
             f.write(held_out)
             for r in kept:
