@@ -188,6 +188,7 @@ def test_results_table_script(tmp_path, tiny_data, tiny_models):
     assert not (tmp_path / "table.runs").exists()  # the finished runs' store goes once the table is written
 
 
+@pytest.mark.slow
 def test_results_table_resumes_a_stopped_sweep_and_scores_a_text_file(tmp_path, tiny_data, tiny_models, monkeypatch,
                                                                       capsys, sentences):  # fmt: skip
     """A sweep stopped in its second run keeps the first (OUT.runs/); the same command then runs only the second
