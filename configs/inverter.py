@@ -79,20 +79,13 @@ def get_config(arg: str = "cpu_small") -> ml_collections.ConfigDict:
         c.eval_batches = 2
         c.eval_samples = 16
         c.checkpoint_every = 5
-    elif arg == "gpu":
-        c.t5.update(variant="t5", d_model=384, d_kv=64, d_ff=1024, num_layers=4, num_heads=6, dtype="bfloat16")
-        c.init_token_embeddings = "embedder"
-        c.data.sources = ("all",)
-        c.batch_size = 512
-        c.learning_rate = 1e-3
-        c.warmup_steps = 300
-        c.eval_every = 1000
-        c.eval_samples = 512
-        c.checkpoint_every = 1000
-        c.log_every = 100
-    elif arg == "gpu_warm":
-        c.t5.update(variant="bert", d_model=384, d_kv=32, d_ff=1536, num_layers=3, num_heads=12, dtype="bfloat16")
-        c.init_layers = "embedder"
+    elif arg in ("gpu", "gpu_warm"):
+        if arg == "gpu":
+            c.t5.update(variant="t5", d_model=384, d_kv=64, d_ff=1024, num_layers=4, num_heads=6, dtype="bfloat16")
+            c.init_token_embeddings = "embedder"
+        else:
+            c.t5.update(variant="bert", d_model=384, d_kv=32, d_ff=1536, num_layers=3, num_heads=12, dtype="bfloat16")
+            c.init_layers = "embedder"
         c.data.sources = ("all",)
         c.batch_size = 512
         c.learning_rate = 1e-3

@@ -215,8 +215,9 @@ def test_named_sizes_have_reference_parameter_counts(size, variant, hf_kwargs):
         assert ours == 60_506_624  # t5-small
 
 
-def test_every_parameter_has_logical_axes():
-    cfg = t5.t5_config("tiny", vocab_size=100)
+@pytest.mark.parametrize("variant", ["v1.1", "bert"])
+def test_every_parameter_has_logical_axes(variant):
+    cfg = t5.t5_config("tiny", variant, vocab_size=100)
     axes = t5.logical_axes(t5.T5(cfg))
     shapes = jax.eval_shape(lambda r: t5.init_params(t5.T5(cfg), r), jax.random.PRNGKey(0))
     flat_axes = jax.tree_util.tree_leaves(axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
