@@ -224,7 +224,7 @@ def for_model(model) -> Task:
     return _BY_MODULE[type(model)]
 
 
-# ------------------------------------------------------------------------------- the corrector's inverter
+# ------------------------------------------------------------------------------- the model and how it starts
 
 
 def t5_config(config: ml_collections.ConfigDict, vocab_size: int, pad_id: int = 0, eos_id: int = 1):
@@ -283,6 +283,9 @@ def embedder_layers(params: dict, config: ml_collections.ConfigDict, embedder, v
         lambda x, old, s: jax.device_put(x.astype(old.dtype), s), t5, params["t5"], shardings["t5"]
     )
     return dict(params, t5=t5)
+
+
+# ------------------------------------------------------------------------------- the corrector's inverter
 
 
 def inverter_bundle(config: ml_collections.ConfigDict) -> Path:
