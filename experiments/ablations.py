@@ -175,9 +175,11 @@ def sample_corpus(sources: list[str], fraction: float, path: Path, data_dir=None
 
     from v2t_jax.data import dataset, sources as sources_lib
 
+    from v2t_jax import outputs
+
     b = dataset.builder(dataset.DatasetSpec(sources=sources_lib.expand(sources)), data_dir)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+
+    def write(f) -> None:
         for split in ("validation", "test", "train"):
             limit = fraction if split == "train" else held_out
             for r in dataset.rows(b, split):
@@ -185,7 +187,8 @@ def sample_corpus(sources: list[str], fraction: float, path: Path, data_dir=None
                 if doc_hash(doc) < limit:
                     obj = {"source": dataset._str(r["source"]), "doc_id": doc, "text": dataset._str(r["text"])}
                     f.write(json.dumps(obj, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+
+    outputs.write_atomic(path, write, binary=False)
     return path
 
 

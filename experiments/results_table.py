@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -93,16 +93,13 @@ def _run_store(out: Path, key: dict):
         return saved if saved.get("key") == key and saved.get("steps") == steps else None
 
     def save(run: tuple, result: dict) -> None:
+        from v2t_jax import outputs
+
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = path(run).with_suffix(".tmp")
-        tmp.write_text(json.dumps({"key": key, **result}))
-        os.replace(tmp, path(run))
+        outputs.write_text_atomic(path(run), json.dumps({"key": key, **result}))
 
     def drop() -> None:
-        for f in folder.glob("*.json"):
-            f.unlink()
-        if folder.exists():
-            folder.rmdir()
+        shutil.rmtree(folder, ignore_errors=True)
 
     return load, save, drop
 
