@@ -7,7 +7,7 @@ steps, with sequence beam search, plus a plot of BLEU and cosine against the num
 Each row is STEPS:BEAM[:PRIOR] (PRIOR: the language prior's weight, `v2t invert --prior`; default 0). One
 inversion run per (beam width, prior), as long as its longest row: the trace of best-so-far hypotheses gives
 every shorter row (N steps of the loop are a prefix of M > N steps). Seconds per vector are those of each run,
-shown on its longest row. Passages are
+shown on its longest row; with --time-each every row is its own run, so every row has its time. Passages are
 a fixed random sample (seed 0) of the split of the dataset named by --sources (default: `v2t data prepare`'s)
 or --corpus; or, with --texts FILE, the first --n lines of a text file, embedded here (each cut where the
 embedder stops reading: an out-of-domain set such as `experiments/data/ood_fortunes.txt`).
@@ -39,12 +39,12 @@ class Row(NamedTuple):
     prior: float = 0.0  # the language prior's weight (no effect at 0 steps)
     polish: int = 0  # rounds of token swaps after the last step
 
-    @property
-    def run(self) -> tuple:
+    def run(self, each: bool = False) -> tuple:
         """The run a row reads from: one per (beam, prior, polish); a polished one per row (the polish comes after
-        that row's last step), the others as long as their longest row."""
+        that row's last step), the others as long as their longest row. With `each`, every row has its own run
+        (so its own time)."""
         prior = self.prior if self.steps else 0.0
-        return (self.beam, prior, self.polish, self.steps if self.polish else None)
+        return (self.beam, prior, self.polish, self.steps if self.polish or each else None)
 
     @property
     def label(self) -> str:
@@ -72,9 +72,15 @@ def parse_rows(text: str) -> list[Row]:
 
 
 def run_name(run: tuple) -> str:
-    """A run's name in OUT.json: its beam width, then its prior and polish when set ("4", "4p0.1", "1s4@20")."""
+    """A run's name in OUT.json: its beam width, then its prior and polish when set, then its steps when it has
+    its own ("4", "4p0.1", "1s4@20", "4@50")."""
     beam, prior, polish, steps = run
-    return f"{beam}" + (f"p{prior:g}" if prior else "") + (f"s{polish}@{steps}" if polish else "")
+    return (
+        f"{beam}"
+        + (f"p{prior:g}" if prior else "")
+        + (f"s{polish}" if polish else "")
+        + (f"@{steps}" if steps is not None else "")
+    )
 
 
 def _run_store(out: Path, key: dict):
@@ -117,6 +123,9 @@ def main(argv=None) -> int:
     p.add_argument("--corpus", default=None, help="a user corpus prepared with v2t data prepare --corpus")
     p.add_argument("--sources", nargs="+", default=["wiki", "bbc", "sotu", "moby"], help="built-in sources (or all)")
     p.add_argument("--texts", default=None, help="a text file, one passage per line, instead of a dataset split")
+    p.add_argument(
+        "--time-each", action="store_true", help="one run per row, so every row has its own seconds per vector"
+    )
     p.add_argument("--out", default="experiments/results/table1")
     args = p.parse_args(argv)
 
@@ -159,9 +168,9 @@ def main(argv=None) -> int:
     }
     load, save, drop = _run_store(out, key)
     runs = {}
-    for run in sorted({r.run for r in rows}, key=str):
+    for run in sorted({r.run(args.time_each) for r in rows}, key=str):
         beam, prior, polish, _ = run
-        steps = max(r.steps for r in rows if r.run == run)
+        steps = max(r.steps for r in rows if r.run(args.time_each) == run)
         kept = load(run, steps)
         if kept is not None:
             print(f"results_table: run {run_name(run)} read back from {args.out}.runs/", file=sys.stderr)
@@ -196,16 +205,16 @@ def main(argv=None) -> int:
 
     table = []
     for r in rows:
-        run = runs[r.run]
+        run = runs[r.run(args.time_each)]
         # each run's time, on its longest row (shorter rows are prefixes of its trace)
         spv = run["seconds"] / n if r.steps == run["steps"] else None
         table.append(
             {"steps": r.steps, "beam": r.beam, "prior": r.prior if r.steps else 0.0, "polish": r.polish,
-             **scores(r.run, at(r)), "s_per_vector": spv}
+             **scores(r.run(args.time_each), at(r)), "s_per_vector": spv}
         )  # fmt: skip
     curves = {run_name(k): [scores(k, s) for s in range(v["steps"] + 1)] for k, v in runs.items()}
     examples = [
-        {"reference": refs[i], **{r.label: runs[r.run]["trace"][i]["hypotheses"][at(r)] for r in rows}}
+        {"reference": refs[i], **{r.label: runs[r.run(args.time_each)]["trace"][i]["hypotheses"][at(r)] for r in rows}}
         for i in range(min(5, n))
     ]
     command = "python experiments/results_table.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -192,7 +192,8 @@ def test_results_table_script(tmp_path, tiny_data, tiny_models):
 def test_results_table_resumes_a_stopped_sweep_and_scores_a_text_file(tmp_path, tiny_data, tiny_models, monkeypatch,
                                                                       capsys, sentences):  # fmt: skip
     """A sweep stopped in its second run keeps the first (OUT.runs/); the same command then runs only the second
-    and writes the table a straight run writes. --texts scores the lines of a file."""
+    and writes the table a straight run writes; --time-each times every row by itself. --texts scores the lines
+    of a file."""
     import importlib.util
 
     from v2t_jax import api
@@ -225,6 +226,11 @@ def test_results_table_resumes_a_stopped_sweep_and_scores_a_text_file(tmp_path, 
     assert not (tmp_path / "resumed.runs").exists()
 
     monkeypatch.setattr(api.Vec2Text, "invert_embeddings", original)
+    # --time-each: one run per row, so every row has its own time, and the same scores
+    assert mod.main(args + ["--time-each", "--out", str(tmp_path / "each")]) == 0
+    each = json.loads((tmp_path / "each.json").read_text())
+    assert strip(each["rows"]) == strip(straight["rows"]) and set(each["seconds"]) == {"1@0", "1@2", "2@2"}
+    assert all(r["s_per_vector"] is not None for r in each["rows"])
     (tmp_path / "ood.txt").write_text("\n".join(sentences[:3]) + "\n\n")
     assert mod.main(["--checkpoint", str(tiny_models["corrector"]), "--texts", str(tmp_path / "ood.txt"),
                      "--rows", "0:1", "--out", str(tmp_path / "ood")]) == 0  # fmt: skip
