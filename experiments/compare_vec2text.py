@@ -144,7 +144,7 @@ def ours_runner(model, exit_mode: str):
     """A function (embeddings, steps, beam) -> reply like the reference's, compiling once per grid point."""
     import jax
 
-    from v2t_jax import bench
+    from v2t_jax import bench, strategies
 
     compiled: dict = {}  # (shape, steps, beam) -> (function, compile seconds)
 
@@ -152,7 +152,7 @@ def ours_runner(model, exit_mode: str):
         key = (e.shape, steps, beam)
         if key not in compiled:
             t0 = time.perf_counter()
-            fn = model.compiled(e.shape[0], steps, beam, skip_repeated=exit_mode == "fixed")
+            fn = model.compiled(e.shape[0], strategies.Search(steps, beam, skip_repeated=exit_mode == "fixed"))
             compiled[key] = fn, time.perf_counter() - t0
         fn, compile_s = compiled[key]
         bench.reset_peak_memory()

@@ -68,10 +68,10 @@ def retrieval(queries: np.ndarray, docs: np.ndarray, k: int = 10) -> dict:
 
 
 def invert_scores(model, vectors, clean, refs, steps: int, sbeam: int, batch: int) -> dict:
-    from v2t_jax import evaluate
+    from v2t_jax import evaluate, strategies
 
-    texts, trace = model.invert_embeddings(
-        vectors, num_steps=steps, sequence_beam_width=sbeam, batch_size=batch, return_trace=True, progress=True,
+    texts, trace = model.invert(
+        vectors, strategies.Search(steps, sbeam), batch_size=batch, return_trace=True, progress=True,
         readable=False,  # the decoding itself: scored against the embedder's view
     )  # fmt: skip
     back = model.embed_texts(texts)

@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="experiments/results/table1")
     args = p.parse_args(argv)
 
-    from v2t_jax import api, evaluate
+    from v2t_jax import api, evaluate, strategies
     from v2t_jax.data import dataset, sources, targets
 
     rows = parse_rows(args.rows)
@@ -177,16 +177,13 @@ def main(argv=None) -> int:
             runs[run] = {k: v for k, v in kept.items() if k != "key"}
             continue
         t0 = time.perf_counter()
-        _, trace = model.invert_embeddings(
+        _, trace = model.invert(
             vectors,
-            num_steps=steps,
-            sequence_beam_width=beam,
+            strategies.Search(steps, beam, prior, polish),
             batch_size=args.batch_size,
             return_trace=True,
             progress=True,
             readable=False,  # the decoding itself: scored against the embedder's view
-            prior=prior,
-            polish=polish,
         )
         runs[run] = {
             "steps": steps, "beam": beam, "prior": prior, "polish": polish,

@@ -33,7 +33,7 @@ def main(argv=None) -> int:
 
     import jax
 
-    from v2t_jax import api
+    from v2t_jax import api, strategies
     from v2t_jax.data import dataset, targets
 
     model = api.load_model(args.checkpoint)
@@ -52,7 +52,10 @@ def main(argv=None) -> int:
     for item in args.rows.split(","):
         steps, _, beam = item.partition(":")
         steps, beam = int(steps), int(beam or 1)
-        fns = {skip: model.compiled(bs, steps, beam, skip_repeated=skip, score=True) for skip in (False, True)}
+        fns = {
+            skip: model.compiled(bs, strategies.Search(steps, beam, skip_repeated=skip), score=True)
+            for skip in (False, True)
+        }
         for fn in fns.values():
             jax.block_until_ready(fn(model.params, vectors[:bs]))
         seconds = {False: 0.0, True: 0.0}

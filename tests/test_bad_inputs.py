@@ -89,7 +89,7 @@ def test_a_huge_sequence_beam_is_refused_before_any_work(capsys, tmp_path):
     args = ["invert", "--embeddings", str(tmp_path / "v.npy"), "--output", str(tmp_path / "o.jsonl"), "--quiet"]
     assert cli.main(args + ["--steps", "1", "--sbeam", "1000"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "sequence_beam_width 1000 is over 64" in err[0]
+    assert len(err) == 1 and "--sbeam must be in [1, 64]" in err[0] and "got 1000" in err[0]
     assert _files(tmp_path) == {"v.npy"}
 
 

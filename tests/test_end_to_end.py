@@ -204,15 +204,15 @@ def test_results_table_resumes_a_stopped_sweep_and_scores_a_text_file(tmp_path, 
     args = ["--checkpoint", str(tiny_models["corrector"]), "--n", "4", "--rows", "0:1,2:1,2:2", "--corpus", str(CORPUS),
             "--data-dir", str(tiny_data)]  # fmt: skip
     assert mod.main(args + ["--out", str(tmp_path / "straight")]) == 0
-    original, calls = api.Vec2Text.invert_embeddings, []
+    original, calls = api.Vec2Text.invert, []
 
-    def stopped_in_beam_2(self, *a, **kw):
-        calls.append(kw["sequence_beam_width"])
-        if kw["sequence_beam_width"] == 2 and calls.count(2) == 1:
+    def stopped_in_beam_2(self, vectors, search, **kw):
+        calls.append(search.beam)
+        if search.beam == 2 and calls.count(2) == 1:
             raise KeyboardInterrupt
-        return original(self, *a, **kw)
+        return original(self, vectors, search, **kw)
 
-    monkeypatch.setattr(api.Vec2Text, "invert_embeddings", stopped_in_beam_2)
+    monkeypatch.setattr(api.Vec2Text, "invert", stopped_in_beam_2)
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         mod.main(args + ["--out", str(out)])
@@ -225,7 +225,7 @@ def test_results_table_resumes_a_stopped_sweep_and_scores_a_text_file(tmp_path, 
     assert strip(resumed["rows"]) == strip(straight["rows"]) and resumed["examples"] == straight["examples"]
     assert not (tmp_path / "resumed.runs").exists()
 
-    monkeypatch.setattr(api.Vec2Text, "invert_embeddings", original)
+    monkeypatch.setattr(api.Vec2Text, "invert", original)
     # --time-each: one run per row, so every row has its own time, and the same scores
     assert mod.main(args + ["--time-each", "--out", str(tmp_path / "each")]) == 0
     each = json.loads((tmp_path / "each.json").read_text())

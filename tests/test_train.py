@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from v2t_jax import cli
+from v2t_jax import cli, strategies
 
 from conftest import CORPUS, ROOT, tiny_config as _tiny_config
 
@@ -329,7 +329,7 @@ def test_external_tokenizer_vocabulary(tmp_path, tiny_data, sentences, minilm, c
     cos = (again * vectors).sum(1) / np.linalg.norm(again, axis=1) / np.linalg.norm(vectors, axis=1)
     np.testing.assert_allclose(trace["cosine"], cos, atol=1e-5)
     with pytest.raises(api.ModelError, match="no single compiled program"):
-        model.compiled(2, 0, 1)
+        model.compiled(2, strategies.inverter_only())
 
     np.save(tmp_path / "v.npy", vectors)
     (tmp_path / "refs.txt").write_text("\n".join(sentences[:3]) + "\n")

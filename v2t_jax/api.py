@@ -2,14 +2,15 @@
 
     model = v2t_jax.api.load_model()                          # the shipped all-MiniLM-L6-v2 model
     model = v2t_jax.api.load_model("path/to/bundle")          # or a bundle: inverter + corrector + embedder name
-    texts = v2t_jax.api.invert_embeddings(vectors, model, num_steps=20, sequence_beam_width=4)
-    texts, trace = model.invert_embeddings(vectors, num_steps=5, return_trace=True)
+    texts = model.invert(vectors, strategies.sequence_beam(20, 4))   # the search as a value (v2t_jax.strategies)
+    texts, trace = model.invert(vectors, strategies.greedy(5), return_trace=True)
+    texts = v2t_jax.api.invert_embeddings(vectors, model, num_steps=20, sequence_beam_width=4)  # vec2text's call
 
 The bundle format (metadata, int8 weights, digests, validation) is `v2t_jax.bundle`; bundles are written by
 `v2t_jax.export` from a training run. An inverter-only bundle (no corrector) inverts with 0 correction steps.
 The embedder is loaded by name (`v2t_jax.assets`) and must be the one the bundle was trained for (its
 weights' digest is recorded). A model decoding in the embedder's vocabulary runs the whole N-step inversion of a
-batch as one compiled program (`correction.invert`; one compile per (batch, steps, beam)); one with its own
+batch as one compiled program (`correction.invert`; one compile per (batch shape, search)); one with its own
 vocabulary (a bundle holding tokenizer.json, e.g. T5 SentencePiece) runs the same search with its hypotheses
 re-embedded through text between compiled steps (`correction.invert_host`), as does any model given `embed_fn`.
 """
@@ -24,7 +25,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from v2t_jax import bundle, correction, hotflip, inversion
+from v2t_jax import bundle, correction, hotflip, inversion, strategies
 from v2t_jax.bundle import ModelError  # noqa: F401  (the API's error; re-exported)
 from v2t_jax.models import embedders
 from v2t_jax.vocabulary import Vocabulary, VocabularyError
@@ -34,20 +35,11 @@ BUNDLE_FILE = bundle.FILE
 SHIPPED_BUNDLE = Path(__file__).parent / "resources" / "v2t_minilm_l6_v2"
 
 
-MAX_SEQUENCE_BEAM = 64  # 4,096 candidates per vector and step; the paper's widest is 8 (64)
-MAX_PRIOR = 100.0  # the language prior's weight: far past where the cosine still counts
-MAX_POLISH = 100  # rounds of token swaps (each changes at most one token)
-
-
-def check_prior(prior) -> float:
-    """The language prior's weight as a float in [0, MAX_PRIOR] (a static argument: one compile per value)."""
-    try:
-        value = float(prior)
-    except (TypeError, ValueError):
-        raise ModelError(f"prior must be a number, got {prior!r}") from None
-    if not 0.0 <= value <= MAX_PRIOR:  # NaN fails too
-        raise ModelError(f"prior must be in [0, {MAX_PRIOR:g}] (0: cosine alone), got {prior!r}")
-    return value
+# (kept for callers of earlier versions: the search's limits and checks live in v2t_jax.strategies)
+MAX_SEQUENCE_BEAM = strategies.MAX_BEAM
+MAX_PRIOR = strategies.MAX_PRIOR
+MAX_POLISH = strategies.MAX_POLISH
+check_prior = strategies.check_prior
 
 
 @dataclasses.dataclass
@@ -69,31 +61,23 @@ class Vec2Text:
     def dim(self) -> int:
         return self.embedder.dim
 
-    def compiled(
-        self, batch: int, num_steps: int, beam: int, skip_repeated: bool = False, score: bool = False,
-        prior: float = 0.0, polish: int = 0,
-    ):  # fmt: skip
+    def compiled(self, batch: int, search: strategies.Search, score: bool = False):
         """The inversion compiled ahead of time for one shape: a function (params, embeddings [batch, D]) ->
-        `correction.invert`'s outputs, with no stop cosine (benchmarks; `score`, `prior`, `polish` as in
-        `correction.invert`)."""
+        `correction.invert`'s outputs for `search` (benchmarks; its stop cosine is ignored: every example runs
+        its steps; `score` as in `correction.invert`)."""
         if not self.program.in_graph:
             raise ModelError(
                 "this model re-embeds through text (its own vocabulary): it has no single compiled program"
             )
         e = jax.ShapeDtypeStruct((batch, self.dim), np.float32)
-        fn = self._run.lower(
-            self.program,
-            self.params,
-            e,
-            num_steps,
-            beam,
-            2.0,
-            skip_repeated=skip_repeated,
-            score=score,
-            prior=prior,
-            polish=polish,
-        ).compile()
-        return lambda params, embeddings: fn(params, embeddings, 2.0)
+        fn = self._run.lower(self.program, self.params, e, search.steps, search.beam, strategies.NO_STOP,
+                             **self._kernel_kw(search, score)).compile()  # fmt: skip
+        return lambda params, embeddings: fn(params, embeddings, strategies.NO_STOP)
+
+    @staticmethod
+    def _kernel_kw(search: strategies.Search, score: bool) -> dict:
+        """`correction.invert`'s static keyword arguments for `search` (its steps and beam go by position)."""
+        return dict(skip_repeated=search.skip_repeated, score=score, prior=search.prior, polish=search.polish)
 
     def check_embeddings(self, embeddings) -> np.ndarray:
         """Validates a [N, D] array of vectors; returns it as float32. Raises ModelError with what is wrong."""
@@ -128,6 +112,44 @@ class Vec2Text:
             raise ModelError("embeddings hold values beyond float32's range; this embedder's vectors never do")
         return arr.astype(np.float32)
 
+    def invert(
+        self,
+        embeddings,
+        search: strategies.Search | None = None,
+        *,
+        batch_size: int = 32,
+        return_trace: bool = False,
+        progress: bool = False,
+        embed_fn=None,
+        readable: bool = True,
+    ):
+        """Texts for [N, D] vectors by `search` (`v2t_jax.strategies`; default: the inverter alone); with
+        return_trace also each text's cosine and per-step hypotheses and cosines.
+
+        readable: texts (and traced hypotheses) as people write them (`Vocabulary.readable`: "elton's", not
+        the embedder's decoding "elton ' s"); False gives the decoding itself, which is what `evaluate` scores
+        against the embedder's view of a reference (the embedder reads both as the same tokens).
+
+        embed_fn: re-embed hypotheses with this black box (list of strings -> [n, D] array), e.g. a remote
+        API, on the host between compiled decoding steps, instead of the bundle's embedder inside the program
+        (`correction.invert_host`). A model with its own vocabulary always re-embeds this way (by default
+        with its embedder). With token swaps (`polish`) and return_trace, the polished text is one more entry
+        after the last step's."""
+        texts: list[str] = []
+        cosines: list[float] = []
+        per_step: list[dict] = []
+        for _, t, c, steps in self.iter_batches(
+            embeddings, search, batch_size, trace=return_trace, progress=progress, embed_fn=embed_fn,
+            score=return_trace,
+        ):  # fmt: skip
+            texts += t
+            cosines += c
+            per_step += steps or []
+        if readable:
+            texts = self.readable(texts)
+            per_step = [{**s, "hypotheses": self.readable(s["hypotheses"])} for s in per_step]
+        return (texts, {"cosine": cosines, "steps": per_step}) if return_trace else texts
+
     def invert_embeddings(
         self,
         embeddings,
@@ -143,80 +165,40 @@ class Vec2Text:
         prior: float = 0.0,
         polish: int = 0,
     ):
-        """Texts for [N, D] vectors; with return_trace also per-step hypotheses and cosines.
-
-        readable: texts (and traced hypotheses) as people write them (`Vocabulary.readable`: "elton's", not
-        the embedder's decoding "elton ' s"); False gives the decoding itself, which is what `evaluate` scores
-        against the embedder's view of a reference (the embedder reads both as the same tokens).
-
-        skip_repeated: an example stops once a step returns its hypotheses unchanged (a fixed point: every
-        later step would repeat it) or as they were two steps before (a 2-cycle), and duplicate candidates are
-        embedded once (`correction.invert`); the texts are the full loop's up to floating-point rounding.
-        False runs every step for every example.
-
-        embed_fn: re-embed hypotheses with this black box (list of strings -> [n, D] array), e.g. a remote
-        API, on the host between compiled decoding steps, instead of the bundle's embedder inside the program
-        (`correction.invert_host`). A model with its own vocabulary always re-embeds this way (by default
-        with its embedder).
-
-        prior: the language prior's weight λ (`correction.invert`): hypotheses are ranked by cosine + λ · their
-        mean log-probability under the corrector. 0 ranks by cosine alone, as vec2text does.
-
-        polish: rounds of gradient-guided token swaps on each result (`v2t_jax.hotflip`; in the embedder's own
-        vocabulary only): each round re-embeds the most promising single-token swaps and keeps one only if it
-        raises the score. With return_trace the polished text is one more entry after the last step's."""
-        texts: list[str] = []
-        cosines: list[float] = []
-        per_step: list[dict] = []
-        for _, t, c, steps in self.iter_batches(
-            embeddings, num_steps, sequence_beam_width, stop_cosine, batch_size, return_trace, progress, embed_fn,
-            skip_repeated, score=return_trace, prior=prior, polish=polish,
-        ):  # fmt: skip
-            texts += t
-            cosines += c
-            per_step += steps or []
-        if readable:
-            texts = self.readable(texts)
-            per_step = [{**s, "hypotheses": self.readable(s["hypotheses"])} for s in per_step]
-        return (texts, {"cosine": cosines, "steps": per_step}) if return_trace else texts
+        """`invert` with the search given as the reference's keyword arguments (num_steps, sequence_beam_width)
+        and the others of `strategies.Search` (stop_cosine, skip_repeated, prior, polish)."""
+        search = strategies.Search(num_steps, sequence_beam_width, prior, polish, stop_cosine, skip_repeated)
+        return self.invert(
+            embeddings, search, batch_size=batch_size, return_trace=return_trace, progress=progress,
+            embed_fn=embed_fn, readable=readable,
+        )  # fmt: skip
 
     def iter_batches(
         self,
         embeddings,
-        num_steps: int = 0,
-        sequence_beam_width: int = 1,
-        stop_cosine: float | None = None,
+        search: strategies.Search | None = None,
         batch_size: int = 32,
+        *,
         trace: bool = False,
         progress: bool = False,
         embed_fn=None,
-        skip_repeated: bool = True,
         start: int = 0,
         score: bool = True,
-        prior: float = 0.0,
-        polish: int = 0,
     ):
-        """`invert_embeddings` one batch at a time: yields (first row, texts, cosines, per-row step traces or
-        None) in order, from row `start` (a multiple of the batch size, as a resumed run left off). Every input
-        is checked before the first batch runs; the batches are those of a whole run, so the rows come out the
-        same whether a run is resumed or not. Each cosine is that of the text's embedding to its target, at 0
-        steps too; `score=False` leaves the step-0 text unembedded at 0 steps (its cosine is then NaN)."""
-        if num_steps < 0 or sequence_beam_width < 1 or batch_size < 1:
-            raise ModelError("num_steps must be >= 0, sequence_beam_width >= 1 and batch_size >= 1")
-        prior = check_prior(prior)
-        if not isinstance(polish, (int, np.integer)) or not 0 <= polish <= MAX_POLISH:
-            raise ModelError(f"polish must be a whole number of rounds in [0, {MAX_POLISH}], got {polish!r}")
-        if polish and not self.program.in_graph:
-            raise ModelError("polish (token swaps) needs a model that decodes in the embedder's own vocabulary")
-        if polish and embed_fn is not None:
-            raise ModelError("polish (token swaps) needs the embedder's gradients: not with a black-box embed_fn")
-        if sequence_beam_width > MAX_SEQUENCE_BEAM:
-            raise ModelError(
-                f"sequence_beam_width {sequence_beam_width} is over {MAX_SEQUENCE_BEAM}: a step decodes and re-embeds "
-                f"width² candidates per vector ({sequence_beam_width**2:,} here); the paper uses 8"
-            )
-        if num_steps > 0 and self.program.corrector is None:
-            raise ModelError("this model is an inverter only (no corrector): use 0 correction steps")
+        """`invert` one batch at a time: yields (first row, texts, cosines, per-row step traces or None) in
+        order, from row `start` (a multiple of the batch size, as a resumed run left off). Every input is checked
+        before the first batch runs; the batches are those of a whole run, so the rows come out the same whether
+        a run is resumed or not. Each cosine is that of the text's embedding to its target, at 0 steps too;
+        `score=False` leaves the step-0 text unembedded at 0 steps (its cosine is then NaN)."""
+        search = strategies.inverter_only() if search is None else search
+        if not isinstance(search, strategies.Search):
+            raise ModelError(f"search must be a v2t_jax.strategies.Search, got {type(search).__name__}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ModelError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+        search.check_model(
+            has_corrector=self.program.corrector is not None, in_graph=self.program.in_graph,
+            black_box=embed_fn is not None,
+        )  # fmt: skip
         e = self.check_embeddings(embeddings)
         n = len(e)
         bs = self.batch_rows(n, batch_size)
@@ -229,7 +211,6 @@ class Vec2Text:
             starts = tqdm(
                 starts, total=-(-n // bs), initial=start // bs, unit="batch", desc="invert", dynamic_ncols=True
             )
-        stop = 2.0 if stop_cosine is None else float(stop_cosine)
         if embed_fn is None and not self.program.in_graph:
             embed_fn = self.embed_texts
         for s in starts:
@@ -238,24 +219,14 @@ class Vec2Text:
             if m < bs:  # one compiled shape: pad the last batch with copies of its last row
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - m, axis=0)])
             if embed_fn is None:
+                kw = self._kernel_kw(search, score or trace or search.steps > 0)
                 out = jax.device_get(
-                    self._run(
-                        self.program,
-                        self.params,
-                        chunk,
-                        num_steps,
-                        sequence_beam_width,
-                        stop,
-                        skip_repeated=skip_repeated,
-                        score=score or trace or num_steps > 0,
-                        prior=prior,
-                        polish=int(polish),
-                    )
+                    self._run(self.program, self.params, chunk, search.steps, search.beam, search.stop, **kw)
                 )
             else:
                 out = correction.invert_host(
-                    self.program, self.params, chunk, num_steps, sequence_beam_width, self.decode, embed_fn, stop,
-                    skip_repeated, prior,
+                    self.program, self.params, chunk, search.steps, search.beam, self.decode, embed_fn, search.stop,
+                    search.skip_repeated, search.prior,
                 )  # fmt: skip
             texts = [self.decode(row) for row in out["ids"][:m]]
             steps = None

@@ -80,8 +80,8 @@ def most_leaked(rows: list[dict]) -> list[dict]:
 
 def write_report(out: Path, rows: list[dict], about: dict) -> dict:
     """report.png, summary.json and last report.md in `out` from the finished rows; `about`: source, kind, dim,
-    embedder, note (what the store reader says of the vectors, or None), model, steps, sbeam, prior, polish, max_length,
-    command. Returns the summary."""
+    embedder, note (what the store reader says of the vectors, or None), model, search (`Search.describe()`),
+    max_length, command. Returns the summary."""
     summary = summarize(rows)
     _figure(out / FIGURE, rows)
     has_refs = "bleu" in summary
@@ -91,10 +91,7 @@ def write_report(out: Path, rows: list[dict], about: dict) -> dict:
         "",
         f"{summary['records']} records of a {about['kind']} store, {about['dim']}-dimensional vectors"
         + (f" (the store records the embedder {about['embedder']!r})" if about.get("embedder") else "")
-        + f", inverted by {about['model']} with {about['steps']} correction steps, sequence beam {about['sbeam']}"
-        + (f", language prior {about['prior']:g}" if about.get("prior") else "")
-        + (f", {about['polish']} rounds of token swaps" if about.get("polish") else "")
-        + f" ({datetime.date.today().isoformat()}).",
+        + f", inverted by {about['model']} ({about['search']}; {datetime.date.today().isoformat()}).",
         "",
         f"Command: `{about['command']}`",
         "",

@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from v2t_jax import outputs
+from v2t_jax import outputs, strategies
 
 
 def reset_peak_memory() -> None:
@@ -115,7 +115,7 @@ def run(
         e = rng.normal(size=(b, model.dim)).astype(np.float32)
         e /= np.linalg.norm(e, axis=1, keepdims=True)
         t0 = time.perf_counter()
-        compiled = model.compiled(b, s, k, skip_repeated=skip_repeated)
+        compiled = model.compiled(b, strategies.Search(s, k, skip_repeated=skip_repeated))
         compile_s = time.perf_counter() - t0
         times = []
         reset_peak_memory()

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from v2t_jax.assets import new_file_mode, sha256_file
-from v2t_jax.errors import V2TError
+from v2t_jax.errors import ModelError  # this module's error (defined with the others)
 
 FILE = "v2t_model.json"
 FORMAT = 2  # 2: + files (sha256 per weights file) and embedder_digest; 1 still reads
@@ -41,10 +41,6 @@ WEIGHT_FORMATS = ("float32", "int8")
 SCALE_SUFFIX = "@scale"
 _MIN_QUANTIZED_SIZE = 4096  # smaller tensors (norm scales, biases, relative-position tables) stay float32
 WEIGHT_FILES = {"inverter": "inverter.safetensors", "corrector": "corrector.safetensors"}
-
-
-class ModelError(V2TError, ValueError):
-    """A bundle is missing, incomplete, damaged or does not fit the input; the message says what to do."""
 
 
 # ----------------------------------------------------------------------------------------------- weights

@@ -39,6 +39,44 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _search_flags(p: argparse.ArgumentParser, stop_and_skip: bool = False) -> None:
+    """The search's flags (`v2t_jax.strategies.from_flags`), the same for every command that inverts;
+    --stop-cosine and --no-skip-repeated where `stop_and_skip` (elsewhere: no stop cosine, skipping on)."""
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"correction steps (0: inverter only; default {DEFAULT_STEPS}, or 0 for an inverter-only bundle)",
+    )
+    p.add_argument(
+        "--sbeam", type=int, default=DEFAULT_SBEAM, help="sequence beam width (1: greedy; default %(default)s)"
+    )
+    p.add_argument(
+        "--prior",
+        type=float,
+        default=DEFAULT_PRIOR,
+        help="language prior: rank hypotheses by cosine + PRIOR x their mean log-probability under the corrector "
+        "(default %(default)s: cosine alone)",
+    )
+    p.add_argument(
+        "--polish",
+        type=int,
+        default=DEFAULT_POLISH,
+        help="rounds of gradient-guided token swaps after the last step, each kept only if it raises the score "
+        "(default %(default)s)",
+    )
+    if not stop_and_skip:
+        p.set_defaults(stop_cosine=None, skip_repeated=True)
+        return
+    p.add_argument("--stop-cosine", type=float, default=None, help="stop an example once its cosine reaches this")
+    p.add_argument(
+        "--no-skip-repeated",
+        dest="skip_repeated",
+        action="store_false",
+        help="run every step for every vector (default: a vector stops at a fixed point, repeats are embedded once)",
+    )
+
+
 def _remote_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--embedder-url",
@@ -138,24 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("demo", help="embed sample passages, invert them, print original vs recovered")
     dm.add_argument("--input", default=None, help="texts to use (default: the shipped sample passages)")
     dm.add_argument("--checkpoint", default=None, help="model bundle folder (default: the shipped model)")
-    dm.add_argument(
-        "--steps", type=int, default=None, help=f"correction steps (default {DEFAULT_STEPS}; 0 without a corrector)"
-    )
-    dm.add_argument("--sbeam", type=int, default=DEFAULT_SBEAM, help="sequence beam width (default %(default)s)")
-    dm.add_argument(
-        "--prior",
-        type=float,
-        default=DEFAULT_PRIOR,
-        help="language prior: rank hypotheses by cosine + PRIOR x their mean log-probability under the corrector "
-        "(default %(default)s: cosine alone)",
-    )
-    dm.add_argument(
-        "--polish",
-        type=int,
-        default=DEFAULT_POLISH,
-        help="rounds of gradient-guided token swaps after the last step, each kept only if it raises the score "
-        "(default %(default)s)",
-    )
+    _search_flags(dm)
     dm.add_argument("--cache-dir", default=None)
     dm.add_argument("--quiet", action="store_true", help="no progress bar")
     dm.set_defaults(func=cmd_demo)
@@ -165,37 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     iv.add_argument(
         "--checkpoint", default=None, help="model bundle folder (default: the shipped all-MiniLM-L6-v2 model)"
     )
-    iv.add_argument(
-        "--steps",
-        type=int,
-        default=None,
-        help=f"correction steps (0: inverter only; default {DEFAULT_STEPS}, or 0 for an inverter-only bundle)",
-    )
-    iv.add_argument(
-        "--sbeam", type=int, default=DEFAULT_SBEAM, help="sequence beam width (1: greedy; default %(default)s)"
-    )
-    iv.add_argument(
-        "--prior",
-        type=float,
-        default=DEFAULT_PRIOR,
-        help="language prior: rank hypotheses by cosine + PRIOR x their mean log-probability under the corrector "
-        "(default %(default)s: cosine alone)",
-    )
-    iv.add_argument(
-        "--polish",
-        type=int,
-        default=DEFAULT_POLISH,
-        help="rounds of gradient-guided token swaps after the last step, each kept only if it raises the score "
-        "(default %(default)s)",
-    )
-    iv.add_argument("--stop-cosine", type=float, default=None, help="stop an example once its cosine reaches this")
+    _search_flags(iv, stop_and_skip=True)
     iv.add_argument("--batch-size", type=int, default=32)
-    iv.add_argument(
-        "--no-skip-repeated",
-        dest="skip_repeated",
-        action="store_false",
-        help="run every step for every vector (default: a vector stops at a fixed point, repeats are embedded once)",
-    )
     iv.add_argument("--output", required=True, help="JSON lines: text, cosine[, steps with --trace]")
     iv.add_argument("--trace", action="store_true", help="also write every step's hypothesis and cosine")
     iv.add_argument(
@@ -245,24 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--text-column", default=None, help="parquet: the texts' column (default document/text)")
     au.add_argument("--id-column", default=None, help="parquet: the ids' column (default id)")
     au.add_argument("--checkpoint", default=None, help="model bundle folder (default: the shipped model)")
-    au.add_argument(
-        "--steps", type=int, default=None, help=f"correction steps (default {DEFAULT_STEPS}; 0 without a corrector)"
-    )
-    au.add_argument("--sbeam", type=int, default=DEFAULT_SBEAM, help="sequence beam width (default %(default)s)")
-    au.add_argument(
-        "--prior",
-        type=float,
-        default=DEFAULT_PRIOR,
-        help="language prior: rank hypotheses by cosine + PRIOR x their mean log-probability under the corrector "
-        "(default %(default)s: cosine alone)",
-    )
-    au.add_argument(
-        "--polish",
-        type=int,
-        default=DEFAULT_POLISH,
-        help="rounds of gradient-guided token swaps after the last step, each kept only if it raises the score "
-        "(default %(default)s)",
-    )
+    _search_flags(au)
     au.add_argument("--limit", type=int, default=None, help="audit the first N records only")
     au.add_argument("--batch-size", type=int, default=32)
     _remote_flags(au)

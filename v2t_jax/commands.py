@@ -21,14 +21,13 @@ from v2t_jax.outputs import RowStream, check_file, save_npy_atomic
 from v2t_jax.remote import RemoteError
 
 
-# `v2t invert` / `v2t demo` defaults with a corrector: 20 greedy correction steps (~0.6 s a passage on 2 CPU
-# cores); experiments/results/table1_minilm.md shows what a sequence beam adds, at what cost.
-DEFAULT_STEPS = 20
-DEFAULT_SBEAM = 1
-# the language prior's weight (correction.invert's `prior`): 0 ranks hypotheses by cosine alone, as vec2text
-DEFAULT_PRIOR = 0.0
-# rounds of gradient-guided token swaps after the search (v2t_jax/hotflip.py); 0: none, as vec2text
-DEFAULT_POLISH = 0
+from v2t_jax.strategies import (  # noqa: F401  (the flags' defaults, for cli)
+    DEFAULT_BEAM as DEFAULT_SBEAM,
+    DEFAULT_POLISH,
+    DEFAULT_PRIOR,
+    DEFAULT_STEPS,
+)
+
 WEIGHT_FORMATS = ("float32", "int8")  # v2t_jax.bundle.WEIGHT_FORMATS, without importing jax for --help
 
 
@@ -168,33 +167,32 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def _load_model(args: argparse.Namespace):
-    """The bundle named by --checkpoint, or the shipped model; checks --steps/--sbeam against it (no --steps:
-    DEFAULT_STEPS with a corrector, 0 for an inverter-only bundle)."""
-    if (args.steps is not None and args.steps < 0) or args.sbeam < 1:
-        raise UsageError("--steps must be >= 0 and --sbeam >= 1")
-    from v2t_jax import api, assets
+    """(model, search): the bundle named by --checkpoint (or the shipped model) and the search of the command's
+    flags (`strategies.from_flags`; no --steps: DEFAULT_STEPS with a corrector, 0 for an inverter-only bundle),
+    checked against each other before any work."""
+    from v2t_jax import api, assets, strategies
 
+    flags = dict(
+        sbeam=args.sbeam, prior=args.prior, polish=args.polish, stop_cosine=args.stop_cosine,
+        skip_repeated=args.skip_repeated,
+    )  # fmt: skip
     try:
-        args.prior = api.check_prior(getattr(args, "prior", DEFAULT_PRIOR))
-    except api.ModelError as e:
-        raise UsageError(f"--{e}") from None
-    args.polish = getattr(args, "polish", DEFAULT_POLISH)
-    if not 0 <= args.polish <= api.MAX_POLISH:
-        raise UsageError(f"--polish must be in [0, {api.MAX_POLISH}] rounds, got {args.polish}")
-
+        strategies.from_flags(args.steps, **flags)  # the flags alone, before the model loads
+    except strategies.StrategyError as e:
+        raise UsageError(str(e)) from None
+    if args.polish and getattr(args, "embedder_url", None):
+        raise UsageError("--polish needs the embedder's gradients: not with --embedder-url")
     try:
         model = api.load_model(args.checkpoint, cache_dir=args.cache_dir)
     except (api.ModelError, assets.AssetError) as e:
         raise UsageError(str(e)) from e
-    if args.steps is None:
-        args.steps = DEFAULT_STEPS if model.program.corrector is not None else 0
-    if args.steps > 0 and model.program.corrector is None:
-        raise UsageError(f"{args.checkpoint} is an inverter-only bundle (no corrector): use --steps 0")
-    if args.polish and (not model.program.in_graph or getattr(args, "embedder_url", None)):
-        raise UsageError(
-            "--polish needs the embedder's gradients: a model in the embedder's own vocabulary, without --embedder-url"
-        )
-    return model
+    has_corrector = model.program.corrector is not None
+    search = strategies.from_flags(args.steps, **flags, has_corrector=has_corrector)
+    try:
+        search.check_model(has_corrector=has_corrector, in_graph=model.program.in_graph)
+    except strategies.StrategyError as e:
+        raise UsageError(f"{args.checkpoint or 'the shipped model'}: {e}") from None
+    return model, search
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -206,24 +204,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     path = args.input or str(resources.files("v2t_jax") / "resources" / "sample_passages.txt")
     texts = read_texts(path)
-    model = _load_model(args)
+    model, search = _load_model(args)
     # each text cut where the embedder stops reading (max_length tokens); recovery is scored against that
     # cut as the model can write it (model.embedder_view: for the uncased embedder, as it sees the text)
     refs = [passages.truncate(t, model.embedder.tokenizer, model.max_length)[0] for t in texts]
     views = model.embedder_view(refs)
     vectors = model.embed_texts(refs)
     try:
-        out, trace = model.invert_embeddings(  # scored as decoded, shown as people write (model.readable)
-            vectors, num_steps=args.steps, sequence_beam_width=args.sbeam, return_trace=True, progress=not args.quiet,
-            readable=False, prior=args.prior, polish=args.polish,
-        )  # fmt: skip
+        out, trace = model.invert(  # scored as decoded, shown as people write (model.readable)
+            vectors, search, return_trace=True, progress=not args.quiet, readable=False
+        )
     except api.ModelError as e:
         raise UsageError(str(e)) from e
     first = [row["hypotheses"][0] for row in trace["steps"]]
     first_cos = [row["cosines"][0] for row in trace["steps"]]
-    how = "inverter only" if args.steps == 0 else f"{args.steps} correction steps, sequence beam {args.sbeam}"
-    how += f", language prior {args.prior:g}" if args.steps and args.prior else ""
-    how += f", {args.polish} rounds of token swaps" if args.polish else ""
+    how = search.describe()
     print(f"{len(refs)} passages from {path}, embedded with {model.embedder.name} at {model.max_length} tokens")
     print(f"inverted by {'the shipped model' if args.checkpoint is None else args.checkpoint} ({how})")
     print(
@@ -239,14 +234,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     shown, shown0 = model.readable(out), model.readable(first)
     for i, (ref, text) in enumerate(zip(refs, shown)):
         print(f"[{i + 1}] original : {ref}")
-        if args.steps > 0:
+        if search.steps > 0:
             print(f"    step 0   : {shown0[i]}")
             print(f"               BLEU {bleu0[i]['bleu']:5.1f}  cosine {first_cos[i]:.3f}")
         print(f"    recovered: {text}")
         print(f"               BLEU {bleu[i]['bleu']:5.1f}  cosine {trace['cosine'][i]:.3f}\n")
     final = evaluate.score(out, views, trace["cosine"])
     summary = f"mean over {len(refs)}: BLEU {final['bleu']:.1f}, cosine {final['cosine']:.3f}"
-    if args.steps > 0:
+    if search.steps > 0:
         start = evaluate.score(first, views, first_cos)
         summary += f" (step 0: BLEU {start['bleu']:.1f}, cosine {start['cosine']:.3f})"
     print(summary)
@@ -277,7 +272,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
 
 
 def _invert(args: argparse.Namespace, path: Path, vectors, references: list[str] | None, output: Path) -> int:
-    model = _load_model(args)
+    model, search = _load_model(args)
 
     from v2t_jax import api, assets, evaluate
 
@@ -293,13 +288,8 @@ def _invert(args: argparse.Namespace, path: Path, vectors, references: list[str]
     run = {
         "embeddings": assets.sha256_file(path),
         "model": _bundle_digest(args.checkpoint),
-        "steps": args.steps,
-        "sbeam": args.sbeam,
-        "prior": args.prior,
-        "polish": args.polish,
-        "stop_cosine": args.stop_cosine,
+        **search.record(),
         "batch_size": bs,
-        "skip_repeated": args.skip_repeated,
         "trace": bool(args.trace),
         "references": assets.sha256_file(Path(args.references)) if references is not None else None,
         "embedder_url": [remote.shown_url, remote.model] if remote is not None else None,
@@ -307,18 +297,7 @@ def _invert(args: argparse.Namespace, path: Path, vectors, references: list[str]
     stream = RowStream(output, run, bs, "invert")
     try:
         for first, texts, cosines, steps in model.iter_batches(
-            vectors,
-            num_steps=args.steps,
-            sequence_beam_width=args.sbeam,
-            stop_cosine=args.stop_cosine,
-            batch_size=bs,
-            trace=bool(args.trace),
-            progress=not args.quiet,
-            skip_repeated=args.skip_repeated,
-            start=stream.done,
-            embed_fn=remote,
-            prior=args.prior,
-            polish=args.polish,
+            vectors, search, bs, trace=bool(args.trace), progress=not args.quiet, start=stream.done, embed_fn=remote
         ):
             # scored as decoded (against the embedder's view), written as people write (model.readable)
             rows = [{"text": t, "cosine": c} for t, c in zip(model.readable(texts), cosines)]
@@ -384,7 +363,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         ).limit(args.limit)  # fmt: skip
     except stores.StoreError as e:
         raise UsageError(str(e)) from None
-    model = _load_model(args)
+    model, search = _load_model(args)
     try:
         audit.check_fit(records, model)
         vectors = model.check_embeddings(records.vectors)
@@ -398,10 +377,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     run = {
         "store": records.digest(),
         "model": _bundle_digest(args.checkpoint),
-        "steps": args.steps,
-        "sbeam": args.sbeam,
-        "prior": args.prior,
-        "polish": args.polish,
+        **search.record(),
         "batch_size": bs,
         "documents": refs is not None,
         "embedder_url": [remote.shown_url, remote.model] if remote is not None else None,
@@ -418,10 +394,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
             print(f"v2t audit: finishing the report of the {stream.done} records in {stream.output}", file=sys.stderr)
         try:
             for first, texts, cosines, _ in model.iter_batches(
-                vectors, num_steps=args.steps, sequence_beam_width=args.sbeam, batch_size=bs, progress=not args.quiet,
-                skip_repeated=True, start=stream.done, embed_fn=remote, prior=args.prior,
-                polish=args.polish,
-            ):  # fmt: skip
+                vectors, search, bs, progress=not args.quiet, start=stream.done, embed_fn=remote
+            ):
                 ids = records.ids[first : first + len(texts)]
                 ref = refs[first : first + len(texts)] if refs is not None else None
                 stream.append(audit.rows_of_batch(ids, texts, cosines, ref, model.readable))
@@ -438,10 +412,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             "embedder": records.embedder,
             "note": records.note,
             "model": args.checkpoint or f"the shipped model ({model.embedder.name})",
-            "steps": args.steps,
-            "sbeam": args.sbeam,
-            "prior": args.prior,
-            "polish": args.polish,
+            "search": search.describe(),
             "max_length": model.max_length,
             # (a key given in --embedder-url's query is redacted from the report, as from every message)
             "command": redact("v2t " + shlex.join(getattr(args, "argv", None) or ["audit", args.store])),

@@ -18,6 +18,11 @@ class V2TError(Exception):
     """An error whose message is one line that says what is wrong and what to do."""
 
 
+class ModelError(V2TError, ValueError):
+    """A bundle is missing, incomplete, damaged or does not fit the input; the message says what to do
+    (`bundle.ModelError`, `api.ModelError`: defined here so that stdlib-only modules can raise it)."""
+
+
 def add_secret(secret: str | None) -> None:
     """`secret` (and its URL-quoted forms) never appears in a message that goes through `redact`."""
     if secret:
@@ -36,4 +41,4 @@ def one_line(text: str, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-__all__ = ["V2TError", "add_secret", "redact", "one_line", "REDACTED"]
+__all__ = ["V2TError", "ModelError", "add_secret", "redact", "one_line", "REDACTED"]

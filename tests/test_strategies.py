@@ -1,0 +1,115 @@
+"""`v2t_jax.strategies`: the search as a value — its checks, what it records and says, and that every way of
+running it (`Vec2Text.invert`, the reference's keyword call, the compiled program) gives the same texts."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from v2t_jax import api, strategies
+from v2t_jax.strategies import Search, StrategyError
+
+
+def test_constructors_are_the_searches_they_name():
+    assert strategies.inverter_only() == Search(0, 1)
+    assert strategies.greedy(5) == Search(5, 1) and strategies.greedy().steps == strategies.DEFAULT_STEPS
+    assert strategies.sequence_beam(20, 4) == Search(20, 4)
+    assert strategies.sequence_beam(20, 4).replace(prior=0.1) == Search(20, 4, prior=0.1)
+    # a value: hashable (one compile per search) and frozen
+    assert len({Search(3, 2), Search(3, 2), Search(3, 4)}) == 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Search(3).steps = 4
+
+
+def test_fields_are_stored_in_their_checked_form():
+    s = Search(np.int64(3), np.int32(2), "0.25", np.int64(1), 0.9, 1)
+    assert (s.steps, s.beam, s.prior, s.polish, s.stop_cosine, s.skip_repeated) == (3, 2, 0.25, 1, 0.9, True)
+    assert type(s.steps) is int and type(s.beam) is int and type(s.polish) is int
+    assert Search(3, 2) == Search(np.int64(3), np.int64(2))  # the same search, the same compiled program
+    assert Search(2).stop == strategies.NO_STOP and Search(2, stop_cosine=0.5).stop == 0.5
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"steps": -1}, "steps must be >= 0, got -1"),
+        ({"steps": 2.5}, "steps must be a whole number"),
+        ({"steps": True}, "steps must be a whole number"),
+        ({"steps": 2, "beam": 0}, "the sequence beam width must be in [1, 64]"),
+        ({"steps": 2, "beam": 65}, "the paper uses 8), got 65"),
+        ({"steps": 2, "prior": -0.1}, "prior must be in [0, 100]"),
+        ({"steps": 2, "prior": float("nan")}, "prior must be in [0, 100]"),
+        ({"steps": 2, "prior": "x"}, "prior must be a number"),
+        ({"polish": 101}, "polish (rounds of token swaps) must be in [0, 100]"),
+        ({"polish": -1}, "polish (rounds of token swaps) must be in [0, 100]"),
+        ({"stop_cosine": "high"}, "stop_cosine must be a number"),
+        ({"stop_cosine": float("nan")}, "stop_cosine must be a number"),
+    ],
+)
+def test_a_search_that_cannot_run_is_one_line_error(kwargs, message):
+    with pytest.raises(StrategyError) as info:
+        Search(**kwargs)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert isinstance(info.value, api.ModelError)  # what the API's callers already catch
+
+
+def test_from_flags_names_the_flag_and_picks_the_default_steps():
+    assert strategies.from_flags(None, 1) == Search(strategies.DEFAULT_STEPS, 1)
+    assert strategies.from_flags(None, 1, has_corrector=False) == Search(0, 1)
+    assert strategies.from_flags(3, 4, 0.1, 2, 0.99, False) == Search(3, 4, 0.1, 2, 0.99, False)
+    bad = [
+        ((-1, 1), "--steps must be >= 0"),
+        ((2, 100), "--sbeam must be in [1, 64]"),
+        ((2, 1, 1e3), "--prior must be in [0, 100]"),
+        ((2, 1, 0, 500), "--polish must be in [0, 100]"),
+    ]
+    for args, flag in bad:
+        with pytest.raises(StrategyError, match=flag.replace("[", r"\[")):
+            strategies.from_flags(*args)
+
+
+def test_describe_and_record():
+    assert strategies.inverter_only().describe() == "inverter only"
+    assert Search(20, 4, 0.1, 2, 0.99).describe() == (
+        "20 correction steps, sequence beam 4, language prior 0.1, 2 rounds of token swaps, stop at cosine 0.99"
+    )
+    assert Search(0, 1, prior=0.5).describe() == "inverter only"  # (a prior ranks nothing without a step or swap)
+    # the keys a command's rows have always recorded, so runs written before resume alike
+    assert Search(5, 2, 0.1, 1, None, False).record() == {
+        "steps": 5, "sbeam": 2, "prior": 0.1, "polish": 1, "stop_cosine": None, "skip_repeated": False
+    }  # fmt: skip
+
+
+def test_check_model_refuses_what_the_model_cannot_do():
+    Search(3).check_model(has_corrector=True, in_graph=True)
+    with pytest.raises(StrategyError, match="inverter only"):
+        Search(3).check_model(has_corrector=False, in_graph=True)
+    with pytest.raises(StrategyError, match="own vocabulary"):
+        Search(0, polish=1).check_model(has_corrector=False, in_graph=False)
+    with pytest.raises(StrategyError, match="black-box"):
+        Search(0, polish=1).check_model(has_corrector=True, in_graph=True, black_box=True)
+
+
+@pytest.fixture(scope="module")
+def vectors(minilm, sentences):
+    return minilm.embed_texts(sentences[:3], max_length=12)
+
+
+def test_every_way_of_running_a_search_gives_the_same_texts(small_bundle, vectors):
+    """`invert(vectors, search)` == the reference's keyword call == the compiled program of `compiled`; an
+    inverter-only model refuses steps, and a non-Search is refused."""
+    _, model = small_bundle
+    search = strategies.sequence_beam(2, 2)
+    texts, trace = model.invert(vectors, search, batch_size=3, return_trace=True, readable=False)
+    assert model.invert_embeddings(vectors, num_steps=2, sequence_beam_width=2, batch_size=3, readable=False) == texts
+    assert api.invert_embeddings(vectors, model, num_steps=2, sequence_beam_width=2, readable=False) == texts
+    out = jax.device_get(model.compiled(3, search, score=True)(model.params, model.check_embeddings(vectors)))
+    assert [model.decode(row) for row in out["ids"]] == texts
+    np.testing.assert_allclose(out["cosine"], trace["cosine"], atol=1e-6)
+    assert model.invert(vectors) == model.invert(vectors, strategies.inverter_only())
+    with pytest.raises(api.ModelError, match="must be a v2t_jax.strategies.Search"):
+        model.invert(vectors, 20)
+    inverter_only = api.build(model.program.inverter, model.params["inverter"], None, None, model.embedder, 12)
+    with pytest.raises(StrategyError, match="inverter only"):
+        inverter_only.invert(vectors, search)

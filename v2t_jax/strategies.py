@@ -1,0 +1,221 @@
+"""How vectors are inverted, as one value.
+
+A `Search` is a small frozen dataclass: how many correction steps, how many hypotheses the sequence beam keeps,
+how hypotheses are ranked (the language prior), what runs after the last step (token swaps), and when an example
+stops. `api.Vec2Text.invert(vectors, search)` runs any of them; `v2t demo`, `v2t invert` and `v2t audit` build
+one from their flags (`from_flags`), say it in their reports (`describe`) and record it with the rows they
+write, so a resumed run continues only the same search (`record`). It is hashable: the compiled program is one
+per (search, batch shape).
+
+    from v2t_jax import api, strategies
+
+    model = api.load_model()
+    model.invert(vectors, strategies.inverter_only())        # the inverter's hypothesis alone
+    model.invert(vectors, strategies.greedy(20))             # 20 correction steps, the best hypothesis kept
+    model.invert(vectors, strategies.sequence_beam(20, 4))   # ... the 4 best kept (vec2text's sbeam)
+    model.invert(vectors, strategies.sequence_beam(20, 4).replace(prior=0.1, polish=4))
+
+Every number is checked when the value is made (`StrategyError`, one line); what a search needs of a model (a
+corrector, gradients for token swaps) is checked against the model before any work (`Search.check_model`).
+Adding a piece to the search is a field here (checked, described and recorded with the others) and its part of
+the compiled loop in `v2t_jax.correction`. Stdlib only, so `v2t --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from v2t_jax.errors import ModelError
+
+# `v2t invert` / `v2t demo` / `v2t audit` defaults with a corrector: 20 greedy correction steps (~0.6 s a passage on
+# 2 CPU cores); experiments/results/table1_minilm.md and search_budget.md show what a sequence beam adds, at what
+# cost, and search_prior_test.md / search_polish_test.md that the prior and token swaps add nothing measurable yet.
+DEFAULT_STEPS = 20
+DEFAULT_BEAM = 1
+DEFAULT_PRIOR = 0.0  # the language prior's weight: 0 ranks hypotheses by cosine alone, as vec2text
+DEFAULT_POLISH = 0  # rounds of gradient-guided token swaps after the search (v2t_jax/hotflip.py); 0: none
+
+MAX_BEAM = 64  # 4,096 candidates per vector and step; the paper's widest is 8 (64)
+MAX_PRIOR = 100.0  # the language prior's weight: far past where the cosine still counts
+MAX_POLISH = 100  # rounds of token swaps (each changes at most one token)
+NO_STOP = 2.0  # a stop cosine no example reaches (cosines are at most 1)
+
+
+class StrategyError(ModelError):
+    """A search that cannot run (a number out of range, or a piece the model cannot do); one line."""
+
+
+def check_prior(prior) -> float:
+    """The language prior's weight as a float in [0, MAX_PRIOR]."""
+    try:
+        value = float(prior)
+    except (TypeError, ValueError):
+        raise StrategyError(f"prior must be a number, got {prior!r}") from None
+    if not 0.0 <= value <= MAX_PRIOR:  # NaN fails too
+        raise StrategyError(f"prior must be in [0, {MAX_PRIOR:g}] (0: cosine alone), got {prior!r}")
+    return value
+
+
+def _whole(value, name: str, low: int, high: int | None = None, hint: str = "") -> int:
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise StrategyError(f"{name} must be a whole number, got {value!r}")
+    value = int(value.__index__())
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise StrategyError(f"{name} must be {bound}{hint}, got {value}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Search:
+    """An inversion's search (see the module docstring).
+
+    steps: correction steps after the inverter's hypothesis (0: the inverter alone).
+    beam: hypotheses kept per step (the sequence beam; 1: greedy). A step decodes beam² candidates per vector,
+        re-embeds them and keeps the `beam` best.
+    prior: the language prior's weight λ: hypotheses are ranked by cosine + λ · their mean log-probability under
+        the corrector (`correction.invert`); 0 ranks by cosine alone, as vec2text does. (Token swaps rank by
+        cosine + λ · the inverter's log-probability, so it counts at 0 steps with `polish` too.)
+    polish: rounds of gradient-guided token swaps on each result (`v2t_jax.hotflip`): each round re-embeds the
+        most promising single-token swaps and keeps one only if it raises the score.
+    stop_cosine: an example stops once its best cosine reaches this (None: never).
+    skip_repeated: an example stops once a step returns its hypotheses unchanged (a fixed point) or as they were
+        two steps before (a 2-cycle), and duplicate candidates are embedded once; the texts are the full loop's
+        up to floating-point rounding. False runs every step for every example.
+    """
+
+    steps: int = 0
+    beam: int = DEFAULT_BEAM
+    prior: float = DEFAULT_PRIOR
+    polish: int = DEFAULT_POLISH
+    stop_cosine: float | None = None
+    skip_repeated: bool = True
+
+    def __post_init__(self):
+        set_ = object.__setattr__  # (frozen: each field is stored in its checked form)
+        set_(self, "steps", _whole(self.steps, "steps", 0))
+        set_(
+            self, "beam",
+            _whole(self.beam, "the sequence beam width", 1, MAX_BEAM,
+                   f" (a step decodes and re-embeds width² candidates per vector: {MAX_BEAM ** 2:,} at "
+                   f"{MAX_BEAM}; the paper uses 8)"),
+        )  # fmt: skip
+        set_(self, "prior", check_prior(self.prior))
+        set_(self, "polish", _whole(self.polish, "polish (rounds of token swaps)", 0, MAX_POLISH))
+        if self.stop_cosine is not None:
+            try:
+                stop = float(self.stop_cosine)
+            except (TypeError, ValueError):
+                raise StrategyError(f"stop_cosine must be a number, got {self.stop_cosine!r}") from None
+            if math.isnan(stop):
+                raise StrategyError("stop_cosine must be a number, got nan")
+            set_(self, "stop_cosine", stop)
+        set_(self, "skip_repeated", bool(self.skip_repeated))
+
+    def replace(self, **changes) -> Search:
+        """This search with some fields changed (checked again)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def stop(self) -> float:
+        """The stop cosine the compiled loop reads (NO_STOP: never)."""
+        return NO_STOP if self.stop_cosine is None else self.stop_cosine
+
+    def check_model(self, *, has_corrector: bool, in_graph: bool, black_box: bool = False) -> None:
+        """Refuses a search the model cannot run: correction steps without a corrector; token swaps without the
+        embedder's gradients (a model with its own vocabulary, or a black-box embedder)."""
+        if self.steps and not has_corrector:
+            raise StrategyError("this model is an inverter only (no corrector): use 0 correction steps")
+        if self.polish and not in_graph:
+            raise StrategyError("polish (token swaps) needs a model that decodes in the embedder's own vocabulary")
+        if self.polish and black_box:
+            raise StrategyError("polish (token swaps) needs the embedder's gradients: not with a black-box embedder")
+
+    def describe(self) -> str:
+        """What the search does, in a few words ("20 correction steps, sequence beam 4, language prior 0.1")."""
+        out = "inverter only" if not self.steps else f"{self.steps} correction steps, sequence beam {self.beam}"
+        out += f", language prior {self.prior:g}" if self.prior and (self.steps or self.polish) else ""
+        out += f", {self.polish} rounds of token swaps" if self.polish else ""
+        return out + (f", stop at cosine {self.stop_cosine:g}" if self.stop_cosine is not None else "")
+
+    def record(self) -> dict:
+        """The search as the rows a command writes record it (the `steps`, `sbeam`, ... keys of a run), so that
+        a resumed run continues only the same search."""
+        return {
+            "steps": self.steps,
+            "sbeam": self.beam,
+            "prior": self.prior,
+            "polish": self.polish,
+            "stop_cosine": self.stop_cosine,
+            "skip_repeated": self.skip_repeated,
+        }
+
+
+def inverter_only(**kw) -> Search:
+    """The inverter's hypothesis alone (step 0)."""
+    return Search(steps=0, **kw)
+
+
+def greedy(steps: int = DEFAULT_STEPS, **kw) -> Search:
+    """`steps` corrections, keeping the best hypothesis each step (vec2text's default search)."""
+    return Search(steps=steps, beam=1, **kw)
+
+
+def sequence_beam(steps: int = DEFAULT_STEPS, width: int = 4, **kw) -> Search:
+    """`steps` corrections, keeping the `width` best hypotheses each step (vec2text's `sequence_beam_width`)."""
+    return Search(steps=steps, beam=width, **kw)
+
+
+def from_flags(
+    steps: int | None,
+    sbeam: int,
+    prior: float = DEFAULT_PRIOR,
+    polish: int = DEFAULT_POLISH,
+    stop_cosine: float | None = None,
+    skip_repeated: bool = True,
+    *,
+    has_corrector: bool = True,
+) -> Search:
+    """The search of a command's flags (--steps, --sbeam, --prior, --polish, --stop-cosine, --no-skip-repeated):
+    no --steps is DEFAULT_STEPS with a corrector and 0 without. Errors name the flag."""
+    if steps is None:
+        steps = DEFAULT_STEPS if has_corrector else 0
+    try:
+        return Search(steps, sbeam, prior, polish, stop_cosine, skip_repeated)
+    except StrategyError as e:
+        raise StrategyError(_as_flag(str(e))) from None
+
+
+_FLAGS = {
+    "steps": "--steps",
+    "the sequence beam width": "--sbeam",
+    "prior": "--prior",
+    "polish (rounds of token swaps)": "--polish",
+    "stop_cosine": "--stop-cosine",
+}
+
+
+def _as_flag(message: str) -> str:
+    for name, flag in _FLAGS.items():
+        if message.startswith(name + " "):
+            return flag + message[len(name) :]
+    return message
+
+
+__all__ = [
+    "Search",
+    "StrategyError",
+    "inverter_only",
+    "greedy",
+    "sequence_beam",
+    "from_flags",
+    "check_prior",
+    "DEFAULT_STEPS",
+    "DEFAULT_BEAM",
+    "DEFAULT_PRIOR",
+    "DEFAULT_POLISH",
+    "MAX_BEAM",
+    "MAX_PRIOR",
+    "MAX_POLISH",
+]
