@@ -67,15 +67,15 @@ def retrieval(queries: np.ndarray, docs: np.ndarray, k: int = 10) -> dict:
     return {"ndcg@10": float(np.mean(np.where(hit, 1.0 / np.log2(ranks + 1), 0.0))), "recall@10": float(hit.mean())}
 
 
-def invert_scores(model, vectors, clean, refs, steps: int, sbeam: int, batch: int) -> dict:
-    from v2t_jax import evaluate, strategies
+def invert_scores(model, vectors, clean, scorer, steps: int, sbeam: int, batch: int) -> dict:
+    from v2t_jax import strategies
 
     texts, trace = model.invert(
         vectors, strategies.Search(steps, sbeam), batch_size=batch, return_trace=True, progress=True,
         readable=False,  # the decoding itself: scored against the embedder's view
     )  # fmt: skip
     back = model.embed_texts(texts)
-    out = evaluate.score(texts, refs, (unit(back) * unit(clean)).sum(1).tolist())
+    out = scorer.score(texts, (unit(back) * unit(clean)).sum(1).tolist())
     out["cosine_to_noised"] = float(np.mean(trace["cosine"]))
     out["example"] = texts[0]
     return out
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="experiments/results/noise_defense")
     args = p.parse_args(argv)
 
-    from v2t_jax import api
+    from v2t_jax import api, evaluate
     from v2t_jax.data import dataset, passages
 
     t0 = time.perf_counter()
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     d = model.embedder.embed_texts(docs, max_length=model.max_length, progress=True)
     held = [i for i, x in enumerate(ids) if passages.split_of(x, 0, dataset.SPLIT_FRACTIONS) == "test"]
     pick = np.sort(np.random.default_rng(args.seed).permutation(held)[: args.n])
-    refs = model.embedder_view([docs[i] for i in pick])
+    scorer = evaluate.Evaluator(model.embedder_view([docs[i] for i in pick]))
 
     rows = []
     for lam in levels:
@@ -117,11 +117,11 @@ def main(argv=None) -> int:
         row = {"lambda": lam, **retrieval(q, noised)}
         print(f"λ={lam}: NDCG@10 {row['ndcg@10']:.3f}", file=sys.stderr)
         target, clean = noised[pick], d[pick]
-        row["inverter"] = invert_scores(model, target, clean, refs, 0, 1, args.batch_size)
+        row["inverter"] = invert_scores(model, target, clean, scorer, 0, 1, args.batch_size)
         if args.steps > 0 and model.program.corrector is not None:
-            row["corrected"] = invert_scores(model, target, clean, refs, args.steps, args.sbeam, args.batch_size)
+            row["corrected"] = invert_scores(model, target, clean, scorer, args.steps, args.sbeam, args.batch_size)
         if attacker is not None:
-            row["attacker"] = invert_scores(attacker, target, clean, refs, 0, 1, args.batch_size)
+            row["attacker"] = invert_scores(attacker, target, clean, scorer, 0, 1, args.batch_size)
         rows.append(row)
 
     out = Path(args.out)

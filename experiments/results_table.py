@@ -141,7 +141,7 @@ def main(argv=None) -> int:
         texts = [t.strip() for t in Path(args.texts).read_text(encoding="utf-8").splitlines() if t.strip()]
         n = min(args.n, len(texts))
         vectors = np.asarray(model.embedder.embed_texts(texts[:n], max_length=model.max_length), np.float32)
-        refs = model.embedder_view(texts[:n])
+        scorer = evaluate.Evaluator(model.embedder_view(texts[:n]))
         args.split = Path(args.texts).name
     else:
         spec = dataset.DatasetSpec(
@@ -155,7 +155,7 @@ def main(argv=None) -> int:
         n = min(args.n, len(emb))
         pick = np.sort(np.random.default_rng(0).permutation(len(emb))[:n])
         vectors = np.asarray(emb[pick], np.float32)
-        refs = evaluate.views_of_ids(model.vocab, model.embedder, np.asarray(ids[pick]))
+        scorer = evaluate.Evaluator.of_ids(model.vocab, model.embedder, np.asarray(ids[pick]))
 
     from v2t_jax import assets
 
@@ -195,7 +195,7 @@ def main(argv=None) -> int:
 
     def scores(run: tuple, step: int) -> dict:
         tr = runs[run]["trace"]
-        return evaluate.score([t["hypotheses"][step] for t in tr], refs, [t["cosines"][step] for t in tr])
+        return scorer.score([t["hypotheses"][step] for t in tr], [t["cosines"][step] for t in tr])
 
     def at(r: Row) -> int:  # the row's entry in its run's trace: a polished text follows the last step's
         return r.steps + (1 if r.polish else 0)
@@ -211,7 +211,10 @@ def main(argv=None) -> int:
         )  # fmt: skip
     curves = {run_name(k): [scores(k, s) for s in range(v["steps"] + 1)] for k, v in runs.items()}
     examples = [
-        {"reference": refs[i], **{r.label: runs[r.run(args.time_each)]["trace"][i]["hypotheses"][at(r)] for r in rows}}
+        {
+            "reference": scorer.references[i],
+            **{r.label: runs[r.run(args.time_each)]["trace"][i]["hypotheses"][at(r)] for r in rows},
+        }
         for i in range(min(5, n))
     ]
     command = "python experiments/results_table.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -53,3 +53,49 @@ def test_evaluate_scores_after_normalising_both_sides():
     scores = evaluate.score(preds, refs, [1.0, 0.5, 0.0])
     assert scores["half_recovered"] == 1 / 3 and scores["exact"] == 1 / 3 and scores["cosine"] == 0.5
     assert "half the tokens recovered in 33.3% of 3" in evaluate.summary_line(scores)
+
+
+def test_one_evaluator_scores_a_run_a_slice_and_rows_alike():
+    """`evaluate.Evaluator`: `run` scores what predict_fn gives for every record (plus the first text as the
+    example), `score`/`per_record`/`rows` a batch of records from `first`, all equal to the module's functions on
+    the same references; mismatched counts are errors."""
+    from v2t_jax import evaluate
+
+    refs = ["the cat sat", "the cat sat on the mat", "a dog ran"]
+    preds = ["The  Cat sat", "a dog", "a dog ran"]
+    seen = []
+
+    def predict(params):
+        seen.append(params)
+        return preds, [0.9, 0.5, 0.7]
+
+    ev = evaluate.Evaluator(refs, predict)
+    out = ev.run("p")
+    assert seen == ["p"] and out.pop("example") == "the cat sat"
+    assert out == evaluate.score(preds, refs, [0.9, 0.5, 0.7]) and len(ev) == 3
+    assert ev.score(preds[1:], [0.5, 0.7], first=1) == evaluate.score(preds[1:], refs[1:], [0.5, 0.7])
+    assert ev.per_record(preds[2:], first=2) == evaluate.per_record(preds[2:], refs[2:])
+    rows = ev.rows(preds[:2], 0, readable=lambda xs: [x.upper() for x in xs])
+    assert [r["reference"] for r in rows] == ["THE CAT SAT", "THE CAT SAT ON THE MAT"]  # shown as people write
+    assert rows[0]["exact"] is True and rows[1] == {
+        "reference": "THE CAT SAT ON THE MAT",
+        **ev.per_record(preds[1:2], 1)[0],
+    }
+    with pytest.raises(ValueError, match="2 recoveries from record 2 for 3 references"):
+        ev.score(preds[:2], first=2)
+    with pytest.raises(ValueError, match="no predict_fn"):
+        evaluate.Evaluator(refs).run()
+    with pytest.raises(ValueError, match="predict_fn gave 2 texts for 3 records"):
+        evaluate.Evaluator(refs, lambda p: (preds[:2], None)).run()
+
+
+def test_the_evaluator_of_ids_is_the_embedders_view(minilm, sentences):
+    """References made from stored embedder ids equal those made from the texts (in the embedder's vocabulary)."""
+    from v2t_jax import evaluate
+    from v2t_jax.vocabulary import Vocabulary
+
+    vocab = Vocabulary.of_embedder(minilm, 16)
+    ids = minilm.tokenize(sentences[:3], 16)
+    by_ids = evaluate.Evaluator.of_ids(vocab, minilm, ids)
+    by_text = evaluate.Evaluator.of_texts(vocab, minilm, sentences[:3], 16)
+    assert by_ids.references == by_text.references and all(by_ids.references)

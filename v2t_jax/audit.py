@@ -50,14 +50,20 @@ def check_fit(records, model) -> None:
 
 
 def rows_of_batch(
-    ids: Sequence[str], texts: list[str], cosines: list[float], refs: list[str] | None, readable=lambda x: x
+    ids: Sequence[str],
+    texts: list[str],
+    cosines: list[float],
+    first: int = 0,
+    scorer: evaluate.Evaluator | None = None,
+    readable=lambda x: x,
 ) -> list[dict]:
-    """One JSON row per record: id, recovered text, cosine; with references, the per-record scores. Scored as
-    decoded against the embedder's views; text and reference written through `readable` (`Vec2Text.readable`)."""
+    """One JSON row per record (records first ..): id, recovered text, cosine; with the documents' `scorer`,
+    the reference and per-record scores (`Evaluator.rows`: scored as decoded against the embedder's views).
+    Text and reference are written through `readable` (`Vec2Text.readable`)."""
     rows = [{"id": i, "text": t, "cosine": float(c)} for i, t, c in zip(ids, readable(texts), cosines)]
-    if refs is not None:
-        for row, ref, scores in zip(rows, readable(refs), evaluate.per_record(texts, refs)):
-            row.update(reference=ref, **scores)
+    if scorer is not None:
+        for row, scores in zip(rows, scorer.rows(texts, first, readable)):
+            row.update(scores)
     return rows
 
 

@@ -208,7 +208,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # each text cut where the embedder stops reading (max_length tokens); recovery is scored against that
     # cut as the model can write it (model.embedder_view: for the uncased embedder, as it sees the text)
     refs = [passages.truncate(t, model.embedder.tokenizer, model.max_length)[0] for t in texts]
-    views = model.embedder_view(refs)
+    scorer = evaluate.Evaluator(model.embedder_view(refs))
     vectors = model.embed_texts(refs)
     try:
         out, trace = model.invert(  # scored as decoded, shown as people write (model.readable)
@@ -230,7 +230,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
         + ", case-folded and whitespace-normalised\n"
     )
-    bleu, bleu0 = [evaluate.per_record(x, views) for x in (out, first)]
+    bleu, bleu0 = scorer.per_record(out), scorer.per_record(first)
     shown, shown0 = model.readable(out), model.readable(first)
     for i, (ref, text) in enumerate(zip(refs, shown)):
         print(f"[{i + 1}] original : {ref}")
@@ -239,10 +239,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"               BLEU {bleu0[i]['bleu']:5.1f}  cosine {first_cos[i]:.3f}")
         print(f"    recovered: {text}")
         print(f"               BLEU {bleu[i]['bleu']:5.1f}  cosine {trace['cosine'][i]:.3f}\n")
-    final = evaluate.score(out, views, trace["cosine"])
+    final = scorer.score(out, trace["cosine"])
     summary = f"mean over {len(refs)}: BLEU {final['bleu']:.1f}, cosine {final['cosine']:.3f}"
     if search.steps > 0:
-        start = evaluate.score(first, views, first_cos)
+        start = scorer.score(first, first_cos)
         summary += f" (step 0: BLEU {start['bleu']:.1f}, cosine {start['cosine']:.3f})"
     print(summary)
     return 0
@@ -282,7 +282,7 @@ def _invert(args: argparse.Namespace, path: Path, vectors, references: list[str]
         raise UsageError(str(e)) from e
     if references is not None and len(references) != n:
         raise UsageError(f"{args.references} holds {len(references)} texts for the {n} vectors; give one per vector")
-    views = model.embedder_view(references) if references is not None else None
+    scorer = evaluate.Evaluator(model.embedder_view(references)) if references is not None else None
     remote = _remote_embedder(args, model)
     bs = model.batch_rows(n, args.batch_size)
     run = {
@@ -303,10 +303,9 @@ def _invert(args: argparse.Namespace, path: Path, vectors, references: list[str]
             rows = [{"text": t, "cosine": c} for t, c in zip(model.readable(texts), cosines)]
             for row, trace in zip(rows, steps or []):
                 row["steps"] = {**trace, "hypotheses": model.readable(trace["hypotheses"])}
-            if views is not None:
-                ref = views[first : first + len(rows)]
-                for row, r, scores in zip(rows, model.readable(ref), evaluate.per_record(texts, ref)):
-                    row.update(reference=r, **scores)
+            if scorer is not None:
+                for row, scores in zip(rows, scorer.rows(texts, first, model.readable)):
+                    row.update(scores)
             stream.append(rows)
     except api.ModelError as e:
         raise UsageError(str(e)) from e
@@ -316,7 +315,7 @@ def _invert(args: argparse.Namespace, path: Path, vectors, references: list[str]
     stream.finish()
     if not args.quiet:
         print(f"v2t invert: wrote {n} rows to {output}", file=sys.stderr)
-    if views is not None:  # over every row, those of an interrupted run included
+    if scorer is not None:  # over every row, those of an interrupted run included
         scores = evaluate.summary_of_rows(stream.rows())
         print(f"v2t invert: against {args.references}: {evaluate.summary_line(scores)}")
     return 0
@@ -349,7 +348,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     resumable as `v2t invert`'s rows) and summary.json; the store is only read (`v2t_jax.stores`). One run per
     output folder; report.md is written last, and a run stopped after its records and before it finishes the
     report on the next run of the same command."""
-    from v2t_jax import api, audit, outputs, stores
+    from v2t_jax import api, audit, evaluate, outputs, stores
 
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise UsageError("--batch-size and --limit must be >= 1")
@@ -369,9 +368,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
         vectors = model.check_embeddings(records.vectors)
     except (audit.AuditError, api.ModelError) as e:
         raise UsageError(str(e)) from None
-    refs = None
+    scorer = None
     if records.documents is not None:
-        refs = model.embedder_view([d or "" for d in records.documents])
+        scorer = evaluate.Evaluator(model.embedder_view([d or "" for d in records.documents]))
     remote = _remote_embedder(args, model)
     bs = model.batch_rows(len(vectors), args.batch_size)
     run = {
@@ -379,7 +378,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         "model": _bundle_digest(args.checkpoint),
         **search.record(),
         "batch_size": bs,
-        "documents": refs is not None,
+        "documents": scorer is not None,
         "embedder_url": [remote.shown_url, remote.model] if remote is not None else None,
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -397,8 +396,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 vectors, search, bs, progress=not args.quiet, start=stream.done, embed_fn=remote
             ):
                 ids = records.ids[first : first + len(texts)]
-                ref = refs[first : first + len(texts)] if refs is not None else None
-                stream.append(audit.rows_of_batch(ids, texts, cosines, ref, model.readable))
+                stream.append(audit.rows_of_batch(ids, texts, cosines, first, scorer, model.readable))
         except api.ModelError as e:
             raise UsageError(str(e)) from e
         except RemoteError as e:

@@ -1,5 +1,7 @@
-"""How a recovery is scored, in one place: training's evaluation, `v2t demo`, `v2t invert --references` and
-`experiments/results_table.py` all score through here.
+"""How a recovery is scored, in one place: training's evaluation, `v2t demo`, `v2t invert --references`,
+`v2t audit`, `experiments/results_table.py` and `experiments/noise_defense.py` all score through one
+`Evaluator`: the references of a fixed set of records, made once, and optionally the function that predicts
+their texts (`Evaluator(references, predict_fn).run(params)`).
 
 - **The reference** is the original text as far as the embedder reads it (`max_length` tokens), written as the
   decoders can write it (`reference_view`): in the embedder's uncased WordPiece, its tokens decoded back (lower
@@ -13,7 +15,8 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -94,3 +97,58 @@ def summary_line(scores: dict) -> str:
     if "cosine" in scores:
         line += f", cosine {scores['cosine']:.3f}"
     return line + f", half the tokens recovered in {100 * scores['half_recovered']:.1f}% of {scores['n']}"
+
+
+@dataclasses.dataclass
+class Evaluator:
+    """Recoveries of one fixed set of records, scored against their references (see the module docstring).
+
+    references: each record's reference view, made once (`of_texts`, `of_ids`).
+    predict_fn: params -> (texts, cosines) of the same records, in order; what `run` scores. Optional: callers
+        that stream their texts (`v2t invert`, `v2t audit`) score batch by batch with `rows`.
+    """
+
+    references: list[str]
+    predict_fn: Callable[[Any], tuple[Sequence[str], Sequence[float] | None]] | None = None
+
+    @classmethod
+    def of_texts(cls, vocab, embedder, texts: Sequence[str], max_length: int, predict_fn=None) -> Evaluator:
+        """References from the records' original texts (`reference_view`)."""
+        return cls(reference_view(vocab, embedder, texts, max_length), predict_fn)
+
+    @classmethod
+    def of_ids(cls, vocab, embedder, ids, predict_fn=None) -> Evaluator:
+        """References from passages stored as embedder ids (`views_of_ids`: training and test data)."""
+        return cls(views_of_ids(vocab, embedder, ids), predict_fn)
+
+    def __len__(self) -> int:
+        return len(self.references)
+
+    def _refs(self, n: int, first: int) -> list[str]:
+        if not 0 <= first <= first + n <= len(self.references):
+            raise ValueError(f"{n} recoveries from record {first} for {len(self.references)} references")
+        return list(self.references[first : first + n])
+
+    def run(self, params: Any = None) -> dict:
+        """`score` of what `predict_fn(params)` predicts for every record, with `example`: the first record's
+        text, normalised."""
+        if self.predict_fn is None:
+            raise ValueError("this Evaluator has no predict_fn: score texts with score() or rows()")
+        texts, cosines = self.predict_fn(params)
+        if len(texts) != len(self.references):
+            raise ValueError(f"predict_fn gave {len(texts)} texts for {len(self.references)} records")
+        return {**self.score(texts, cosines), "example": metrics.normalize(texts[0])}
+
+    def score(self, texts: Sequence[str], cosines: Sequence[float] | None = None, first: int = 0) -> dict:
+        """The means (`score`) of texts for records first .. first + len(texts) - 1."""
+        return score(texts, self._refs(len(texts), first), cosines)
+
+    def per_record(self, texts: Sequence[str], first: int = 0) -> list[dict]:
+        """Each text's scores (`per_record`) against its record's reference."""
+        return per_record(texts, self._refs(len(texts), first))
+
+    def rows(self, texts: Sequence[str], first: int = 0, readable=lambda x: x) -> list[dict]:
+        """One row per text for records first ..: its reference (through `readable`, as people write it) and
+        `per_record`'s scores, made as decoded: what `v2t invert --references` and `v2t audit` write."""
+        refs = self._refs(len(texts), first)
+        return [{"reference": r, **sc} for r, sc in zip(readable(refs), per_record(texts, refs))]

@@ -80,8 +80,9 @@ class Task:
     def rows_note(self, train_data, rows: np.ndarray) -> str:
         return ""
 
-    def eval_extra(self, val_data, refs: list[str], vocab) -> dict:
-        """Scores logged beside the evaluation of the first len(refs) validation rows."""
+    def eval_extra(self, val_data, scorer, vocab) -> dict:
+        """Scores logged beside the evaluation of the first len(scorer) validation rows (`scorer`: their
+        `evaluate.Evaluator`)."""
         return {}
 
     # --------------------------------------------------------------------------- after training
@@ -183,14 +184,14 @@ class CorrectorTask(Task):
     def rows_note(self, train_data, rows: np.ndarray) -> str:
         return f" ({len(rows)} of {len(train_data.ids)} training rows not already exact)"
 
-    def eval_extra(self, val_data, refs: list[str], vocab) -> dict:
+    def eval_extra(self, val_data, scorer, vocab) -> dict:
         """The same rows' cached hypotheses, scored as the outputs are: what one correction step starts from."""
-        from v2t_jax import evaluate, metrics
+        from v2t_jax import metrics
 
-        n = len(refs)
+        n = len(scorer)
         hyps = [vocab.decode(r) for r in np.asarray(val_data.hyp_ids[:n])]
         cos = embedders.cosine(np.asarray(val_data.hyp_embeddings[:n]), np.asarray(val_data.embeddings[:n]))
-        out = evaluate.score(hyps, refs, np.asarray(cos).tolist())
+        out = scorer.score(hyps, np.asarray(cos).tolist())
         out["example"] = metrics.normalize(hyps[0])
         return {f"hypothesis_{k}": v for k, v in out.items()}
 

@@ -729,6 +729,33 @@ def run_loop(run: Run, workdir: Path, mesh) -> dict:
         idx = np.arange(start, stop)
         return np.concatenate([idx, np.full(loop.batch_size - len(idx), idx[-1])]), len(idx)
 
+    n_gen = min(loop.eval_samples, len(val_data.ids))
+
+    def predict_validation(params) -> tuple[list[str], list[float]]:
+        """Greedy outputs for the first `n_gen` validation rows and their cosines to the targets (with a
+        vocabulary of the model's own, re-embedded on the host)."""
+        preds, coss = [], []
+        for s in range(0, n_gen, loop.batch_size):
+            idx, n = padded(s, min(s + loop.batch_size, n_gen))
+            gen, cos = gen_score(params, make_batch("validation", idx))
+            gen = np.asarray(multihost_utils.process_allgather(gen, tiled=True))[:n]
+            cos = np.asarray(multihost_utils.process_allgather(cos, tiled=True))[:n]
+            batch_preds = [vocab.decode(row) for row in gen]
+            if not vocab.in_graph:
+                e_hat = embedder.embed_texts(batch_preds, max_length=loop.max_length)
+                cos = np.asarray(embedders.cosine(e_hat, np.asarray(val_data.embeddings[idx[:n]])))
+            preds += batch_preds
+            coss.extend(np.asarray(cos).tolist())
+        return preds, coss
+
+    # the references, made once: both sides through the same uncased detokenisation (or, with a vocabulary of
+    # the model's own, the text as far as the embedder reads it)
+    if vocab.in_graph:
+        val_eval = evaluate.Evaluator.of_ids(vocab, embedder, np.asarray(val_data.ids[:n_gen]), predict_validation)
+    else:
+        texts = list(val_data.texts[:n_gen])
+        val_eval = evaluate.Evaluator.of_texts(vocab, embedder, texts, loop.max_length, predict_validation)
+
     def run_eval(step: int, params) -> dict:
         n_val = len(val_data.ids)
         bs = loop.batch_size
@@ -742,28 +769,11 @@ def run_loop(run: Run, workdir: Path, mesh) -> dict:
                 sums[k] += float(m[k]) * float(m["tokens"])
             sums["tokens"] += float(m["tokens"])
         out = {k: sums[k] / sums["tokens"] for k in ("loss", "token_accuracy")} if sums["tokens"] else {}
-        preds, refs, coss = [], [], []
-        for s in range(0, min(loop.eval_samples, n_val), bs):
-            idx, n = padded(s, min(s + bs, n_val, loop.eval_samples))
-            gen, cos = gen_score(params, make_batch("validation", idx))
-            gen = np.asarray(multihost_utils.process_allgather(gen, tiled=True))[:n]
-            cos = np.asarray(multihost_utils.process_allgather(cos, tiled=True))[:n]
-            batch_preds = [vocab.decode(row) for row in gen]
-            if vocab.in_graph:  # both sides through the same uncased detokenisation
-                batch_refs = evaluate.views_of_ids(vocab, embedder, val_data.ids[idx[:n]])
-            else:  # re-embed on the host
-                texts = [val_data.texts[i] for i in idx[:n]]
-                batch_refs = evaluate.reference_view(vocab, embedder, texts, loop.max_length)
-                e_hat = embedder.embed_texts(batch_preds, max_length=loop.max_length)
-                target = np.asarray(val_data.embeddings[idx[:n]])
-                cos = np.asarray(embedders.cosine(e_hat, target))
-            preds += batch_preds
-            refs += batch_refs
-            coss.extend(np.asarray(cos).tolist())
-        if preds:
-            out.update(evaluate.score(preds, refs, coss))
-            out["example_pred"], out["example_ref"] = metrics.normalize(preds[0]), metrics.normalize(refs[0])
-            out.update(task.eval_extra(val_data, refs, vocab))
+        if n_gen:
+            scores = val_eval.run(params)
+            out["example_pred"], out["example_ref"] = scores.pop("example"), metrics.normalize(val_eval.references[0])
+            out.update(scores)
+            out.update(task.eval_extra(val_data, val_eval, vocab))
         logger.write(step, "eval", out)
         return out
 
