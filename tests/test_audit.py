@@ -1,6 +1,7 @@
 """`v2t audit` on real vector stores built here with their own client libraries (Chroma, LanceDB, FAISS,
 parquet), and its refusals: another embedder's store, an empty, locked or damaged store, an existing report."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -431,3 +432,36 @@ def test_a_text_column_that_holds_no_text_is_one_line(capsys, tmp_path, vectors,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "text column 'text' is" in err[0] and "not text" in err[0], err
     assert not out.exists()
+
+
+def test_audit_run_is_the_library_call_the_command_makes(capsys, tmp_path, vectors, texts, shipped):
+    """`audit.run(records, model, out, search)` without the CLI: the same records and report as `v2t audit`,
+    the store unread-for-writing, a second run into the finished folder refused, a resume of the same call
+    after its records, and a search the model cannot run refused before anything is written."""
+    from v2t_jax import audit, stores, strategies
+
+    np.save(tmp_path / "v.npy", vectors)
+    before = (tmp_path / "v.npy").read_bytes()
+    code, by_cli = _audit(tmp_path / "cli", tmp_path / "v.npy", "--documents", str(_lines(tmp_path, texts)))
+    assert code == 0
+    records = stores.read(tmp_path / "v.npy", documents=list(texts))
+    said = []
+    summary = audit.run(records, shipped, tmp_path / "lib", strategies.greedy(1), say=lambda m, r: said.append(m))
+    assert (tmp_path / "lib" / "records.jsonl").read_text() == (by_cli / "records.jsonl").read_text()
+    written = json.loads((by_cli / "summary.json").read_text())
+    assert summary == {k: written[k] for k in summary} and summary["records"] == len(texts)
+    assert (tmp_path / "v.npy").read_bytes() == before and said == [f"{len(texts)} records of {records.source}"]
+    report = (tmp_path / "lib" / "report.md").read_text()
+    assert "1 correction steps, sequence beam 1" in report
+    with pytest.raises(audit.AuditError, match="holds an audit report already"):
+        audit.run(records, shipped, tmp_path / "lib", strategies.greedy(1))
+    inverter_only = dataclasses.replace(shipped, program=dataclasses.replace(shipped.program, corrector=None))
+    with pytest.raises(strategies.StrategyError, match="inverter only"):
+        audit.run(records, inverter_only, tmp_path / "none", strategies.greedy(1))
+    assert not (tmp_path / "none").exists()
+
+
+def _lines(tmp_path, texts):
+    path = tmp_path / "docs.txt"
+    path.write_text("\n".join(texts) + "\n")
+    return path

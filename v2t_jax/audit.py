@@ -7,6 +7,14 @@ token F1, exact, token recall). The report (`write_report`) is `report.md` + `re
 records (`records.jsonl`): the summary, the share of records with at least half of their words recovered, and
 the most leaked records first. Each file is written whole (`outputs.write_atomic`), report.md last: a folder
 with report.md holds a finished audit.
+
+    from v2t_jax import api, audit, stores, strategies
+
+    records = stores.read("chroma_folder")
+    summary = audit.run(records, api.load_model(), "report_folder", strategies.greedy(20))
+
+`run` is the whole audit (what `v2t audit` calls): the store is only read, the records are streamed and
+resumable, and one run writes a folder at a time.
 """
 
 from __future__ import annotations
@@ -19,13 +27,112 @@ import numpy as np
 
 from v2t_jax import assets, evaluate, outputs
 from v2t_jax.errors import V2TError
+from v2t_jax.remote import RemoteError
 
 REPORT, FIGURE, RECORDS, SUMMARY = "report.md", "report.png", "records.jsonl", "summary.json"
 SHOWN = 20  # records in the report's most-leaked table
 
 
 class AuditError(V2TError, ValueError):
-    """A store that this model cannot audit; the message says why."""
+    """A store that this model cannot audit, or a folder that holds another audit; the message says why."""
+
+
+def check_no_report(out: Path, overwrite: bool = False) -> None:
+    """Refuses a folder that holds a finished audit (its report.md), or records that no resumable run left (no
+    state beside them), unless `overwrite`; and any of the audit's file names that is not a regular file."""
+    for name in (REPORT, SUMMARY, FIGURE, RECORDS):
+        outputs.check_regular(out / name, "report file")
+    records = out / RECORDS
+    outputs.RowStream.check(records)
+    resumable = records.with_name(f"{records.name}.partial.json").exists()
+    finished = (out / REPORT).exists() or (records.exists() and not resumable)
+    if finished and not overwrite:
+        raise AuditError(f"{out} holds an audit report already; pass --overwrite to replace it, or another --output")
+
+
+def run(
+    records,
+    model,
+    out,
+    search=None,
+    *,
+    batch_size: int = 32,
+    embed_fn=None,
+    overwrite: bool = False,
+    progress: bool = False,
+    about: dict | None = None,
+    model_key: str | None = None,
+    say=lambda message, resumed: None,
+) -> dict:
+    """Audits `records` (`stores.read`) with `model` (`api.Vec2Text`) by `search` (`strategies.Search`;
+        default: 20 greedy steps with a corrector, the inverter alone without) into folder `out`: records.jsonl
+        (streamed, resumable: the same call continues after the rows done), summary.json, report.png and last
+        report.md. Returns the summary.
+
+        embed_fn: a black-box embedder for the hypotheses (`remote.RemoteEmbedder`); its `shown_url` and `model`
+        are recorded with the rows. about: what the report says of the run beyond the store and the search (model,
+        command). model_key: what identifies the model's weights in the run's record (default: its embedder and
+        search only). say(message, resumed): where progress lines go; `resumed` marks the one that says a run is being
+    finished (`v2t audit` prints that one even when quiet)."""
+    from v2t_jax import strategies
+
+    if search is None:
+        search = strategies.greedy() if model.program.corrector is not None else strategies.inverter_only()
+    out = outputs.check_folder(out, "report folder")
+    check_no_report(out, overwrite)
+    check_fit(records, model)
+    vectors = model.check_embeddings(records.vectors)
+    search.check_model(
+        has_corrector=model.program.corrector is not None, in_graph=model.program.in_graph,
+        black_box=embed_fn is not None,
+    )  # fmt: skip
+    scorer = None
+    if records.documents is not None:
+        scorer = evaluate.Evaluator(model.embedder_view([d or "" for d in records.documents]))
+    bs = model.batch_rows(len(vectors), batch_size)
+    remote = [embed_fn.shown_url, embed_fn.model] if hasattr(embed_fn, "shown_url") else None
+    record = {
+        "store": records.digest(),
+        "model": model_key,
+        **search.record(),
+        "batch_size": bs,
+        "documents": scorer is not None,
+        "embedder_url": remote,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    with outputs.lock(out / RECORDS, "audit"):
+        check_no_report(out, overwrite)  # (again, now that no other run can write here)
+        if overwrite:
+            (out / REPORT).unlink(missing_ok=True)  # the mark of a finished audit goes first
+        stream = outputs.RowStream(out / RECORDS, record, bs, "audit")
+        say(f"{len(records)} records of {records.source}", False)
+        if stream.complete:
+            say(f"finishing the report of the {stream.done} records in {stream.output}", True)
+        try:
+            for first, texts, cosines, _ in model.iter_batches(
+                vectors, search, bs, progress=progress, start=stream.done, embed_fn=embed_fn
+            ):
+                ids = records.ids[first : first + len(texts)]
+                stream.append(rows_of_batch(ids, texts, cosines, first, scorer, model.readable))
+        except RemoteError as e:  # the endpoint failed for good: what is done stays for a rerun
+            kept = f"the {stream.done} records done are kept: rerun the same command to continue"
+            raise RemoteError(f"{e}; {kept}") from None
+        stream.finish(keep_state=True)  # until the report is written
+        report_about = {
+            "source": records.source,
+            "kind": records.kind,
+            "dim": int(records.vectors.shape[1]),
+            "embedder": records.embedder,
+            "note": records.note,
+            "model": f"a model for {model.embedder.name}",
+            "search": search.describe(),
+            "max_length": model.max_length,
+            "command": "audit.run",
+            **(about or {}),
+        }
+        summary = write_report(out, stream.rows(), report_about)
+        stream.close()
+    return summary
 
 
 def embedder_name_key(name: str) -> str:

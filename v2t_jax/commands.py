@@ -345,15 +345,14 @@ def _remote_embedder(args: argparse.Namespace, model):
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """Inverts every vector of a store and writes OUTPUT/report.md, report.png, records.jsonl (streamed and
-    resumable as `v2t invert`'s rows) and summary.json; the store is only read (`v2t_jax.stores`). One run per
-    output folder; report.md is written last, and a run stopped after its records and before it finishes the
-    report on the next run of the same command."""
-    from v2t_jax import api, audit, evaluate, outputs, stores
+    resumable as `v2t invert`'s rows) and summary.json (`audit.run`); the store is only read (`v2t_jax.stores`).
+    One run per output folder; report.md is written last, and a run stopped after its records and before it
+    finishes the report on the next run of the same command."""
+    from v2t_jax import audit, outputs, stores
 
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise UsageError("--batch-size and --limit must be >= 1")
-    out = outputs.check_folder(args.output, "report folder")
-    _check_no_report(out, args.overwrite)
+    audit.check_no_report(outputs.check_folder(args.output, "report folder"), args.overwrite)  # before any work
     documents = read_texts(args.documents) if args.documents else None
     try:
         records = stores.read(
@@ -363,81 +362,32 @@ def cmd_audit(args: argparse.Namespace) -> int:
     except stores.StoreError as e:
         raise UsageError(str(e)) from None
     model, search = _load_model(args)
-    try:
+    try:  # the store's fit to the model before the endpoint is asked anything
         audit.check_fit(records, model)
-        vectors = model.check_embeddings(records.vectors)
-    except (audit.AuditError, api.ModelError) as e:
+        model.check_embeddings(records.vectors)
+    except V2TError as e:
         raise UsageError(str(e)) from None
-    scorer = None
-    if records.documents is not None:
-        scorer = evaluate.Evaluator(model.embedder_view([d or "" for d in records.documents]))
-    remote = _remote_embedder(args, model)
-    bs = model.batch_rows(len(vectors), args.batch_size)
-    run = {
-        "store": records.digest(),
-        "model": _bundle_digest(args.checkpoint),
-        **search.record(),
-        "batch_size": bs,
-        "documents": scorer is not None,
-        "embedder_url": [remote.shown_url, remote.model] if remote is not None else None,
+    about = {
+        "model": args.checkpoint or f"the shipped model ({model.embedder.name})",
+        # (a key given in --embedder-url's query is redacted from the report, as from every message)
+        "command": redact("v2t " + shlex.join(getattr(args, "argv", None) or ["audit", args.store])),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    with outputs.lock(out / audit.RECORDS, "audit"):
-        _check_no_report(out, args.overwrite)  # (again, now that no other run can write here)
-        if args.overwrite:
-            (out / audit.REPORT).unlink(missing_ok=True)  # the mark of a finished audit goes first
-        stream = RowStream(out / audit.RECORDS, run, bs, "audit")
-        if not args.quiet:
-            print(f"v2t audit: {len(records)} records of {records.source}", file=sys.stderr)
-        if stream.complete:  # (said even with --quiet, as a resume is)
-            print(f"v2t audit: finishing the report of the {stream.done} records in {stream.output}", file=sys.stderr)
-        try:
-            for first, texts, cosines, _ in model.iter_batches(
-                vectors, search, bs, progress=not args.quiet, start=stream.done, embed_fn=remote
-            ):
-                ids = records.ids[first : first + len(texts)]
-                stream.append(audit.rows_of_batch(ids, texts, cosines, first, scorer, model.readable))
-        except api.ModelError as e:
-            raise UsageError(str(e)) from e
-        except RemoteError as e:
-            kept = f"the {stream.done} records done are kept: rerun the same command to continue"
-            raise UsageError(f"{e}; {kept}") from None
-        stream.finish(keep_state=True)  # until the report is written
-        about = {
-            "source": records.source,
-            "kind": records.kind,
-            "dim": int(records.vectors.shape[1]),
-            "embedder": records.embedder,
-            "note": records.note,
-            "model": args.checkpoint or f"the shipped model ({model.embedder.name})",
-            "search": search.describe(),
-            "max_length": model.max_length,
-            # (a key given in --embedder-url's query is redacted from the report, as from every message)
-            "command": redact("v2t " + shlex.join(getattr(args, "argv", None) or ["audit", args.store])),
-        }
-        summary = audit.write_report(out, stream.rows(), about)
-        stream.close()
-    line = f"v2t audit: wrote {out / audit.REPORT}: {summary['records']} records, "
+
+    def say(message: str, resumed: bool) -> None:  # (a resume is said even with --quiet)
+        if resumed or not args.quiet:
+            print(f"v2t audit: {message}", file=sys.stderr)
+
+    summary = audit.run(
+        records, model, args.output, search, batch_size=args.batch_size, embed_fn=_remote_embedder(args, model),
+        overwrite=args.overwrite, progress=not args.quiet, about=about, model_key=_bundle_digest(args.checkpoint),
+        say=say,
+    )  # fmt: skip
+    line = f"v2t audit: wrote {Path(args.output) / audit.REPORT}: {summary['records']} records, "
     line += f"mean cosine {summary['mean_cosine']:.3f}"
     if "bleu" in summary:
         line += f"; {100 * summary['half_recovered']:.1f}% give back at least half of their words"
     print(line)
     return 0
-
-
-def _check_no_report(out: Path, overwrite: bool) -> None:
-    """Refuses a folder that holds a finished audit (its report.md), or records that no resumable run of this
-    command left (no state beside them), unless --overwrite."""
-    from v2t_jax import audit, outputs
-
-    for name in (audit.REPORT, audit.SUMMARY, audit.FIGURE, audit.RECORDS):
-        outputs.check_regular(out / name, "report file")
-    records = out / audit.RECORDS
-    RowStream.check(records)
-    resumable = records.with_name(f"{records.name}.partial.json").exists()
-    finished = (out / audit.REPORT).exists() or (records.exists() and not resumable)
-    if finished and not overwrite:
-        raise UsageError(f"{out} holds an audit report already; pass --overwrite to replace it, or another --output")
 
 
 def _bundle_digest(checkpoint: str | None) -> str:
