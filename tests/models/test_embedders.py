@@ -146,5 +146,22 @@ def test_gtr_head_none_is_vec2text_style(tmp_path):
 def test_unsupported_backbone_is_a_clear_error(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     (tmp_path / "model.safetensors").write_bytes(b"")
-    with pytest.raises(ValueError, match="not supported"):
+    with pytest.raises(ValueError, match=r"backbone 'gpt2' is not supported \(bert, mpnet, t5\)"):
         embedders.load_embedder_config_and_params(tmp_path)
+
+
+def test_every_backbone_is_one_registry_entry(minilm):
+    """`embedders.BACKBONES`: each entry's config type maps back to it, and the embedder's width and position
+    limit come from it (MiniLM: a BERT, 384 wide, 512 positions; T5: relative positions, no limit)."""
+    from v2t_jax.models import t5
+
+    assert set(embedders.BACKBONES) == {"bert", "mpnet", "t5"}
+    for name, b in embedders.BACKBONES.items():
+        assert b.model_type == name
+    assert embedders.backbone_of(minilm.config.backbone) is embedders.BACKBONES["bert"]
+    assert (minilm.config.dim, minilm.config.max_positions) == (384, 512)
+    cfg = embedders.EmbedderConfig(t5.t5_config("tiny", vocab_size=64, d_model=24, d_kv=8, d_ff=32, num_layers=1))
+    assert embedders.backbone_of(cfg.backbone) is embedders.BACKBONES["t5"]
+    assert (cfg.dim, cfg.max_positions) == (24, None)
+    with pytest.raises(ValueError, match="no registered embedder backbone for dict"):
+        embedders.backbone_of({})

@@ -18,7 +18,7 @@ import functools
 import hashlib
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -343,10 +343,46 @@ class DenseHead:
 
 
 @dataclasses.dataclass(frozen=True)
+class Backbone:
+    """One kind of transformer under a sentence embedder: everything the rest of v2t asks of it. A new backbone
+    is its module (config, Flax module, weights from Hugging Face) plus one entry in `BACKBONES`."""
+
+    model_type: str  # Hugging Face config.json's "model_type"
+    config_type: type
+    module: Callable[..., nn.Module]  # module(config, name=...)(input_ids, attention_mask) -> states [b, l, width]
+    config_from_hf: Callable[[dict], Any]
+    params_from_hf: Callable[[dict, Any], dict]  # (state dict, config) -> Flax params
+    width: Callable[[Any], int]
+    max_positions: Callable[[Any], int | None]  # None: no learned position table (relative positions)
+
+
+BACKBONES: dict[str, Backbone] = {
+    b.model_type: b
+    for b in (
+        Backbone("bert", BertConfig, Bert, BertConfig.from_hf_dict, bert_params_from_hf_state_dict,
+                 lambda c: c.hidden_size, lambda c: c.max_position_embeddings),
+        Backbone("mpnet", MPNetConfig, MPNet, MPNetConfig.from_hf_dict, mpnet_params_from_hf_state_dict,
+                 lambda c: c.hidden_size, lambda c: c.max_positions),
+        Backbone("t5", t5_lib.T5Config, t5_lib.T5EncoderModel, t5_lib.T5Config.from_hf_dict,
+                 lambda sd, c: t5_lib.params_from_hf_state_dict(sd, c, encoder_only=True), lambda c: c.d_model,
+                 lambda c: None),
+    )
+}  # fmt: skip
+
+
+def backbone_of(config) -> Backbone:
+    """The registered backbone of a backbone config."""
+    for b in BACKBONES.values():
+        if type(config) is b.config_type:
+            return b
+    raise ValueError(f"no registered embedder backbone for {type(config).__name__}")
+
+
+@dataclasses.dataclass(frozen=True)
 class EmbedderConfig:
     """A whole sentence embedder: backbone, pooling, optional Dense, optional L2 normalisation."""
 
-    backbone: BertConfig | MPNetConfig | t5_lib.T5Config
+    backbone: BertConfig | MPNetConfig | t5_lib.T5Config  # (one of BACKBONES' config types)
     pooling: str = "mean"  # "mean" or "cls"
     dense: DenseHead | None = None
     normalize: bool = True
@@ -355,15 +391,11 @@ class EmbedderConfig:
     def dim(self) -> int:
         if self.dense is not None:
             return self.dense.out_features
-        if isinstance(self.backbone, (BertConfig, MPNetConfig)):
-            return self.backbone.hidden_size
-        return self.backbone.d_model
+        return backbone_of(self.backbone).width(self.backbone)
 
     @property
     def max_positions(self) -> int | None:
-        if isinstance(self.backbone, MPNetConfig):
-            return self.backbone.max_positions
-        return self.backbone.max_position_embeddings if isinstance(self.backbone, BertConfig) else None
+        return backbone_of(self.backbone).max_positions(self.backbone)
 
 
 class SentenceEmbedder(nn.Module):
@@ -372,12 +404,7 @@ class SentenceEmbedder(nn.Module):
     @nn.compact
     def __call__(self, input_ids: Array, attention_mask: Array) -> Array:
         cfg = self.config
-        if isinstance(cfg.backbone, BertConfig):
-            states = Bert(cfg.backbone, name="backbone")(input_ids, attention_mask)
-        elif isinstance(cfg.backbone, MPNetConfig):
-            states = MPNet(cfg.backbone, name="backbone")(input_ids, attention_mask)
-        else:
-            states = t5_lib.T5EncoderModel(cfg.backbone, name="backbone")(input_ids, attention_mask)
+        states = backbone_of(cfg.backbone).module(cfg.backbone, name="backbone")(input_ids, attention_mask)
         states = states.astype(jnp.float32)
         mask = attention_mask.astype(jnp.float32)[..., None]  # [b, l, 1]
         if cfg.pooling == "mean":
@@ -483,19 +510,13 @@ def load_embedder_config_and_params(folder: str | os.PathLike, head: str = "auto
         raise ValueError(f"head must be 'auto', 'none' or 'normalize', got {head!r}")
 
     hf = _read_json(os.path.join(backbone_dir, "config.json"))
-    model_type = hf.get("model_type")
-    if model_type not in ("bert", "mpnet", "t5"):
-        raise ValueError(f"{backbone_dir}: embedder backbone {model_type!r} is not supported (bert, mpnet or t5)")
-    sd = t5_lib.read_hf_state_dict(backbone_dir)
-    if model_type == "bert":
-        backbone = BertConfig.from_hf_dict(hf)
-        backbone_params = bert_params_from_hf_state_dict(sd, backbone)
-    elif model_type == "mpnet":
-        backbone = MPNetConfig.from_hf_dict(hf)
-        backbone_params = mpnet_params_from_hf_state_dict(sd, backbone)
-    else:
-        backbone = t5_lib.T5Config.from_hf_dict(hf)
-        backbone_params = t5_lib.params_from_hf_state_dict(sd, backbone, encoder_only=True)
+    kind = BACKBONES.get(hf.get("model_type"))
+    if kind is None:
+        raise ValueError(
+            f"{backbone_dir}: embedder backbone {hf.get('model_type')!r} is not supported ({', '.join(BACKBONES)})"
+        )
+    backbone = kind.config_from_hf(hf)
+    backbone_params = kind.params_from_hf(t5_lib.read_hf_state_dict(backbone_dir), backbone)
 
     params: dict[str, Any] = {"backbone": backbone_params}
     dense_head = None
