@@ -39,7 +39,7 @@ def bench_jax(args) -> dict:
         "mask": np.ones((args.batch_size, 31), np.int32),
     }
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-        s = train.build(config, mesh, 384, 30522)
+        s = train.build_from_config(config, mesh, 384, 30522)
         state = s.init_fn(jax.random.PRNGKey(0))
         b = {k: jax.device_put(v, s.batch_sh[k]) for k, v in batch.items()}
         t0 = time.perf_counter()

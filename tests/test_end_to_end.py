@@ -313,7 +313,7 @@ def test_corrector_warm_start_takes_the_inverters_weights(tiny_models):
     keeps its initialisation; a corrector of another shape is a one-line error."""
     import flax.linen as nn
 
-    from v2t_jax import train
+    from v2t_jax import tasks, train
 
     inv = api.load_model(tiny_models["inverter"]).params["inverter"]
     dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -321,7 +321,7 @@ def test_corrector_warm_start_takes_the_inverters_weights(tiny_models):
     def fresh(**t5):
         config = tiny_config("unused", config_file="corrector.py")
         config.t5.update(t5)
-        m = train.make_model(train.model_config(config, 384, 30522))
+        m = tasks.build_abstract(config, 384, 30522).model
         e, ids = np.zeros((1, 384), np.float32), np.zeros((1, 31), np.int32)
         boxed = m.init(jax.random.PRNGKey(0), e, e, ids, ids != 0, ids)["params"]
         return jax.tree_util.tree_map(np.asarray, nn.unbox(boxed))

@@ -73,7 +73,7 @@ SHARDED_SCRIPT = textwrap.dedent(
         devices = jax.devices()[: data * fsdp]
         mesh = sharding.make_mesh(data, fsdp, devices=devices)
         with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-            s = train.build(config, mesh, 384, 30522)
+            s = train.build_from_config(config, mesh, 384, 30522)
             state = s.init_fn(jax.random.PRNGKey(0))
             losses = []
             for b in batches:
@@ -218,7 +218,7 @@ def test_full_size_configs_build_abstractly(variant, config_file):
     config = config_loading.load(str(ROOT / "configs" / config_file) + f":{variant}")
     mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-        s = train.build(config, mesh, 384, 30522)
+        s = train.build_from_config(config, mesh, 384, 30522)
     assert s.n_params > (200e6 if variant == "base" else 20e6)
     if variant in ("gpu", "gpu_warm"):  # both int8 bundles must come back from the device (<= 64 MiB) and ship
         assert s.n_params < (34e6 if config_file == "corrector.py" else 29e6), s.n_params

@@ -62,7 +62,7 @@ def random_model(config):
     import flax.linen as nn
     import ml_collections
 
-    from v2t_jax import api, train
+    from v2t_jax import api, tasks, train
     from v2t_jax.models import embedders
 
     emb = embedders.load_embedder(config.embedder)
@@ -77,15 +77,12 @@ def random_model(config):
     cor_config.model = "corrector"
     for key, value in dict(ignore_hypothesis_embedding=False, training_noise=0.0, dropout_rate=0.0).items():
         cor_config[key] = cor_config.get(key, value)
-    cfgs = [train.model_config(c, emb.dim, vocab.size, vocab.pad_id, vocab.eos_id) for c in (inv_config, cor_config)]
-    e = np.zeros((1, emb.dim), np.float32)
-    ids = np.zeros((1, vocab.length), np.int32)
-    params = []
-    for i, cfg in enumerate(cfgs):
-        m = train.make_model(cfg)
-        inputs = train.model_inputs(m, {"embeddings": e, "hyp_embeddings": e, "hyp_ids": ids})
-        params.append(nn.unbox(jax.jit(m.init)(jax.random.PRNGKey(i), *inputs, ids)["params"]))
-    return api.build(cfgs[0], params[0], cfgs[1], params[1], emb, config.max_length)
+    built = [tasks.build(c, emb, vocab) for c in (inv_config, cor_config)]
+    params = [
+        nn.unbox(jax.jit(lambda r, t=t: t.init_variables(r, vocab.length))(jax.random.PRNGKey(i))["params"])
+        for i, t in enumerate(built)
+    ]
+    return api.build(built[0].model_config, params[0], built[1].model_config, params[1], emb, config.max_length)
 
 
 def run(

@@ -188,6 +188,8 @@ def _load_model(args: argparse.Namespace):
         raise UsageError(str(e)) from e
     has_corrector = model.program.corrector is not None
     search = strategies.from_flags(args.steps, **flags, has_corrector=has_corrector)
+    if search.steps and not has_corrector:
+        raise UsageError(f"{args.checkpoint} is an inverter-only bundle (no corrector): use --steps 0")
     try:
         search.check_model(has_corrector=has_corrector, in_graph=model.program.in_graph)
     except strategies.StrategyError as e:

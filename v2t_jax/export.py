@@ -38,8 +38,8 @@ def export(
         if config.get("model") != "corrector":
             raise ModelError(f"{workdir} trained an inverter: --inverter applies to a corrector run only")
         trained_on, config.inverter = config.inverter, str(inverter)
-        try:
-            tasks.inverter_bundle(config)  # a bundle of the same embedder and length, in its vocabulary
+        try:  # a bundle of the same embedder and length, in its vocabulary (before the embedder loads)
+            tasks.inverter_bundle(config.inverter, config.embedder, config.max_length)
         except tasks.TrainingError as e:
             raise ModelError(str(e)) from None
     if "dtype" in config.t5:  # a bundle computes in float32 whatever the run trained in (bfloat16 on accelerators)
@@ -54,7 +54,7 @@ def export(
     emb = embedders.load_embedder(config.embedder)
     vocab = train.target_vocab(config, emb)  # an external vocabulary goes into the bundle (tokenizer.json)
     try:
-        cfg = train.model_config(config, emb.dim, vocab.size, vocab.pad_id, vocab.eos_id)
+        task = tasks.build(config, emb, vocab)
     except tasks.TrainingError as e:
         raise ModelError(str(e)) from None
     try:
@@ -71,7 +71,7 @@ def export(
         why = checkpoint.describe_error(e)
         raise ModelError(f"the checkpoint at step {step} in {workdir} is damaged ({why})") from None
     try:
-        model, provenance = tasks.for_config(config).export_model(config, cfg, params, emb, vocab)
+        model, provenance = task.export(params)
     except tasks.TrainingError as e:
         raise ModelError(str(e)) from None
     source = {"workdir": str(workdir.absolute()), "step": step, **provenance}

@@ -1,97 +1,195 @@
-"""What differs between training an inverter and a corrector, owned by one object per model kind.
+"""What differs between training an inverter and a corrector, owned by one object per model kind, built once.
 
-The trainer (`train.py`), `v2t export` and the benchmarks ask the config's `Task` instead of branching on
-`config.model`: which model config and Flax module to build, which batch keys it reads and what it encodes
-from them, what must exist before training (the corrector's cached hypotheses of a frozen inverter), how its
-parameters start, what its evaluation adds, and how a trained run becomes an inference model. Adding a model
-kind (another corrector loss, say) is one subclass registered in `TASKS`.
+    task = tasks.build(config, embedder, vocab)     # decodes config now: model config, module, how params start
+    loss, metrics = task.loss_fn(params, batch, rng)
+    ids = task.predict_batch(params, batch)         # greedy: the hypothesis, or one greedy correction
+    model, provenance = task.export(params)         # an inference model (api.Vec2Text)
+
+The trainer (`train.py`), `v2t export` and the benchmarks receive the task and never read the config: which
+model config and Flax module to build, which batch keys it reads and what it encodes from them, its loss and
+predictions, what must exist before training (the corrector's cached hypotheses of a frozen inverter, whose
+bundle is checked and loaded once), how its parameters start, what its evaluation adds, and how a trained run
+becomes an inference model. Adding a model kind (another corrector loss, say) is one subclass in `TASKS`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import sys
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from v2t_jax import correction, inversion
+from v2t_jax import correction, decoding, inversion
 from v2t_jax.errors import V2TError
 from v2t_jax.models import embedders
 from v2t_jax.models import t5 as t5_lib
+
+Array = jax.Array
 
 
 class TrainingError(V2TError, RuntimeError):
     """A run cannot start or continue; the message says what to do (raised as `train.TrainingError` too)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+    """What a task's model shapes need of the embedder and the vocabulary, where neither is loaded (abstract
+    builds, benchmarks of random weights): `build(config, Shapes(384, 30522))`."""
+
+    dim: int  # the embedding width
+    size: int  # vocabulary size
+    pad_id: int = 0
+    eos_id: int = 1
+    in_graph: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Init:
+    """How a fresh run's parameters start (decoded from config.init_*; see `Task.initial_params`)."""
+
+    from_bundle: Path | None = None  # config.init_from: this kind's parameters of a bundle (fine-tuning)
+    token_embeddings: str = "random"  # or "embedder": T5's token embeddings from the embedder's own
+    layers: str = "random"  # or "embedder": both stacks' layers from the embedder's (BERT2BERT)
+    from_inverter: bool = False  # the corrector: T5 and projections from its inverter's
+
+    @classmethod
+    def of(cls, config: ml_collections.ConfigDict) -> Init:
+        how, layers = config.get("init_token_embeddings", "random"), config.get("init_layers", "random")
+        for key, value in (("init_token_embeddings", how), ("init_layers", layers)):
+            if value not in ("random", "embedder"):
+                raise TrainingError(f"{key} must be random or embedder, got {value!r}")
+        bundle = Path(config.init_from).expanduser() if config.get("init_from") else None
+        return cls(bundle, how, layers, bool(config.get("init_from_inverter", False)))
+
+
 class Task:
-    """The inverter's behaviour; `CorrectorTask` overrides what the corrector adds."""
+    """An inverter run, decoded from its config once (`build`): the model config and Flax module, how its
+    parameters start, its loss and greedy predictions, and how a trained run becomes an inference model. The
+    trainer (`train.py`), `v2t export` and the benchmarks ask the task, never the config; `CorrectorTask`
+    overrides what the corrector adds. Adding a model kind is one subclass registered in `TASKS`."""
 
     name = "inverter"
     config_type: type = inversion.InverterConfig
     module_type: type = inversion.Inverter
     batch_extra: tuple[str, ...] = ()  # batch keys beyond embeddings, labels, mask
 
-    def model_config(self, config: ml_collections.ConfigDict, common: dict):
+    def __init__(self, config: ml_collections.ConfigDict, embedder, vocab):
+        self.embedder = embedder  # an embedders.Embedder, or `Shapes` (no weights: abstract builds only)
+        self.vocab = vocab  # a vocabulary.Vocabulary, or the same `Shapes`
+        self.embedder_name = str(config.embedder)
+        self.max_length = int(config.max_length)  # embedder tokens of a passage
+        self.init = Init.of(config)
+        t5 = t5_config(config, vocab.size, vocab.pad_id, vocab.eos_id)
+        common = dict(t5=t5, embed_dim=embedder.dim, num_repeat_tokens=config.num_repeat_tokens)
+        self.model_config = self._model_config(config, common)
+        self.model = self.module_type(self.model_config)
+        self._layers_hint = "use --config configs/inverter.py:gpu_warm's t5 shape"
+
+    def _model_config(self, config: ml_collections.ConfigDict, common: dict):
         return inversion.InverterConfig(**common, dropout_rate=config.dropout_rate, noise_level=config.noise_level)
 
-    def make_model(self, cfg):
-        return self.module_type(cfg)
+    # --------------------------------------------------------------------------- the model
 
-    def model_inputs(self, model, batch: dict) -> tuple:
+    def model_inputs(self, batch: dict) -> tuple:
         """What the model encodes from a batch (here: the target embedding e)."""
         return (batch["embeddings"],)
 
+    @property
+    def batch_keys(self) -> tuple[str, ...]:
+        return ("embeddings", "labels", "mask") + self.batch_extra
+
+    def dummy_batch(self, dec_len: int | None = None) -> dict:
+        """A one-row batch of zeros of every key the model reads (initialisation)."""
+        dec_len = dec_len or self.max_length - 1
+        e, ids = jnp.zeros((1, self.model_config.embed_dim), jnp.float32), jnp.zeros((1, dec_len), jnp.int32)
+        return {"embeddings": e, "hyp_embeddings": e, "hyp_ids": ids, "labels": ids, "mask": ids}
+
+    def init_variables(self, rng, dec_len: int | None = None):
+        """The model's variables (boxed with their logical axes) for `rng`."""
+        batch = self.dummy_batch(dec_len)
+        return self.model.init(rng, *self.model_inputs(batch), batch["labels"])
+
+    def loss_fn(self, params, batch: dict, rng) -> tuple[Array, dict]:
+        """(loss, metrics) of a training batch, with dropout and the model's noise drawn from `rng`."""
+        r_drop, r_noise = jax.random.split(rng)
+        dec_in = t5_lib.shift_right(batch["labels"], self.model_config.t5.decoder_start_token_id)
+        logits = self.model.apply(
+            {"params": params}, *self.model_inputs(batch), dec_in, deterministic=False,
+            rngs={"dropout": r_drop, "noise": r_noise},
+        )  # fmt: skip
+        return inversion.cross_entropy(logits, batch["labels"], batch["mask"])
+
+    def eval_metrics(self, params, batch: dict) -> dict:
+        """loss, token_accuracy and tokens of a batch, without dropout or noise."""
+        dec_in = t5_lib.shift_right(batch["labels"], self.model_config.t5.decoder_start_token_id)
+        logits = self.model.apply({"params": params}, *self.model_inputs(batch), dec_in)
+        return inversion.cross_entropy(logits, batch["labels"], batch["mask"])[1]
+
+    def predict_batch(self, params, batch: dict, max_length: int | None = None) -> Array:
+        """Greedy ids [b, max_length] (default: the vocabulary's length): the inverter's hypothesis, or one
+        greedy correction of the batch's hypotheses. (The multi-step search is `correction.invert`.)"""
+        model, v = self.model, {"params": params}
+        max_length = max_length or self.vocab.length
+        inputs = self.model_inputs(batch)
+        cache = model.apply(v, *inputs, max_length, method=type(model).init_cache)
+
+        def tokens_to_logits(ids, cache):
+            return model.apply(v, ids, cache, method=type(model).decode_step)
+
+        start = self.model_config.t5.decoder_start_token_id
+        return decoding.greedy(tokens_to_logits, cache, inputs[0].shape[0], max_length, start, self.vocab.eos_id, start)
+
     # --------------------------------------------------------------------------- before and around training
 
-    def prepare(self, config: ml_collections.ConfigDict, dataset) -> None:
+    def prepare(self, dataset) -> None:
         """Work that must exist before the mesh is built (nothing for the inverter); `dataset()` gives the
         (builder, targets folder, the `v2t data prepare` command) of the config's data."""
 
-    def check_run(self, config: ml_collections.ConfigDict, workdir: Path, vocab) -> None:
+    def check_run(self, workdir: Path) -> None:
         """Refuses a run this task cannot continue or train, before any data is read."""
 
-    def attach(self, config: ml_collections.ConfigDict, tdir: Path, data: dict) -> None:
+    def attach(self, tdir: Path, data: dict) -> None:
         """Adds what this task reads to each split (`train.SplitData`)."""
 
     def host_batch(self, split_data, idx: np.ndarray) -> dict:
         """This task's batch keys for rows `idx` of a split, as host arrays."""
         return {}
 
-    def initial_params(self, params, config: ml_collections.ConfigDict, embedder, vocab, shardings):
+    def initial_params(self, params, shardings):
         """The parameters a fresh run starts from: a bundle's model of this kind (`config.init_from`: fine-tuning,
         e.g. with noise), or as initialised, with the T5 token embeddings taken from the embedder's own
         (`config.init_token_embeddings=embedder`), or both stacks' layers too (`config.init_layers=embedder`)."""
-        if config.get("init_from"):
-            return from_bundle(params, Path(config.init_from).expanduser(), self.name, shardings)
-        how, layers = config.get("init_token_embeddings", "random"), config.get("init_layers", "random")
-        for key, value in (("init_token_embeddings", how), ("init_layers", layers)):
-            if value not in ("random", "embedder"):
-                raise TrainingError(f"{key} must be random or embedder, got {value!r}")
-        if layers == "embedder":  # includes the token embeddings, at the embedder's own scale
-            return embedder_layers(params, config, embedder, vocab, shardings)
-        if how == "embedder":
-            return embedder_token_embeddings(params, embedder, vocab, shardings)
+        if self.init.from_bundle is not None:
+            return from_bundle(params, self.init.from_bundle, self.name, shardings)
+        if self.init.layers == "embedder":  # includes the token embeddings, at the embedder's own scale
+            return embedder_layers(params, self.model_config.t5, self.embedder, self.vocab, shardings,
+                                   self._layers_hint)  # fmt: skip
+        if self.init.token_embeddings == "embedder":
+            return embedder_token_embeddings(params, self.embedder, self.vocab, shardings)
         return params
 
     def rows_note(self, train_data, rows: np.ndarray) -> str:
         return ""
 
-    def eval_extra(self, val_data, scorer, vocab) -> dict:
+    def eval_extra(self, val_data, scorer) -> dict:
         """Scores logged beside the evaluation of the first len(scorer) validation rows (`scorer`: their
         `evaluate.Evaluator`)."""
         return {}
 
     # --------------------------------------------------------------------------- after training
 
-    def export_model(self, config: ml_collections.ConfigDict, cfg, params, embedder, vocab):
+    def export(self, params) -> tuple[Any, dict]:
         """(inference model, provenance to record) from a trained run's parameters."""
         from v2t_jax import api
 
-        return api.build(cfg, params, None, None, embedder, config.max_length, vocab), {}
+        model = api.build(self.model_config, params, None, None, self.embedder, self.max_length, self.vocab)
+        return model, {}
 
 
 class CorrectorTask(Task):
@@ -102,7 +200,14 @@ class CorrectorTask(Task):
     module_type = correction.Corrector
     batch_extra = ("hyp_ids", "hyp_embeddings")
 
-    def model_config(self, config: ml_collections.ConfigDict, common: dict):
+    def __init__(self, config: ml_collections.ConfigDict, embedder, vocab):
+        super().__init__(config, embedder, vocab)
+        self._inverter = str(config.get("inverter") or "")
+        self.drop_exact = bool(config.get("drop_exact", False))
+        self.batch_size = int(config.batch_size)
+        self.progress = bool(config.get("progress", False))
+
+    def _model_config(self, config: ml_collections.ConfigDict, common: dict):
         return correction.CorrectorConfig(
             **common,
             dropout_rate=config.dropout_rate,
@@ -110,17 +215,28 @@ class CorrectorTask(Task):
             training_noise=config.training_noise,
         )
 
-    def model_inputs(self, model, batch: dict) -> tuple:
-        hyp = batch["hyp_ids"]
-        return batch["embeddings"], batch["hyp_embeddings"], hyp, hyp != model.config.t5.pad_token_id
+    @functools.cached_property
+    def inverter(self) -> Path:
+        """The bundle whose inverter made (or will make) the hypotheses, checked once (`inverter_bundle`)."""
+        return inverter_bundle(self._inverter, self.embedder_name, self.max_length)
 
-    def prepare(self, config: ml_collections.ConfigDict, dataset) -> None:
+    @functools.cached_property
+    def inverter_model(self):
+        """The inverter bundle, loaded once (hypotheses and export)."""
+        from v2t_jax import api
+
+        return api.load_model(self.inverter)
+
+    def model_inputs(self, batch: dict) -> tuple:
+        hyp = batch["hyp_ids"]
+        return batch["embeddings"], batch["hyp_embeddings"], hyp, hyp != self.model_config.t5.pad_token_id
+
+    def prepare(self, dataset) -> None:
         """The inverter's hypotheses for train and validation, computed once and cached beside the targets
         (one process; with several, they must exist beforehand: `v2t data hypotheses`)."""
-        from v2t_jax import api
         from v2t_jax.data import hypotheses, targets
 
-        bundle = inverter_bundle(config)  # checked before the data: the config may be what is wrong
+        bundle = self.inverter  # checked before the data: the config may be what is wrong
         _, tdir, command = dataset()
         hdir = hypotheses.hypotheses_dir(tdir, bundle)
         if all((hdir / f"{s}.exact.npy").exists() for s in ("train", "validation")):
@@ -130,19 +246,19 @@ class CorrectorTask(Task):
         if not all(targets.exists(tdir, s) for s in ("train", "validation")):
             raise TrainingError(f"no target embeddings yet; run: {command}")
         print(f"v2t train: computing the inverter's hypotheses into {hdir}", file=sys.stderr)
-        hypotheses.ensure(api.load_model(bundle), tdir, bundle, ("train", "validation"), progress=config.progress)
+        hypotheses.ensure(self.inverter_model, tdir, bundle, ("train", "validation"), progress=self.progress)
 
-    def check_run(self, config: ml_collections.ConfigDict, workdir: Path, vocab) -> None:
+    def check_run(self, workdir: Path) -> None:
         """A corrector reads hypotheses in the embedder's vocabulary, and continues only on the hypotheses of
         the inverter it started with (same weights)."""
         from v2t_jax.data import hypotheses
 
-        if not vocab.in_graph:
+        if not self.vocab.in_graph:
             raise TrainingError(
                 "the corrector reads the inverter's hypotheses in the embedder's vocabulary: vocab=embedder"
             )
         path = workdir / "inverter_hypotheses.txt"
-        current = hypotheses.hypotheses_dir(Path(), inverter_bundle(config)).name  # hypotheses-<digest>
+        current = hypotheses.hypotheses_dir(Path(), self.inverter).name  # hypotheses-<digest>
         has_checkpoints = any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*"))
         if path.exists() and has_checkpoints and path.read_text().strip() != current:
             raise TrainingError(
@@ -152,22 +268,22 @@ class CorrectorTask(Task):
         if jax.process_index() == 0:
             path.write_text(current + "\n")
 
-    def attach(self, config: ml_collections.ConfigDict, tdir: Path, data: dict) -> None:
+    def attach(self, tdir: Path, data: dict) -> None:
         from v2t_jax.data import hypotheses
 
-        hdir = hypotheses.hypotheses_dir(tdir, inverter_bundle(config))
+        hdir = hypotheses.hypotheses_dir(tdir, self.inverter)
         for split, d in data.items():
             try:
                 h = hypotheses.load(hdir, split)
             except FileNotFoundError as e:
-                raise TrainingError(f"{e}; run: v2t data hypotheses --inverter {config.inverter} ...") from e
+                raise TrainingError(f"{e}; run: v2t data hypotheses --inverter {self._inverter} ...") from e
             d.hyp_ids, d.hyp_embeddings = h["hyp_ids"], h["hyp_embeddings"]
-            if split == "train" and config.drop_exact:
+            if split == "train" and self.drop_exact:
                 d.rows = np.flatnonzero(~np.asarray(h["exact"]))
-                if len(d.rows) < config.batch_size:
+                if len(d.rows) < self.batch_size:
                     raise TrainingError(
                         f"only {len(d.rows)} training passages are not already exact, fewer than batch_size "
-                        f"{config.batch_size}; set --config.drop_exact=false or use a smaller batch"
+                        f"{self.batch_size}; set --config.drop_exact=false or use a smaller batch"
                     )
 
     def host_batch(self, split_data, idx: np.ndarray) -> dict:
@@ -176,53 +292,57 @@ class CorrectorTask(Task):
             "hyp_embeddings": np.asarray(split_data.hyp_embeddings[idx], np.float32),
         }
 
-    def initial_params(self, params, config: ml_collections.ConfigDict, embedder, vocab, shardings):
-        if config.init_from_inverter and not config.get("init_from"):
-            return warm_start(params, inverter_bundle(config), shardings)
-        return super().initial_params(params, config, embedder, vocab, shardings)
+    def initial_params(self, params, shardings):
+        if self.init.from_inverter and self.init.from_bundle is None:
+            return warm_start(params, self.inverter, shardings)
+        return super().initial_params(params, shardings)
 
     def rows_note(self, train_data, rows: np.ndarray) -> str:
         return f" ({len(rows)} of {len(train_data.ids)} training rows not already exact)"
 
-    def eval_extra(self, val_data, scorer, vocab) -> dict:
+    def eval_extra(self, val_data, scorer) -> dict:
         """The same rows' cached hypotheses, scored as the outputs are: what one correction step starts from."""
         from v2t_jax import metrics
 
         n = len(scorer)
-        hyps = [vocab.decode(r) for r in np.asarray(val_data.hyp_ids[:n])]
+        hyps = [self.vocab.decode(r) for r in np.asarray(val_data.hyp_ids[:n])]
         cos = embedders.cosine(np.asarray(val_data.hyp_embeddings[:n]), np.asarray(val_data.embeddings[:n]))
         out = scorer.score(hyps, np.asarray(cos).tolist())
         out["example"] = metrics.normalize(hyps[0])
         return {f"hypothesis_{k}": v for k, v in out.items()}
 
-    def export_model(self, config: ml_collections.ConfigDict, cfg, params, embedder, vocab):
+    def export(self, params) -> tuple[Any, dict]:
         from v2t_jax import api
 
-        inverter = api.load_model(inverter_bundle(config))
+        inverter = self.inverter_model
         inv_cfg, inv_params = inverter.program.inverter, inverter.params["inverter"]
-        model = api.build(inv_cfg, inv_params, cfg, params, embedder, config.max_length, vocab)
-        return model, {"inverter": str(Path(config.inverter).expanduser().absolute())}
+        model = api.build(inv_cfg, inv_params, self.model_config, params, self.embedder, self.max_length, self.vocab)
+        return model, {"inverter": str(Path(self._inverter).expanduser().absolute())}
 
 
-TASKS: dict[str, Task] = {t.name: t for t in (Task(), CorrectorTask())}
-_BY_CONFIG = {t.config_type: t for t in TASKS.values()}
-_BY_MODULE = {t.module_type: t for t in TASKS.values()}
+TASKS: dict[str, type[Task]] = {t.name: t for t in (Task, CorrectorTask)}
 
 
-def for_config(config: ml_collections.ConfigDict) -> Task:
-    """The task `config.model` names."""
-    task = TASKS.get(config.get("model"))
-    if task is None:
+def build(config: ml_collections.ConfigDict, embedder, vocab) -> Task:
+    """The task `config.model` names, with everything it reads of `config` decoded now (`embedder`: an
+    `embedders.Embedder`, or `Shapes` for an abstract build; `vocab`: the decoders' `Vocabulary`, or the same
+    `Shapes`)."""
+    return kind_of(config)(config, embedder, vocab)
+
+
+def kind_of(config: ml_collections.ConfigDict) -> type[Task]:
+    """The task class `config.model` names (checked before anything loads)."""
+    kind = TASKS.get(config.get("model"))
+    if kind is None:
         raise TrainingError(f"config.model is {config.get('model')!r}; use {' or '.join(map(repr, TASKS))}")
-    return task
+    return kind
 
 
-def for_model_config(cfg) -> Task:
-    return _BY_CONFIG[type(cfg)]
-
-
-def for_model(model) -> Task:
-    return _BY_MODULE[type(model)]
+def build_abstract(config: ml_collections.ConfigDict, embed_dim: int, vocab_size: int, pad_id: int = 0,
+                   eos_id: int = 1) -> Task:  # fmt: skip
+    """`build` for shapes alone (no embedder or vocabulary loaded): abstract builds and benchmarks."""
+    shapes = Shapes(embed_dim, vocab_size, pad_id, eos_id)
+    return build(config, shapes, shapes)
 
 
 # ------------------------------------------------------------------------------- the model and how it starts
@@ -263,23 +383,21 @@ def embedder_token_embeddings(params: dict, embedder, vocab, shardings: Any) -> 
     return dict(params, t5=t5)
 
 
-def embedder_layers(params: dict, config: ml_collections.ConfigDict, embedder, vocab, shardings: Any) -> dict:
-    """T5 ("bert" layout) whose encoder and decoder layers, token and position embeddings start as the BERT
-    embedder's own (`config.init_layers="embedder"`; BERT2BERT, Rothe et al. 2020): `t5.bert_layers_to_t5`."""
+def embedder_layers(params: dict, cfg, embedder, vocab, shardings: Any, hint: str = "") -> dict:
+    """T5 ("bert" layout, config `cfg`) whose encoder and decoder layers, token and position embeddings start as
+    the BERT embedder's own (`config.init_layers="embedder"`; BERT2BERT, Rothe et al. 2020):
+    `t5.bert_layers_to_t5`."""
     backbone = getattr(getattr(embedder, "config", None), "backbone", None)
     if not isinstance(backbone, embedders.BertConfig) or not vocab.in_graph:
         raise TrainingError(
             "init_layers=embedder needs a BERT-backbone embedder (all-MiniLM-L6-v2, say) and vocab=embedder; "
             f"got a {type(backbone).__name__} backbone"
         )
-    cfg = t5_config(config, vocab.size, vocab.pad_id, vocab.eos_id)
     try:
         host = jax.tree_util.tree_map(np.asarray, params["t5"])
         t5 = t5_lib.bert_layers_to_t5(jax.tree_util.tree_map(np.asarray, embedder.params["backbone"]), cfg, host)
     except ValueError as e:
-        raise TrainingError(
-            f"init_layers=embedder: {e} (use --config configs/inverter.py:gpu_warm's t5 shape)"
-        ) from None
+        raise TrainingError(f"init_layers=embedder: {e}" + (f" ({hint})" if hint else "")) from None
     t5 = jax.tree_util.tree_map(
         lambda x, old, s: jax.device_put(x.astype(old.dtype), s), t5, params["t5"], shardings["t5"]
     )
@@ -289,13 +407,14 @@ def embedder_layers(params: dict, config: ml_collections.ConfigDict, embedder, v
 # ------------------------------------------------------------------------------- the corrector's inverter
 
 
-def inverter_bundle(config: ml_collections.ConfigDict) -> Path:
-    """The corrector config's `inverter`: a model bundle whose inverter made (or will make) the hypotheses."""
+def inverter_bundle(inverter: str, embedder: str, max_length: int) -> Path:
+    """A corrector config's `inverter`: a model bundle whose inverter made (or will make) the hypotheses, of
+    the config's `embedder` at `max_length` tokens, decoding in the embedder's vocabulary."""
     from v2t_jax import bundle as bundle_lib
 
-    if not config.inverter:
+    if not inverter:
         raise TrainingError("a corrector needs the inverter that makes its hypotheses: --config.inverter=BUNDLE")
-    bundle = Path(config.inverter).expanduser()
+    bundle = Path(inverter).expanduser()
     if (bundle / "config.json").exists() and (bundle / "checkpoints").is_dir():
         raise TrainingError(
             f"{bundle} is a training run; export a bundle first: v2t export --workdir {bundle} --output BUNDLE"
@@ -306,10 +425,10 @@ def inverter_bundle(config: ml_collections.ConfigDict) -> Path:
         raise TrainingError(f"inverter: {e}") from None
     if meta.vocabulary is not None:
         raise TrainingError(f"inverter {bundle} decodes in its own vocabulary; a corrector reads the embedder's")
-    if meta.embedder != config.embedder or meta.max_length != config.max_length:
+    if meta.embedder != embedder or meta.max_length != max_length:
         raise TrainingError(
             f"inverter {bundle} inverts {meta.embedder} at {meta.max_length} tokens, "
-            f"the config {config.embedder} at {config.max_length}"
+            f"the config {embedder} at {max_length}"
         )
     return bundle
 

@@ -32,9 +32,8 @@ import optax
 from flax import struct
 from jax.experimental import multihost_utils
 
-from v2t_jax import checkpoint, decoding, evaluate, inversion, metrics, outputs, sharding, tasks, vocabulary
-from v2t_jax.tasks import TrainingError, inverter_bundle, warm_start  # noqa: F401  (re-exported)
-from v2t_jax.models import t5 as t5_lib
+from v2t_jax import checkpoint, evaluate, metrics, outputs, sharding, tasks, vocabulary
+from v2t_jax.tasks import TrainingError, warm_start  # noqa: F401  (re-exported)
 
 Array = jax.Array
 
@@ -253,9 +252,11 @@ def _dataset(config: ml_collections.ConfigDict):
     return b, targets.targets_dir(b.data_dir, config.embedder, config.max_length), command
 
 
-def load_data(config: ml_collections.ConfigDict, need_texts: bool) -> tuple[Any, dict[str, SplitData]]:
+def load_data(config: ml_collections.ConfigDict, task: tasks.Task) -> tuple[Any, dict[str, SplitData]]:
+    """(TFDS builder, {train, validation: SplitData}) of `config`'s data, with what `task` reads attached."""
     from v2t_jax.data import dataset, targets
 
+    need_texts = not task.vocab.in_graph
     b, tdir, command = _dataset(config)
     out = {}
     for split in ("train", "validation"):
@@ -264,38 +265,19 @@ def load_data(config: ml_collections.ConfigDict, need_texts: bool) -> tuple[Any,
         except FileNotFoundError as e:
             raise TrainingError(f"no target embeddings for {split!r}; run: {command}") from e
         out[split] = SplitData(emb, ids, dataset.texts(b, split) if (need_texts or split == "validation") else None)
-    tasks.for_config(config).attach(config, tdir, out)
+    task.attach(tdir, out)
     return b, out
 
 
 # ----------------------------------------------------------------------------- steps
 
 
-def model_inputs(model, batch: dict) -> tuple:
-    """What the model encodes, from a batch (its task's `model_inputs`)."""
-    return tasks.for_model(model).model_inputs(model, batch)
-
-
-def make_train_step(model, tx: optax.GradientTransformation):
+def make_train_step(task: tasks.Task, tx: optax.GradientTransformation):
     def train_step(state: TrainState, batch: dict, lr_scale: Array) -> tuple[TrainState, dict]:
         """`lr_scale` [] float32 multiplies the update (1.0 but in a time-boxed run, where the host decays it
         to 0 at the deadline: `lr_scale_at`)."""
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        r_drop, r_noise = jax.random.split(rng)
-        labels, mask = batch["labels"], batch["mask"]
-        dec_in = t5_lib.shift_right(labels, model.config.t5.decoder_start_token_id)
-
-        def loss_fn(params):
-            logits = model.apply(
-                {"params": params},
-                *model_inputs(model, batch),
-                dec_in,
-                deterministic=False,
-                rngs={"dropout": r_drop, "noise": r_noise},
-            )
-            return inversion.cross_entropy(logits, labels, mask)
-
-        (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (_, aux), grads = jax.value_and_grad(lambda p: task.loss_fn(p, batch, rng), has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         updates = jax.tree_util.tree_map(lambda u: u * lr_scale.astype(u.dtype), updates)
         params = optax.apply_updates(state.params, updates)
@@ -303,32 +285,6 @@ def make_train_step(model, tx: optax.GradientTransformation):
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), aux
 
     return train_step
-
-
-def make_eval_step(model):
-    def eval_step(params, batch: dict) -> dict:
-        dec_in = t5_lib.shift_right(batch["labels"], model.config.t5.decoder_start_token_id)
-        logits = model.apply({"params": params}, *model_inputs(model, batch), dec_in)
-        return inversion.cross_entropy(logits, batch["labels"], batch["mask"])[1]
-
-    return eval_step
-
-
-def make_generate(model, max_length: int, eos_id: int):
-    """(params, batch) -> greedy ids [b, max_length]: the inverter's hypothesis, or one greedy correction."""
-
-    def generate(params, batch: dict) -> Array:
-        v = {"params": params}
-        inputs = model_inputs(model, batch)
-        cache = model.apply(v, *inputs, max_length, method=type(model).init_cache)
-
-        def tokens_to_logits(ids, cache):
-            return model.apply(v, ids, cache, method=type(model).decode_step)
-
-        start = model.config.t5.decoder_start_token_id
-        return decoding.greedy(tokens_to_logits, cache, inputs[0].shape[0], max_length, start, eos_id, start)
-
-    return generate
 
 
 # ----------------------------------------------------------------------------- logging
@@ -396,21 +352,6 @@ def _strip_boxes(tree):
     return jax.tree_util.tree_map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree, is_leaf=is_box)
 
 
-def model_config(config: ml_collections.ConfigDict, embed_dim: int, vocab_size: int, pad_id: int = 0, eos_id: int = 1):
-    """The model config (InverterConfig, CorrectorConfig, ...) of `config`'s task."""
-    t5cfg = tasks.t5_config(config, vocab_size, pad_id, eos_id)
-    common = dict(t5=t5cfg, embed_dim=embed_dim, num_repeat_tokens=config.num_repeat_tokens)
-    return tasks.for_config(config).model_config(config, common)
-
-
-def make_model(cfg) -> Any:
-    return tasks.for_model_config(cfg).make_model(cfg)
-
-
-def batch_keys(model) -> tuple[str, ...]:
-    return ("embeddings", "labels", "mask") + tasks.for_model(model).batch_extra
-
-
 @dataclasses.dataclass
 class Setup:
     model: Any  # the task's Flax module (inversion.Inverter, correction.Corrector)
@@ -424,31 +365,19 @@ class Setup:
     n_params: int
 
 
-def build(
-    config: ml_collections.ConfigDict,
-    mesh,
-    embed_dim: int,
-    vocab_size: int,
-    pad_id: int = 0,
-    eos_id: int = 1,
-    dec_len: int | None = None,
-) -> Setup:
-    """Model, optimizer, sharded abstract state and the jitted init/train/eval functions for `mesh`.
+def build(task: tasks.Task, tx: optax.GradientTransformation, mesh, seed: int = 0, dec_len: int | None = None) -> Setup:
+    """`task`'s sharded abstract state and its jitted init/train/eval functions for `mesh`, trained by `tx`
+    (`make_optimizer`); `dec_len`: decoder positions (default: the task's max_length - 1).
 
     Call inside `jax.set_mesh(mesh)` and `nn.logical_axis_rules(sharding.LOGICAL_RULES)`."""
-    model = make_model(model_config(config, embed_dim, vocab_size, pad_id, eos_id))
-    tx = make_optimizer(config)
-    dec_len = dec_len or config.max_length - 1
 
     def init_boxed(rng):
         p_rng, s_rng = jax.random.split(rng)
-        dummy_e, dummy_ids = jnp.zeros((1, embed_dim), jnp.float32), jnp.zeros((1, dec_len), jnp.int32)
-        dummy = {"embeddings": dummy_e, "hyp_embeddings": dummy_e, "hyp_ids": dummy_ids}
-        params = model.init(p_rng, *model_inputs(model, dummy), dummy_ids)["params"]
+        params = task.init_variables(p_rng, dec_len)["params"]
         return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key_data(s_rng))
 
     # Abstract init -> logical specs -> shardings -> jitted, sharded init (big_vision's "shard & transfer").
-    abstract_boxed = jax.eval_shape(init_boxed, jax.random.PRNGKey(config.seed))
+    abstract_boxed = jax.eval_shape(init_boxed, jax.random.PRNGKey(seed))
     state_sh = sharding.logical_shardings(mesh, nn.get_partition_spec(abstract_boxed))
     abstract = jax.tree_util.tree_map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), _strip_boxes(abstract_boxed), state_sh
@@ -456,16 +385,22 @@ def build(
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(_strip_boxes(abstract_boxed.params)))
     rep = sharding.replicated(mesh)
     b2 = sharding.batch_sharding(mesh, 2)
-    batch_sh = {k: b2 for k in batch_keys(model)}
+    batch_sh = {k: b2 for k in task.batch_keys}
     init_fn = jax.jit(lambda r: nn.unbox(init_boxed(r)), out_shardings=state_sh)
     train_step = jax.jit(
-        make_train_step(model, tx),
+        make_train_step(task, tx),
         in_shardings=(state_sh, batch_sh, rep),
         out_shardings=(state_sh, rep),
         donate_argnums=0,
     )
-    eval_step = jax.jit(make_eval_step(model), in_shardings=(state_sh.params, batch_sh), out_shardings=rep)
-    return Setup(model, tx, abstract, state_sh, batch_sh, init_fn, train_step, eval_step, n_params)
+    eval_step = jax.jit(task.eval_metrics, in_shardings=(state_sh.params, batch_sh), out_shardings=rep)
+    return Setup(task.model, tx, abstract, state_sh, batch_sh, init_fn, train_step, eval_step, n_params)
+
+
+def build_from_config(config: ml_collections.ConfigDict, mesh, embed_dim: int, vocab_size: int) -> Setup:
+    """`build` of a config's task and optimizer for shapes alone (no embedder or data): abstract builds of
+    full-size configs, the sharding tests, `experiments/bench_train.py`."""
+    return build(tasks.build_abstract(config, embed_dim, vocab_size), make_optimizer(config), mesh, config.seed)
 
 
 # Config keys added after runs were saved, with the value that reproduces what those runs did.
@@ -589,12 +524,17 @@ class Run:
 
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     """Trains (or resumes) the inverter described by `config` in `workdir`; returns the last metrics."""
+    from v2t_jax.models import embedders
+
     loop = Loop.of(config)
-    tasks.for_config(config).prepare(config, lambda: _dataset(config))
+    tasks.kind_of(config)  # (before the embedder loads)
+    embedder = embedders.load_embedder(config.embedder)
+    task = tasks.build(config, embedder, target_vocab(config, embedder))
+    task.prepare(lambda: _dataset(config))
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     # Tracing happens at the first call of each jitted function: keep mesh and rules active throughout.
     with workdir_lock(Path(workdir)), jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-        return run_loop(prepare(config, loop, Path(workdir), mesh), Path(workdir), mesh)
+        return run_loop(prepare(config, loop, task, Path(workdir), mesh), Path(workdir), mesh)
 
 
 LOCK_FILE = "train.lock"
@@ -631,12 +571,9 @@ def workdir_lock(workdir: Path):
         os.close(fd)
 
 
-def prepare(config: ml_collections.ConfigDict, loop: Loop, workdir: Path, mesh) -> Run:
-    """Decodes `config` into a `Run` (checked against a saved run in `workdir`): the task, embedder, vocabulary,
-    data and labels, model and jitted steps, sampler, and how a fresh state starts."""
-    from v2t_jax.models import embedders
-
-    task = tasks.for_config(config)
+def prepare(config: ml_collections.ConfigDict, loop: Loop, task: tasks.Task, workdir: Path, mesh) -> Run:
+    """Decodes the rest of `config` into a `Run` (checked against a saved run in `workdir`) around its `task`
+    (`tasks.build`): data and labels, optimizer, jitted steps, sampler, and how a fresh state starts."""
     _check_config_against_saved(config, workdir)
     n_dev = mesh.devices.size
     if loop.batch_size % n_dev:
@@ -644,19 +581,18 @@ def prepare(config: ml_collections.ConfigDict, loop: Loop, workdir: Path, mesh) 
     if loop.batch_size % jax.process_count():
         raise TrainingError(f"batch_size {loop.batch_size} is not divisible by {jax.process_count()} processes")
 
-    embedder = embedders.load_embedder(config.embedder)
-    vocab = target_vocab(config, embedder)
-    task.check_run(config, workdir, vocab)
-    b, data = load_data(config, need_texts=not vocab.in_graph)
+    embedder, vocab = task.embedder, task.vocab
+    task.check_run(workdir)
+    b, data = load_data(config, task)
     labels = {split: vocab.labels(d) for split, d in data.items()}
-    setup = build(config, mesh, embedder.dim, vocab.size, vocab.pad_id, vocab.eos_id, vocab.length)
+    setup = build(task, make_optimizer(config), mesh, loop.seed, vocab.length)
     train_data = data["train"]
     train_rows = train_data.rows if train_data.rows is not None else np.arange(len(train_data.ids))
     sampler = make_sampler(config, b, train_rows)
 
     def fresh_state() -> TrainState:
         state = setup.init_fn(jax.random.PRNGKey(loop.seed))
-        return state.replace(params=task.initial_params(state.params, config, embedder, vocab, setup.state_sh.params))
+        return state.replace(params=task.initial_params(state.params, setup.state_sh.params))
 
     return Run(loop, task, embedder, vocab, data, labels, setup, train_rows, sampler, fresh_state)
 
@@ -669,16 +605,15 @@ def run_loop(run: Run, workdir: Path, mesh) -> dict:
     loop, task, embedder, vocab, data, labels = run.loop, run.task, run.embedder, run.vocab, run.data, run.labels
     train_data, val_data = data["train"], data["validation"]
     setup, sampler = run.setup, run.sampler
-    model, state_sh, batch_sh, abstract = setup.model, setup.state_sh, setup.batch_sh, setup.abstract
+    state_sh, batch_sh, abstract = setup.state_sh, setup.batch_sh, setup.abstract
     train_step, eval_step = setup.train_step, setup.eval_step
     n_params = setup.n_params
     b2, b1 = sharding.batch_sharding(mesh, 2), sharding.batch_sharding(mesh, 1)
-    gen_fn = make_generate(model, vocab.length, vocab.eos_id)
 
     def generate_and_score(params, batch):
         """Greedy outputs (hypotheses, or one greedy correction of the cached hypotheses) and, with the
         embedder's vocabulary, their cosine to the target, in one program."""
-        gen = gen_fn(params, batch)
+        gen = task.predict_batch(params, batch)
         emb = batch["embeddings"]
         if not vocab.in_graph:
             return gen, jnp.zeros(gen.shape[:1])
@@ -773,7 +708,7 @@ def run_loop(run: Run, workdir: Path, mesh) -> dict:
             scores = val_eval.run(params)
             out["example_pred"], out["example_ref"] = scores.pop("example"), metrics.normalize(val_eval.references[0])
             out.update(scores)
-            out.update(task.eval_extra(val_data, val_eval, vocab))
+            out.update(task.eval_extra(val_data, val_eval))
         logger.write(step, "eval", out)
         return out
 
