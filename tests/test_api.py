@@ -28,6 +28,7 @@ def test_bundle_round_trip(bundle):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_invert_embeddings_trace_and_determinism(bundle, vectors):
     _, model = bundle
     texts, trace = model.invert_embeddings(vectors, num_steps=2, sequence_beam_width=2, batch_size=4, return_trace=True)
@@ -149,6 +150,7 @@ def test_cli_invert_checkpoint_errors(capsys, tmp_path, bundle, vectors):
     assert code == 2 and "cannot read" in err[0]
 
 
+@pytest.mark.slow
 def test_bench_grid_writes_table(capsys, tmp_path, bundle):
     folder, _ = bundle
     out = tmp_path / "bench"
@@ -197,6 +199,7 @@ def test_bench_peak_memory_is_per_point():
     assert after < before - 300 * 2**20
 
 
+@pytest.mark.slow
 def test_bench_random_weights_of_a_config(capsys, tmp_path, bundle):
     """`v2t bench --config` times random weights of the shapes a config trains, before any training."""
     root = Path(__file__).resolve().parents[1]

@@ -13,6 +13,8 @@ import pytest
 
 from v2t_jax import cli
 
+pytestmark = pytest.mark.slow  # the marked tier: real vector stores built with their own client libraries
+
 
 @pytest.fixture(scope="module")
 def texts(sentences):

@@ -43,6 +43,7 @@ def test_encoder_input_layout():
         np.testing.assert_allclose(np.asarray(x[:, pos]), np.asarray(x[:, 0]), atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ignore", [False, True])
 def test_hypothesis_embedding_feedback_flag(ignore):
     model, params, (e, e_hat, ids, mask, dec) = _setup(ignore)
@@ -52,6 +53,7 @@ def test_hypothesis_embedding_feedback_flag(ignore):
     assert np.allclose(np.asarray(a), np.asarray(b)) == ignore  # no feedback: ê does not matter
 
 
+@pytest.mark.slow
 def test_training_noise_and_dropout_need_rngs_and_change_outputs():
     model, params, (e, e_hat, ids, mask, dec) = _setup()
     model = correction.Corrector(dataclasses.replace(model.config, training_noise=1e-5))
@@ -116,6 +118,7 @@ def test_prior_ranks_by_cosine_plus_weighted_mean_log_probability():
     np.testing.assert_allclose(np.asarray(score)[0], [0.55, -0.5], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_mean_log_probability_counts_tokens_up_to_eos():
     prog, _, _ = _program()  # pad 0, EOS 1, L 8
     ids = jnp.array([[5, 6, 1, 0, 0, 0, 0, 0], [5, 6, 7, 8, 9, 10, 11, 12]])
@@ -163,6 +166,7 @@ def test_compiled_inversion_program(beam):
     np.testing.assert_array_equal(np.asarray(same["ids"]), np.asarray(out["ids"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("beam", [1, 3])
 def test_language_prior_in_the_compiled_program(beam):
     """With a prior the best is the best by cosine + λ · mean log-probability: that score never falls from step
@@ -239,6 +243,7 @@ def test_greedy_correction_is_the_corrector_greedy_decode():
     np.testing.assert_array_equal(np.asarray(cand[:, 0]), np.asarray(want))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("beam", [1, 3])
 def test_skip_repeated_gives_the_full_loops_outputs(beam):
     """Skipping fixed points and repeated candidates changes the work, not the result; an example that stopped
@@ -266,6 +271,7 @@ def test_step_zero_without_scoring_skips_the_embedder():
     assert np.isnan(np.asarray(bare["cosine"])).all() and np.isfinite(np.asarray(scored["cosine"])).all()
 
 
+@pytest.mark.slow
 def test_pieces_bound_memory_and_change_nothing(monkeypatch):
     """Big batches decode and re-embed in pieces (`_in_chunks`, padded last piece): same outputs as in one go."""
     x = jnp.arange(10.0).reshape(5, 2)
@@ -281,6 +287,7 @@ def test_pieces_bound_memory_and_change_nothing(monkeypatch):
     np.testing.assert_allclose(pieces["step_cosine"], whole["step_cosine"], atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("skip", [False, True])
 def test_examples_stopped_at_step_zero_keep_their_hypothesis(skip):
     """stop_cosine reached by the step-0 hypothesis: nothing changes after, including the last-step hypothesis."""

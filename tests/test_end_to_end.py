@@ -11,6 +11,10 @@ from conftest import CORPUS, ROOT, tiny_config
 from v2t_jax import api, bundle, cli, correction
 from v2t_jax.models import embedders
 
+pytestmark = (
+    pytest.mark.slow
+)  # the marked tier: end to end on models trained here (the session's tiny inverter + corrector)
+
 
 @pytest.fixture(scope="module")
 def model(tiny_models):

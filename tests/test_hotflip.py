@@ -13,6 +13,7 @@ from v2t_jax import correction, hotflip
 from v2t_jax.models import embedders
 
 
+@pytest.mark.slow
 def test_token_gradients_match_finite_differences():
     """d cos / d (word vector at position p), checked along random directions by central differences."""
     prog, params, targets = _program()
@@ -73,6 +74,7 @@ def test_banned_ids_are_the_special_and_unused_tokens(minilm):
         assert tok.token_to_id(t) not in banned, t
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prior", [0.0, 0.5])
 def test_polish_never_lowers_the_score_and_reports_what_it_did(prior):
     prog, params, targets = _program()

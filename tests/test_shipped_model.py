@@ -99,6 +99,8 @@ CYCLES_SCRIPT = """
 import sys
 import jax, numpy as np
 from v2t_jax import api
+
+pytestmark = pytest.mark.slow  # the marked tier: the shipped model's whole cycle
 m = api.load_model()
 samples = [x for x in open(sys.argv[1], encoding="utf-8").read().splitlines() if x.strip()]
 e = m.embedder.embed_texts(samples, max_length=m.max_length)

@@ -91,6 +91,7 @@ SHARDED_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sharded_step_matches_single_device(tmp_path):
     """data=2 x fsdp=4 over 8 host CPU devices vs 1 device: loss and params agree within 1e-5 after 3 steps."""
     script = tmp_path / "sharded.py"
@@ -118,6 +119,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_and_agree_with_one(tmp_path, tiny_data):
     """Two processes (1 CPU device each, gloo collectives) train 6 steps; the result equals one process
     with 2 devices."""
@@ -154,6 +156,7 @@ def test_two_processes_train_and_agree_with_one(tmp_path, tiny_data):
     )
 
 
+@pytest.mark.slow
 def test_kill_and_rerun_is_bit_identical(tmp_path, tiny_data):
     steps = ["--config.num_steps=24", "--config.eval_every=0", "--config.checkpoint_every=4"]
     ref = subprocess.run(
@@ -192,6 +195,7 @@ def test_kill_and_rerun_is_bit_identical(tmp_path, tiny_data):
     assert again.returncode == 0 and "nothing to do" in again.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config_file", sorted(p.name for p in (ROOT / "configs").glob("*.py")))
 def test_every_config_runs_two_tiny_steps(request, tmp_path, tiny_data, config_file):
     from v2t_jax import train
@@ -266,6 +270,7 @@ def test_unprepared_dataset_says_what_to_run(capsys, tmp_path):
     assert code == 2 and "v2t data prepare" in err[-1]
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(capsys, tmp_path, tiny_data):
     from v2t_jax import train
 
@@ -289,6 +294,7 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(capsys, tmp_path, tiny_d
         )
 
 
+@pytest.mark.slow
 def test_external_tokenizer_vocabulary(tmp_path, tiny_data, sentences, minilm, capsys):
     """A T5-style SentencePiece-like vocabulary (here a small Unigram model with <pad>=0, </s>=1) instead of
     the embedder's: labels come from text, hypotheses are re-embedded through text. The run exports as a
@@ -349,6 +355,7 @@ def test_external_tokenizer_vocabulary(tmp_path, tiny_data, sentences, minilm, c
         api.load_model(bundle)
 
 
+@pytest.mark.slow
 def test_init_from_a_bundle_starts_from_its_inverter(tmp_path, tiny_data):
     """`--config.init_from=BUNDLE` fine-tunes the bundle's inverter (e.g. with noise: a noise-aware attacker):
     the first step (learning rate 0 in warmup) leaves exactly its weights; another shape is one line."""
@@ -373,6 +380,7 @@ WARM = ("--config.t5.variant=bert", "--config.t5.d_model=384", "--config.t5.d_kv
         "--config.t5.num_heads=12", "--config.t5.num_layers=1", "--config.init_layers=embedder")  # fmt: skip
 
 
+@pytest.mark.slow
 def test_init_layers_from_the_embedder_trains_exports_and_inverts(capsys, tmp_path, tiny_data, sentences, minilm):
     """`--config.init_layers=embedder` (BERT2BERT): after a first step at learning rate 0 both stacks' layer 0 and
     the token and position embeddings are MiniLM's own; the run exports a bundle that `v2t invert` runs; a
@@ -401,6 +409,7 @@ def test_init_layers_from_the_embedder_trains_exports_and_inverts(capsys, tmp_pa
         train.train(_tiny_config(tiny_data, "--config.init_layers=bert"), tmp_path / "bad")
 
 
+@pytest.mark.slow
 def test_export_inverter_bundle_and_invert(capsys, tmp_path, tiny_data, sentences, minilm):
     """A training run -> `v2t export` -> an inverter-only bundle that `v2t invert` runs with 0 steps."""
     from v2t_jax import api, train
@@ -495,6 +504,7 @@ def test_resuming_cannot_reshape_the_learning_rate_schedule(capsys, tmp_path):
     assert train._schedule_keys_changed({"num_steps": 500}, {"num_steps": 600, "train_minutes": 0.0})
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_locked_workdir_is_refused(capsys, tmp_path, tiny_data):
     from v2t_jax import train
 
@@ -508,6 +518,7 @@ def test_a_second_run_on_a_locked_workdir_is_refused(capsys, tmp_path, tiny_data
     assert cli.main(args) == 0  # released: the run goes ahead
 
 
+@pytest.mark.slow
 def test_a_full_disk_in_train_is_one_line_that_keeps_the_checkpoints(capsys, monkeypatch, tmp_path, tiny_data):
     import errno
 
@@ -532,6 +543,7 @@ def test_a_full_disk_in_train_is_one_line_that_keeps_the_checkpoints(capsys, mon
     assert cli.main(args[3:]) == 0 and "resuming at step 2" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(capsys, tmp_path, tiny_data):
     """Export and resume skip a checkpoint that does not read back (warning once each), the damaged step is
     moved aside, not deleted, and the resumed run reaches the same weights again."""
@@ -579,6 +591,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(capsys, tmp_pa
     assert "no checkpoint in" in err[-1] and "move that folder aside" in err[-1]
 
 
+@pytest.mark.slow
 def test_a_run_that_never_saved_may_change_its_config(capsys, tmp_path, tiny_data):
     """A first attempt that failed before its first checkpoint (here: dataset not prepared) does not pin the
     workdir's config."""
@@ -630,6 +643,7 @@ def test_lr_scale_decays_to_zero_at_the_deadline():
     assert lr_scale_at(30, 100, decay_start=0.5) == 1.0 and lr_scale_at(75, 100, decay_start=0.5) == pytest.approx(0.5)
 
 
+@pytest.mark.slow
 def test_time_boxed_bfloat16_run_stops_at_its_deadline_and_exports_float32(capsys, tmp_path, tiny_data,
                                                                            monkeypatch):  # fmt: skip
     """train_minutes stops the run at the deadline (not at num_steps), with a checkpoint and an eval there;
