@@ -13,7 +13,8 @@ import pytest
 
 from v2t_jax import cli
 
-pytestmark = pytest.mark.slow  # the marked tier: real vector stores built with their own client libraries
+# the marked tier: real vector stores built with their own client libraries
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

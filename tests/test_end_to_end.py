@@ -11,9 +11,8 @@ from conftest import CORPUS, ROOT, tiny_config
 from v2t_jax import api, bundle, cli, correction
 from v2t_jax.models import embedders
 
-pytestmark = (
-    pytest.mark.slow
-)  # the marked tier: end to end on models trained here (the session's tiny inverter + corrector)
+# the marked tier: end to end on models trained here (the session's tiny inverter + corrector)
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

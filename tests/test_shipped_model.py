@@ -10,6 +10,8 @@ import pytest
 from v2t_jax import api, cli, metrics
 from v2t_jax.data import passages
 
+pytestmark = pytest.mark.slow  # the marked tier: the shipped model's whole cycle
+
 SAMPLES = api.SHIPPED_BUNDLE.parent / "sample_passages.txt"
 
 
@@ -99,8 +101,6 @@ CYCLES_SCRIPT = """
 import sys
 import jax, numpy as np
 from v2t_jax import api
-
-pytestmark = pytest.mark.slow  # the marked tier: the shipped model's whole cycle
 m = api.load_model()
 samples = [x for x in open(sys.argv[1], encoding="utf-8").read().splitlines() if x.strip()]
 e = m.embedder.embed_texts(samples, max_length=m.max_length)
