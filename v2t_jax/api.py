@@ -213,13 +213,13 @@ class Vec2Text:
             )
         if embed_fn is None and not self.program.in_graph:
             embed_fn = self.embed_texts
+        kw = self._kernel_kw(search, score or trace or search.steps > 0)  # the compiled program's static args
         for s in starts:
             chunk = e[s : s + bs]
             m = len(chunk)
             if m < bs:  # one compiled shape: pad the last batch with copies of its last row
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - m, axis=0)])
             if embed_fn is None:
-                kw = self._kernel_kw(search, score or trace or search.steps > 0)
                 out = jax.device_get(
                     self._run(self.program, self.params, chunk, search.steps, search.beam, search.stop, **kw)
                 )

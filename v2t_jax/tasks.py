@@ -89,7 +89,6 @@ class Task:
         common = dict(t5=t5, embed_dim=embedder.dim, num_repeat_tokens=config.num_repeat_tokens)
         self.model_config = self._model_config(config, common)
         self.model = self.module_type(self.model_config)
-        self._layers_hint = "use --config configs/inverter.py:gpu_warm's t5 shape"
 
     def _model_config(self, config: ml_collections.ConfigDict, common: dict):
         return inversion.InverterConfig(**common, dropout_rate=config.dropout_rate, noise_level=config.noise_level)
@@ -168,8 +167,7 @@ class Task:
         if self.init.from_bundle is not None:
             return from_bundle(params, self.init.from_bundle, self.name, shardings)
         if self.init.layers == "embedder":  # includes the token embeddings, at the embedder's own scale
-            return embedder_layers(params, self.model_config.t5, self.embedder, self.vocab, shardings,
-                                   self._layers_hint)  # fmt: skip
+            return embedder_layers(params, self.model_config.t5, self.embedder, self.vocab, shardings)
         if self.init.token_embeddings == "embedder":
             return embedder_token_embeddings(params, self.embedder, self.vocab, shardings)
         return params
@@ -383,7 +381,7 @@ def embedder_token_embeddings(params: dict, embedder, vocab, shardings: Any) -> 
     return dict(params, t5=t5)
 
 
-def embedder_layers(params: dict, cfg, embedder, vocab, shardings: Any, hint: str = "") -> dict:
+def embedder_layers(params: dict, cfg, embedder, vocab, shardings: Any) -> dict:
     """T5 ("bert" layout, config `cfg`) whose encoder and decoder layers, token and position embeddings start as
     the BERT embedder's own (`config.init_layers="embedder"`; BERT2BERT, Rothe et al. 2020):
     `t5.bert_layers_to_t5`."""
@@ -397,7 +395,9 @@ def embedder_layers(params: dict, cfg, embedder, vocab, shardings: Any, hint: st
         host = jax.tree_util.tree_map(np.asarray, params["t5"])
         t5 = t5_lib.bert_layers_to_t5(jax.tree_util.tree_map(np.asarray, embedder.params["backbone"]), cfg, host)
     except ValueError as e:
-        raise TrainingError(f"init_layers=embedder: {e}" + (f" ({hint})" if hint else "")) from None
+        raise TrainingError(
+            f"init_layers=embedder: {e} (use --config configs/inverter.py:gpu_warm's t5 shape)"
+        ) from None
     t5 = jax.tree_util.tree_map(
         lambda x, old, s: jax.device_put(x.astype(old.dtype), s), t5, params["t5"], shardings["t5"]
     )
