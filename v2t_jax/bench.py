@@ -54,35 +54,21 @@ def _peak_memory_bytes() -> tuple[int, str]:
     return rss, "peak RSS of this point" if windowed else "process peak RSS"
 
 
-def random_model(config):
-    """A Vec2Text with randomly initialised inverter and corrector of the shapes a corrector config trains (the
-    inverter gets the same T5 shape). Untrained decoders rarely emit EOS, so decoding runs its full length
-    (beam search may stop early once every beam has ended): an upper bound on a trained model's time;
-    the per-example early stop is off in `run`."""
+def random_model(pair):
+    """A Vec2Text with randomly initialised inverter and corrector, `pair` = (inverter task, corrector task) of
+    `tasks.benchmark_pair(config)`. Untrained decoders rarely emit EOS, so decoding runs its full length (beam
+    search may stop early once every beam has ended): an upper bound on a trained model's time; the
+    per-example early stop is off in `run`."""
     import flax.linen as nn
-    import ml_collections
 
-    from v2t_jax import api, tasks, train
-    from v2t_jax.models import embedders
+    from v2t_jax import api
 
-    emb = embedders.load_embedder(config.embedder)
-    vocab = train.target_vocab(config, emb)
-    if not vocab.in_graph:
-        raise ValueError("benchmarks need a model decoding in the embedder's vocabulary (vocab=embedder)")
-    inv_config = ml_collections.ConfigDict(config.to_dict())
-    inv_config.model = "inverter"
-    inv_config.noise_level = 0.0
-    inv_config.dropout_rate = 0.1
-    cor_config = ml_collections.ConfigDict(config.to_dict())
-    cor_config.model = "corrector"
-    for key, value in dict(ignore_hypothesis_embedding=False, training_noise=0.0, dropout_rate=0.0).items():
-        cor_config[key] = cor_config.get(key, value)
-    built = [tasks.build(c, emb, vocab) for c in (inv_config, cor_config)]
+    inv, cor = pair
     params = [
-        nn.unbox(jax.jit(lambda r, t=t: t.init_variables(r, vocab.length))(jax.random.PRNGKey(i))["params"])
-        for i, t in enumerate(built)
+        nn.unbox(jax.jit(lambda r, t=t: t.init_variables(r, t.vocab.length))(jax.random.PRNGKey(i))["params"])
+        for i, t in enumerate(pair)
     ]
-    return api.build(built[0].model_config, params[0], built[1].model_config, params[1], emb, config.max_length)
+    return api.build(inv.model_config, params[0], cor.model_config, params[1], inv.embedder, inv.max_length)
 
 
 def run(

@@ -445,11 +445,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if (args.checkpoint is None) == (args.config is None):
         raise UsageError("pass one of --checkpoint BUNDLE or --config configs/corrector.py:VARIANT")
     if args.config is not None:
-        from v2t_jax import config_loading
+        from v2t_jax import config_loading, tasks
 
         try:
             config = config_loading.apply_overrides(config_loading.load(args.config), args.overrides)
-            model = bench.random_model(config)
+            model = bench.random_model(tasks.benchmark_pair(config))
         except (config_loading.ConfigError, ValueError) as e:
             raise UsageError(str(e)) from e
         import jax

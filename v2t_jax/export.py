@@ -3,16 +3,12 @@ API: it needs the training side (configs, checkpoints, the target vocabulary), w
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 
-import ml_collections
-
-from v2t_jax import api, bundle, checkpoint, tasks, train
+from v2t_jax import api, bundle, checkpoint, tasks
 from v2t_jax.bundle import ModelError
-from v2t_jax.models import embedders
 
 
 def export(
@@ -32,18 +28,10 @@ def export(
     bundle.check_weight_format(weights)  # before any loading
     if not (workdir / "config.json").exists():
         raise ModelError(f"{workdir} is not a v2t train run directory (no config.json)")
-    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-    trained_on = None
-    if inverter is not None:
-        if config.get("model") != "corrector":
-            raise ModelError(f"{workdir} trained an inverter: --inverter applies to a corrector run only")
-        trained_on, config.inverter = config.inverter, str(inverter)
-        try:  # a bundle of the same embedder and length, in its vocabulary (before the embedder loads)
-            tasks.inverter_bundle(config.inverter, config.embedder, config.max_length)
-        except tasks.TrainingError as e:
-            raise ModelError(str(e)) from None
-    if "dtype" in config.t5:  # a bundle computes in float32 whatever the run trained in (bfloat16 on accelerators)
-        config.t5.dtype = "float32"
+    try:
+        config, trained_on = tasks.run_config(workdir, inverter)  # (checked before anything loads)
+    except tasks.TrainingError as e:
+        raise ModelError(str(e)) from None
     steps = sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit())
     if not steps:
         raise ModelError(f"{workdir} has no finished checkpoint yet")
@@ -51,10 +39,8 @@ def export(
     step = steps[-1] if step is None else step
     if step not in steps:
         raise ModelError(f"{workdir} has no checkpoint at step {step} (it has {', '.join(map(str, steps))})")
-    emb = embedders.load_embedder(config.embedder)
-    vocab = train.target_vocab(config, emb)  # an external vocabulary goes into the bundle (tokenizer.json)
     try:
-        task = tasks.build(config, emb, vocab)
+        task = tasks.load(config)  # an external vocabulary goes into the bundle (tokenizer.json)
     except tasks.TrainingError as e:
         raise ModelError(str(e)) from None
     try:

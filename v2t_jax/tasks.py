@@ -1,11 +1,13 @@
 """What differs between training an inverter and a corrector, owned by one object per model kind, built once.
 
     task = tasks.build(config, embedder, vocab)     # decodes config now: model config, module, how params start
+    task = tasks.load(config)                       # the same, loading the embedder and vocabulary it names
     loss, metrics = task.loss_fn(params, batch, rng)
     ids = task.predict_batch(params, batch)         # greedy: the hypothesis, or one greedy correction
     model, provenance = task.export(params)         # an inference model (api.Vec2Text)
 
-The trainer (`train.py`), `v2t export` and the benchmarks receive the task and never read the config: which
+The trainer (`train.py`, past its entry), `v2t export` and the benchmarks receive the task (`load`, `run_config`,
+`benchmark_pair`) and never read the config: which
 model config and Flax module to build, which batch keys it reads and what it encodes from them, its loss and
 predictions, what must exist before training (the corrector's cached hypotheses of a frozen inverter, whose
 bundle is checked and loaded once), how its parameters start, what its evaluation adds, and how a trained run
@@ -341,6 +343,59 @@ def build_abstract(config: ml_collections.ConfigDict, embed_dim: int, vocab_size
     """`build` for shapes alone (no embedder or vocabulary loaded): abstract builds and benchmarks."""
     shapes = Shapes(embed_dim, vocab_size, pad_id, eos_id)
     return build(config, shapes, shapes)
+
+
+def target_vocab(config: ml_collections.ConfigDict, embedder):
+    """`config.vocab`: "embedder" (its WordPiece, in-graph re-embedding) or an external tokenizer folder."""
+    from v2t_jax import vocabulary
+
+    try:
+        if config.vocab == "embedder":
+            return vocabulary.Vocabulary.of_embedder(embedder, config.max_length)
+        return vocabulary.Vocabulary.from_folder(config.vocab, config.max_length)
+    except vocabulary.VocabularyError as e:
+        raise TrainingError(str(e)) from None
+
+
+def load(config: ml_collections.ConfigDict) -> Task:
+    """`build` with its embedder and decoder vocabulary loaded from `config` (the trainer, `v2t export`)."""
+    kind = kind_of(config)  # (checked before the embedder loads)
+    embedder = embedders.load_embedder(config.embedder)
+    return kind(config, embedder, target_vocab(config, embedder))
+
+
+def run_config(workdir: Path, inverter: str | None = None) -> tuple[ml_collections.ConfigDict, str | None]:
+    """The config a `v2t train` run directory saved, for `load`: computing in float32 whatever the run trained
+    in; `inverter`: for a corrector run, another inverter bundle in place of the one it trained on (same
+    embedder and length, checked now). Returns it and the replaced inverter (None if none was)."""
+    import json
+
+    config = ml_collections.ConfigDict(json.loads((Path(workdir) / "config.json").read_text()))
+    trained_on = None
+    if inverter is not None:
+        if config.get("model") != "corrector":
+            raise TrainingError(f"{workdir} trained an inverter: --inverter applies to a corrector run only")
+        trained_on, config.inverter = config.inverter, str(inverter)
+        inverter_bundle(config.inverter, config.embedder, config.max_length)
+    if "dtype" in config.t5:  # a bundle computes in float32 (runs on accelerators train in bfloat16)
+        config.t5.dtype = "float32"
+    return config, trained_on
+
+
+def benchmark_pair(config: ml_collections.ConfigDict) -> tuple[Task, Task]:
+    """An inverter and a corrector task of the shapes a corrector config trains (the inverter gets the same T5
+    shape), with the embedder and vocabulary loaded, for benchmarks of random weights (`bench.random_model`)."""
+    embedder = embedders.load_embedder(config.embedder)
+    vocab = target_vocab(config, embedder)
+    if not vocab.in_graph:
+        raise ValueError("benchmarks need a model decoding in the embedder's vocabulary (vocab=embedder)")
+    inv = ml_collections.ConfigDict(config.to_dict())
+    inv.model, inv.noise_level, inv.dropout_rate = "inverter", 0.0, 0.1
+    cor = ml_collections.ConfigDict(config.to_dict())
+    cor.model = "corrector"
+    for key, value in dict(ignore_hypothesis_embedding=False, training_noise=0.0, dropout_rate=0.0).items():
+        cor[key] = cor.get(key, value)
+    return Task(inv, embedder, vocab), CorrectorTask(cor, embedder, vocab)
 
 
 # ------------------------------------------------------------------------------- the model and how it starts

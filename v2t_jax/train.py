@@ -64,33 +64,43 @@ class TrainState:
 
 
 TargetVocab = vocabulary.Vocabulary  # the decoder's vocabulary (v2t_jax/vocabulary.py)
+target_vocab = tasks.target_vocab  # (re-exported: the task decodes config.vocab)
 
 
-def target_vocab(config: ml_collections.ConfigDict, embedder) -> vocabulary.Vocabulary:
-    """`config.vocab`: "embedder" (its WordPiece, in-graph re-embedding) or an external tokenizer folder."""
-    try:
-        if config.vocab == "embedder":
-            return vocabulary.Vocabulary.of_embedder(embedder, config.max_length)
-        return vocabulary.Vocabulary.from_folder(config.vocab, config.max_length)
-    except vocabulary.VocabularyError as e:
-        raise TrainingError(str(e)) from None
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+    """The optimizer's settings, decoded from the config once (`Optimizer.of`); `make_optimizer` builds it."""
+
+    learning_rate: float
+    warmup_steps: int
+    num_steps: int
+    train_minutes: float  # > 0: warmup only; the host decays the rate to 0 at the deadline (`lr_scale_at`)
+    grad_clip: float
+    weight_decay: float
+
+    @classmethod
+    def of(cls, config: ml_collections.ConfigDict) -> Optimizer:
+        return cls(*(type_(config[f]) for f, type_ in (
+            ("learning_rate", float), ("warmup_steps", int), ("num_steps", int), ("train_minutes", float),
+            ("grad_clip", float), ("weight_decay", float),
+        )))  # fmt: skip
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    warmup = max(1, min(config.warmup_steps, config.num_steps))
-    if config.train_minutes > 0:  # time-boxed: warmup here, the decay to 0 at the deadline by `lr_scale_at`
-        schedule = optax.linear_schedule(0.0, config.learning_rate, warmup)
+def make_optimizer(opt: Optimizer) -> optax.GradientTransformation:
+    warmup = max(1, min(opt.warmup_steps, opt.num_steps))
+    if opt.train_minutes > 0:  # time-boxed: warmup here, the decay to 0 at the deadline by `lr_scale_at`
+        schedule = optax.linear_schedule(0.0, opt.learning_rate, warmup)
     else:
         schedule = optax.join_schedules(
             [
-                optax.linear_schedule(0.0, config.learning_rate, warmup),
-                optax.linear_schedule(config.learning_rate, 0.0, max(1, config.num_steps - warmup)),
+                optax.linear_schedule(0.0, opt.learning_rate, warmup),
+                optax.linear_schedule(opt.learning_rate, 0.0, max(1, opt.num_steps - warmup)),
             ],
             [warmup],
         )
     return optax.chain(
-        optax.clip_by_global_norm(config.grad_clip),
-        optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=config.weight_decay),
+        optax.clip_by_global_norm(opt.grad_clip),
+        optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=opt.weight_decay),
     )
 
 
@@ -203,17 +213,43 @@ def mixture_weights(spec: str, names: list[str]) -> dict[str, float]:
     return out
 
 
-def make_sampler(config: ml_collections.ConfigDict, b, train_rows: np.ndarray):
+def make_sampler(data: Data, b, train_rows: np.ndarray, batch_size: int, seed: int):
     """The epoch-permutation `Sampler` when every training passage weighs the same, else a `WeightedSampler`
     over the sources' mixture weights."""
     from v2t_jax.data import dataset
 
     ids, names = dataset.source_ids(b, "train")
-    weights = mixture_weights(config.data.mixture, names)
+    weights = mixture_weights(data.mixture, names)
     row_w = np.asarray([weights[n] for n in names], np.float64)[ids[train_rows]]
     if np.all(row_w == row_w[0]):
-        return Sampler(len(train_rows), config.batch_size, config.seed)
-    return WeightedSampler(row_w, config.batch_size, config.seed)
+        return Sampler(len(train_rows), batch_size, seed)
+    return WeightedSampler(row_w, batch_size, seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+    """Which prepared dataset a run trains on, decoded from `config.data` (and the embedder and length the
+    targets were made for) once (`Data.of`); the sources are checked then, before anything loads."""
+
+    sources: tuple[str, ...]
+    corpus: str | None
+    data_dir: str | None
+    seed: int
+    mixture: str
+    embedder: str
+    max_length: int
+
+    @classmethod
+    def of(cls, config: ml_collections.ConfigDict) -> Data:
+        from v2t_jax.data import sources
+
+        try:
+            names = sources.expand(tuple(config.data.sources))
+        except sources.SourceError as e:
+            raise TrainingError(f"config.data.sources: {e}") from e
+        d = config.data
+        return cls(names, d.corpus or None, d.data_dir or None, d.seed, d.get("mixture", "default"),
+                   config.embedder, config.max_length)  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -226,38 +262,30 @@ class SplitData:
     rows: np.ndarray | None = None  # training rows to sample from (None: all); the corrector drops exact ones
 
 
-def _dataset(config: ml_collections.ConfigDict):
-    """(TFDS builder, targets folder, the `v2t data prepare` command that makes them) of `config`'s data."""
-    from v2t_jax.data import dataset, sources, targets
+def _dataset(data: Data):
+    """(TFDS builder, targets folder, the `v2t data prepare` command that makes them) of `data`."""
+    from v2t_jax.data import dataset, targets
 
-    try:
-        names = sources.expand(tuple(config.data.sources))
-    except sources.SourceError as e:
-        raise TrainingError(f"config.data.sources: {e}") from e
     spec = dataset.DatasetSpec(
-        sources=names,
-        corpus=config.data.corpus or None,
-        embedder=config.embedder,
-        max_tokens=config.max_length,
-        seed=config.data.seed,
+        sources=data.sources, corpus=data.corpus, embedder=data.embedder, max_tokens=data.max_length, seed=data.seed
     )
-    b = dataset.builder(spec, config.data.data_dir or None)
+    b = dataset.builder(spec, data.data_dir)
     command = "v2t data prepare" + (
         f" --corpus {spec.corpus}" if spec.corpus else f" --sources {' '.join(spec.sources)}"
     )
-    if config.data.data_dir:
-        command += f" --data-dir {config.data.data_dir}"
+    if data.data_dir:
+        command += f" --data-dir {data.data_dir}"
     if not Path(b.data_dir, "dataset_info.json").exists():
         raise TrainingError(f"dataset {spec.config_name} is not prepared; run: {command}")
-    return b, targets.targets_dir(b.data_dir, config.embedder, config.max_length), command
+    return b, targets.targets_dir(b.data_dir, data.embedder, data.max_length), command
 
 
-def load_data(config: ml_collections.ConfigDict, task: tasks.Task) -> tuple[Any, dict[str, SplitData]]:
-    """(TFDS builder, {train, validation: SplitData}) of `config`'s data, with what `task` reads attached."""
+def load_data(data: Data, task: tasks.Task) -> tuple[Any, dict[str, SplitData]]:
+    """(TFDS builder, {train, validation: SplitData}) of `data`, with what `task` reads attached."""
     from v2t_jax.data import dataset, targets
 
     need_texts = not task.vocab.in_graph
-    b, tdir, command = _dataset(config)
+    b, tdir, command = _dataset(data)
     out = {}
     for split in ("train", "validation"):
         try:
@@ -400,7 +428,8 @@ def build(task: tasks.Task, tx: optax.GradientTransformation, mesh, seed: int = 
 def build_from_config(config: ml_collections.ConfigDict, mesh, embed_dim: int, vocab_size: int) -> Setup:
     """`build` of a config's task and optimizer for shapes alone (no embedder or data): abstract builds of
     full-size configs, the sharding tests, `experiments/bench_train.py`."""
-    return build(tasks.build_abstract(config, embed_dim, vocab_size), make_optimizer(config), mesh, config.seed)
+    task = tasks.build_abstract(config, embed_dim, vocab_size)
+    return build(task, make_optimizer(Optimizer.of(config)), mesh, config.seed)
 
 
 # Config keys added after runs were saved, with the value that reproduces what those runs did.
@@ -523,18 +552,18 @@ class Run:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
-    """Trains (or resumes) the inverter described by `config` in `workdir`; returns the last metrics."""
-    from v2t_jax.models import embedders
-
-    loop = Loop.of(config)
-    tasks.kind_of(config)  # (before the embedder loads)
-    embedder = embedders.load_embedder(config.embedder)
-    task = tasks.build(config, embedder, target_vocab(config, embedder))
-    task.prepare(lambda: _dataset(config))
+    """Trains (or resumes) the model described by `config` in `workdir`; returns the last metrics. The only
+    place the trainer reads the config: it is decoded here into the loop's, the data's and the optimizer's
+    settings and the task (`tasks.load`), which is all the rest receives."""
+    loop, data, opt = Loop.of(config), Data.of(config), Optimizer.of(config)
+    task = tasks.load(config)
+    task.prepare(lambda: _dataset(data))
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+    workdir = Path(workdir)
     # Tracing happens at the first call of each jitted function: keep mesh and rules active throughout.
-    with workdir_lock(Path(workdir)), jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-        return run_loop(prepare(config, loop, task, Path(workdir), mesh), Path(workdir), mesh)
+    with workdir_lock(workdir), jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        _check_config_against_saved(config, workdir)
+        return run_loop(prepare(loop, data, opt, task, workdir, mesh), workdir, mesh)
 
 
 LOCK_FILE = "train.lock"
@@ -571,10 +600,9 @@ def workdir_lock(workdir: Path):
         os.close(fd)
 
 
-def prepare(config: ml_collections.ConfigDict, loop: Loop, task: tasks.Task, workdir: Path, mesh) -> Run:
-    """Decodes the rest of `config` into a `Run` (checked against a saved run in `workdir`) around its `task`
-    (`tasks.build`): data and labels, optimizer, jitted steps, sampler, and how a fresh state starts."""
-    _check_config_against_saved(config, workdir)
+def prepare(loop: Loop, data: Data, opt: Optimizer, task: tasks.Task, workdir: Path, mesh) -> Run:
+    """A `Run` around `task` (`tasks.build`): data and labels, optimizer, jitted steps, sampler, and how a fresh
+    state starts."""
     n_dev = mesh.devices.size
     if loop.batch_size % n_dev:
         raise TrainingError(f"batch_size {loop.batch_size} is not divisible by the {n_dev} devices of the mesh")
@@ -583,18 +611,18 @@ def prepare(config: ml_collections.ConfigDict, loop: Loop, task: tasks.Task, wor
 
     embedder, vocab = task.embedder, task.vocab
     task.check_run(workdir)
-    b, data = load_data(config, task)
-    labels = {split: vocab.labels(d) for split, d in data.items()}
-    setup = build(task, make_optimizer(config), mesh, loop.seed, vocab.length)
-    train_data = data["train"]
+    b, split_data = load_data(data, task)
+    labels = {split: vocab.labels(d) for split, d in split_data.items()}
+    setup = build(task, make_optimizer(opt), mesh, loop.seed, vocab.length)
+    train_data = split_data["train"]
     train_rows = train_data.rows if train_data.rows is not None else np.arange(len(train_data.ids))
-    sampler = make_sampler(config, b, train_rows)
+    sampler = make_sampler(data, b, train_rows, loop.batch_size, loop.seed)
 
     def fresh_state() -> TrainState:
         state = setup.init_fn(jax.random.PRNGKey(loop.seed))
         return state.replace(params=task.initial_params(state.params, setup.state_sh.params))
 
-    return Run(loop, task, embedder, vocab, data, labels, setup, train_rows, sampler, fresh_state)
+    return Run(loop, task, embedder, vocab, split_data, labels, setup, train_rows, sampler, fresh_state)
 
 
 def run_loop(run: Run, workdir: Path, mesh) -> dict:
