@@ -168,7 +168,7 @@ LOCK = textwrap.dedent(
         ("empty collection", "holds no records: nothing to audit"),
         ("two collections", "has 2 collections (one, two): pick one with --collection"),
         ("no such collection", "has no collection 'nope'"),
-        ("not a store", "is a folder but neither a Chroma store (no chroma.sqlite3) nor a LanceDB one"),
+        ("not a store", "is a folder but no store v2t reads (a chroma folder holds chroma.sqlite3; a lancedb folder"),
         ("damaged store", "the Chroma store"),
         ("locked store", "is locked by another process"),
         ("report exists", "holds an audit report already"),

@@ -99,3 +99,22 @@ def test_the_evaluator_of_ids_is_the_embedders_view(minilm, sentences):
     by_ids = evaluate.Evaluator.of_ids(vocab, minilm, ids)
     by_text = evaluate.Evaluator.of_texts(vocab, minilm, sentences[:3], 16)
     assert by_ids.references == by_text.references and all(by_ids.references)
+
+
+def test_a_metric_registered_once_reaches_rows_means_and_summaries(monkeypatch):
+    """A new metric is one entry in `evaluate.METRICS`: each record's row, `score`'s means and
+    `summary_of_rows` carry it, computed on the normalised texts."""
+    from v2t_jax import evaluate
+
+    seen = []
+
+    def length_ratio(p, r):
+        seen.append((p, r))
+        return len(p) / max(1, len(r))
+
+    monkeypatch.setitem(evaluate.METRICS, "length_ratio", length_ratio)
+    preds, refs = ["The  Cat", "a dog ran far"], ["the cat sat", "a dog ran"]
+    rows = evaluate.per_record(preds, refs)
+    assert [r["length_ratio"] for r in rows] == [7 / 11, 13 / 9] and seen[0] == ("the cat", "the cat sat")
+    assert evaluate.score(preds, refs)["length_ratio"] == (7 / 11 + 13 / 9) / 2
+    assert evaluate.summary_of_rows(rows)["length_ratio"] == (7 / 11 + 13 / 9) / 2

@@ -11,6 +11,7 @@ their texts (`Evaluator(references, predict_fn).run(params)`).
 - **Scores** (`score`): mean sentence BLEU, corpus BLEU, set token F1, exact match, mean cosine (from the caller,
   which has the embedder), and `half_recovered`: the share of records with at least half of their reference's
   word tokens in the recovery. `per_record` gives each record's BLEU, token F1, exact and token recall.
+- **A new metric** is one entry in `METRICS`: every row, mean and summary takes its keys from there.
 """
 
 from __future__ import annotations
@@ -49,41 +50,53 @@ def token_recall(pred: str, ref: str) -> float:
     return len(r & set(metrics.word_tokens(pred))) / len(r) if r else 0.0
 
 
+# Each record's scores, by name: (normalised recovery, normalised reference) -> a number. Every command's rows,
+# `score`'s means and `summary_of_rows` take their keys from here, so a new metric is one entry.
+METRICS: dict[str, Callable[[str, str], Any]] = {
+    "bleu": metrics.sentence_bleu,
+    "token_f1": metrics.token_f1,
+    "exact": lambda p, r: p == r,
+    "token_recall": token_recall,
+}
+
+
 def per_record(preds: Sequence[str], refs: Sequence[str]) -> list[dict]:
-    """Each record's bleu, token_f1, exact (bool) and token_recall, after normalising both sides."""
+    """Each record's `METRICS` (bleu, token_f1, exact (bool), token_recall, ...), after normalising both sides."""
     if len(preds) != len(refs):
         raise ValueError(f"{len(preds)} recoveries for {len(refs)} references")
     out = []
     for p, r in zip(preds, refs):
         p, r = metrics.normalize(p), metrics.normalize(r)
-        out.append(
-            {
-                "bleu": metrics.sentence_bleu(p, r),
-                "token_f1": metrics.token_f1(p, r),
-                "exact": p == r,
-                "token_recall": token_recall(p, r),
-            }
-        )
+        out.append({name: fn(p, r) for name, fn in METRICS.items()})
+    return out
+
+
+def _means(rows: Sequence[dict]) -> dict:
+    """The mean of each `METRICS` score over rows that carry them, and `half_recovered` from token recall."""
+    out = {name: float(np.mean([float(r[name]) for r in rows])) for name in METRICS}
+    out["half_recovered"] = float(np.mean([r["token_recall"] >= 0.5 for r in rows]))
     return out
 
 
 def score(preds: Sequence[str], refs: Sequence[str], cosines: Sequence[float] | None = None) -> dict:
-    """Means over records (see the module docstring), both sides normalised; `n` records."""
-    p = [metrics.normalize(x) for x in preds]
-    r = [metrics.normalize(x) for x in refs]
-    out = metrics.text_metrics(p, r, cosines)
-    out["half_recovered"] = float(np.mean([token_recall(a, b) >= 0.5 for a, b in zip(p, r)]))
+    """Means over records (see the module docstring), both sides normalised; corpus BLEU; `n` records."""
+    if not preds:
+        raise ValueError("no examples to score")
+    out = _means(per_record(preds, refs))
+    out["corpus_bleu"] = metrics.corpus_bleu([metrics.normalize(x) for x in preds],
+                                             [metrics.normalize(x) for x in refs])  # fmt: skip
+    out["n"] = len(preds)
+    if cosines is not None:
+        out["cosine"] = float(np.mean(cosines))
     return out
 
 
 def summary_of_rows(rows: Sequence[dict]) -> dict:
-    """`score`'s means (bleu, token_f1, exact, half_recovered, and cosine where the rows have one) from rows
-    that carry `per_record`'s scores: what a command reports over the rows it wrote, however its texts are
-    shown."""
+    """`score`'s means (each of `METRICS`, half_recovered, and cosine where the rows have one) from rows that
+    carry `per_record`'s scores: what a command reports over the rows it wrote, however its texts are shown."""
     if not rows:
         raise ValueError("no rows to summarise")
-    out = {k: float(np.mean([float(r[k]) for r in rows])) for k in ("bleu", "token_f1", "exact")}
-    out["half_recovered"] = float(np.mean([r["token_recall"] >= 0.5 for r in rows]))
+    out = _means(rows)
     cos = [r["cosine"] for r in rows if r.get("cosine") is not None]
     if len(cos) == len(rows):
         out["cosine"] = float(np.mean(cos))

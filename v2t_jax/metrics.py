@@ -42,9 +42,14 @@ def sentence_bleu(pred: str, ref: str) -> float:
     return float(sacrebleu.sentence_bleu(pred, [ref]).score)
 
 
+def corpus_bleu(preds: Sequence[str], refs: Sequence[str]) -> float:
+    import sacrebleu
+
+    return float(sacrebleu.corpus_bleu(list(preds), [list(refs)]).score)
+
+
 def text_metrics(preds: Sequence[str], refs: Sequence[str], cosines: Sequence[float] | None = None) -> dict:
     """Averages over examples: bleu, token_f1, exact (fraction), [cosine]; plus corpus_bleu."""
-    import sacrebleu
 
     if len(preds) != len(refs):
         raise ValueError(f"{len(preds)} predictions for {len(refs)} references")
@@ -52,7 +57,7 @@ def text_metrics(preds: Sequence[str], refs: Sequence[str], cosines: Sequence[fl
         raise ValueError("no examples to score")
     out = {
         "bleu": float(np.mean([sentence_bleu(p, r) for p, r in zip(preds, refs)])),
-        "corpus_bleu": float(sacrebleu.corpus_bleu(list(preds), [list(refs)]).score),
+        "corpus_bleu": corpus_bleu(preds, refs),
         "token_f1": float(np.mean([token_f1(p, r) for p, r in zip(preds, refs)])),
         "exact": float(np.mean([p == r for p, r in zip(preds, refs)])),
         "n": len(preds),

@@ -35,7 +35,6 @@ import numpy as np
 
 from v2t_jax.errors import V2TError
 
-KINDS = ("auto", "chroma", "lancedb", "faiss", "npy", "parquet")
 _PAGE = 1000  # records per Chroma request
 
 
@@ -70,21 +69,60 @@ class Records:
         return dataclasses.replace(self, ids=self.ids[:n], vectors=self.vectors[:n], documents=docs)
 
 
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What a user may say of a store beyond its path (each reader reads what applies to it)."""
+
+    collection: str | None = None  # a Chroma collection / LanceDB table
+    vector_column: str | None = None  # Arrow-backed stores (LanceDB, parquet)
+    text_column: str | None = None
+    id_column: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """One kind of store: its reader and how `detect` recognises it. A new store is one entry in `KINDS_READ`
+    plus its reader in this module."""
+
+    read: Any  # (path, Options) -> Records
+    suffixes: tuple[str, ...] = ()  # a file of this kind
+    is_folder: Any = None  # Path -> bool: a folder of this kind
+    collections: bool = False  # holds named collections or tables (--collection)
+    folder_sign: str = ""  # what a folder of this kind holds, for the error when a folder is no store
+
+
+def _is_lancedb(path: Path) -> bool:
+    return path.suffix == ".lance" or any(p.suffix == ".lance" and p.is_dir() for p in path.iterdir())
+
+
+KINDS_READ: dict[str, Kind] = {
+    "chroma": Kind(lambda p, o: _chroma(p, o.collection), is_folder=lambda p: (p / "chroma.sqlite3").exists(),
+                   collections=True, folder_sign="chroma.sqlite3"),
+    "lancedb": Kind(lambda p, o: _lancedb(p, o.collection, o.vector_column, o.text_column, o.id_column),
+                    is_folder=_is_lancedb, collections=True, folder_sign="a .lance table"),
+    "faiss": Kind(lambda p, o: _faiss(p), suffixes=(".faiss", ".index")),
+    "npy": Kind(lambda p, o: _npy(p), suffixes=(".npy",)),
+    "parquet": Kind(lambda p, o: _parquet(p, o.vector_column, o.text_column, o.id_column), suffixes=(".parquet",)),
+}  # fmt: skip
+KINDS = ("auto", *KINDS_READ)
+
+
 def detect(path: Path) -> str:
+    folders = [k for k, v in KINDS_READ.items() if v.is_folder is not None]
     if path.is_dir():
-        if (path / "chroma.sqlite3").exists():
-            return "chroma"
-        if path.suffix == ".lance" or any(p.suffix == ".lance" and p.is_dir() for p in path.iterdir()):
-            return "lancedb"
-        raise StoreError(f"{path} is a folder but neither a Chroma store (no chroma.sqlite3) nor a LanceDB one")
+        for kind in folders:
+            if KINDS_READ[kind].is_folder(path):
+                return kind
+        signs = "; ".join(f"a {k} folder holds {KINDS_READ[k].folder_sign}" for k in folders)
+        raise StoreError(f"{path} is a folder but no store v2t reads ({signs})")
     suffix = path.suffix.lower()
-    kind = {".npy": "npy", ".parquet": "parquet", ".faiss": "faiss", ".index": "faiss"}.get(suffix)
-    if kind is None:
-        raise StoreError(
-            f"cannot tell what store {path} is: pass a Chroma or LanceDB folder, a .faiss/.index file, a .npy or a "
-            ".parquet (or --store-kind)"
-        )
-    return kind
+    for kind, entry in KINDS_READ.items():
+        if suffix in entry.suffixes:
+            return kind
+    files = "/".join(x for v in KINDS_READ.values() for x in v.suffixes)
+    raise StoreError(
+        f"cannot tell what store {path} is: pass a {' or '.join(folders)} folder or a {files} file (or --store-kind)"
+    )
 
 
 def read(
@@ -101,21 +139,12 @@ def read(
     path = Path(store)
     if not path.exists():
         raise StoreError(f"store {path} does not exist")
-    if kind not in KINDS:
-        raise StoreError(f"unknown store kind {kind!r}: one of {', '.join(KINDS)}")
+    if kind != "auto" and kind not in KINDS_READ:
+        raise StoreError(f"unknown store kind {kind!r}: one of auto, {', '.join(KINDS_READ)}")
     kind = detect(path) if kind == "auto" else kind
-    if collection is not None and kind not in ("chroma", "lancedb"):
+    if collection is not None and not KINDS_READ[kind].collections:
         raise StoreError("--collection names a Chroma collection or LanceDB table; this store is " + kind)
-    if kind == "chroma":
-        records = _chroma(path, collection)
-    elif kind == "lancedb":
-        records = _lancedb(path, collection, vector_column, text_column, id_column)
-    elif kind == "faiss":
-        records = _faiss(path)
-    elif kind == "npy":
-        records = _npy(path)
-    else:
-        records = _parquet(path, vector_column, text_column, id_column)
+    records = KINDS_READ[kind].read(path, Options(collection, vector_column, text_column, id_column))
     if documents is not None:
         if records.documents is not None and any(d is not None for d in records.documents):
             raise StoreError(f"{path} keeps its own documents; drop --documents")
