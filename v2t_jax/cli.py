@@ -28,6 +28,7 @@ from v2t_jax.commands import (
     cmd_invert,
     cmd_train,
 )
+from v2t_jax import stores
 from v2t_jax.errors import V2TError, one_line
 from v2t_jax.remote import DEFAULT_KEY_ENV
 
@@ -231,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument(
         "--collection", default=None, help="Chroma collection or LanceDB table (needed when the store has several)"
     )
-    au.add_argument("--store-kind", default="auto", choices=["auto", "chroma", "lancedb", "faiss", "npy", "parquet"])
+    au.add_argument("--store-kind", default="auto", choices=stores.KINDS)
     au.add_argument("--documents", default=None, help="the records' texts, one per line, for a store without them")
     au.add_argument("--vector-column", default=None, help="parquet: the vectors' column (default embedding/vector)")
     au.add_argument("--text-column", default=None, help="parquet: the texts' column (default document/text)")
