@@ -295,3 +295,35 @@ def test_examples_stopped_at_step_zero_keep_their_hypothesis(skip):
     out = jax.device_get(correction.invert(prog, params, targets, 3, 2, stop_cosine=-1.0, skip_repeated=skip))
     np.testing.assert_array_equal(out["last_ids"], out["step_ids"][0])
     assert not out["step_active"].any()
+
+
+@pytest.mark.parametrize("beam", [1, pytest.param(3, marks=pytest.mark.slow)])
+def test_stream_gives_each_example_the_batch_loops_result(beam):
+    """Continuous batching (`invert_stream`): 5 examples through 2 slots (a queue of 6, its last row padding)
+    end with the texts and cosines of the batch loop with skip_repeated, after the same number of correction
+    steps each; freed slots take the next example, so the stream runs fewer slot-batch rounds than batches of
+    2 would run steps; padding is never worked on."""
+    prog, params, targets = _program()
+    steps = 6
+    batch = jax.device_get(correction.invert(prog, params, targets, steps, beam, skip_repeated=True))
+    queue = jnp.concatenate([targets, targets[:1]])
+    run = jax.jit(correction.invert_stream, static_argnums=0, static_argnames=("slots", "num_steps", "beam"))
+    out = jax.device_get(run(prog, params, queue, 5, slots=2, num_steps=steps, beam=beam))
+    np.testing.assert_array_equal(out["ids"][:5], batch["ids"])
+    np.testing.assert_allclose(out["cosine"][:5], batch["cosine"], atol=1e-6)
+    np.testing.assert_array_equal(out["steps"][:5], batch["step_active"].sum(0))
+    assert out["steps"][5] == 0 and np.isneginf(out["cosine"][5])  # the padding row: never loaded
+    assert out["steps"].min() < steps  # some examples settled early (random small models do) ...
+    assert out["rounds"] < 3 * steps  # ... and their slots went on to the next example
+    # an example at the stop cosine from step 0 takes no step, and keeps its hypothesis
+    done = jax.device_get(run(prog, params, queue, 5, slots=2, num_steps=steps, beam=beam, stop_cosine=-1.0))
+    np.testing.assert_array_equal(done["ids"][:5], batch["step_ids"][0])
+    assert not done["steps"].any()
+
+
+def test_stream_refuses_what_it_cannot_run():
+    prog, params, targets = _program()
+    with pytest.raises(ValueError, match="not a whole number of 2-slot batches"):
+        correction.invert_stream(prog, params, targets, 5, slots=2, num_steps=2, beam=1)
+    with pytest.raises(ValueError, match="needs correction steps"):
+        correction.invert_stream(prog, params, targets, 5, slots=5, num_steps=0, beam=1)

@@ -213,6 +213,9 @@ class Vec2Text:
             )
         if embed_fn is None and not self.program.in_graph:
             embed_fn = self.embed_texts
+        if self.streams(search, trace, embed_fn):
+            yield from self._stream_batches(e, search, bs, start, starts)
+            return
         kw = self._kernel_kw(search, score or trace or search.steps > 0)  # the compiled program's static args
         for s in starts:
             chunk = e[s : s + bs]
@@ -237,6 +240,42 @@ class Vec2Text:
                     {"hypotheses": [h[j] for h in hyps], "cosines": [float(x) for x in cos[:, j]]} for j in range(m)
                 ]
             yield s, texts, out["cosine"][:m].tolist(), steps
+
+    # Batches of examples one stream program takes in (`_stream_batches`): a longer queue keeps the slots fuller
+    # (only its last examples run in a part-empty batch) but writes its rows later.
+    STREAM_BATCHES = 8
+
+    def streams(self, search: strategies.Search, trace: bool = False, embed_fn=None) -> bool:
+        """Whether `iter_batches` runs `search` as a stream (`correction.invert_stream`, continuous batching):
+        correction steps with skip_repeated, in the compiled program, without per-step traces or token swaps."""
+        return (
+            search.steps > 0 and search.skip_repeated and not search.polish and not trace and embed_fn is None
+            and self.program.in_graph
+        )  # fmt: skip
+
+    def _stream_batches(self, e: np.ndarray, search: strategies.Search, bs: int, start: int, starts):
+        """`iter_batches` through the stream program: each `STREAM_BATCHES` batches' examples form one queue
+        through `bs` slots; its rows are yielded batch by batch, as the batch loop yields them."""
+        if not hasattr(self, "_stream"):
+            self._stream = jax.jit(
+                correction.invert_stream, static_argnums=0, static_argnames=("slots", "num_steps", "beam", "prior")
+            )
+        window = bs * self.STREAM_BATCHES
+        batches = iter(starts)  # (with the progress bar, if any: advanced as each batch's rows are yielded)
+        for w in range(start, len(e), window):
+            chunk = e[w : w + window]
+            m = len(chunk)
+            size = window if len(e) - start > window else -(-m // bs) * bs  # one compiled shape per run
+            if m < size:  # padded with copies of the last row, never worked on (count = m)
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - m, axis=0)])
+            out = jax.device_get(
+                self._stream(self.program, self.params, chunk, np.int32(m), slots=bs, num_steps=search.steps,
+                             beam=search.beam, stop_cosine=search.stop, prior=search.prior)
+            )  # fmt: skip
+            for s in range(0, m, bs):
+                next(batches)
+                j = slice(s, min(s + bs, m))
+                yield w + s, [self.decode(row) for row in out["ids"][j]], out["cosine"][j].tolist(), None
 
     @staticmethod
     def batch_rows(n: int, batch_size: int) -> int:

@@ -397,11 +397,13 @@ def _select(
 
 
 def _advance(
-    state: SearchState, new: tuple[Array, Array, Array, Array], active: Array, num_steps: int, skip_repeated: bool
-) -> tuple[SearchState, tuple[Array, Array, Array]]:
+    state: SearchState, new: tuple[Array, Array, Array, Array], active: Array, num_steps: int, skip_repeated: bool,
+    widening: Array | None = None,
+) -> tuple[SearchState, tuple[Array, Array, Array]]:  # fmt: skip
     """The state after a step whose selection (`_select`) is `new`, applied to the `active` rows (the others
     keep their hypotheses), and the step's trace (best ids [B, L], best cosine [B], active [B], best score
-    [B])."""
+    [B]). widening [B]: rows whose one hypothesis sits in a beam-wide state (`_widened`) and takes its first
+    step now; like a batch's first step, it neither settles them nor is remembered as their previous state."""
     new_hyps, new_emb, new_cos, new_score = new
     B, m, L = state.hyps.shape
     k = new_hyps.shape[1]
@@ -421,6 +423,8 @@ def _advance(
         # a step is a fixed function of the hypotheses: a repeat of the last state (a fixed point) or of the one
         # before (a 2-cycle) repeats forever, and both states of a cycle have been scored already
         fixed = jnp.all(new_hyps == state.hyps, axis=(1, 2))
+        if widening is not None:
+            fixed = fixed & ~widening
         cycle = active & ~fixed & jnp.all(new_hyps == state.prev, axis=(1, 2))
         # the full loop's last state alternates: after an odd number of further steps it is the current one
         alt = jnp.where(cycle[:, None], state.hyps[:, 0], alt)
@@ -431,6 +435,8 @@ def _advance(
     best_cos = jnp.where(better, new_cos[:, 0], state.best_cos)
     best_score = jnp.where(better, new_score[:, 0], state.best_score)
     prev = state.hyps if m == k else jnp.full(new_hyps.shape, -1, jnp.int32)
+    if widening is not None:
+        prev = jnp.where(widening[:, None, None], -1, prev)
     out = SearchState(
         new_hyps, new_emb, new_cos, new_score, best_ids, best_cos, best_score, settled, prev, state.t + 1, alt, odd
     )
@@ -539,6 +545,135 @@ def invert(
         state, rest = jax.lax.scan(step, state, None, length=num_steps - 1)
         trace = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), trace, rest)
     return _polished(program, params, e, _result(ids0, cos0, trace, state, score0), polish, polish_top, prior)
+
+
+# ----------------------------------------------------------------------------- continuous batching
+
+
+class StreamState(NamedTuple):
+    """`invert_stream`'s loop carry: B slots, each holding one example's search (or none), over N examples."""
+
+    search: SearchState  # [B, beam, ...] one example's search per slot; `t` [B] its correction steps done
+    idx: Array  # [B] the example each slot holds (N: none)
+    next: Array  # [] the next example to load
+    ids: Array  # [N, L] each finished example's best hypothesis
+    cos: Array  # [N] its cosine
+    steps: Array  # [N] the correction steps it took
+    rounds: Array  # [] loop rounds: slot-batch steps run
+
+
+def _widened(ids0: Array, emb0: Array, cos0: Array, score0: Array, beam: int, pad_id: int) -> SearchState:
+    """The search before its first correction step, beam-wide: the inverter's hypothesis in slot 0, the other
+    slots empty (padding, cosine -inf: their candidates never count), so that examples at any step share one
+    state shape."""
+    B, L = ids0.shape
+    first = jnp.arange(beam)[None] == 0
+
+    def slot0(x, empty):
+        x = jnp.broadcast_to(x[:, None], (B, beam) + x.shape[1:])
+        return jnp.where(first.reshape(first.shape + (1,) * (x.ndim - 2)), x, jnp.asarray(empty, x.dtype))
+
+    no = jnp.zeros((B,), bool)
+    return SearchState(
+        slot0(ids0, pad_id), slot0(emb0, 0.0), slot0(cos0, -jnp.inf), slot0(score0, -jnp.inf), ids0, cos0, score0,
+        no, jnp.full((B, beam, L), -1, jnp.int32), jnp.zeros((B,), jnp.int32), ids0, no,
+    )  # fmt: skip
+
+
+def invert_stream(
+    program: InversionProgram,
+    params: dict,
+    embeddings: Array,
+    count: Array,
+    slots: int,
+    num_steps: int,
+    beam: int,
+    stop_cosine: float = 2.0,
+    prior: float = 0.0,
+) -> dict:
+    """`invert` with skip_repeated over a queue of N examples (the first `count` of `embeddings` [N, D]; N a
+    multiple of `slots`) through `slots` rows of work, as one program (jit it with program, slots, num_steps,
+    beam and prior static): continuous batching. Step 0 runs for every example, a slot batch at a time; then
+    each round of a `lax.while_loop` loads pending examples into free slots, takes one correction step on the
+    slots that work, and retires the examples that are done (their steps run, a fixed point or 2-cycle, or the
+    stop cosine), writing their results back by index. A slot never idles while examples wait, where a batch
+    costs a whole batch until its slowest example ends.
+
+    Each example's search is the one `invert` runs on it (the same candidates, selection and stopping), so the
+    texts are the same. Returns ids [N, L] and cosine [N] of each example's best hypothesis, steps [N] (the
+    correction steps it took) and rounds [] (slot-batch steps run)."""
+    if not program.in_graph:
+        raise ValueError("this program decodes in another vocabulary than the embedder's: use invert_host")
+    if num_steps < 1:
+        raise ValueError("invert_stream needs correction steps (num_steps >= 1); step 0 alone is `invert`")
+    _check_steps(program, num_steps)
+    e_all = embeddings.astype(jnp.float32)
+    N, D = e_all.shape
+    if N % slots:
+        raise ValueError(f"{N} examples are not a whole number of {slots}-slot batches")
+    L = program.length
+
+    def step0(e):
+        if prior:
+            ids, lp = greedy_hypotheses(program, params, e, True)
+        else:
+            ids, lp = greedy_hypotheses(program, params, e), None
+        emb = _embed_hypotheses(program, params["embedder"], ids)
+        cos = _cosine(emb, e)
+        return ids, emb, cos, _scored(cos, lp, prior)
+
+    def step0_or_none(args):  # a slot batch of padding (at or past `count`) is not decoded
+        x, k = args
+        shapes = jax.eval_shape(step0, x)
+        nothing = lambda _: jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)  # noqa: E731
+        return jax.lax.cond(k * slots < count, step0, nothing, x)
+
+    pieces = jax.lax.map(step0_or_none, (e_all.reshape(N // slots, slots, D), jnp.arange(N // slots)))
+    ids0, emb0, cos0, score0 = (x.reshape((N,) + x.shape[2:]) for x in pieces)
+
+    def load(state: SearchState, take: Array, j: Array) -> SearchState:
+        fresh = _widened(ids0[j], emb0[j], cos0[j], score0[j], beam, program.pad_id)
+        return jax.tree_util.tree_map(
+            lambda old, new: jnp.where(take.reshape(take.shape + (1,) * (new.ndim - 1)), new, old), state, fresh
+        )
+
+    def done(state: SearchState, idx: Array) -> Array:
+        return (idx < N) & ((state.t >= num_steps) | state.settled | (state.best_cos >= stop_cosine))
+
+    def body(c: StreamState) -> StreamState:
+        free = c.idx >= N
+        new = c.next + jnp.cumsum(free) - 1
+        take = free & (new < count)
+        state = load(c.search, take, jnp.where(take, new, 0))
+        idx = jnp.where(take, new, c.idx)
+        e = e_all[jnp.minimum(idx, N - 1)]
+        active = (idx < N) & _active(state, stop_cosine) & (state.t < num_steps)
+        cand, cand_emb, first, lp = _propose_in_graph(program, params, e, state, active, beam, True, prior)
+        sel = _select(state, cand, cand_emb, first, e, beam, lp, prior)
+        widening = (state.t == 0) if beam > 1 else None
+        after, _ = _advance(state, sel, active, num_steps, True, widening)
+        after = after._replace(t=state.t + active)
+        fin = done(after, idx)
+        at = jnp.where(fin, idx, N)  # out of range: dropped
+        return StreamState(
+            after, jnp.where(fin, N, idx), c.next + take.sum(),
+            c.ids.at[at].set(after.best_ids, mode="drop"), c.cos.at[at].set(after.best_cos, mode="drop"),
+            c.steps.at[at].set(after.t, mode="drop"), c.rounds + 1,
+        )  # fmt: skip
+
+    def more(c: StreamState) -> Array:
+        return (c.next < count) | jnp.any(c.idx < N)
+
+    empty = _widened(
+        jnp.zeros((slots, L), jnp.int32), jnp.zeros((slots, D), jnp.float32), jnp.full((slots,), -jnp.inf),
+        jnp.full((slots,), -jnp.inf), beam, program.pad_id,
+    )  # fmt: skip
+    c = StreamState(
+        empty, jnp.full((slots,), N, jnp.int32), jnp.int32(0), jnp.full((N, L), program.pad_id, jnp.int32),
+        jnp.full((N,), -jnp.inf, jnp.float32), jnp.zeros((N,), jnp.int32), jnp.int32(0),
+    )  # fmt: skip
+    c = jax.lax.while_loop(more, body, c)
+    return {"ids": c.ids, "cosine": c.cos, "steps": c.steps, "rounds": c.rounds}
 
 
 def _polished(program: InversionProgram, params: dict, e: Array, out: dict, rounds: int, top: int, prior: float):
