@@ -327,3 +327,30 @@ def test_stream_refuses_what_it_cannot_run():
         correction.invert_stream(prog, params, targets, 5, slots=2, num_steps=2, beam=1)
     with pytest.raises(ValueError, match="needs correction steps"):
         correction.invert_stream(prog, params, targets, 5, slots=5, num_steps=0, beam=1)
+
+
+@pytest.mark.slow
+def test_patience_stops_examples_whose_best_stopped_improving():
+    """patience=k (opt-in): an example stops once k steps in a row left its best as it was; patience past the
+    step count changes nothing; the stream stops the same examples at the same steps as the batch loop."""
+    prog, params, targets = _program()
+    run = jax.jit(correction.invert, static_argnums=(0, 3, 4), static_argnames=("skip_repeated", "patience"))
+    plain = jax.device_get(run(prog, params, targets, 6, 2))
+    np.testing.assert_array_equal(jax.device_get(run(prog, params, targets, 6, 2, patience=6))["ids"], plain["ids"])
+    out = jax.device_get(run(prog, params, targets, 6, 2, patience=1))
+    active, score = out["step_active"], out["step_score"]  # [S, B] worked on step j+1; [S+1, B]
+    assert not active.all() and active[0].all()
+    for b in range(targets.shape[0]):
+        worked = np.flatnonzero(active[:, b])
+        assert (worked == np.arange(len(worked))).all()  # once stopped, stopped
+        last = len(worked)  # the last step it worked on
+        if last < 6:  # stopped by patience: that step did not improve its best
+            assert score[last, b] == score[last - 1, b]
+        assert (score[1:last, b] > score[: last - 1, b]).all()  # every earlier step did
+    queue = jnp.concatenate([targets, targets[:1]])
+    stream = jax.jit(correction.invert_stream, static_argnums=0,
+                     static_argnames=("slots", "num_steps", "beam", "patience"))  # fmt: skip
+    both = jax.device_get(run(prog, params, targets, 6, 2, skip_repeated=True, patience=1))
+    got = jax.device_get(stream(prog, params, queue, 5, slots=2, num_steps=6, beam=2, patience=1))
+    np.testing.assert_array_equal(got["ids"][:5], both["ids"])
+    np.testing.assert_array_equal(got["steps"][:5], both["step_active"].sum(0))

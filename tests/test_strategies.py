@@ -79,6 +79,13 @@ def test_describe_and_record():
     assert Search(5, 2, 0.1, 1, None, False).record() == {
         "steps": 5, "sbeam": 2, "prior": 0.1, "polish": 1, "stop_cosine": None, "skip_repeated": False
     }  # fmt: skip
+    # patience is recorded (and described) only when set: earlier runs resume as they were
+    assert Search(5, patience=3).record()["patience"] == 3 and "patience" not in Search(5).record()
+    assert Search(5, patience=3).describe() == (
+        "5 correction steps, sequence beam 1, stop after 3 steps without a better hypothesis"
+    )
+    with pytest.raises(StrategyError, match=r"--patience must be >= 0 \(0: off\), got -1"):
+        strategies.from_flags(5, 1, patience=-1)
 
 
 def test_check_model_refuses_what_the_model_cannot_do():

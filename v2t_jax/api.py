@@ -54,7 +54,9 @@ class Vec2Text:
 
     def __post_init__(self):
         self._run = jax.jit(
-            correction.invert, static_argnums=(0, 3, 4), static_argnames=("skip_repeated", "score", "prior", "polish")
+            correction.invert,
+            static_argnums=(0, 3, 4),
+            static_argnames=("skip_repeated", "score", "prior", "polish", "patience"),
         )
 
     @property
@@ -74,10 +76,31 @@ class Vec2Text:
                              **self._kernel_kw(search, score)).compile()  # fmt: skip
         return lambda params, embeddings: fn(params, embeddings, strategies.NO_STOP)
 
+    def compiled_stream(self, queue: int, slots: int, search: strategies.Search):
+        """The stream program (`correction.invert_stream`) compiled ahead of time for a queue of `queue` examples
+        through `slots` slots: a function (params, embeddings [queue, D], count) -> its outputs (benchmarks;
+        every example runs until its steps end or it settles: the stop cosine is ignored)."""
+        e = jax.ShapeDtypeStruct((queue, self.dim), np.float32)
+        fn = self._stream_fn().lower(
+            self.program, self.params, e, np.int32(queue), slots=slots, num_steps=search.steps, beam=search.beam,
+            stop_cosine=strategies.NO_STOP, prior=search.prior, patience=search.patience,
+        ).compile()  # fmt: skip
+        return lambda params, embeddings, count: fn(params, embeddings, np.int32(count), stop_cosine=strategies.NO_STOP)
+
+    def _stream_fn(self):
+        if not hasattr(self, "_stream"):
+            self._stream = jax.jit(
+                correction.invert_stream,
+                static_argnums=0,
+                static_argnames=("slots", "num_steps", "beam", "prior", "patience"),
+            )
+        return self._stream
+
     @staticmethod
     def _kernel_kw(search: strategies.Search, score: bool) -> dict:
         """`correction.invert`'s static keyword arguments for `search` (its steps and beam go by position)."""
-        return dict(skip_repeated=search.skip_repeated, score=score, prior=search.prior, polish=search.polish)
+        return dict(skip_repeated=search.skip_repeated, score=score, prior=search.prior, polish=search.polish,
+                    patience=search.patience)  # fmt: skip
 
     def check_embeddings(self, embeddings) -> np.ndarray:
         """Validates a [N, D] array of vectors; returns it as float32. Raises ModelError with what is wrong."""
@@ -229,7 +252,7 @@ class Vec2Text:
             else:
                 out = correction.invert_host(
                     self.program, self.params, chunk, search.steps, search.beam, self.decode, embed_fn, search.stop,
-                    search.skip_repeated, search.prior,
+                    search.skip_repeated, search.prior, search.patience,
                 )  # fmt: skip
             texts = [self.decode(row) for row in out["ids"][:m]]
             steps = None
@@ -242,24 +265,20 @@ class Vec2Text:
             yield s, texts, out["cosine"][:m].tolist(), steps
 
     # Batches of examples one stream program takes in (`_stream_batches`): a longer queue keeps the slots fuller
-    # (only its last examples run in a part-empty batch) but writes its rows later.
+    # (only its last examples run in a part-empty batch) but writes its rows later. 0: the batch loop throughout.
     STREAM_BATCHES = 8
 
     def streams(self, search: strategies.Search, trace: bool = False, embed_fn=None) -> bool:
         """Whether `iter_batches` runs `search` as a stream (`correction.invert_stream`, continuous batching):
         correction steps with skip_repeated, in the compiled program, without per-step traces or token swaps."""
         return (
-            search.steps > 0 and search.skip_repeated and not search.polish and not trace and embed_fn is None
-            and self.program.in_graph
+            self.STREAM_BATCHES > 0 and search.steps > 0 and search.skip_repeated and not search.polish and not trace
+            and embed_fn is None and self.program.in_graph
         )  # fmt: skip
 
     def _stream_batches(self, e: np.ndarray, search: strategies.Search, bs: int, start: int, starts):
         """`iter_batches` through the stream program: each `STREAM_BATCHES` batches' examples form one queue
         through `bs` slots; its rows are yielded batch by batch, as the batch loop yields them."""
-        if not hasattr(self, "_stream"):
-            self._stream = jax.jit(
-                correction.invert_stream, static_argnums=0, static_argnames=("slots", "num_steps", "beam", "prior")
-            )
         window = bs * self.STREAM_BATCHES
         batches = iter(starts)  # (with the progress bar, if any: advanced as each batch's rows are yielded)
         for w in range(start, len(e), window):
@@ -269,8 +288,9 @@ class Vec2Text:
             if m < size:  # padded with copies of the last row, never worked on (count = m)
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - m, axis=0)])
             out = jax.device_get(
-                self._stream(self.program, self.params, chunk, np.int32(m), slots=bs, num_steps=search.steps,
-                             beam=search.beam, stop_cosine=search.stop, prior=search.prior)
+                self._stream_fn()(self.program, self.params, chunk, np.int32(m), slots=bs, num_steps=search.steps,
+                             beam=search.beam, stop_cosine=search.stop, prior=search.prior,
+                             patience=search.patience)
             )  # fmt: skip
             for s in range(0, m, bs):
                 next(batches)

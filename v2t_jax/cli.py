@@ -41,7 +41,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _search_flags(p: argparse.ArgumentParser, stop_and_skip: bool = False) -> None:
-    """The search's flags (`v2t_jax.strategies.from_flags`), the same for every command that inverts;
+    """The search's flags (`v2t_jax.strategies.from_flags`), the same for every command that inverts (--steps,
+    --sbeam, --prior, --polish, --patience);
     --stop-cosine and --no-skip-repeated where `stop_and_skip` (elsewhere: no stop cosine, skipping on)."""
     p.add_argument(
         "--steps",
@@ -65,6 +66,13 @@ def _search_flags(p: argparse.ArgumentParser, stop_and_skip: bool = False) -> No
         default=DEFAULT_POLISH,
         help="rounds of gradient-guided token swaps after the last step, each kept only if it raises the score "
         "(default %(default)s)",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=0,
+        help="also stop a vector after K steps in a row without a better hypothesis: less time, a little less "
+        "fidelity (default %(default)s: off)",
     )
     if not stop_and_skip:
         p.set_defaults(stop_cosine=None, skip_repeated=True)

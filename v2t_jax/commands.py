@@ -174,7 +174,7 @@ def _load_model(args: argparse.Namespace):
 
     flags = dict(
         sbeam=args.sbeam, prior=args.prior, polish=args.polish, stop_cosine=args.stop_cosine,
-        skip_repeated=args.skip_repeated,
+        skip_repeated=args.skip_repeated, patience=args.patience,
     )  # fmt: skip
     try:
         strategies.from_flags(args.steps, **flags)  # the flags alone, before the model loads

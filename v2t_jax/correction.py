@@ -166,6 +166,7 @@ class SearchState(NamedTuple):
     t: Array  # correction steps done
     alt: Array  # [B, L] in a 2-cycle: the top hypothesis of the cycle's other state
     odd: Array  # [B] bool: the full loop would end on `alt`
+    stale: Array  # [B] correction steps worked since the best last improved (`patience`)
 
 
 def _embed_hypotheses(program: InversionProgram, params, ids: Array) -> Array:
@@ -312,7 +313,7 @@ def _start(ids0: Array, emb0: Array, cos0: Array, score0: Array) -> SearchState:
     none = jnp.full(ids0[:, None].shape, -1, jnp.int32)
     return SearchState(
         ids0[:, None], emb0[:, None], cos0[:, None], score0[:, None], ids0, cos0, score0, no, none, jnp.int32(0),
-        ids0, no,
+        ids0, no, jnp.zeros(cos0.shape, jnp.int32),
     )  # fmt: skip
 
 
@@ -321,9 +322,11 @@ def _scored(cos: Array, logprob: Array | None, prior: float) -> Array:
     return cos if not prior else cos + prior * logprob
 
 
-def _active(state: SearchState, stop_cosine) -> Array:
-    """[B]: the examples the next step works on (not at the stop cosine, not settled)."""
-    return (state.best_cos < stop_cosine) & ~state.settled
+def _active(state: SearchState, stop_cosine, patience: int = 0) -> Array:
+    """[B]: the examples the next step works on (not at the stop cosine, not settled, and with `patience` > 0
+    not `patience` steps past their best's last improvement)."""
+    out = (state.best_cos < stop_cosine) & ~state.settled
+    return out & (state.stale < patience) if patience else out
 
 
 def _propose_in_graph(
@@ -434,12 +437,14 @@ def _advance(
     best_ids = jnp.where(better[:, None], new_hyps[:, 0], state.best_ids)
     best_cos = jnp.where(better, new_cos[:, 0], state.best_cos)
     best_score = jnp.where(better, new_score[:, 0], state.best_score)
+    stale = jnp.where(better, 0, state.stale + active)
     prev = state.hyps if m == k else jnp.full(new_hyps.shape, -1, jnp.int32)
     if widening is not None:
         prev = jnp.where(widening[:, None, None], -1, prev)
     out = SearchState(
-        new_hyps, new_emb, new_cos, new_score, best_ids, best_cos, best_score, settled, prev, state.t + 1, alt, odd
-    )
+        new_hyps, new_emb, new_cos, new_score, best_ids, best_cos, best_score, settled, prev, state.t + 1, alt, odd,
+        stale,
+    )  # fmt: skip
     return out, (best_ids, best_cos, active, best_score)
 
 
@@ -482,6 +487,7 @@ def invert(
     prior: float = 0.0,
     polish: int = 0,
     polish_top: int = 16,
+    patience: int = 0,
 ) -> dict:
     """The whole N-step inversion as one program (jit it with program, num_steps, beam, skip_repeated and
     score static), for a program that decodes in the embedder's vocabulary (`program.in_graph`).
@@ -503,6 +509,8 @@ def invert(
     cosine + λ · their mean log-probability under the model that proposed them (the corrector; the inverter for
     step 0), which keeps the search from drifting to word salad that embeds close to the target. The best
     hypothesis seen is then the best by that score, and its cosine is the one returned.
+    patience: with k > 0 an example also stops once k correction steps have not improved its best (an opt-in
+    trade of a little fidelity for time; 0: off).
     polish: rounds of gradient-guided token swaps on the best hypothesis after the search (`hotflip.polish`,
     `polish_top` exactly re-embedded swaps per round, kept only if they raise the score); the per-step
     outputs then end with one more entry, the polished hypothesis, and `polish_kept` [polish, B] says which
@@ -532,7 +540,7 @@ def invert(
         return _polished(program, params, e, _result(ids0, cos0, None, None), polish, polish_top, prior)
 
     def step(state: SearchState, _):
-        active = _active(state, stop_cosine)
+        active = _active(state, stop_cosine, patience)
         cand, cand_emb, first, lp = _propose_in_graph(program, params, e, state, active, beam, skip_repeated, prior)
         new = _select(state, cand, cand_emb, first, e, beam, lp, prior)
         return _advance(state, new, active, num_steps, skip_repeated)
@@ -576,7 +584,7 @@ def _widened(ids0: Array, emb0: Array, cos0: Array, score0: Array, beam: int, pa
     no = jnp.zeros((B,), bool)
     return SearchState(
         slot0(ids0, pad_id), slot0(emb0, 0.0), slot0(cos0, -jnp.inf), slot0(score0, -jnp.inf), ids0, cos0, score0,
-        no, jnp.full((B, beam, L), -1, jnp.int32), jnp.zeros((B,), jnp.int32), ids0, no,
+        no, jnp.full((B, beam, L), -1, jnp.int32), jnp.zeros((B,), jnp.int32), ids0, no, jnp.zeros((B,), jnp.int32),
     )  # fmt: skip
 
 
@@ -590,10 +598,11 @@ def invert_stream(
     beam: int,
     stop_cosine: float = 2.0,
     prior: float = 0.0,
+    patience: int = 0,
 ) -> dict:
     """`invert` with skip_repeated over a queue of N examples (the first `count` of `embeddings` [N, D]; N a
     multiple of `slots`) through `slots` rows of work, as one program (jit it with program, slots, num_steps,
-    beam and prior static): continuous batching. Step 0 runs for every example, a slot batch at a time; then
+    beam, prior and patience static): continuous batching. Step 0 runs for every example, a slot batch at a time; then
     each round of a `lax.while_loop` loads pending examples into free slots, takes one correction step on the
     slots that work, and retires the examples that are done (their steps run, a fixed point or 2-cycle, or the
     stop cosine), writing their results back by index. A slot never idles while examples wait, where a batch
@@ -638,7 +647,7 @@ def invert_stream(
         )
 
     def done(state: SearchState, idx: Array) -> Array:
-        return (idx < N) & ((state.t >= num_steps) | state.settled | (state.best_cos >= stop_cosine))
+        return (idx < N) & ((state.t >= num_steps) | ~_active(state, stop_cosine, patience))
 
     def body(c: StreamState) -> StreamState:
         free = c.idx >= N
@@ -647,7 +656,7 @@ def invert_stream(
         state = load(c.search, take, jnp.where(take, new, 0))
         idx = jnp.where(take, new, c.idx)
         e = e_all[jnp.minimum(idx, N - 1)]
-        active = (idx < N) & _active(state, stop_cosine) & (state.t < num_steps)
+        active = (idx < N) & _active(state, stop_cosine, patience) & (state.t < num_steps)
         cand, cand_emb, first, lp = _propose_in_graph(program, params, e, state, active, beam, True, prior)
         sel = _select(state, cand, cand_emb, first, e, beam, lp, prior)
         widening = (state.t == 0) if beam > 1 else None
@@ -714,6 +723,7 @@ def invert_host(
     stop_cosine: float = 2.0,
     skip_repeated: bool = False,
     prior: float = 0.0,
+    patience: int = 0,
 ) -> dict:
     """`invert` for hypotheses that are re-embedded through text: a model decoding in another vocabulary than
     the embedder's, or a black-box embedder (a remote API).
@@ -751,7 +761,7 @@ def invert_host(
     state = _start(jnp.asarray(ids0), jnp.asarray(emb0), jnp.asarray(cos0), score0)
     traces = []
     for _ in range(num_steps):
-        active = np.asarray(_active(state, stop_cosine))
+        active = np.asarray(_active(state, stop_cosine, patience))
         m = state.hyps.shape[1]
         n = m * beam
         first = np.tile(np.arange(n), (B, 1))
