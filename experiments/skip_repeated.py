@@ -3,14 +3,15 @@
 once) and the stream (`correction.invert_stream`: freed slots take the next vector), on the same vectors.
 
     python experiments/skip_repeated.py [--checkpoint BUNDLE] [--n 64] [--rows 20:1,20:4] [--batch-size 16]
-        [--sources all] [--texts FILE] [--queue-batches 8] [--out experiments/results/skip_repeated]
+        [--sources all] [--texts FILE | --random] [--queue-batches 8] [--out experiments/results/skip_repeated]
 
 Vectors: a fixed random sample (seed 0) of the held-out test passages of a prepared dataset (`--sources`, as
 `v2t data prepare` made it), or the first N lines of `--texts` (out of domain), embedded by the bundle's
-embedder. For each STEPS:BEAM row the three run over all vectors a queue at a time (`--queue-batches` batches,
-what `v2t invert` streams per program), one after the other on each queue (so machine load falls on all alike),
-each compiled ahead of time first (compile seconds apart). The table gives each one's seconds, the speed-ups,
-the share of example-steps the skipping loops did not work on, and whether the texts are the same.
+embedder, or N random unit vectors (`--random`). For each STEPS:BEAM row the three run over all vectors a queue
+at a time (`--queue-batches` batches, what `v2t invert` streams per program), one after the other on each queue
+(so machine load falls on all alike), each compiled ahead of time first (compile seconds apart). The table gives
+each one's seconds, the speed-ups, the share of example-steps the skipping loops did not work on, and whether
+the texts are the same.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ import numpy as np
 
 
 def _vectors(args, model) -> tuple[np.ndarray, str]:
+    if args.random:  # no text behind them: what few examples settle on
+        v = np.random.default_rng(0).standard_normal((args.n, model.dim)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True), f"{args.n} random unit vectors (seed 0)"
     if args.texts:
         texts = [t.strip() for t in Path(args.texts).read_text(encoding="utf-8").splitlines() if t.strip()]
         texts = texts[: args.n]
@@ -51,6 +55,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--sources", nargs="+", default=["wiki", "bbc", "sotu", "moby"], help="a prepared dataset's")
     p.add_argument("--texts", default=None, help="a text file, one passage per line, instead of a dataset")
+    p.add_argument("--random", action="store_true", help="random unit vectors instead (none has a text)")
     p.add_argument("--queue-batches", type=int, default=None, help="batches per stream queue (default: v2t's)")
     p.add_argument("--out", default="experiments/results/skip_repeated")
     args = p.parse_args(argv)
