@@ -297,7 +297,8 @@ def test_examples_stopped_at_step_zero_keep_their_hypothesis(skip):
     assert not out["step_active"].any()
 
 
-@pytest.mark.parametrize("beam", [1, pytest.param(3, marks=pytest.mark.slow)])
+@pytest.mark.slow  # (the default tier checks the stream's texts through the API: test_strategies.py)
+@pytest.mark.parametrize("beam", [1, 3])
 def test_stream_gives_each_example_the_batch_loops_result(beam):
     """Continuous batching (`invert_stream`): 5 examples through 2 slots (a queue of 6, its last row padding)
     end with the texts and cosines of the batch loop with skip_repeated, after the same number of correction

@@ -110,7 +110,10 @@ def test_every_way_of_running_a_search_gives_the_same_texts(small_bundle, vector
     search = strategies.sequence_beam(2, 2)
     texts, trace = model.invert(vectors, search, batch_size=3, return_trace=True, readable=False)
     assert model.invert_embeddings(vectors, num_steps=2, sequence_beam_width=2, batch_size=3, readable=False) == texts
-    assert api.invert_embeddings(vectors, model, num_steps=2, sequence_beam_width=2, readable=False) == texts
+    # (the batch of 3 again: the same compiled stream; the trace above ran the batch loop, these two the stream)
+    assert (
+        api.invert_embeddings(vectors, model, num_steps=2, sequence_beam_width=2, batch_size=3, readable=False) == texts
+    )
     out = jax.device_get(model.compiled(3, search, score=True)(model.params, model.check_embeddings(vectors)))
     assert [model.decode(row) for row in out["ids"]] == texts
     np.testing.assert_allclose(out["cosine"], trace["cosine"], atol=1e-6)
