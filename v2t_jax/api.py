@@ -58,6 +58,9 @@ class Vec2Text:
             static_argnums=(0, 3, 4),
             static_argnames=("skip_repeated", "score", "prior", "polish", "patience"),
         )
+        self._stream = jax.jit(
+            correction.invert_stream, static_argnums=0, static_argnames=tuple(self._stream_kw(strategies.Search(1)))
+        )  # (static: the keys of `_stream_kw`)
 
     @property
     def dim(self) -> int:
@@ -81,20 +84,16 @@ class Vec2Text:
         through `slots` slots: a function (params, embeddings [queue, D], count) -> its outputs (benchmarks;
         every example runs until its steps end or it settles: the stop cosine is ignored)."""
         e = jax.ShapeDtypeStruct((queue, self.dim), np.float32)
-        fn = self._stream_fn().lower(
-            self.program, self.params, e, np.int32(queue), slots=slots, num_steps=search.steps, beam=search.beam,
-            stop_cosine=strategies.NO_STOP, prior=search.prior, patience=search.patience,
+        fn = self._stream.lower(
+            self.program, self.params, e, np.int32(queue), stop_cosine=strategies.NO_STOP,
+            **self._stream_kw(search, slots),
         ).compile()  # fmt: skip
         return lambda params, embeddings, count: fn(params, embeddings, np.int32(count), stop_cosine=strategies.NO_STOP)
 
-    def _stream_fn(self):
-        if not hasattr(self, "_stream"):
-            self._stream = jax.jit(
-                correction.invert_stream,
-                static_argnums=0,
-                static_argnames=("slots", "num_steps", "beam", "prior", "patience"),
-            )
-        return self._stream
+    @staticmethod
+    def _stream_kw(search: strategies.Search, slots: int = 1) -> dict:
+        """`correction.invert_stream`'s static keyword arguments for `search` through `slots` slots."""
+        return dict(slots=slots, num_steps=search.steps, beam=search.beam, prior=search.prior, patience=search.patience)
 
     @staticmethod
     def _kernel_kw(search: strategies.Search, score: bool) -> dict:
@@ -288,9 +287,8 @@ class Vec2Text:
             if m < size:  # padded with copies of the last row, never worked on (count = m)
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - m, axis=0)])
             out = jax.device_get(
-                self._stream_fn()(self.program, self.params, chunk, np.int32(m), slots=bs, num_steps=search.steps,
-                             beam=search.beam, stop_cosine=search.stop, prior=search.prior,
-                             patience=search.patience)
+                self._stream(self.program, self.params, chunk, np.int32(m), stop_cosine=search.stop,
+                             **self._stream_kw(search, bs))
             )  # fmt: skip
             for s in range(0, m, bs):
                 next(batches)

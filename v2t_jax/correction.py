@@ -322,6 +322,18 @@ def _scored(cos: Array, logprob: Array | None, prior: float) -> Array:
     return cos if not prior else cos + prior * logprob
 
 
+def _scored_start(program: InversionProgram, params: dict, e: Array, prior: float = 0.0):
+    """Step 0 before correction steps: the inverter's greedy ids [B, L], their embeddings [B, D], cosines [B]
+    and scores [B] (with a prior, by the inverter's mean log-probability)."""
+    if prior:
+        ids, lp = greedy_hypotheses(program, params, e, True)
+    else:
+        ids, lp = greedy_hypotheses(program, params, e), None
+    emb = _embed_hypotheses(program, params["embedder"], ids)
+    cos = _cosine(emb, e)
+    return ids, emb, cos, _scored(cos, lp, prior)
+
+
 def _active(state: SearchState, stop_cosine, patience: int = 0) -> Array:
     """[B]: the examples the next step works on (not at the stop cosine, not settled, and with `patience` > 0
     not `patience` steps past their best's last improvement)."""
@@ -527,17 +539,13 @@ def invert(
         raise ValueError("this program decodes in another vocabulary than the embedder's: use invert_host")
     _check_steps(program, num_steps)
     e = embeddings.astype(jnp.float32)
-    with_lp = bool(prior) and num_steps > 0
-    if with_lp:
-        ids0, lp0 = greedy_hypotheses(program, params, e, True)
-    else:
-        ids0, lp0 = greedy_hypotheses(program, params, e), None
-    if num_steps == 0 and not score:
-        return _result(ids0, jnp.full(ids0.shape[:1], jnp.nan, jnp.float32), None, None)
-    emb0 = _embed_hypotheses(program, params["embedder"], ids0)
-    cos0 = _cosine(emb0, e)
     if num_steps == 0:
+        ids0 = greedy_hypotheses(program, params, e)
+        if not score:
+            return _result(ids0, jnp.full(ids0.shape[:1], jnp.nan, jnp.float32), None, None)
+        cos0 = _cosine(_embed_hypotheses(program, params["embedder"], ids0), e)
         return _polished(program, params, e, _result(ids0, cos0, None, None), polish, polish_top, prior)
+    ids0, emb0, cos0, score0 = _scored_start(program, params, e, prior)
 
     def step(state: SearchState, _):
         active = _active(state, stop_cosine, patience)
@@ -546,7 +554,6 @@ def invert(
         return _advance(state, new, active, num_steps, skip_repeated)
 
     # step 1 works from the one hypothesis of step 0 (beam candidates per example, not beam² from copies of it)
-    score0 = _scored(cos0, lp0, prior)
     state, trace1 = step(_start(ids0, emb0, cos0, score0), None)
     trace = jax.tree_util.tree_map(lambda x: x[None], trace1)
     if num_steps > 1:
@@ -622,14 +629,7 @@ def invert_stream(
         raise ValueError(f"{N} examples are not a whole number of {slots}-slot batches")
     L = program.length
 
-    def step0(e):
-        if prior:
-            ids, lp = greedy_hypotheses(program, params, e, True)
-        else:
-            ids, lp = greedy_hypotheses(program, params, e), None
-        emb = _embed_hypotheses(program, params["embedder"], ids)
-        cos = _cosine(emb, e)
-        return ids, emb, cos, _scored(cos, lp, prior)
+    step0 = functools.partial(_scored_start, program, params, prior=prior)
 
     def step0_or_none(args):  # a slot batch of padding (at or past `count`) is not decoded
         x, k = args

@@ -80,10 +80,7 @@ class Optimizer:
 
     @classmethod
     def of(cls, config: ml_collections.ConfigDict) -> Optimizer:
-        return cls(*(type_(config[f]) for f, type_ in (
-            ("learning_rate", float), ("warmup_steps", int), ("num_steps", int), ("train_minutes", float),
-            ("grad_clip", float), ("weight_decay", float),
-        )))  # fmt: skip
+        return _fields_of(cls, config)
 
 
 def make_optimizer(opt: Optimizer) -> optax.GradientTransformation:
@@ -530,8 +527,13 @@ class Loop:
     @classmethod
     def of(cls, config: ml_collections.ConfigDict) -> Loop:
         check_numbers(config)
-        cast = {"int": int, "float": float, "bool": bool}  # the field annotations, as strings
-        return cls(**{f.name: cast[f.type](config[f.name]) for f in dataclasses.fields(cls)})
+        return _fields_of(cls, config)
+
+
+def _fields_of(cls, config: ml_collections.ConfigDict):
+    """`cls` (a dataclass of int / float / bool fields) from the config keys of the same names."""
+    cast = {"int": int, "float": float, "bool": bool}  # the field annotations, as strings
+    return cls(**{f.name: cast[f.type](config[f.name]) for f in dataclasses.fields(cls)})
 
 
 @dataclasses.dataclass
