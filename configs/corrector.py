@@ -6,7 +6,13 @@ embedding, cached beside the dataset (`v2t data hypotheses`; computed on first u
     v2t train --config configs/corrector.py:cpu_small --workdir runs/corrector_cpu_small \
         --config.inverter=bundles/inverter_cpu_small
 
-Variants: tiny (tests), cpu_small, gpu, base, as in configs/inverter.py.
+Variants: tiny (tests), cpu_small, gpu, base, paper, as in configs/inverter.py. The paper's corrector starts from
+the pretrained T5 as the inverter does (not from the inverter's weights) and reads its hypotheses in T5's vocabulary:
+
+    v2t export --workdir runs/inverter_paper --output bundles/inverter_paper
+    v2t train --config configs/corrector.py:paper --workdir runs/corrector_paper \
+        --config.inverter=bundles/inverter_paper --config.t5.init=~/models/t5-base \
+        --config.embedder=~/models/gtr-t5-base --config.data.corpus=nq_passages.txt
 """
 
 from pathlib import Path
@@ -27,4 +33,6 @@ def get_config(arg: str = "cpu_small") -> ml_collections.ConfigDict:
     c.training_noise = 0.0  # Gaussian noise on e and ê in training (vec2text 0.0.13: 0; later versions 1e-5)
     del c["noise_level"]
     c.init_token_embeddings = "random"  # it starts from the inverter's weights (init_from_inverter) instead
+    if arg == "paper":
+        c.init_from_inverter = False  # from the pretrained T5 (config.t5.init), as the paper's corrector
     return c

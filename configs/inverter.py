@@ -14,6 +14,27 @@ Variants:
              transformer layers (d 384, 12 heads, ff 1536; 27.2M params, gpu's size), new cross-attention, BERT's
              masked-LM head on the tied WordPiece embedding
   base       the paper's shape: T5-base, batch 128 (accelerators)
+  paper      the paper's recipe from pretrained weights: T5-base from a Hugging Face folder (its SentencePiece
+             vocabulary decodes), the GTR-base embedder from a sentence-transformers folder, 32 tokens, Adam at
+             2e-4, batch 128, warmup then linear decay, bfloat16, on a corpus of your passages (e.g. NQ's)
+
+The paper recipe, on one GPU (the folders come from a model hub: t5-base, sentence-transformers/gtr-t5-base):
+
+    v2t data prepare --corpus nq_passages.txt --embedder ~/models/gtr-t5-base --max-tokens 32
+    v2t train --config configs/inverter.py:paper --workdir runs/inverter_paper \
+        --config.t5.init=~/models/t5-base --config.embedder=~/models/gtr-t5-base \
+        --config.data.corpus=nq_passages.txt
+
+and on a multi-host TPU slice, the same command on every host with its process index (the batch is split over
+all chips of the mesh; `--config.mesh.fsdp=N` shards the parameters too):
+
+    v2t train --config configs/inverter.py:paper --workdir gs://bucket/inverter_paper ... \
+        --distributed HOST0:1234,NUM_HOSTS,HOST_INDEX
+
+Then the corrector (configs/corrector.py:paper) on this inverter's hypotheses. sentence-transformers' GTR adds a
+Dense layer and L2 normalisation to the encoder's mean pool; vec2text's published gtr-base models invert the mean
+pool alone (import those with `v2t import vec2text`, which records it). To train for that, give as the embedder
+a copy of the folder without modules.json (a bare encoder folder is read as mean pooling, unnormalised).
 """
 
 import ml_collections
@@ -42,6 +63,9 @@ def get_config(arg: str = "cpu_small") -> ml_collections.ConfigDict:
             num_decoder_layers=0,
             dropout_rate=0.1,
             dtype="float32",  # compute dtype: bfloat16 on accelerators (params and the loss stay float32)
+            # a Hugging Face T5 / T5 v1.1 / Flan-T5 folder to start from: its config.json gives the shape (size,
+            # variant and the numbers above are then unused), its weights the start, its tokenizer the vocabulary
+            init="",
         )
     )  # 0 = the named size's value
     c.init_token_embeddings = "random"  # or "embedder": T5 token embeddings from the embedder's (same width)
@@ -102,6 +126,19 @@ def get_config(arg: str = "cpu_small") -> ml_collections.ConfigDict:
         c.num_steps = 200_000
         c.eval_every = 5000
         c.checkpoint_every = 2000
+    elif arg == "paper":  # the three folders are the user's: each placeholder fails in one line until set
+        c.embedder = "GTR_BASE_FOLDER"
+        c.t5.update(size="base", variant="t5", init="T5_BASE_FOLDER", dtype="bfloat16")
+        c.data.update(sources=(), corpus="PASSAGES_FILE")
+        c.batch_size = 128
+        c.learning_rate = 2e-4
+        c.warmup_steps = 2000
+        c.num_steps = 200_000
+        c.eval_every = 5000
+        c.checkpoint_every = 2000
+        c.log_every = 100
     elif arg != "cpu_small":
-        raise ValueError(f"unknown variant {arg!r} of configs/inverter.py; use tiny, cpu_small, gpu, gpu_warm or base")
+        raise ValueError(
+            f"unknown variant {arg!r} of configs/inverter.py; use tiny, cpu_small, gpu, gpu_warm, base or paper"
+        )
     return c

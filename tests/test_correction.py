@@ -1,5 +1,6 @@
 """Corrector: encoder input layout, the no-feedback ablation, cached decoding."""
 
+import functools
 import dataclasses
 
 import jax
@@ -128,6 +129,14 @@ def test_mean_log_probability_counts_tokens_up_to_eos():
 
 
 def _program():
+    """(program, params, targets) of a tiny inverter + corrector + BERT embedder; built once per session (its
+    eager initialisation takes seconds), each call gets its own top-level params dict."""
+    prog, params, targets = _built_program()
+    return prog, dict(params), targets
+
+
+@functools.cache
+def _built_program():
     from v2t_jax.models import embedders
 
     V, L = 60, 8

@@ -13,6 +13,9 @@ from conftest import CORPUS, ROOT
 
 
 PY = str(ROOT / ".venv/bin/python")
+# The trainings' time boxes read a clock that advances 6 s at each reading (two readings a step: 12 s a step),
+# whatever the machine's speed: tests/fake_clock/sitecustomize.py, imported by every Python process the recipe runs
+CLOCK = {"PYTHONPATH": str(ROOT / "tests" / "fake_clock"), "V2T_FAKE_CLOCK_S": "6"}
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +52,7 @@ def test_gpu_release_recipe_at_tiny_scale(tmp_path, kit, minilm, sentences):
         "TABLE_N": "8",
         "ROWS": "0:1,2:1",
         "PATH": "/usr/bin:/bin",
+        **CLOCK,
     }
     proc = subprocess.run(
         ["bash", str(ROOT / "experiments/gpu_release.sh"), str(kit), str(out), "6", "tiny"],
@@ -85,7 +89,7 @@ def test_gpu_continue_recipe_at_tiny_scale(tmp_path, kit, tiny_models, minilm, s
 
     out, work = tmp_path / "out", tmp_path / "work"
     env = {"TINY": "1", "WORK": str(work), "PYTHON": PY, "TABLE_N": "8", "ROWS": "0:1,2:1", "PATH": "/usr/bin:/bin",
-           "BUNDLE": str(tiny_models["corrector"]), "VARIANT": "tiny", "GRACE": "120"}  # fmt: skip
+           "BUNDLE": str(tiny_models["corrector"]), "VARIANT": "tiny", "GRACE": "120", **CLOCK}  # fmt: skip
     script = ["bash", str(ROOT / "experiments/gpu_continue.sh"), str(kit), str(out)]
 
     def call(phase, *args, extra=None):

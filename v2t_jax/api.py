@@ -338,6 +338,7 @@ class Vec2Text:
             pad_id=p.pad_id,
             weights=weights,
             extra=dict(extra or {}),
+            embedder_head=self.embedder.head,
         )
         own = None if self.vocab.in_graph else self.vocab.tokenizer.to_str()
         return bundle.write(folder, meta, self.params["inverter"], self.params.get("corrector"), own)
@@ -391,7 +392,7 @@ def load_model(folder: str | os.PathLike | None = None, cache_dir: str | None = 
     from v2t_jax import assets
 
     try:
-        emb = embedders.load_embedder(meta.embedder, cache_dir=cache_dir)
+        emb = embedders.load_embedder(meta.embedder, cache_dir=cache_dir, head=meta.embedder_head)
     except assets.AssetError:
         raise
     except (ValueError, KeyError, OSError) as e:

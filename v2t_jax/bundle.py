@@ -7,6 +7,8 @@ A bundle is a folder:
                           free-form provenance (`source`, `release`)
   inverter.safetensors    flattened ('/'-joined keys) float32 tensors, or int8 + float32 `<key>@scale`
   corrector.safetensors   (absent for an inverter-only bundle)
+  (embedder_head)         only when the embedder is read without part of its sentence-transformers head ("none":
+                          the encoder's mean pool alone, as vec2text's gtr-base models; absent: "auto", all of it)
   tokenizer.json          only for a model decoding in its own vocabulary (not the embedder's: e.g. T5's
                           SentencePiece, as vec2text's GTR models); its hypotheses are re-embedded through text
 
@@ -52,8 +54,8 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
         key = f"{prefix}{k}"
         if isinstance(v, dict):
             out.update(flatten(v, key + "/"))
-        else:
-            out[key] = np.asarray(v, np.float32)
+        else:  # (C order: safetensors writes an array's buffer as it lies, so a transposed view would come back
+            out[key] = np.ascontiguousarray(v, np.float32)  # transposed)
     return out
 
 
@@ -270,6 +272,7 @@ class Meta:
     vocabulary: str | None = None  # VOCABULARY_FILE when the bundle has its own; None: the embedder's
     files: dict | None = None
     extra: dict = dataclasses.field(default_factory=dict)
+    embedder_head: str = "auto"  # how the embedder's sentence-transformers head is read (embedders.load_embedder)
 
     def to_json(self) -> dict:
         out = {
@@ -287,11 +290,14 @@ class Meta:
         }
         if self.vocabulary is not None:
             out["vocabulary"] = self.vocabulary
+        if self.embedder_head != "auto":
+            out["embedder_head"] = self.embedder_head
         return {**out, **self.extra}
 
 
 _CORE = {"format", "embedder", "embedder_digest", "max_length", "inverter", "corrector", "cls_id", "eos_id",
-         "pad_id", "weights", "files", "vocabulary"}  # fmt: skip
+         "pad_id", "weights", "files", "vocabulary", "embedder_head"}  # fmt: skip
+EMBEDDER_HEADS = ("auto", "none", "normalize")  # embedders.load_embedder's
 
 
 def read_meta(folder: str | os.PathLike) -> Meta:
@@ -362,9 +368,12 @@ def read_meta(folder: str | os.PathLike) -> Meta:
     missing = [f for f in wanted if not (folder / f).is_file()]
     if missing:
         raise ModelError(f"{folder} is incomplete: missing {', '.join(missing)}")
+    head = data.get("embedder_head", "auto")
+    if head not in EMBEDDER_HEADS:
+        raise ModelError(f"{path}: embedder_head is {head!r}, not one of {', '.join(EMBEDDER_HEADS)}")
     extra = {k: v for k, v in data.items() if k not in _CORE}
     return Meta(embedder, max_length, inverter, corrector, weights=weights, embedder_digest=digest, files=files,
-                vocabulary=vocabulary, extra=extra, **ids)  # fmt: skip
+                vocabulary=vocabulary, extra=extra, embedder_head=head, **ids)  # fmt: skip
 
 
 def read(folder: str | os.PathLike) -> tuple[Meta, dict, dict | None]:

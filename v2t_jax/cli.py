@@ -25,6 +25,7 @@ from v2t_jax.commands import (
     cmd_demo,
     cmd_embed,
     cmd_export,
+    cmd_import_vec2text,
     cmd_invert,
     cmd_train,
 )
@@ -272,6 +273,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--overwrite", action="store_true")
     ex.set_defaults(func=cmd_export)
+
+    im = sub.add_parser("import", help="model bundles from other projects' checkpoints").add_subparsers(
+        dest="import_command", required=True, parser_class=_Parser
+    )
+    iv2t = im.add_parser("vec2text", help="a bundle from vec2text checkpoint folders (e.g. its gtr-base models)")
+    iv2t.add_argument("inversion", metavar="INVERSION_DIR", help="the InversionModel folder (config.json + weights)")
+    iv2t.add_argument("corrector", metavar="CORRECTOR_DIR", nargs="?", default=None,
+                      help="the CorrectorEncoderModel folder (without it: an inverter-only bundle)")  # fmt: skip
+    iv2t.add_argument("--embedder", required=True, help="the embedder folder (e.g. sentence-transformers/gtr-t5-base)")
+    iv2t.add_argument("--output", required=True, help="bundle folder to write")
+    iv2t.add_argument("--tokenizer", default=None,
+                      help="folder with the backbone's tokenizer.json (default: the inversion folder's, or the local "
+                           "folder its config names as model_name_or_path)")  # fmt: skip
+    iv2t.add_argument("--max-length", type=int, default=None,
+                      help="the embedder's token budget (default: the checkpoint's max_seq_length)")  # fmt: skip
+    iv2t.add_argument("--embedder-head", choices=("auto", "none", "normalize"), default=None,
+                      help="how to read the embedder's sentence-transformers head (default: none for vec2text's "
+                           "gtr_base, the encoder's mean pool alone; auto otherwise)")  # fmt: skip
+    iv2t.add_argument("--weights", choices=WEIGHT_FORMATS, default="float32",
+                      help="int8: weight-only int8 with per-row float32 scales (default %(default)s)")  # fmt: skip
+    iv2t.add_argument("--overwrite", action="store_true")
+    iv2t.set_defaults(func=cmd_import_vec2text)
 
     t = sub.add_parser("train", help="train a model from an ml_collections config; rerun to resume")
     t.add_argument("--config", required=True, help="configs/inverter.py[:variant]")

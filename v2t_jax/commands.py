@@ -401,10 +401,7 @@ def _bundle_digest(checkpoint: str | None) -> str:
 
 def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.output)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise UsageError(f"{out} exists and is not empty; pass --overwrite to replace its files")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} is a file; pass a folder for the bundle")
+    _new_bundle_folder(out, args.overwrite)
     from v2t_jax import api, bundle, export
 
     try:
@@ -415,6 +412,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     kind = "an inverter-only" if meta["corrector"] is None else "an inverter + corrector"
     size = sum(p.stat().st_size for p in out.iterdir()) / 1e6
     print(f"v2t export: wrote {kind} bundle to {out} ({args.weights} weights, {size:.1f} MB)", file=sys.stderr)
+    return 0
+
+
+def _new_bundle_folder(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} is a file; pass a folder for the bundle")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UsageError(f"{out} exists and is not empty; pass --overwrite to replace its files")
+
+
+def cmd_import_vec2text(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    _new_bundle_folder(out, args.overwrite)
+    for flag, folder in (("INVERSION_DIR", args.inversion), ("CORRECTOR_DIR", args.corrector)):
+        if folder is not None and not Path(folder).is_dir():
+            raise UsageError(f"{flag} {folder} is not a folder")
+    if args.max_length is not None and args.max_length < 2:
+        raise UsageError(f"--max-length must be at least 2, got {args.max_length}")
+    from v2t_jax import api, assets, vec2text_import
+
+    try:
+        written = vec2text_import.to_bundle(args.inversion, args.corrector, args.embedder, out, args.weights,
+                                            args.tokenizer, args.max_length, args.embedder_head)  # fmt: skip
+    except assets.AssetError:
+        raise
+    except (api.ModelError, ValueError, KeyError, OSError) as e:
+        raise UsageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+    kind = "an inverter-only" if args.corrector is None else "an inverter + corrector"
+    size = sum(p.stat().st_size for p in written.iterdir()) / 1e6
+    print(f"v2t import: wrote {kind} bundle to {out} ({args.weights} weights, {size:.1f} MB)", file=sys.stderr)
     return 0
 
 

@@ -59,6 +59,7 @@ class Init:
     token_embeddings: str = "random"  # or "embedder": T5's token embeddings from the embedder's own
     layers: str = "random"  # or "embedder": both stacks' layers from the embedder's (BERT2BERT)
     from_inverter: bool = False  # the corrector: T5 and projections from its inverter's
+    pretrained_t5: Path | None = None  # config.t5.init: a Hugging Face T5 folder (shape, weights, vocabulary)
 
     @classmethod
     def of(cls, config: ml_collections.ConfigDict) -> Init:
@@ -67,7 +68,12 @@ class Init:
             if value not in ("random", "embedder"):
                 raise TrainingError(f"{key} must be random or embedder, got {value!r}")
         bundle = Path(config.init_from).expanduser() if config.get("init_from") else None
-        return cls(bundle, how, layers, bool(config.get("init_from_inverter", False)))
+        t5 = pretrained_t5_folder(config)
+        if t5 is not None and (how, layers) != ("random", "random"):
+            raise TrainingError("config.t5.init starts T5 from its folder: leave init_token_embeddings and "
+                                "init_layers at random")  # fmt: skip
+        from_inverter = bool(config.get("init_from_inverter", False)) and t5 is None
+        return cls(bundle, how, layers, from_inverter, t5)
 
 
 class Task:
@@ -164,10 +170,13 @@ class Task:
 
     def initial_params(self, params, shardings):
         """The parameters a fresh run starts from: a bundle's model of this kind (`config.init_from`: fine-tuning,
-        e.g. with noise), or as initialised, with the T5 token embeddings taken from the embedder's own
-        (`config.init_token_embeddings=embedder`), or both stacks' layers too (`config.init_layers=embedder`)."""
+        e.g. with noise), or T5 from a pretrained Hugging Face folder (`config.t5.init`), or as initialised, with
+        the T5 token embeddings taken from the embedder's own (`config.init_token_embeddings=embedder`), or both
+        stacks' layers too (`config.init_layers=embedder`)."""
         if self.init.from_bundle is not None:
             return from_bundle(params, self.init.from_bundle, self.name, shardings)
+        if self.init.pretrained_t5 is not None:
+            return pretrained_t5(params, self.init.pretrained_t5, self.model_config.t5, shardings)
         if self.init.layers == "embedder":  # includes the token embeddings, at the embedder's own scale
             return embedder_layers(params, self.model_config.t5, self.embedder, self.vocab, shardings)
         if self.init.token_embeddings == "embedder":
@@ -218,7 +227,7 @@ class CorrectorTask(Task):
     @functools.cached_property
     def inverter(self) -> Path:
         """The bundle whose inverter made (or will make) the hypotheses, checked once (`inverter_bundle`)."""
-        return inverter_bundle(self._inverter, self.embedder_name, self.max_length)
+        return inverter_bundle(self._inverter, self.embedder_name, self.max_length, not self.vocab.in_graph)
 
     @functools.cached_property
     def inverter_model(self):
@@ -249,13 +258,17 @@ class CorrectorTask(Task):
         hypotheses.ensure(self.inverter_model, tdir, bundle, ("train", "validation"), progress=self.progress)
 
     def check_run(self, workdir: Path) -> None:
-        """A corrector reads hypotheses in the embedder's vocabulary, and continues only on the hypotheses of
-        the inverter it started with (same weights)."""
+        """A corrector reads hypotheses in its own vocabulary, so its inverter must decode in the same one; and
+        it continues only on the hypotheses of the inverter it started with (same weights)."""
         from v2t_jax.data import hypotheses
 
-        if not self.vocab.in_graph:
+        if (
+            not self.vocab.in_graph
+            and self.inverter_model.vocab.tokenizer.get_vocab() != self.vocab.tokenizer.get_vocab()
+        ):
             raise TrainingError(
-                "the corrector reads the inverter's hypotheses in the embedder's vocabulary: vocab=embedder"
+                f"inverter {self.inverter} decodes in another vocabulary than this corrector's: give both the same "
+                "tokenizer (config.t5.init / config.vocab)"
             )
         path = workdir / "inverter_hypotheses.txt"
         current = hypotheses.hypotheses_dir(Path(), self.inverter).name  # hypotheses-<digest>
@@ -346,13 +359,17 @@ def build_abstract(config: ml_collections.ConfigDict, embed_dim: int, vocab_size
 
 
 def target_vocab(config: ml_collections.ConfigDict, embedder):
-    """`config.vocab`: "embedder" (its WordPiece, in-graph re-embedding) or an external tokenizer folder."""
+    """`config.vocab`: "embedder" (its WordPiece, in-graph re-embedding) or an external tokenizer folder; with
+    `config.t5.init` (a pretrained T5), "embedder" means that folder's own tokenizer."""
     from v2t_jax import vocabulary
 
+    folder = pretrained_t5_folder(config)
     try:
-        if config.vocab == "embedder":
+        if config.vocab == "embedder" and folder is None:
             return vocabulary.Vocabulary.of_embedder(embedder, config.max_length)
-        return vocabulary.Vocabulary.from_folder(config.vocab, config.max_length)
+        # a pretrained T5 decodes in its own tokenizer unless config.vocab names another folder
+        return vocabulary.Vocabulary.from_folder(folder if config.vocab == "embedder" else config.vocab,
+                                                 config.max_length)  # fmt: skip
     except vocabulary.VocabularyError as e:
         raise TrainingError(str(e)) from None
 
@@ -376,7 +393,8 @@ def run_config(workdir: Path, inverter: str | None = None) -> tuple[ml_collectio
         if config.get("model") != "corrector":
             raise TrainingError(f"{workdir} trained an inverter: --inverter applies to a corrector run only")
         trained_on, config.inverter = config.inverter, str(inverter)
-        inverter_bundle(config.inverter, config.embedder, config.max_length)
+        own = config.get("vocab", "embedder") != "embedder" or bool(config.t5.get("init"))
+        inverter_bundle(config.inverter, config.embedder, config.max_length, own)
     if "dtype" in config.t5:  # a bundle computes in float32 (runs on accelerators train in bfloat16)
         config.t5.dtype = "float32"
     return config, trained_on
@@ -402,11 +420,26 @@ def benchmark_pair(config: ml_collections.ConfigDict) -> tuple[Task, Task]:
 
 
 def t5_config(config: ml_collections.ConfigDict, vocab_size: int, pad_id: int = 0, eos_id: int = 1):
-    """The T5 config of `config.t5` (a named size and family, with its non-zero overrides)."""
+    """The T5 config of `config.t5` (a named size and family, with its non-zero overrides), or of the pretrained
+    folder `config.t5.init` (its config.json and weights decide the shape; the vocabulary's special ids)."""
     c = config.t5
     overrides = {
         k: c[k] for k in ("d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads") if c.get(k, 0)
     }
+    folder = pretrained_t5_folder(config)
+    if folder is not None:
+        if overrides:
+            raise TrainingError(
+                f"config.t5.init takes the shape from {folder}/config.json: leave t5.{', t5.'.join(overrides)} at 0"
+            )
+        cfg = pretrained_t5_config(str(folder))
+        if vocab_size > cfg.vocab_size:
+            raise TrainingError(
+                f"the decoder vocabulary has {vocab_size} tokens, the T5 in {folder} embeds {cfg.vocab_size}: use "
+                "the folder's own tokenizer (config.vocab=embedder)"
+            )
+        return cfg.replace(dropout_rate=c.dropout_rate, pad_token_id=pad_id, decoder_start_token_id=pad_id,
+                           eos_token_id=eos_id, dtype=c.get("dtype", "float32"))  # fmt: skip
     return t5_lib.t5_config(
         c.size,
         c.variant,
@@ -418,6 +451,40 @@ def t5_config(config: ml_collections.ConfigDict, vocab_size: int, pad_id: int = 
         dtype=c.get("dtype", "float32"),
         **overrides,
     )
+
+
+def pretrained_t5_folder(config: ml_collections.ConfigDict) -> Path | None:
+    """`config.t5.init`, checked to be a Hugging Face T5 folder (config.json + weights), or None."""
+    init = config.t5.get("init") or ""
+    if not init:
+        return None
+    folder = Path(init).expanduser()
+    if not (folder / "config.json").is_file():
+        raise TrainingError(f"config.t5.init: {folder} is not a Hugging Face T5 folder (no config.json)")
+    if not any((folder / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json",
+                                                "pytorch_model.bin")):  # fmt: skip
+        raise TrainingError(f"config.t5.init: {folder} holds no weights (model.safetensors or pytorch_model.bin)")
+    return folder
+
+
+@functools.lru_cache(maxsize=4)
+def pretrained_t5_config(folder: str) -> t5_lib.T5Config:
+    """The T5Config of a pretrained folder, its LM head's tying read off the weights (`t5.load_hf_t5`)."""
+    try:
+        return t5_lib.load_hf_t5(folder)[0]
+    except (ValueError, KeyError, OSError) as e:
+        raise TrainingError(f"config.t5.init: {folder} does not load as T5 ({type(e).__name__}: {e})") from None
+
+
+def pretrained_t5(params: dict, folder: Path, cfg: t5_lib.T5Config, shardings: Any) -> dict:
+    """T5 parameters from the pretrained folder `folder` (`config.t5.init`), in place of the fresh ones; the
+    rest (the embedding projections) keeps its fresh initialisation."""
+    _, t5 = t5_lib.load_hf_t5(folder, tie_word_embeddings=cfg.tie_word_embeddings)
+    new = dict(params, t5=t5)
+    _check_same_shapes(new, params, f"config.t5.init: the T5 in {folder} has another shape than this config")
+    t5 = jax.tree_util.tree_map(lambda x, old, s: jax.device_put(np.asarray(x).astype(old.dtype), s), t5,
+                                params["t5"], shardings["t5"])  # fmt: skip
+    return dict(params, t5=t5)
 
 
 def embedder_token_embeddings(params: dict, embedder, vocab, shardings: Any) -> dict:
@@ -462,9 +529,10 @@ def embedder_layers(params: dict, cfg, embedder, vocab, shardings: Any) -> dict:
 # ------------------------------------------------------------------------------- the corrector's inverter
 
 
-def inverter_bundle(inverter: str, embedder: str, max_length: int) -> Path:
+def inverter_bundle(inverter: str, embedder: str, max_length: int, own_vocabulary: bool = False) -> Path:
     """A corrector config's `inverter`: a model bundle whose inverter made (or will make) the hypotheses, of
-    the config's `embedder` at `max_length` tokens, decoding in the embedder's vocabulary."""
+    the config's `embedder` at `max_length` tokens, decoding in the embedder's vocabulary (or, own_vocabulary:
+    in a vocabulary of its own, as the corrector)."""
     from v2t_jax import bundle as bundle_lib
 
     if not inverter:
@@ -478,8 +546,13 @@ def inverter_bundle(inverter: str, embedder: str, max_length: int) -> Path:
         meta = bundle_lib.read_meta(bundle)
     except bundle_lib.ModelError as e:
         raise TrainingError(f"inverter: {e}") from None
-    if meta.vocabulary is not None:
+    if meta.vocabulary is not None and not own_vocabulary:
         raise TrainingError(f"inverter {bundle} decodes in its own vocabulary; a corrector reads the embedder's")
+    if meta.vocabulary is None and own_vocabulary:
+        raise TrainingError(
+            f"inverter {bundle} decodes in the embedder's vocabulary; this corrector in its own (config.t5.init or "
+            "config.vocab): train both in one vocabulary"
+        )
     if meta.embedder != embedder or meta.max_length != max_length:
         raise TrainingError(
             f"inverter {bundle} inverts {meta.embedder} at {meta.max_length} tokens, "

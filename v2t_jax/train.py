@@ -438,6 +438,7 @@ NEW_KEY_DEFAULTS = {
     ("init_from",): "",
     ("init_layers",): "random",
     ("t5", "num_decoder_layers"): 0,
+    ("t5", "init"): "",
 }
 
 

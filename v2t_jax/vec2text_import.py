@@ -167,3 +167,82 @@ def inversion_program(
     return correction.InversionProgram(
         inverter_cfg, corrector_cfg, None, length=length, eos_id=inverter_cfg.t5.eos_token_id, pad_id=0
     )
+
+
+def _tokenizer_folder(inversion_folder: Path, meta: dict) -> Path:
+    """Where the backbone's tokenizer is: the inversion folder itself, or the local folder its config names as
+    `model_name_or_path` (the T5 it was trained from)."""
+    candidates = [inversion_folder]
+    named = meta.get("model_name_or_path")
+    if isinstance(named, str) and named:
+        candidates.append(Path(named).expanduser())
+    for folder in candidates:
+        if (folder / "tokenizer.json").is_file():
+            return folder
+    raise ValueError(
+        f"{inversion_folder} holds no tokenizer.json and its model_name_or_path ({named!r}) is no local folder with "
+        "one: pass --tokenizer DIR (a folder with the T5 tokenizer.json, e.g. t5-base's)"
+    )
+
+
+def to_bundle(
+    inversion_folder: str | os.PathLike,
+    corrector_folder: str | os.PathLike | None,
+    embedder: str | os.PathLike,
+    output: str | os.PathLike,
+    weights: str = "float32",
+    tokenizer: str | os.PathLike | None = None,
+    max_length: int | None = None,
+    embedder_head: str | None = None,
+) -> Path:
+    """A model bundle (`v2t_jax.bundle`) from vec2text checkpoint folders, which `v2t invert`, `v2t audit`,
+    `v2t bench` and `api.load_model` run as any bundle.
+
+    The backbones decode in T5's SentencePiece vocabulary, so the bundle holds that tokenizer (`tokenizer`, default:
+    the inversion folder's, or its config's local `model_name_or_path`) and its hypotheses are re-embedded through
+    text. `max_length` (default: the checkpoint's `max_seq_length`, else 32) is the embedder's token budget.
+    `embedder_head` (default: "none" for vec2text's `gtr_base`, whose embedding is the GTR encoder's mean pool
+    without Dense or normalisation; "auto" otherwise) is recorded, so the bundle always embeds as it was trained.
+    Raises ValueError (or `bundle.ModelError`) with one line saying what is wrong, before anything is written."""
+    from v2t_jax import api, bundle
+    from v2t_jax.models import embedders
+    from v2t_jax.vocabulary import Vocabulary
+
+    inversion_folder = Path(inversion_folder)
+    meta_path = inversion_folder / "config.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    max_length = int(max_length or meta.get("max_seq_length") or 32)
+    head = embedder_head or ("none" if meta.get("embedder_model_name") == "gtr_base" else "auto")
+    if head not in bundle.EMBEDDER_HEADS:
+        raise ValueError(f"embedder head {head!r} is not one of {', '.join(bundle.EMBEDDER_HEADS)}")
+    tok_folder = Path(tokenizer) if tokenizer is not None else _tokenizer_folder(inversion_folder, meta)
+    vocab = Vocabulary.from_folder(tok_folder, max_length)
+    ids = dict(pad_token_id=vocab.pad_id, decoder_start_token_id=vocab.pad_id, eos_token_id=vocab.eos_id)
+    inv_cfg, inv_params = load_folder(inversion_folder, **ids)
+    if not isinstance(inv_cfg, inversion.InverterConfig):
+        raise ValueError(f"{inversion_folder}: a CorrectorEncoderModel checkpoint; give the InversionModel first")
+    cor_cfg = cor_params = None
+    if corrector_folder is not None:
+        cor_cfg, cor_params = load_folder(corrector_folder, **ids)
+        if not isinstance(cor_cfg, correction.CorrectorConfig):
+            raise ValueError(f"{corrector_folder}: not a vec2text CorrectorEncoderModel checkpoint")
+    for where, cfg in ((inversion_folder, inv_cfg), (corrector_folder, cor_cfg)):
+        if cfg is not None and vocab.size > cfg.t5.vocab_size:
+            raise ValueError(
+                f"{where}: its backbone embeds {cfg.t5.vocab_size} tokens, the tokenizer in {tok_folder} has "
+                f"{vocab.size}: give the tokenizer the checkpoint was trained with (--tokenizer)"
+            )
+    name = str(Path(embedder).resolve()) if Path(embedder).is_dir() else str(embedder)
+    emb = embedders.load_embedder(name, head=head)
+    for where, cfg in ((inversion_folder, inv_cfg), (corrector_folder, cor_cfg)):
+        if cfg is not None and cfg.embed_dim != emb.dim:
+            raise ValueError(
+                f"{where} inverts {cfg.embed_dim}-dimensional embeddings; the embedder {name} (head {head}) gives "
+                f"{emb.dim}"
+            )
+    model = api.build(inv_cfg, inv_params, cor_cfg, cor_params, emb, max_length, vocab)
+    api.check_params_fit(model)
+    source = {"vec2text": {"inversion": str(inversion_folder.resolve()),
+                           "corrector": str(Path(corrector_folder).resolve()) if corrector_folder else None,
+                           "tokenizer": str(tok_folder.resolve())}}  # fmt: skip
+    return model.save(output, weights, extra={"source": source})

@@ -7,6 +7,9 @@ For each split, beside the targets (`<targets dir>/hypotheses-<inverter digest>/
   `<split>.hyp_embeddings.npy` float32 [N, D]    the hypotheses re-embedded (in the same compiled program)
   `<split>.exact.npy`          bool    [N]       hypothesis == target: the reference drops these from
                                                  corrector training (corrector configs choose)
+An inverter with a vocabulary of its own (a pretrained T5's SentencePiece, say) writes ids of that vocabulary
+(`t1 .. tn </s> 0 ..`, its decoder length), re-embeds each hypothesis through its text, and counts a hypothesis
+exact when the embedder reads its text as the target's tokens.
 Chunked and resumable like the targets; the digest ties the cache to the inverter's weights.
 """
 
@@ -52,6 +55,21 @@ def make_step(model):
     return jax.jit(step)
 
 
+def make_host_step(model):
+    """`make_step` for a model decoding in its own vocabulary: greedy ids compiled, then their texts embedded by
+    the embedder (on the host, as `correction.invert_host` re-embeds)."""
+    from v2t_jax import correction
+
+    greedy = jax.jit(correction.greedy_hypotheses, static_argnums=0)
+
+    def step(params, e):
+        ids = np.asarray(greedy(model.program, params, e))
+        texts = [model.vocab.decode(r) for r in ids]
+        return ids, model.embedder.embed_texts(texts, max_length=model.max_length, batch_size=len(texts))
+
+    return step
+
+
 def precompute(
     model,
     embeddings: np.ndarray,
@@ -62,7 +80,8 @@ def precompute(
     progress: bool = True,
 ) -> dict[str, Path]:
     """Greedy hypotheses of `model`'s inverter for rows of (embeddings, target ids)."""
-    step = make_step(model)
+    in_graph = model.program.in_graph
+    step = make_step(model) if in_graph else make_host_step(model)
     length = model.program.length
 
     def compute(start: int, stop: int) -> dict[str, np.ndarray]:
@@ -76,8 +95,14 @@ def precompute(
             hyp_ids.append(a[:m])
             hyp_emb.append(b[:m])
         h = np.concatenate(hyp_ids).astype(np.int32)
-        labels = np.asarray(ids[start:stop])[:, 1 : 1 + length]
-        return {"hyp_ids": h, "hyp_embeddings": np.concatenate(hyp_emb), "exact": (h == labels).all(axis=1)}
+        if in_graph:
+            exact = (h == np.asarray(ids[start:stop])[:, 1 : 1 + length]).all(axis=1)
+        else:  # as the embedder reads the hypothesis's text: the target's tokens (pad 0 after them)
+            max_length = ids.shape[1]
+            read = model.embedder.tokenize([model.vocab.decode(r) for r in h], max_length)
+            exact = np.array([list(np.asarray(t)[: len(r)]) == r and not np.asarray(t)[len(r) :].any()
+                              for r, t in zip(read, np.asarray(ids[start:stop]))])  # fmt: skip
+        return {"hyp_ids": h, "hyp_embeddings": np.concatenate(hyp_emb), "exact": exact}
 
     return targets.chunked(
         len(embeddings), Path(out_dir), split, ("hyp_ids", "hyp_embeddings", "exact"), compute, "hypotheses", progress

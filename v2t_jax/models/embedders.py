@@ -568,6 +568,7 @@ class Embedder:
     # set when the folder declares itself a stand-in for another embedder's weights (STAND_IN_FILE): e.g. the GPU
     # kit's int8-dequantised MiniLM, whose bundles are meant for (and measured with) the float32 one
     declared_digest: str | None = None
+    head: str = "auto"  # how the folder's sentence-transformers head was read (`load_embedder`'s head)
 
     @property
     def dim(self) -> int:
@@ -672,7 +673,7 @@ def load_embedder(name_or_path: str | os.PathLike, cache_dir: str | None = None,
         declared = _read_json(stand_in).get("digest")
         if not (isinstance(declared, str) and len(declared) == 64):
             raise ValueError(f"{stand_in}: 'digest' must be the sha256 of the weights this folder stands in for")
-    return Embedder(str(name_or_path), config, params, tok, pad_id, declared)
+    return Embedder(str(name_or_path), config, params, tok, pad_id, declared, head)
 
 
 # A folder holding this file ({"digest": <Embedder.digest of the weights it approximates>, "note": ...}) stands in
