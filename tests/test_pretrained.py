@@ -130,7 +130,7 @@ def test_first_loss_from_a_pretrained_t5_equals_pytorch(t5_folder, gtr_folder, g
     assert (cfg.tie_word_embeddings, cfg.scale_decoder_outputs) == (want_cfg.tie_word_embeddings,
                                                                     want_cfg.scale_decoder_outputs)  # fmt: skip
     assert not task.vocab.in_graph and task.vocab.size == size - 5 and (task.vocab.pad_id, task.vocab.eos_id) == (0, 1)
-    fresh = jax.tree_util.tree_map(np.asarray, nn.unbox(task.init_variables(jax.random.PRNGKey(0))["params"]))
+    fresh = jax.tree_util.tree_map(np.asarray, nn.unbox(jax.jit(task.init_variables)(jax.random.PRNGKey(0))["params"]))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     params = task.initial_params(fresh, jax.tree_util.tree_map(lambda _: device, fresh))
     for a, b in zip(jax.tree_util.tree_leaves(params["t5"]), jax.tree_util.tree_leaves(want_t5)):
@@ -142,9 +142,9 @@ def test_first_loss_from_a_pretrained_t5_equals_pytorch(t5_folder, gtr_folder, g
     mask = (labels != 0).astype(np.int32)
     e = np.random.default_rng(0).normal(size=(4, task.model_config.embed_dim)).astype(np.float32)
     batch = {"embeddings": e, "labels": labels, "mask": mask}
-    ours = float(task.eval_metrics(params, batch)["loss"])
+    ours = float(jax.jit(task.eval_metrics)(params, batch)["loss"])
 
-    x = task.model.apply({"params": params}, e, method=lambda m, e: m.transform(e, True))
+    x = jax.jit(lambda p, e: task.model.apply({"params": p}, e, method=lambda m, e: m.transform(e, True)))(params, e)
     hf = transformers.T5ForConditionalGeneration.from_pretrained(t5_folder).eval()
     with torch.no_grad():
         out = hf(inputs_embeds=torch.tensor(np.asarray(x)), attention_mask=torch.ones(x.shape[:2], dtype=torch.long),
