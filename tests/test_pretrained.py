@@ -244,6 +244,18 @@ def test_vec2text_checkpoints_import_and_invert_as_vec2text_does(tmp_path):
     assert golden["greedy1"] != golden["greedy1_forward"]
     assert _invert(tmp_path, out, "--steps", "1", "--sbeam", "1") == best("step0", "greedy1_forward")
     assert len(_invert(tmp_path, out, "--steps", "2", "--sbeam", "2")) == len(e)  # the sequence beam runs too
+    # v2t audit and v2t bench run it as any bundle (bench times the host-side loop)
+    np.save(tmp_path / "store.npy", e)
+    (tmp_path / "docs.txt").write_text("\n".join(json.loads((GTR_GOLDEN / "outputs.json").read_text())["texts"]))
+    audit = ["audit", str(tmp_path / "store.npy"), "--documents", str(tmp_path / "docs.txt"), "--checkpoint", str(out),
+             "--steps", "1", "--sbeam", "1", "--output", str(tmp_path / "audit"), "--quiet"]  # fmt: skip
+    assert cli.main(audit) == 0
+    records = [json.loads(x) for x in (tmp_path / "audit" / "records.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in records] == best("step0", "greedy1_forward")
+    assert cli.main(["bench", "--checkpoint", str(out), "--batch", "2", "--steps", "0,1", "--beam", "1",
+                     "--repeats", "1", "--output", str(tmp_path / "bench"), "--quiet"]) == 0  # fmt: skip
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert [(r["steps"], r["batch"]) for r in rows] == [(0, 2), (1, 2)] and all(r["inversions_per_s"] > 0 for r in rows)
 
     assert cli.main(args) == 2  # the folder is not empty now
     int8 = tmp_path / "int8"
