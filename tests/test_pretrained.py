@@ -12,7 +12,6 @@ import pytest
 from conftest import CORPUS, ROOT
 
 
-
 def _word_tokenizer(words: list[str]):
     """A T5-like tokenizer (`tokenizers`): <pad> 0, </s> 1, <unk> 2, then whole words; encodings end in </s>."""
     import tokenizers
@@ -270,8 +269,10 @@ def test_vec2text_checkpoints_import_and_invert_as_vec2text_does(tmp_path):
         (["inversion", "--tokenizer", "gtr/nothing"], "neither 'embedder' nor a tokenizer folder"),
         (["inversion"], "holds no tokenizer.json"),  # no --tokenizer, and the inversion folder has none
         (["inversion", "--tokenizer", "tokenizer", "--max-length", "1"], "--max-length must be at least 2"),
-        (["inversion", "--tokenizer", "tokenizer", "--embedder-head", "auto", "--embedder", "tokenizer"],
-         "no config.json"),
+        (
+            ["inversion", "--tokenizer", "tokenizer", "--embedder-head", "auto", "--embedder", "tokenizer"],
+            "no config.json",
+        ),
         (["nowhere", "--tokenizer", "tokenizer"], "INVERSION_DIR"),
     ],
 )

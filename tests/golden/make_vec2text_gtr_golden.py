@@ -113,6 +113,7 @@ def main(out: Path) -> None:
     trainer = vec2text.api.load_corrector(inverter, corrector)
     runs = {"step0": (None, 0), "greedy1": (1, 0), "greedy2": (2, 0), "sbeam2_1": (1, 2)}
     outputs = {name: [] for name in runs}
+
     def forward_greedy(row) -> str:
         """One greedy correction of the step-0 hypothesis decoded by the corrector's own forward pass (argmax
         of teacher-forced logits, token by token): vec2text's `generate` departs from its forward pass on some
