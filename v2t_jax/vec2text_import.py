@@ -4,6 +4,7 @@ Maps `InversionModel` and `CorrectorEncoderModel` state dicts — e.g. the publi
 `jxm/gtr__nq__32__correct` folders (`config.json` + `model.safetensors` or `pytorch_model.bin`) — onto
 `inversion.Inverter` / `correction.Corrector` parameters. The T5 backbone's shape is read off the weights;
 the embedder's weights, if the state dict carries them, are ignored (load the embedder separately).
+`to_bundle` (`v2t import vec2text`) writes such checkpoints as a model bundle that every command runs.
 
 Layout of the reference state dicts:
   embedding_transform.{0,3}.{weight,bias}                       Linear -> Dropout -> GELU -> Linear
