@@ -262,6 +262,13 @@ def test_vec2text_checkpoints_import_and_invert_as_vec2text_does(tmp_path):
     assert bundle.read_meta(int8).weights == "int8"
 
 
+def test_the_command_line_mirrors_the_bundle_formats():
+    """commands.py copies the bundle's choices so that `v2t --help` does not import jax: the copies agree."""
+    from v2t_jax import bundle, commands
+
+    assert commands.EMBEDDER_HEADS == bundle.EMBEDDER_HEADS and commands.WEIGHT_FORMATS == bundle.WEIGHT_FORMATS
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

@@ -17,6 +17,7 @@ from v2t_jax.commands import (
     DEFAULT_PRIOR,
     DEFAULT_SBEAM,
     DEFAULT_STEPS,
+    EMBEDDER_HEADS,
     WEIGHT_FORMATS,
     cmd_audit,
     cmd_bench,
@@ -288,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "folder its config names as model_name_or_path)")  # fmt: skip
     iv2t.add_argument("--max-length", type=int, default=None,
                       help="the embedder's token budget (default: the checkpoint's max_seq_length)")  # fmt: skip
-    iv2t.add_argument("--embedder-head", choices=("auto", "none", "normalize"), default=None,
+    iv2t.add_argument("--embedder-head", choices=EMBEDDER_HEADS, default=None,
                       help="how to read the embedder's sentence-transformers head (default: none for vec2text's "
                            "gtr_base, the encoder's mean pool alone; auto otherwise)")  # fmt: skip
     iv2t.add_argument("--weights", choices=WEIGHT_FORMATS, default="float32",

@@ -29,6 +29,7 @@ from v2t_jax.strategies import (  # noqa: F401  (the flags' defaults, for cli)
 )
 
 WEIGHT_FORMATS = ("float32", "int8")  # v2t_jax.bundle.WEIGHT_FORMATS, without importing jax for --help
+EMBEDDER_HEADS = ("auto", "none", "normalize")  # v2t_jax.bundle.EMBEDDER_HEADS, likewise
 
 
 class UsageError(V2TError):

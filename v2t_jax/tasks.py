@@ -363,15 +363,20 @@ def target_vocab(config: ml_collections.ConfigDict, embedder):
     `config.t5.init` (a pretrained T5), "embedder" means that folder's own tokenizer."""
     from v2t_jax import vocabulary
 
-    folder = pretrained_t5_folder(config)
     try:
-        if config.vocab == "embedder" and folder is None:
+        if not own_vocabulary(config):
             return vocabulary.Vocabulary.of_embedder(embedder, config.max_length)
         # a pretrained T5 decodes in its own tokenizer unless config.vocab names another folder
-        return vocabulary.Vocabulary.from_folder(folder if config.vocab == "embedder" else config.vocab,
-                                                 config.max_length)  # fmt: skip
+        folder = config.vocab if config.vocab != "embedder" else pretrained_t5_folder(config)
+        return vocabulary.Vocabulary.from_folder(folder, config.max_length)
     except vocabulary.VocabularyError as e:
         raise TrainingError(str(e)) from None
+
+
+def own_vocabulary(config: ml_collections.ConfigDict) -> bool:
+    """Whether `config` decodes in a vocabulary other than the embedder's (`target_vocab`): an external tokenizer
+    folder, or a pretrained T5's own."""
+    return config.get("vocab", "embedder") != "embedder" or pretrained_t5_folder(config) is not None
 
 
 def load(config: ml_collections.ConfigDict) -> Task:
@@ -393,8 +398,7 @@ def run_config(workdir: Path, inverter: str | None = None) -> tuple[ml_collectio
         if config.get("model") != "corrector":
             raise TrainingError(f"{workdir} trained an inverter: --inverter applies to a corrector run only")
         trained_on, config.inverter = config.inverter, str(inverter)
-        own = config.get("vocab", "embedder") != "embedder" or bool(config.t5.get("init"))
-        inverter_bundle(config.inverter, config.embedder, config.max_length, own)
+        inverter_bundle(config.inverter, config.embedder, config.max_length, own_vocabulary(config))
     if "dtype" in config.t5:  # a bundle computes in float32 (runs on accelerators train in bfloat16)
         config.t5.dtype = "float32"
     return config, trained_on
