@@ -4,10 +4,14 @@ steps, with sequence beam search, plus a plot of BLEU and cosine against the num
     python experiments/results_table.py --checkpoint BUNDLE [--n 500] [--split test]
         [--rows 0:1,1:1,5:1,20:1,20:4,50:8,20:4:0.1] [--out experiments/results/table1]
 
-Each row is STEPS:BEAM[:PRIOR] (PRIOR: the language prior's weight, `v2t invert --prior`; default 0). One
-inversion run per (beam width, prior), as long as its longest row: the trace of best-so-far hypotheses gives
-every shorter row (N steps of the loop are a prefix of M > N steps). Seconds per vector are those of each run,
-shown on its longest row; with --time-each every row is its own run, so every row has its time. Passages are
+Each row is STEPS:BEAM[:PRIOR[:POLISH[:PATIENCE]]] (PRIOR: the language prior's weight, `v2t invert --prior`;
+POLISH: rounds of token swaps, `--polish`; PATIENCE: stop an example after that many steps without a better
+hypothesis, `--patience`; each default 0). One inversion run per (beam width, prior, patience), as long as its
+longest row: the trace of best-so-far hypotheses gives every shorter row (N steps of the loop are a prefix of
+M > N steps). Seconds per vector are those of each run, shown on its longest row; with --time-each every row is
+its own run, so every row has its time. With --untraced every row is its own run on the path `v2t invert`
+takes (the stream, continuous batching, no per-step trace), timed and scored on its final texts: the time a
+user sees against what it recovers (OUT.png then plots BLEU and cosine against seconds per vector). Passages are
 a fixed random sample (seed 0) of the split of the dataset named by --sources (default: `v2t data prepare`'s)
 or --corpus; or, with --texts FILE, the first --n lines of a text file, embedded here (each cut where the
 embedder stops reading: an out-of-domain set such as `experiments/data/ood_fortunes.txt`).
@@ -38,20 +42,22 @@ class Row(NamedTuple):
     beam: int = 1
     prior: float = 0.0  # the language prior's weight (no effect at 0 steps)
     polish: int = 0  # rounds of token swaps after the last step
+    patience: int = 0  # stop an example after this many steps without a better hypothesis (0: never)
 
     def run(self, each: bool = False) -> tuple:
-        """The run a row reads from: one per (beam, prior, polish); a polished one per row (the polish comes after
-        that row's last step), the others as long as their longest row. With `each`, every row has its own run
-        (so its own time)."""
-        prior = self.prior if self.steps else 0.0
-        return (self.beam, prior, self.polish, self.steps if self.polish or each else None)
+        """The run a row reads from: one per (beam, prior, polish, patience); a polished one per row (the polish
+        comes after that row's last step), the others as long as their longest row. With `each`, every row has
+        its own run (so its own time)."""
+        prior, patience = (self.prior, self.patience) if self.steps else (0.0, 0)
+        return (self.beam, prior, self.polish, patience, self.steps if self.polish or each else None)
 
     @property
     def label(self) -> str:
-        return ":".join(
-            [str(self.steps), str(self.beam)] + ([f"{self.prior if self.steps else 0:g}", str(self.polish)]
-            if self.polish else [f"{self.prior:g}"] if self.prior and self.steps else [])
-        )  # fmt: skip
+        fields = [str(self.steps), str(self.beam), f"{self.prior if self.steps else 0:g}", str(self.polish)]
+        fields.append(str(self.patience if self.steps else 0))
+        while len(fields) > 2 and fields[-1] == "0":  # the fields left at their defaults are not written
+            fields.pop()
+        return ":".join(fields)
 
     @property
     def name(self) -> str:
@@ -60,25 +66,27 @@ class Row(NamedTuple):
         out = "step 0" if self.steps == 0 else f"{self.steps} steps"
         out += f" + sbeam {self.beam}" if self.beam > 1 and self.steps else ""
         out += f" + prior {self.prior:g}" if self.prior and self.steps else ""
+        out += f" + patience {self.patience}" if self.patience and self.steps else ""
         return out + (f" + {self.polish} swap rounds" if self.polish else "")
 
 
 def parse_rows(text: str) -> list[Row]:
     rows = []
     for item in text.split(","):
-        steps, beam, prior, polish = (item.split(":") + ["", "", ""])[:4]
-        rows.append(Row(int(steps), int(beam or 1), float(prior or 0.0), int(polish or 0)))
+        steps, beam, prior, polish, patience = (item.split(":") + ["", "", "", ""])[:5]
+        rows.append(Row(int(steps), int(beam or 1), float(prior or 0.0), int(polish or 0), int(patience or 0)))
     return rows
 
 
 def run_name(run: tuple) -> str:
-    """A run's name in OUT.json: its beam width, then its prior and polish when set, then its steps when it has
-    its own ("4", "4p0.1", "1s4@20", "4@50")."""
-    beam, prior, polish, steps = run
+    """A run's name in OUT.json: its beam width, then its prior, polish and patience when set, then its steps when
+    it has its own ("4", "4p0.1", "1s4@20", "1k3", "4@50")."""
+    beam, prior, polish, patience, steps = run
     return (
         f"{beam}"
         + (f"p{prior:g}" if prior else "")
         + (f"s{polish}" if polish else "")
+        + (f"k{patience}" if patience else "")
         + (f"@{steps}" if steps is not None else "")
     )
 
@@ -116,7 +124,9 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=500, help="passages (default %(default)s)")
     p.add_argument("--split", default="test")
     p.add_argument(
-        "--rows", default="0:1,1:1,5:1,20:1,20:4,50:8", help="STEPS:BEAM[:PRIOR[:POLISH]],... (default %(default)s)"
+        "--rows",
+        default="0:1,1:1,5:1,20:1,20:4,50:8",
+        help="STEPS:BEAM[:PRIOR[:POLISH[:PATIENCE]]],... (default %(default)s)",
     )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--data-dir", default=None)
@@ -126,6 +136,11 @@ def main(argv=None) -> int:
     p.add_argument(
         "--time-each", action="store_true", help="one run per row, so every row has its own seconds per vector"
     )
+    p.add_argument(
+        "--untraced",
+        action="store_true",
+        help="one run per row on v2t invert's path (the stream, no per-step trace), scored on its final texts",
+    )
     p.add_argument("--out", default="experiments/results/table1")
     args = p.parse_args(argv)
 
@@ -133,6 +148,7 @@ def main(argv=None) -> int:
     from v2t_jax.data import dataset, sources, targets
 
     rows = parse_rows(args.rows)
+    each = args.time_each or args.untraced
     model = api.load_model(args.checkpoint)
     if model.program.corrector is None and any(r.steps for r in rows):
         print(f"{args.checkpoint} has no corrector: only 0-step rows are possible", file=sys.stderr)
@@ -165,31 +181,38 @@ def main(argv=None) -> int:
         "bundle": assets.folder_digest(args.checkpoint),
         "vectors": hashlib.sha256(np.ascontiguousarray(vectors).tobytes()).hexdigest(),
         "batch_size": args.batch_size,
+        "untraced": args.untraced,
     }
     load, save, drop = _run_store(out, key)
     runs = {}
-    for run in sorted({r.run(args.time_each) for r in rows}, key=str):
-        beam, prior, polish, _ = run
-        steps = max(r.steps for r in rows if r.run(args.time_each) == run)
+    for run in sorted({r.run(each) for r in rows}, key=str):
+        beam, prior, polish, patience, _ = run
+        steps = max(r.steps for r in rows if r.run(each) == run)
         kept = load(run, steps)
         if kept is not None:
             print(f"results_table: run {run_name(run)} read back from {args.out}.runs/", file=sys.stderr)
             runs[run] = {k: v for k, v in kept.items() if k != "key"}
             continue
+        search = strategies.Search(steps, beam, prior, polish, patience=patience)
         t0 = time.perf_counter()
-        _, trace = model.invert(
-            vectors,
-            strategies.Search(steps, beam, prior, polish),
-            batch_size=args.batch_size,
-            return_trace=True,
-            progress=True,
-            readable=False,  # the decoding itself: scored against the embedder's view
-        )
+        if args.untraced:  # as `v2t invert` runs it; its texts are the decoding itself, as traced ones below
+            trace = []
+            for _, texts, cosines, _ in model.iter_batches(vectors, search, args.batch_size, progress=True):
+                trace += [{"hypotheses": [t], "cosines": [float(c)]} for t, c in zip(texts, cosines)]
+        else:
+            _, traced = model.invert(
+                vectors,
+                search,
+                batch_size=args.batch_size,
+                return_trace=True,
+                progress=True,
+                readable=False,  # the decoding itself: scored against the embedder's view
+            )
+            trace = [{"hypotheses": list(t["hypotheses"]), "cosines": [float(c) for c in t["cosines"]]}
+                     for t in traced["steps"]]  # fmt: skip
         runs[run] = {
-            "steps": steps, "beam": beam, "prior": prior, "polish": polish,
-            "trace": [{"hypotheses": list(t["hypotheses"]), "cosines": [float(c) for c in t["cosines"]]}
-                      for t in trace["steps"]],
-            "seconds": time.perf_counter() - t0,
+            "steps": steps, "beam": beam, "prior": prior, "polish": polish, "patience": patience,
+            "untraced": args.untraced, "trace": trace, "seconds": time.perf_counter() - t0,
         }  # fmt: skip
         save(run, runs[run])
 
@@ -198,22 +221,27 @@ def main(argv=None) -> int:
         return scorer.score([t["hypotheses"][step] for t in tr], [t["cosines"][step] for t in tr])
 
     def at(r: Row) -> int:  # the row's entry in its run's trace: a polished text follows the last step's
+        if args.untraced:  # the final text only
+            return 0
         return r.steps + (1 if r.polish else 0)
 
     table = []
     for r in rows:
-        run = runs[r.run(args.time_each)]
+        run = runs[r.run(each)]
         # each run's time, on its longest row (shorter rows are prefixes of its trace)
         spv = run["seconds"] / n if r.steps == run["steps"] else None
         table.append(
             {"steps": r.steps, "beam": r.beam, "prior": r.prior if r.steps else 0.0, "polish": r.polish,
-             **scores(r.run(args.time_each), at(r)), "s_per_vector": spv}
+             "patience": r.patience if r.steps else 0, **scores(r.run(each), at(r)), "s_per_vector": spv}
         )  # fmt: skip
-    curves = {run_name(k): [scores(k, s) for s in range(v["steps"] + 1)] for k, v in runs.items()}
+    # per-step curves of the traced runs (an untraced run has its final texts only)
+    curves = (
+        {} if args.untraced else {run_name(k): [scores(k, s) for s in range(v["steps"] + 1)] for k, v in runs.items()}
+    )
     examples = [
         {
             "reference": scorer.references[i],
-            **{r.label: runs[r.run(args.time_each)]["trace"][i]["hypotheses"][at(r)] for r in rows},
+            **{r.label: runs[r.run(each)]["trace"][i]["hypotheses"][at(r)] for r in rows},
         }
         for i in range(min(5, n))
     ]
@@ -262,6 +290,7 @@ def main(argv=None) -> int:
             f"beam {r['beam']}"
             + (f" prior {r['prior']:g}" if r["prior"] else "")
             + (f" polish {r['polish']}" if r["polish"] else "")
+            + (f" patience {r['patience']}" if r["patience"] else "")
             + f", {r['steps']} steps: {r['seconds'] / 60:.1f} min"
             for r in runs.values()
         )
@@ -274,7 +303,8 @@ def main(argv=None) -> int:
         lines.append(f"- reference: {ex['reference']}")
         for r in rows:
             lines.append(f"  - {r.label}: {ex[r.label]}")
-    lines += ["", f"![BLEU and cosine against correction steps]({out.with_suffix('.png').name})"]
+    against = "seconds per vector" if args.untraced else "correction steps"
+    lines += ["", f"![BLEU and cosine against {against}]({out.with_suffix('.png').name})"]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
     import matplotlib
@@ -283,17 +313,24 @@ def main(argv=None) -> int:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    if args.untraced:  # each row a point: what it recovers against the seconds it took
+        for row, r in zip(rows, table):
+            for ax, key in ((ax1, "bleu"), (ax2, "cosine")):
+                ax.plot(r["s_per_vector"], r[key], marker="o", label=row.name)
+        xlabel = "seconds per vector (this machine)"
     for curve, run in zip(curves.values(), runs.values()):
         x = np.arange(len(curve))
         name = f"sbeam {run['beam']}" + (f", prior {run['prior']:g}" if run["prior"] else "")
         name += f", polish {run['polish']}" if run["polish"] else ""
+        name += f", patience {run['patience']}" if run["patience"] else ""
         ax1.plot(x, [c["bleu"] for c in curve], marker=".", label=name)
         ax2.plot(x, [c["cosine"] for c in curve], marker=".", label=name)
-    ax1.set(xlabel="correction steps", ylabel="BLEU", title=f"BLEU ({args.split}, n={n})")
-    ax2.set(xlabel="correction steps", ylabel="cosine to target", title="cosine")
+        xlabel = "correction steps"
+    ax1.set(xlabel=xlabel, ylabel="BLEU", title=f"BLEU ({args.split}, n={n})")
+    ax2.set(xlabel=xlabel, ylabel="cosine to target", title="cosine")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=120)
     drop()  # the table holds it all now

@@ -234,6 +234,20 @@ def test_results_table_resumes_a_stopped_sweep_and_scores_a_text_file(tmp_path, 
     each = json.loads((tmp_path / "each.json").read_text())
     assert strip(each["rows"]) == strip(straight["rows"]) and set(each["seconds"]) == {"1@0", "1@2", "2@2"}
     assert all(r["s_per_vector"] is not None for r in each["rows"])
+    # --untraced: each row as `v2t invert` runs it (the stream), scored on its final texts: the traced rows'
+    # scores; a patience row is its own run, recorded with its patience
+    untraced = args[:] + ["--untraced", "--out", str(tmp_path / "untraced")]
+    untraced[untraced.index("0:1,2:1,2:2")] = "0:1,2:1,2:2,2:2:0:0:1"
+    assert mod.main(untraced) == 0
+    got = json.loads((tmp_path / "untraced.json").read_text())
+    assert [r["patience"] for r in got["rows"]] == [0, 0, 0, 1] and got["curves"] == {}
+    for a, b in zip(got["rows"], straight["rows"]):
+        assert a["bleu"] == b["bleu"] and a["cosine"] == pytest.approx(b["cosine"], abs=1e-5)
+    assert [{k: v for k, v in e.items() if k != "2:2:0:0:1"} for e in got["examples"]] == straight["examples"]
+    assert (
+        all(r["s_per_vector"] for r in got["rows"])
+        and "| 2 steps + sbeam 2 + patience 1 |" in (tmp_path / "untraced.md").read_text()
+    )
     (tmp_path / "ood.txt").write_text("\n".join(sentences[:3]) + "\n\n")
     assert mod.main(["--checkpoint", str(tiny_models["corrector"]), "--texts", str(tmp_path / "ood.txt"),
                      "--rows", "0:1", "--out", str(tmp_path / "ood")]) == 0  # fmt: skip
