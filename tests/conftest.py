@@ -17,15 +17,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # One XLA compilation cache for the whole test session: the pytest-xdist workers and every process a test starts
 # (training runs, the GPU recipes, kill -9 and rerun) read the environment, so a program compiled once (a tiny
 # model's train step, its inversion loop) is loaded from disk by the next process instead of compiled again.
-# Fresh per session (made by the process that starts pytest, removed when it ends), so no test sees a cache it did
-# not fill. Programs that compile in under 0.2 s are not kept.
+# Fresh per session (made by the process that starts pytest, removed when it ends; one a killed session left is
+# swept by the next), so no test sees a cache it did not fill. Programs that compile in under 0.2 s are not kept.
 CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 _OWN_CACHE = "V2T_TEST_OWNS_XLA_CACHE"
 
 
 def pytest_configure(config):
     if os.environ.get("PYTEST_XDIST_WORKER") is None and os.environ.get(_OWN_CACHE) is None:
-        os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="v2t-test-xla-")
+        from v2t_jax import assets
+
+        assets.sweep_stale(Path(tempfile.gettempdir()), "v2t-test-xla-", "-")
+        os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix=f"v2t-test-xla-{os.getpid()}-")
         os.environ[_OWN_CACHE] = os.environ[CACHE_ENV]
         os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
         os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
