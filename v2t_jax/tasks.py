@@ -375,8 +375,8 @@ def target_vocab(config: ml_collections.ConfigDict, embedder):
 
 def own_vocabulary(config: ml_collections.ConfigDict) -> bool:
     """Whether `config` decodes in a vocabulary other than the embedder's (`target_vocab`): an external tokenizer
-    folder, or a pretrained T5's own."""
-    return config.get("vocab", "embedder") != "embedder" or pretrained_t5_folder(config) is not None
+    folder, or a pretrained T5's own. Read off the config alone (`pretrained_t5_folder` checks the folder)."""
+    return config.get("vocab", "embedder") != "embedder" or bool(config.t5.get("init"))
 
 
 def load(config: ml_collections.ConfigDict) -> Task:
