@@ -1,6 +1,7 @@
 """Bad inputs and unsafe files: each case reproduces a fault first found by hand, and asserts the exit status or
 exception, the one-line message, and that nothing was created, changed or left behind."""
 
+import json
 import os
 import shutil
 import types
@@ -397,6 +398,54 @@ def test_invert_streams_its_rows_and_resumes_after_a_full_disk(capsys, monkeypat
     assert "the 0 rows done are kept" in capsys.readouterr().err
     assert not (tmp_path / "first.jsonl.partial").exists() and (tmp_path / "first.jsonl.partial.json").exists()
     assert cli.main(args + [str(first)]) == 0 and first.read_text() == whole
+
+
+def test_a_rerun_continues_an_interrupted_run_with_the_patience_it_started_with(capsys, monkeypatch, tmp_path,
+                                                                                  small_bundle):  # fmt: skip
+    """Without --patience `v2t invert` stops a vector after DEFAULT_PATIENCE steps without a better hypothesis and
+    records it with the rows; a rerun of an interrupted run continues with the patience that run recorded (none: a
+    run of an earlier version, or --patience 0, means 0), so it equals an uninterrupted run of that patience. A
+    --patience that differs from the record is refused."""
+    import errno
+
+    from v2t_jax import strategies
+
+    folder, _ = small_bundle
+    np.save(tmp_path / "v.npy", np.random.default_rng(1).normal(size=(6, 384)).astype(np.float32))
+    args = ["invert", "--embeddings", str(tmp_path / "v.npy"), "--checkpoint", str(folder), "--steps", "6",
+            "--batch-size", "2", "--quiet", "--output"]  # fmt: skip
+    whole = {}
+    for name, flags in (("off", ["--patience", "0"]), ("default", [])):
+        assert cli.main(args + [str(tmp_path / f"{name}.jsonl")] + flags) == 0
+        whole[name] = (tmp_path / f"{name}.jsonl").read_text()
+    assert cli.main(args + [str(tmp_path / "three.jsonl"), "--patience", str(strategies.DEFAULT_PATIENCE)]) == 0
+    assert (tmp_path / "three.jsonl").read_text() == whole["default"]
+
+    real_open = open
+    for name, flags in (("off", ["--patience", "0"]), ("default", [])):
+        out, calls = tmp_path / f"cut_{name}.jsonl", []
+
+        def full_disk(file, mode="r", *a, **kw):
+            if str(file).endswith(".partial") and "a" in mode:
+                calls.append(file)
+                if len(calls) == 2:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+            return real_open(file, mode, *a, **kw)
+
+        monkeypatch.setattr("builtins.open", full_disk)
+        assert cli.main(args + [str(out)] + flags) == 2
+        monkeypatch.undo()
+        assert "the 2 rows done are kept" in capsys.readouterr().err
+        saved = json.loads((tmp_path / f"cut_{name}.jsonl.partial.json").read_text())
+        assert saved.get("patience") == (strategies.DEFAULT_PATIENCE if name == "default" else None)
+        other = "3" if name == "off" else "0"
+        assert cli.main(args + [str(out), "--patience", other]) == 2
+        assert "holds an interrupted run of other inputs or settings" in capsys.readouterr().err
+        assert cli.main(args + [str(out)]) == 0  # the same command as a user reruns it, without --patience
+        err = capsys.readouterr().err
+        assert "resuming after the 2 rows" in err
+        assert ("continues with --patience 0, as it started" in err) == (name == "off")
+        assert out.read_text() == whole[name]
 
 
 def test_a_text_file_named_npy_gets_no_pickle_advice(capsys, tmp_path):

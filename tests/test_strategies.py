@@ -55,7 +55,13 @@ def test_a_search_that_cannot_run_is_one_line_error(kwargs, message):
 
 
 def test_from_flags_names_the_flag_and_picks_the_default_steps():
-    assert strategies.from_flags(None, 1) == Search(strategies.DEFAULT_STEPS, 1)
+    # no --patience: the commands' default with correction steps, 0 without them or with --no-skip-repeated
+    default = Search(strategies.DEFAULT_STEPS, 1, patience=strategies.DEFAULT_PATIENCE)
+    assert strategies.from_flags(None, 1) == default == strategies.default()
+    assert strategies.from_flags(None, 1, skip_repeated=False).patience == 0
+    assert strategies.from_flags(0, 1) == strategies.default(has_corrector=False) == strategies.inverter_only()
+    assert strategies.from_flags(None, 1, patience=0) == Search(strategies.DEFAULT_STEPS, 1)
+    assert strategies.from_flags(5, 1, skip_repeated=False, patience=2).patience == 2
     assert strategies.from_flags(None, 1, has_corrector=False) == Search(0, 1)
     assert strategies.from_flags(3, 4, 0.1, 2, 0.99, False) == Search(3, 4, 0.1, 2, 0.99, False)
     bad = [

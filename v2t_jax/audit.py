@@ -65,9 +65,9 @@ def run(
     say=lambda message, resumed: None,
 ) -> dict:
     """Audits `records` (`stores.read`) with `model` (`api.Vec2Text`) by `search` (`strategies.Search`;
-        default: 20 greedy steps with a corrector, the inverter alone without) into folder `out`: records.jsonl
-        (streamed, resumable: the same call continues after the rows done), summary.json, report.png and last
-        report.md. Returns the summary.
+        default: `strategies.default`, as `v2t audit`) into folder `out`: records.jsonl (streamed, resumable: the
+        same call continues after the rows done), summary.json, report.png and last report.md. Returns the
+        summary.
 
         embed_fn: a black-box embedder for the hypotheses (`remote.RemoteEmbedder`); its `shown_url` and `model`
         are recorded with the rows. about: what the report says of the run beyond the store and the search (model,
@@ -77,7 +77,7 @@ def run(
     from v2t_jax import strategies
 
     if search is None:
-        search = strategies.greedy() if model.program.corrector is not None else strategies.inverter_only()
+        search = strategies.default(has_corrector=model.program.corrector is not None)
     out = outputs.check_folder(out, "report folder")
     check_no_report(out, overwrite)
     check_fit(records, model)

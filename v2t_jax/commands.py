@@ -23,6 +23,7 @@ from v2t_jax.remote import RemoteError
 
 from v2t_jax.strategies import (  # noqa: F401  (the flags' defaults, for cli)
     DEFAULT_BEAM as DEFAULT_SBEAM,
+    DEFAULT_PATIENCE,
     DEFAULT_POLISH,
     DEFAULT_PRIOR,
     DEFAULT_STEPS,
@@ -169,8 +170,9 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 def _load_model(args: argparse.Namespace):
     """(model, search): the bundle named by --checkpoint (or the shipped model) and the search of the command's
-    flags (`strategies.from_flags`; no --steps: DEFAULT_STEPS with a corrector, 0 for an inverter-only bundle),
-    checked against each other before any work."""
+    flags (`strategies.from_flags`; no --steps: DEFAULT_STEPS with a corrector, 0 for an inverter-only bundle;
+    no --patience: DEFAULT_PATIENCE, see `_patience_of_interrupted_run`), checked against each other before any
+    work."""
     from v2t_jax import api, assets, strategies
 
     flags = dict(
@@ -274,7 +276,29 @@ def cmd_invert(args: argparse.Namespace) -> int:
         return _invert(args, path, vectors, references, output)
 
 
+def _patience_of_interrupted_run(args: argparse.Namespace, rows: Path, command: str) -> None:
+    """Without --patience, an interrupted run of these rows continues with the patience it was started with (a run
+    written before the default was DEFAULT_PATIENCE recorded none: 0), so rerunning the same command resumes it.
+    With --patience, or no interrupted run, nothing changes (the default applies in `strategies.from_flags`)."""
+    state = RowStream.paths(rows)[1]
+    if args.patience is not None or state.is_symlink() or not state.is_file():
+        return
+    try:
+        saved = json.loads(state.read_text())
+    except (OSError, ValueError):
+        return  # (RowStream refuses the state it cannot read)
+    if not isinstance(saved, dict) or not saved.get("steps") or not saved.get("skip_repeated", True):
+        return  # (from_flags' default is 0 for these anyway)
+    patience = saved.get("patience", 0)
+    if isinstance(patience, int) and patience >= 0:
+        args.patience = patience
+        if patience != DEFAULT_PATIENCE:
+            print(f"v2t {command}: the interrupted run continues with --patience {patience}, as it started (the "
+                  f"default is {DEFAULT_PATIENCE})", file=sys.stderr)  # fmt: skip
+
+
 def _invert(args: argparse.Namespace, path: Path, vectors, references: list[str] | None, output: Path) -> int:
+    _patience_of_interrupted_run(args, output, "invert")
     model, search = _load_model(args)
 
     from v2t_jax import api, assets, evaluate
@@ -364,6 +388,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         ).limit(args.limit)  # fmt: skip
     except stores.StoreError as e:
         raise UsageError(str(e)) from None
+    _patience_of_interrupted_run(args, Path(args.output) / audit.RECORDS, "audit")
     model, search = _load_model(args)
     try:  # the store's fit to the model before the endpoint is asked anything
         audit.check_fit(records, model)
