@@ -6,7 +6,8 @@ this package's. It
 1. builds the reference `InversionModel` and `CorrectorEncoderModel` around random T5 backbones of one shape
    (seeded), decoding in the embedder's WordPiece vocabulary (pad 0 = decoder start, EOS = [SEP]) with the
    local sentence-transformers embedder, and writes their weights as vec2text checkpoint folders
-   (`config.json` + `model.safetensors`) that the project's importer loads;
+   (`config.json` + `model.safetensors`) that the project's importer loads (`--out`); or loads a bundle that
+   `v2t_jax.vec2text_export` wrote, e.g. the shipped model (`--load`, see `load`);
 2. then answers one JSON request per stdin line with one JSON line on stdout:
    {"embeddings": "x.npy", "steps": s, "beam": k} -> {"seconds", "peak_rss_mib", "texts", "mean_tokens"}.
 
@@ -132,6 +133,55 @@ def build(embedder_folder: str, out: Path, seed: int, shape: dict, length: int, 
     return vec2text.api.load_corrector(inverter, corrector)
 
 
+def load(embedder_folder: str, exported: Path, length: int):
+    """vec2text's InversionModel and CorrectorEncoderModel with the weights of a bundle written by
+    `v2t_jax.vec2text_export.from_bundle` (EXPORTED/inversion, EXPORTED/corrector), as `build` makes them but
+    loaded rather than random. A corrector trained without the start token leading its hypotheses (the
+    exported config's `v2t_hypothesis_start_token: false`) gets its hypotheses without it, as it was trained:
+    vec2text's generate leads every hypothesis with it, so `get_encoder_embedding` drops that first column (one
+    token fewer in the corrector's encoder input; nothing else changes)."""
+    import evaluate
+    import sentence_transformers
+    from safetensors.torch import load_file
+
+    evaluate.load = lambda *a, **k: None
+    import vec2text
+    import vec2text.models.inversion as inversion_mod
+    from vec2text.models import CorrectorEncoderModel, InversionModel
+    from vec2text.models.config import InversionConfig
+
+    embedder = sentence_transformers.SentenceTransformer(embedder_folder, device="cpu")
+    inversion_mod.load_embedder_and_tokenizer = lambda name, torch_dtype, **kw: (embedder, embedder.tokenizer)
+    dim = embedder.get_sentence_embedding_dimension()
+    models = {}
+    for name, cls in (("inversion", InversionModel), ("corrector", CorrectorEncoderModel)):
+        meta = json.loads((exported / name / "config.json").read_text())
+        fields = inversion_config_fields("local-sentence-transformer", length, meta["num_repeat_tokens"])
+        config = InversionConfig(
+            model_name_or_path=meta["model_name_or_path"],
+            corrector_ignore_hypothesis_embedding=meta.get("corrector_ignore_hypothesis_embedding", False),
+            **fields,
+        )
+        model = cls(config)
+        if name == "corrector":
+            rebuild_corrector_projections(model, dim, meta["num_repeat_tokens"])
+        missing, unexpected = model.load_state_dict(load_file(str(exported / name / "model.safetensors")), strict=False)
+        missing = [k for k in missing if not k.startswith("embedder.")]
+        if missing or unexpected:
+            raise SystemExit(f"{exported / name}: state dict does not fit: missing {missing[:5]}, unexpected "
+                             f"{unexpected[:5]}")  # fmt: skip
+        if name == "corrector" and meta.get("v2t_hypothesis_start_token", True) is False:
+            plain = model.get_encoder_embedding
+
+            def without_start(embedding, hypothesis_embedding, hypothesis_input_ids, hypothesis_attention_mask):
+                return plain(embedding, hypothesis_embedding, hypothesis_input_ids[:, 1:],
+                             hypothesis_attention_mask[:, 1:])  # fmt: skip
+
+            model.get_encoder_embedding = without_start
+        models[name] = model.eval()
+    return vec2text.api.load_corrector(models["inversion"], models["corrector"])
+
+
 def invert(corrector, embeddings: torch.Tensor, steps: int, beam: int, length: int) -> torch.Tensor:
     """vec2text.api.invert_embeddings with generation stopping at `length` and steps=0 meaning the inverter."""
     corrector.inversion_trainer.model.eval()
@@ -157,7 +207,8 @@ def invert(corrector, embeddings: torch.Tensor, steps: int, beam: int, length: i
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--embedder", required=True, help="local sentence-transformers folder")
-    p.add_argument("--out", required=True, help="folder for the two vec2text checkpoints")
+    p.add_argument("--out", default=None, help="folder for the two vec2text checkpoints (random weights)")
+    p.add_argument("--load", default=None, help="a bundle written by v2t_jax.vec2text_export (instead of --out)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shape", default="{}", help="T5Config fields as JSON (d_model, d_kv, d_ff, num_layers, ...)")
     p.add_argument("--length", type=int, default=32, help="max_seq_length: embedder tokens, generation length")
@@ -166,9 +217,14 @@ def main() -> None:
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    corrector = build(a.embedder, out, a.seed, json.loads(a.shape), a.length, a.repeat)
+    if (a.out is None) == (a.load is None):
+        raise SystemExit("give --out (random weights) or --load (an exported bundle)")
+    if a.load:
+        corrector = load(a.embedder, Path(a.load), a.length)
+    else:
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        corrector = build(a.embedder, out, a.seed, json.loads(a.shape), a.length, a.repeat)
     print(json.dumps({"ready": True, "torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
     for line in sys.stdin:
         req = json.loads(line)

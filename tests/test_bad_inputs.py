@@ -448,6 +448,37 @@ def test_a_rerun_continues_an_interrupted_run_with_the_patience_it_started_with(
         assert out.read_text() == whole[name]
 
 
+def test_invert_keeps_its_compiled_programs_for_the_next_run(tmp_path, small_bundle):
+    """`v2t invert` reads and writes JAX's persistent compilation cache in CACHE/xla (here --cache-dir): the first
+    run fills it, a rerun writes the same rows; V2T_COMPILE_CACHE=0 leaves it alone, and an environment with its
+    own JAX_COMPILATION_CACHE_DIR keeps that one."""
+    import subprocess
+    import sys
+
+    folder, _ = small_bundle
+    np.save(tmp_path / "v.npy", np.random.default_rng(2).normal(size=(4, 384)).astype(np.float32))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    cache = tmp_path / "cache"
+
+    def invert(out: str, **extra_env) -> str:
+        cmd = [sys.executable, "-m", "v2t_jax.cli", "invert", "--embeddings", str(tmp_path / "v.npy"),
+               "--checkpoint", str(folder), "--steps", "3", "--output", str(tmp_path / out), "--cache-dir",
+               str(cache), "--quiet"]  # fmt: skip
+        proc = subprocess.run(cmd, env={**env, **extra_env}, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return (tmp_path / out).read_text()
+
+    first = invert("a.jsonl", V2T_COMPILE_CACHE="0")
+    assert not (cache / "xla").exists()
+    assert invert("b.jsonl") == first
+    kept = sorted(p.name for p in (cache / "xla").iterdir())
+    assert kept  # the programs that took >= 1 s to compile
+    assert invert("c.jsonl") == first and sorted(p.name for p in (cache / "xla").iterdir()) == kept
+    own = tmp_path / "own"
+    assert invert("d.jsonl", JAX_COMPILATION_CACHE_DIR=str(own)) == first
+    assert sorted(p.name for p in (cache / "xla").iterdir()) == kept
+
+
 def test_a_text_file_named_npy_gets_no_pickle_advice(capsys, tmp_path):
     (tmp_path / "v.npy").write_text("0.1 0.2 0.3\n")
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)

@@ -119,3 +119,65 @@ def test_load_model_takes_token_ids_from_the_embedder_and_refuses_another_vocabu
     cfg, _ = vec2text_import.load_folder(tmp_path / "corrector", eos_token_id=102)
     assert cfg.t5.eos_token_id == 102
     assert vec2text_import.load_folder(tmp_path / "corrector")[0].t5.eos_token_id == 1
+
+
+def test_a_bundle_written_as_vec2text_checkpoints_imports_back_to_the_same_model(tmp_path, small_bundle):
+    """`vec2text_export.from_bundle` writes the inverter and corrector as vec2text checkpoint folders (state dict,
+    InversionConfig fields, the transformers T5 backbone and tokenizer its config names); the importer reads them
+    back to the same parameters and configs, the corrector's lack of a leading start token included, and the
+    imported model inverts alike. An existing output and what transformers' T5 cannot express are refused."""
+    import dataclasses
+    import json
+
+    import jax
+
+    from v2t_jax import api, strategies, vec2text_export
+    from v2t_jax.vocabulary import Vocabulary
+
+    small, with_t5_ids = small_bundle
+    # the fixture's T5 configs keep T5's EOS (1) while the program decodes to [SEP] (102): its corrector separates
+    # its inputs with a token vec2text's would not, so that bundle is refused; the same weights with the
+    # embedder's ids in the configs are written
+    with pytest.raises(ValueError, match="separates its inputs with token 1 and decodes until token 102"):
+        vec2text_export.from_bundle(small, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists() and not (tmp_path / "refused.partial").exists()
+    ids = dict(eos_token_id=102, pad_token_id=0, decoder_start_token_id=0)
+    fix = lambda c: dataclasses.replace(c, t5=c.t5.replace(**ids))  # noqa: E731
+    p, params = with_t5_ids.program, with_t5_ids.params
+    model = api.build(fix(p.inverter), params["inverter"], fix(p.corrector), params["corrector"],
+                      with_t5_ids.embedder, with_t5_ids.max_length)  # fmt: skip
+    folder = model.save(tmp_path / "bundle")
+    out = vec2text_export.from_bundle(folder, tmp_path / "v2t")
+    assert sorted(p.name for p in out.iterdir()) == ["corrector", "inversion"]
+    meta = json.loads((out / "corrector" / "config.json").read_text())
+    assert meta[vec2text_export.START_TOKEN_KEY] is False and meta["architectures"] == ["CorrectorEncoderModel"]
+    assert meta["model_name_or_path"] == str((out / "corrector" / "t5").resolve())
+    assert meta["embedder_model_name"] == "sentence-transformers/all-MiniLM-L6-v2" and meta["max_seq_length"] == 12
+    backbone = t5.load_hf_t5(out / "corrector" / "t5")  # the backbone folder vec2text builds from
+    assert backbone[0] == model.program.corrector.t5
+    jax.tree_util.tree_map(np.testing.assert_array_equal, backbone[1], model.params["corrector"]["t5"])
+    tok = json.loads((out / "inversion" / "t5" / "tokenizer_config.json").read_text())
+    assert (tok["pad_token"], tok["eos_token"], tok["cls_token"]) == ("[PAD]", "[SEP]", "[CLS]")
+    assert Vocabulary.from_folder(out / "inversion" / "t5", 12).size == model.vocab.size
+
+    back = vec2text_import.load_model(out / "inversion", out / "corrector", model.embedder, model.max_length)
+    same = dict(t5=back.program.corrector.t5, bottleneck_dim=384)  # (None: the embedding's width, 384)
+    assert back.program.corrector == dataclasses.replace(model.program.corrector, **same)
+    assert back.program.corrector.t5 == model.program.corrector.t5.replace(dropout_rate=0.0)
+    assert not back.program.corrector.hypothesis_start_token
+    jax.tree_util.tree_map(np.testing.assert_array_equal, back.params, model.params)
+    vectors = model.embedder.embed_texts(["a cat sat on the mat.", "the stock market fell sharply today."])
+    search = strategies.Search(3, 2, skip_repeated=False)
+    (texts, trace), (want, want_trace) = (
+        back.invert(vectors, search, return_trace=True),
+        model.invert(vectors, search, return_trace=True),
+    )
+    assert texts == want and isinstance(back, api.Vec2Text)
+    np.testing.assert_array_equal(trace["cosine"], want_trace["cosine"])
+
+    with pytest.raises(FileExistsError, match="exists"):
+        vec2text_export.from_bundle(folder, out)
+    with pytest.raises(ValueError, match="no vec2text"):
+        vec2text_export.t5_state_dict({}, t5.t5_config("tiny", "bert", vocab_size=60))
+    with pytest.raises(ValueError, match="rescales the decoder outputs"):
+        vec2text_export.t5_state_dict({}, t5.t5_config("tiny", "t5", vocab_size=60, scale_decoder_outputs=False))

@@ -87,7 +87,10 @@ def inverter_from_state_dict(sd: dict[str, np.ndarray], **t5_overrides) -> tuple
 
 
 def corrector_from_state_dict(
-    sd: dict[str, np.ndarray], ignore_hypothesis_embedding: bool = False, **t5_overrides
+    sd: dict[str, np.ndarray],
+    ignore_hypothesis_embedding: bool = False,
+    hypothesis_start_token: bool = True,
+    **t5_overrides,
 ) -> tuple[correction.CorrectorConfig, dict]:
     t5cfg = infer_t5_config(sd).replace(**t5_overrides) if t5_overrides else infer_t5_config(sd)
     w0, w3 = sd["embedding_transform_1.0.weight"], sd["embedding_transform_1.3.weight"]
@@ -97,7 +100,9 @@ def corrector_from_state_dict(
         bottleneck_dim=w0.shape[0],
         num_repeat_tokens=w3.shape[0] // t5cfg.d_model,
         ignore_hypothesis_embedding=ignore_hypothesis_embedding,
-        hypothesis_start_token=True,  # vec2text's hypotheses come back from generate led by the start token
+        # vec2text's hypotheses come back from generate led by the start token; a corrector exported from a
+        # bundle trained without it says so (vec2text_export.START_TOKEN_KEY)
+        hypothesis_start_token=hypothesis_start_token,
     )
     params = {
         "transform_target": _transform(sd, "embedding_transform_1"),
@@ -121,7 +126,8 @@ def load_folder(folder: str | os.PathLike, **t5_overrides):
     meta = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
     if "embedding_transform_1.0.weight" in sd:
         ignore = bool(meta.get("corrector_ignore_hypothesis_embedding", False))
-        return corrector_from_state_dict(sd, ignore, **t5_overrides)
+        start = bool(meta.get("v2t_hypothesis_start_token", True))  # (vec2text_export.START_TOKEN_KEY)
+        return corrector_from_state_dict(sd, ignore, start, **t5_overrides)
     if "embedding_transform.0.weight" in sd:
         return inverter_from_state_dict(sd, **t5_overrides)
     raise ValueError(f"{folder}: neither a vec2text InversionModel nor a CorrectorEncoderModel checkpoint")
