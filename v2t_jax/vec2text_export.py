@@ -13,7 +13,8 @@ transformers T5 backbone its config names (`t5/`: config, weights, the bundle's 
 
 `vec2text_import.load_model(exported/inversion, exported/corrector, embedder)` reads them back to the same
 parameters (tested). What vec2text cannot express is refused (a "bert"-layout backbone; a rescale of the decoder
-outputs that differs from transformers', which rescales exactly when the head is tied) or recorded: a corrector
+outputs that differs from transformers', which rescales exactly when the head is tied; a corrector separating its
+inputs with another token than the EOS it decodes to: vec2text's uses one for both) or recorded: a corrector
 trained without the start token leading its hypotheses (`hypothesis_start_token: false`, as the shipped one)
 says so as `v2t_hypothesis_start_token: false` in its config.json, which vec2text ignores and our importer
 reads; run by vec2text as is, such a corrector sees its hypotheses one position late (experiments/
