@@ -187,7 +187,8 @@ def compile_cache(cache_dir: str | None) -> Path | None:
     import jax
 
     jax.config.update("jax_compilation_cache_dir", str(folder))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)  # (only programs worth reading back)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # (else JAX reads that)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)  # (programs worth reading back)
     jax.config.update("jax_compilation_cache_max_size", 2 << 30)  # least recently used entries go past 2 GiB
     return folder
 
