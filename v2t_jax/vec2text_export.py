@@ -31,9 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
+from v2t_jax import vec2text_import
 from v2t_jax.models import t5 as t5_lib
 
-START_TOKEN_KEY = "v2t_hypothesis_start_token"  # in a corrector's config.json; absent: vec2text's (True)
+START_TOKEN_KEY = vec2text_import.START_TOKEN_KEY  # what the importer reads back
 
 
 def _attn(p: dict, prefix: str, cfg: t5_lib.T5Config) -> dict:
@@ -87,11 +88,15 @@ def _transform(p: dict, prefix: str) -> dict:
     }
 
 
+def _check_bottleneck(cfg, what: str) -> None:
+    if cfg.bottleneck != cfg.embed_dim:
+        raise ValueError(f"vec2text's {what} projects through the embedding's width ({cfg.embed_dim}); this one "
+                         f"through {cfg.bottleneck}")  # fmt: skip
+
+
 def inverter_state_dict(cfg, params: dict) -> dict[str, np.ndarray]:
     """An `inversion.Inverter`'s parameters as a vec2text `InversionModel` state dict (embedder excluded)."""
-    if cfg.bottleneck != cfg.embed_dim:
-        raise ValueError(f"vec2text's inverter projects through the embedding's width ({cfg.embed_dim}); this one "
-                         f"through {cfg.bottleneck}")  # fmt: skip
+    _check_bottleneck(cfg, "inverter")
     sd = _transform(params["transform"], "embedding_transform")
     sd.update({"encoder_decoder." + k: v for k, v in t5_state_dict(params["t5"], cfg.t5).items()})
     return {k: np.ascontiguousarray(v, np.float32) for k, v in sd.items()}
@@ -99,9 +104,7 @@ def inverter_state_dict(cfg, params: dict) -> dict[str, np.ndarray]:
 
 def corrector_state_dict(cfg, params: dict) -> dict[str, np.ndarray]:
     """A `correction.Corrector`'s parameters as a vec2text `CorrectorEncoderModel` state dict."""
-    if cfg.bottleneck != cfg.embed_dim:
-        raise ValueError(f"vec2text's corrector projects through the embedding's width ({cfg.embed_dim}); this "
-                         f"one through {cfg.bottleneck}")  # fmt: skip
+    _check_bottleneck(cfg, "corrector")
     sd = {}
     for ours, theirs in (("target", 1), ("diff", 2), ("hypothesis", 3)):
         sd.update(_transform(params[f"transform_{ours}"], f"embedding_transform_{theirs}"))

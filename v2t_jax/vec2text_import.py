@@ -26,6 +26,9 @@ from v2t_jax import correction, inversion
 from v2t_jax.models import t5 as t5_lib
 
 BACKBONE = "encoder_decoder."
+# in a corrector's config.json (written by `vec2text_export`): whether its hypotheses are led by the start token;
+# absent: vec2text's way (True)
+START_TOKEN_KEY = "v2t_hypothesis_start_token"
 
 
 def infer_t5_config(sd: dict[str, np.ndarray], prefix: str = BACKBONE, max_distance: int = 128) -> t5_lib.T5Config:
@@ -101,7 +104,7 @@ def corrector_from_state_dict(
         num_repeat_tokens=w3.shape[0] // t5cfg.d_model,
         ignore_hypothesis_embedding=ignore_hypothesis_embedding,
         # vec2text's hypotheses come back from generate led by the start token; a corrector exported from a
-        # bundle trained without it says so (vec2text_export.START_TOKEN_KEY)
+        # bundle trained without it says so (START_TOKEN_KEY)
         hypothesis_start_token=hypothesis_start_token,
     )
     params = {
@@ -126,7 +129,7 @@ def load_folder(folder: str | os.PathLike, **t5_overrides):
     meta = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
     if "embedding_transform_1.0.weight" in sd:
         ignore = bool(meta.get("corrector_ignore_hypothesis_embedding", False))
-        start = bool(meta.get("v2t_hypothesis_start_token", True))  # (vec2text_export.START_TOKEN_KEY)
+        start = bool(meta.get(START_TOKEN_KEY, True))
         return corrector_from_state_dict(sd, ignore, start, **t5_overrides)
     if "embedding_transform.0.weight" in sd:
         return inverter_from_state_dict(sd, **t5_overrides)
