@@ -89,6 +89,21 @@ def test_corpus_dataset_build_targets_and_rerun(tmp_path, minilm, capsys):
     assert {p: p.stat().st_mtime_ns for p in tdir.iterdir()} == stamp and record.stat().st_mtime_ns == rec_stamp
 
 
+def test_targets_for_named_splits_only(tmp_path, minilm):
+    """--targets-splits embeds the held-out splits without the train split (hours for --sources all on a CPU)."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"Document {i} holds a sentence about the number {i}. " * 3 for i in range(200)))
+    data_dir = tmp_path / "data"
+    args = ["data", "prepare", "--corpus", str(corpus), "--data-dir", str(data_dir), "--quiet"]
+    assert cli.main([*args, "--targets-splits", "test, validation"]) == 0
+    b = dataset.builder(dataset.DatasetSpec(corpus=str(corpus)), data_dir)
+    tdir = targets.targets_dir(b.data_dir, "all-MiniLM-L6-v2", 32)
+    assert [s for s in dataset.SPLITS if targets.exists(tdir, s)] == ["validation", "test"]
+    emb, _ = targets.load(tdir, "test")
+    texts = dataset.texts(b, "test")
+    np.testing.assert_allclose(emb[:8], minilm.embed_texts(texts[:8]), atol=2e-6)
+
+
 def test_target_precompute_resumes_after_interruption(tmp_path, minilm, sentences, monkeypatch):
     monkeypatch.setattr(targets, "CHUNK", 64)
     texts = sentences[:200]
@@ -118,6 +133,16 @@ def test_prepare_errors_are_one_line(capsys, tmp_path):
     assert "does not exist" in capsys.readouterr().err
     assert cli.main(["data", "prepare", "--sources", "wiki", "nosuch", "--data-dir", str(tmp_path)]) == 2
     assert "unknown source 'nosuch'" in capsys.readouterr().err
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("one document here.\n")
+    base = ["data", "prepare", "--corpus", str(corpus), "--data-dir", str(tmp_path / "d")]
+    assert cli.main([*base, "--targets-splits", "test,valid"]) == 2
+    assert "'valid' is not a split; the splits are train, validation, test" in capsys.readouterr().err
+    assert cli.main([*base, "--targets-splits", ","]) == 2
+    assert "needs split names" in capsys.readouterr().err
+    assert cli.main([*base, "--targets-splits", "test", "--no-targets"]) == 2
+    assert "contradict" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()  # refused before any work
 
 
 @pytest.mark.slow

@@ -166,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--seed", type=int, default=0, help="seed of the split by document")
     dp.add_argument("--cache-dir", default=None)
     dp.add_argument("--no-targets", action="store_true", help="skip precomputing target embeddings")
+    dp.add_argument(
+        "--targets-splits",
+        default=None,
+        help="comma-separated splits to precompute target embeddings for (e.g. test,validation: the held-out "
+        "splits in minutes, without the train split's hours on CPU; default: every split)",
+    )
     dp.add_argument("--workers", type=int, default=None, help="processes that read and tokenise (default: every core)")
     dp.add_argument(
         "--batch-size",

@@ -124,12 +124,22 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-tokens must be at least 4, got {args.max_tokens}")
     if (args.workers is not None and args.workers < 1) or (args.batch_size is not None and args.batch_size < 1):
         raise UsageError("--workers and --batch-size must be >= 1")
+    wanted = None
+    if args.targets_splits is not None:
+        if args.no_targets:
+            raise UsageError("--no-targets and --targets-splits contradict each other; give one")
+        wanted = [s.strip() for s in args.targets_splits.split(",") if s.strip()]
+        if not wanted:
+            raise UsageError("--targets-splits needs split names, e.g. --targets-splits test,validation")
 
     import time
 
     from v2t_jax.data import dataset, targets
     from v2t_jax.models import embedders
 
+    if wanted is not None and any(s not in dataset.SPLITS for s in wanted):
+        bad = ", ".join(repr(s) for s in wanted if s not in dataset.SPLITS)
+        raise UsageError(f"--targets-splits: {bad} is not a split; the splits are {', '.join(dataset.SPLITS)}")
     spec = dataset.DatasetSpec(
         sources=names,
         corpus=args.corpus,
@@ -151,7 +161,14 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     if args.no_targets:
         return 0
     out = targets.targets_dir(b.data_dir, args.embedder, args.max_tokens)
-    missing = [split for split in dataset.splits(counts) if not targets.exists(out, split)]
+    splits = dataset.splits(counts)
+    if wanted is not None:
+        unknown = [s for s in wanted if s not in splits]
+        if unknown:
+            raise UsageError(f"--targets-splits: no split {', '.join(map(repr, unknown))} in this dataset; it has "
+                             f"{', '.join(splits)}")  # fmt: skip
+        splits = [s for s in splits if s in wanted]
+    missing = [split for split in splits if not targets.exists(out, split)]
     if missing:
         t0 = time.perf_counter()
         emb = embedders.load_embedder(args.embedder, cache_dir=args.cache_dir)
