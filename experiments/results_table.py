@@ -4,7 +4,9 @@ steps, with sequence beam search, plus a plot of BLEU and cosine against the num
     python experiments/results_table.py --checkpoint BUNDLE [--n 500] [--split test]
         [--rows 0:1,1:1,5:1,20:1,20:4,50:8,20:4:0.1] [--out experiments/results/table1]
 
-Each row is STEPS:BEAM[:PRIOR[:POLISH[:PATIENCE]]] (PRIOR: the language prior's weight, `v2t invert --prior`;
+Each row is STEPS:BEAM[:PRIOR[:POLISH[:PATIENCE]]], BEAM either a sequence beam width (vec2text's search, each
+hypothesis proposing as many candidates) or BxW, a sequence beam B whose hypotheses propose W candidates each
+(`v2t invert --sbeam B --token-beam W`) (PRIOR: the language prior's weight, `v2t invert --prior`;
 POLISH: rounds of token swaps, `--polish`; PATIENCE: stop an example after that many steps without a better
 hypothesis, `--patience`; each default 0). One inversion run per (beam width, prior, patience), as long as its
 longest row: the trace of best-so-far hypotheses gives every shorter row (N steps of the loop are a prefix of
@@ -43,17 +45,20 @@ class Row(NamedTuple):
     prior: float = 0.0  # the language prior's weight (no effect at 0 steps)
     polish: int = 0  # rounds of token swaps after the last step
     patience: int = 0  # stop an example after this many steps without a better hypothesis (0: never)
+    token_beam: int = 0  # candidates each hypothesis proposes (0: `beam`, as vec2text)
 
     def run(self, each: bool = False) -> tuple:
-        """The run a row reads from: one per (beam, prior, polish, patience); a polished one per row (the polish
-        comes after that row's last step), the others as long as their longest row. With `each`, every row has
-        its own run (so its own time)."""
+        """The run a row reads from: one per (beam, prior, polish, patience, token beam); a polished one per row
+        (the polish comes after that row's last step), the others as long as their longest row. With `each`, every
+        row has its own run (so its own time)."""
         prior, patience = (self.prior, self.patience) if self.steps else (0.0, 0)
-        return (self.beam, prior, self.polish, patience, self.steps if self.polish or each else None)
+        tb = self.token_beam if self.steps and self.token_beam != self.beam else 0
+        return (self.beam, prior, self.polish, patience, self.steps if self.polish or each else None, tb)
 
     @property
     def label(self) -> str:
-        fields = [str(self.steps), str(self.beam), f"{self.prior if self.steps else 0:g}", str(self.polish)]
+        beam = f"{self.beam}x{self.token_beam}" if self.token_beam and self.steps else str(self.beam)
+        fields = [str(self.steps), beam, f"{self.prior if self.steps else 0:g}", str(self.polish)]
         fields.append(str(self.patience if self.steps else 0))
         while len(fields) > 2 and fields[-1] == "0":  # the fields left at their defaults are not written
             fields.pop()
@@ -65,6 +70,7 @@ class Row(NamedTuple):
             return "step 0 (inverter)"
         out = "step 0" if self.steps == 0 else f"{self.steps} steps"
         out += f" + sbeam {self.beam}" if self.beam > 1 and self.steps else ""
+        out += f" + token beam {self.token_beam}" if self.token_beam and self.steps else ""
         out += f" + prior {self.prior:g}" if self.prior and self.steps else ""
         out += f" + patience {self.patience}" if self.patience and self.steps else ""
         return out + (f" + {self.polish} swap rounds" if self.polish else "")
@@ -74,16 +80,19 @@ def parse_rows(text: str) -> list[Row]:
     rows = []
     for item in text.split(","):
         steps, beam, prior, polish, patience = (item.split(":") + ["", "", "", ""])[:5]
-        rows.append(Row(int(steps), int(beam or 1), float(prior or 0.0), int(polish or 0), int(patience or 0)))
+        beam, _, token_beam = (beam or "1").partition("x")
+        tb = 0 if int(token_beam or 0) == int(beam) else int(token_beam or 0)  # BxB is vec2text's search
+        rows.append(Row(int(steps), int(beam), float(prior or 0.0), int(polish or 0), int(patience or 0), tb))
     return rows
 
 
 def run_name(run: tuple) -> str:
-    """A run's name in OUT.json: its beam width, then its prior, polish and patience when set, then its steps when
-    it has its own ("4", "4p0.1", "1s4@20", "1k3", "4@50")."""
-    beam, prior, polish, patience, steps = run
+    """A run's name in OUT.json: its beam width (and token beam), then its prior, polish and patience when set, then
+    its steps when it has its own ("4", "2x8", "4p0.1", "1s4@20", "1k3", "4@50")."""
+    beam, prior, polish, patience, steps, token_beam = run
     return (
         f"{beam}"
+        + (f"x{token_beam}" if token_beam else "")
         + (f"p{prior:g}" if prior else "")
         + (f"s{polish}" if polish else "")
         + (f"k{patience}" if patience else "")
@@ -186,14 +195,14 @@ def main(argv=None) -> int:
     load, save, drop = _run_store(out, key)
     runs = {}
     for run in sorted({r.run(each) for r in rows}, key=str):
-        beam, prior, polish, patience, _ = run
+        beam, prior, polish, patience, _, token_beam = run
         steps = max(r.steps for r in rows if r.run(each) == run)
         kept = load(run, steps)
         if kept is not None:
             print(f"results_table: run {run_name(run)} read back from {args.out}.runs/", file=sys.stderr)
             runs[run] = {k: v for k, v in kept.items() if k != "key"}
             continue
-        search = strategies.Search(steps, beam, prior, polish, patience=patience)
+        search = strategies.Search(steps, beam, prior, polish, patience=patience, token_beam=token_beam or None)
         t0 = time.perf_counter()
         if args.untraced:  # as `v2t invert` runs it; its texts are the decoding itself, as traced ones below
             trace = []
@@ -212,7 +221,7 @@ def main(argv=None) -> int:
                      for t in traced["steps"]]  # fmt: skip
         runs[run] = {
             "steps": steps, "beam": beam, "prior": prior, "polish": polish, "patience": patience,
-            "untraced": args.untraced, "trace": trace, "seconds": time.perf_counter() - t0,
+            "token_beam": token_beam, "untraced": args.untraced, "trace": trace, "seconds": time.perf_counter() - t0,
         }  # fmt: skip
         save(run, runs[run])
 
@@ -231,8 +240,9 @@ def main(argv=None) -> int:
         # each run's time, on its longest row (shorter rows are prefixes of its trace)
         spv = run["seconds"] / n if r.steps == run["steps"] else None
         table.append(
-            {"steps": r.steps, "beam": r.beam, "prior": r.prior if r.steps else 0.0, "polish": r.polish,
-             "patience": r.patience if r.steps else 0, **scores(r.run(each), at(r)), "s_per_vector": spv}
+            {"steps": r.steps, "beam": r.beam, "token_beam": r.run(each)[5], "prior": r.prior if r.steps else 0.0,
+             "polish": r.polish, "patience": r.patience if r.steps else 0, **scores(r.run(each), at(r)),
+             "s_per_vector": spv}
         )  # fmt: skip
     # per-step curves of the traced runs (an untraced run has its final texts only)
     curves = (
@@ -288,6 +298,7 @@ def main(argv=None) -> int:
         + f"{args.batch_size}, this machine): "
         + ", ".join(
             f"beam {r['beam']}"
+            + (f" token beam {r['token_beam']}" if r.get("token_beam") else "")
             + (f" prior {r['prior']:g}" if r["prior"] else "")
             + (f" polish {r['polish']}" if r["polish"] else "")
             + (f" patience {r['patience']}" if r["patience"] else "")

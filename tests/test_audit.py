@@ -49,7 +49,7 @@ def _chroma(folder, name, vectors, texts=None, ef="default"):
 
 def _audit(tmp_path, store, *extra):
     out = tmp_path / "report"
-    return cli.main(["audit", str(store), "--output", str(out), "--steps", "1", "--quiet", *extra]), out
+    return cli.main(["audit", str(store), "--output", str(out), "--steps", "1", "--sbeam", "1", "--quiet", *extra]), out
 
 
 def test_audit_of_a_chroma_store(capsys, tmp_path, vectors, texts, shipped):

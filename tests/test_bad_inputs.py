@@ -400,12 +400,13 @@ def test_invert_streams_its_rows_and_resumes_after_a_full_disk(capsys, monkeypat
     assert cli.main(args + [str(first)]) == 0 and first.read_text() == whole
 
 
-def test_a_rerun_continues_an_interrupted_run_with_the_patience_it_started_with(capsys, monkeypatch, tmp_path,
-                                                                                  small_bundle):  # fmt: skip
-    """Without --patience `v2t invert` stops a vector after DEFAULT_PATIENCE steps without a better hypothesis and
-    records it with the rows; a rerun of an interrupted run continues with the patience that run recorded (none: a
-    run of an earlier version, or --patience 0, means 0), so it equals an uninterrupted run of that patience. A
-    --patience that differs from the record is refused."""
+def test_a_rerun_continues_an_interrupted_run_with_the_search_it_started_with(capsys, monkeypatch, tmp_path,
+                                                                                small_bundle):  # fmt: skip
+    """Without --patience `v2t invert` stops a vector after DEFAULT_PATIENCE steps without a better hypothesis, and
+    without --sbeam it searches DEFAULT_SBEAM x DEFAULT_TOKEN_BEAM, and records both with the rows; a rerun of an
+    interrupted run continues with the patience and beams that run recorded (no patience: a run of an earlier
+    version, or --patience 0, means 0; no token beam: its sbeam, as a greedy run of an earlier version), so it
+    equals an uninterrupted run of that search. A --patience that differs from the record is refused."""
     import errno
 
     from v2t_jax import strategies
@@ -415,14 +416,16 @@ def test_a_rerun_continues_an_interrupted_run_with_the_patience_it_started_with(
     args = ["invert", "--embeddings", str(tmp_path / "v.npy"), "--checkpoint", str(folder), "--steps", "6",
             "--batch-size", "2", "--quiet", "--output"]  # fmt: skip
     whole = {}
-    for name, flags in (("off", ["--patience", "0"]), ("default", [])):
+    runs = (("off", ["--patience", "0"]), ("default", []), ("greedy", ["--sbeam", "1"]))
+    for name, flags in runs:
         assert cli.main(args + [str(tmp_path / f"{name}.jsonl")] + flags) == 0
         whole[name] = (tmp_path / f"{name}.jsonl").read_text()
     assert cli.main(args + [str(tmp_path / "three.jsonl"), "--patience", str(strategies.DEFAULT_PATIENCE)]) == 0
     assert (tmp_path / "three.jsonl").read_text() == whole["default"]
 
     real_open = open
-    for name, flags in (("off", ["--patience", "0"]), ("default", [])):
+    assert whole["greedy"] != whole["default"]
+    for name, flags in runs:
         out, calls = tmp_path / f"cut_{name}.jsonl", []
 
         def full_disk(file, mode="r", *a, **kw):
@@ -437,7 +440,9 @@ def test_a_rerun_continues_an_interrupted_run_with_the_patience_it_started_with(
         monkeypatch.undo()
         assert "the 2 rows done are kept" in capsys.readouterr().err
         saved = json.loads((tmp_path / f"cut_{name}.jsonl.partial.json").read_text())
-        assert saved.get("patience") == (strategies.DEFAULT_PATIENCE if name == "default" else None)
+        assert saved.get("patience") == (strategies.DEFAULT_PATIENCE if name != "off" else None)
+        assert (saved["sbeam"], saved.get("token_beam")) == ((1, None) if name == "greedy" else (
+            strategies.DEFAULT_SBEAM, strategies.DEFAULT_TOKEN_BEAM))  # fmt: skip
         other = "3" if name == "off" else "0"
         assert cli.main(args + [str(out), "--patience", other]) == 2
         assert "holds an interrupted run of other inputs or settings" in capsys.readouterr().err
@@ -445,6 +450,7 @@ def test_a_rerun_continues_an_interrupted_run_with_the_patience_it_started_with(
         err = capsys.readouterr().err
         assert "resuming after the 2 rows" in err
         assert ("continues with --patience 0, as it started" in err) == (name == "off")
+        assert ("continues with --sbeam 1, as it started" in err) == (name == "greedy")
         assert out.read_text() == whole[name]
 
 

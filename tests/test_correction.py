@@ -252,15 +252,35 @@ def test_greedy_correction_is_the_corrector_greedy_decode():
     np.testing.assert_array_equal(np.asarray(cand[:, 0]), np.asarray(want))
 
 
+def test_a_token_beam_proposes_width_candidates_per_hypothesis():
+    """A sequence beam of 1 with a token beam of 3: the step's hypothesis is the one of the corrector's 3 beam
+    candidates that embeds closest to the target, and each later step works from 2 hypotheses' 3 candidates."""
+    prog, params, targets = _program()
+    ids0, emb0, cos0 = correction.initial_hypotheses(prog, params, targets)
+    cand = correction.candidates(prog, params, targets, ids0[:, None], emb0[:, None], 3)  # [5, 3, L]
+    cos = correction._cosine(correction._embed_hypotheses(prog, params["embedder"], cand.reshape(15, -1)).reshape(
+        5, 3, -1), targets[:, None])  # fmt: skip
+    out = jax.device_get(correction.invert(prog, params, targets, 1, 1, width=3))
+    want = np.take_along_axis(np.asarray(cand), np.asarray(jnp.argmax(cos, 1))[:, None, None], 1)[:, 0]
+    np.testing.assert_array_equal(out["last_ids"], want)
+    np.testing.assert_allclose(out["cosine"], np.maximum(np.asarray(cos0), np.asarray(cos.max(1))), atol=1e-6)
+    assert np.asarray(correction.invert(prog, params, targets, 2, 2, width=3)["step_ids"]).shape == (3, 5, 8)
+    same = jax.device_get(correction.invert(prog, params, targets, 2, 2, width=2))
+    np.testing.assert_array_equal(same["step_ids"], jax.device_get(correction.invert(prog, params, targets, 2, 2))[
+        "step_ids"])  # fmt: skip
+    with pytest.raises(ValueError, match="token beam width .2. must be at least the sequence beam width .3."):
+        correction.invert(prog, params, targets, 2, 3, width=2)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("beam", [1, 3])
-def test_skip_repeated_gives_the_full_loops_outputs(beam):
+@pytest.mark.parametrize("beam,width", [(1, None), (3, None), (2, 3)])
+def test_skip_repeated_gives_the_full_loops_outputs(beam, width):
     """Skipping fixed points and repeated candidates changes the work, not the result; an example that stopped
     has reached a fixed point: its best never changes after."""
     prog, params, targets = _program()
-    run = jax.jit(correction.invert, static_argnums=(0, 3, 4), static_argnames=("skip_repeated",))
-    full = jax.device_get(run(prog, params, targets, 6, beam))
-    fast = jax.device_get(run(prog, params, targets, 6, beam, skip_repeated=True))
+    run = jax.jit(correction.invert, static_argnums=(0, 3, 4), static_argnames=("skip_repeated", "width"))
+    full = jax.device_get(run(prog, params, targets, 6, beam, width=width))
+    fast = jax.device_get(run(prog, params, targets, 6, beam, skip_repeated=True, width=width))
     np.testing.assert_array_equal(fast["step_ids"], full["step_ids"])
     np.testing.assert_allclose(fast["step_cosine"], full["step_cosine"], atol=1e-6)
     np.testing.assert_array_equal(fast["last_ids"], full["last_ids"])
@@ -307,18 +327,18 @@ def test_examples_stopped_at_step_zero_keep_their_hypothesis(skip):
 
 
 @pytest.mark.slow  # (the default tier checks the stream's texts through the API: test_strategies.py)
-@pytest.mark.parametrize("beam", [1, 3])
-def test_stream_gives_each_example_the_batch_loops_result(beam):
+@pytest.mark.parametrize("beam,width", [(1, None), (3, None), (2, 4)])
+def test_stream_gives_each_example_the_batch_loops_result(beam, width):
     """Continuous batching (`invert_stream`): 5 examples through 2 slots (a queue of 6, its last row padding)
     end with the texts and cosines of the batch loop with skip_repeated, after the same number of correction
     steps each; freed slots take the next example, so the stream runs fewer slot-batch rounds than batches of
     2 would run steps; padding is never worked on."""
     prog, params, targets = _program()
     steps = 6
-    batch = jax.device_get(correction.invert(prog, params, targets, steps, beam, skip_repeated=True))
+    batch = jax.device_get(correction.invert(prog, params, targets, steps, beam, skip_repeated=True, width=width))
     queue = jnp.concatenate([targets, targets[:1]])
-    run = jax.jit(correction.invert_stream, static_argnums=0, static_argnames=("slots", "num_steps", "beam"))
-    out = jax.device_get(run(prog, params, queue, 5, slots=2, num_steps=steps, beam=beam))
+    run = jax.jit(correction.invert_stream, static_argnums=0, static_argnames=("slots", "num_steps", "beam", "width"))
+    out = jax.device_get(run(prog, params, queue, 5, slots=2, num_steps=steps, beam=beam, width=width))
     np.testing.assert_array_equal(out["ids"][:5], batch["ids"])
     np.testing.assert_allclose(out["cosine"][:5], batch["cosine"], atol=1e-6)
     np.testing.assert_array_equal(out["steps"][:5], batch["step_active"].sum(0))
@@ -326,7 +346,9 @@ def test_stream_gives_each_example_the_batch_loops_result(beam):
     assert out["steps"].min() < steps  # some examples settled early (random small models do) ...
     assert out["rounds"] < 3 * steps  # ... and their slots went on to the next example
     # an example at the stop cosine from step 0 takes no step, and keeps its hypothesis
-    done = jax.device_get(run(prog, params, queue, 5, slots=2, num_steps=steps, beam=beam, stop_cosine=-1.0))
+    done = jax.device_get(
+        run(prog, params, queue, 5, slots=2, num_steps=steps, beam=beam, width=width, stop_cosine=-1.0)
+    )
     np.testing.assert_array_equal(done["ids"][:5], batch["step_ids"][0])
     assert not done["steps"].any()
 

@@ -74,8 +74,11 @@ def test_same_seed_same_model(tmp_path, tiny_data, tiny_models):
         np.testing.assert_array_equal(x, y)
 
 
-@pytest.mark.parametrize("steps,beam,prior", [(0, 1, 0.0), (3, 1, 0.0), (3, 3, 0.0), (3, 3, 0.5)])
-def test_host_side_re_embedding_matches_the_compiled_program(model, targets, steps, beam, prior):
+@pytest.mark.parametrize(
+    "steps,beam,prior,width",
+    [(0, 1, 0.0, None), (3, 1, 0.0, None), (3, 3, 0.0, None), (3, 3, 0.5, None), (3, 2, 0.0, 4)],
+)
+def test_host_side_re_embedding_matches_the_compiled_program(model, targets, steps, beam, prior, width):
     """The black-box path runs the same algorithm: with an injective decode (ids written out as numbers) and
     a black box that embeds those ids exactly as the program does, ids and cosines agree with `invert`."""
     p = model.program
@@ -87,8 +90,8 @@ def test_host_side_re_embedding_matches_the_compiled_program(model, targets, ste
         ids = np.array([[int(x) for x in t.split()] for t in texts], np.int32)
         return np.asarray(embedders.embed_decoder_ids(p.embedder, model.params["embedder"], ids, p.cls_id, p.pad_id))
 
-    compiled = jax.device_get(model._run(p, model.params, targets, steps, beam, 2.0, prior=prior))
-    host = correction.invert_host(p, model.params, targets, steps, beam, decode, black_box, prior=prior)
+    compiled = jax.device_get(model._run(p, model.params, targets, steps, beam, 2.0, prior=prior, width=width))
+    host = correction.invert_host(p, model.params, targets, steps, beam, decode, black_box, prior=prior, width=width)
     np.testing.assert_array_equal(host["step_ids"], compiled["step_ids"])
     np.testing.assert_allclose(host["step_cosine"], compiled["step_cosine"], atol=1e-5)
     if steps:

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from v2t_jax import cli
+from v2t_jax import cli, strategies
 from v2t_jax.remote import RemoteEmbedder, RemoteError
 
 
@@ -92,7 +92,7 @@ def test_invert_through_the_endpoint_matches_the_host_side_search(tmp_path, fres
     args += ["--embedder-batch-size", "2"]
     assert cli.main(args) == 0
     rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
-    want = shipped.invert_embeddings(vectors, num_steps=2, embed_fn=shipped.embed_texts)
+    want = shipped.invert(vectors, strategies.from_flags(2), embed_fn=shipped.embed_texts)  # the default search
     assert [r["text"] for r in rows] == want
     assert fresh.seen and all(s["auth"] == "Bearer sk-test" and s["n"] <= 2 for s in fresh.seen)
     assert {s["path"] for s in fresh.seen} == {"/v1/embeddings"} and fresh.seen[0]["model"] == "all-MiniLM-L6-v2"

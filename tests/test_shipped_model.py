@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from v2t_jax import api, cli, metrics
+from v2t_jax import api, cli, metrics, strategies
 from v2t_jax.data import passages
 
 pytestmark = pytest.mark.slow  # the marked tier: the shipped model's whole cycle
@@ -63,7 +63,8 @@ def test_invert_defaults_to_the_shipped_model(tmp_path, shipped, samples):
     args = ["invert", "--embeddings", str(tmp_path / "v.npy"), "--output", str(tmp_path / "o.jsonl")]
     assert cli.main(args + ["--steps", "1", "--quiet"]) == 0
     rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
-    assert [r["text"] for r in rows] == shipped.invert_embeddings(e, num_steps=1)
+    # the commands' default search (sbeam 2 of token beams of 8), here for one step
+    assert [r["text"] for r in rows] == shipped.invert(e, strategies.from_flags(1))
 
 
 def test_demo_prints_original_and_recovered_side_by_side(capsys, shipped, samples):
@@ -75,7 +76,7 @@ def test_demo_prints_original_and_recovered_side_by_side(capsys, shipped, sample
     assert len(recovered) == len(samples)
     # each printed BLEU is the sentence BLEU of that pair, against the passage as the embedder sees it; the
     # text is printed as people write it (`readable`), and scored as decoded
-    decoded = shipped.invert_embeddings(shipped.embed_texts(samples), num_steps=1, readable=False)
+    decoded = shipped.invert(shipped.embed_texts(samples), strategies.from_flags(1), readable=False)
     for view, raw, (text, bleu, _) in zip(shipped.embedder_view(samples), decoded, recovered):
         assert text == shipped.readable([raw])[0]
         want = metrics.sentence_bleu(metrics.normalize(raw), metrics.normalize(view))
@@ -139,7 +140,7 @@ def test_readable_output_scores_as_the_decoding_did(capsys, tmp_path, shipped, s
     np.save(tmp_path / "v.npy", e)
     (tmp_path / "refs.txt").write_text("\n".join(samples) + "\n", encoding="utf-8")
     args = ["invert", "--embeddings", str(tmp_path / "v.npy"), "--output", str(tmp_path / "o.jsonl"), "--quiet",
-            "--steps", "1", "--references", str(tmp_path / "refs.txt")]  # fmt: skip
+            "--steps", "1", "--sbeam", "1", "--references", str(tmp_path / "refs.txt")]  # fmt: skip
     assert cli.main(args) == 0
     printed = capsys.readouterr().out
     rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]

@@ -45,6 +45,9 @@ def test_fields_are_stored_in_their_checked_form():
         ({"polish": -1}, "polish (rounds of token swaps) must be in [0, 100]"),
         ({"stop_cosine": "high"}, "stop_cosine must be a number"),
         ({"stop_cosine": float("nan")}, "stop_cosine must be a number"),
+        ({"steps": 2, "beam": 4, "token_beam": 2}, "the token beam width must be in [4, 64] (at least the sequence"),
+        ({"steps": 2, "token_beam": 65}, "the token beam width must be in [1, 64]"),
+        ({"steps": 2, "token_beam": 2.0}, "the token beam width must be a whole number"),
     ],
 )
 def test_a_search_that_cannot_run_is_one_line_error(kwargs, message):
@@ -56,8 +59,14 @@ def test_a_search_that_cannot_run_is_one_line_error(kwargs, message):
 
 def test_from_flags_names_the_flag_and_picks_the_default_steps():
     # no --patience: the commands' default with correction steps, 0 without them or with --no-skip-repeated
-    default = Search(strategies.DEFAULT_STEPS, 1, patience=strategies.DEFAULT_PATIENCE)
-    assert strategies.from_flags(None, 1) == default == strategies.default()
+    greedy = Search(strategies.DEFAULT_STEPS, 1, patience=strategies.DEFAULT_PATIENCE)
+    assert strategies.from_flags(None, 1) == greedy  # --sbeam B alone: B hypotheses of B candidates (vec2text's)
+    assert strategies.from_flags(None, 4).token_beam is None
+    # no --sbeam: DEFAULT_SBEAM hypotheses of DEFAULT_TOKEN_BEAM candidates (or of --token-beam's)
+    default = greedy.replace(beam=strategies.DEFAULT_SBEAM, token_beam=strategies.DEFAULT_TOKEN_BEAM)
+    assert strategies.from_flags(None) == default == strategies.default() and default.token_beam is not None
+    assert strategies.from_flags(None, token_beam=16) == default.replace(token_beam=16)
+    assert strategies.from_flags(0, token_beam=16) == strategies.inverter_only()  # no beam without steps
     assert strategies.from_flags(None, 1, skip_repeated=False).patience == 0
     assert strategies.from_flags(0, 1) == strategies.default(has_corrector=False) == strategies.inverter_only()
     assert strategies.from_flags(None, 1, patience=0) == Search(strategies.DEFAULT_STEPS, 1)
@@ -69,6 +78,7 @@ def test_from_flags_names_the_flag_and_picks_the_default_steps():
         ((2, 100), "--sbeam must be in [1, 64]"),
         ((2, 1, 1e3), "--prior must be in [0, 100]"),
         ((2, 1, 0, 500), "--polish must be in [0, 100]"),
+        ((2, 4, 0, 0, None, True, None, 3), "--token-beam must be in [4, 64]"),
     ]
     for args, flag in bad:
         with pytest.raises(StrategyError, match=flag.replace("[", r"\[")):
@@ -92,6 +102,11 @@ def test_describe_and_record():
     )
     with pytest.raises(StrategyError, match=r"--patience must be >= 0 \(0: off\), got -1"):
         strategies.from_flags(5, 1, patience=-1)
+    # a token beam apart from the sequence beam likewise; equal to it, it is vec2text's search (one program)
+    assert Search(5, 2, token_beam=8).record()["token_beam"] == 8 and "token_beam" not in Search(5, 2).record()
+    assert Search(5, 2, token_beam=2) == Search(5, 2) and Search(5, 2, token_beam=2).token_beam is None
+    assert Search(5, 2, token_beam=8).describe() == "5 correction steps, sequence beam 2, token beam 8"
+    assert strategies.from_flags(5, 2, token_beam=8) == Search(5, 2, token_beam=8, patience=3)
 
 
 def test_check_model_refuses_what_the_model_cannot_do():
@@ -124,6 +139,10 @@ def test_every_way_of_running_a_search_gives_the_same_texts(small_bundle, vector
     assert [model.decode(row) for row in out["ids"]] == texts
     np.testing.assert_allclose(out["cosine"], trace["cosine"], atol=1e-6)
     assert model.invert(vectors) == model.invert(vectors, strategies.inverter_only())
+    # a token beam wider than the sequence beam: the batch loop (traced) and the stream give the same texts
+    wide = search.replace(token_beam=3)
+    texts3, _ = model.invert(vectors, wide, batch_size=3, return_trace=True, readable=False)
+    assert model.invert(vectors, wide, batch_size=3, readable=False) == texts3
     with pytest.raises(api.ModelError, match="must be a v2t_jax.strategies.Search"):
         model.invert(vectors, 20)
     inverter_only = api.build(model.program.inverter, model.params["inverter"], None, None, model.embedder, 12)

@@ -56,7 +56,7 @@ class Vec2Text:
         self._run = jax.jit(
             correction.invert,
             static_argnums=(0, 3, 4),
-            static_argnames=("skip_repeated", "score", "prior", "polish", "patience"),
+            static_argnames=("skip_repeated", "score", "prior", "polish", "patience", "width"),
         )
         self._stream = jax.jit(
             correction.invert_stream, static_argnums=0, static_argnames=tuple(self._stream_kw(strategies.Search(1)))
@@ -93,13 +93,14 @@ class Vec2Text:
     @staticmethod
     def _stream_kw(search: strategies.Search, slots: int = 1) -> dict:
         """`correction.invert_stream`'s static keyword arguments for `search` through `slots` slots."""
-        return dict(slots=slots, num_steps=search.steps, beam=search.beam, prior=search.prior, patience=search.patience)
+        return dict(slots=slots, num_steps=search.steps, beam=search.beam, prior=search.prior, patience=search.patience,
+                    width=search.token_beam)  # fmt: skip
 
     @staticmethod
     def _kernel_kw(search: strategies.Search, score: bool) -> dict:
         """`correction.invert`'s static keyword arguments for `search` (its steps and beam go by position)."""
         return dict(skip_repeated=search.skip_repeated, score=score, prior=search.prior, polish=search.polish,
-                    patience=search.patience)  # fmt: skip
+                    patience=search.patience, width=search.token_beam)  # fmt: skip
 
     def check_embeddings(self, embeddings) -> np.ndarray:
         """Validates a [N, D] array of vectors; returns it as float32. Raises ModelError with what is wrong."""
@@ -251,7 +252,7 @@ class Vec2Text:
             else:
                 out = correction.invert_host(
                     self.program, self.params, chunk, search.steps, search.beam, self.decode, embed_fn, search.stop,
-                    search.skip_repeated, search.prior, search.patience,
+                    search.skip_repeated, search.prior, search.patience, search.token_beam,
                 )  # fmt: skip
             texts = [self.decode(row) for row in out["ids"][:m]]
             steps = None

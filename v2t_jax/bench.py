@@ -141,7 +141,8 @@ def _host_loop(model, search: strategies.Search):
 
     def run(params, e):
         return correction.invert_host(model.program, params, e, search.steps, search.beam, model.decode,
-                                      model.embed_texts, strategies.NO_STOP, search.skip_repeated)  # fmt: skip
+                                      model.embed_texts, strategies.NO_STOP, search.skip_repeated,
+                                      width=search.token_beam)  # fmt: skip
 
     return run
 

@@ -18,6 +18,7 @@ from v2t_jax.commands import (
     DEFAULT_PRIOR,
     DEFAULT_SBEAM,
     DEFAULT_STEPS,
+    DEFAULT_TOKEN_BEAM,
     EMBEDDER_HEADS,
     WEIGHT_FORMATS,
     cmd_audit,
@@ -45,7 +46,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _search_flags(p: argparse.ArgumentParser, stop_and_skip: bool = False) -> None:
     """The search's flags (`v2t_jax.strategies.from_flags`), the same for every command that inverts (--steps,
-    --sbeam, --prior, --polish, --patience);
+    --sbeam, --token-beam, --prior, --polish, --patience);
     --stop-cosine and --no-skip-repeated where `stop_and_skip` (elsewhere: no stop cosine, skipping on)."""
     p.add_argument(
         "--steps",
@@ -54,7 +55,19 @@ def _search_flags(p: argparse.ArgumentParser, stop_and_skip: bool = False) -> No
         help=f"correction steps (0: inverter only; default {DEFAULT_STEPS}, or 0 for an inverter-only bundle)",
     )
     p.add_argument(
-        "--sbeam", type=int, default=DEFAULT_SBEAM, help="sequence beam width (1: greedy; default %(default)s)"
+        "--sbeam",
+        type=int,
+        default=None,
+        help=f"sequence beam width: hypotheses kept per step (1: greedy; default {DEFAULT_SBEAM} with --token-beam "
+        f"{DEFAULT_TOKEN_BEAM}; a rerun continues an interrupted run with the search it started with)",
+    )
+    p.add_argument(
+        "--token-beam",
+        type=int,
+        default=None,
+        metavar="W",
+        help="candidates the corrector proposes from each hypothesis (its token beam search width; at least "
+        f"--sbeam; default {DEFAULT_TOKEN_BEAM} without --sbeam, --sbeam's with it, as vec2text's sequence beam)",
     )
     p.add_argument(
         "--prior",

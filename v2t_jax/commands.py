@@ -22,11 +22,12 @@ from v2t_jax.remote import RemoteError
 
 
 from v2t_jax.strategies import (  # noqa: F401  (the flags' defaults, for cli)
-    DEFAULT_BEAM as DEFAULT_SBEAM,
     DEFAULT_PATIENCE,
     DEFAULT_POLISH,
     DEFAULT_PRIOR,
+    DEFAULT_SBEAM,
     DEFAULT_STEPS,
+    DEFAULT_TOKEN_BEAM,
 )
 
 WEIGHT_FORMATS = ("float32", "int8")  # v2t_jax.bundle.WEIGHT_FORMATS, without importing jax for --help
@@ -213,13 +214,13 @@ def compile_cache(cache_dir: str | None) -> Path | None:
 def _load_model(args: argparse.Namespace):
     """(model, search): the bundle named by --checkpoint (or the shipped model) and the search of the command's
     flags (`strategies.from_flags`; no --steps: DEFAULT_STEPS with a corrector, 0 for an inverter-only bundle;
-    no --patience: DEFAULT_PATIENCE, see `_patience_of_interrupted_run`), checked against each other before any
-    work."""
+    no --sbeam / --token-beam / --patience: their defaults, see `_search_of_interrupted_run`), checked against each
+    other before any work."""
     from v2t_jax import api, assets, strategies
 
     flags = dict(
         sbeam=args.sbeam, prior=args.prior, polish=args.polish, stop_cosine=args.stop_cosine,
-        skip_repeated=args.skip_repeated, patience=args.patience,
+        skip_repeated=args.skip_repeated, patience=args.patience, token_beam=args.token_beam,
     )  # fmt: skip
     try:
         strategies.from_flags(args.steps, **flags)  # the flags alone, before the model loads
@@ -319,29 +320,41 @@ def cmd_invert(args: argparse.Namespace) -> int:
         return _invert(args, path, vectors, references, output)
 
 
-def _patience_of_interrupted_run(args: argparse.Namespace, rows: Path, command: str) -> None:
-    """Without --patience, an interrupted run of these rows continues with the patience it was started with (a run
-    written before the default was DEFAULT_PATIENCE recorded none: 0), so rerunning the same command resumes it.
-    With --patience, or no interrupted run, nothing changes (the default applies in `strategies.from_flags`)."""
+def _search_of_interrupted_run(args: argparse.Namespace, rows: Path, command: str) -> None:
+    """The flags left out of a rerun take what an interrupted run of these rows was started with, so that
+    rerunning the same command resumes it after a default changed: --patience (a run written before the default
+    was DEFAULT_PATIENCE recorded none: 0) and --sbeam with --token-beam (a run written before the default token
+    beam recorded none: its sbeam, vec2text's search). Given flags, or no interrupted run, change nothing (the
+    defaults apply in `strategies.from_flags`)."""
     state = RowStream.paths(rows)[1]
-    if args.patience is not None or state.is_symlink() or not state.is_file():
+    if state.is_symlink() or not state.is_file():
         return
     try:
         saved = json.loads(state.read_text())
     except (OSError, ValueError):
         return  # (RowStream refuses the state it cannot read)
-    if not isinstance(saved, dict) or not saved.get("steps") or not saved.get("skip_repeated", True):
-        return  # (from_flags' default is 0 for these anyway)
+    if not isinstance(saved, dict) or not saved.get("steps"):
+        return  # (no beam or patience at 0 steps)
+    taken = []
+    sbeam, token_beam = saved.get("sbeam"), saved.get("token_beam", saved.get("sbeam"))
+    if args.sbeam is None and isinstance(sbeam, int) and isinstance(token_beam, int):
+        args.sbeam = sbeam
+        args.token_beam = token_beam if args.token_beam is None else args.token_beam
+        if (sbeam, token_beam) != (DEFAULT_SBEAM, DEFAULT_TOKEN_BEAM):
+            taken.append(f"--sbeam {sbeam}" + (f" --token-beam {token_beam}" if token_beam != sbeam else ""))
     patience = saved.get("patience", 0)
-    if isinstance(patience, int) and patience >= 0:
-        args.patience = patience
+    if args.patience is None and saved.get("skip_repeated", True) and isinstance(patience, int) and patience >= 0:
+        args.patience = patience  # (without skipping from_flags' default is 0 anyway)
         if patience != DEFAULT_PATIENCE:
-            print(f"v2t {command}: the interrupted run continues with --patience {patience}, as it started (the "
-                  f"default is {DEFAULT_PATIENCE})", file=sys.stderr)  # fmt: skip
+            taken.append(f"--patience {patience}")
+    if taken:
+        print(f"v2t {command}: the interrupted run continues with {' '.join(taken)}, as it started (the defaults "
+              f"are --sbeam {DEFAULT_SBEAM} --token-beam {DEFAULT_TOKEN_BEAM} --patience {DEFAULT_PATIENCE})",
+              file=sys.stderr)  # fmt: skip
 
 
 def _invert(args: argparse.Namespace, path: Path, vectors, references: list[str] | None, output: Path) -> int:
-    _patience_of_interrupted_run(args, output, "invert")
+    _search_of_interrupted_run(args, output, "invert")
     model, search = _load_model(args)
 
     from v2t_jax import api, assets, evaluate
@@ -431,7 +444,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         ).limit(args.limit)  # fmt: skip
     except stores.StoreError as e:
         raise UsageError(str(e)) from None
-    _patience_of_interrupted_run(args, Path(args.output) / audit.RECORDS, "audit")
+    _search_of_interrupted_run(args, Path(args.output) / audit.RECORDS, "audit")
     model, search = _load_model(args)
     try:  # the store's fit to the model before the endpoint is asked anything
         audit.check_fit(records, model)

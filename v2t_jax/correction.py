@@ -342,11 +342,12 @@ def _active(state: SearchState, stop_cosine, patience: int = 0) -> Array:
 
 
 def _propose_in_graph(
-    program: InversionProgram, params: dict, e: Array, state: SearchState, active: Array, beam: int,
+    program: InversionProgram, params: dict, e: Array, state: SearchState, active: Array, width: int,
     skip_repeated: bool, prior: float = 0.0,
 ) -> tuple[Array, Array, Array, Array | None]:  # fmt: skip
-    """One step's candidates [B, n, L] (n = m·beam), their embeddings [B, n, D], `_first_equal` [B, n] and (with
-    a prior) their mean log-probabilities [B, n], with the embedder inside the program.
+    """One step's candidates [B, n, L] (n = m·width: a `width`-wide token beam from each of the m hypotheses),
+    their embeddings [B, n, D], `_first_equal` [B, n] and (with a prior) their mean log-probabilities [B, n],
+    with the embedder inside the program.
 
     skip_repeated: only the `active` rows are decoded (`_on_rows`), and only the distinct new candidates are
     embedded: a candidate equal to a current hypothesis takes its stored embedding, a repeat of another
@@ -354,8 +355,8 @@ def _propose_in_graph(
     hyps, hyp_emb = state.hyps, state.emb
     B, m, L = hyps.shape
     D = e.shape[-1]
-    n = m * beam
-    per_row = functools.partial(candidates, program, params, width=beam, with_logprob=bool(prior))
+    n = m * width
+    per_row = functools.partial(candidates, program, params, width=width, with_logprob=bool(prior))
     per_seq = functools.partial(_embed_hypotheses, program, params["embedder"])
 
     def propose(e, hyps, hyp_emb):
@@ -364,7 +365,7 @@ def _propose_in_graph(
     def embed(ids):  # [rows, L] -> [rows, D]
         return _in_chunks(per_seq, (ids,), EMBED_ROWS)
 
-    valid = jnp.repeat(jnp.isfinite(state.cos), beam, axis=1)  # candidates of empty slots do not count
+    valid = jnp.repeat(jnp.isfinite(state.cos), width, axis=1)  # candidates of empty slots do not count
     if not skip_repeated:
         out = propose(e, hyps, hyp_emb)
         cand, lp = out if prior else (out, None)
@@ -393,11 +394,12 @@ def _select(
     logprob: Array | None = None, prior: float = 0.0,
 ) -> tuple[Array, Array, Array, Array]:  # fmt: skip
     """Scores candidates [B, n, L] (embeddings [B, n, D]) by cosine to e [B, D] (with a prior, plus prior x
-    their mean log-probabilities [B, n]) and keeps the top `beam` distinct ones (`first`: `_first_equal`, by ids
-    or by text) -> hyps [B, beam, L], embeddings, cosines, scores; candidates of empty slots and repeats score
-    -inf (a row with fewer distinct ones gets empty slots)."""
+    their mean log-probabilities [B, n]; n a multiple of the m current hypotheses, n >= beam) and keeps the top
+    `beam` distinct ones (`first`: `_first_equal`, by ids or by text) -> hyps [B, beam, L], embeddings,
+    cosines, scores; candidates of empty slots and repeats score -inf (a row with fewer distinct ones gets
+    empty slots)."""
     n = cand.shape[1]
-    valid = jnp.repeat(jnp.isfinite(state.cos), beam, axis=1)
+    valid = jnp.repeat(jnp.isfinite(state.cos), n // state.cos.shape[1], axis=1)  # each hypothesis' candidates
     cand_cos = _cosine(cand_emb, e[:, None])
     ok = valid & (first == jnp.arange(n)[None])
     score = jnp.where(ok, _scored(cand_cos, logprob, prior), -jnp.inf)
@@ -487,6 +489,15 @@ def _check_steps(program: InversionProgram, num_steps: int) -> None:
         raise ValueError("this model has no corrector: only num_steps=0 (inverter only) is possible")
 
 
+def _check_width(beam: int, width: int | None) -> int:
+    """The token beam width of a search keeping `beam` hypotheses: `width` (None: `beam`, as vec2text), at least
+    `beam` (a step from one hypothesis must propose enough candidates to fill the beam)."""
+    width = beam if width is None else width
+    if width < beam:
+        raise ValueError(f"the token beam width ({width}) must be at least the sequence beam width ({beam})")
+    return width
+
+
 def invert(
     program: InversionProgram,
     params: dict,
@@ -500,14 +511,16 @@ def invert(
     polish: int = 0,
     polish_top: int = 16,
     patience: int = 0,
+    width: int | None = None,
 ) -> dict:
     """The whole N-step inversion as one program (jit it with program, num_steps, beam, skip_repeated and
     score static), for a program that decodes in the embedder's vocabulary (`program.in_graph`).
 
     params: {"inverter": ..., "corrector": ..., "embedder": ...}; embeddings [B, D].
-    Step 0 is the inverter's greedy decode. Step 1 decodes `beam` continuations of that one hypothesis; each
-    later step `beam` continuations of each of the `beam` current hypotheses (beam 1: greedy decoding), re-embeds
-    the candidates, scores them by cosine to the target and keeps the top `beam` unique ones. The best
+    Step 0 is the inverter's greedy decode. Step 1 decodes `width` continuations of that one hypothesis; each
+    later step `width` continuations of each of the `beam` current hypotheses (a token beam search; width 1:
+    greedy decoding), re-embeds the candidates, scores them by cosine to the target and keeps the top `beam`
+    unique ones. width None is `beam` (vec2text's sequence beam: beam² candidates); width >= beam. The best
     hypothesis seen at any step is tracked; an example whose best cosine reaches `stop_cosine` stops.
 
     skip_repeated: an example whose hypotheses come back unchanged from a step has reached a fixed point (every
@@ -538,6 +551,7 @@ def invert(
     if not program.in_graph:
         raise ValueError("this program decodes in another vocabulary than the embedder's: use invert_host")
     _check_steps(program, num_steps)
+    width = _check_width(beam, width)
     e = embeddings.astype(jnp.float32)
     if num_steps == 0:
         ids0 = greedy_hypotheses(program, params, e)
@@ -549,11 +563,11 @@ def invert(
 
     def step(state: SearchState, _):
         active = _active(state, stop_cosine, patience)
-        cand, cand_emb, first, lp = _propose_in_graph(program, params, e, state, active, beam, skip_repeated, prior)
+        cand, cand_emb, first, lp = _propose_in_graph(program, params, e, state, active, width, skip_repeated, prior)
         new = _select(state, cand, cand_emb, first, e, beam, lp, prior)
         return _advance(state, new, active, num_steps, skip_repeated)
 
-    # step 1 works from the one hypothesis of step 0 (beam candidates per example, not beam² from copies of it)
+    # step 1 works from the one hypothesis of step 0 (width candidates per example, not beam·width from copies)
     state, trace1 = step(_start(ids0, emb0, cos0, score0), None)
     trace = jax.tree_util.tree_map(lambda x: x[None], trace1)
     if num_steps > 1:
@@ -606,14 +620,15 @@ def invert_stream(
     stop_cosine: float = 2.0,
     prior: float = 0.0,
     patience: int = 0,
+    width: int | None = None,
 ) -> dict:
     """`invert` with skip_repeated over a queue of N examples (the first `count` of `embeddings` [N, D]; N a
     multiple of `slots`) through `slots` rows of work, as one program (jit it with program, slots, num_steps,
-    beam, prior and patience static): continuous batching. Step 0 runs for every example, a slot batch at a time; then
-    each round of a `lax.while_loop` loads pending examples into free slots, takes one correction step on the
-    slots that work, and retires the examples that are done (their steps run, a fixed point or 2-cycle, or the
-    stop cosine), writing their results back by index. A slot never idles while examples wait, where a batch
-    costs a whole batch until its slowest example ends.
+    beam, prior, patience and width static): continuous batching. Step 0 runs for every example, a slot batch at
+    a time; then each round of a `lax.while_loop` loads pending examples into free slots, takes one correction
+    step on the slots that work, and retires the examples that are done (their steps run, a fixed point or
+    2-cycle, or the stop cosine), writing their results back by index. A slot never idles while examples wait,
+    where a batch costs a whole batch until its slowest example ends.
 
     Each example's search is the one `invert` runs on it (the same candidates, selection and stopping), so the
     texts are the same. Returns ids [N, L] and cosine [N] of each example's best hypothesis, steps [N] (the
@@ -623,6 +638,7 @@ def invert_stream(
     if num_steps < 1:
         raise ValueError("invert_stream needs correction steps (num_steps >= 1); step 0 alone is `invert`")
     _check_steps(program, num_steps)
+    width = _check_width(beam, width)
     e_all = embeddings.astype(jnp.float32)
     N, D = e_all.shape
     if N % slots:
@@ -657,7 +673,7 @@ def invert_stream(
         idx = jnp.where(take, new, c.idx)
         e = e_all[jnp.minimum(idx, N - 1)]
         active = (idx < N) & _active(state, stop_cosine, patience) & (state.t < num_steps)
-        cand, cand_emb, first, lp = _propose_in_graph(program, params, e, state, active, beam, True, prior)
+        cand, cand_emb, first, lp = _propose_in_graph(program, params, e, state, active, width, True, prior)
         sel = _select(state, cand, cand_emb, first, e, beam, lp, prior)
         widening = (state.t == 0) if beam > 1 else None
         after, _ = _advance(state, sel, active, num_steps, True, widening)
@@ -724,6 +740,7 @@ def invert_host(
     skip_repeated: bool = False,
     prior: float = 0.0,
     patience: int = 0,
+    width: int | None = None,
 ) -> dict:
     """`invert` for hypotheses that are re-embedded through text: a model decoding in another vocabulary than
     the embedder's, or a black-box embedder (a remote API).
@@ -735,6 +752,7 @@ def invert_host(
     finished examples are not embedded at all. Returns what `invert` returns, as numpy arrays.
     """
     _check_steps(program, num_steps)
+    width = _check_width(beam, width)
     e = np.asarray(embeddings, np.float32)
     B, D = e.shape
     memo: dict[str, np.ndarray] = {}
@@ -763,14 +781,14 @@ def invert_host(
     for _ in range(num_steps):
         active = np.asarray(_active(state, stop_cosine, patience))
         m = state.hyps.shape[1]
-        n = m * beam
+        n = m * width
         first = np.tile(np.arange(n), (B, 1))
         cand_emb = np.zeros((B, n, D), np.float32)
         lp = np.full((B, n), -np.inf, np.float32) if with_lp else None
         if active.any():
-            out = _candidates_jit(program, params, e, state.hyps, state.emb, width=beam, with_logprob=with_lp)
+            out = _candidates_jit(program, params, e, state.hyps, state.emb, width=width, with_logprob=with_lp)
             cand, lp = (np.asarray(out[0]), np.asarray(out[1])) if with_lp else (np.asarray(out), None)
-            valid = np.repeat(np.isfinite(np.asarray(state.cos)), beam, axis=1) & active[:, None]
+            valid = np.repeat(np.isfinite(np.asarray(state.cos)), width, axis=1) & active[:, None]
             where = [(b, j) for b in range(B) for j in np.flatnonzero(valid[b])]
             texts = [decode(cand[b, j]) for b, j in where]
             for (b, j), v in zip(where, embed(texts)):
@@ -779,7 +797,7 @@ def invert_host(
             for (b, j), t in zip(where, texts):
                 first[b, j] = seen.setdefault((b, t), j)
         else:  # nothing to work on: the step keeps every hypothesis
-            cand = np.repeat(np.asarray(state.hyps), beam, axis=1)
+            cand = np.repeat(np.asarray(state.hyps), width, axis=1)
         state, trace = _host_step(state, cand, cand_emb, first, lp, e, active, beam, num_steps, skip_repeated, prior)
         traces.append(trace)
     trace = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *traces)

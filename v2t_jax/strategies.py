@@ -1,7 +1,7 @@
 """How vectors are inverted, as one value.
 
-A `Search` is a small frozen dataclass: how many correction steps, how many hypotheses the sequence beam keeps,
-how hypotheses are ranked (the language prior), what runs after the last step (token swaps), and when an example
+A `Search` is a small frozen dataclass: how many correction steps, how many hypotheses the sequence beam keeps
+and how many candidates each proposes (the token beam), how hypotheses are ranked (the language prior), what runs after the last step (token swaps), and when an example
 stops. `api.Vec2Text.invert(vectors, search)` runs any of them; `v2t demo`, `v2t invert` and `v2t audit` build
 one from their flags (`from_flags`), say it in their reports (`describe`) and record it with the rows they
 write, so a resumed run continues only the same search (`record`). It is hashable: the compiled program is one
@@ -13,6 +13,7 @@ per (search, batch shape).
     model.invert(vectors, strategies.inverter_only())        # the inverter's hypothesis alone
     model.invert(vectors, strategies.greedy(20))             # 20 correction steps, the best hypothesis kept
     model.invert(vectors, strategies.sequence_beam(20, 4))   # ... the 4 best kept (vec2text's sbeam)
+    model.invert(vectors, strategies.default())              # the commands' search: 2 kept of 2 x 8 candidates
     model.invert(vectors, strategies.sequence_beam(20, 4).replace(prior=0.1, polish=4))
 
 Every number is checked when the value is made (`StrategyError`, one line); what a search needs of a model (a
@@ -28,11 +29,15 @@ import math
 
 from v2t_jax.errors import ModelError
 
-# `v2t invert` / `v2t demo` / `v2t audit` defaults with a corrector: 20 greedy correction steps (~0.6 s a passage on
-# 2 CPU cores); experiments/results/table1_minilm.md and search_budget.md show what a sequence beam adds, at what
-# cost, and search_prior_test.md / search_polish_test.md that the prior and token swaps add nothing measurable yet.
+# `v2t invert` / `v2t demo` / `v2t audit` defaults with a corrector: 20 correction steps, each keeping the
+# DEFAULT_SBEAM best of the DEFAULT_TOKEN_BEAM candidates the corrector proposes from each hypothesis (README "Search:
+# the token beam": more text than vec2text's sbeam 4 in less time); experiments/results/table1_minilm.md and
+# search_budget.md show what the sequence beam adds, and search_prior_test.md / search_polish_test.md that the
+# prior and token swaps add nothing measurable yet. A `Search` made in code defaults to greedy (DEFAULT_BEAM).
 DEFAULT_STEPS = 20
 DEFAULT_BEAM = 1
+DEFAULT_SBEAM = 2
+DEFAULT_TOKEN_BEAM = 8
 DEFAULT_PRIOR = 0.0  # the language prior's weight: 0 ranks hypotheses by cosine alone, as vec2text
 DEFAULT_POLISH = 0  # rounds of gradient-guided token swaps after the search (v2t_jax/hotflip.py); 0: none
 # the commands' default stop: an example stops after 3 correction steps in a row without a better hypothesis. On 500
@@ -76,8 +81,11 @@ class Search:
     """An inversion's search (see the module docstring).
 
     steps: correction steps after the inverter's hypothesis (0: the inverter alone).
-    beam: hypotheses kept per step (the sequence beam; 1: greedy). A step decodes beam² candidates per vector,
-        re-embeds them and keeps the `beam` best.
+    beam: hypotheses kept per step (the sequence beam; 1: greedy). A step decodes beam × token_beam candidates
+        per vector, re-embeds them and keeps the `beam` best.
+    token_beam: the corrector's token beam search width from each hypothesis: how many candidates it proposes
+        (None: `beam`, as vec2text couples them, beam² candidates; at least `beam`). A narrow sequence beam with
+        a wide token beam (beam 2, token_beam 8) recovers more text than beam 4 at the same work.
     prior: the language prior's weight λ: hypotheses are ranked by cosine + λ · their mean log-probability under
         the corrector (`correction.invert`); 0 ranks by cosine alone, as vec2text does. (Token swaps rank by
         cosine + λ · the inverter's log-probability, so it counts at 0 steps with `polish` too.)
@@ -100,6 +108,7 @@ class Search:
     stop_cosine: float | None = None
     skip_repeated: bool = True
     patience: int = 0
+    token_beam: int | None = None
 
     def __post_init__(self):
         set_ = object.__setattr__  # (frozen: each field is stored in its checked form)
@@ -122,6 +131,14 @@ class Search:
             set_(self, "stop_cosine", stop)
         set_(self, "skip_repeated", bool(self.skip_repeated))
         set_(self, "patience", _whole(self.patience, "patience", 0, None, " (0: off)"))
+        if self.token_beam is not None:
+            set_(
+                self, "token_beam",
+                _whole(self.token_beam, "the token beam width", self.beam, MAX_BEAM,
+                       f" (at least the sequence beam width {self.beam}: a step from one hypothesis must fill it)"),
+            )  # fmt: skip
+            if self.token_beam == self.beam:
+                set_(self, "token_beam", None)  # the coupled search (one value, one compiled program)
 
     def replace(self, **changes) -> Search:
         """This search with some fields changed (checked again)."""
@@ -145,6 +162,7 @@ class Search:
     def describe(self) -> str:
         """What the search does, in a few words ("20 correction steps, sequence beam 4, language prior 0.1")."""
         out = "inverter only" if not self.steps else f"{self.steps} correction steps, sequence beam {self.beam}"
+        out += f", token beam {self.token_beam}" if self.token_beam is not None and self.steps else ""
         out += f", language prior {self.prior:g}" if self.prior and (self.steps or self.polish) else ""
         out += f", {self.polish} rounds of token swaps" if self.polish else ""
         out += f", stop after {self.patience} steps without a better hypothesis" if self.patience else ""
@@ -152,8 +170,8 @@ class Search:
 
     def record(self) -> dict:
         """The search as the rows a command writes record it (the `steps`, `sbeam`, ... keys of a run), so that
-        a resumed run continues only the same search. `patience` only when set: runs written before it
-        existed resume as they were."""
+        a resumed run continues only the same search. `patience` and `token_beam` only when set: runs written
+        before they existed resume as they were."""
         out = {
             "steps": self.steps,
             "sbeam": self.beam,
@@ -162,14 +180,16 @@ class Search:
             "stop_cosine": self.stop_cosine,
             "skip_repeated": self.skip_repeated,
         }
-        return out | ({"patience": self.patience} if self.patience else {})
+        out |= {"patience": self.patience} if self.patience else {}
+        return out | ({"token_beam": self.token_beam} if self.token_beam is not None else {})
 
 
 def default(has_corrector: bool = True) -> Search:
     """What `v2t invert`, `v2t demo` and `v2t audit` run without search flags (and `audit.run` without a search):
-    DEFAULT_STEPS greedy correction steps, an example stopping at a fixed point or after DEFAULT_PATIENCE steps
-    without a better hypothesis; the inverter alone for a model without a corrector."""
-    return from_flags(None, DEFAULT_BEAM, has_corrector=has_corrector)
+    DEFAULT_STEPS correction steps keeping DEFAULT_SBEAM hypotheses of DEFAULT_TOKEN_BEAM candidates each, an
+    example stopping at a fixed point or after DEFAULT_PATIENCE steps without a better hypothesis; the inverter
+    alone for a model without a corrector."""
+    return from_flags(None, has_corrector=has_corrector)
 
 
 def inverter_only(**kw) -> Search:
@@ -189,26 +209,32 @@ def sequence_beam(steps: int = DEFAULT_STEPS, width: int = 4, **kw) -> Search:
 
 def from_flags(
     steps: int | None,
-    sbeam: int,
+    sbeam: int | None = None,
     prior: float = DEFAULT_PRIOR,
     polish: int = DEFAULT_POLISH,
     stop_cosine: float | None = None,
     skip_repeated: bool = True,
     patience: int | None = None,
+    token_beam: int | None = None,
     *,
     has_corrector: bool = True,
 ) -> Search:
     """The search of a command's flags (--steps, --sbeam, --prior, --polish, --stop-cosine, --no-skip-repeated,
-    --patience):
-    no --steps is DEFAULT_STEPS with a corrector and 0 without; no --patience is DEFAULT_PATIENCE, except with
-    --no-skip-repeated (every step for every vector: vec2text's loop) or 0 steps, where it is 0. Errors name the
-    flag."""
+    --patience, --token-beam):
+    no --steps is DEFAULT_STEPS with a corrector and 0 without; no --sbeam is DEFAULT_SBEAM, and then no
+    --token-beam DEFAULT_TOKEN_BEAM (with --sbeam B it is B, vec2text's sequence beam); no --patience is
+    DEFAULT_PATIENCE, except with --no-skip-repeated (every step for every vector: vec2text's loop) or 0 steps,
+    where it is 0. At 0 steps there is no beam (1). Errors name the flag."""
     if steps is None:
         steps = DEFAULT_STEPS if has_corrector else 0
+    if sbeam is None:
+        sbeam, token_beam = (
+            (DEFAULT_SBEAM, DEFAULT_TOKEN_BEAM if token_beam is None else token_beam) if steps else (1, None)
+        )
     if patience is None:
         patience = DEFAULT_PATIENCE if skip_repeated and steps else 0
     try:
-        return Search(steps, sbeam, prior, polish, stop_cosine, skip_repeated, patience)
+        return Search(steps, sbeam, prior, polish, stop_cosine, skip_repeated, patience, token_beam)
     except StrategyError as e:
         raise StrategyError(_as_flag(str(e))) from None
 
@@ -220,6 +246,7 @@ _FLAGS = {
     "polish (rounds of token swaps)": "--polish",
     "stop_cosine": "--stop-cosine",
     "patience": "--patience",
+    "the token beam width": "--token-beam",
 }
 
 
@@ -241,6 +268,8 @@ __all__ = [
     "check_prior",
     "DEFAULT_STEPS",
     "DEFAULT_BEAM",
+    "DEFAULT_SBEAM",
+    "DEFAULT_TOKEN_BEAM",
     "DEFAULT_PRIOR",
     "DEFAULT_POLISH",
     "DEFAULT_PATIENCE",
