@@ -1,11 +1,11 @@
 """How vectors are inverted, as one value.
 
-A `Search` is a small frozen dataclass: how many correction steps, how many hypotheses the sequence beam keeps
-and how many candidates each proposes (the token beam), how hypotheses are ranked (the language prior), what
-runs after the last step (token swaps), and when an example stops. `api.Vec2Text.invert(vectors, search)` runs
-any of them; `v2t demo`, `v2t invert` and `v2t audit` build one from their flags (`from_flags`), say it in their reports (`describe`) and record it with the rows they
-write, so a resumed run continues only the same search (`record`). It is hashable: the compiled program is one
-per (search, batch shape).
+A `Search` is a small frozen dataclass: how many correction steps, how many hypotheses the sequence beam keeps and
+how many candidates each proposes (the token beam), how hypotheses are ranked (the language prior), what runs
+after the last step (token swaps), and when an example stops. `api.Vec2Text.invert(vectors, search)` runs any of
+them; `v2t demo`, `v2t invert` and `v2t audit` build one from their flags (`from_flags`), say it in their reports
+(`describe`) and record it with the rows they write, so a resumed run continues only the same search (`record`).
+It is hashable: the compiled program is one per (search, batch shape).
 
     from v2t_jax import api, strategies
 
