@@ -192,7 +192,10 @@ def _check_records(records) -> None:
 
 
 STORE_FUZZ = """
-import random, sys, time
+import random, resource, sys, time
+# a fuzzed header may declare billions of vectors: with 8 GiB of address space that is a refused file (MemoryError)
+# here, not a child the OOM killer takes when the other tests' workers hold the rest of the machine's memory
+resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
 sys.path.insert(0, sys.argv[2])
 import test_fuzz as fz
 from v2t_jax import stores
