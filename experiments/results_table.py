@@ -52,7 +52,7 @@ class Row(NamedTuple):
         (the polish comes after that row's last step), the others as long as their longest row. With `each`, every
         row has its own run (so its own time)."""
         prior, patience = (self.prior, self.patience) if self.steps else (0.0, 0)
-        tb = self.token_beam if self.steps and self.token_beam != self.beam else 0
+        tb = self.token_beam if self.steps else 0  # (parse_rows writes a BxB row's token beam as 0)
         return (self.beam, prior, self.polish, patience, self.steps if self.polish or each else None, tb)
 
     @property
