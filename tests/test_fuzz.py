@@ -193,8 +193,8 @@ def _check_records(records) -> None:
 
 STORE_FUZZ = """
 import random, resource, sys, time
-# a fuzzed header may declare billions of vectors: with 8 GiB of address space that is a refused file (MemoryError)
-# here, not a child the OOM killer takes when the other tests' workers hold the rest of the machine's memory
+# a fuzzed header may declare billions of vectors: the readers refuse them (the FAISS one parses in a bounded child,
+# tests/test_stores.py); 8 GiB of address space keeps a reader that regressed a failure here, not the OOM killer's
 resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
 sys.path.insert(0, sys.argv[2])
 import test_fuzz as fz

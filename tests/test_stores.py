@@ -33,3 +33,89 @@ def test_a_store_kind_registered_once_is_detected_read_and_checked(tmp_path, mon
         stores.detect(tmp_path / "other.bin")
     with pytest.raises(stores.StoreError, match="unknown store kind 'nope': one of auto, chroma"):
         stores.read(f, kind="nope")
+
+
+CRAFTED_FAISS = """
+import resource, struct, sys
+# the guard of this test, not of the reader: a reader that trusts the header allocates 5 GB under it and fails below
+resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+import faiss, numpy as np
+from v2t_jax import stores
+index = faiss.IndexFlatIP(8)
+index.add(np.ones((4, 8), np.float32))
+raw = bytearray(faiss.serialize_index(index).tobytes())
+at = raw.find(struct.pack("<Q", 32))  # the length of the stored codes (4 x 8 floats)
+raw[at : at + 8] = struct.pack("<Q", 1_250_000_000)  # now 5 GB of floats, in a file of 173 bytes
+open(sys.argv[1], "wb").write(raw)
+try:
+    stores.read(sys.argv[1])
+    print("read")
+except stores.StoreError as e:
+    print(str(e).replace("\\n", " "))
+mib = [resource.getrusage(w).ru_maxrss // 1024 for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+print(*mib)
+"""
+
+
+def test_a_faiss_header_that_declares_gigabytes_is_refused_without_allocating_them(tmp_path):
+    """faiss.read_index believes a header: this 173-byte index makes it allocate 5 GB (the OOM killer, on a
+    smaller machine). The reader parses in a child whose address space is bounded by the file's size."""
+    pytest.importorskip("faiss")
+    import subprocess
+    import sys
+
+    path = tmp_path / "crafted.faiss"
+    done = subprocess.run([sys.executable, "-c", CRAFTED_FAISS, str(path)], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    message, peaks = done.stdout.strip().splitlines()[-2:]
+    assert max(map(int, peaks.split())) < 1024, f"peak memory {peaks} MiB (this process, the reader's child)"
+    assert message == (f"{path}: its header declares more data than the file holds: a damaged or crafted FAISS "
+                       "index, not read")  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["flat", "idmap2", "hnsw", "ivfpq"])
+def test_a_faiss_index_comes_back_whole_through_the_reading_child(tmp_path, kind):
+    """Ids and vectors as the index gives them back, through the child's pipe (3,000 x 96 floats: many pipe
+    buffers), and the lossy-code note for a PQ index."""
+    faiss = pytest.importorskip("faiss")
+    x = np.random.default_rng(0).standard_normal((3000, 96)).astype(np.float32)
+    user_ids = np.arange(3000, dtype=np.int64) * 7 + 11
+    if kind == "flat":
+        index = faiss.IndexFlatIP(96)
+    elif kind == "idmap2":
+        index = faiss.IndexIDMap2(faiss.IndexFlatL2(96))
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(96, 8)
+    else:
+        index = faiss.IndexIVFPQ(faiss.IndexFlatL2(96), 96, 4, 8, 8)
+        index.train(x)
+    index.add_with_ids(x, user_ids) if kind == "idmap2" else index.add(x)
+    faiss.write_index(index, str(tmp_path / "store.faiss"))
+    records = stores.read(tmp_path / "store.faiss")
+    assert records.kind == "faiss" and records.vectors.dtype == np.float32 and records.vectors.shape == x.shape
+    assert records.ids == ([str(i) for i in user_ids] if kind == "idmap2" else [str(i) for i in range(3000)])
+    if kind == "ivfpq":  # the index's own reconstructions, and the report says they are lossy
+        index.make_direct_map()
+        assert np.array_equal(records.vectors, index.reconstruct_n(0, 3000))
+        assert not np.allclose(records.vectors, x, atol=1e-3)
+        assert "keeps 8 bytes per vector" in records.note
+    else:
+        assert np.array_equal(records.vectors, x) and records.note is None
+
+
+def test_a_crash_of_the_faiss_reader_is_one_line(tmp_path, monkeypatch):
+    """A segfault inside faiss (some damaged files do that) ends the reading child, not the audit."""
+    pytest.importorskip("faiss")
+    import sys
+
+    crash = tmp_path / "python"
+    crash.write_text("#!/bin/sh\nkill -SEGV $$\n")
+    crash.chmod(0o755)
+    (tmp_path / "store.faiss").write_bytes(b"IxFI")
+    monkeypatch.setattr(sys, "executable", str(crash))
+    with pytest.raises(stores.StoreError) as e:
+        stores.read(tmp_path / "store.faiss")
+    path = tmp_path / "store.faiss"
+    assert str(e.value) == (f"faiss stopped reading {path} (killed by SIGSEGV): the index is damaged or not one "
+                            "faiss.read_index reads; write it again with faiss.write_index")  # fmt: skip

@@ -17,6 +17,10 @@ lock row, its HNSW files), reads a snapshot copy made in a temporary folder (SQL
 read-only connection, so the copy is consistent) that is removed afterwards. FAISS, LanceDB, .npy and parquet
 are read by readers that only read. `tests/test_audit.py` hashes every file of every kind of store before and
 after an audit.
+
+**Nor may a store take the audit down**: a .npy header is checked against its file before anything is
+allocated, and a FAISS index, whose header faiss believes, is parsed in a child process whose memory is bounded
+by the file's size (a crash there is a `StoreError` line too).
 """
 
 from __future__ import annotations
@@ -24,9 +28,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -293,16 +300,101 @@ def _chroma_embedder(ef: Any) -> str | None:
 
 
 def _faiss(path: Path) -> Records:
-    faiss = _need("faiss", "a FAISS index", "faiss-cpu")
+    """Read in a child process (`_faiss_child`): faiss trusts an index's header, so a damaged or crafted file that
+    declares 10^9 vectors makes `faiss.read_index` allocate them (a 173-byte file: 4 GB; the OOM killer, not an
+    error), and some damage crashes it. The child's address space is bounded by what the file can hold while it
+    parses, and a crash is a one-line refusal here, not the end of the audit."""
+    _need("faiss", "a FAISS index", "faiss-cpu")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])])}  # fmt: skip
+    run = "import sys; from v2t_jax.stores import _faiss_child; _faiss_child(sys.argv[1])"
+    with tempfile.TemporaryFile() as err:
+        child = subprocess.Popen([sys.executable, "-c", run, str(path)], stdout=subprocess.PIPE, stderr=err, env=env)
+        try:
+            head = json.loads(child.stdout.readline() or b"{}")
+            if "error" in head:
+                raise StoreError(f"{path}: {head['error']}")
+            n, d = head.get("n"), head.get("d")  # None: the child ended before it could say
+            if n is not None:
+                ids = _read_exactly(child.stdout, np.empty(n if head["id_map"] else 0, np.int64))
+                vectors = _read_exactly(child.stdout, np.empty((n, d), np.float32))
+        finally:
+            child.stdout.close()
+            code = child.wait()
+        if code or n is None:
+            err.seek(0)
+            last = ([ln for ln in err.read().decode(errors="replace").splitlines() if ln.strip()] or [""])[-1]
+            raise StoreError(f"faiss stopped reading {path} ({_exit_reason(code, last)}): the index is damaged "
+                             "or not one faiss.read_index reads; write it again with faiss.write_index")  # fmt: skip
+    ids = [str(i) for i in ids] if head["id_map"] else [str(i) for i in range(n)]
+    return Records(ids, vectors, None, "faiss", str(path), note=head["note"])
+
+
+def _read_exactly(stream, out: np.ndarray) -> np.ndarray:
+    if not out.size:
+        return out
+    view, got = memoryview(out).cast("B"), 0
+    while got < len(view):
+        k = stream.readinto(view[got:])
+        if not k:
+            raise StoreError("the FAISS reader stopped before it gave back every vector")
+        got += k
+    return out
+
+
+def _exit_reason(code: int, stderr_line: str) -> str:
+    if code < 0:
+        import signal
+
+        name = signal.Signals(-code).name
+        return f"killed by {name}" + (", out of memory?" if name == "SIGKILL" else "")
+    return stderr_line[:200] or f"exit status {code}"
+
+
+# room the FAISS child may take beyond its own start-up and twice the file while faiss parses the index
+_FAISS_PARSE_SLACK = 1 << 30
+
+
+def _faiss_child(path: str) -> None:
+    """`_faiss`'s child: reads the index under an address-space bound while faiss parses it, then writes one JSON
+    line (n, d, id_map, note; or error) and the raw int64 ids and float32 vectors to stdout."""
+    out = sys.stdout.buffer
+
+    def reply(head: dict) -> None:
+        out.write((json.dumps(head) + "\n").encode())
+        out.flush()
+
     try:
-        index = faiss.read_index(str(path))
+        import resource
+    except ImportError:  # no address-space bound where there is no `resource` (Windows): the crash guard only
+        resource = None
+    import faiss
+
+    if resource is not None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        cap = _address_space() + 2 * os.path.getsize(path) + _FAISS_PARSE_SLACK
+        if hard != resource.RLIM_INFINITY:
+            cap = min(cap, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        index = faiss.read_index(path)
+    except MemoryError:
+        return reply({"error": "its header declares more data than the file holds: a damaged or crafted FAISS "
+                               "index, not read"})  # fmt: skip
     except Exception as e:
-        raise StoreError(f"cannot read {path} as a FAISS index ({_brief(e)})") from None
-    n = index.ntotal
-    ids = [str(i) for i in range(n)]
+        return reply({"error": f"cannot read it as a FAISS index ({_brief(e)})"})
+    if resource is not None:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    n, d = int(index.ntotal), int(index.d)
+    free = _memory_available()
+    if free is not None and n * d * 4 > free:
+        need = n * d * 4 / 2**30
+        return reply({"error": f"its {n:,} vectors of dimension {d} take {need:.1f} GiB to give back, more than "
+                               f"the {free / 2**30:.1f} GiB free here; audit it on a larger machine"})  # fmt: skip
+    ids = np.zeros(0, np.int64)
     inner = index
     if hasattr(index, "id_map"):  # IndexIDMap(2): the user's ids around another index
-        ids = [str(i) for i in faiss.vector_to_array(index.id_map)]
+        ids = np.asarray(faiss.vector_to_array(index.id_map), np.int64)
         inner = faiss.downcast_index(index.index)
     try:
         ivf = faiss.extract_index_ivf(inner)
@@ -310,10 +402,37 @@ def _faiss(path: Path) -> Records:
     except Exception:
         pass  # not an IVF index
     try:
-        vectors = inner.reconstruct_n(0, n) if n else np.zeros((0, index.d), np.float32)
+        vectors = inner.reconstruct_n(0, n) if n else np.zeros((0, d), np.float32)
     except Exception as e:
-        raise StoreError(f"{path}: this FAISS index does not give back its vectors ({_brief(e)})") from None
-    return Records(ids, np.asarray(vectors), None, "faiss", str(path), note=_faiss_loss(faiss, inner, index.d))
+        return reply({"error": f"this FAISS index does not give back its vectors ({_brief(e)})"})
+    vectors = np.ascontiguousarray(vectors, np.float32)
+    if vectors.shape != (n, d) or (hasattr(index, "id_map") and len(ids) != n):
+        return reply({"error": f"the index says {n} vectors of dimension {d} but gives back {vectors.shape}"})
+    reply({"n": n, "d": d, "id_map": hasattr(index, "id_map"), "note": _faiss_loss(faiss, inner, d)})
+    for a in (ids, vectors):
+        if a.size:
+            out.write(memoryview(a).cast("B"))
+    out.flush()
+
+
+def _address_space() -> int:
+    """This process's virtual memory size in bytes (Linux /proc; 0 where there is none)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+def _memory_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def _faiss_loss(faiss, index, dim: int) -> str | None:
