@@ -164,7 +164,7 @@ def test_bench_grid_writes_table(capsys, tmp_path, bundle):
             "--steps",
             "0,1",
             "--beam",
-            "1,2",
+            "1,2,1x2,2x2",
             "--repeats",
             "1",
             "--output",
@@ -174,13 +174,17 @@ def test_bench_grid_writes_table(capsys, tmp_path, bundle):
     )
     assert code == 0
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
-    # step 0 is the inverter's greedy decode: its beam-2 point would repeat the beam-1 one
-    assert [(r["steps"], r["beam"]) for r in rows] == [(0, 1), (1, 1), (1, 2)]
+    # step 0 is the inverter's greedy decode: its other beams' points would repeat the first one; 2x2 is 2
+    assert [(r["steps"], r["beam"], r["token_beam"]) for r in rows] == [(0, 1, 1), (1, 1, 1), (1, 2, 2), (1, 1, 2)]
     assert all(r["inversions_per_s"] > 0 and r["compile_s"] > 0 and r["peak_memory_mib"] > 0 for r in rows)
-    assert "| batch | steps | beam |" in out.with_suffix(".md").read_text()
+    table = out.with_suffix(".md").read_text()
+    assert "| batch | steps | beam |" in table and "| 2 | 1 | 1x2 |" in table and "| 2 | 1 | 2 |" in table
     capsys.readouterr()
     assert cli.main(["bench", "--checkpoint", str(folder), "--steps", "a,b"]) == 2
     assert "comma-separated integers" in capsys.readouterr().err
+    assert cli.main(["bench", "--checkpoint", str(folder), "--beam", "4x2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--beam 4x2: the token beam width must be in [4, 64]" in err[0], err
 
 
 def test_bench_peak_memory_is_per_point():

@@ -85,7 +85,9 @@ def run(
     skip_repeated: bool = False,
 ) -> list[dict]:
     """Times `model`'s compiled inversion over the grid; the step-0 points do not score their hypothesis
-    (the inverter's work alone); `skip_repeated` as in `correction.invert` (off: the full loop)."""
+    (the inverter's work alone); `skip_repeated` as in `correction.invert` (off: the full loop). `beams`: sequence
+    beam widths B (vec2text's search: token beams of B) or (B, W) pairs (token beams of W, `Search.token_beam`)."""
+    beams = [(k, None) if isinstance(k, int) else (k[0], k[1]) for k in beams]
     rng = np.random.default_rng(seed)
     rows = []
     grid = list(itertools.product(batches, steps, beams))
@@ -93,14 +95,14 @@ def run(
         from tqdm.auto import tqdm
 
         grid = tqdm(grid, unit="point", desc="bench", dynamic_ncols=True)
-    for b, s, k in grid:
+    for b, s, (k, w) in grid:
         if s > 0 and model.program.corrector is None:
             continue
-        if s == 0 and k > min(beams):  # step 0 is the inverter's greedy decode: the beam does not enter it
+        if s == 0 and (k, w) != beams[0]:  # step 0 is the inverter's greedy decode: the beams do not enter it
             continue
         e = rng.normal(size=(b, model.dim)).astype(np.float32)
         e /= np.linalg.norm(e, axis=1, keepdims=True)
-        search = strategies.Search(s, k, skip_repeated=skip_repeated)
+        search = strategies.Search(s, k, skip_repeated=skip_repeated, token_beam=w)
         t0 = time.perf_counter()
         if model.program.in_graph:
             compiled = model.compiled(b, search)
@@ -123,6 +125,7 @@ def run(
                 "batch": b,
                 "steps": s,
                 "beam": k,
+                "token_beam": search.token_beam or k,
                 "median_s": med,
                 "inversions_per_s": b / med,
                 "compile_s": compile_s,
@@ -147,6 +150,11 @@ def _host_loop(model, search: strategies.Search):
     return run
 
 
+def beam_label(beam: int, token_beam: int | None) -> str:
+    """ "4" for vec2text's sbeam 4 (token beams of 4), "2x8" for sbeam 2 with token beams of 8."""
+    return f"{beam}" if token_beam in (None, beam) else f"{beam}x{token_beam}"
+
+
 def write(rows: list[dict], out: Path, command: str, model_desc: str) -> str:
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -167,7 +175,8 @@ def write(rows: list[dict], out: Path, command: str, model_desc: str) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['batch']} | {r['steps']} | {r['beam']} | {r['median_s']:.3f} | {r['inversions_per_s']:.2f} | "
+        f"| {r['batch']} | {r['steps']} | {beam_label(r['beam'], r['token_beam'])} | {r['median_s']:.3f} | "
+        f"{r['inversions_per_s']:.2f} | "
         f"{r['compile_s']:.1f} | {r['peak_memory_mib']:.0f} ({r['memory_kind']}) |"
         for r in rows
     ]

@@ -244,7 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bn.add_argument("--batch", default="32", help="comma-separated batch sizes (default %(default)s)")
     bn.add_argument("--steps", default="0,5,20", help="comma-separated correction steps (default %(default)s)")
-    bn.add_argument("--beam", default="1,4,8", help="comma-separated sequence beam widths (default %(default)s)")
+    bn.add_argument(
+        "--beam",
+        default="1,2x8,4,8",
+        help="comma-separated searches: B is vec2text's sbeam B, BxW sbeam B with token beams of W "
+        "(v2t invert's default is 2x8; default %(default)s)",
+    )
     bn.add_argument("--repeats", type=int, default=3, help="timed runs per point after compile")
     bn.add_argument(
         "--skip-repeated",

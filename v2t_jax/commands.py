@@ -537,12 +537,35 @@ def _int_list(text: str, flag: str) -> list[int]:
     return values
 
 
+def _beam_list(text: str) -> list[tuple[int, int | None]]:
+    """--beam's items: B (vec2text's search: sbeam B, token beams of B) or BxW (sbeam B, token beams of W)."""
+    from v2t_jax import strategies
+
+    beams = []
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        b, x, w = item.partition("x")
+        if not b.isdigit() or (x and not w.isdigit()):
+            raise UsageError(f"--beam takes comma-separated widths B or BxW (sbeam x token beam, e.g. 1,2x8,4), "
+                             f"got {item!r}")  # fmt: skip
+        try:
+            search = strategies.Search(1, int(b), token_beam=int(w) if x else None)
+        except strategies.StrategyError as e:
+            raise UsageError(f"--beam {item}: {e}") from None
+        if (search.beam, search.token_beam) not in beams:  # "2x2" is "2"
+            beams.append((search.beam, search.token_beam))
+    if not beams:
+        raise UsageError("--beam is empty")
+    return beams
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     batches = _int_list(args.batch, "--batch")
     steps = _int_list(args.steps, "--steps")
-    beams = _int_list(args.beam, "--beam")
-    if min(batches) < 1 or min(steps) < 0 or min(beams) < 1 or args.repeats < 1:
-        raise UsageError("--batch, --beam and --repeats must be >= 1 and --steps >= 0")
+    beams = _beam_list(args.beam)
+    if min(batches) < 1 or min(steps) < 0 or args.repeats < 1:
+        raise UsageError("--batch and --repeats must be >= 1 and --steps >= 0")
     from v2t_jax import outputs
 
     out = Path(args.output)
