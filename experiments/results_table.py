@@ -52,12 +52,12 @@ class Row(NamedTuple):
         (the polish comes after that row's last step), the others as long as their longest row. With `each`, every
         row has its own run (so its own time)."""
         prior, patience = (self.prior, self.patience) if self.steps else (0.0, 0)
-        tb = self.token_beam if self.steps else 0  # (parse_rows writes a BxB row's token beam as 0)
-        return (self.beam, prior, self.polish, patience, self.steps if self.polish or each else None, tb)
+        # (parse_rows writes a BxB row's token beam as 0; at 0 steps the token beam is the inverter's)
+        return (self.beam, prior, self.polish, patience, self.steps if self.polish or each else None, self.token_beam)
 
     @property
     def label(self) -> str:
-        beam = f"{self.beam}x{self.token_beam}" if self.token_beam and self.steps else str(self.beam)
+        beam = f"{self.beam}x{self.token_beam}" if self.token_beam else str(self.beam)
         fields = [str(self.steps), beam, f"{self.prior if self.steps else 0:g}", str(self.polish)]
         fields.append(str(self.patience if self.steps else 0))
         while len(fields) > 2 and fields[-1] == "0":  # the fields left at their defaults are not written
@@ -67,10 +67,13 @@ class Row(NamedTuple):
     @property
     def name(self) -> str:
         if self.steps == 0 and not self.polish:
-            return "step 0 (inverter)"
+            return f"step 0 (inverter, token beam {self.token_beam})" if self.token_beam else "step 0 (inverter)"
         out = "step 0" if self.steps == 0 else f"{self.steps} steps"
-        out += f" + sbeam {self.beam}" if self.beam > 1 and self.steps else ""
-        out += f" + token beam {self.token_beam}" if self.token_beam and self.steps else ""
+        if self.token_beam and self.steps:
+            out += f" + sbeam {self.beam} x token beam {self.token_beam}"
+        else:
+            out += f" + sbeam {self.beam}" if self.beam > 1 and self.steps else ""
+            out += f" + token beam {self.token_beam}" if self.token_beam else ""
         out += f" + prior {self.prior:g}" if self.prior and self.steps else ""
         out += f" + patience {self.patience}" if self.patience and self.steps else ""
         return out + (f" + {self.polish} swap rounds" if self.polish else "")

@@ -174,8 +174,9 @@ def test_bench_grid_writes_table(capsys, tmp_path, bundle):
     )
     assert code == 0
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
-    # step 0 is the inverter's greedy decode: its other beams' points would repeat the first one; 2x2 is 2
-    assert [(r["steps"], r["beam"], r["token_beam"]) for r in rows] == [(0, 1, 1), (1, 1, 1), (1, 2, 2), (1, 1, 2)]
+    # at step 0 only a token beam enters (2 is the greedy decode again, 1x2 the inverter's token beam of 2); 2x2 is 2
+    assert [(r["steps"], r["beam"], r["token_beam"]) for r in rows] == [(0, 1, 1), (0, 1, 2), (1, 1, 1), (1, 2, 2),
+                                                                        (1, 1, 2)]  # fmt: skip
     assert all(r["inversions_per_s"] > 0 and r["compile_s"] > 0 and r["peak_memory_mib"] > 0 for r in rows)
     table = out.with_suffix(".md").read_text()
     assert "| batch | steps | beam |" in table and "| 2 | 1 | 1x2 |" in table and "| 2 | 1 | 2 |" in table

@@ -272,6 +272,29 @@ def test_a_token_beam_proposes_width_candidates_per_hypothesis():
         correction.invert(prog, params, targets, 2, 3, width=2)
 
 
+def test_at_zero_steps_the_token_beam_is_the_inverters_best_by_cosine():
+    """No correction steps and a token beam of 3: the inverter's 3 beam candidates are re-embedded and the one
+    closest to the target is the result (with a prior, by cosine + prior x mean log-probability); without a
+    token beam it is the greedy decode, whatever the sequence beam (vec2text's step 0)."""
+    prog, params, targets = _program()
+    cand, lp = correction.beam_hypotheses(prog, params, targets, 3)  # [5, 3, L], [5, 3]
+    cos = np.asarray(correction._cosine(correction._embed_hypotheses(prog, params["embedder"], cand.reshape(15, -1))
+                                        .reshape(5, 3, -1), targets[:, None]))  # fmt: skip
+    cand, lp = np.asarray(cand), np.asarray(lp)
+    out = jax.device_get(correction.invert(prog, params, targets, 0, 1, width=3))
+    at = cos.argmax(1)
+    np.testing.assert_array_equal(out["ids"], cand[np.arange(5), at])
+    np.testing.assert_allclose(out["cosine"], cos.max(1), atol=1e-6)
+    by_prior = (cos + 10.0 * lp).argmax(1)
+    assert (at != 0).any() and (at != by_prior).any(), "the checks below would not tell the rankings apart"
+    ranked = jax.device_get(correction.invert(prog, params, targets, 0, 1, width=3, prior=10.0))
+    np.testing.assert_array_equal(ranked["ids"], cand[np.arange(5), by_prior])
+    greedy = np.asarray(correction.greedy_hypotheses(prog, params, targets))
+    for beam, width in ((1, None), (1, 1), (4, None)):
+        np.testing.assert_array_equal(np.asarray(correction.invert(prog, params, targets, 0, beam, width=width)["ids"]),
+                                      greedy)  # fmt: skip
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("beam,width", [(1, None), (3, None), (2, 3)])
 def test_skip_repeated_gives_the_full_loops_outputs(beam, width):

@@ -76,7 +76,7 @@ def test_same_seed_same_model(tmp_path, tiny_data, tiny_models):
 
 @pytest.mark.parametrize(
     "steps,beam,prior,width",
-    [(0, 1, 0.0, None), (3, 1, 0.0, None), (3, 3, 0.0, None), (3, 3, 0.5, None), (3, 2, 0.0, 4)],
+    [(0, 1, 0.0, None), (0, 1, 0.5, 3), (3, 1, 0.0, None), (3, 3, 0.0, None), (3, 3, 0.5, None), (3, 2, 0.0, 4)],
 )
 def test_host_side_re_embedding_matches_the_compiled_program(model, targets, steps, beam, prior, width):
     """The black-box path runs the same algorithm: with an injective decode (ids written out as numbers) and

@@ -84,9 +84,10 @@ def run(
     progress: bool = True,
     skip_repeated: bool = False,
 ) -> list[dict]:
-    """Times `model`'s compiled inversion over the grid; the step-0 points do not score their hypothesis
-    (the inverter's work alone); `skip_repeated` as in `correction.invert` (off: the full loop). `beams`: sequence
-    beam widths B (vec2text's search: token beams of B) or (B, W) pairs (token beams of W, `Search.token_beam`)."""
+    """Times `model`'s compiled inversion over the grid; the greedy step-0 points do not score their hypothesis
+    (the inverter's work alone; with a token beam its candidates are scored to choose one); `skip_repeated` as in
+    `correction.invert` (off: the full loop). `beams`: sequence beam widths B (vec2text's search: token beams of
+    B) or (B, W) pairs (token beams of W, `Search.token_beam`)."""
     beams = [(k, None) if isinstance(k, int) else (k[0], k[1]) for k in beams]
     rng = np.random.default_rng(seed)
     rows = []
@@ -95,11 +96,15 @@ def run(
         from tqdm.auto import tqdm
 
         grid = tqdm(grid, unit="point", desc="bench", dynamic_ncols=True)
+    timed = set()
     for b, s, (k, w) in grid:
         if s > 0 and model.program.corrector is None:
             continue
-        if s == 0 and (k, w) != beams[0]:  # step 0 is the inverter's greedy decode: the beams do not enter it
+        if s == 0:  # the inverter alone: its token beam (none: its greedy decode); the sequence beam does not enter
+            k, w = 1, w or 1
+        if (b, s, k, w) in timed:
             continue
+        timed.add((b, s, k, w))
         e = rng.normal(size=(b, model.dim)).astype(np.float32)
         e /= np.linalg.norm(e, axis=1, keepdims=True)
         search = strategies.Search(s, k, skip_repeated=skip_repeated, token_beam=w)

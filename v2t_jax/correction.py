@@ -209,6 +209,26 @@ def greedy_hypotheses(program: InversionProgram, params: dict, e: Array, with_lo
     return (out[0], mean_logprob(program, *out)) if with_logprob else out
 
 
+def beam_hypotheses(program: InversionProgram, params: dict, e: Array, width: int) -> tuple[Array, Array]:
+    """The inverter's `width`-wide token beam search from e [B, D] -> ids [B, width, L] and each one's
+    `mean_logprob` [B, width]."""
+    inv = inversion.Inverter(program.inverter)
+    vi = {"params": params["inverter"]}
+    cache = inv.apply(vi, e, program.length, method=inversion.Inverter.init_cache)
+    step = lambda t, c: inv.apply(vi, t, c, method=inversion.Inverter.decode_step)  # noqa: E731
+    ids, lp = decoding.beam_search(step, cache, e.shape[0], width, program.length, program.pad_id, program.eos_id,
+                                   program.pad_id)  # fmt: skip
+    return ids, mean_logprob(program, ids, lp)
+
+
+def _best_of(ids: Array, cos: Array, score: Array) -> tuple[Array, Array, Array]:
+    """Of k candidates per example (ids [B, k, L], cosines and scores [B, k]): the best by score (the first of
+    equals) -> ids [B, L], its cosine [B] and score [B]."""
+    at = jnp.argmax(score, axis=1)
+    take = lambda x: jnp.take_along_axis(x, at.reshape((-1, 1) + (1,) * (x.ndim - 2)), axis=1)[:, 0]  # noqa: E731
+    return take(ids), take(cos), take(score)
+
+
 def initial_hypotheses(program: InversionProgram, params: dict, e: Array) -> tuple[Array, Array, Array]:
     """Step 0: the inverter's greedy decode of e [B, D] -> ids [B, L], their embeddings [B, D], cosine [B]."""
     ids = greedy_hypotheses(program, params, e)
@@ -522,6 +542,9 @@ def invert(
     greedy decoding), re-embeds the candidates, scores them by cosine to the target and keeps the top `beam`
     unique ones. width None is `beam` (vec2text's sequence beam: beam² candidates); width >= beam. The best
     hypothesis seen at any step is tracked; an example whose best cosine reaches `stop_cosine` stops.
+    With no correction steps, a `width` > 1 is the inverter's: its width-wide token beam search, re-embedded,
+    and the best by cosine (+ prior) kept; None or 1 is its greedy decode, whatever `beam`. (With correction
+    steps step 0 stays greedy: a beam there, tried, did not change what the steps end with.)
 
     skip_repeated: an example whose hypotheses come back unchanged from a step has reached a fixed point (every
     later step would repeat it exactly), and one whose hypotheses come back as they were two steps before is in
@@ -551,8 +574,15 @@ def invert(
     if not program.in_graph:
         raise ValueError("this program decodes in another vocabulary than the embedder's: use invert_host")
     _check_steps(program, num_steps)
-    width = _check_width(beam, width)
     e = embeddings.astype(jnp.float32)
+    if num_steps == 0 and width is not None and width > 1:  # the inverter's token beam, the best kept
+        ids, lp = beam_hypotheses(program, params, e, width)
+        B, k, L = ids.shape
+        cos = _cosine(_embed_hypotheses(program, params["embedder"], ids.reshape(B * k, L)).reshape(B, k, -1),
+                      e[:, None])  # fmt: skip
+        ids0, cos0, _ = _best_of(ids, cos, _scored(cos, lp, prior))
+        return _polished(program, params, e, _result(ids0, cos0, None, None), polish, polish_top, prior)
+    width = _check_width(beam, width)
     if num_steps == 0:
         ids0 = greedy_hypotheses(program, params, e)
         if not score:
@@ -717,6 +747,7 @@ def _polished(program: InversionProgram, params: dict, e: Array, out: dict, roun
 # ----------------------------------------------------------------------------- the same search through text
 
 _greedy_jit = jax.jit(greedy_hypotheses, static_argnums=(0, 3))
+_beam_jit = jax.jit(beam_hypotheses, static_argnums=(0, 3))
 _candidates_jit = jax.jit(candidates, static_argnums=0, static_argnames=("width", "with_logprob"))
 
 
@@ -752,6 +783,7 @@ def invert_host(
     finished examples are not embedded at all. Returns what `invert` returns, as numpy arrays.
     """
     _check_steps(program, num_steps)
+    start = width if num_steps == 0 and width is not None and width > 1 else 1  # the inverter's beam (`invert`)
     width = _check_width(beam, width)
     e = np.asarray(embeddings, np.float32)
     B, D = e.shape
@@ -768,6 +800,12 @@ def invert_host(
             memo.update(zip(new, out.astype(np.float32)))
         return np.stack([memo[t] for t in texts]) if texts else np.zeros((0, D), np.float32)
 
+    if start > 1:
+        ids, lp = (np.asarray(x) for x in _beam_jit(program, params, e, start))
+        cos = np.asarray(_cosine(embed([decode(r) for r in ids.reshape(B * start, -1)]).reshape(B, start, D),
+                                 e[:, None]))  # fmt: skip
+        ids0, cos0, _ = _best_of(ids, cos, _scored(cos, lp, prior))
+        return jax.device_get(_result(ids0, cos0, None, None))
     with_lp = bool(prior) and num_steps > 0
     ids0, lp0 = _greedy_jit(program, params, e, True) if with_lp else (_greedy_jit(program, params, e, False), None)
     ids0 = np.asarray(ids0)

@@ -85,7 +85,9 @@ class Search:
         per vector, re-embeds them and keeps the `beam` best.
     token_beam: the corrector's token beam search width from each hypothesis: how many candidates it proposes
         (None: `beam`, as vec2text couples them, beam² candidates; at least `beam`). A narrow sequence beam with
-        a wide token beam (beam 2, token_beam 8) recovers more text than beam 4 at the same work.
+        a wide token beam (beam 2, token_beam 8) recovers more text than beam 4 at the same work. With 0 steps it
+        is the inverter's: its token beam's candidates are re-embedded and the best by cosine kept (None: its
+        greedy decode, whatever `beam`).
     prior: the language prior's weight λ: hypotheses are ranked by cosine + λ · their mean log-probability under
         the corrector (`correction.invert`); 0 ranks by cosine alone, as vec2text does. (Token swaps rank by
         cosine + λ · the inverter's log-probability, so it counts at 0 steps with `polish` too.)
@@ -162,7 +164,7 @@ class Search:
     def describe(self) -> str:
         """What the search does, in a few words ("20 correction steps, sequence beam 4, language prior 0.1")."""
         out = "inverter only" if not self.steps else f"{self.steps} correction steps, sequence beam {self.beam}"
-        out += f", token beam {self.token_beam}" if self.token_beam is not None and self.steps else ""
+        out += f", token beam {self.token_beam}" if self.token_beam is not None and self.token_beam > 1 else ""
         out += f", language prior {self.prior:g}" if self.prior and (self.steps or self.polish) else ""
         out += f", {self.polish} rounds of token swaps" if self.polish else ""
         out += f", stop after {self.patience} steps without a better hypothesis" if self.patience else ""
