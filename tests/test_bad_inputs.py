@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from v2t_jax import api, assets, cli, commands, outputs
+from v2t_jax import api, assets, cli, commands, outputs, strategies
 
 
 def _files(folder: Path) -> set[str]:
@@ -725,6 +725,14 @@ def test_invert_at_zero_steps_writes_real_cosines_in_strict_json(tmp_path, small
     # the same number as the cosine a correction step starts from (step 0 of a 1-step trace)
     _, one = model.invert_embeddings(vectors, num_steps=1, return_trace=True)
     np.testing.assert_allclose([r["cosine"] for r in rows], [s["cosines"][0] for s in one["steps"]], atol=1e-5)
+    # --token-beam at 0 steps is the inverter's (it was dropped without a word): the API's search
+    beamed = tmp_path / "beam.jsonl"
+    assert cli.main(["invert", "--embeddings", str(tmp_path / "v.npy"), "--output", str(beamed), "--quiet",
+                     "--checkpoint", str(folder), "--steps", "0", "--token-beam", "3"]) == 0  # fmt: skip
+    rows = [_strict(line) for line in beamed.read_text().splitlines()]
+    texts, trace = model.invert(vectors, strategies.Search(0, token_beam=3), return_trace=True)
+    assert [r["text"] for r in rows] == texts
+    np.testing.assert_allclose([r["cosine"] for r in rows], trace["cosine"], atol=1e-5)
 
 
 def test_strict_json_writes_null_for_numbers_that_are_not_finite():

@@ -66,7 +66,9 @@ def test_from_flags_names_the_flag_and_picks_the_default_steps():
     default = greedy.replace(beam=strategies.DEFAULT_SBEAM, token_beam=strategies.DEFAULT_TOKEN_BEAM)
     assert strategies.from_flags(None) == default == strategies.default() and default.token_beam is not None
     assert strategies.from_flags(None, token_beam=16) == default.replace(token_beam=16)
-    assert strategies.from_flags(0, token_beam=16) == strategies.inverter_only()  # no beam without steps
+    # without steps, no sequence beam; a token beam is the inverter's, and without one it decodes greedily
+    assert strategies.from_flags(0, token_beam=16) == strategies.inverter_only(token_beam=16)
+    assert strategies.from_flags(0) == strategies.inverter_only() and strategies.inverter_only().token_beam is None
     assert strategies.from_flags(None, 1, skip_repeated=False).patience == 0
     assert strategies.from_flags(0, 1) == strategies.default(has_corrector=False) == strategies.inverter_only()
     assert strategies.from_flags(None, 1, patience=0) == Search(strategies.DEFAULT_STEPS, 1)
@@ -91,6 +93,7 @@ def test_describe_and_record():
         "20 correction steps, sequence beam 4, language prior 0.1, 2 rounds of token swaps, stop at cosine 0.99"
     )
     assert Search(0, 1, prior=0.5).describe() == "inverter only"  # (a prior ranks nothing without a step or swap)
+    assert Search(0, 1, prior=0.5, token_beam=8).describe() == "inverter only, token beam 8, language prior 0.5"
     # the keys a command's rows have always recorded, so runs written before resume alike
     assert Search(5, 2, 0.1, 1, None, False).record() == {
         "steps": 5, "sbeam": 2, "prior": 0.1, "polish": 1, "stop_cosine": None, "skip_repeated": False

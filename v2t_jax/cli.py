@@ -67,7 +67,8 @@ def _search_flags(p: argparse.ArgumentParser, stop_and_skip: bool = False) -> No
         default=None,
         metavar="W",
         help="candidates the corrector proposes from each hypothesis (its token beam search width; at least "
-        f"--sbeam; default {DEFAULT_TOKEN_BEAM} without --sbeam, --sbeam's with it, as vec2text's sequence beam)",
+        f"--sbeam; default {DEFAULT_TOKEN_BEAM} without --sbeam, --sbeam's with it, as vec2text's sequence beam); "
+        "with --steps 0 the inverter's token beam, the candidate closest to the vector kept (default: greedy)",
     )
     p.add_argument(
         "--prior",

@@ -165,7 +165,8 @@ class Search:
         """What the search does, in a few words ("20 correction steps, sequence beam 4, language prior 0.1")."""
         out = "inverter only" if not self.steps else f"{self.steps} correction steps, sequence beam {self.beam}"
         out += f", token beam {self.token_beam}" if self.token_beam is not None and self.token_beam > 1 else ""
-        out += f", language prior {self.prior:g}" if self.prior and (self.steps or self.polish) else ""
+        ranks = self.steps or self.polish or self.token_beam is not None  # (at 0 steps: the inverter's beams)
+        out += f", language prior {self.prior:g}" if self.prior and ranks else ""
         out += f", {self.polish} rounds of token swaps" if self.polish else ""
         out += f", stop after {self.patience} steps without a better hypothesis" if self.patience else ""
         return out + (f", stop at cosine {self.stop_cosine:g}" if self.stop_cosine is not None else "")
@@ -226,12 +227,13 @@ def from_flags(
     no --steps is DEFAULT_STEPS with a corrector and 0 without; no --sbeam is DEFAULT_SBEAM, and then no
     --token-beam DEFAULT_TOKEN_BEAM (with --sbeam B it is B, vec2text's sequence beam); no --patience is
     DEFAULT_PATIENCE, except with --no-skip-repeated (every step for every vector: vec2text's loop) or 0 steps,
-    where it is 0. At 0 steps there is no beam (1). Errors name the flag."""
+    where it is 0. At 0 steps there is no sequence beam (1), and the inverter decodes greedily unless
+    --token-beam is given. Errors name the flag."""
     if steps is None:
         steps = DEFAULT_STEPS if has_corrector else 0
-    if sbeam is None:
+    if sbeam is None:  # (at 0 steps a given token beam is the inverter's; none: its greedy decode, vec2text's)
         sbeam, token_beam = (
-            (DEFAULT_SBEAM, DEFAULT_TOKEN_BEAM if token_beam is None else token_beam) if steps else (1, None)
+            (DEFAULT_SBEAM, DEFAULT_TOKEN_BEAM if token_beam is None else token_beam) if steps else (1, token_beam)
         )
     if patience is None:
         patience = DEFAULT_PATIENCE if skip_repeated and steps else 0
