@@ -6,7 +6,8 @@ steps, with sequence beam search, plus a plot of BLEU and cosine against the num
 
 Each row is STEPS:BEAM[:PRIOR[:POLISH[:PATIENCE]]], BEAM either a sequence beam width (vec2text's search, each
 hypothesis proposing as many candidates) or BxW, a sequence beam B whose hypotheses propose W candidates each
-(`v2t invert --sbeam B --token-beam W`) (PRIOR: the language prior's weight, `v2t invert --prior`;
+(`v2t invert --sbeam B --token-beam W`; at 0 steps `1xW` is the inverter's token beam, its best candidate by
+cosine kept) (PRIOR: the language prior's weight, `v2t invert --prior`;
 POLISH: rounds of token swaps, `--polish`; PATIENCE: stop an example after that many steps without a better
 hypothesis, `--patience`; each default 0). One inversion run per (beam width, prior, patience), as long as its
 longest row: the trace of best-so-far hypotheses gives every shorter row (N steps of the loop are a prefix of

@@ -151,3 +151,25 @@ def test_every_way_of_running_a_search_gives_the_same_texts(small_bundle, vector
     inverter_only = api.build(model.program.inverter, model.params["inverter"], None, None, model.embedder, 12)
     with pytest.raises(StrategyError, match="inverter only"):
         inverter_only.invert(vectors, search)
+
+
+def test_results_table_rows_name_the_search_they_run():
+    """experiments/results_table.py's row syntax: BxB is vec2text's B; at 0 steps only a token beam enters (the
+    inverter's); each row's run key, label and table name."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "results_table.py"
+    spec = importlib.util.spec_from_file_location("results_table", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = mod.parse_rows("0:1,0:1x8,0:4x4,20:4x4,20:1x8:0:0:3,20:2x8,20:4:0.1")
+    assert [r.label for r in rows] == ["0:1", "0:1x8", "0:4", "20:4", "20:1x8:0:0:3", "20:2x8", "20:4:0.1"]
+    assert [r.name for r in rows] == [
+        "step 0 (inverter)", "step 0 (inverter, token beam 8)", "step 0 (inverter)", "20 steps + sbeam 4",
+        "20 steps + sbeam 1 x token beam 8 + patience 3", "20 steps + sbeam 2 x token beam 8",
+        "20 steps + sbeam 4 + prior 0.1",
+    ]  # fmt: skip
+    assert [mod.run_name(r.run()) for r in rows] == ["1", "1x8", "4", "4", "1x8k3", "2x8", "4p0.1"]
+    # (beam, prior, polish, patience, own steps, token beam): 20:4x4 is vec2text's 20:4
+    assert rows[1].run() == (1, 0.0, 0, 0, None, 8) and rows[3].run() == (4, 0.0, 0, 0, None, 0)
