@@ -311,13 +311,18 @@ def _faiss(path: Path) -> Records:
     with tempfile.TemporaryFile() as err:
         child = subprocess.Popen([sys.executable, "-c", run, str(path)], stdout=subprocess.PIPE, stderr=err, env=env)
         try:
-            head = json.loads(child.stdout.readline() or b"{}")
+            try:
+                head = json.loads(child.stdout.readline() or b"{}")
+            except ValueError:
+                head = {}  # not the child's reply: said below, with the child's last words
             if "error" in head:
                 raise StoreError(f"{path}: {head['error']}")
             n, d = head.get("n"), head.get("d")  # None: the child ended before it could say
             if n is not None:
                 ids = _read_exactly(child.stdout, np.empty(n if head["id_map"] else 0, np.int64))
                 vectors = _read_exactly(child.stdout, np.empty((n, d), np.float32))
+                if ids is None or vectors is None:
+                    n = None  # the child ended before it gave back every vector: said below
         finally:
             child.stdout.close()
             code = child.wait()
@@ -330,14 +335,15 @@ def _faiss(path: Path) -> Records:
     return Records(ids, vectors, None, "faiss", str(path), note=head["note"])
 
 
-def _read_exactly(stream, out: np.ndarray) -> np.ndarray:
+def _read_exactly(stream, out: np.ndarray) -> np.ndarray | None:
+    """`out` filled from `stream`; None if the stream ends first."""
     if not out.size:
         return out
     view, got = memoryview(out).cast("B"), 0
     while got < len(view):
         k = stream.readinto(view[got:])
         if not k:
-            raise StoreError("the FAISS reader stopped before it gave back every vector")
+            return None
         got += k
     return out
 
@@ -358,7 +364,8 @@ _FAISS_PARSE_SLACK = 1 << 30
 def _faiss_child(path: str) -> None:
     """`_faiss`'s child: reads the index under an address-space bound while faiss parses it, then writes one JSON
     line (n, d, id_map, note; or error) and the raw int64 ids and float32 vectors to stdout."""
-    out = sys.stdout.buffer
+    out = os.fdopen(os.dup(1), "wb")  # the reply's own stream; anything a library prints goes to stderr
+    os.dup2(2, 1)
 
     def reply(head: dict) -> None:
         out.write((json.dumps(head) + "\n").encode())
@@ -370,12 +377,17 @@ def _faiss_child(path: str) -> None:
         resource = None
     import faiss
 
-    if resource is not None:
+    bounded = False
+    if resource is not None and _address_space():  # (no /proc: no measure of the start-up to bound from)
         soft, hard = resource.getrlimit(resource.RLIMIT_AS)
         cap = _address_space() + 2 * os.path.getsize(path) + _FAISS_PARSE_SLACK
         if hard != resource.RLIM_INFINITY:
             cap = min(cap, hard)
-        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+        try:
+            resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+            bounded = True
+        except (ValueError, OSError):
+            pass  # a system that will not bound it (the crash guard still holds)
     try:
         index = faiss.read_index(path)
     except MemoryError:
@@ -383,7 +395,7 @@ def _faiss_child(path: str) -> None:
                                "index, not read"})  # fmt: skip
     except Exception as e:
         return reply({"error": f"cannot read it as a FAISS index ({_brief(e)})"})
-    if resource is not None:
+    if bounded:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
     n, d = int(index.ntotal), int(index.d)
     free = _memory_available()
