@@ -156,7 +156,8 @@ def _host_loop(model, search: strategies.Search):
 
 
 def beam_label(beam: int, token_beam: int | None) -> str:
-    """ "4" for vec2text's sbeam 4 (token beams of 4), "2x8" for sbeam 2 with token beams of 8."""
+    """A grid point's search as `--beam` writes it: "4" for vec2text's sbeam 4 (token beams of 4), "2x8" for
+    sbeam 2 with token beams of 8."""
     return f"{beam}" if token_beam in (None, beam) else f"{beam}x{token_beam}"
 
 
