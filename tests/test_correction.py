@@ -332,11 +332,15 @@ def test_pieces_bound_memory_and_change_nothing(monkeypatch):
     np.testing.assert_array_equal(np.asarray(out[1]), np.asarray(x).sum(-1))
     prog, params, targets = _program()
     whole = jax.device_get(correction.invert(prog, params, targets, 2, 3))
+    whole0 = jax.device_get(correction.invert(prog, params, targets, 0, 1, width=3))  # the inverter's token beam
     monkeypatch.setattr(correction, "DECODE_ROWS", 6)  # two examples' 3x3 beam rows at a time
     monkeypatch.setattr(correction, "EMBED_ROWS", 4)
     pieces = jax.device_get(correction.invert(prog, params, targets, 2, 3))
     np.testing.assert_array_equal(pieces["step_ids"], whole["step_ids"])
     np.testing.assert_allclose(pieces["step_cosine"], whole["step_cosine"], atol=1e-6)
+    pieces0 = jax.device_get(correction.invert(prog, params, targets, 0, 1, width=3))
+    np.testing.assert_array_equal(pieces0["ids"], whole0["ids"])
+    np.testing.assert_allclose(pieces0["cosine"], whole0["cosine"], atol=1e-6)
 
 
 @pytest.mark.slow

@@ -334,7 +334,7 @@ def _search_of_interrupted_run(args: argparse.Namespace, rows: Path, command: st
     except (OSError, ValueError):
         return  # (RowStream refuses the state it cannot read)
     if not isinstance(saved, dict) or not saved.get("steps"):
-        return  # (no beam or patience at 0 steps)
+        return  # (at 0 steps no default changed: the run resumes only under its own flags)
     taken = []
     sbeam, token_beam = saved.get("sbeam"), saved.get("token_beam", saved.get("sbeam"))
     if args.sbeam is None and isinstance(sbeam, int) and isinstance(token_beam, int):

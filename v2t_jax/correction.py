@@ -191,34 +191,34 @@ def mean_logprob(program: InversionProgram, ids: Array, logprob: Array) -> Array
     return decoding.mean_logprob(ids, logprob, program.pad_id)
 
 
-def greedy_hypotheses(program: InversionProgram, params: dict, e: Array, with_logprob: bool = False):
-    """The inverter's greedy decode of e [B, D] -> decoder ids [B, L] (with_logprob: and `mean_logprob` [B])."""
+def _inverter_decoder(program: InversionProgram, params: dict, e: Array):
+    """The inverter's decoding step function and its cache for e [B, D] (what greedy and beam decoding run)."""
     inv = inversion.Inverter(program.inverter)
     vi = {"params": params["inverter"]}
     cache = inv.apply(vi, e, program.length, method=inversion.Inverter.init_cache)
-    out = decoding.greedy(
-        lambda t, c: inv.apply(vi, t, c, method=inversion.Inverter.decode_step),
-        cache,
-        e.shape[0],
-        program.length,
-        program.pad_id,
-        program.eos_id,
-        program.pad_id,
-        with_logprob=with_logprob,
-    )
+    return (lambda t, c: inv.apply(vi, t, c, method=inversion.Inverter.decode_step)), cache
+
+
+def greedy_hypotheses(program: InversionProgram, params: dict, e: Array, with_logprob: bool = False):
+    """The inverter's greedy decode of e [B, D] -> decoder ids [B, L] (with_logprob: and `mean_logprob` [B])."""
+    step, cache = _inverter_decoder(program, params, e)
+    out = decoding.greedy(step, cache, e.shape[0], program.length, program.pad_id, program.eos_id, program.pad_id,
+                          with_logprob=with_logprob)  # fmt: skip
     return (out[0], mean_logprob(program, *out)) if with_logprob else out
 
 
 def beam_hypotheses(program: InversionProgram, params: dict, e: Array, width: int) -> tuple[Array, Array]:
     """The inverter's `width`-wide token beam search from e [B, D] -> ids [B, width, L] and each one's
     `mean_logprob` [B, width]."""
-    inv = inversion.Inverter(program.inverter)
-    vi = {"params": params["inverter"]}
-    cache = inv.apply(vi, e, program.length, method=inversion.Inverter.init_cache)
-    step = lambda t, c: inv.apply(vi, t, c, method=inversion.Inverter.decode_step)  # noqa: E731
+    step, cache = _inverter_decoder(program, params, e)
     ids, lp = decoding.beam_search(step, cache, e.shape[0], width, program.length, program.pad_id, program.eos_id,
                                    program.pad_id)  # fmt: skip
     return ids, mean_logprob(program, ids, lp)
+
+
+def _inverter_width(num_steps: int, width: int | None) -> int:
+    """The inverter's token beam width: `width` with no correction steps, else 1 (greedy; None is greedy too)."""
+    return width if num_steps == 0 and width is not None and width > 1 else 1
 
 
 def _best_of(ids: Array, cos: Array, score: Array) -> tuple[Array, Array, Array]:
@@ -575,11 +575,13 @@ def invert(
         raise ValueError("this program decodes in another vocabulary than the embedder's: use invert_host")
     _check_steps(program, num_steps)
     e = embeddings.astype(jnp.float32)
-    if num_steps == 0 and width is not None and width > 1:  # the inverter's token beam, the best kept
-        ids, lp = beam_hypotheses(program, params, e, width)
-        B, k, L = ids.shape
-        cos = _cosine(_embed_hypotheses(program, params["embedder"], ids.reshape(B * k, L)).reshape(B, k, -1),
-                      e[:, None])  # fmt: skip
+    k = _inverter_width(num_steps, width)
+    if k > 1:  # the inverter's token beam, the best kept; in pieces, as a correction step's candidates
+        per_row = functools.partial(beam_hypotheses, program, params, width=k)
+        ids, lp = _in_chunks(per_row, (e,), max(1, DECODE_ROWS // k))
+        B, _, L = ids.shape
+        per_seq = functools.partial(_embed_hypotheses, program, params["embedder"])
+        cos = _cosine(_in_chunks(per_seq, (ids.reshape(B * k, L),), EMBED_ROWS).reshape(B, k, -1), e[:, None])
         ids0, cos0, _ = _best_of(ids, cos, _scored(cos, lp, prior))
         return _polished(program, params, e, _result(ids0, cos0, None, None), polish, polish_top, prior)
     width = _check_width(beam, width)
@@ -783,7 +785,7 @@ def invert_host(
     finished examples are not embedded at all. Returns what `invert` returns, as numpy arrays.
     """
     _check_steps(program, num_steps)
-    start = width if num_steps == 0 and width is not None and width > 1 else 1  # the inverter's beam (`invert`)
+    start = _inverter_width(num_steps, width)
     width = _check_width(beam, width)
     e = np.asarray(embeddings, np.float32)
     B, D = e.shape
