@@ -131,47 +131,29 @@ def _run_store(out: Path, key: dict):
     return load, save, drop
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def held_out_args(p: argparse.ArgumentParser) -> None:
+    """The bundle and the passages to score (`held_out`): --checkpoint, --n, --split, --data-dir, --corpus,
+    --sources, --texts."""
     p.add_argument("--checkpoint", required=True, help="model bundle (inverter + corrector)")
     p.add_argument("--n", type=int, default=500, help="passages (default %(default)s)")
     p.add_argument("--split", default="test")
-    p.add_argument(
-        "--rows",
-        default="0:1,1:1,5:1,20:1,20:4,50:8",
-        help="STEPS:BEAM[:PRIOR[:POLISH[:PATIENCE]]],... (default %(default)s)",
-    )
-    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--corpus", default=None, help="a user corpus prepared with v2t data prepare --corpus")
     p.add_argument("--sources", nargs="+", default=["wiki", "bbc", "sotu", "moby"], help="built-in sources (or all)")
     p.add_argument("--texts", default=None, help="a text file, one passage per line, instead of a dataset split")
-    p.add_argument(
-        "--time-each", action="store_true", help="one run per row, so every row has its own seconds per vector"
-    )
-    p.add_argument(
-        "--untraced",
-        action="store_true",
-        help="one run per row on v2t invert's path (the stream, no per-step trace), scored on its final texts",
-    )
-    p.add_argument("--out", default="experiments/results/table1")
-    args = p.parse_args(argv)
 
-    from v2t_jax import api, evaluate, strategies
+
+def held_out(model, args) -> tuple:
+    """The passages a table scores, as `held_out_args` name them -> (vectors [n, D] float32, an
+    `evaluate.Evaluator` of their references, n)."""
+    from v2t_jax import evaluate
     from v2t_jax.data import dataset, sources, targets
 
-    rows = parse_rows(args.rows)
-    each = args.time_each or args.untraced
-    model = api.load_model(args.checkpoint)
-    if model.program.corrector is None and any(r.steps for r in rows):
-        print(f"{args.checkpoint} has no corrector: only 0-step rows are possible", file=sys.stderr)
-        return 2
     if args.texts:
         texts = [t.strip() for t in Path(args.texts).read_text(encoding="utf-8").splitlines() if t.strip()]
         n = min(args.n, len(texts))
         vectors = np.asarray(model.embedder.embed_texts(texts[:n], max_length=model.max_length), np.float32)
         scorer = evaluate.Evaluator(model.embedder_view(texts[:n]))
-        args.split = Path(args.texts).name
     else:
         spec = dataset.DatasetSpec(
             sources=sources.expand(args.sources),
@@ -185,6 +167,40 @@ def main(argv=None) -> int:
         pick = np.sort(np.random.default_rng(0).permutation(len(emb))[:n])
         vectors = np.asarray(emb[pick], np.float32)
         scorer = evaluate.Evaluator.of_ids(model.vocab, model.embedder, np.asarray(ids[pick]))
+    return vectors, scorer, n
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    held_out_args(p)
+    p.add_argument(
+        "--rows",
+        default="0:1,1:1,5:1,20:1,20:4,50:8",
+        help="STEPS:BEAM[:PRIOR[:POLISH[:PATIENCE]]],... (default %(default)s)",
+    )
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--time-each", action="store_true", help="one run per row, so every row has its own seconds per vector"
+    )
+    p.add_argument(
+        "--untraced",
+        action="store_true",
+        help="one run per row on v2t invert's path (the stream, no per-step trace), scored on its final texts",
+    )
+    p.add_argument("--out", default="experiments/results/table1")
+    args = p.parse_args(argv)
+
+    from v2t_jax import api, strategies
+
+    rows = parse_rows(args.rows)
+    each = args.time_each or args.untraced
+    model = api.load_model(args.checkpoint)
+    if model.program.corrector is None and any(r.steps for r in rows):
+        print(f"{args.checkpoint} has no corrector: only 0-step rows are possible", file=sys.stderr)
+        return 2
+    vectors, scorer, n = held_out(model, args)
+    if args.texts:
+        args.split = Path(args.texts).name
 
     from v2t_jax import assets
 

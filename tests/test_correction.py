@@ -290,7 +290,7 @@ def test_at_zero_steps_the_token_beam_is_the_inverters_best_by_cosine():
     ranked = jax.device_get(correction.invert(prog, params, targets, 0, 1, width=3, prior=10.0))
     np.testing.assert_array_equal(ranked["ids"], cand[np.arange(5), by_prior])
     greedy = np.asarray(correction.greedy_hypotheses(prog, params, targets))
-    for beam, width in ((1, None), (1, 1), (4, None)):
+    for beam, width in ((1, None), (1, 1), (4, None), (4, 1)):  # (no sequence beam to fill at 0 steps)
         np.testing.assert_array_equal(np.asarray(correction.invert(prog, params, targets, 0, beam, width=width)["ids"]),
                                       greedy)  # fmt: skip
 

@@ -120,3 +120,20 @@ def test_a_crash_of_the_faiss_reader_is_one_line(tmp_path, monkeypatch):
     path = tmp_path / "store.faiss"
     assert str(e.value) == (f"faiss stopped reading {path} (killed by SIGSEGV): the index is damaged or not one "
                             "faiss.read_index reads; write it again with faiss.write_index")  # fmt: skip
+
+
+def test_a_store_reader_whose_package_is_missing_says_what_to_install(tmp_path, monkeypatch):
+    """FAISS is read in a child process, so here it is only looked for (not imported); a missing package is one
+    line naming it, for it and for a reader that imports its package here."""
+    import importlib.util
+    import sys
+
+    (tmp_path / "store.faiss").write_bytes(b"IxFI")
+    (tmp_path / "t.parquet").write_bytes(b"PAR1")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "faiss" else real(name, *a))
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # (an import of it raises ImportError)
+    with pytest.raises(stores.StoreError, match=r"needs faiss-cpu: pip install faiss-cpu \(or v2t-jax\[audit\]\)$"):
+        stores.read(tmp_path / "store.faiss")
+    with pytest.raises(stores.StoreError, match=r"needs pyarrow: pip install pyarrow"):
+        stores.read(tmp_path / "t.parquet")

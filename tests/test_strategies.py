@@ -69,6 +69,12 @@ def test_from_flags_names_the_flag_and_picks_the_default_steps():
     # without steps, no sequence beam; a token beam is the inverter's, and without one it decodes greedily
     assert strategies.from_flags(0, token_beam=16) == strategies.inverter_only(token_beam=16)
     assert strategies.from_flags(0) == strategies.inverter_only() and strategies.inverter_only().token_beam is None
+    # ... whatever --sbeam says (it has no part at 0 steps): a token beam equal to it, or narrower, is still the
+    # inverter's beam, not the coupled search's None (greedy); width 1 is the greedy decode
+    assert strategies.from_flags(0, 4, token_beam=4).token_beam == 4 and Search(0, 4, token_beam=4).token_beam == 4
+    assert strategies.from_flags(0, 8, token_beam=2).token_beam == 2 and Search(0, 4, token_beam=1).token_beam is None
+    with pytest.raises(StrategyError, match=r"--token-beam must be in \[1, 64\], got 65"):
+        strategies.from_flags(0, 4, token_beam=65)
     assert strategies.from_flags(None, 1, skip_repeated=False).patience == 0
     assert strategies.from_flags(0, 1) == strategies.default(has_corrector=False) == strategies.inverter_only()
     assert strategies.from_flags(None, 1, patience=0) == Search(strategies.DEFAULT_STEPS, 1)

@@ -584,13 +584,13 @@ def invert(
         cos = _cosine(_in_chunks(per_seq, (ids.reshape(B * k, L),), EMBED_ROWS).reshape(B, k, -1), e[:, None])
         ids0, cos0, _ = _best_of(ids, cos, _scored(cos, lp, prior))
         return _polished(program, params, e, _result(ids0, cos0, None, None), polish, polish_top, prior)
-    width = _check_width(beam, width)
     if num_steps == 0:
         ids0 = greedy_hypotheses(program, params, e)
         if not score:
             return _result(ids0, jnp.full(ids0.shape[:1], jnp.nan, jnp.float32), None, None)
         cos0 = _cosine(_embed_hypotheses(program, params["embedder"], ids0), e)
         return _polished(program, params, e, _result(ids0, cos0, None, None), polish, polish_top, prior)
+    width = _check_width(beam, width)
     ids0, emb0, cos0, score0 = _scored_start(program, params, e, prior)
 
     def step(state: SearchState, _):
@@ -786,7 +786,7 @@ def invert_host(
     """
     _check_steps(program, num_steps)
     start = _inverter_width(num_steps, width)
-    width = _check_width(beam, width)
+    width = _check_width(beam, width) if num_steps else width  # (no sequence beam to fill at 0 steps)
     e = np.asarray(embeddings, np.float32)
     B, D = e.shape
     memo: dict[str, np.ndarray] = {}

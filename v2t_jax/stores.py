@@ -173,10 +173,17 @@ def _checked(records: Records) -> Records:
     return records
 
 
-def _need(module: str, what: str, package: str):
+def _need(module: str, what: str, package: str, load: bool = True):
+    """The module (imported), or with `load=False` only the check that it is installed (a module another process
+    will import need not be loaded here: faiss is ~0.2 s and its memory)."""
     import importlib
+    import importlib.util
 
     try:
+        if not load:
+            if importlib.util.find_spec(module) is None:
+                raise ImportError(module)
+            return None
         return importlib.import_module(module)
     except ImportError:
         raise StoreError(f"reading {what} needs {package}: pip install {package} (or v2t-jax[audit])") from None
@@ -304,7 +311,7 @@ def _faiss(path: Path) -> Records:
     declares 10^9 vectors makes `faiss.read_index` allocate them (a 173-byte file: 4 GB; the OOM killer, not an
     error), and some damage crashes it. The child's address space is bounded by what the file can hold while it
     parses, and a crash is a one-line refusal here, not the end of the audit."""
-    _need("faiss", "a FAISS index", "faiss-cpu")
+    _need("faiss", "a FAISS index", "faiss-cpu", load=False)  # (read in the child)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).resolve().parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])])}  # fmt: skip
     run = "import sys; from v2t_jax.stores import _faiss_child; _faiss_child(sys.argv[1])"

@@ -86,8 +86,8 @@ class Search:
     token_beam: the corrector's token beam search width from each hypothesis: how many candidates it proposes
         (None: `beam`, as vec2text couples them, beam² candidates; at least `beam`). A narrow sequence beam with
         a wide token beam (beam 2, token_beam 8) recovers more text than beam 4 at the same work. With 0 steps it
-        is the inverter's: its token beam's candidates are re-embedded and the best by cosine kept (None: its
-        greedy decode, whatever `beam`).
+        is the inverter's: its token beam's candidates are re-embedded and the best by cosine kept (None or 1:
+        its greedy decode); `beam` plays no part there.
     prior: the language prior's weight λ: hypotheses are ranked by cosine + λ · their mean log-probability under
         the corrector (`correction.invert`); 0 ranks by cosine alone, as vec2text does. (Token swaps rank by
         cosine + λ · the inverter's log-probability, so it counts at 0 steps with `polish` too.)
@@ -133,7 +133,7 @@ class Search:
             set_(self, "stop_cosine", stop)
         set_(self, "skip_repeated", bool(self.skip_repeated))
         set_(self, "patience", _whole(self.patience, "patience", 0, None, " (0: off)"))
-        if self.token_beam is not None:
+        if self.token_beam is not None and self.steps:
             set_(
                 self, "token_beam",
                 _whole(self.token_beam, "the token beam width", self.beam, MAX_BEAM,
@@ -141,6 +141,10 @@ class Search:
             )  # fmt: skip
             if self.token_beam == self.beam:
                 set_(self, "token_beam", None)  # the coupled search (one value, one compiled program)
+        elif self.token_beam is not None:  # the inverter's beam: no sequence beam to fill at 0 steps
+            set_(self, "token_beam", _whole(self.token_beam, "the token beam width", 1, MAX_BEAM))
+            if self.token_beam == 1:
+                set_(self, "token_beam", None)  # its greedy decode (one value, one compiled program)
 
     def replace(self, **changes) -> Search:
         """This search with some fields changed (checked again)."""
