@@ -121,7 +121,7 @@ def test_load_model_takes_token_ids_from_the_embedder_and_refuses_another_vocabu
     assert vec2text_import.load_folder(tmp_path / "corrector")[0].t5.eos_token_id == 1
 
 
-def test_a_bundle_written_as_vec2text_checkpoints_imports_back_to_the_same_model(tmp_path, small_bundle):
+def test_a_bundle_written_as_vec2text_checkpoints_imports_back_to_the_same_model(tmp_path, small_bundle, capsys):
     """`vec2text_export.from_bundle` writes the inverter and corrector as vec2text checkpoint folders (state dict,
     InversionConfig fields, the transformers T5 backbone and tokenizer its config names); the importer reads them
     back to the same parameters and configs, the corrector's lack of a leading start token included, and the
@@ -177,6 +177,33 @@ def test_a_bundle_written_as_vec2text_checkpoints_imports_back_to_the_same_model
 
     with pytest.raises(FileExistsError, match="exists"):
         vec2text_export.from_bundle(folder, out)
+
+    # the command: the same checkpoints; what it cannot write, or would overwrite, is one line and exit status 2
+    from safetensors.numpy import load_file
+
+    from v2t_jax import cli
+
+    assert cli.main(["export", "vec2text", "--bundle", str(folder), "--output", str(tmp_path / "cli")]) == 0
+    assert f"wrote {tmp_path / 'cli' / 'inversion'} and {tmp_path / 'cli' / 'corrector'}" in capsys.readouterr().err
+    for name in ("inversion", "corrector"):
+        got, want = (load_file(str(d / name / "model.safetensors")) for d in (tmp_path / "cli", out))
+        assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
+    for argv, message in [
+        (["--bundle", str(small), "--output", str(tmp_path / "no")], "separates its inputs with token 1"),
+        (["--bundle", str(folder), "--output", str(out)], f"{out} exists; give --output a new folder"),
+        (["--bundle", str(folder), "--output", str(tmp_path / "no"), "--weights", "int8"], "--weights is not for"),
+    ]:
+        assert cli.main(["export", "vec2text", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    for argv, message in [
+        (["--output", str(tmp_path / "no")], "v2t export needs --workdir (a training run)"),
+        (["--workdir", str(tmp_path), "--bundle", str(folder), "--output", str(tmp_path / "no")], "--bundle is for"),
+    ]:
+        assert cli.main(["export", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "no").exists() and not (tmp_path / "no.partial").exists()
     with pytest.raises(ValueError, match="no vec2text"):
         vec2text_export.t5_state_dict({}, t5.t5_config("tiny", "bert", vocab_size=60))
     with pytest.raises(ValueError, match="rescales the decoder outputs"):

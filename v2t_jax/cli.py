@@ -285,9 +285,17 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--quiet", action="store_true")
     au.set_defaults(func=cmd_audit)
 
-    ex = sub.add_parser("export", help="a model bundle from a training run (inverter, or inverter + corrector)")
-    ex.add_argument("--workdir", required=True, help="a v2t train run directory")
-    ex.add_argument("--output", required=True, help="bundle folder to write")
+    ex = sub.add_parser(
+        "export",
+        help="a model bundle from a training run (inverter, or inverter + corrector); `export vec2text`: a bundle "
+        "as vec2text checkpoint folders",
+    )
+    ex.add_argument("format", nargs="?", choices=["bundle", "vec2text"], default="bundle",
+                    help="bundle (default): a v2t bundle from --workdir; vec2text: the bundle --bundle as vec2text "
+                         "0.0.13 checkpoints, OUTPUT/inversion and OUTPUT/corrector")  # fmt: skip
+    ex.add_argument("--workdir", default=None, help="a v2t train run directory")
+    ex.add_argument("--bundle", default=None, help="vec2text: the bundle to write (default: the shipped model)")
+    ex.add_argument("--output", required=True, help="folder to write")
     ex.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     ex.add_argument(
         "--inverter",

@@ -482,6 +482,13 @@ def _bundle_digest(checkpoint: str | None) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "vec2text":
+        return _export_vec2text(args)
+    if args.workdir is None:
+        raise UsageError("v2t export needs --workdir (a training run); `v2t export vec2text --bundle B` writes a "
+                         "bundle as vec2text checkpoints")  # fmt: skip
+    if args.bundle is not None:
+        raise UsageError("--bundle is for `v2t export vec2text`; a bundle from a training run takes --workdir")
     out = Path(args.output)
     _new_bundle_folder(out, args.overwrite)
     from v2t_jax import api, bundle, export
@@ -494,6 +501,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     kind = "an inverter-only" if meta["corrector"] is None else "an inverter + corrector"
     size = sum(p.stat().st_size for p in out.iterdir()) / 1e6
     print(f"v2t export: wrote {kind} bundle to {out} ({args.weights} weights, {size:.1f} MB)", file=sys.stderr)
+    return 0
+
+
+def _export_vec2text(args: argparse.Namespace) -> int:
+    """`v2t export vec2text`: `vec2text_export.from_bundle` of --bundle (default the shipped model) into a new
+    --output folder."""
+    given = [flag for flag, on in (("--workdir", args.workdir is not None), ("--step", args.step is not None),
+                                   ("--inverter", args.inverter is not None), ("--weights", args.weights != "float32"),
+                                   ("--overwrite", args.overwrite)) if on]  # fmt: skip
+    if given:
+        raise UsageError(f"{given[0]} is not for `v2t export vec2text` (it writes --bundle's weights in float32 "
+                         "state dicts, into a new --output folder)")  # fmt: skip
+    out = Path(args.output)
+    if out.exists():
+        raise UsageError(f"{out} exists; give --output a new folder (vec2text's two checkpoints go in it)")
+    from v2t_jax import api, vec2text_export
+
+    try:
+        written = vec2text_export.from_bundle(args.bundle, out)
+    except (api.ModelError, ValueError, OSError) as e:
+        raise UsageError(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+    parts = " and ".join(f"{written / p.name}" for p in sorted(written.iterdir(), key=lambda p: p.name != "inversion"))
+    size = sum(f.stat().st_size for f in written.rglob("*") if f.is_file()) / 1e6
+    print(f"v2t export: wrote {parts}, vec2text checkpoints ({size:.1f} MB); run them under vec2text with "
+          f"experiments/vec2text_reference.py --load {out}, read them back with v2t import vec2text",
+          file=sys.stderr)  # fmt: skip
     return 0
 
 
