@@ -1,0 +1,135 @@
+"""Does a consensus of the search's candidates recover more text than the one closest to the target?
+
+    python experiments/search_consensus.py --checkpoint BUNDLE --sources all --split validation --n 200
+        [--width 16] [--taus 0.005,0.01,0.02,0.05] [--tops 4,8,32] [--out experiments/results/search_consensus_val]
+
+Minimum-Bayes-risk selection (as in machine translation): of a pool of candidate texts, keep the one with the
+highest expected sentence BLEU against the others, each weighted by softmax(cosine to the target / tau) — a text
+many good candidates agree with, rather than the single one whose embedding lies closest. The pool of each passage
+is every distinct hypothesis the default search (`v2t invert`'s) held as its best over its steps, plus --width
+candidates the corrector proposes from its final text (one more step's token beam); every pool text is embedded
+here, from its text, so all of them are ranked alike. Rows: the search's own text, the pool's best by cosine,
+and the consensus of the pool's --tops best by cosine at each tau. Writes OUT.md and OUT.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_table import held_out, held_out_args  # noqa: E402
+
+
+def consensus(texts: list[str], cos: np.ndarray, tau: float, utility: np.ndarray) -> int:
+    """The index of the text with the highest expected utility [k, k] (row: the text; column: the pseudo-reference)
+    under weights softmax(cos / tau)."""
+    w = np.exp((cos - cos.max()) / tau)
+    return int(np.argmax(utility @ (w / w.sum())))
+
+
+def corrector_proposals(model, vectors: np.ndarray, finals: list[str], width: int, batch: int) -> list[list[str]]:
+    """`width` candidates the corrector proposes from each final text (its token beam), as texts."""
+    import jax
+    import jax.numpy as jnp
+
+    from v2t_jax import correction
+
+    prog, params = model.program, model.params
+    L = prog.length
+    tok = model.vocab.tokenizer
+    tok.no_truncation()
+    ids = np.full((len(finals), L), prog.pad_id, np.int32)
+    for i, enc in enumerate(tok.encode_batch(finals, add_special_tokens=False)):
+        row = (enc.ids + [prog.eos_id])[:L]
+        ids[i, : len(row)] = row
+    hyp_emb = model.embed_texts(finals).astype(np.float32)
+    propose = jax.jit(lambda e, h, he: correction.candidates(prog, params, e, h[:, None], he[:, None], width))
+    out = []
+    for s in range(0, len(finals), batch):
+        cand = jax.device_get(propose(*(jnp.asarray(x[s : s + batch]) for x in (vectors, ids, hyp_emb))))
+        out += [[model.decode(r) for r in rows] for rows in cand]
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    held_out_args(p)
+    p.add_argument("--width", type=int, default=16, help="candidates proposed from each final text")
+    p.add_argument("--taus", default="0.005,0.01,0.02,0.05", help="softmax temperatures of the cosine weights")
+    p.add_argument("--tops", default="4,8,32", help="pool sizes: the best by cosine that take part")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", default="experiments/results/search_consensus")
+    args = p.parse_args(argv)
+    taus = [float(x) for x in args.taus.split(",")]
+    tops = [int(x) for x in args.tops.split(",")]
+
+    from v2t_jax import api, metrics, strategies
+
+    model = api.load_model(args.checkpoint)
+    vectors, scorer, n = held_out(model, args)
+    search = strategies.default(model.program.corrector is not None)
+    t0 = time.perf_counter()
+    finals, traced = model.invert(
+        vectors, search, batch_size=args.batch_size, return_trace=True, progress=True, readable=False
+    )
+    seconds = time.perf_counter() - t0
+    proposals = corrector_proposals(model, vectors, finals, args.width, args.batch_size)
+
+    pools = []
+    for v, final, step, extra in zip(vectors, finals, traced["steps"], proposals):
+        texts = list(dict.fromkeys([final] + step["hypotheses"] + extra))  # distinct; the search's text first
+        emb = model.embed_texts(texts)
+        cos = emb @ v / (np.linalg.norm(emb, axis=1) * np.linalg.norm(v))
+        norm = [metrics.normalize(t) for t in texts]
+        utility = np.array([[metrics.sentence_bleu(a, b) for b in norm] for a in norm])
+        pools.append((texts, cos, utility))
+
+    def row(name: str, picks: list[int]) -> dict:
+        texts = [pool[0][j] for pool, j in zip(pools, picks)]
+        return {"selection": name, **scorer.score(texts, [float(pool[1][j]) for pool, j in zip(pools, picks)])}
+
+    table = [row(f"the search's text ({search.describe()})", [0] * n)]
+    table.append(row(f"best cosine of the pool (+ {args.width} proposals from the final text)",
+                     [int(np.argmax(c)) for _, c, _ in pools]))  # fmt: skip
+    for top in tops:
+        for tau in taus:
+            picks = []
+            for texts, cos, utility in pools:
+                k = np.argsort(-cos)[:top]
+                picks.append(int(k[consensus(texts, cos[k], tau, utility[np.ix_(k, k)])]))
+            table.append(row(f"consensus of the best {top}, tau {tau:g}", picks))
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = "python experiments/search_consensus.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    sizes = [len(t) for t, _, _ in pools]
+    result = {"command": command, "n": n, "split": args.split, "search": search.describe(), "width": args.width,
+              "pool_mean": float(np.mean(sizes)), "search_s_per_vector": seconds / n, "rows": table}  # fmt: skip
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    lines = [
+        f"# Consensus (minimum-Bayes-risk) selection against the best cosine, {n} {args.split} passages",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Pool per passage: {np.mean(sizes):.1f} distinct texts on average (the search's best over its steps + "
+        f"{args.width} corrector proposals from its final text), each embedded from its text.",
+        "",
+        "| selection | BLEU | token F1 | exact % | cosine |",
+        "|---|---|---|---|---|",
+    ]
+    for r in table:
+        lines.append(f"| {r['selection']} | {r['bleu']:.2f} | {100 * r['token_f1']:.1f} | {100 * r['exact']:.1f} | "
+                     f"{r['cosine']:.3f} |")  # fmt: skip
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
