@@ -6,8 +6,8 @@ steps, with sequence beam search, plus a plot of BLEU and cosine against the num
 
 Each row is STEPS:BEAM[:PRIOR[:POLISH[:PATIENCE]]], BEAM either a sequence beam width (vec2text's search, each
 hypothesis proposing as many candidates) or BxW, a sequence beam B whose hypotheses propose W candidates each
-(`v2t invert --sbeam B --token-beam W`; at 0 steps `1xW` is the inverter's token beam, its best candidate by
-cosine kept) (PRIOR: the language prior's weight, `v2t invert --prior`;
+(`v2t invert --sbeam B --token-beam W`; at 0 steps BxW is the inverter's token beam of W, written `1xW`, its best
+candidate by cosine kept) (PRIOR: the language prior's weight, `v2t invert --prior`;
 POLISH: rounds of token swaps, `--polish`; PATIENCE: stop an example after that many steps without a better
 hypothesis, `--patience`; each default 0). One inversion run per (beam width, prior, patience), as long as its
 longest row: the trace of best-so-far hypotheses gives every shorter row (N steps of the loop are a prefix of
@@ -85,7 +85,10 @@ def parse_rows(text: str) -> list[Row]:
     for item in text.split(","):
         steps, beam, prior, polish, patience = (item.split(":") + ["", "", "", ""])[:5]
         beam, _, token_beam = (beam or "1").partition("x")
-        tb = 0 if int(token_beam or 0) == int(beam) else int(token_beam or 0)  # BxB is vec2text's search
+        if int(steps) == 0 and token_beam:  # the inverter's token beam: no sequence beam at 0 steps (1xW)
+            beam, tb = "1", (0 if int(token_beam) == 1 else int(token_beam))
+        else:
+            tb = 0 if int(token_beam or 0) == int(beam) else int(token_beam or 0)  # BxB is vec2text's search
         rows.append(Row(int(steps), int(beam), float(prior or 0.0), int(polish or 0), int(patience or 0), tb))
     return rows
 

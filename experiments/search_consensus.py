@@ -1,7 +1,8 @@
-"""Does a consensus of the search's candidates recover more text than the one closest to the target?
+"""Does a consensus of the search's candidates, or the inverter's reading of them, recover more text than the one
+closest to the target?
 
     python experiments/search_consensus.py --checkpoint BUNDLE --sources all --split validation --n 200
-        [--width 16] [--taus 0.005,0.01,0.02,0.05] [--tops 4,8,32] [--out experiments/results/search_consensus_val]
+        [--width 16] [--taus 0.005,0.01,0.02,0.05] [--tops 4,8,32] [--lambdas 0.003,0.01,0.03,0.1] [--out OUT]
 
 Minimum-Bayes-risk selection (as in machine translation): of a pool of candidate texts, keep the one with the
 highest expected sentence BLEU against the others, each weighted by softmax(cosine to the target / tau) — a text
@@ -9,7 +10,9 @@ many good candidates agree with, rather than the single one whose embedding lies
 is every distinct hypothesis the default search (`v2t invert`'s) held as its best over its steps, plus --width
 candidates the corrector proposes from its final text (one more step's token beam); every pool text is embedded
 here, from its text, so all of them are ranked alike. Rows: the search's own text, the pool's best by cosine,
-and the consensus of the pool's --tops best by cosine at each tau. Writes OUT.md and OUT.json.
+the consensus of the pool's --tops best by cosine at each tau, and the best by cosine + lambda x the text's mean
+log-probability under the inverter given the vector (a second reading of the vector, by the model that was
+trained to read it; --lambdas). Writes OUT.md and OUT.json.
 """
 
 from __future__ import annotations
@@ -26,11 +29,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_table import held_out, held_out_args  # noqa: E402
 
 
-def consensus(texts: list[str], cos: np.ndarray, tau: float, utility: np.ndarray) -> int:
-    """The index of the text with the highest expected utility [k, k] (row: the text; column: the pseudo-reference)
-    under weights softmax(cos / tau)."""
+def consensus(cos: np.ndarray, tau: float, utility: np.ndarray) -> int:
+    """Of k texts with cosines [k] and pairwise utility [k, k] (row: the text; column: the pseudo-reference), the
+    index of the one with the highest expected utility under weights softmax(cos / tau)."""
     w = np.exp((cos - cos.max()) / tau)
     return int(np.argmax(utility @ (w / w.sum())))
+
+
+def decoder_ids(model, texts: list[str]) -> np.ndarray:
+    """[n, L] decoder ids of texts (the embedder's WordPiece, ending in EOS, padded), as the decoders write them."""
+    prog, tok = model.program, model.vocab.tokenizer
+    tok.no_truncation()
+    ids = np.full((len(texts), prog.length), prog.pad_id, np.int32)
+    for i, enc in enumerate(tok.encode_batch(texts, add_special_tokens=False)):
+        row = (enc.ids + [prog.eos_id])[: prog.length]
+        ids[i, : len(row)] = row
+    return ids
+
+
+def inverter_logprobs(model, vectors: np.ndarray, pools: list[list[str]], batch: int = 8) -> list[np.ndarray]:
+    """Each pool text's mean log-probability under the inverter given its passage's vector (teacher-forced): how
+    likely the model that reads vectors finds the text as this vector's source."""
+    import jax
+    import jax.numpy as jnp
+
+    from v2t_jax import hotflip
+
+    k = max(len(t) for t in pools)  # one compiled shape: pools padded with their first text
+    ids = np.stack([decoder_ids(model, t + [t[0]] * (k - len(t))) for t in pools])
+    score = jax.jit(lambda e, x: hotflip.inverter_logprob(model.program, model.params, e, x))
+    lp = np.concatenate([jax.device_get(score(jnp.asarray(vectors[s : s + batch]), jnp.asarray(ids[s : s + batch])))
+                         for s in range(0, len(pools), batch)])  # fmt: skip
+    return [row[: len(t)] for row, t in zip(lp, pools)]
 
 
 def corrector_proposals(model, vectors: np.ndarray, finals: list[str], width: int, batch: int) -> list[list[str]]:
@@ -41,13 +71,7 @@ def corrector_proposals(model, vectors: np.ndarray, finals: list[str], width: in
     from v2t_jax import correction
 
     prog, params = model.program, model.params
-    L = prog.length
-    tok = model.vocab.tokenizer
-    tok.no_truncation()
-    ids = np.full((len(finals), L), prog.pad_id, np.int32)
-    for i, enc in enumerate(tok.encode_batch(finals, add_special_tokens=False)):
-        row = (enc.ids + [prog.eos_id])[:L]
-        ids[i, : len(row)] = row
+    ids = decoder_ids(model, finals)
     hyp_emb = model.embed_texts(finals).astype(np.float32)
     propose = jax.jit(lambda e, h, he: correction.candidates(prog, params, e, h[:, None], he[:, None], width))
     out = []
@@ -63,11 +87,13 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=int, default=16, help="candidates proposed from each final text")
     p.add_argument("--taus", default="0.005,0.01,0.02,0.05", help="softmax temperatures of the cosine weights")
     p.add_argument("--tops", default="4,8,32", help="pool sizes: the best by cosine that take part")
+    p.add_argument("--lambdas", default="0.003,0.01,0.03,0.1", help="weights of the inverter's log-probability")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", default="experiments/results/search_consensus")
     args = p.parse_args(argv)
     taus = [float(x) for x in args.taus.split(",")]
     tops = [int(x) for x in args.tops.split(",")]
+    lambdas = [float(x) for x in args.lambdas.split(",")]
 
     from v2t_jax import api, metrics, strategies
 
@@ -100,10 +126,14 @@ def main(argv=None) -> int:
     for top in tops:
         for tau in taus:
             picks = []
-            for texts, cos, utility in pools:
+            for _, cos, utility in pools:
                 k = np.argsort(-cos)[:top]
-                picks.append(int(k[consensus(texts, cos[k], tau, utility[np.ix_(k, k)])]))
+                picks.append(int(k[consensus(cos[k], tau, utility[np.ix_(k, k)])]))
             table.append(row(f"consensus of the best {top}, tau {tau:g}", picks))
+    lps = inverter_logprobs(model, vectors, [t for t, _, _ in pools])
+    for lam in lambdas:
+        picks = [int(np.argmax(cos + lam * lp)) for (_, cos, _), lp in zip(pools, lps)]
+        table.append(row(f"cosine + {lam:g} x the inverter's log-probability", picks))
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

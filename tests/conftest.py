@@ -116,6 +116,16 @@ ROOT = Path(__file__).resolve().parents[1]
 CORPUS = DATA / "sentences.txt"
 
 
+def experiment(name: str):
+    """experiments/NAME.py loaded as a module (the scripts are not a package), for tests of their functions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def tiny_config(data_dir, *overrides, config_file="inverter.py"):
     """A config file's tiny variant on the test corpus, with --config.KEY=VALUE overrides."""
     from v2t_jax import config_loading

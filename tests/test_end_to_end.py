@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import CORPUS, ROOT, tiny_config
+from conftest import CORPUS, ROOT, experiment, tiny_config
 from v2t_jax import api, bundle, cli, correction
 from v2t_jax.models import embedders
 
@@ -163,11 +163,7 @@ def test_corrector_config_errors_are_one_line(capsys, tmp_path, tiny_data, tiny_
 def test_results_table_script(tmp_path, tiny_data, tiny_models):
     """experiments/results_table.py on the tiny models: rows from one run per beam width (a shorter row is a
     prefix of the trace), markdown + JSON + PNG written."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("results_table", ROOT / "experiments" / "results_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = experiment("results_table")
     out = tmp_path / "table"
     rows = "0:1,1:1,2:1,2:2,2:2:0.5,2:1:0:2"
     args = ["--checkpoint", str(tiny_models["corrector"]), "--n", "6", "--rows", rows]
@@ -195,18 +191,36 @@ def test_results_table_script(tmp_path, tiny_data, tiny_models):
 
 
 @pytest.mark.slow
+def test_search_consensus_script(tmp_path, tiny_data, tiny_models):
+    """experiments/search_consensus.py on the tiny models: the search's text, the pool's best by cosine and the
+    consensus rows, scored; the pool holds the search's text and the proposals."""
+    mod = experiment("search_consensus")
+    out = tmp_path / "cons"
+    args = ["--checkpoint", str(tiny_models["corrector"]), "--n", "4", "--corpus", str(CORPUS), "--data-dir",
+            str(tiny_data), "--width", "2", "--taus", "0.01,1", "--tops", "2", "--lambdas", "0,100", "--out",
+            str(out)]  # fmt: skip
+    assert mod.main(args) == 0
+    got = json.loads(out.with_suffix(".json").read_text())
+    assert [r["selection"].split(" (")[0] for r in got["rows"]][:2] == ["the search's text", "best cosine of the pool"]
+    assert len(got["rows"]) == 6 and got["n"] == 4 and 1 <= got["pool_mean"] <= 2 + 21
+    # the pool's best by cosine is at least the search's own text (which is in the pool); lambda 0 is that best
+    assert got["rows"][1]["cosine"] >= got["rows"][0]["cosine"] - 1e-5
+    assert {k: v for k, v in got["rows"][4].items() if k != "selection"} == {
+        k: v for k, v in got["rows"][1].items() if k != "selection"
+    }
+    assert got["rows"][5]["selection"] == "cosine + 100 x the inverter's log-probability"
+    assert "| consensus of the best 2, tau 0.01 |" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
 def test_results_table_resumes_a_stopped_sweep_and_scores_a_text_file(tmp_path, tiny_data, tiny_models, monkeypatch,
                                                                       capsys, sentences):  # fmt: skip
     """A sweep stopped in its second run keeps the first (OUT.runs/); the same command then runs only the second
     and writes the table a straight run writes; --time-each times every row by itself. --texts scores the lines
     of a file."""
-    import importlib.util
-
     from v2t_jax import api
 
-    spec = importlib.util.spec_from_file_location("results_table", ROOT / "experiments" / "results_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = experiment("results_table")
     args = ["--checkpoint", str(tiny_models["corrector"]), "--n", "4", "--rows", "0:1,2:1,2:2", "--corpus", str(CORPUS),
             "--data-dir", str(tiny_data)]  # fmt: skip
     assert mod.main(args + ["--out", str(tmp_path / "straight")]) == 0
@@ -362,11 +376,7 @@ def test_corrector_warm_start_takes_the_inverters_weights(tiny_models):
 
 def test_eval_curve_script_on_a_corrector_run(tmp_path, tiny_models):
     """experiments/eval_curve.py: one row per eval step; a corrector run also shows x⁰'s own scores."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("eval_curve", ROOT / "experiments" / "eval_curve.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = experiment("eval_curve")
     rows = [json.loads(x) for x in (tiny_models["corrector_run"] / "metrics.jsonl").read_text().splitlines()]
     evals = {r["step"]: r for r in rows if r["kind"] == "eval"}
     out = tmp_path / "curve.md"

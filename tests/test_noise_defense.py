@@ -1,19 +1,14 @@
 """experiments/noise_defense.py: its retrieval measure on cases worked out by hand."""
 
-import importlib.util
-
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import experiment
 
 
 @pytest.fixture(scope="module")
 def mod():
-    spec = importlib.util.spec_from_file_location("noise_defense", ROOT / "experiments" / "noise_defense.py")
-    m = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(m)
-    return m
+    return experiment("noise_defense")
 
 
 def test_ndcg_and_recall_at_10_by_hand(mod):

@@ -1,15 +1,10 @@
 """experiments/ood_set.py's fortune parser: attribution and layout removed, prose of 8-40 words kept."""
 
-import importlib.util
-
-from conftest import ROOT
+from conftest import experiment
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("ood_set", ROOT / "experiments" / "ood_set.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return experiment("ood_set")
 
 
 FILE = """A banker is a fellow who lends you his umbrella when the sun is shining

@@ -226,12 +226,11 @@ def test_build_of_two_real_sources_counts_while_writing(tmp_path, capsys):
 def test_a_corpus_of_built_passages_rebuilds_the_same_dataset(tmp_path):
     """experiments/gpu_kit.py writes a built dataset's passages as a corpus keeping `source` and `doc_id`;
     `v2t data prepare --corpus` on it gives the same passages, sources and splits (what a lent GPU trains on)."""
-    import importlib.util
     import lzma
 
-    spec = importlib.util.spec_from_file_location("gpu_kit", ROOT / "experiments/gpu_kit.py")
-    gpu_kit = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_kit)
+    from conftest import experiment
+
+    gpu_kit = experiment("gpu_kit")
     args = ["data", "prepare", "--sources", "jargon", "--data-dir", str(tmp_path / "a"), "--no-targets", "--quiet"]
     assert cli.main(args) == 0
     b = dataset.builder(dataset.DatasetSpec(sources=("jargon",)), tmp_path / "a")

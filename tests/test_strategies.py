@@ -162,20 +162,29 @@ def test_every_way_of_running_a_search_gives_the_same_texts(small_bundle, vector
 def test_results_table_rows_name_the_search_they_run():
     """experiments/results_table.py's row syntax: BxB is vec2text's B; at 0 steps only a token beam enters (the
     inverter's); each row's run key, label and table name."""
-    import importlib.util
-    from pathlib import Path
+    from conftest import experiment
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "results_table.py"
-    spec = importlib.util.spec_from_file_location("results_table", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = experiment("results_table")
     rows = mod.parse_rows("0:1,0:1x8,0:4x4,20:4x4,20:1x8:0:0:3,20:2x8,20:4:0.1")
-    assert [r.label for r in rows] == ["0:1", "0:1x8", "0:4", "20:4", "20:1x8:0:0:3", "20:2x8", "20:4:0.1"]
+    # (0:4x4 is the inverter's token beam of 4, as `v2t invert --steps 0 --sbeam 4 --token-beam 4` runs it)
+    assert [r.label for r in rows] == ["0:1", "0:1x8", "0:1x4", "20:4", "20:1x8:0:0:3", "20:2x8", "20:4:0.1"]
     assert [r.name for r in rows] == [
-        "step 0 (inverter)", "step 0 (inverter, token beam 8)", "step 0 (inverter)", "20 steps + sbeam 4",
+        "step 0 (inverter)", "step 0 (inverter, token beam 8)", "step 0 (inverter, token beam 4)", "20 steps + sbeam 4",
         "20 steps + sbeam 1 x token beam 8 + patience 3", "20 steps + sbeam 2 x token beam 8",
         "20 steps + sbeam 4 + prior 0.1",
     ]  # fmt: skip
-    assert [mod.run_name(r.run()) for r in rows] == ["1", "1x8", "4", "4", "1x8k3", "2x8", "4p0.1"]
+    assert [mod.run_name(r.run()) for r in rows] == ["1", "1x8", "1x4", "4", "1x8k3", "2x8", "4p0.1"]
     # (beam, prior, polish, patience, own steps, token beam): 20:4x4 is vec2text's 20:4
     assert rows[1].run() == (1, 0.0, 0, 0, None, 8) and rows[3].run() == (4, 0.0, 0, 0, None, 0)
+
+
+def test_consensus_picks_the_text_the_weighted_candidates_agree_with():
+    """Known answers of experiments/search_consensus.py's selection: with a small tau the closest by cosine; with
+    near-equal weights the text the others agree with."""
+    from conftest import experiment
+
+    mod = experiment("search_consensus")
+    utility = np.array([[100, 0, 0], [0, 100, 90], [0, 90, 100]], float)  # texts 1 and 2 agree, 0 stands alone
+    cos = np.array([0.80, 0.79, 0.78])
+    assert mod.consensus(cos, 1e-4, utility) == 0
+    assert mod.consensus(cos, 1e3, utility) == 1  # the two that agree, of which 1 weighs a little more
