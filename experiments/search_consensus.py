@@ -143,7 +143,8 @@ def main(argv=None) -> int:
               "pool_mean": float(np.mean(sizes)), "search_s_per_vector": seconds / n, "rows": table}  # fmt: skip
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     lines = [
-        f"# Consensus (minimum-Bayes-risk) selection against the best cosine, {n} {args.split} passages",
+        f"# Selection among the search's candidates (consensus, the inverter's reading) against the best cosine, {n} "
+        f"{args.split} passages",
         "",
         f"Command: `{command}`",
         "",
