@@ -164,7 +164,7 @@ def test_bench_grid_writes_table(capsys, tmp_path, bundle):
             "--steps",
             "0,1",
             "--beam",
-            "1,2,1x2,2x2",
+            "1,2x2,1x3",
             "--repeats",
             "1",
             "--output",
@@ -174,12 +174,13 @@ def test_bench_grid_writes_table(capsys, tmp_path, bundle):
     )
     assert code == 0
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
-    # at step 0 only a token beam enters (2 is the greedy decode again, 1x2 the inverter's token beam of 2); 2x2 is 2
-    assert [(r["steps"], r["beam"], r["token_beam"]) for r in rows] == [(0, 1, 1), (0, 1, 2), (1, 1, 1), (1, 2, 2),
-                                                                        (1, 1, 2)]  # fmt: skip
+    # at step 0 only a token beam enters (2x2 is the inverter's token beam of 2, as `v2t invert --steps 0 --sbeam 2
+    # --token-beam 2` runs it; 1x3 its beam of 3); with steps 2x2 is vec2text's sbeam 2
+    assert [(r["steps"], r["beam"], r["token_beam"]) for r in rows] == [(0, 1, 1), (0, 1, 2), (0, 1, 3), (1, 1, 1),
+                                                                        (1, 2, 2), (1, 1, 3)]  # fmt: skip
     assert all(r["inversions_per_s"] > 0 and r["compile_s"] > 0 and r["peak_memory_mib"] > 0 for r in rows)
     table = out.with_suffix(".md").read_text()
-    assert "| batch | steps | beam |" in table and "| 2 | 1 | 1x2 |" in table and "| 2 | 1 | 2 |" in table
+    assert "| batch | steps | beam |" in table and "| 2 | 1 | 1x3 |" in table and "| 2 | 1 | 2 |" in table
     capsys.readouterr()
     assert cli.main(["bench", "--checkpoint", str(folder), "--steps", "a,b"]) == 2
     assert "comma-separated integers" in capsys.readouterr().err

@@ -102,6 +102,8 @@ def run(
             continue
         if s == 0:  # the inverter alone: its token beam (none: its greedy decode); the sequence beam does not enter
             k, w = 1, w or 1
+        elif w == k:  # BxB is vec2text's search of B
+            w = None
         if (b, s, k, w) in timed:
             continue
         timed.add((b, s, k, w))

@@ -571,7 +571,8 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 
 def _beam_list(text: str) -> list[tuple[int, int | None]]:
-    """--beam's items: B (vec2text's search: sbeam B, token beams of B) or BxW (sbeam B, token beams of W)."""
+    """--beam's items: B (vec2text's search: sbeam B, token beams of B) or BxW (sbeam B, token beams of W), as
+    (B, W or None); W as given, since at step 0 BxW is the inverter's token beam of W even where W = B."""
     from v2t_jax import strategies
 
     beams = []
@@ -586,8 +587,8 @@ def _beam_list(text: str) -> list[tuple[int, int | None]]:
             search = strategies.Search(1, int(b), token_beam=int(w) if x else None)
         except strategies.StrategyError as e:
             raise UsageError(f"--beam {item}: {e}") from None
-        if (search.beam, search.token_beam) not in beams:  # "2x2" is "2"
-            beams.append((search.beam, search.token_beam))
+        if (search.beam, int(w) if x else None) not in beams:
+            beams.append((search.beam, int(w) if x else None))  # ("2x2" is "2" with steps: `bench.run` folds them)
     if not beams:
         raise UsageError("--beam is empty")
     return beams
