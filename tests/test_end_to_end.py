@@ -221,7 +221,7 @@ def test_results_table_resumes_a_stopped_sweep_and_scores_a_text_file(tmp_path, 
     from v2t_jax import api
 
     mod = experiment("results_table")
-    args = ["--checkpoint", str(tiny_models["corrector"]), "--n", "4", "--rows", "0:1,2:1,2:2", "--corpus", str(CORPUS),
+    args = ["--checkpoint", str(tiny_models["corrector"]), "--n", "6", "--rows", "0:1,2:1,2:2", "--corpus", str(CORPUS),
             "--data-dir", str(tiny_data)]  # fmt: skip
     assert mod.main(args + ["--out", str(tmp_path / "straight")]) == 0
     original, calls = api.Vec2Text.invert, []
