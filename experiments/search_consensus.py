@@ -98,8 +98,12 @@ def main(argv=None) -> int:
     from v2t_jax import api, metrics, strategies
 
     model = api.load_model(args.checkpoint)
+    if model.program.corrector is None or not model.program.in_graph or args.width < 1:
+        print(f"{args.checkpoint}: the pool needs a corrector decoding in the embedder's vocabulary, and --width >= 1",
+              file=sys.stderr)  # fmt: skip
+        return 2
     vectors, scorer, n = held_out(model, args)
-    search = strategies.default(model.program.corrector is not None)
+    search = strategies.default()
     t0 = time.perf_counter()
     finals, traced = model.invert(
         vectors, search, batch_size=args.batch_size, return_trace=True, progress=True, readable=False
