@@ -25,8 +25,19 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_table import held_out, held_out_args  # noqa: E402
+
+def _results_table():
+    """experiments/results_table.py, beside this script (the scripts are not a package; sys.path is left alone)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("results_table", Path(__file__).resolve().parent / "results_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_table = _results_table()
+held_out, held_out_args = _table.held_out, _table.held_out_args
 
 
 def consensus(cos: np.ndarray, tau: float, utility: np.ndarray) -> int:
