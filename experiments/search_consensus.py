@@ -47,17 +47,6 @@ def consensus(cos: np.ndarray, tau: float, utility: np.ndarray) -> int:
     return int(np.argmax(utility @ (w / w.sum())))
 
 
-def decoder_ids(model, texts: list[str]) -> np.ndarray:
-    """[n, L] decoder ids of texts (the embedder's WordPiece, ending in EOS, padded), as the decoders write them."""
-    prog, tok = model.program, model.vocab.tokenizer
-    tok.no_truncation()
-    ids = np.full((len(texts), prog.length), prog.pad_id, np.int32)
-    for i, enc in enumerate(tok.encode_batch(texts, add_special_tokens=False)):
-        row = (enc.ids + [prog.eos_id])[: prog.length]
-        ids[i, : len(row)] = row
-    return ids
-
-
 def inverter_logprobs(model, vectors: np.ndarray, pools: list[list[str]], batch: int = 8) -> list[np.ndarray]:
     """Each pool text's mean log-probability under the inverter given its passage's vector (teacher-forced): how
     likely the model that reads vectors finds the text as this vector's source."""
@@ -67,7 +56,7 @@ def inverter_logprobs(model, vectors: np.ndarray, pools: list[list[str]], batch:
     from v2t_jax import hotflip
 
     k = max(len(t) for t in pools)  # one compiled shape: pools padded with their first text
-    ids = np.stack([decoder_ids(model, t + [t[0]] * (k - len(t))) for t in pools])
+    ids = np.stack([model.vocab.encode(t + [t[0]] * (k - len(t))) for t in pools])
     score = jax.jit(lambda e, x: hotflip.inverter_logprob(model.program, model.params, e, x))
     lp = np.concatenate([jax.device_get(score(jnp.asarray(vectors[s : s + batch]), jnp.asarray(ids[s : s + batch])))
                          for s in range(0, len(pools), batch)])  # fmt: skip
@@ -82,7 +71,7 @@ def corrector_proposals(model, vectors: np.ndarray, finals: list[str], width: in
     from v2t_jax import correction
 
     prog, params = model.program, model.params
-    ids = decoder_ids(model, finals)
+    ids = model.vocab.encode(finals)
     hyp_emb = model.embed_texts(finals).astype(np.float32)
     propose = jax.jit(lambda e, h, he: correction.candidates(prog, params, e, h[:, None], he[:, None], width))
     out = []
@@ -122,10 +111,11 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - t0
     proposals = corrector_proposals(model, vectors, finals, args.width, args.batch_size)
 
+    texts_of = [list(dict.fromkeys([final] + step["hypotheses"] + extra))  # distinct; the search's text first
+                for final, step, extra in zip(finals, traced["steps"], proposals)]  # fmt: skip
+    emb_all = model.embed_texts([t for texts in texts_of for t in texts])  # one call for every pool
     pools = []
-    for v, final, step, extra in zip(vectors, finals, traced["steps"], proposals):
-        texts = list(dict.fromkeys([final] + step["hypotheses"] + extra))  # distinct; the search's text first
-        emb = model.embed_texts(texts)
+    for v, texts, emb in zip(vectors, texts_of, np.split(emb_all, np.cumsum([len(t) for t in texts_of])[:-1])):
         cos = emb @ v / (np.linalg.norm(emb, axis=1) * np.linalg.norm(v))
         norm = [metrics.normalize(t) for t in texts]
         utility = np.array([[metrics.sentence_bleu(a, b) for b in norm] for a in norm])

@@ -101,15 +101,13 @@ def run(
         if s > 0 and model.program.corrector is None:
             continue
         if s == 0:  # the inverter alone: its token beam (none: its greedy decode); the sequence beam does not enter
-            k, w = 1, w or 1
-        elif w == k:  # BxB is vec2text's search of B
-            w = None
-        if (b, s, k, w) in timed:
+            k = 1
+        search = strategies.Search(s, k, skip_repeated=skip_repeated, token_beam=w)  # (with steps BxB is B)
+        if (b, s, search.beam, search.token_beam) in timed:
             continue
-        timed.add((b, s, k, w))
+        timed.add((b, s, search.beam, search.token_beam))
         e = rng.normal(size=(b, model.dim)).astype(np.float32)
         e /= np.linalg.norm(e, axis=1, keepdims=True)
-        search = strategies.Search(s, k, skip_repeated=skip_repeated, token_beam=w)
         t0 = time.perf_counter()
         if model.program.in_graph:
             compiled = model.compiled(b, search)

@@ -72,9 +72,14 @@ class Vocabulary:
         """[n, length] int32 targets ending in EOS, padded with pad_id, for a split's embedder ids / texts."""
         if self.in_graph:  # embedder ids `[CLS] t1 .. tn [SEP] 0 ..` -> `t1 .. tn [SEP] 0 ..`
             return np.asarray(split.ids[:, 1:], np.int32)
+        return self.encode(split.texts)
+
+    def encode(self, texts) -> np.ndarray:
+        """[n, length] int32 decoder ids of texts: the tokenizer's ids (no special tokens) then EOS, cut to
+        `length`, padded with pad_id."""
         self.tokenizer.no_truncation()
-        out = np.full((len(split.texts), self.length), self.pad_id, np.int32)
-        for i, enc in enumerate(self.tokenizer.encode_batch(split.texts, add_special_tokens=False)):
+        out = np.full((len(texts), self.length), self.pad_id, np.int32)
+        for i, enc in enumerate(self.tokenizer.encode_batch(list(texts), add_special_tokens=False)):
             row = (enc.ids + [self.eos_id])[: self.length]
             out[i, : len(row)] = row
         return out
