@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -468,3 +469,116 @@ def _lines(tmp_path, texts):
     path = tmp_path / "docs.txt"
     path.write_text("\n".join(texts) + "\n")
     return path
+
+
+# ------------------------------------------------------------------------------- nothing written outside the output
+
+
+def _segment(store):
+    return next(p for p in store.iterdir() if p.is_dir())
+
+
+def _hostile_chroma(kind, store, outside):
+    """A Chroma store changed as a hostile one could be: a file or folder of it made a link to the auditor's
+    files, or a FIFO among its files. Returns what must be left as it is."""
+    segment = _segment(store)
+    outside.mkdir()
+    notes = outside / "notes.txt"
+    notes.write_text("the auditor's own notes, 430 bytes of them " * 10)
+    if kind == "length.bin links out":  # Chroma rewrites length.bin when it opens the segment
+        (segment / "length.bin").unlink()
+        (segment / "length.bin").symlink_to(notes)
+    elif kind == "segment folder links out":
+        moved = outside / "segment"
+        segment.rename(moved)
+        segment.symlink_to(moved)
+    elif kind == "sqlite -shm links out":
+        (store / "chroma.sqlite3-shm").symlink_to(notes)
+    elif kind == "chroma.sqlite3 links out":
+        (store / "chroma.sqlite3").rename(outside / "db")
+        (store / "chroma.sqlite3").symlink_to(outside / "db")
+    elif kind == "a FIFO among its files":
+        os.mkfifo(segment / "extra.bin")
+    elif kind == "a link loop":
+        (segment / "loop").symlink_to(segment)
+    return outside
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("length.bin links out", "length.bin is a link out of the store"),
+        ("segment folder links out", "is a link out of the store"),
+        ("sqlite -shm links out", "holds chroma.sqlite3-shm as a link or special file"),
+        ("chroma.sqlite3 links out", "chroma.sqlite3 is a link out of the store"),
+        ("a FIFO among its files", "extra.bin is a FIFO, not a store file"),
+        ("a link loop", "loop links back to a folder above it"),
+    ],
+)
+def test_a_store_that_links_out_of_itself_is_refused_and_nothing_outside_changes(capsys, tmp_path, vectors, texts,
+                                                                                 kind, message):  # fmt: skip
+    """Chroma rewrites the HNSW files it opens, and the snapshot copied links as links: a store whose length.bin
+    was a link to a file of the auditor's overwrote that file (430 bytes of notes became 400 bytes of HNSW data).
+    Now a link out of the store (or a FIFO, or a loop) is one line before Chroma opens anything, and every file
+    outside the store, and the store itself, keeps its bytes."""
+    store, _ = _store_of_kind("chroma", tmp_path / "stores", vectors, texts)
+    outside = _hostile_chroma(kind, store, tmp_path / "auditor")
+    before = {**_fingerprint(outside), **_fingerprint(store)}
+    code, out = _audit(tmp_path, store, "--steps", "0")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert {**_fingerprint(outside), **_fingerprint(store)} == before
+    assert not out.exists()
+
+
+def test_links_inside_a_store_are_read_as_the_files_they_point_to(tmp_path, vectors, texts):
+    """A store may link to its own files: the snapshot copies what they point to, the audit reads the same
+    records as from the store without links, and the store (links and targets) keeps its bytes."""
+    store, _ = _store_of_kind("chroma", tmp_path / "stores", vectors, texts)
+    plain, out_plain = _audit(tmp_path / "plain", store, "--steps", "0")
+    segment = _segment(store)
+    (segment / "length.bin").rename(store / "kept-length.bin")
+    (segment / "length.bin").symlink_to(Path("..") / "kept-length.bin")
+    before = _fingerprint(store)
+    code, out = _audit(tmp_path, store, "--steps", "0")
+    assert plain == code == 0 and _fingerprint(store) == before
+    assert (out / "records.jsonl").read_text() == (out_plain / "records.jsonl").read_text()
+
+
+AUDIT_IN_A_SANDBOX = textwrap.dedent(
+    """
+    import sys
+    from v2t_jax import cli
+    sys.exit(cli.main(["audit", sys.argv[1], "--output", sys.argv[2], "--steps", "1", "--sbeam", "1", "--quiet"]))
+    """
+)
+
+
+@pytest.mark.parametrize("kind", ["chroma", "lancedb", "faiss-hnsw", "parquet"])
+def test_an_audit_writes_nothing_outside_its_output_folder(tmp_path, vectors, texts, kind):
+    """The guarantee whole: an audit run in a world of its own (its HOME, its temporary folder, the store, the
+    auditor's files around it) leaves every file of that world as it was, and adds nothing outside its output
+    folder but matplotlib's own folders under HOME (its font cache, for the report's figure): no snapshot left in the temporary
+    folder, no client library's telemetry id under HOME. (v2t's own cache is V2T_CACHE_DIR, outside the world.)"""
+    from conftest import cache_env
+
+    world = tmp_path / "world"
+    store, _ = _store_of_kind(kind, world / "stores", vectors, texts)
+    for name in ("home", "tmp"):
+        (world / name).mkdir()
+    (world / "home" / "notes.txt").write_text("the auditor's notes")
+    before = _fingerprint(world)
+    out = world / "report"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "TMP"))}, **cache_env(),
+           "HOME": str(world / "home"), "TMPDIR": str(world / "tmp"),
+           "V2T_CACHE_DIR": os.environ.get("V2T_CACHE_DIR") or str(Path.home() / ".cache" / "v2t_jax")}  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", AUDIT_IN_A_SANDBOX, str(store), str(out)], env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    caches = ("world/report", "world/home/.cache/matplotlib", "world/home/.config/matplotlib")
+    after = {k: v for k, v in _fingerprint(world).items() if not k.startswith(caches)}
+    # (the times of the folders that hold the new ones change: the temporary folder held the snapshot)
+    for folder in ("world/tmp", "world/home", "world/home/.cache", "world/home/.config"):
+        assert after.pop(folder, ("dir",))[0] == before.pop(folder, ("dir",))[0] == "dir"
+    assert after == before
+    assert (out / "report.md").exists()

@@ -37,7 +37,7 @@ class OutputError(V2TError, ValueError):
     """An output that cannot or must not be written; the message says what to do."""
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
     for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISCHR, "a character device"),
                        (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
                        (stat.S_ISDIR, "a directory")):  # fmt: skip
@@ -62,10 +62,10 @@ def check_regular(path: Path, what: str = "output") -> bool:
         try:
             to = os.stat(path).st_mode
             hint = f"pass the file it points to ({os.path.realpath(path)})" if stat.S_ISREG(to) else (
-                f"it points to {_kind(to)}; pass a file path")  # fmt: skip
+                f"it points to {file_kind(to)}; pass a file path")  # fmt: skip
         except OSError:
             hint = "it points to nothing; pass a file path"
-    raise OutputError(f"{what} {path} is {_kind(st.st_mode)}, not a regular file: {hint}")
+    raise OutputError(f"{what} {path} is {file_kind(st.st_mode)}, not a regular file: {hint}")
 
 
 def _errno_words(e: OSError) -> str:

@@ -41,6 +41,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from v2t_jax.errors import V2TError
+from v2t_jax.outputs import file_kind
 
 _PAGE = 1000  # records per Chroma request
 
@@ -224,18 +225,40 @@ def _pick_one(names: list[str], name: str | None, store: str, what: str) -> str:
     return name
 
 
+def _sqlite_file(path: Path) -> Path:
+    """The real path of the Chroma store `path`'s chroma.sqlite3, after the look that SQLite will write nothing
+    outside the store: SQLite may write the -wal, -shm and -journal files beside the file it opens, even
+    read-only, so none of them may be a link or a special file, and the file itself may not lead out of it."""
+    root = path.resolve()
+    db = _store_file(root, root / "chroma.sqlite3", path)
+    if not db.is_file():
+        raise StoreError(f"the Chroma store {path}: chroma.sqlite3 is {file_kind(db.stat().st_mode)}, not a file")
+    for side in _sqlite_companions(db):
+        if side.is_symlink() or (side.exists() and not side.is_file()):
+            raise StoreError(f"the Chroma store {path} holds {side.name} as a link or special file, which SQLite "
+                             "would write through; v2t does not read such a store (audit a copy made with its "
+                             "links resolved)")  # fmt: skip
+    return db
+
+
+def _sqlite_companions(db: Path) -> list[Path]:
+    return [db.with_name(db.name + end) for end in ("-wal", "-shm", "-journal")]
+
+
 @contextlib.contextmanager
-def _snapshot(path: Path) -> Iterator[Path]:
-    """A copy of the Chroma folder `path` in a temporary folder (removed afterwards), for a client that writes to
-    what it opens: chroma.sqlite3 through SQLite's backup API from a read-only connection (a consistent copy even
-    while another process writes), every other file as it is."""
+def _snapshot(path: Path, db: Path) -> Iterator[Path]:
+    """A copy of the Chroma folder `path` (its chroma.sqlite3 checked by `_sqlite_file`: `db`) in a temporary
+    folder (removed afterwards), for a client that writes to what it opens: chroma.sqlite3 through SQLite's backup
+    API from a read-only connection (a consistent copy even while another process writes), every other file
+    copied as a regular file of its own (`_copy_store`): what Chroma rewrites in the copy (its HNSW files) can
+    never be a file outside it, whatever links the store holds."""
     import sqlite3
 
     tmp = Path(tempfile.mkdtemp(prefix=f"v2t-store-{os.getpid()}-"))
     try:
-        copy = tmp / path.name
-        shutil.copytree(path, copy, symlinks=True, ignore=shutil.ignore_patterns("chroma.sqlite3*"))
-        source = sqlite3.connect(f"{(path / 'chroma.sqlite3').absolute().as_uri()}?mode=ro", uri=True, timeout=2.0)
+        copy = tmp / "store"
+        _copy_store(path.resolve(), copy, path, skip={db, *_sqlite_companions(db)})
+        source = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=2.0)
         try:
             target = sqlite3.connect(copy / "chroma.sqlite3")
             try:
@@ -251,10 +274,77 @@ def _snapshot(path: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+_MAX_STORE_DEPTH = 64  # folders within folders in a store's copy
+
+
+def _store_file(root: Path, entry: Path, shown: Path) -> Path:
+    """The real path of `entry` of the store whose real path is `root` (a link followed), refused in one line
+    when it leads out of the store, nowhere, or round in a loop."""
+    try:
+        real = entry.resolve(strict=True)
+    except FileNotFoundError:
+        what = "is a link to nothing" if entry.is_symlink() else "is missing"
+        raise StoreError(f"{shown}: {entry.relative_to(root)} {what} (a damaged store)") from None
+    except (OSError, RuntimeError) as e:  # a loop of links
+        raise StoreError(f"{shown}: {entry.relative_to(root)} cannot be followed ({_brief(e)})") from None
+    if real != root and root not in real.parents:
+        raise StoreError(
+            f"{shown}: {entry.relative_to(root)} is a link out of the store (to {real}); v2t reads nothing outside "
+            "a store, and its client library would write there: audit a copy made with the links resolved"
+        )
+    return real
+
+
+def _copy_store(root: Path, copy: Path, shown: Path, skip: set[Path]) -> None:
+    """The folder `root` (a store's real path) copied to the new folder `copy` as regular files and folders of
+    its own: a link inside the store is copied as what it points to, a link that leaves the store (or leads
+    nowhere, or round) and a FIFO, device or socket are refused in one line. Files are opened without following
+    links and without blocking, so nothing the store holds can make the copy read outside it or wait."""
+    import stat
+
+    def walk(src: Path, dst: Path, seen: tuple[Path, ...]) -> None:
+        if len(seen) > _MAX_STORE_DEPTH:
+            raise StoreError(f"{shown}: folders nested more than {_MAX_STORE_DEPTH} deep; not a store v2t reads")
+        dst.mkdir(mode=0o700)
+        for name in sorted(os.listdir(src)):
+            entry = src / name
+            real = _store_file(root, entry, shown) if entry.is_symlink() else entry
+            if real in skip:
+                continue
+            st = os.stat(real)
+            if stat.S_ISDIR(st.st_mode):
+                if real in seen:
+                    raise StoreError(f"{shown}: {entry.relative_to(root)} links back to a folder above it")
+                walk(real, dst / name, (*seen, real))
+            elif stat.S_ISREG(st.st_mode):
+                _copy_regular(real, dst / name, shown, root)
+            else:
+                raise StoreError(f"{shown}: {entry.relative_to(root)} is {file_kind(st.st_mode)}, not a store file; "
+                                 "v2t does not read it")  # fmt: skip
+
+    walk(root, copy, (root,))
+
+
+def _copy_regular(src: Path, dst: Path, shown: Path, root: Path) -> None:
+    import stat
+
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # (replaced between the look and the open)
+            raise StoreError(f"{shown}: {src.relative_to(root)} changed while it was copied; audit it again")
+        out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with open(out, "wb") as target, open(fd, "rb", closefd=False) as source:
+            shutil.copyfileobj(source, target)
+    finally:
+        os.close(fd)
+
+
+
 def _chroma(path: Path, name: str | None) -> Records:
     _need("chromadb", "a Chroma store", "chromadb")
-    _sqlite_readable(path, path / "chroma.sqlite3")
-    with _snapshot(path) as copy:
+    db = _sqlite_file(path)
+    _sqlite_readable(path, db)
+    with _snapshot(path, db) as copy:
         return _chroma_read(copy, path, name)
 
 
@@ -262,7 +352,8 @@ def _chroma_read(copy: Path, path: Path, name: str | None) -> Records:
     import chromadb
 
     try:
-        client = chromadb.PersistentClient(path=str(copy))
+        # (no telemetry: Chroma's would write an id file under the user's home and reach out to the network)
+        client = chromadb.PersistentClient(path=str(copy), settings=chromadb.Settings(anonymized_telemetry=False))
         names = [c if isinstance(c, str) else c.name for c in client.list_collections()]
         name = _pick_one(names, name, f"the Chroma store {path}", "collection")
         col = client.get_collection(name)
