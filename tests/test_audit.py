@@ -558,8 +558,9 @@ AUDIT_IN_A_SANDBOX = textwrap.dedent(
 def test_an_audit_writes_nothing_outside_its_output_folder(tmp_path, vectors, texts, kind):
     """The guarantee whole: an audit run in a world of its own (its HOME, its temporary folder, the store, the
     auditor's files around it) leaves every file of that world as it was, and adds nothing outside its output
-    folder but matplotlib's own folders under HOME (its font cache, for the report's figure): no snapshot left in the temporary
-    folder, no client library's telemetry id under HOME. (v2t's own cache is V2T_CACHE_DIR, outside the world.)"""
+    folder but matplotlib's own folders under HOME (its font cache, for the report's figure): no snapshot left in
+    the temporary folder, no client library's telemetry id under HOME. (v2t's own cache, V2T_CACHE_DIR, is outside
+    the world.)"""
     from conftest import cache_env
 
     world = tmp_path / "world"
