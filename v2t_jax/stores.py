@@ -339,7 +339,6 @@ def _copy_regular(src: Path, dst: Path, shown: Path, root: Path) -> None:
         os.close(fd)
 
 
-
 def _chroma(path: Path, name: str | None) -> Records:
     _need("chromadb", "a Chroma store", "chromadb")
     db = _sqlite_file(path)
