@@ -144,6 +144,7 @@ def test_bad_endpoint_settings_are_refused_before_any_request():
 from servers import RawServer, embeddings_reply, http_reply  # noqa: E402
 
 KEY = "sk-live-0123456789abcdef"
+ODD_KEY = 'sk-live-"quoted"\\back/slash-0123'  # what JSON escapes: a server's echo of it is not the key as sent
 
 
 @pytest.fixture
@@ -176,32 +177,46 @@ def test_the_key_never_follows_a_redirect_to_another_host(capsys, tmp_path, raw,
     code = cli.main(["invert", "--embeddings", str(tmp_path / "v.npy"), "--output", str(tmp_path / "o.jsonl"),
                      "--quiet", "--steps", "1", "--embedder-url", first.url])  # fmt: skip
     line = _one_line(capsys, code)
-    assert f"HTTP {status}, a redirect to {other.url}/v1/embeddings" in line and KEY not in line
+    assert f"HTTP {status}, a redirect to {other.url}/…" in line and KEY not in line
     assert other.requests == [] and first.requests[0]["headers"]["authorization"] == f"Bearer {KEY}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.npy"]
 
 
 @pytest.mark.parametrize(
     "where",
-    ["error body", "error body, URL-quoted", "bad reply", "query"],
+    [
+        "error body",
+        "error body, URL-quoted",
+        "error body, JSON-escaped",
+        "error body, JSON-escaped with \\/",
+        "bad reply",
+        "query",
+        "short query",
+        "path",
+    ],
 )
 def test_the_key_is_redacted_from_every_message(capsys, tmp_path, raw, monkeypatch, where):
     """A server that echoes the request's Authorization header in its error, or a key given in the URL's query,
     never reaches the terminal (or the partial run's state)."""
     import urllib.parse
 
+    key = ODD_KEY if "JSON" in where else "k3y" if where == "short query" else KEY
     echo = {"error body": KEY, "error body, URL-quoted": urllib.parse.quote(f"Bearer {KEY}", safe=""),
-            "bad reply": f"not json {KEY}", "query": "fine"}[where]  # fmt: skip
-    status = 200 if where in ("bad reply", "query") else 403
+            "error body, JSON-escaped": json.dumps(key), "error body, JSON-escaped with \\/":
+            json.dumps(key).replace("/", "\\/"), "bad reply": f"not json {KEY}", "query": f"echo {key}",
+            "short query": f"echo {key}", "path": f"echo {KEY} at /k/{KEY}/v1/embeddings"}[where]  # fmt: skip
+    status = 200 if where in ("bad reply", "query", "short query", "path") else 403
     server = raw(lambda r: http_reply(status, f"Authorization: {echo}\nmore".encode()))
-    url = server.url + (f"/v1/embeddings?api_key={KEY}" if where == "query" else "")
-    if where != "query":
-        monkeypatch.setenv("V2T_EMBEDDER_API_KEY", KEY)
+    url = server.url + {"query": f"/v1/embeddings?api_key={key}", "short query": f"/v1/embeddings?key={key}",
+                        "path": f"/k/{KEY}/v1/embeddings"}.get(where, "")  # fmt: skip
+    if where not in ("query", "short query", "path"):
+        monkeypatch.setenv("V2T_EMBEDDER_API_KEY", key)
     np.save(tmp_path / "v.npy", np.ones((1, 384), np.float32))
     code = cli.main(["invert", "--embeddings", str(tmp_path / "v.npy"), "--output", str(tmp_path / "o.jsonl"),
                      "--quiet", "--steps", "1", "--embedder-url", url])  # fmt: skip
     line = _one_line(capsys, code)
-    assert KEY not in line and urllib.parse.quote(KEY) not in line
+    assert key not in line and urllib.parse.quote(key) not in line and json.dumps(key)[1:-1] not in line, line
+    assert json.dumps(key)[1:-1].replace("/", "\\/") not in line
     if where.startswith("error body"):
         assert "Authorization: " in line and "***" in line  # the server's words are shown, the key is not
 
@@ -300,14 +315,107 @@ def test_an_http_proxy_from_the_environment_is_used(raw, monkeypatch):
     assert proxy.requests[0]["line"] == "POST http://embeddings.example:8080/v1/embeddings HTTP/1.1"
 
 
-def test_a_key_in_the_url_never_reaches_the_audit_report(tmp_path, fresh, minilm, sentences):
-    """The report names its command: a key given in --embedder-url's query is redacted there too (and in the
-    records' run state, which names the endpoint without its query)."""
+AUDIT_WITH_AN_ENDPOINT = """
+import sys
+from v2t_jax import cli
+sys.exit(cli.main(["audit", sys.argv[1], "--output", sys.argv[2], "--steps", "1", "--sbeam", "1", "--limit", "1",
+                   "--embedder-url", sys.argv[3], *sys.argv[4:]]))
+"""
+
+
+@pytest.mark.parametrize("where", ["query", "short query", "path", "path and query, flag=value"])
+def test_a_key_in_the_url_reaches_no_file_and_no_message(tmp_path, fresh, minilm, sentences, where):
+    """A key given in --embedder-url's path or query (some APIs take it there) is in no file of the output (the
+    report names its command with the endpoint as scheme://host:port), no line printed, and not in the state of
+    an interrupted run. In a fresh process: the secrets a process knows are process-wide, so an earlier test in
+    the same process could have registered the key and hidden a leak."""
+    import subprocess
+    import sys
+
+    from conftest import cache_env
+
+    key = "k3y" if where == "short query" else KEY
+    url = fresh.url + {"query": f"/v1/embeddings?api_key={key}", "short query": f"/v1/embeddings?key={key}",
+                       "path": f"/key/{key}/v1/embeddings",
+                       "path and query, flag=value": f"/key/{key}/v1/embeddings?api_key={key}"}[where]  # fmt: skip
     np.save(tmp_path / "v.npy", minilm.embed_texts(sentences[:2]))
     out = tmp_path / "report"
-    code = cli.main(["audit", str(tmp_path / "v.npy"), "--output", str(out), "--quiet", "--steps", "1",
-                     "--embedder-url", f"{fresh.url}/v1/embeddings?api_key={KEY}"])  # fmt: skip
-    assert code == 0 and fresh.seen and all(s["path"].endswith(f"?api_key={KEY}") for s in fresh.seen)
-    for p in out.rglob("*"):
-        assert KEY.encode() not in p.read_bytes(), p
-    assert "/v1/embeddings?***" in (out / "report.md").read_text()  # (the whole query is the secret)
+    argv = [str(tmp_path / "v.npy"), str(out), url]
+    if where.endswith("flag=value"):  # the report shows --embedder-url=... as typed, less the key
+        argv = [str(tmp_path / "v.npy"), str(out), fresh.url, f"--embedder-url={url}"]
+    import os
+
+    env = {**os.environ, **cache_env()}
+    done = subprocess.run([sys.executable, "-c", AUDIT_WITH_AN_ENDPOINT, *argv], capture_output=True, text=True,
+                          env=env, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert fresh.seen and all(key in s["path"] for s in fresh.seen)  # (it was sent where the user said)
+    assert key not in done.stdout and key not in done.stderr
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"report.md", "summary.json", "records.jsonl"}
+    for p in files:
+        assert key.encode() not in p.read_bytes(), p
+    assert f"{fresh.url}/…" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "retry_after, waits",
+    [
+        (None, [0.5, 1.0, 2.0, 4.0]),
+        ("2", [2.0] * 4),
+        ("100000", [60.0] * 4),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", [0.5, 1.0, 2.0, 4.0]),
+    ],
+)
+def test_a_rate_limited_server_is_waited_out_as_it_asks_within_a_bound(raw, monkeypatch, retry_after, waits):
+    """Retry-After was ignored (a rate-limited API's 4 retries were spent in ~7.5 s of backoff); now it sets the
+    wait (seconds or an HTTP date; a date past, or none: the backoff), each wait at most MAX_WAIT_S."""
+    from v2t_jax import remote
+
+    slept = []
+    monkeypatch.setattr(remote.time, "sleep", slept.append)
+    server = raw(lambda r: http_reply(429, b"slow down", {"Retry-After": retry_after} if retry_after else {}))
+    with pytest.raises(RemoteError, match="HTTP 429: slow down after 5 tries"):
+        RemoteEmbedder(server.url, "m", retries=4)(["a"])
+    assert slept == waits and len(server.requests) == 5
+
+
+def test_all_retries_end_within_one_bound(raw, monkeypatch):
+    """--embedder-retries 20 against a 503 server backed off for up to 6 days (0.5 s doubling 19 times); now every
+    wait is at most MAX_WAIT_S and the tries of one batch end within `bound_s()`, however many are allowed."""
+    from v2t_jax import remote
+
+    clock = [0.0]
+    slept = []
+
+    def sleep(s):
+        slept.append(s)
+        clock[0] += s
+
+    monkeypatch.setattr(remote.time, "sleep", sleep)
+    monkeypatch.setattr(remote.time, "monotonic", lambda: clock[0])
+    server = raw(lambda r: http_reply(503, b"down"))
+    embedder = RemoteEmbedder(server.url, "m", retries=20, timeout_s=2)
+    with pytest.raises(RemoteError, match="HTTP 503: down after 21 tries"):
+        embedder(["a"])
+    assert max(slept) == remote.MAX_WAIT_S and sum(slept) <= embedder.bound_s() < 30 * 60
+
+
+def test_name_resolution_is_inside_the_deadline(monkeypatch):
+    """A name server that never answers waited 33.7 s past --embedder-timeout 2: the system's resolver takes no
+    deadline. Now the name is asked in a thread and the request gives up when its deadline passes."""
+    import socket
+    import time as real_time
+
+    from v2t_jax import remote
+
+    def never_answers(*args, **kwargs):
+        real_time.sleep(30)
+
+    monkeypatch.setattr(remote.socket, "getaddrinfo", never_answers)
+    embedder = RemoteEmbedder("http://embeddings.invalid:8080", "m", timeout_s=0.5, retries=1, backoff_s=0)
+    start = real_time.monotonic()
+    with pytest.raises(RemoteError, match="timed out resolving the host name 'embeddings.invalid' after 2 tries"):
+        embedder(["a"])
+    assert real_time.monotonic() - start < 5  # (two tries of 0.5 s, not two of 30)
+    assert socket.getaddrinfo is never_answers

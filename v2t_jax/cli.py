@@ -9,6 +9,7 @@ nothing is written unless the whole job succeeds.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -33,7 +34,7 @@ from v2t_jax.commands import (
     cmd_train,
 )
 from v2t_jax import stores
-from v2t_jax.errors import V2TError, one_line
+from v2t_jax.errors import V2TError, add_secret, add_url_secrets, one_line
 from v2t_jax.remote import DEFAULT_KEY_ENV
 
 # ----------------------------------------------------------------------------- parser
@@ -351,6 +352,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
     args.argv = argv  # as typed, for reports that name their command
+    # secrets known before anything is written or printed: the key's variable and what an endpoint URL may hold
+    add_url_secrets(getattr(args, "embedder_url", None))
+    if getattr(args, "api_key_env", None):
+        add_secret(os.environ.get(args.api_key_env))
     if args.command in ("train", "bench"):
         args.overrides = extra
     elif extra:

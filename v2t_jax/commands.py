@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from v2t_jax.errors import V2TError, redact  # stdlib only: `v2t --help` stays fast
+from v2t_jax.errors import V2TError, redact, shown_url  # stdlib only: `v2t --help` stays fast
 from v2t_jax.outputs import RowStream, check_file, save_npy_atomic
 from v2t_jax.remote import RemoteError
 
@@ -453,8 +453,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     about = {
         "model": args.checkpoint or f"the shipped model ({model.embedder.name})",
-        # (a key given in --embedder-url's query is redacted from the report, as from every message)
-        "command": redact("v2t " + shlex.join(getattr(args, "argv", None) or ["audit", args.store])),
+        # (--embedder-url as scheme://host:port: its path or query may hold a key; and whatever else is secret)
+        "command": redact("v2t " + shlex.join(_shown_argv(getattr(args, "argv", None) or ["audit", args.store]))),
     }
 
     def say(message: str, resumed: bool) -> None:  # (a resume is said even with --quiet)
@@ -472,6 +472,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
         line += f"; {100 * summary['half_recovered']:.1f}% give back at least half of their words"
     print(line)
     return 0
+
+
+def _shown_argv(argv: list[str]) -> list[str]:
+    """`argv` with --embedder-url's value as `errors.shown_url` shows it (scheme://host:port)."""
+    out, after_flag = [], False
+    for arg in argv:
+        if after_flag:
+            arg = shown_url(arg)
+        elif arg.startswith("--embedder-url="):
+            arg = "--embedder-url=" + shown_url(arg.partition("=")[2])
+        after_flag = arg == "--embedder-url"
+        out.append(arg)
+    return out
 
 
 def _bundle_digest(checkpoint: str | None) -> str:

@@ -8,10 +8,13 @@ with exit status 2, never as a traceback. Whatever is registered with `add_secre
 
 from __future__ import annotations
 
+import json
+import re
 import urllib.parse
 
 REDACTED = "***"
 _SECRETS: set[str] = set()
+_SHORT = 8  # a secret shorter than this is redacted where it stands alone (not inside a longer word)
 
 
 class V2TError(Exception):
@@ -24,15 +27,65 @@ class ModelError(V2TError, ValueError):
 
 
 def add_secret(secret: str | None) -> None:
-    """`secret` (and its URL-quoted forms) never appears in a message that goes through `redact`."""
+    """`secret` never appears in a message that goes through `redact`, nor in the forms a server echoes it in:
+    URL-quoted, JSON-escaped (`\\"`, `\\\\`, `\\/` for `/`, `\\uXXXX`). No length lets one through: a secret
+    shorter than 8 characters is redacted wherever it stands alone (not inside a longer word, so a one-letter
+    query value does not blank every such letter of a message)."""
     if secret:
-        _SECRETS.update({secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)})
+        escaped = json.dumps(secret)[1:-1]
+        _SECRETS.update({
+            secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret), urllib.parse.quote(secret),
+            escaped, escaped.replace("/", "\\/"), json.dumps(secret, ensure_ascii=False)[1:-1],
+        })  # fmt: skip
 
 
 def redact(text: str) -> str:
     for secret in sorted(_SECRETS, key=len, reverse=True):  # longest first: a quoted form may contain the raw one
-        text = text.replace(secret, REDACTED)
+        if len(secret) >= _SHORT:
+            text = text.replace(secret, REDACTED)
+        else:
+            text = re.sub(rf"(?<![\w-]){re.escape(secret)}(?![\w-])", REDACTED, text)
     return text
+
+
+def add_url_secrets(url: str | None) -> None:
+    """Everything of an endpoint URL but its scheme, host and port is secret-bearing (a key may be in its
+    userinfo, path or query): each part, each path segment and each query value is registered (`add_secret`),
+    so no message shows it. Call before anything is written or printed."""
+    if not isinstance(url, str) or not url:
+        return
+    add_secret(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        userinfo = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""
+    except ValueError:
+        return  # (refused where it is parsed; the whole URL is registered)
+    for secret in (userinfo, *userinfo.split(":"), parts.path, parts.query, parts.fragment):
+        add_secret(secret)
+    add_secret(parts.path.rstrip("/") + (f"?{parts.query}" if parts.query else ""))
+    for segment in parts.path.split("/"):
+        if segment not in _API_WORDS:
+            add_secret(segment)
+            add_secret(urllib.parse.unquote(segment))
+    for _, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+        add_secret(value)
+
+
+_API_WORDS = {"", "v1", "embeddings"}  # path segments every embeddings endpoint has: not secrets
+
+
+def shown_url(url: str) -> str:
+    """What a message, report or state file may say of an endpoint URL: scheme://host:port, with `/…` where the
+    URL has more (which may hold a key)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "an endpoint URL that does not parse"
+    host = f"[{host}]" if ":" in host else host
+    rest = "/…" if parts.path.strip("/") or parts.query or parts.fragment else ""
+    return f"{parts.scheme}://{host}{port}{rest}"
 
 
 def one_line(text: str, limit: int = 400) -> str:
@@ -41,4 +94,4 @@ def one_line(text: str, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-__all__ = ["V2TError", "ModelError", "add_secret", "redact", "one_line", "REDACTED"]
+__all__ = ["V2TError", "ModelError", "add_secret", "add_url_secrets", "shown_url", "redact", "one_line", "REDACTED"]

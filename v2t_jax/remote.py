@@ -10,9 +10,13 @@ What it guarantees (`tests/test_remote.py`, against real local servers):
   command line, where `ps` shows it) and sent as `Authorization: Bearer` to the URL's host only. Redirects are
   never followed (a 3xx is one line naming where it points, without the key); a URL that carries credentials
   (`user:pass@`) is refused. The key is redacted (`errors.redact`) from every message, the server's words
-  included, and the URL is shown without its query.
-- **Every request has a total deadline** (`timeout_s`, connecting, sending and reading the whole reply): a
-  server that drips its reply a byte at a time is cut off when it passes, as is one that never answers.
+  included, also where a server echoes it URL-quoted or JSON-escaped; the URL's userinfo, path and query are
+  treated as secret too (`errors.add_url_secrets`), and messages, reports and state files name the endpoint as
+  scheme://host:port only (`errors.shown_url`).
+- **Every request has a total deadline** (`timeout_s`: resolving the host name, connecting, sending and reading
+  the whole reply): a server that drips its reply a byte at a time is cut off when it passes, as is one that
+  never answers and a name server that never replies. One batch with all its tries and waits ends within
+  `bound_s()`: a wait is what the server's Retry-After asks, else the doubling backoff, each at most MAX_WAIT_S.
 - **Replies are checked against the request**: `data` holds exactly one row per text sent, each `index` an
   integer in 0..n-1 and no two alike (rows are put in `index` order; with no `index` at all, in the order
   sent), each `embedding` a list of finite numbers of one length, the same for every reply. A reply over
@@ -36,7 +40,7 @@ import urllib.parse
 import urllib.request
 from typing import TYPE_CHECKING, Sequence
 
-from v2t_jax.errors import V2TError, add_secret, one_line
+from v2t_jax.errors import V2TError, add_secret, add_url_secrets, one_line, shown_url
 
 if TYPE_CHECKING:
     import numpy as np
@@ -46,6 +50,7 @@ RETRIED_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 MAX_TIMEOUT_S = 3600.0
 MAX_RETRIES = 20
 MAX_REPLY_BYTES = 256 * 1024 * 1024
+MAX_WAIT_S = 60.0  # the longest wait between two tries (a backoff, or what Retry-After asks)
 
 
 class RemoteError(V2TError, RuntimeError):
@@ -72,6 +77,7 @@ class RemoteEmbedder:
     ):
         self.key = os.environ.get(api_key_env) or None
         add_secret(self.key)
+        add_url_secrets(url)  # (userinfo, path and query may hold a key: no message shows them)
         if self.key is not None and not (self.key.isascii() and self.key.isprintable() and " " not in self.key):
             raise RemoteError(f"the key in ${api_key_env} holds characters an HTTP header cannot carry; check it")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
@@ -86,7 +92,6 @@ class RemoteEmbedder:
                 "the embedder URL carries credentials (user:password@): pass the key through the environment "
                 f"variable {api_key_env} instead"
             )
-        add_secret(parts.query if len(parts.query) >= 8 else None)  # a key in the query never reaches a message
         if not parts.hostname:
             raise RemoteError(f"embedder URL {url!r} names no host")
         if not (isinstance(batch_size, int) and batch_size >= 1):
@@ -106,7 +111,7 @@ class RemoteEmbedder:
         self.target = path + (f"?{parts.query}" if parts.query else "")
         netloc = parts.netloc
         self.url = urllib.parse.urlunsplit((parts.scheme, netloc, path, parts.query, ""))
-        self.shown_url = urllib.parse.urlunsplit((parts.scheme, netloc, path, "", ""))  # no query
+        self.shown_url = shown_url(url)  # scheme://host:port only: what messages, reports and state files say
         self.model = model
         self.batch_size, self.timeout_s, self.retries, self.backoff_s = batch_size, float(timeout_s), retries, backoff_s
         self.requests = 0  # sent, retries included
@@ -121,42 +126,50 @@ class RemoteEmbedder:
 
     # ------------------------------------------------------------------------------------------- transport
 
-    def _connection(self) -> tuple[http.client.HTTPConnection, str]:
-        """A connection to the endpoint (through the environment's proxy, if one applies) and the request target."""
+    def _connection(self, timeout_s: float) -> tuple[http.client.HTTPConnection, str]:
+        """A connection to the endpoint (through the environment's proxy, if one applies) and the request target,
+        its host name resolved first within `timeout_s` (`_resolve`): the system's resolver has no deadline."""
         https = self.scheme == "https"
         port = self.port or (443 if https else 80)
         proxy = urllib.request.getproxies().get(self.scheme)
+        target = self.target
         if proxy and not urllib.request.proxy_bypass(self.host):
             p = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
             if https:
                 # TCP to the proxy, CONNECT, then TLS to the endpoint through the tunnel
-                conn = http.client.HTTPSConnection(p.hostname, p.port or 80, timeout=self.timeout_s)
+                conn = http.client.HTTPSConnection(p.hostname, p.port or 80, timeout=timeout_s)
                 conn.set_tunnel(self.host, port)  # CONNECT: the proxy sees no header, the key included
-                return conn, self.target
-            conn = http.client.HTTPConnection(p.hostname, p.port or 80, timeout=self.timeout_s)
-            return conn, self.url
-        cls = http.client.HTTPSConnection if https else http.client.HTTPConnection
-        return cls(self.host, port, timeout=self.timeout_s), self.target
+            else:
+                conn, target = http.client.HTTPConnection(p.hostname, p.port or 80, timeout=timeout_s), self.url
+        else:
+            cls = http.client.HTTPSConnection if https else http.client.HTTPConnection
+            conn = cls(self.host, port, timeout=timeout_s)
+        addresses = _resolve(conn.host, conn.port, timeout_s)
+        # (connect to the addresses resolved; TLS still checks the certificate against the host name)
+        conn._create_connection = lambda _, timeout, source=None: _connect(addresses, timeout, source)
+        return conn, target
 
-    def _exchange(self, body: bytes, headers: dict) -> tuple[int, dict, bytes]:
-        """One request within `timeout_s` in all: a timer shuts the socket down when the deadline passes, so no
-        read (however slowly the server drips) outlives it."""
-        conn, target = self._connection()
+    def _exchange(self, body: bytes, headers: dict, timeout_s: float) -> tuple[int, dict, bytes]:
+        """One request within `timeout_s` in all (name resolution, connecting, sending, reading the whole reply):
+        a timer shuts the socket down when the deadline passes, so no read (however slowly the server drips)
+        outlives it."""
         expired = threading.Event()
+        conn = None
 
         def cut_off():
             expired.set()
-            sock = conn.sock
+            sock = conn.sock if conn is not None else None
             if sock is not None:
                 try:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
 
-        timer = threading.Timer(self.timeout_s, cut_off)
+        timer = threading.Timer(timeout_s, cut_off)
         timer.daemon = True
         timer.start()
         try:
+            conn, target = self._connection(timeout_s)
             conn.request("POST", target, body=body, headers=headers)
             response = conn.getresponse()
             raw = response.read(MAX_REPLY_BYTES + 1)
@@ -167,7 +180,7 @@ class RemoteEmbedder:
             if response.length:  # what Content-Length promised and the connection did not bring
                 raise _Retry(f"malformed reply (its body ends {response.length} bytes short of its Content-Length)")
             return response.status, {k.lower(): v for k, v in response.getheaders()}, raw
-        except RemoteError:
+        except (RemoteError, _Retry):
             raise
         except (OSError, http.client.HTTPException, ValueError) as e:
             # ValueError: http.client's own (a header it cannot parse); OSError: refused, reset, TLS, timeouts
@@ -177,20 +190,37 @@ class RemoteEmbedder:
             raise _Retry(f"unreachable or malformed reply ({type(e).__name__}: {reason})") from None
         finally:
             timer.cancel()
-            conn.close()
+            if conn is not None:
+                conn.close()
+
+    def bound_s(self) -> float:
+        """The longest one batch of texts can take, every try and every wait between them included."""
+        return self.timeout_s * (self.retries + 1) + MAX_WAIT_S * self.retries
 
     def _post(self, texts: list[str]) -> np.ndarray:
+        """The vectors of `texts`, in at most `retries + 1` tries, all of them within `bound_s()`: a wait between
+        two tries is what the server's Retry-After asks, else the backoff (`backoff_s` doubling), each at most
+        MAX_WAIT_S and never past the bound."""
         body = json.dumps({"model": self.model, "input": texts}).encode()
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.key:
             headers["Authorization"] = f"Bearer {self.key}"
-        why = ""
+        why, wait, tries = "", 0.0, 0
+        deadline = time.monotonic() + self.bound_s()
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+                wait = min(wait if wait > 0 else self.backoff_s * 2 ** (attempt - 1), MAX_WAIT_S)
+                if time.monotonic() + wait >= deadline:
+                    break
+                time.sleep(wait)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
             self.requests += 1
+            tries += 1
+            wait = 0.0
             try:
-                status, reply_headers, raw = self._exchange(body, headers)
+                status, reply_headers, raw = self._exchange(body, headers, min(self.timeout_s, left))
             except _Retry as e:
                 why = str(e)
                 continue
@@ -198,16 +228,17 @@ class RemoteEmbedder:
                 raise RemoteError(self._redirect(status, reply_headers.get("location", "")))
             if status in RETRIED_STATUS:
                 why = f"HTTP {status}{_brief(raw)}"
+                wait = _retry_after(reply_headers.get("retry-after"))
                 continue
             if status != 200:
                 raise RemoteError(f"{self.shown_url} answered HTTP {status}{_brief(raw)}")
             return self._vectors(raw, len(texts))
-        raise RemoteError(f"{self.shown_url}: {why} after {self.retries + 1} tries; is the embedding server up?")
+        raise RemoteError(f"{self.shown_url}: {why} after {tries} tries; is the embedding server up?")
 
     def _redirect(self, status: int, location: str) -> str:
         try:
             to = urllib.parse.urlsplit(urllib.parse.urljoin(self.url, location))
-            where = f"{to.scheme}://{to.netloc.rpartition('@')[2]}{to.path}"  # no credentials, no query
+            where = shown_url(urllib.parse.urlunsplit(to))  # scheme://host:port: its path or query may hold a key
         except ValueError:
             where = "somewhere it does not say clearly"
         return (
@@ -260,6 +291,61 @@ class RemoteEmbedder:
                 f"{self.shown_url} ({self.model}) answers {got}-dimensional vectors; the model inverts "
                 f"{dim}-dimensional ones: use the embedder the bundle was trained for"
             )
+
+
+def _resolve(host: str, port: int, timeout_s: float) -> list:
+    """`socket.getaddrinfo(host, port)` within `timeout_s` (asked in a thread of its own: the system's resolver
+    takes no deadline, and a name that never resolves waited 33.7 s past a 2 s timeout)."""
+    found: list = []
+
+    def ask():
+        try:
+            found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as e:
+            found.append(e)
+
+    asking = threading.Thread(target=ask, daemon=True)
+    asking.start()
+    asking.join(timeout_s)
+    if not found:
+        raise _Retry(f"timed out resolving the host name {host!r}")
+    if isinstance(found[0], OSError):
+        raise _Retry(f"cannot resolve the host name {host!r} ({found[0].strerror or found[0]})")
+    return found[0]
+
+
+def _connect(addresses: list, timeout_s: float | None, source=None) -> socket.socket:
+    """A TCP connection to the first of the resolved `addresses` that answers (as socket.create_connection)."""
+    error: OSError | None = None
+    for family, kind, proto, _, address in addresses:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout_s)
+            if source:
+                sock.bind(source)
+            sock.connect(address)
+            return sock
+        except OSError as e:
+            error = e
+            sock.close()
+    raise error or OSError("no address to connect to")
+
+
+def _retry_after(value: str | None) -> float:
+    """The seconds a Retry-After header asks for (a number, or an HTTP date), 0 if it asks nothing readable."""
+    if not value:
+        return 0.0
+    try:
+        return max(0.0, float(value)) if math.isfinite(float(value)) else 0.0
+    except ValueError:
+        pass
+    import email.utils
+
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
 
 
 def _brief(body: bytes) -> str:
