@@ -486,6 +486,85 @@ def test_invert_keeps_its_compiled_programs_for_the_next_run(tmp_path, small_bun
     assert sorted(p.name for p in (cache / "xla").iterdir()) == kept
 
 
+@pytest.mark.parametrize(
+    "case, why",
+    [
+        ("others may write the folder", "others may write to it"),
+        ("the folder is another user's", "it belongs to another user"),
+        ("an entry is another user's", "its entry k-cache belongs to another user"),
+        ("others may write an entry", "others may write to its entry k-cache"),
+        ("an entry is a FIFO", "its entry k-cache is a FIFO"),
+        ("an entry links to /dev/zero", "its entry k-cache is a symbolic link"),
+        ("an entry is larger than any program", "more than any program of v2t's"),
+        ("a folder above is writable by others", "above it is writable by others"),
+    ],
+)
+def test_a_compilation_cache_that_is_not_only_the_users_is_not_used(tmp_path, case, why):
+    """Cache entries are native code: an entry planted by another user under one search's key, holding another
+    search's program, silently changed results, and a FIFO or a link to /dev/zero hung or exhausted every later
+    run. A cache folder that others could have written to, or any entry that is not a plain file of the user's of
+    a bounded size, is refused with the reason; a folder of the user's own is trusted."""
+    from v2t_jax import commands
+
+    top = tmp_path / "home"
+    folder = top / "cache" / "xla"
+    folder.mkdir(parents=True)
+    (folder / "ok-cache").write_bytes(b"program")
+    assert commands.untrusted_cache(folder) is None
+    entry = folder / "k-cache"
+    entry.write_bytes(b"program")
+    if case == "others may write the folder":
+        folder.chmod(0o777)
+    elif case == "the folder is another user's":
+        os.chown(folder, 65534, 65534)
+    elif case == "an entry is another user's":
+        os.chown(entry, 65534, 65534)
+    elif case == "others may write an entry":
+        entry.chmod(0o666)
+    elif case == "an entry is a FIFO":
+        entry.unlink()
+        os.mkfifo(entry)
+    elif case == "an entry links to /dev/zero":
+        entry.unlink()
+        entry.symlink_to("/dev/zero")
+    elif case == "an entry is larger than any program":
+        with open(entry, "r+b") as f:
+            f.truncate(commands.MAX_CACHE_ENTRY_BYTES + 1)  # (sparse: takes no disk)
+    elif case == "a folder above is writable by others":
+        top.chmod(0o777)
+    assert why in commands.untrusted_cache(folder)
+
+
+def test_a_run_given_a_planted_cache_compiles_without_it_and_never_waits(tmp_path, small_bundle):
+    """End to end: `v2t invert` with a cache holding a FIFO and a link to /dev/zero finishes with one warning line,
+    the rows of a run without any cache, and the cache folder as it was."""
+    import subprocess
+    import sys
+
+    folder, _ = small_bundle
+    np.save(tmp_path / "v.npy", np.random.default_rng(2).normal(size=(2, 384)).astype(np.float32))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    cache = tmp_path / "cache"
+    (cache / "xla").mkdir(parents=True)
+    os.mkfifo(cache / "xla" / "planted-cache")
+    (cache / "xla" / "zero-cache").symlink_to("/dev/zero")
+    before = sorted(p.name for p in (cache / "xla").iterdir())
+
+    def invert(out: str, **extra_env) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "v2t_jax.cli", "invert", "--embeddings", str(tmp_path / "v.npy"),
+               "--checkpoint", str(folder), "--steps", "1", "--output", str(tmp_path / out), "--cache-dir",
+               str(cache), "--quiet"]  # fmt: skip
+        return subprocess.run(cmd, env={**env, **extra_env}, capture_output=True, text=True, timeout=300)
+
+    planted, plain = invert("a.jsonl"), invert("b.jsonl", V2T_COMPILE_CACHE="0")
+    assert planted.returncode == plain.returncode == 0, planted.stderr[-2000:]
+    warning = planted.stderr.strip().splitlines()
+    assert len(warning) == 1 and warning[0].startswith("v2t: warning: not using the compilation cache"), warning
+    assert "compiling without it" in warning[0]
+    assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
+    assert sorted(p.name for p in (cache / "xla").iterdir()) == before
+
+
 def test_a_text_file_named_npy_gets_no_pickle_advice(capsys, tmp_path):
     (tmp_path / "v.npy").write_text("0.1 0.2 0.3\n")
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)

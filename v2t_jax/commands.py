@@ -186,29 +186,91 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_CACHE_ENTRY_BYTES = 1 << 30  # a compiled program larger than this is no program of v2t's
+
+
 def compile_cache(cache_dir: str | None) -> Path | None:
     """JAX's persistent compilation cache in CACHE/xla (CACHE: --cache-dir, else $V2T_CACHE_DIR or
     ~/.cache/v2t_jax) for the commands that invert: a rerun with the same model, search and batch shape (the next
     audit, a resumed run, the next file of vectors) reads its compiled programs instead of compiling them again
     (15-30 s at 20 steps on 2 CPU cores). An environment that names its own cache (JAX_COMPILATION_CACHE_DIR) keeps
-    it; V2T_COMPILE_CACHE=0 turns it off. Call before anything compiles. Returns the folder used (None: none)."""
-    if os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.environ.get("V2T_COMPILE_CACHE", "1") == "0":
+    it; V2T_COMPILE_CACHE=0 turns it off. Entries are native code that runs as the user: a cache is used only when
+    `untrusted_cache` finds nothing wrong with it (else one warning line, and the programs are compiled without
+    it). Call before anything compiles. Returns the folder used (None: none)."""
+    if os.environ.get("V2T_COMPILE_CACHE", "1") == "0":
         return None
-    from v2t_jax import assets
+    own = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if own:
+        folder = Path(own)
+    else:
+        from v2t_jax import assets
 
-    folder = Path(cache_dir).expanduser() if cache_dir else assets.default_cache_dir()
-    folder = folder / "xla"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None  # (a read-only home: compile as before)
+        folder = (Path(cache_dir).expanduser() if cache_dir else assets.default_cache_dir()) / "xla"
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError:
+            return None  # (a read-only home: compile as before)
     import jax
 
+    why = untrusted_cache(folder) if folder.exists() else None
+    if why is not None:
+        print(f"v2t: warning: not using the compilation cache {folder}: {why}; compiling without it",
+              file=sys.stderr)  # fmt: skip
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    if own:
+        return folder
     jax.config.update("jax_compilation_cache_dir", str(folder))
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # (else JAX reads that)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)  # (programs worth reading back)
     jax.config.update("jax_compilation_cache_max_size", 2 << 30)  # least recently used entries go past 2 GiB
     return folder
+
+
+def untrusted_cache(folder: Path) -> str | None:
+    """Why the compilation cache `folder` may hold programs that are not the user's own, or make a run wait or
+    read without bound (None: nothing). The folder and every folder above it must be the user's (or root's) and
+    writable by nobody else (a shared folder with the sticky bit, as /tmp, above it is fine); every entry a
+    regular file (no link, FIFO or device), the user's, writable by nobody else, readable, at most
+    MAX_CACHE_ENTRY_BYTES."""
+    import stat
+
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    if uid is None:
+        return None  # (no owners to check where there are no uids)
+    try:
+        real = folder.resolve(strict=True)
+        st = os.stat(real)
+        if not stat.S_ISDIR(st.st_mode):
+            return "it is not a folder"
+        if st.st_uid != uid:
+            return f"it belongs to another user (uid {st.st_uid})"
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return "others may write to it (chmod go-w it)"
+        for above in real.parents:
+            up = os.stat(above)
+            if up.st_uid not in (0, uid):
+                return f"{above} above it belongs to another user (uid {up.st_uid})"
+            if up.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not up.st_mode & stat.S_ISVTX:
+                return f"others may replace it: {above} above it is writable by others"
+        with os.scandir(real) as entries:
+            for entry in entries:
+                est = entry.stat(follow_symlinks=False)
+                if not stat.S_ISREG(est.st_mode):
+                    from v2t_jax.outputs import file_kind
+
+                    return f"its entry {entry.name} is {file_kind(est.st_mode)}, not a file"
+                if est.st_uid != uid:
+                    return f"its entry {entry.name} belongs to another user (uid {est.st_uid})"
+                if est.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                    return f"others may write to its entry {entry.name}"
+                if est.st_size > MAX_CACHE_ENTRY_BYTES:
+                    return f"its entry {entry.name} holds {est.st_size:,} bytes, more than any program of v2t's"
+                if not os.access(entry.path, os.R_OK, follow_symlinks=False):
+                    return f"its entry {entry.name} cannot be read"
+    except OSError as e:
+        return f"it cannot be read ({e.strerror or e})"
+    return None
 
 
 def _load_model(args: argparse.Namespace):
