@@ -122,6 +122,71 @@ def test_a_crash_of_the_faiss_reader_is_one_line(tmp_path, monkeypatch):
                             "faiss.read_index reads; write it again with faiss.write_index")  # fmt: skip
 
 
+def test_a_faiss_ivf_whose_header_claims_millions_of_vectors_is_refused_before_giving_them_back(tmp_path):
+    """A 7.9 KB IVF index whose header claimed 2M vectors took 4.5 GB: faiss parses it (its inverted lists are
+    empty) and `reconstruct_n` gives back what the header says. Every vector takes its code's bytes in the file,
+    so a header claiming more than the file can hold is one line, before anything is given back."""
+    faiss = pytest.importorskip("faiss")
+    x = np.random.default_rng(0).standard_normal((40, 96)).astype(np.float32)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(96), 96, 2)
+    index.train(x)
+    index.add(x)
+    path = tmp_path / "ivf.faiss"
+    faiss.write_index(index, str(path))
+    raw = bytearray(path.read_bytes())
+    assert raw[:4] == b"IwFl" and int.from_bytes(raw[8:16], "little") == 40  # (fourcc, d, then ntotal)
+    raw[8:16] = (2_000_000).to_bytes(8, "little")
+    path.write_bytes(bytes(raw))
+    with pytest.raises(stores.StoreError) as e:
+        stores.read(path)
+    assert "its header claims 2,000,000 vectors of 384 bytes each and the file holds" in str(e.value)
+
+
+def test_a_faiss_read_that_never_ends_is_one_line(tmp_path, monkeypatch):
+    """The reading child had no deadline: a parse that hangs hung the audit. It is killed past its deadline (a
+    minute and the time to read the file at 20 MB/s; here shortened) and the audit says so."""
+    pytest.importorskip("faiss")
+    import sys
+
+    hang = tmp_path / "python"
+    hang.write_text("#!/bin/sh\nexec sleep 60\n")
+    hang.chmod(0o755)
+    (tmp_path / "store.faiss").write_bytes(b"IxFI")
+    monkeypatch.setattr(sys, "executable", str(hang))
+    monkeypatch.setattr(stores, "_FAISS_SECONDS", 0.5)
+    with pytest.raises(stores.StoreError, match=r"faiss took more than 1 s to read .*store.faiss, a file of 4 bytes"):
+        stores.read(tmp_path / "store.faiss")
+
+
+@pytest.mark.parametrize("name", ["s.faiss", "s.npy", "s.parquet"])
+def test_a_store_file_that_is_a_fifo_is_refused_at_once(tmp_path, name):
+    """A FIFO given as a .faiss or .npy store hung the audit (the reader waits for a writer that never comes)."""
+    import os
+
+    os.mkfifo(tmp_path / name)
+    with pytest.raises(stores.StoreError, match=rf"store .*{name} is a FIFO, not a regular file"):
+        stores.read(tmp_path / name)
+
+
+def test_a_parquet_store_is_read_no_further_than_the_limit(tmp_path):
+    """A 5 KB parquet file of dictionary-coded text that expands to 1.5 GB was read whole even for one record
+    (`--limit 1`); now only the rows asked for are read: the limit's records, and the store's own count."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    n = 300_000
+    every = pa.array(np.zeros(n, np.int64))
+    table = pa.table({"vector": pa.array([[0.5, 0.25]], pa.list_(pa.float32())).take(every),
+                      "text": pa.array(["x" * 5000]).take(every)})  # fmt: skip
+    pq.write_table(table, tmp_path / "bomb.parquet", compression="zstd", use_dictionary=True)
+    assert (tmp_path / "bomb.parquet").stat().st_size < 20_000
+    records = stores.read(tmp_path / "bomb.parquet", limit=3)
+    assert len(records) == 3 and records.total == n and records.documents == ["x" * 5000] * 3
+    pq.write_table(table.select(["vector"]), tmp_path / "vectors.parquet", compression="zstd")
+    with pytest.raises(stores.StoreError, match=f"--documents holds 3 texts for the {n} records"):
+        stores.read(tmp_path / "vectors.parquet", limit=3, documents=["a", "b", "c"])
+
+
 def test_a_store_reader_whose_package_is_missing_says_what_to_install(tmp_path, monkeypatch):
     """FAISS is read in a child process, so here it is only looked for (not imported); a missing package is one
     line naming it, for it and for a reader that imports its package here."""

@@ -12,6 +12,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from v2t_jax import correction, decoding, inversion, vec2text_import
+from v2t_jax.outputs import OutputError
 from v2t_jax.models import t5
 
 GOLDEN = Path(__file__).parent / "golden" / "vec2text"
@@ -175,7 +176,7 @@ def test_a_bundle_written_as_vec2text_checkpoints_imports_back_to_the_same_model
     assert texts == want and isinstance(back, api.Vec2Text)
     np.testing.assert_array_equal(trace["cosine"], want_trace["cosine"])
 
-    with pytest.raises(FileExistsError, match="exists"):
+    with pytest.raises(OutputError, match="exists"):
         vec2text_export.from_bundle(folder, out)
 
     # the command: the same checkpoints; what it cannot write, or would overwrite, is one line and exit status 2

@@ -302,9 +302,6 @@ EMBEDDER_HEADS = ("auto", "none", "normalize")  # embedders.load_embedder's
 
 def read_meta(folder: str | os.PathLike) -> Meta:
     """The validated metadata of bundle `folder` (one ModelError line for whatever is wrong)."""
-    from v2t_jax import correction, inversion
-    from v2t_jax.models import t5
-
     folder = Path(folder)
     path = folder / FILE
     if not folder.is_dir() or not path.is_file():
@@ -313,6 +310,21 @@ def read_meta(folder: str | os.PathLike) -> Meta:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelError(f"{path} is not valid JSON ({brief(e)}): the bundle is damaged; export it again") from None
+    meta = meta_from_json(data, path)
+    wanted = [WEIGHT_FILES["inverter"]] + ([WEIGHT_FILES["corrector"]] if meta.corrector is not None else [])
+    wanted += [meta.vocabulary] if meta.vocabulary is not None else []
+    missing = [f for f in wanted if not (folder / f).is_file()]
+    if missing:
+        raise ModelError(f"{folder} is incomplete: missing {', '.join(missing)}")
+    return meta
+
+
+def meta_from_json(data: Any, path: str | os.PathLike) -> Meta:
+    """The metadata a bundle's JSON `data` holds, every check of `read_meta` made (one ModelError line naming
+    `path`); `write` makes the same checks before it writes anything."""
+    from v2t_jax import correction, inversion
+    from v2t_jax.models import t5
+
     if not isinstance(data, dict):
         raise ModelError(f"{path} must hold a JSON object: the bundle is damaged")
     fmt = data.get("format")
@@ -363,11 +375,6 @@ def read_meta(folder: str | os.PathLike) -> Meta:
         isinstance(files, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())
     ):
         raise ModelError(f"{path}: files must map file names to sha256 digests")
-    wanted = [WEIGHT_FILES["inverter"]] + ([WEIGHT_FILES["corrector"]] if corrector is not None else [])
-    wanted += [VOCABULARY_FILE] if vocabulary is not None else []
-    missing = [f for f in wanted if not (folder / f).is_file()]
-    if missing:
-        raise ModelError(f"{folder} is incomplete: missing {', '.join(missing)}")
     head = data.get("embedder_head", "auto")
     if head not in EMBEDDER_HEADS:
         raise ModelError(f"{path}: embedder_head is {head!r}, not one of {', '.join(EMBEDDER_HEADS)}")
@@ -401,7 +408,17 @@ def write(
     without it was never finished."""
     from safetensors.numpy import save_file
 
-    check_weight_format(meta.weights)  # before writing anything
+    check_weight_format(meta.weights)  # before writing anything: what the loader would refuse is not written
+    vocab_name = VOCABULARY_FILE if vocabulary is not None else None
+    meta_from_json(dataclasses.replace(meta, vocabulary=vocab_name).to_json(), "the bundle to write")
+    for where, tree in (("inverter", inverter), ("corrector", corrector)):
+        for key, w in flatten(tree or {}).items():
+            w = np.asarray(w)
+            if w.dtype.kind != "f" and w.dtype.name != "bfloat16":
+                raise ModelError(f"the {where}'s tensor {key} is {w.dtype}: a model's weights are floating point "
+                                 "(integer or boolean ones would run as garbage); not written")  # fmt: skip
+            if not np.all(np.isfinite(np.asarray(w, np.float32))):
+                raise ModelError(f"the {where}'s tensor {key} holds NaN or infinite values; not written")
     encoded = {WEIGHT_FILES["inverter"]: encode_params(inverter, meta.weights)}
     if corrector is not None:
         encoded[WEIGHT_FILES["corrector"]] = encode_params(corrector, meta.weights)

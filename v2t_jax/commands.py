@@ -43,11 +43,12 @@ class UsageError(V2TError):
 
 def read_texts(path: str | os.PathLike) -> list[str]:
     """One text per line (blank lines skipped), or `.jsonl` objects with a `text` field."""
-    path = Path(path)
-    if not path.exists():
-        raise UsageError(f"input file {path} does not exist")
-    if path.is_dir():
-        raise UsageError(f"input {path} is a directory; pass a .txt or .jsonl file")
+    from v2t_jax.outputs import InputError, input_file
+
+    try:
+        path = input_file(path, "input file")
+    except InputError as e:
+        raise UsageError(str(e).replace("pass a file", "pass a .txt or .jsonl file")) from None
     try:
         raw = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -115,8 +116,13 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     from v2t_jax import assets
     from v2t_jax.data import sources
 
-    if args.corpus and not Path(args.corpus).is_file():
-        raise UsageError(f"corpus file {args.corpus} does not exist")
+    if args.corpus:
+        from v2t_jax.outputs import InputError, input_file
+
+        try:
+            input_file(args.corpus, "corpus file")
+        except InputError as e:
+            raise UsageError(str(e)) from None
     try:
         names = sources.expand(args.sources)
     except sources.SourceError as e:
@@ -368,10 +374,8 @@ def cmd_invert(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
-    path = Path(args.embeddings)
-    if not path.is_file():
-        raise UsageError(f"embeddings file {path} does not exist")
     try:
+        path = outputs.input_file(args.embeddings, "embeddings file")
         vectors = stores.read_npy(path)
     except stores.StoreError as e:
         raise UsageError(str(e)) from None
@@ -502,8 +506,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     try:
         records = stores.read(
             args.store, args.store_kind, args.collection, documents, args.vector_column, args.text_column,
-            args.id_column,
-        ).limit(args.limit)  # fmt: skip
+            args.id_column, limit=args.limit,
+        )  # fmt: skip
     except stores.StoreError as e:
         raise UsageError(str(e)) from None
     _search_of_interrupted_run(args, Path(args.output) / audit.RECORDS, "audit")
@@ -618,13 +622,14 @@ def cmd_import_vec2text(args: argparse.Namespace) -> int:
     for flag, folder in (("INVERSION_DIR", args.inversion), ("CORRECTOR_DIR", args.corrector)):
         if folder is not None and not Path(folder).is_dir():
             raise UsageError(f"{flag} {folder} is not a folder")
-    if args.max_length is not None and args.max_length < 2:
-        raise UsageError(f"--max-length must be at least 2, got {args.max_length}")
+    if args.max_length is not None and not 2 <= args.max_length <= 4096:
+        raise UsageError(f"--max-length must be a token count in 2..4096, got {args.max_length}")
     from v2t_jax import api, assets, vec2text_import
 
     try:
         written = vec2text_import.to_bundle(args.inversion, args.corrector, args.embedder, out, args.weights,
-                                            args.tokenizer, args.max_length, args.embedder_head)  # fmt: skip
+                                            args.tokenizer, args.max_length, args.embedder_head,
+                                            overwrite=args.overwrite)  # fmt: skip
     except assets.AssetError:
         raise
     except (api.ModelError, ValueError, KeyError, OSError) as e:

@@ -21,6 +21,7 @@ import fcntl
 import json
 import math
 import os
+import shutil
 import stat
 import sys
 import tempfile
@@ -44,6 +45,28 @@ def file_kind(mode: int) -> str:
         if test(mode):
             return name
     return "not a regular file"
+
+
+class InputError(V2TError, ValueError):
+    """An input that is not there or not a file v2t reads; the message says what to do."""
+
+
+def input_file(path: str | os.PathLike, what: str = "input") -> Path:
+    """`path`, checked to be a regular file (a link to one is fine) before anything reads it: a FIFO, device or
+    socket given as an input would make a read wait forever or never end (/dev/zero), so it is one line."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise InputError(f"{what} {path} does not exist") from None
+    except OSError as e:
+        raise InputError(f"cannot read {what} {path} ({e.strerror or e})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{what} {path} is a directory; pass a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{what} {path} is {file_kind(st.st_mode)}, not a regular file: v2t reads inputs from files "
+                         "(save the stream to a file first)")  # fmt: skip
+    return path
 
 
 def check_regular(path: Path, what: str = "output") -> bool:
@@ -237,6 +260,66 @@ def lock(output: Path, command: str) -> Iterator[None]:
         with contextlib.suppress(OSError):
             os.unlink(path)  # while still locked: a waiting run then finds no file, or a new one
         os.close(fd)
+
+
+@contextlib.contextmanager
+def new_folder(output: str | os.PathLike, command: str, overwrite: bool = False) -> Iterator[Path]:
+    """A folder output (a bundle, vec2text checkpoints) that appears whole or not at all, with the rules of every
+    output: `output` may not be a link, file, device or FIFO, nor a folder with something in it unless
+    `overwrite`; one run per output (`lock`). Yields a new folder beside it (`.NAME.v2t-PID-...`, made here, its
+    modes the umask's) to write into; when the block ends without error it is renamed to `output` (a folder
+    there is first renamed aside and removed only once the new one is in place: a failure never costs the old
+    one). On any error the folder made here is removed and nothing else is touched: nothing of the user's (a
+    `NAME.partial` of their own included) is ever deleted."""
+    output = Path(output)
+    try:
+        st = os.lstat(output)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise OutputError(f"cannot use {output} ({_errno_words(e)})") from None
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        raise OutputError(f"{output} is {file_kind(st.st_mode)}, not a folder: pass a new folder for the {command}")
+    if st is not None and any(output.iterdir()) and not overwrite:
+        raise OutputError(f"{output} exists and is not empty; pass --overwrite to replace it, or a new folder")
+    parent = output.absolute().parent
+    probe(_existing_parent(output, "output folder"), str(output))
+    parent.mkdir(parents=True, exist_ok=True)
+    stem = f".{output.name}.v2t-"
+    assets.sweep_stale(parent, stem, "-")  # (what a killed run of this kind left)
+    with lock(output, command):
+        tmp = Path(tempfile.mkdtemp(prefix=f"{stem}{os.getpid()}-", dir=parent))
+        os.chmod(tmp, 0o777 & ~_umask())
+        aside = None
+        try:
+            yield tmp
+            if output.exists():
+                aside = parent / f"{stem}old-{os.getpid()}"  # (not swept: after a crash here it is the old one)
+                os.rename(output, aside)
+            os.rename(tmp, output)
+        except BaseException:
+            if aside is not None and not output.exists():
+                os.rename(aside, output)  # (the old one back where it was)
+                aside = None
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            if aside is not None:
+                shutil.rmtree(aside, ignore_errors=True)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def fix_modes(folder: Path) -> None:
+    """Every file under `folder` given the mode the umask allows of 0666 (safetensors and mkstemp write 0600)."""
+    mode = assets.new_file_mode()
+    for p in folder.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            os.chmod(p, mode)
 
 
 # ----------------------------------------------------------------------------------------------- streamed rows

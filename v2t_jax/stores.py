@@ -35,13 +35,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
 from v2t_jax.errors import V2TError
-from v2t_jax.outputs import file_kind
+from v2t_jax.outputs import InputError, file_kind, input_file
 
 _PAGE = 1000  # records per Chroma request
 
@@ -59,6 +60,7 @@ class Records:
     source: str  # the path (and collection) read
     embedder: str | None = None  # the embedder the store records, as the store names it (Chroma)
     note: str | None = None  # what the reader knows the audit should say of the vectors (a lossy FAISS code)
+    total: int | None = None  # the records the store holds, where the reader stopped early (`Options.limit`)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -85,6 +87,7 @@ class Options:
     vector_column: str | None = None  # Arrow-backed stores (LanceDB, parquet)
     text_column: str | None = None
     id_column: str | None = None
+    limit: int | None = None  # the first records only: a reader that can stop early reads no more
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +113,8 @@ KINDS_READ: dict[str, Kind] = {
                     is_folder=_is_lancedb, collections=True, folder_sign="a .lance table"),
     "faiss": Kind(lambda p, o: _faiss(p), suffixes=(".faiss", ".index")),
     "npy": Kind(lambda p, o: _npy(p), suffixes=(".npy",)),
-    "parquet": Kind(lambda p, o: _parquet(p, o.vector_column, o.text_column, o.id_column), suffixes=(".parquet",)),
+    "parquet": Kind(lambda p, o: _parquet(p, o.vector_column, o.text_column, o.id_column, o.limit),
+                    suffixes=(".parquet",)),
 }  # fmt: skip
 KINDS = ("auto", *KINDS_READ)
 
@@ -141,9 +145,10 @@ def read(
     vector_column: str | None = None,
     text_column: str | None = None,
     id_column: str | None = None,
+    limit: int | None = None,
 ) -> Records:
-    """The records of `store` (see the module docstring); `documents`: one text per record, for stores that keep
-    none (FAISS, .npy)."""
+    """The records of `store` (see the module docstring), the first `limit` of them if given; `documents`: one
+    text per record, for stores that keep none (FAISS, .npy)."""
     path = Path(store)
     if not path.exists():
         raise StoreError(f"store {path} does not exist")
@@ -152,13 +157,20 @@ def read(
     kind = detect(path) if kind == "auto" else kind
     if collection is not None and not KINDS_READ[kind].collections:
         raise StoreError("--collection names a Chroma collection or LanceDB table; this store is " + kind)
-    records = KINDS_READ[kind].read(path, Options(collection, vector_column, text_column, id_column))
+    if KINDS_READ[kind].is_folder is None:  # a file kind: a FIFO or device would make the reader wait or never end
+        try:
+            input_file(path, "store")
+        except InputError as e:
+            raise StoreError(str(e)) from None
+    records = KINDS_READ[kind].read(path, Options(collection, vector_column, text_column, id_column, limit))
     if documents is not None:
         if records.documents is not None and any(d is not None for d in records.documents):
             raise StoreError(f"{path} keeps its own documents; drop --documents")
-        if len(documents) != len(records):
-            raise StoreError(f"--documents holds {len(documents)} texts for the {len(records)} records of {path}")
-        records.documents = list(documents)
+        total = records.total if records.total is not None else len(records)
+        if len(documents) != total:
+            raise StoreError(f"--documents holds {len(documents)} texts for the {total} records of {path}")
+        records.documents = list(documents[: len(records)])
+    records = records.limit(limit)
     if len(records) == 0:
         raise StoreError(f"{records.source} holds no records: nothing to audit")
     return _checked(records)
@@ -405,8 +417,18 @@ def _faiss(path: Path) -> Records:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).resolve().parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])])}  # fmt: skip
     run = "import sys; from v2t_jax.stores import _faiss_child; _faiss_child(sys.argv[1])"
+    deadline = _FAISS_SECONDS + os.path.getsize(path) / _FAISS_BYTES_PER_SECOND
     with tempfile.TemporaryFile() as err:
         child = subprocess.Popen([sys.executable, "-c", run, str(path)], stdout=subprocess.PIPE, stderr=err, env=env)
+        fired = threading.Event()
+
+        def stop() -> None:  # (a parse that never ends is a line too, never a hang)
+            fired.set()
+            child.kill()
+
+        late = threading.Timer(deadline, stop)
+        late.daemon = True
+        late.start()
         try:
             try:
                 head = json.loads(child.stdout.readline() or b"{}")
@@ -423,6 +445,10 @@ def _faiss(path: Path) -> Records:
         finally:
             child.stdout.close()
             code = child.wait()
+            late.cancel()
+        if fired.is_set():
+            raise StoreError(f"faiss took more than {deadline:.0f} s to read {path}, a file of "
+                             f"{os.path.getsize(path):,} bytes: the index is damaged or crafted; not read")  # fmt: skip
         if code or n is None:
             err.seek(0)
             last = ([ln for ln in err.read().decode(errors="replace").splitlines() if ln.strip()] or [""])[-1]
@@ -456,6 +482,8 @@ def _exit_reason(code: int, stderr_line: str) -> str:
 
 # room the FAISS child may take beyond its own start-up and twice the file while faiss parses the index
 _FAISS_PARSE_SLACK = 1 << 30
+# how long the FAISS child may take: a minute, and the time to read the file at a slow disk's pace
+_FAISS_SECONDS, _FAISS_BYTES_PER_SECOND = 60.0, 20e6
 
 
 def _faiss_child(path: str) -> None:
@@ -492,19 +520,26 @@ def _faiss_child(path: str) -> None:
                                "index, not read"})  # fmt: skip
     except Exception as e:
         return reply({"error": f"cannot read it as a FAISS index ({_brief(e)})"})
-    if bounded:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
     n, d = int(index.ntotal), int(index.d)
+    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
+    storage = faiss.downcast_index(inner.storage) if hasattr(inner, "storage") else inner  # HNSW: its storage
+    code = getattr(storage, "code_size", None)
+    per_vector = code if isinstance(code, int) and code > 0 else 1  # (every vector takes a byte of the file at least)
+    size = os.path.getsize(path)
+    if n * per_vector > size:
+        return reply({"error": f"its header claims {n:,} vectors of {per_vector} bytes each and the file holds "
+                               f"{size:,} bytes: a damaged or crafted FAISS index, not read"})  # fmt: skip
+    if bounded:  # giving back the vectors takes them once more, as float32: bounded by that, not by the header
+        cap = _address_space() + 2 * n * d * 4 + _FAISS_PARSE_SLACK
+        resource.setrlimit(resource.RLIMIT_AS, (min(cap, hard) if hard != resource.RLIM_INFINITY else cap, hard))
     free = _memory_available()
     if free is not None and n * d * 4 > free:
         need = n * d * 4 / 2**30
         return reply({"error": f"its {n:,} vectors of dimension {d} take {need:.1f} GiB to give back, more than "
                                f"the {free / 2**30:.1f} GiB free here; audit it on a larger machine"})  # fmt: skip
     ids = np.zeros(0, np.int64)
-    inner = index
     if hasattr(index, "id_map"):  # IndexIDMap(2): the user's ids around another index
         ids = np.asarray(faiss.vector_to_array(index.id_map), np.int64)
-        inner = faiss.downcast_index(index.index)
     try:
         ivf = faiss.extract_index_ivf(inner)
         ivf.make_direct_map()
@@ -512,6 +547,9 @@ def _faiss_child(path: str) -> None:
         pass  # not an IVF index
     try:
         vectors = inner.reconstruct_n(0, n) if n else np.zeros((0, d), np.float32)
+    except MemoryError:
+        return reply({"error": f"giving back its {n:,} vectors took more memory than they hold: a damaged or "
+                               "crafted FAISS index, not read"})  # fmt: skip
     except Exception as e:
         return reply({"error": f"this FAISS index does not give back its vectors ({_brief(e)})"})
     vectors = np.ascontiguousarray(vectors, np.float32)
@@ -566,6 +604,10 @@ def read_npy(path: str | os.PathLike) -> np.ndarray:
     def bad(why: str) -> StoreError:
         return StoreError(f"cannot read {path} as a .npy array ({why})")
 
+    try:
+        input_file(path, "vectors file")  # (a FIFO would make the read wait forever)
+    except InputError as e:
+        raise StoreError(str(e)) from None
     fmt = np.lib.format
     try:
         with open(path, "rb") as f:
@@ -644,18 +686,43 @@ def _lancedb_embedder(metadata: dict, records: Records) -> str | None:
         raise StoreError(f"{records.source}: its embedding_functions metadata is not readable") from None
 
 
-def _parquet(path: Path, vector_column: str | None, text_column: str | None, id_column: str | None) -> Records:
+def _parquet(path: Path, vector_column, text_column, id_column, limit: int | None = None) -> Records:
+    """A .parquet file's records, streamed in batches of the columns used only, and no further than `limit` rows:
+    what is read is bounded by the rows asked for (a 109 KB file of dictionary-coded text expanded to 6 GB when
+    read whole for one record)."""
     pq = _need("pyarrow.parquet", "a .parquet file", "pyarrow")
+    import pyarrow as pa
+
     try:
-        table = pq.read_table(path)
+        file = pq.ParquetFile(path)
+        names = file.schema_arrow.names
+        total = file.metadata.num_rows
     except Exception as e:
         raise StoreError(f"cannot read {path} as parquet ({_brief(e)})") from None
-    return _from_arrow(table, str(path), "parquet", vector_column, text_column, id_column)
+    columns = _columns(names, str(path), vector_column, text_column, id_column)
+    batches, rows = [], 0
+    try:
+        for batch in file.iter_batches(batch_size=min(limit or _PARQUET_BATCH, _PARQUET_BATCH),
+                                       columns=[c for c in columns if c is not None]):  # fmt: skip
+            batches.append(batch)
+            rows += batch.num_rows
+            if limit is not None and rows >= limit:
+                break
+        schema = file.schema_arrow
+        table = pa.Table.from_batches(batches, pa.schema([schema.field(c) for c in columns if c is not None]))
+    except Exception as e:
+        raise StoreError(f"cannot read {path} as parquet ({_brief(e)})") from None
+    table = table.slice(0, limit) if limit is not None else table
+    records = _from_arrow(table, str(path), "parquet", *columns, picked=True)
+    records.total = total
+    return records
 
 
-def _from_arrow(table, source: str, kind: str, vector_column, text_column, id_column) -> Records:
-    """Records from an Arrow table's vector, text and id columns (named, or found by their usual names)."""
-    cols = table.column_names
+_PARQUET_BATCH = 4096  # rows per batch a parquet file is read in
+
+
+def _columns(cols: list[str], source: str, vector_column, text_column, id_column) -> tuple:
+    """(vector, text, id) columns of a table with columns `cols`: as named, or found by their usual names."""
 
     def pick(given: str | None, candidates: tuple[str, ...], what: str, required: bool) -> str | None:
         if given is not None:
@@ -667,9 +734,18 @@ def _from_arrow(table, source: str, kind: str, vector_column, text_column, id_co
             raise StoreError(f"{source}: no {what} column ({' or '.join(candidates)}); name it with --vector-column")
         return found
 
-    vcol = pick(vector_column, ("embedding", "vector", "embeddings", "vectors"), "vector", True)
-    tcol = pick(text_column, ("document", "text", "documents", "content"), "text", False)
-    icol = pick(id_column, ("id", "ids"), "id", False)
+    return (
+        pick(vector_column, ("embedding", "vector", "embeddings", "vectors"), "vector", True),
+        pick(text_column, ("document", "text", "documents", "content"), "text", False),
+        pick(id_column, ("id", "ids"), "id", False),
+    )
+
+
+def _from_arrow(table, source: str, kind: str, vector_column, text_column, id_column, picked=False) -> Records:
+    """Records from an Arrow table's vector, text and id columns (named, or found by their usual names; `picked`:
+    the three are the columns, already found)."""
+    vcol, tcol, icol = (vector_column, text_column, id_column) if picked else _columns(
+        table.column_names, source, vector_column, text_column, id_column)  # fmt: skip
     import pyarrow as pa
 
     vtype = table.schema.field(vcol).type

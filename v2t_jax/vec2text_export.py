@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -158,9 +157,11 @@ def from_bundle(bundle_folder: str | os.PathLike | None, output: str | os.PathLi
     `output/corrector` (see the module docstring); `output` must not exist. Returns `output`."""
     from v2t_jax import api
 
+    from v2t_jax import outputs
+
     out = Path(output)
-    if out.exists():
-        raise FileExistsError(f"{out} exists; give a new folder")
+    if out.exists() or out.is_symlink():
+        raise outputs.OutputError(f"{out} exists; give --output a new folder (vec2text's two checkpoints go in it)")
     model = api.load_model(bundle_folder)
     program, params = model.program, model.params
     common = dict(
@@ -195,13 +196,11 @@ def from_bundle(bundle_folder: str | os.PathLike | None, output: str | os.PathLi
                   "corrector_ignore_hypothesis_embedding": cor.ignore_hypothesis_embedding,
                   START_TOKEN_KEY: cor.hypothesis_start_token}  # fmt: skip
         parts["corrector"] = (corrector_state_dict(cor, params["corrector"]), config, cor.t5)
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    for name, (sd, config, t5cfg) in parts.items():  # model_name_or_path: the backbone where it will be
-        _write(tmp / name, sd, {**config, "model_name_or_path": str((out / name / "t5").resolve())}, t5cfg,
-               model.vocab)  # fmt: skip
-    os.replace(tmp, out)
+    with outputs.new_folder(out, "export") as tmp:  # (whole or not at all; one export per output)
+        for name, (sd, config, t5cfg) in parts.items():  # model_name_or_path: the backbone where it will be
+            _write(tmp / name, sd, {**config, "model_name_or_path": str((out / name / "t5").resolve())}, t5cfg,
+                   model.vocab)  # fmt: skip
+        outputs.fix_modes(tmp)
     return out
 
 

@@ -38,14 +38,23 @@ def infer_t5_config(sd: dict[str, np.ndarray], prefix: str = BACKBONE, max_dista
         raise ValueError("not a vec2text checkpoint: no encoder_decoder.shared.weight")
     vocab, d_model = shared.shape
     blocks = lambda part: {int(m.group(1)) for k in sd for m in [re.match(rf"{prefix}{part}\.block\.(\d+)\.", k)] if m}  # noqa: E731
-    rel = sd[prefix + "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"]
+    need = [prefix + "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+            prefix + "encoder.block.0.layer.0.SelfAttention.q.weight"]  # fmt: skip
+    missing = [k for k in need if k not in sd]
+    if missing:
+        raise ValueError(f"not a vec2text checkpoint: no {missing[0]}")
+    rel, q = sd[need[0]], sd[need[1]]
+    if rel.ndim != 2 or shared.ndim != 2 or q.ndim != 2:
+        raise ValueError("not a vec2text checkpoint: its embedding or attention tensors are not matrices")
     buckets, heads = rel.shape
-    q = sd[prefix + "encoder.block.0.layer.0.SelfAttention.q.weight"]
+    if heads < 1 or buckets < 2 or q.shape[0] % heads:
+        raise ValueError(f"not a T5 backbone v2t can run: {heads} attention heads, {buckets} relative-position "
+                         f"buckets, queries of {q.shape[0]} features")  # fmt: skip
     gated = prefix + "encoder.block.0.layer.1.DenseReluDense.wi_0.weight" in sd
     wi = sd[prefix + "encoder.block.0.layer.1.DenseReluDense." + ("wi_0" if gated else "wi") + ".weight"]
     lm_head = sd.get(prefix + "lm_head.weight")
     tied = lm_head is None or np.array_equal(lm_head, shared)
-    return t5_lib.T5Config(
+    cfg = t5_lib.T5Config(
         vocab_size=vocab,
         d_model=d_model,
         d_kv=q.shape[0] // heads,
@@ -59,6 +68,10 @@ def infer_t5_config(sd: dict[str, np.ndarray], prefix: str = BACKBONE, max_dista
         tie_word_embeddings=tied,
         dropout_rate=0.0,
     )
+    from v2t_jax import bundle
+
+    bundle.check_bounds(cfg, "the checkpoint's T5 backbone")  # (as a bundle's loader would; ModelError)
+    return cfg
 
 
 def _transform(sd: dict, prefix: str) -> dict:
@@ -126,7 +139,10 @@ def load_folder(folder: str | os.PathLike, **t5_overrides):
     folder = Path(folder)
     sd = t5_lib.read_hf_state_dict(folder)
     sd = {k: v for k, v in sd.items() if not k.startswith("embedder.")}
-    meta = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
+    for key, w in sd.items():  # (an int or bool tensor would be cast to float and run as garbage)
+        if np.asarray(w).dtype.kind != "f" and np.asarray(w).dtype.name != "bfloat16":
+            raise ValueError(f"{folder}: tensor {key} is {np.asarray(w).dtype}; a model's weights are floating point")
+    meta = _config(folder)
     if "embedding_transform_1.0.weight" in sd:
         ignore = bool(meta.get("corrector_ignore_hypothesis_embedding", False))
         start = bool(meta.get(START_TOKEN_KEY, True))
@@ -179,6 +195,34 @@ def inversion_program(
     )
 
 
+def _config(folder: Path) -> dict:
+    """The checkpoint's config.json (vec2text's InversionConfig) as a JSON object, {} where there is none."""
+    from v2t_jax.outputs import input_file
+
+    path = folder / "config.json"
+    if not path.exists() and not path.is_symlink():
+        return {}
+    try:
+        meta = json.loads(input_file(path, "checkpoint config").read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # (json's errors are ValueErrors)
+        raise ValueError(f"{path} is not a JSON config ({str(e).splitlines()[0][:160] if str(e) else e!r})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} holds a JSON {type(meta).__name__}, not the object of a vec2text config")
+    return meta
+
+
+def _max_length(given: int | None, meta: dict, where: Path) -> int:
+    """The embedder's token budget: `given`, else the config's max_seq_length, else 32; an integer in 2..4096 (the
+    bundle's bound; the embedder's positions are checked once it is loaded)."""
+    value = given if given is not None else meta.get("max_seq_length", 32)
+    if value is None:
+        value = 32
+    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 4096:
+        said = "--max-length" if given is not None else f"{where / 'config.json'}: max_seq_length"
+        raise ValueError(f"{said} is {value!r}: a token count in 2..4096 (the embedder's budget) is due")
+    return value
+
+
 def _tokenizer_folder(inversion_folder: Path, meta: dict) -> Path:
     """Where the backbone's tokenizer is: the inversion folder itself, or the local folder its config names as
     `model_name_or_path` (the T5 it was trained from)."""
@@ -204,6 +248,7 @@ def to_bundle(
     tokenizer: str | os.PathLike | None = None,
     max_length: int | None = None,
     embedder_head: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """A model bundle (`v2t_jax.bundle`) from vec2text checkpoint folders, which `v2t invert`, `v2t audit`,
     `v2t bench` and `api.load_model` run as any bundle.
@@ -219,9 +264,8 @@ def to_bundle(
     from v2t_jax.vocabulary import Vocabulary
 
     inversion_folder = Path(inversion_folder)
-    meta_path = inversion_folder / "config.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    max_length = int(max_length or meta.get("max_seq_length") or 32)
+    meta = _config(inversion_folder)
+    max_length = _max_length(max_length, meta, inversion_folder)
     head = embedder_head or ("none" if meta.get("embedder_model_name") == "gtr_base" else "auto")
     if head not in bundle.EMBEDDER_HEADS:
         raise ValueError(f"embedder head {head!r} is not one of {', '.join(bundle.EMBEDDER_HEADS)}")
@@ -244,6 +288,9 @@ def to_bundle(
             )
     name = str(Path(embedder).resolve()) if Path(embedder).is_dir() else str(embedder)
     emb = embedders.load_embedder(name, head=head)
+    if emb.config.max_positions is not None and max_length > emb.config.max_positions:
+        raise ValueError(f"a token budget of {max_length} is past the {emb.config.max_positions} positions of the "
+                         f"embedder {name}: give --max-length {emb.config.max_positions} or less")  # fmt: skip
     for where, cfg in ((inversion_folder, inv_cfg), (corrector_folder, cor_cfg)):
         if cfg is not None and cfg.embed_dim != emb.dim:
             raise ValueError(
@@ -255,4 +302,8 @@ def to_bundle(
     source = {"vec2text": {"inversion": str(inversion_folder.resolve()),
                            "corrector": str(Path(corrector_folder).resolve()) if corrector_folder else None,
                            "tokenizer": str(tok_folder.resolve())}}  # fmt: skip
-    return model.save(output, weights, extra={"source": source})
+    from v2t_jax import outputs
+
+    with outputs.new_folder(output, "import", overwrite) as tmp:  # (whole or not at all; the old one kept till then)
+        model.save(tmp, weights, extra={"source": source})
+    return Path(output)

@@ -542,7 +542,9 @@ def load_tokenizer(folder: str | os.PathLike):
     folder = os.fspath(folder)
     path = os.path.join(folder, "tokenizer.json")
     if os.path.exists(path):
-        tok = tokenizers.Tokenizer.from_file(path)
+        from v2t_jax.outputs import input_file
+
+        tok = tokenizers.Tokenizer.from_file(str(input_file(path, "tokenizer file")))  # (a FIFO would never end)
     else:
         from transformers import AutoTokenizer
 

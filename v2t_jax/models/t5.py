@@ -28,6 +28,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -828,7 +829,11 @@ def join_inside(folder: str | os.PathLike, rel: str, what: str) -> str:
 
 
 def read_hf_state_dict(folder: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Reads `model.safetensors` (or sharded safetensors, or `pytorch_model.bin` with weights_only)."""
+    """Reads `model.safetensors` (or sharded safetensors, or `pytorch_model.bin` with weights_only); each file
+    checked to be a regular file first (`outputs.input_file`: a FIFO would never end). A .bin that is not a
+    plain state dict of tensors is `ModelError`, one line."""
+    from v2t_jax.outputs import input_file
+
     folder = os.fspath(folder)
     st_path = os.path.join(folder, "model.safetensors")
     index_path = os.path.join(folder, "model.safetensors.index.json")
@@ -839,11 +844,12 @@ def read_hf_state_dict(folder: str | os.PathLike) -> dict[str, np.ndarray]:
         if os.path.exists(st_path):
             files = [st_path]
         else:
-            with open(index_path) as f:
+            with open(input_file(index_path, "weights index")) as f:
                 names = set(json.load(f)["weight_map"].values())
             files = sorted(join_inside(folder, v, "model.safetensors.index.json") for v in names)
         out: dict[str, np.ndarray] = {}
         for path in files:
+            input_file(path, "weights file")
             try:
                 out.update(load_file(path))
             except Exception as e:  # bf16 safetensors cannot be read into numpy directly
@@ -857,9 +863,23 @@ def read_hf_state_dict(folder: str | os.PathLike) -> dict[str, np.ndarray]:
                 f"{bin_path} is a PyTorch pickle; reading it needs torch (pip install torch), "
                 "or convert the checkpoint to model.safetensors"
             ) from e
-        sd = torch.load(bin_path, map_location="cpu", weights_only=True)
+        from v2t_jax.errors import ModelError
+
+        try:
+            sd = torch.load(input_file(bin_path, "weights file"), map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as e:
+            # weights_only refuses a pickle that would run code or build anything but tensors (UnpicklingError)
+            why = f"{bin_path} is not a plain PyTorch state dict of tensors ({_first_line(e)})"
+            raise ModelError(f"{why}; v2t loads no other pickle: convert it to model.safetensors") from None
+        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise ModelError(f"{bin_path} holds no state dict of tensors; convert it to model.safetensors")
         return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
     raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {folder}")
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:200] if lines else type(e).__name__
 
 
 def _load_safetensors_via_torch(path: str, original: Exception) -> dict[str, np.ndarray]:
