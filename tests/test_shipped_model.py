@@ -87,7 +87,7 @@ def test_demo_prints_original_and_recovered_side_by_side(capsys, shipped, sample
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--steps", "-1"], "--steps must be >= 0"),
+        (["--steps", "-1"], "--steps must be in [0, 10000]"),
         (["--input", "/nonexistent/passages.txt"], "does not exist"),
         (["--checkpoint", "/nonexistent/bundle"], "not a v2t model bundle"),
     ],

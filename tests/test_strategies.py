@@ -33,7 +33,7 @@ def test_fields_are_stored_in_their_checked_form():
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        ({"steps": -1}, "steps must be >= 0, got -1"),
+        ({"steps": -1}, "steps must be in [0, 10000] (the paper runs 50), got -1"),
         ({"steps": 2.5}, "steps must be a whole number"),
         ({"steps": True}, "steps must be a whole number"),
         ({"steps": 2, "beam": 0}, "the sequence beam width must be in [1, 64]"),
@@ -82,7 +82,7 @@ def test_from_flags_names_the_flag_and_picks_the_default_steps():
     assert strategies.from_flags(None, 1, has_corrector=False) == Search(0, 1)
     assert strategies.from_flags(3, 4, 0.1, 2, 0.99, False) == Search(3, 4, 0.1, 2, 0.99, False)
     bad = [
-        ((-1, 1), "--steps must be >= 0"),
+        ((-1, 1), "--steps must be in [0, 10000]"),
         ((2, 100), "--sbeam must be in [1, 64]"),
         ((2, 1, 1e3), "--prior must be in [0, 100]"),
         ((2, 1, 0, 500), "--polish must be in [0, 100]"),
@@ -109,7 +109,7 @@ def test_describe_and_record():
     assert Search(5, patience=3).describe() == (
         "5 correction steps, sequence beam 1, stop after 3 steps without a better hypothesis"
     )
-    with pytest.raises(StrategyError, match=r"--patience must be >= 0 \(0: off\), got -1"):
+    with pytest.raises(StrategyError, match=r"--patience must be in \[0, 10000\] \(0: off\), got -1"):
         strategies.from_flags(5, 1, patience=-1)
     # a token beam apart from the sequence beam likewise; equal to it, it is vec2text's search (one program)
     assert Search(5, 2, token_beam=8).record()["token_beam"] == 8 and "token_beam" not in Search(5, 2).record()

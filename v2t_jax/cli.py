@@ -45,6 +45,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+MAX_ROWS = 1 << 20  # a batch of rows (texts, vectors) a flag may ask for: far past any accelerator's memory
+MAX_COUNT = 1 << 40  # records, steps, seeds: past any real count, within every integer type on the way
+
+
+def _count(low: int, high: int):
+    """An argparse type: a whole number in [low, high], checked where it is parsed (a value JAX or numpy would
+    overflow on, or that would ask for a million processes, is one line before any work)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high:,}")
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
+
+
 def _search_flags(p: argparse.ArgumentParser, stop_and_skip: bool = False) -> None:
     """The search's flags (`v2t_jax.strategies.from_flags`), the same for every command that inverts (--steps,
     --sbeam, --token-beam, --prior, --polish, --patience);
@@ -119,7 +140,9 @@ def _remote_flags(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_KEY_ENV,
         help="environment variable holding the endpoint's API key, sent as a bearer token (default %(default)s)",
     )
-    p.add_argument("--embedder-batch-size", type=int, default=64, help="texts per request (default %(default)s)")
+    p.add_argument(
+        "--embedder-batch-size", type=_count(1, 4096), default=64, help="texts per request (default %(default)s)"
+    )
     p.add_argument(
         "--embedder-timeout",
         type=float,
@@ -127,7 +150,10 @@ def _remote_flags(p: argparse.ArgumentParser) -> None:
         help="seconds a request may take in all, connecting and reading included (default %(default)s)",
     )
     p.add_argument(
-        "--embedder-retries", type=int, default=4, help="retries of a failed request, backing off (default %(default)s)"
+        "--embedder-retries",
+        type=_count(0, 20),
+        default=4,
+        help="retries of a failed request, backing off (default %(default)s)",
     )
 
 
@@ -147,11 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--output", required=True, help="where to write float32 [N, D] vectors (.npy)")
     e.add_argument(
         "--max-length",
-        type=int,
+        type=_count(2, 4096),
         default=32,
         help="truncate to this many embedder tokens (default: %(default)s, as in the paper)",
     )
-    e.add_argument("--batch-size", type=int, default=128, help="texts per jitted batch (default: %(default)s)")
+    e.add_argument(
+        "--batch-size", type=_count(1, MAX_ROWS), default=128, help="texts per jitted batch (default: %(default)s)"
+    )
     e.add_argument(
         "--head",
         choices=["auto", "none", "normalize"],
@@ -177,8 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dp.add_argument("--corpus", default=None, help="your own .txt (a document per line) or .jsonl (text, doc_id)")
     dp.add_argument("--embedder", default="all-MiniLM-L6-v2")
-    dp.add_argument("--max-tokens", type=int, default=32, help="passage length in embedder tokens incl. [CLS]/[SEP]")
-    dp.add_argument("--seed", type=int, default=0, help="seed of the split by document")
+    dp.add_argument(
+        "--max-tokens", type=_count(4, 4096), default=32, help="passage length in embedder tokens incl. [CLS]/[SEP]"
+    )
+    dp.add_argument("--seed", type=_count(0, 2**32 - 1), default=0, help="seed of the split by document")
     dp.add_argument("--cache-dir", default=None)
     dp.add_argument("--no-targets", action="store_true", help="skip precomputing target embeddings")
     dp.add_argument(
@@ -187,10 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated splits to precompute target embeddings for (e.g. test,validation: the held-out "
         "splits in minutes, without the train split's hours on CPU; default: every split)",
     )
-    dp.add_argument("--workers", type=int, default=None, help="processes that read and tokenise (default: every core)")
+    dp.add_argument(
+        "--workers", type=_count(1, 1024), default=None, help="processes that read and tokenise (default: every core)"
+    )
     dp.add_argument(
         "--batch-size",
-        type=int,
+        type=_count(1, MAX_ROWS),
         default=None,
         help="passages per embedding batch (default: 128 on CPU, 2048 on GPU/TPU)",
     )
@@ -202,8 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     dh.add_argument("--data-dir", default=None)
     dh.add_argument("--sources", nargs="+", default=["wiki", "bbc", "sotu", "moby"])
     dh.add_argument("--corpus", default=None)
-    dh.add_argument("--seed", type=int, default=0)
-    dh.add_argument("--batch-size", type=int, default=64)
+    dh.add_argument("--seed", type=_count(0, 2**32 - 1), default=0)
+    dh.add_argument("--batch-size", type=_count(1, MAX_ROWS), default=64)
     dh.add_argument("--cache-dir", default=None)
     dh.add_argument("--quiet", action="store_true")
     dh.set_defaults(func=cmd_data_hypotheses, command="data hypotheses")
@@ -222,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", default=None, help="model bundle folder (default: the shipped all-MiniLM-L6-v2 model)"
     )
     _search_flags(iv, stop_and_skip=True)
-    iv.add_argument("--batch-size", type=int, default=32)
+    iv.add_argument("--batch-size", type=_count(1, MAX_ROWS), default=32)
     iv.add_argument("--output", required=True, help="JSON lines: text, cosine[, steps with --trace]")
     iv.add_argument("--trace", action="store_true", help="also write every step's hypothesis and cosine")
     iv.add_argument(
@@ -252,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated searches: B is vec2text's sbeam B, BxW sbeam B with token beams of W "
         "(v2t invert's default is 2x8; default %(default)s)",
     )
-    bn.add_argument("--repeats", type=int, default=3, help="timed runs per point after compile")
+    bn.add_argument("--repeats", type=_count(1, 1000), default=3, help="timed runs per point after compile")
     bn.add_argument(
         "--skip-repeated",
         action="store_true",
@@ -278,8 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--id-column", default=None, help="parquet: the ids' column (default id)")
     au.add_argument("--checkpoint", default=None, help="model bundle folder (default: the shipped model)")
     _search_flags(au)
-    au.add_argument("--limit", type=int, default=None, help="audit the first N records only")
-    au.add_argument("--batch-size", type=int, default=32)
+    au.add_argument("--limit", type=_count(1, MAX_COUNT), default=None, help="audit the first N records only")
+    au.add_argument("--batch-size", type=_count(1, MAX_ROWS), default=32)
     _remote_flags(au)
     au.add_argument("--cache-dir", default=None)
     au.add_argument("--overwrite", action="store_true", help="replace an earlier report in --output")
@@ -297,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--workdir", default=None, help="a v2t train run directory")
     ex.add_argument("--bundle", default=None, help="vec2text: the bundle to write (default: the shipped model)")
     ex.add_argument("--output", required=True, help="folder to write")
-    ex.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    ex.add_argument("--step", type=_count(0, MAX_COUNT), default=None, help="checkpoint step (default: the latest)")
     ex.add_argument(
         "--inverter",
         default=None,
@@ -324,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     iv2t.add_argument("--tokenizer", default=None,
                       help="folder with the backbone's tokenizer.json (default: the inversion folder's, or the local "
                            "folder its config names as model_name_or_path)")  # fmt: skip
-    iv2t.add_argument("--max-length", type=int, default=None,
+    iv2t.add_argument("--max-length", type=_count(2, 4096), default=None,
                       help="the embedder's token budget (default: the checkpoint's max_seq_length)")  # fmt: skip
     iv2t.add_argument("--embedder-head", choices=EMBEDDER_HEADS, default=None,
                       help="how to read the embedder's sentence-transformers head (default: none for vec2text's "

@@ -131,6 +131,8 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-tokens must be at least 4, got {args.max_tokens}")
     if (args.workers is not None and args.workers < 1) or (args.batch_size is not None and args.batch_size < 1):
         raise UsageError("--workers and --batch-size must be >= 1")
+    if args.data_dir is not None and Path(args.data_dir).exists() and not Path(args.data_dir).is_dir():
+        raise UsageError(f"--data-dir {args.data_dir} is a file; pass a folder for the datasets")
     wanted = None
     if args.targets_splits is not None:
         if args.no_targets:
@@ -144,6 +146,13 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     from v2t_jax.data import dataset, targets
     from v2t_jax.models import embedders
 
+    try:  # the passage length against the embedder's positions, before hours of work
+        positions = embedders.max_positions_of(assets.resolve_embedder(args.embedder, args.cache_dir))
+    except (assets.AssetError, OSError, ValueError) as e:
+        raise UsageError(f"cannot use embedder {args.embedder!r} ({e})") from None
+    if positions is not None and args.max_tokens > positions:
+        raise UsageError(f"--max-tokens {args.max_tokens} is past the {positions} positions of {args.embedder}; "
+                         f"give {positions} or less")  # fmt: skip
     if wanted is not None and any(s not in dataset.SPLITS for s in wanted):
         bad = ", ".join(repr(s) for s in wanted if s not in dataset.SPLITS)
         raise UsageError(f"--targets-splits: {bad} is not a split; the splits are {', '.join(dataset.SPLITS)}")
@@ -640,13 +649,16 @@ def cmd_import_vec2text(args: argparse.Namespace) -> int:
     return 0
 
 
-def _int_list(text: str, flag: str) -> list[int]:
+def _int_list(text: str, flag: str, low: int, high: int) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise UsageError(f"{flag} takes comma-separated integers, got {text!r}") from None
     if not values:
         raise UsageError(f"{flag} is empty")
+    bad = next((v for v in values if not low <= v <= high), None)
+    if bad is not None:
+        raise UsageError(f"{flag}: {bad} is outside {low}..{high:,}")
     return values
 
 
@@ -675,11 +687,11 @@ def _beam_list(text: str) -> list[tuple[int, int | None]]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    batches = _int_list(args.batch, "--batch")
-    steps = _int_list(args.steps, "--steps")
+    from v2t_jax.strategies import MAX_STEPS
+
+    batches = _int_list(args.batch, "--batch", 1, 1 << 20)
+    steps = _int_list(args.steps, "--steps", 0, MAX_STEPS)
     beams = _beam_list(args.beam)
-    if min(batches) < 1 or min(steps) < 0 or args.repeats < 1:
-        raise UsageError("--batch and --repeats must be >= 1 and --steps >= 0")
     from v2t_jax import outputs
 
     out = Path(args.output)

@@ -362,6 +362,11 @@ class RowStream:
         lines = self.partial.read_bytes().split(b"\n") if has_partial else [b""]
         whole = len(lines) - 1  # the last piece has no newline: empty, or a torn row
         self.done = whole - whole % batch
+        damaged = next((i for i, line in enumerate(lines[: self.done]) if not _is_row(line)), None)
+        if damaged is not None:  # a row changed on disk is computed again, never copied into the output
+            self.done = damaged - damaged % batch
+            print(f"v2t {command}: row {damaged + 1} of {self.partial} is damaged (not a JSON object); its batch "
+                  "and the rows after it are computed again", file=sys.stderr)  # fmt: skip
         if has_partial:
             with open(self.partial, "r+b") as f:
                 f.truncate(sum(len(x) + 1 for x in lines[: self.done]))
@@ -416,7 +421,21 @@ class RowStream:
         self.state.unlink(missing_ok=True)
 
     def rows(self) -> list[dict]:
-        return [json.loads(line) for line in self.output.read_text(encoding="utf-8").splitlines()]
+        """The output's rows; OutputError naming the first that is not a JSON object (changed on disk)."""
+        out = []
+        for i, line in enumerate(self.output.read_bytes().split(b"\n")[:-1]):
+            if not _is_row(line):
+                raise OutputError(f"row {i + 1} of {self.output} is damaged (not a JSON object); delete {self.output} "
+                                  "and rerun the command")  # fmt: skip
+            out.append(json.loads(line))
+        return out
+
+
+def _is_row(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
+        return False
 
 
 __all__ = ["OutputError", "check_file", "check_folder", "check_regular", "write_atomic", "write_text_atomic",

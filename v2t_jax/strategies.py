@@ -46,6 +46,7 @@ DEFAULT_POLISH = 0  # rounds of gradient-guided token swaps after the search (v2
 DEFAULT_PATIENCE = 3
 
 MAX_BEAM = 64  # 4,096 candidates per vector and step; the paper's widest is 8 (64)
+MAX_STEPS = 10_000  # correction steps (a step count is an int32 inside the compiled loop; the paper runs 50)
 MAX_PRIOR = 100.0  # the language prior's weight: far past where the cosine still counts
 MAX_POLISH = 100  # rounds of token swaps (each changes at most one token)
 NO_STOP = 2.0  # a stop cosine no example reaches (cosines are at most 1)
@@ -114,7 +115,7 @@ class Search:
 
     def __post_init__(self):
         set_ = object.__setattr__  # (frozen: each field is stored in its checked form)
-        set_(self, "steps", _whole(self.steps, "steps", 0))
+        set_(self, "steps", _whole(self.steps, "steps", 0, MAX_STEPS, " (the paper runs 50)"))
         set_(
             self, "beam",
             _whole(self.beam, "the sequence beam width", 1, MAX_BEAM,
@@ -132,7 +133,7 @@ class Search:
                 raise StrategyError("stop_cosine must be a number, got nan")
             set_(self, "stop_cosine", stop)
         set_(self, "skip_repeated", bool(self.skip_repeated))
-        set_(self, "patience", _whole(self.patience, "patience", 0, None, " (0: off)"))
+        set_(self, "patience", _whole(self.patience, "patience", 0, MAX_STEPS, " (0: off)"))
         if self.token_beam is not None and self.steps:
             set_(
                 self, "token_beam",
@@ -184,11 +185,16 @@ class Search:
             "sbeam": self.beam,
             "prior": self.prior,
             "polish": self.polish,
-            "stop_cosine": self.stop_cosine,
+            # (JSON holds no infinity: -inf, which stops every vector at once, is written as the text "-inf")
+            "stop_cosine": self.stop_cosine if _finite(self.stop_cosine) else str(self.stop_cosine),
             "skip_repeated": self.skip_repeated,
         }
         out |= {"patience": self.patience} if self.patience else {}
         return out | ({"token_beam": self.token_beam} if self.token_beam is not None else {})
+
+
+def _finite(value: float | None) -> bool:
+    return value is None or math.isfinite(value)
 
 
 def default(has_corrector: bool = True) -> Search:
@@ -282,6 +288,7 @@ __all__ = [
     "DEFAULT_POLISH",
     "DEFAULT_PATIENCE",
     "MAX_BEAM",
+    "MAX_STEPS",
     "MAX_PRIOR",
     "MAX_POLISH",
 ]

@@ -474,10 +474,16 @@ def pretrained_t5_folder(config: ml_collections.ConfigDict) -> Path | None:
 @functools.lru_cache(maxsize=4)
 def pretrained_t5_config(folder: str) -> t5_lib.T5Config:
     """The T5Config of a pretrained folder, its LM head's tying read off the weights (`t5.load_hf_t5`)."""
+    from v2t_jax import bundle
+
     try:
-        return t5_lib.load_hf_t5(folder)[0]
-    except (ValueError, KeyError, OSError) as e:
-        raise TrainingError(f"config.t5.init: {folder} does not load as T5 ({type(e).__name__}: {e})") from None
+        cfg = t5_lib.load_hf_t5(folder)[0]
+        bundle.check_bounds(cfg, "its config.json")  # (0 heads, 10^6 layers, ...: what a bundle may not hold)
+        return cfg
+    except (ValueError, KeyError, TypeError, AttributeError, OSError, RecursionError, ZeroDivisionError) as e:
+        # (a config.json that is a list, lacks a field, holds text where numbers go, nests past the stack)
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise TrainingError(f"config.t5.init: {folder} does not load as T5 ({type(e).__name__}: {first})") from None
 
 
 def pretrained_t5(params: dict, folder: Path, cfg: t5_lib.T5Config, shardings: Any) -> dict:

@@ -159,7 +159,7 @@ def build(
     duplicates (`dedup_key`) dropped after their first occurrence. Jobs are `(source, root, unit)` work units
     (`sources.work_units`) or lists of `Document`s; results are taken in job order, so the output does not
     depend on the number of workers."""
-    workers = workers or default_workers()
+    workers = max(1, min(workers or default_workers(), len(jobs)))  # (no process without a job to do)
     init = (tokenizer.to_str(), max_tokens, seed, fractions)
     seen: set[bytes] = set()
     out = Built({"train": [], "validation": [], "test": []}, {})

@@ -531,6 +531,19 @@ def load_embedder_config_and_params(folder: str | os.PathLike, head: str = "auto
     return EmbedderConfig(backbone, pooling, dense_head, normalize), params
 
 
+def max_positions_of(folder: str | os.PathLike) -> int | None:
+    """The tokens an embedder folder's backbone can read (its config's position table, less the two a RoBERTa-style
+    table keeps for padding); None where it has no learned positions (T5) or no config says."""
+    path = os.path.join(os.fspath(folder), "config.json")
+    if not os.path.isfile(path):
+        return None
+    cfg = _read_json(path)
+    n = cfg.get("max_position_embeddings") if isinstance(cfg, dict) else None
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        return None
+    return n - 2 if cfg.get("model_type") in ("mpnet", "roberta", "xlm-roberta") else n
+
+
 def _has_weights(folder: str) -> bool:
     return any(os.path.exists(os.path.join(folder, f)) for f in ("model.safetensors", "pytorch_model.bin"))
 

@@ -976,8 +976,12 @@ def load_hf_t5(folder: str | os.PathLike, encoder_only: bool = False, **config_o
     cfg_path = os.path.join(folder, "config.json")
     if not os.path.exists(cfg_path):
         raise FileNotFoundError(f"{folder} is not a T5 checkpoint folder: no config.json")
-    with open(cfg_path) as f:
+    from v2t_jax.outputs import input_file
+
+    with open(input_file(cfg_path, "T5 config")) as f:
         hf = json.load(f)
+    if not isinstance(hf, dict):
+        raise ValueError(f"{cfg_path} holds a JSON {type(hf).__name__}, not a config object")
     if hf.get("model_type", "t5") not in ("t5", "mt5", "umt5"):
         raise ValueError(f"{folder} holds a {hf.get('model_type')!r} model, not T5")
     sd = read_hf_state_dict(folder)
