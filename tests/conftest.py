@@ -93,6 +93,18 @@ def _fresh_jax_caches():
         sys.modules["jax"].clear_caches()
 
 
+@pytest.fixture(autouse=True)
+def _secrets_of_this_test_only():
+    """The secrets a process registers (`errors.add_secret`) are process-wide: each test starts with those it
+    found and leaves none behind, so one test's key can neither hide another's leak nor blank its messages."""
+    from v2t_jax import errors
+
+    kept = set(errors._SECRETS)
+    yield
+    errors._SECRETS.clear()
+    errors._SECRETS.update(kept)
+
+
 @pytest.fixture(scope="session")
 def sentences() -> list[str]:
     return [line for line in (DATA / "sentences.txt").read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -501,6 +501,10 @@ def _hostile_chroma(kind, store, outside):
         os.mkfifo(segment / "extra.bin")
     elif kind == "a link loop":
         (segment / "loop").symlink_to(segment)
+    elif kind == "one folder through two links":  # (folders linked to each other could multiply the copy)
+        (store / "shared").mkdir()
+        (store / "shared" / "data.bin").write_bytes(b"x" * 100)
+        (store / "alias").symlink_to(store / "shared")
     return outside
 
 
@@ -513,6 +517,7 @@ def _hostile_chroma(kind, store, outside):
         ("chroma.sqlite3 links out", "chroma.sqlite3 is a link out of the store"),
         ("a FIFO among its files", "extra.bin is a FIFO, not a store file"),
         ("a link loop", "loop links back to a folder above it"),
+        ("one folder through two links", "shared is reached through more than one link"),
     ],
 )
 def test_a_store_that_links_out_of_itself_is_refused_and_nothing_outside_changes(capsys, tmp_path, vectors, texts,

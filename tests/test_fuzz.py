@@ -233,3 +233,135 @@ def test_fuzz_the_store_readers(tmp_path, kind):
     ran, read, refused = map(int, done.stdout.split()[-3:])
     print(f"\n{kind} fuzz: {ran} files, {read} read, {refused} refused as one line")
     assert ran >= (30 if kind == "faiss" else 50) and refused > 0  # (each FAISS file is read in a child process)
+
+
+IMPORT_FUZZ = """
+import json, random, resource, shutil, sys, time
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+sys.path.insert(0, sys.argv[1])
+import test_fuzz as fz
+from v2t_jax import vec2text_import
+golden, folder, seed = Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+rng = random.Random(seed)
+ran = read = refused = 0
+t0 = time.monotonic()
+while ran < 300 and time.monotonic() - t0 < fz.BUDGET_S / 3:
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    fz._import_folder(rng, golden, folder)
+    try:
+        meta = vec2text_import._config(folder)
+        vec2text_import._max_length(None, meta, folder)
+        vec2text_import.load_folder(folder)
+        read += 1
+    except (ValueError, KeyError, OSError) as e:  # what `v2t import` says in one line (ModelError is a ValueError)
+        assert str(e).strip(), type(e)
+        refused += 1
+    ran += 1
+print(ran, read, refused)
+"""
+
+
+def _import_folder(rng: random.Random, golden, folder) -> None:
+    """A vec2text InversionModel folder (the golden tiny inverter) with its config or weights damaged."""
+    from safetensors.numpy import load_file, save_file
+
+    sd = load_file(str(golden / "inverter.safetensors"))
+    config: object = {"max_seq_length": 32, "num_repeat_tokens": 4}
+    odd = [None, True, "32", -5, 0, 10**9, 1e400, [], {}, [32], "x" * 10]
+    choice = rng.randrange(10)
+    if choice == 0:
+        config = {"max_seq_length": rng.choice(odd)}
+    elif choice == 1:
+        config = rng.choice(odd)
+    elif choice == 2:
+        key = rng.choice(sorted(sd))
+        w = sd[key]
+        sd[key] = rng.choice([w.astype(np.int64), w > 0, w * np.nan, w[:0], w.reshape(-1), w.astype(np.float16)])
+    elif choice == 3:
+        del sd[rng.choice(sorted(sd))]
+    save_file(sd, str(folder / "model.safetensors"))
+    text = json.dumps(config, allow_nan=True)
+    if choice == 4:
+        text = "[" * rng.randrange(1, 200_000)
+    (folder / "config.json").write_text(text)
+    if choice in (5, 6):  # bytes of the weights flipped, or cut
+        raw = bytearray((folder / "model.safetensors").read_bytes())
+        if choice == 5:
+            for _ in range(rng.randrange(1, 6)):
+                pos = rng.randrange(min(len(raw), 512)) if rng.random() < 0.7 else rng.randrange(len(raw))
+                raw[pos] = rng.randrange(256)
+        else:
+            raw = raw[: rng.randrange(len(raw))]
+        (folder / "model.safetensors").write_bytes(bytes(raw))
+    if choice == 7:
+        (folder / "config.json").write_bytes(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64))))
+
+
+def test_fuzz_the_import_folders(tmp_path):
+    """vec2text checkpoint folders with configs of every JSON shape (lists, 1e400, 200,000-deep nesting, bytes
+    that are not UTF-8) and weights damaged (bytes flipped or cut, tensors of int64 / bool / NaN / empty / odd
+    shape, tensors missing): the import reads the folder or raises what `v2t import` says in one line. In a child
+    process (a crash in safetensors would show)."""
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    argv = [str(here), str(here / "golden" / "vec2text"), str(tmp_path / "case"), "11"]
+    done = subprocess.run([sys.executable, "-c", IMPORT_FUZZ, *argv], capture_output=True, text=True,
+                          timeout=BUDGET_S * 2)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    ran, read, refused = map(int, done.stdout.split()[-3:])
+    print(f"\nimport fuzz: {ran} folders, {read} read, {refused} refused as one line")
+    assert ran >= 30 and refused > 0 and read > 0
+
+
+def test_fuzz_the_cache_folders(tmp_path):
+    """Compilation-cache folders in every state another user or a mistake could leave (entries that are FIFOs,
+    links to /dev/zero, to files or to nothing, folders, sparse files past the bound, other owners, modes open to
+    others; the folder or one above it open to others): `untrusted_cache` answers at once, never waits or raises,
+    and trusts only folders whose every entry is a plain file of the user's that nobody else may write."""
+    import os
+    import stat
+
+    from v2t_jax import commands
+
+    rng = random.Random(5)
+    ran = trusted = 0
+    t0 = time.monotonic()
+    while ran < 400 and time.monotonic() - t0 < BUDGET_S / 3:
+        top = tmp_path / f"case{ran}"
+        folder = top / "xla"
+        folder.mkdir(parents=True)
+        for i in range(rng.randrange(0, 4)):
+            entry = folder / f"e{i}-cache"
+            kind = rng.randrange(9)
+            if kind == 0:
+                os.mkfifo(entry)
+            elif kind == 1:
+                entry.symlink_to(rng.choice(["/dev/zero", str(tmp_path / "nowhere"), "/etc/hostname"]))
+            elif kind == 2:
+                entry.mkdir()
+            elif kind == 3:
+                with open(entry, "wb") as f:
+                    f.truncate(commands.MAX_CACHE_ENTRY_BYTES + rng.randrange(1, 1000))
+            else:
+                entry.write_bytes(b"program")
+                entry.chmod(rng.choice([0o644, 0o600, 0o666, 0o622, 0o000]))
+                if rng.random() < 0.2:
+                    os.chown(entry, 65534, 65534)
+        folder.chmod(rng.choice([0o700, 0o755, 0o775, 0o777]))
+        top.chmod(rng.choice([0o755, 0o777, 0o1777]))
+        started = time.monotonic()
+        why = commands.untrusted_cache(folder)
+        assert time.monotonic() - started < 2.0, "the look at a cache waited"
+        assert why is None or (isinstance(why, str) and "\n" not in why)
+        if why is None:
+            trusted += 1
+            assert not stat.S_IMODE(folder.stat().st_mode) & 0o022
+            for entry in folder.iterdir():
+                st = entry.lstat()
+                assert stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
+        ran += 1
+    print(f"\ncache fuzz: {ran} folders, {trusted} trusted, {ran - trusted} refused with a reason")
+    assert ran >= 50 and trusted > 0 and trusted < ran

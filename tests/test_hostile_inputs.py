@@ -112,6 +112,18 @@ def test_every_numeric_flag_refuses_what_it_cannot_take_in_one_line(capsys, file
     assert sorted(p.name for p in files.iterdir()) == before
 
 
+@pytest.mark.parametrize("command", ["invert", "audit", "embed", "export"])
+def test_an_output_name_past_the_file_systems_limit_is_one_line(capsys, files, command):
+    """A 300-character output name was a traceback (ENAMETOOLONG from the first look at it); a name that fits
+    only without v2t's temporary-file suffixes failed later. Both are one line before any work."""
+    for name, message in [("a" * 300, "name is 30"), ("b" * 220, "pick a name of at most 207 bytes")]:
+        argv = _base(command, files)
+        argv[argv.index("--output") + 1] = str(files / name)
+        code, err = _run(capsys, argv)
+        _one_line(code, err, message)
+    assert not [p for p in files.iterdir() if p.name.startswith(("a", "b", ".a", ".b"))]
+
+
 # ------------------------------------------------------------------------------------------------ FIFOs
 
 FIFO_CASES = [
@@ -238,3 +250,222 @@ def test_a_damaged_row_in_a_finished_output_is_one_line(tmp_path):
     out.write_bytes(out.read_bytes() + b"garbage\n")
     with pytest.raises(outputs.OutputError, match="row 2 of .* is damaged"):
         stream.rows()
+
+
+# ------------------------------------------------------------------------------------------------ import, export
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, small_bundle):
+    """(a bundle, its vec2text checkpoints): the small random bundle with the embedder's token ids in its configs
+    (what vec2text's form needs), written out by `v2t export vec2text`."""
+    import dataclasses
+
+    from v2t_jax import api, vec2text_export
+
+    _, model = small_bundle
+    ids = dict(eos_token_id=102, pad_token_id=0, decoder_start_token_id=0)
+    fix = lambda c: dataclasses.replace(c, t5=c.t5.replace(**ids))  # noqa: E731
+    p = model.program
+    fixed = api.build(fix(p.inverter), model.params["inverter"], fix(p.corrector), model.params["corrector"],
+                      model.embedder, model.max_length)  # fmt: skip
+    root = tmp_path_factory.mktemp("exported")
+    bundle = fixed.save(root / "bundle")
+    return bundle, vec2text_export.from_bundle(bundle, root / "v2t")
+
+
+def _tree(folder: Path) -> dict:
+    """Every entry under `folder`: its bytes' digest (files) and mode."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir",
+                                         p.stat().st_mode) for p in sorted(folder.rglob("*"))}  # fmt: skip
+
+
+def _import(exported_v2t: Path, out: Path, minilm_dir, *extra) -> list[str]:
+    return ["import", "vec2text", str(exported_v2t / "inversion"), str(exported_v2t / "corrector"), "--embedder",
+            str(minilm_dir), "--output", str(out), "--max-length", "12", *extra]  # fmt: skip
+
+
+def _full_disk(*_, **__):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_import_overwrite_keeps_the_old_bundle_when_the_new_one_cannot_be_written(capsys, tmp_path, exported,
+                                                                                  minilm_dir, monkeypatch):  # fmt: skip
+    """`import vec2text --overwrite` onto a good bundle deleted it before writing the new one: a full disk left
+    neither. Now the new bundle is written beside it and renamed in whole; on failure the old one is as it was
+    and nothing is left beside it."""
+    from v2t_jax import bundle
+
+    _, v2t = exported
+    out = tmp_path / "b"
+    assert _run(capsys, _import(v2t, out, minilm_dir))[0] == 0
+    before = _tree(out)
+    monkeypatch.setattr("safetensors.numpy.save_file", _full_disk)
+    code, err = _run(capsys, _import(v2t, out, minilm_dir, "--overwrite"))
+    _one_line(code, err, "No space left on device")
+    assert _tree(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+    monkeypatch.undo()
+    assert _run(capsys, _import(v2t, out, minilm_dir, "--overwrite"))[0] == 0  # (and with room, it is replaced)
+    assert bundle.read_meta(out).max_length == 12 and sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_export_keeps_what_it_did_not_make_and_leaves_nothing_on_failure(capsys, tmp_path, exported, monkeypatch):
+    """`export vec2text` deleted a user's own OUTPUT.partial folder, left a 724 MB .partial behind on a
+    dangling-link output or a full disk, and wrote weights 0600 under umask 022."""
+    from v2t_jax import vec2text_export
+
+    bundle, _ = exported
+    mine = tmp_path / "out.partial"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's own")
+    old = os.umask(0o022)
+    try:
+        assert _run(capsys, ["export", "vec2text", "--bundle", str(bundle), "--output", str(tmp_path / "out")])[0] == 0
+    finally:
+        os.umask(old)
+    assert (mine / "notes.txt").read_text() == "the user's own"
+    modes = {p.stat().st_mode & 0o777 for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert modes == {0o644}, modes
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    code, err = _run(capsys, ["export", "vec2text", "--bundle", str(bundle), "--output", str(tmp_path / "dangling")])
+    _one_line(code, err, "exists; give --output a new folder")
+    monkeypatch.setattr(vec2text_export, "_tokenizer_files", _full_disk)
+    code, err = _run(capsys, ["export", "vec2text", "--bundle", str(bundle), "--output", str(tmp_path / "full")])
+    _one_line(code, err, "No space left on device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "out", "out.partial"]
+
+
+def test_two_exports_to_one_output_one_stops_at_once(capsys, tmp_path, exported):
+    """Two exports (or imports) to one output at once: a traceback, or both exit 0 writing the same files. The
+    output is locked for the run; the second stops with the holder's pid."""
+    from v2t_jax import outputs
+
+    bundle, _ = exported
+    out = tmp_path / "out"
+    with outputs.lock(out, "export"):
+        code, err = _run(capsys, ["export", "vec2text", "--bundle", str(bundle), "--output", str(out)])
+    _one_line(code, err, f"is being written by another v2t export (pid {os.getpid()})")
+    assert not out.exists()
+
+
+def _damage_config(folder: Path, **changes):
+    path = folder / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def _damage_weights(folder: Path, change):
+    from safetensors.numpy import load_file, save_file
+
+    sd = load_file(str(folder / "model.safetensors"))
+    change(sd)
+    save_file(sd, str(folder / "model.safetensors"))
+
+
+def _set(key, value):
+    def change(sd):
+        sd[key] = value(sd[key])
+
+    return change
+
+
+REL = "encoder_decoder.encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+IMPORT_DAMAGE = [
+    ("config is a list", lambda f: (f / "config.json").write_text("[1, 2]"), "holds a JSON list"),
+    ("max_seq_length 10^9", lambda f: _damage_config(f, max_seq_length=10**9), "max_seq_length is 1000000000"),
+    ("max_seq_length -5", lambda f: _damage_config(f, max_seq_length=-5), "max_seq_length is -5"),
+    ("max_seq_length true", lambda f: _damage_config(f, max_seq_length=True), "max_seq_length is True"),
+    ("max_seq_length 1e400", lambda f: (f / "config.json").write_text('{"max_seq_length": 1e400}'),
+     "max_seq_length is inf"),
+    ("past the embedder's positions", lambda f: _damage_config(f, max_seq_length=1000),
+     "a token budget of 1000 is past the 512 positions"),
+    ("NaN weights", lambda f: _damage_weights(f, _set("embedding_transform.0.bias",
+                                                                             lambda w: w * np.nan)),
+     "holds NaN or infinite values; not written"),
+    ("int64 weights", lambda f: _damage_weights(f, _set("embedding_transform.0.bias", lambda w: w.astype(np.int64))),
+     "tensor embedding_transform.0.bias is int64; a model's weights are floating point"),
+    ("bool weights", lambda f: _damage_weights(f, _set("embedding_transform.0.bias", lambda w: w > 0)),
+     "tensor embedding_transform.0.bias is bool"),
+    ("0 heads", lambda f: _damage_weights(f, _set(REL, lambda w: w[:, :0])), "0 attention heads"),
+    ("0 buckets", lambda f: _damage_weights(f, _set(REL, lambda w: w[:0])), "0 relative-position buckets"),
+    ("config is a FIFO", lambda f: ((f / "config.json").unlink(), os.mkfifo(f / "config.json")), "is a FIFO"),
+    ("model.safetensors is a FIFO", lambda f: ((f / "model.safetensors").unlink(), os.mkfifo(f / "model.safetensors")),
+     "is a FIFO"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case, damage, message", IMPORT_DAMAGE, ids=[c[0] for c in IMPORT_DAMAGE])
+def test_an_import_that_would_write_a_bundle_its_loader_refuses_is_one_line(capsys, tmp_path, exported, minilm_dir,
+                                                                            case, damage, message):  # fmt: skip
+    """Import wrote bundles its own loader refused or misread (a max_seq_length of 10^9, -5 or true; NaN weights;
+    int64 or bool weights cast and run as garbage) and raised tracebacks on configs that are lists, lengths of
+    1e400, 0 heads or 0 buckets; FIFOs hung it. Each is one line before anything is written."""
+    import shutil
+
+    _, v2t = exported
+    source = tmp_path / "v2t"
+    shutil.copytree(v2t, source)
+    damage(source / "inversion")
+    argv = _import(source, tmp_path / "b", minilm_dir)
+    argv.remove("--max-length"), argv.remove("12")  # (the checkpoint's own max_seq_length decides)
+    if "max_seq_length" not in case and "positions" not in case:
+        argv += ["--max-length", "12"]
+    with _deadline(120):
+        code, err = _run(capsys, argv)
+    _one_line(code, err, message)
+    assert not (tmp_path / "b").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".b")]
+
+
+def test_a_pickled_bin_is_refused_in_one_line_and_never_runs(capsys, tmp_path, exported, minilm_dir):
+    """A pytorch_model.bin that torch.load(weights_only=True) refuses surfaced as UnpicklingError; it is one line,
+    and the code its pickle carries never runs."""
+    import pickle
+    import shutil
+
+    _, v2t = exported
+    source = tmp_path / "v2t"
+    shutil.copytree(v2t, source)
+    marker = tmp_path / "the pickle ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.makedirs, (str(marker),))
+
+    (source / "inversion" / "model.safetensors").unlink()
+    (source / "inversion" / "pytorch_model.bin").write_bytes(pickle.dumps({"w": Payload()}))
+    code, err = _run(capsys, _import(source, tmp_path / "b", minilm_dir))
+    _one_line(code, err, "is not a plain PyTorch state dict of tensors")
+    assert not marker.exists() and not (tmp_path / "b").exists()
+
+
+T5_GARBLE = [
+    ("a list", "[1, 2, 3]", "holds a JSON list"),
+    ("a field missing", '{"vocab_size": 60}', "KeyError"),
+    ("text for a number", '{"vocab_size": "60", "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, '
+     '"num_heads": 4}', "TypeError"),
+    ("0 heads", '{"vocab_size": 60, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_heads": 0}',
+     "num_heads must be positive, got 0"),
+    ("nested past the stack", "[" * 200_000, "RecursionError"),
+    ("not UTF-8", None, "UnicodeDecodeError"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case, text, message", T5_GARBLE, ids=[c[0] for c in T5_GARBLE])
+def test_a_garbled_t5_init_config_is_one_line(tmp_path, case, text, message):
+    """`--config.t5.init` folders whose config.json is a list, lacks a field, holds text where numbers go, 0
+    heads, nests past the stack or is not UTF-8 were tracebacks (TypeError, AttributeError, ZeroDivisionError,
+    RecursionError): each is one `TrainingError` line naming the folder."""
+    from safetensors.numpy import save_file
+
+    from v2t_jax import tasks
+
+    (tmp_path / "config.json").write_bytes(text.encode() if text is not None else b'{"x": "caf\xe9"}')
+    save_file({"shared.weight": np.zeros((60, 32), np.float32)}, str(tmp_path / "model.safetensors"))
+    tasks.pretrained_t5_config.cache_clear()
+    with pytest.raises(tasks.TrainingError) as e:
+        tasks.pretrained_t5_config(str(tmp_path))
+    assert str(e.value).startswith(f"config.t5.init: {tmp_path} does not load as T5") and message in str(e.value)
+    assert "\n" not in str(e.value)

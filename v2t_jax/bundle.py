@@ -244,8 +244,10 @@ def check_bounds(cfg: Any, where: str) -> None:
         name = f"{where}.{f.name}"
         if f.name in _BOUNDS:
             lo, hi = _BOUNDS[f.name]
-            if not lo <= v <= hi:
+            if not isinstance(v, (int, float)) or not lo <= v <= hi:
                 raise ModelError(f"{name} is {v!r}, outside {lo}..{hi}: the bundle is damaged")
+        elif (f.name in _OPEN_UNIT + _NON_NEGATIVE + _POSITIVE_SMALL) and not isinstance(v, (int, float)):
+            raise ModelError(f"{name} is {v!r}, not a number: the bundle is damaged")
         elif f.name in _OPEN_UNIT and not 0 <= v < 1:
             raise ModelError(f"{name} is {v!r}, not in [0, 1): the bundle is damaged")
         elif f.name in _NON_NEGATIVE and not v >= 0:

@@ -34,7 +34,7 @@ from v2t_jax.commands import (
     cmd_train,
 )
 from v2t_jax import stores
-from v2t_jax.errors import V2TError, add_secret, add_url_secrets, one_line
+from v2t_jax.errors import V2TError, add_secret, add_url_secrets, one_line, shown_url
 from v2t_jax.remote import DEFAULT_KEY_ENV
 
 # ----------------------------------------------------------------------------- parser
@@ -382,7 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args, extra = parser.parse_known_args(argv)
+    try:
+        args, extra = parser.parse_known_args(argv)
+    except SystemExit as e:  # a usage error (one line, printed) or --help: the status, as every command returns
+        return e.code if isinstance(e.code, int) else 2
     args.argv = argv  # as typed, for reports that name their command
     # secrets known before anything is written or printed: the key's variable and what an endpoint URL may hold
     add_url_secrets(getattr(args, "embedder_url", None))
@@ -391,7 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("train", "bench"):
         args.overrides = extra
     elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        shown = " ".join(shown_url(x) if "://" in x else x for x in extra)  # (a mistyped flag's URL may hold a key)
+        print(f"v2t {args.command}: error: unrecognized arguments: {one_line(shown)}", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except V2TError as e:  # UsageError, and any library error that says what to do in one line

@@ -582,7 +582,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from v2t_jax import api, bundle, export
 
     try:
-        written = export.export(args.workdir, out, args.step, args.weights, args.inverter)
+        written = export.export(args.workdir, out, args.step, args.weights, args.inverter, overwrite=args.overwrite)
         meta = json.loads((written / bundle.FILE).read_text())
     except api.ModelError as e:
         raise UsageError(str(e)) from e
@@ -602,7 +602,10 @@ def _export_vec2text(args: argparse.Namespace) -> int:
         raise UsageError(f"{given[0]} is not for `v2t export vec2text` (it writes --bundle's weights in float32 "
                          "state dicts, into a new --output folder)")  # fmt: skip
     out = Path(args.output)
-    if out.exists():
+    from v2t_jax import outputs
+
+    outputs.check_name(out, "output folder")
+    if out.exists() or out.is_symlink():
         raise UsageError(f"{out} exists; give --output a new folder (vec2text's two checkpoints go in it)")
     from v2t_jax import api, vec2text_export
 
@@ -619,6 +622,9 @@ def _export_vec2text(args: argparse.Namespace) -> int:
 
 
 def _new_bundle_folder(out: Path, overwrite: bool) -> None:
+    from v2t_jax.outputs import check_name
+
+    check_name(out, "output folder")
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} is a file; pass a folder for the bundle")
     if out.exists() and any(out.iterdir()) and not overwrite:

@@ -17,13 +17,15 @@ def export(
     step: int | None = None,
     weights: str = "float32",
     inverter: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """A model bundle from a `v2t train` run directory (its latest checkpoint, or `step`): an inverter run gives
     an inverter-only bundle; a corrector run gives its inverter bundle's inverter + the trained corrector.
     `weights`: "float32", or "int8" (weight-only, per-row scales; see `encode_params`).
     inverter: for a corrector run, the bundle whose inverter goes into the export instead of the one the
     corrector trained on (a newer inverter trained alongside it: `experiments/gpu_continue.sh`); it must invert
-    the same embedder at the same length."""
+    the same embedder at the same length. The bundle appears whole or not at all (`outputs.new_folder`: a
+    `folder` already there is replaced only with `overwrite`, and kept if the new one cannot be written)."""
     workdir = Path(workdir)
     bundle.check_weight_format(weights)  # before any loading
     if not (workdir / "config.json").exists():
@@ -64,4 +66,8 @@ def export(
     if trained_on is not None:  # the corrector learned on another inverter's hypotheses: say which
         source["hypotheses_of"] = str(Path(trained_on).expanduser().absolute())
     api.check_params_fit(model)
-    return model.save(folder, weights, extra={"source": source})
+    from v2t_jax import outputs
+
+    with outputs.new_folder(folder, "export", overwrite) as tmp:
+        model.save(tmp, weights, extra={"source": source})
+    return Path(folder)

@@ -111,6 +111,38 @@ def probe(folder: Path, what: str) -> None:
         raise OutputError(f"cannot write {what}: {_errno_words(e)} in {folder}") from None
 
 
+_NAME_ROOM = 48  # bytes v2t adds to an output's name for its temporary, partial, lock and state files
+
+
+def check_name(path: Path, what: str) -> None:
+    """OutputError unless every part of `path` fits the file system's name limit, with room for the temporary,
+    partial and lock files v2t names after an output (`.NAME.tmp-PID-...`, `NAME.partial.json`)."""
+    try:
+        limit = os.pathconf(_nearest_existing(path.absolute()), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    parts = path.absolute().parts
+    too_long = next((p for p in parts[:-1] if len(os.fsencode(p)) > limit), None)
+    if too_long is not None:
+        raise OutputError(f"cannot write {what}: a folder name on its path is {len(os.fsencode(too_long))} bytes, "
+                          f"past the file system's {limit}")  # fmt: skip
+    n = len(os.fsencode(path.name))
+    if n + _NAME_ROOM > limit:
+        raise OutputError(f"the {what}'s name is {n} bytes long; the file system allows {limit}, and v2t needs "
+                          f"{_NAME_ROOM} of them for its temporary files: pick a name of at most "
+                          f"{limit - _NAME_ROOM} bytes")  # fmt: skip
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        try:
+            if candidate.is_dir():
+                return candidate
+        except OSError:
+            continue
+    return Path("/")
+
+
 def _existing_parent(path: Path, what: str) -> Path:
     """The folder `path` would be made in: its nearest existing ancestor, which must be a directory."""
     parent = path.parent
@@ -128,6 +160,7 @@ def check_file(
 ) -> Path:
     """Fails early (before any work) if the output file cannot or must not be written, or is one of `inputs`."""
     path = Path(path)
+    check_name(path, what)
     for inp in inputs:
         if path.exists() and Path(inp).exists() and os.path.samefile(path, inp):
             raise OutputError(f"{what} {path} is the input {inp}; write the {what} to another path")
@@ -147,6 +180,7 @@ def check_file(
 def check_folder(path: str | os.PathLike, what: str = "output folder") -> Path:
     """Fails early if the folder `path` (made by the run, with its parents) cannot be made or written."""
     path = Path(path)
+    check_name(path, what)
     if path.is_symlink() and not path.is_dir():
         raise OutputError(f"{what} {path} is a broken symbolic link; pass a folder")
     if path.exists():
@@ -272,6 +306,7 @@ def new_folder(output: str | os.PathLike, command: str, overwrite: bool = False)
     one). On any error the folder made here is removed and nothing else is touched: nothing of the user's (a
     `NAME.partial` of their own included) is ever deleted."""
     output = Path(output)
+    check_name(output, "output folder")
     try:
         st = os.lstat(output)
     except FileNotFoundError:

@@ -314,7 +314,13 @@ def _copy_store(root: Path, copy: Path, shown: Path, skip: set[Path]) -> None:
     links and without blocking, so nothing the store holds can make the copy read outside it or wait."""
     import stat
 
+    entered: set[Path] = set()  # each folder copied once: links between folders cannot multiply the copy
+
     def walk(src: Path, dst: Path, seen: tuple[Path, ...]) -> None:
+        if src in entered:
+            raise StoreError(f"{shown}: {src.relative_to(root)} is reached through more than one link; not a store "
+                             "v2t reads (audit a copy made with its links resolved)")  # fmt: skip
+        entered.add(src)
         if len(seen) > _MAX_STORE_DEPTH:
             raise StoreError(f"{shown}: folders nested more than {_MAX_STORE_DEPTH} deep; not a store v2t reads")
         dst.mkdir(mode=0o700)
