@@ -54,19 +54,22 @@ def add_url_secrets(url: str | None) -> None:
     so no message shows it. Call before anything is written or printed."""
     if not isinstance(url, str) or not url:
         return
-    add_secret(url)
     try:
         parts = urllib.parse.urlsplit(url)
         userinfo = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""
     except ValueError:
-        return  # (refused where it is parsed; the whole URL is registered)
-    for secret in (userinfo, *userinfo.split(":"), parts.path, parts.query, parts.fragment):
+        return add_secret(url)  # (refused where it is parsed; the whole URL is kept out of messages)
+    own = [segment for segment in parts.path.split("/") if segment not in _API_WORDS]
+    if own or parts.query or parts.fragment or userinfo:
+        add_secret(url)
+    for secret in (userinfo, *userinfo.split(":"), parts.query, parts.fragment):
         add_secret(secret)
-    add_secret(parts.path.rstrip("/") + (f"?{parts.query}" if parts.query else ""))
-    for segment in parts.path.split("/"):
-        if segment not in _API_WORDS:
-            add_secret(segment)
-            add_secret(urllib.parse.unquote(segment))
+    if own or parts.query:  # (a path of the API's own words alone holds nothing secret)
+        add_secret(parts.path)
+        add_secret(parts.path.rstrip("/") + (f"?{parts.query}" if parts.query else ""))
+    for segment in own:
+        add_secret(segment)
+        add_secret(urllib.parse.unquote(segment))
     for _, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
         add_secret(value)
 
