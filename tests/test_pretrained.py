@@ -275,7 +275,10 @@ def test_the_command_line_mirrors_the_bundle_formats():
         (["corrector", "--tokenizer", "tokenizer"], "a CorrectorEncoderModel checkpoint; give the InversionModel"),
         (["inversion", "--tokenizer", "gtr/nothing"], "neither 'embedder' nor a tokenizer folder"),
         (["inversion"], "holds no tokenizer.json"),  # no --tokenizer, and the inversion folder has none
-        (["inversion", "--tokenizer", "tokenizer", "--max-length", "1"], "argument --max-length: 1 is outside 2..4,096"),
+        (
+            ["inversion", "--tokenizer", "tokenizer", "--max-length", "1"],
+            "argument --max-length: 1 is outside 2..4,096",
+        ),
         (
             ["inversion", "--tokenizer", "tokenizer", "--embedder-head", "auto", "--embedder", "tokenizer"],
             "no config.json",
