@@ -105,16 +105,22 @@ def test_a_faiss_index_comes_back_whole_through_the_reading_child(tmp_path, kind
         assert np.array_equal(records.vectors, x) and records.note is None
 
 
+def _python_that_runs(tmp_path, monkeypatch, line: str) -> None:
+    """The FAISS reading child's Python replaced by a shell script running `line`, and a store for it to read."""
+    import sys
+
+    script = tmp_path / "python"
+    script.write_text(f"#!/bin/sh\n{line}\n")
+    script.chmod(0o755)
+    (tmp_path / "store.faiss").write_bytes(b"IxFI")
+    monkeypatch.setattr(sys, "executable", str(script))
+
+
 def test_a_crash_of_the_faiss_reader_is_one_line(tmp_path, monkeypatch):
     """A segfault inside faiss (some damaged files do that) ends the reading child, not the audit."""
     pytest.importorskip("faiss")
-    import sys
 
-    crash = tmp_path / "python"
-    crash.write_text("#!/bin/sh\nkill -SEGV $$\n")
-    crash.chmod(0o755)
-    (tmp_path / "store.faiss").write_bytes(b"IxFI")
-    monkeypatch.setattr(sys, "executable", str(crash))
+    _python_that_runs(tmp_path, monkeypatch, "kill -SEGV $$")
     with pytest.raises(stores.StoreError) as e:
         stores.read(tmp_path / "store.faiss")
     path = tmp_path / "store.faiss"
@@ -146,13 +152,8 @@ def test_a_faiss_read_that_never_ends_is_one_line(tmp_path, monkeypatch):
     """The reading child had no deadline: a parse that hangs hung the audit. It is killed past its deadline (a
     minute and the time to read the file at 20 MB/s; here shortened) and the audit says so."""
     pytest.importorskip("faiss")
-    import sys
 
-    hang = tmp_path / "python"
-    hang.write_text("#!/bin/sh\nexec sleep 60\n")
-    hang.chmod(0o755)
-    (tmp_path / "store.faiss").write_bytes(b"IxFI")
-    monkeypatch.setattr(sys, "executable", str(hang))
+    _python_that_runs(tmp_path, monkeypatch, "exec sleep 60")
     monkeypatch.setattr(stores, "_FAISS_SECONDS", 0.5)
     with pytest.raises(stores.StoreError, match=r"faiss took more than 1 s to read .*store.faiss, a file of 4 bytes"):
         stores.read(tmp_path / "store.faiss")

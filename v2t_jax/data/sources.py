@@ -864,23 +864,18 @@ def table() -> str:
 
 def jsonl_objects(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line of a .jsonl file whose objects carry a string `text`."""
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise SourceError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SourceError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
-            except RecursionError:  # (nested deeper than Python's stack: 200,000 brackets)
-                raise SourceError(f"{path}:{lineno}: JSON nested too deep to be a text record") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise SourceError(f'{path}:{lineno}: expected an object with a string field "text"')
-            yield lineno, obj
+    for lineno, line in _utf8_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SourceError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
+        except RecursionError:  # (nested deeper than Python's stack: 200,000 brackets)
+            raise SourceError(f"{path}:{lineno}: JSON nested too deep to be a text record") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+            raise SourceError(f'{path}:{lineno}: expected an object with a string field "text"')
+        yield lineno, obj
 
 
 def user_file_documents(path: str | os.PathLike) -> Iterator[Document]:
@@ -909,14 +904,20 @@ def user_file_documents(path: str | os.PathLike) -> Iterator[Document]:
         if paras:
             yield Document(group[0], group[1], tuple(paras))
         return
+    for lineno, line in _utf8_lines(path):
+        if line.strip():
+            yield Document(stem, f"{stem}:{lineno}", _paragraphs(line))
+
+
+def _utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a text file, only "\n" ending a line; SourceError naming the first line that is not
+    UTF-8."""
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
-                line = raw.decode("utf-8")
+                yield lineno, raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise SourceError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-            if line.strip():
-                yield Document(stem, f"{stem}:{lineno}", _paragraphs(line))
 
 
 if __name__ == "__main__":
