@@ -493,6 +493,7 @@ def test_invert_keeps_its_compiled_programs_for_the_next_run(tmp_path, small_bun
         ("the folder is another user's", "it belongs to another user"),
         ("an entry is another user's", "its entry k-cache belongs to another user"),
         ("others may write an entry", "others may write to its entry k-cache"),
+        ("another group may write an entry", "others may write to its entry k-cache"),
         ("an entry is a FIFO", "its entry k-cache is a FIFO"),
         ("an entry links to /dev/zero", "its entry k-cache is a symbolic link"),
         ("an entry is larger than any program", "more than any program of v2t's"),
@@ -510,6 +511,7 @@ def test_a_compilation_cache_that_is_not_only_the_users_is_not_used(tmp_path, ca
     folder = top / "cache" / "xla"
     folder.mkdir(parents=True)
     (folder / "ok-cache").write_bytes(b"program")
+    (folder / "ok-cache").chmod(0o664)  # (umask 002: writable by the user's own group, which has no other member)
     assert commands.untrusted_cache(folder) is None
     entry = folder / "k-cache"
     entry.write_bytes(b"program")
@@ -521,6 +523,9 @@ def test_a_compilation_cache_that_is_not_only_the_users_is_not_used(tmp_path, ca
         os.chown(entry, 65534, 65534)
     elif case == "others may write an entry":
         entry.chmod(0o666)
+    elif case == "another group may write an entry":
+        os.chown(entry, os.getuid(), 65534)
+        entry.chmod(0o664)
     elif case == "an entry is a FIFO":
         entry.unlink()
         os.mkfifo(entry)

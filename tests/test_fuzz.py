@@ -349,7 +349,7 @@ def test_fuzz_the_cache_folders(tmp_path):
                 entry.write_bytes(b"program")
                 entry.chmod(rng.choice([0o644, 0o600, 0o666, 0o622, 0o000]))
                 if rng.random() < 0.2:
-                    os.chown(entry, 65534, 65534)
+                    os.chown(entry, rng.choice([65534, os.getuid()]), 65534)
         folder.chmod(rng.choice([0o700, 0o755, 0o775, 0o777]))
         top.chmod(rng.choice([0o755, 0o777, 0o1777]))
         started = time.monotonic()
@@ -358,10 +358,12 @@ def test_fuzz_the_cache_folders(tmp_path):
         assert why is None or (isinstance(why, str) and "\n" not in why)
         if why is None:
             trusted += 1
-            assert not stat.S_IMODE(folder.stat().st_mode) & 0o022
-            for entry in folder.iterdir():
-                st = entry.lstat()
-                assert stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
+            entries = [entry.lstat() for entry in folder.iterdir()]
+            assert all(stat.S_ISREG(st.st_mode) for st in entries)
+            for st in (folder.stat(), *entries):
+                # (group-writable only by the user's own group: here root's, which has no other member)
+                assert not st.st_mode & 0o002 and (not st.st_mode & 0o020 or st.st_gid == os.getgid())
+                assert st.st_uid == os.getuid()
         ran += 1
     print(f"\ncache fuzz: {ran} folders, {trusted} trusted, {ran - trusted} refused with a reason")
     assert ran >= 50 and trusted > 0 and trusted < ran

@@ -245,8 +245,9 @@ def compile_cache(cache_dir: str | None) -> Path | None:
 def untrusted_cache(folder: Path) -> str | None:
     """Why the compilation cache `folder` may hold programs that are not the user's own, or make a run wait or
     read without bound (None: nothing). The folder and every folder above it must be the user's (or root's) and
-    writable by nobody else (a shared folder with the sticky bit, as /tmp, above it is fine); every entry a
-    regular file (no link, FIFO or device), the user's, writable by nobody else, readable, at most
+    writable by nobody else (a shared folder with the sticky bit, as /tmp, above it is fine; writable by the
+    user's own group is fine where that group has no other member, as with umask 002 and a group per user);
+    every entry a regular file (no link, FIFO or device), the user's, writable by nobody else, readable, at most
     MAX_CACHE_ENTRY_BYTES."""
     import stat
 
@@ -260,13 +261,13 @@ def untrusted_cache(folder: Path) -> str | None:
             return "it is not a folder"
         if st.st_uid != uid:
             return f"it belongs to another user (uid {st.st_uid})"
-        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        if _others_may_write(st):
             return "others may write to it (chmod go-w it)"
         for above in real.parents:
             up = os.stat(above)
             if up.st_uid not in (0, uid):
                 return f"{above} above it belongs to another user (uid {up.st_uid})"
-            if up.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not up.st_mode & stat.S_ISVTX:
+            if _others_may_write(up) and not up.st_mode & stat.S_ISVTX:
                 return f"others may replace it: {above} above it is writable by others"
         with os.scandir(real) as entries:
             for entry in entries:
@@ -277,7 +278,7 @@ def untrusted_cache(folder: Path) -> str | None:
                     return f"its entry {entry.name} is {file_kind(est.st_mode)}, not a file"
                 if est.st_uid != uid:
                     return f"its entry {entry.name} belongs to another user (uid {est.st_uid})"
-                if est.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                if _others_may_write(est):
                     return f"others may write to its entry {entry.name}"
                 if est.st_size > MAX_CACHE_ENTRY_BYTES:
                     return f"its entry {entry.name} holds {est.st_size:,} bytes, more than any program of v2t's"
@@ -286,6 +287,23 @@ def untrusted_cache(folder: Path) -> str | None:
     except OSError as e:
         return f"it cannot be read ({e.strerror or e})"
     return None
+
+
+def _others_may_write(st: os.stat_result) -> bool:
+    """Whether a user other than the owner may write what `st` describes: others may, or its group may and that
+    group is not the user's own group alone (a group per user, with no other member)."""
+    import stat
+
+    if st.st_mode & stat.S_IWOTH:
+        return True
+    if not st.st_mode & stat.S_IWGRP:
+        return False
+    try:
+        import grp
+
+        return not (st.st_gid == os.getgid() and not grp.getgrgid(st.st_gid).gr_mem)
+    except (ImportError, KeyError):
+        return True
 
 
 def _load_model(args: argparse.Namespace):
