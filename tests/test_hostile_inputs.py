@@ -469,3 +469,16 @@ def test_a_garbled_t5_init_config_is_one_line(tmp_path, case, text, message):
         tasks.pretrained_t5_config(str(tmp_path))
     assert str(e.value).startswith(f"config.t5.init: {tmp_path} does not load as T5") and message in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_overwrite_replaces_a_bundle_folder_only_when_it_holds_nothing_else(capsys, tmp_path, exported, minilm_dir):
+    """A folder replaced whole must not take the user's own files with it: `--overwrite` replaces a folder that
+    holds only what a bundle holds, and is one line (the folder as it was) when it holds anything else."""
+    _, v2t = exported
+    out = tmp_path / "b"
+    assert _run(capsys, _import(v2t, out, minilm_dir))[0] == 0
+    (out / "my notes.txt").write_text("mine")
+    before = _tree(out)
+    code, err = _run(capsys, _import(v2t, out, minilm_dir, "--overwrite"))
+    _one_line(code, err, "holds my notes.txt, which v2t did not write there")
+    assert _tree(out) == before

@@ -43,6 +43,7 @@ WEIGHT_FORMATS = ("float32", "int8")
 SCALE_SUFFIX = "@scale"
 _MIN_QUANTIZED_SIZE = 4096  # smaller tensors (norm scales, biases, relative-position tables) stay float32
 WEIGHT_FILES = {"inverter": "inverter.safetensors", "corrector": "corrector.safetensors"}
+BUNDLE_FILES = (FILE, VOCABULARY_FILE, *WEIGHT_FILES.values())  # all a bundle folder holds
 
 
 # ----------------------------------------------------------------------------------------------- weights

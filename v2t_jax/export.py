@@ -68,6 +68,6 @@ def export(
     api.check_params_fit(model)
     from v2t_jax import outputs
 
-    with outputs.new_folder(folder, "export", overwrite) as tmp:
+    with outputs.new_folder(folder, "export", overwrite, bundle.BUNDLE_FILES) as tmp:
         model.save(tmp, weights, extra={"source": source})
     return Path(folder)

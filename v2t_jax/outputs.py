@@ -297,14 +297,17 @@ def lock(output: Path, command: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def new_folder(output: str | os.PathLike, command: str, overwrite: bool = False) -> Iterator[Path]:
+def new_folder(
+    output: str | os.PathLike, command: str, overwrite: bool = False, replaceable: Sequence[str] = ()
+) -> Iterator[Path]:
     """A folder output (a bundle, vec2text checkpoints) that appears whole or not at all, with the rules of every
     output: `output` may not be a link, file, device or FIFO, nor a folder with something in it unless
     `overwrite`; one run per output (`lock`). Yields a new folder beside it (`.NAME.v2t-PID-...`, made here, its
     modes the umask's) to write into; when the block ends without error it is renamed to `output` (a folder
     there is first renamed aside and removed only once the new one is in place: a failure never costs the old
-    one). On any error the folder made here is removed and nothing else is touched: nothing of the user's (a
-    `NAME.partial` of their own included) is ever deleted."""
+    one); it may hold only the files named in `replaceable` (what v2t writes there), so that nothing else of the
+    user's is replaced with it. On any error the folder made here is removed and nothing else is touched: nothing
+    of the user's (a `NAME.partial` of their own included) is ever deleted."""
     output = Path(output)
     check_name(output, "output folder")
     try:
@@ -317,6 +320,10 @@ def new_folder(output: str | os.PathLike, command: str, overwrite: bool = False)
         raise OutputError(f"{output} is {file_kind(st.st_mode)}, not a folder: pass a new folder for the {command}")
     if st is not None and any(output.iterdir()) and not overwrite:
         raise OutputError(f"{output} exists and is not empty; pass --overwrite to replace it, or a new folder")
+    other = next((p.name for p in sorted(output.iterdir()) if p.name not in replaceable), None) if st else None
+    if other is not None:
+        raise OutputError(f"{output} holds {other}, which v2t did not write there; --overwrite replaces a folder "
+                          "of v2t's own only: move it, or give another folder")  # fmt: skip
     parent = output.absolute().parent
     probe(_existing_parent(output, "output folder"), str(output))
     parent.mkdir(parents=True, exist_ok=True)
