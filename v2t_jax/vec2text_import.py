@@ -304,6 +304,8 @@ def to_bundle(
                            "tokenizer": str(tok_folder.resolve())}}  # fmt: skip
     from v2t_jax import outputs
 
-    with outputs.new_folder(output, "import", overwrite, bundle.BUNDLE_FILES) as tmp:  # (whole or not at all; the old one kept till then)
+    with outputs.new_folder(
+        output, "import", overwrite, bundle.BUNDLE_FILES
+    ) as tmp:  # (whole or not at all; the old one kept till then)
         model.save(tmp, weights, extra={"source": source})
     return Path(output)
