@@ -78,8 +78,8 @@ _API_WORDS = {"", "v1", "embeddings"}  # path segments every embeddings endpoint
 
 
 def shown_url(url: str) -> str:
-    """What a message, report or state file may say of an endpoint URL: scheme://host:port, with `/…` where the
-    URL has more (which may hold a key)."""
+    """What a message, report or state file may say of an endpoint URL: scheme://host:port, and its path where
+    that is the API's own words alone (`/v1/embeddings`), else `/…` (a path or query may hold a key)."""
     try:
         parts = urllib.parse.urlsplit(url)
         host = parts.hostname or ""
@@ -87,7 +87,8 @@ def shown_url(url: str) -> str:
     except ValueError:
         return "an endpoint URL that does not parse"
     host = f"[{host}]" if ":" in host else host
-    rest = "/…" if parts.path.strip("/") or parts.query or parts.fragment else ""
+    plain = all(segment in _API_WORDS for segment in parts.path.split("/"))  # (/v1/embeddings: nothing secret)
+    rest = parts.path if plain and not (parts.query or parts.fragment) else "/…"
     return f"{parts.scheme}://{host}{port}{rest}"
 
 
