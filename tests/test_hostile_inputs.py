@@ -336,6 +336,9 @@ def test_export_keeps_what_it_did_not_make_and_leaves_nothing_on_failure(capsys,
     monkeypatch.setattr(vec2text_export, "_tokenizer_files", _full_disk)
     code, err = _run(capsys, ["export", "vec2text", "--bundle", str(bundle), "--output", str(tmp_path / "full")])
     _one_line(code, err, "No space left on device")
+    deep = tmp_path / "made" / "for it" / "out"  # (the folders made on the way go too)
+    code, err = _run(capsys, ["export", "vec2text", "--bundle", str(bundle), "--output", str(deep)])
+    _one_line(code, err, "No space left on device")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "out", "out.partial"]
 
 

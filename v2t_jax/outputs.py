@@ -318,15 +318,37 @@ def new_folder(
         raise OutputError(f"cannot use {output} ({_errno_words(e)})") from None
     if st is not None and not stat.S_ISDIR(st.st_mode):
         raise OutputError(f"{output} is {file_kind(st.st_mode)}, not a folder: pass a new folder for the {command}")
-    if st is not None and any(output.iterdir()) and not overwrite:
+    try:
+        held = sorted(p.name for p in output.iterdir()) if st is not None else []
+    except OSError as e:
+        raise OutputError(f"cannot use {output} ({_errno_words(e)})") from None
+    if held and not overwrite:
         raise OutputError(f"{output} exists and is not empty; pass --overwrite to replace it, or a new folder")
-    other = next((p.name for p in sorted(output.iterdir()) if p.name not in replaceable), None) if st else None
+    other = next((name for name in held if name not in replaceable), None)
     if other is not None:
         raise OutputError(f"{output} holds {other}, which v2t did not write there; --overwrite replaces a folder "
                           "of v2t's own only: move it, or give another folder")  # fmt: skip
     parent = output.absolute().parent
-    probe(_existing_parent(output, "output folder"), str(output))
+    existing = _existing_parent(output.absolute(), "output folder")
+    probe(existing, str(output))
     parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _folder_made(output, command, parent) as tmp:
+            yield tmp
+    except BaseException:
+        for folder in (parent, *parent.parents):  # the folders made for it, if nothing else went in them
+            if folder == existing:
+                break
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
+@contextlib.contextmanager
+def _folder_made(output: Path, command: str, parent: Path) -> Iterator[Path]:
+    """`new_folder`'s work once its checks pass: the lock, the folder beside `output`, the renames."""
     stem = f".{output.name}.v2t-"
     assets.sweep_stale(parent, stem, "-")  # (what a killed run of this kind left)
     with lock(output, command):
