@@ -144,11 +144,16 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def umask() -> int:
+    """This process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def new_file_mode() -> int:
     """The mode a new output file gets: what the umask allows of 0666 (mkstemp and safetensors create 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    return 0o666 & ~umask()
 
 
 def sweep_stale(parent: Path, stem: str, sep: str) -> None:

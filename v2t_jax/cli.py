@@ -62,7 +62,6 @@ def _count(low: int, high: int):
             raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high:,}")
         return value
 
-    parse.__name__ = "whole number"
     return parse
 
 

@@ -596,7 +596,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.bundle is not None:
         raise UsageError("--bundle is for `v2t export vec2text`; a bundle from a training run takes --workdir")
     out = Path(args.output)
-    _new_bundle_folder(out, args.overwrite)
+    _new_bundle_folder(out, args.overwrite, "export")
     from v2t_jax import api, bundle, export
 
     try:
@@ -639,19 +639,16 @@ def _export_vec2text(args: argparse.Namespace) -> int:
     return 0
 
 
-def _new_bundle_folder(out: Path, overwrite: bool) -> None:
-    from v2t_jax.outputs import check_name
+def _new_bundle_folder(out: Path, overwrite: bool, command: str) -> None:
+    """Before any work: the rules a bundle folder is written by (`outputs.new_folder`, which checks them again)."""
+    from v2t_jax import bundle, outputs
 
-    check_name(out, "output folder")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} is a file; pass a folder for the bundle")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UsageError(f"{out} exists and is not empty; pass --overwrite to replace its files")
+    outputs.check_new_folder(out, command, overwrite, bundle.BUNDLE_FILES)
 
 
 def cmd_import_vec2text(args: argparse.Namespace) -> int:
     out = Path(args.output)
-    _new_bundle_folder(out, args.overwrite)
+    _new_bundle_folder(out, args.overwrite, "import")
     for flag, folder in (("INVERSION_DIR", args.inversion), ("CORRECTOR_DIR", args.corrector)):
         if folder is not None and not Path(folder).is_dir():
             raise UsageError(f"{flag} {folder} is not a folder")

@@ -296,18 +296,10 @@ def lock(output: Path, command: str) -> Iterator[None]:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def new_folder(
+def check_new_folder(
     output: str | os.PathLike, command: str, overwrite: bool = False, replaceable: Sequence[str] = ()
-) -> Iterator[Path]:
-    """A folder output (a bundle, vec2text checkpoints) that appears whole or not at all, with the rules of every
-    output: `output` may not be a link, file, device or FIFO, nor a folder with something in it unless
-    `overwrite`; one run per output (`lock`). Yields a new folder beside it (`.NAME.v2t-PID-...`, made here, its
-    modes the umask's) to write into; when the block ends without error it is renamed to `output` (a folder
-    there is first renamed aside and removed only once the new one is in place: a failure never costs the old
-    one); it may hold only the files named in `replaceable` (what v2t writes there), so that nothing else of the
-    user's is replaced with it. On any error the folder made here is removed and nothing else is touched: nothing
-    of the user's (a `NAME.partial` of their own included) is ever deleted."""
+) -> Path:
+    """OutputError unless `new_folder` may write `output` (its rules; a command calls this before any work too)."""
     output = Path(output)
     check_name(output, "output folder")
     try:
@@ -328,6 +320,22 @@ def new_folder(
     if other is not None:
         raise OutputError(f"{output} holds {other}, which v2t did not write there; --overwrite replaces a folder "
                           "of v2t's own only: move it, or give another folder")  # fmt: skip
+    return output
+
+
+@contextlib.contextmanager
+def new_folder(
+    output: str | os.PathLike, command: str, overwrite: bool = False, replaceable: Sequence[str] = ()
+) -> Iterator[Path]:
+    """A folder output (a bundle, vec2text checkpoints) that appears whole or not at all, with the rules of every
+    output: `output` may not be a link, file, device or FIFO, nor a folder with something in it unless
+    `overwrite`; one run per output (`lock`). Yields a new folder beside it (`.NAME.v2t-PID-...`, made here, its
+    modes the umask's) to write into; when the block ends without error it is renamed to `output` (a folder
+    there is first renamed aside and removed only once the new one is in place: a failure never costs the old
+    one); it may hold only the files named in `replaceable` (what v2t writes there), so that nothing else of the
+    user's is replaced with it. On any error the folder made here is removed and nothing else is touched: nothing
+    of the user's (a `NAME.partial` of their own included) is ever deleted."""
+    output = check_new_folder(output, command, overwrite, replaceable)
     parent = output.absolute().parent
     existing = _existing_parent(output.absolute(), "output folder")
     probe(existing, str(output))
@@ -353,7 +361,7 @@ def _folder_made(output: Path, command: str, parent: Path) -> Iterator[Path]:
     assets.sweep_stale(parent, stem, "-")  # (what a killed run of this kind left)
     with lock(output, command):
         tmp = Path(tempfile.mkdtemp(prefix=f"{stem}{os.getpid()}-", dir=parent))
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~assets.umask())
         aside = None
         try:
             yield tmp
@@ -370,12 +378,6 @@ def _folder_made(output: Path, command: str, parent: Path) -> Iterator[Path]:
         finally:
             if aside is not None:
                 shutil.rmtree(aside, ignore_errors=True)
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
 
 
 def fix_modes(folder: Path) -> None:

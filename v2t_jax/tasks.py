@@ -482,8 +482,7 @@ def pretrained_t5_config(folder: str) -> t5_lib.T5Config:
         return cfg
     except (ValueError, KeyError, TypeError, AttributeError, OSError, RecursionError, ZeroDivisionError) as e:
         # (a config.json that is a list, lacks a field, holds text where numbers go, nests past the stack)
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise TrainingError(f"config.t5.init: {folder} does not load as T5 ({type(e).__name__}: {first})") from None
+        raise TrainingError(f"config.t5.init: {folder} does not load as T5 ({bundle.brief(e)})") from None
 
 
 def pretrained_t5(params: dict, folder: Path, cfg: t5_lib.T5Config, shardings: Any) -> dict:

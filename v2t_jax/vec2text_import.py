@@ -140,8 +140,9 @@ def load_folder(folder: str | os.PathLike, **t5_overrides):
     sd = t5_lib.read_hf_state_dict(folder)
     sd = {k: v for k, v in sd.items() if not k.startswith("embedder.")}
     for key, w in sd.items():  # (an int or bool tensor would be cast to float and run as garbage)
-        if np.asarray(w).dtype.kind != "f" and np.asarray(w).dtype.name != "bfloat16":
-            raise ValueError(f"{folder}: tensor {key} is {np.asarray(w).dtype}; a model's weights are floating point")
+        dtype = np.asarray(w).dtype
+        if dtype.kind != "f" and dtype.name != "bfloat16":
+            raise ValueError(f"{folder}: tensor {key} is {dtype}; a model's weights are floating point")
     meta = _config(folder)
     if "embedding_transform_1.0.weight" in sd:
         ignore = bool(meta.get("corrector_ignore_hypothesis_embedding", False))

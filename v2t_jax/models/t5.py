@@ -869,17 +869,14 @@ def read_hf_state_dict(folder: str | os.PathLike) -> dict[str, np.ndarray]:
             sd = torch.load(input_file(bin_path, "weights file"), map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as e:
             # weights_only refuses a pickle that would run code or build anything but tensors (UnpicklingError)
-            why = f"{bin_path} is not a plain PyTorch state dict of tensors ({_first_line(e)})"
+            from v2t_jax.bundle import brief
+
+            why = f"{bin_path} is not a plain PyTorch state dict of tensors ({brief(e)})"
             raise ModelError(f"{why}; v2t loads no other pickle: convert it to model.safetensors") from None
         if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
             raise ModelError(f"{bin_path} holds no state dict of tensors; convert it to model.safetensors")
         return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
     raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {folder}")
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0][:200] if lines else type(e).__name__
 
 
 def _load_safetensors_via_torch(path: str, original: Exception) -> dict[str, np.ndarray]:
