@@ -196,6 +196,55 @@ def test_kill_and_rerun_is_bit_identical(tmp_path, tiny_data):
 
 
 @pytest.mark.slow
+def test_sigterm_saves_the_step_it_is_at_and_the_rerun_is_bit_identical(tmp_path, tiny_data):
+    """A preemption (SIGTERM) between checkpoints: the run saves the step it is in, says it can resume, exits 75;
+    rerun, it ends with the parameters, loss and metrics rows of a run never interrupted."""
+    steps = ["--config.num_steps=40", "--config.eval_every=0", "--config.checkpoint_every=1000",
+             "--config.log_every=1"]  # fmt: skip
+    ref = subprocess.run(
+        _train_cmd(tmp_path / "ref", tiny_data, *steps), env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    work = tmp_path / "preempted"
+    proc = subprocess.Popen(
+        _train_cmd(work, tiny_data, *steps), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 300
+    metrics = work / "metrics.jsonl"
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err[-3000:]
+    saved = sorted(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
+    assert len(saved) == 1 and 3 <= saved[0] < 40, saved  # (checkpoint_every 1000: only the preemption saved)
+    assert f"stopped by SIGTERM; step {saved[0]} is saved in {work}: rerun the same command to resume" in err
+
+    rerun = subprocess.run(_train_cmd(work, tiny_data, *steps), env=_env(), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resuming at step {saved[0]}" in rerun.stderr
+    import jax
+
+    a, b = _final_params(tmp_path / "ref", 40), _final_params(work, 40)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    rows = lambda d: [(r["step"], r["kind"], r.get("loss")) for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]  # noqa: E731
+    assert rows(work) == rows(tmp_path / "ref")
+
+
+def test_train_profile_and_rates(tmp_path, tiny_data):
+    """--profile writes a trace TensorBoard's profile plugin reads (an .xplane.pb); the log gives examples/s
+    in all and per device, and TFLOP/s from XLA's cost analysis (no MFU on a CPU: its peak is not known)."""
+    work, prof = tmp_path / "run", tmp_path / "profile"
+    argv = _train_cmd(work, tiny_data, "--config.num_steps=8", "--config.eval_every=0", "--config.log_every=4")[3:]
+    assert cli.main(argv + ["--profile", str(prof)]) == 0
+    assert list(prof.glob("plugins/profile/*/*.xplane.pb"))
+    row = _last(work, "train")
+    assert row["examples_per_second"] == pytest.approx(row["examples_per_second_per_device"])  # one device
+    assert row["tflops_per_second"] > 0 and "mfu" not in row
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("config_file", sorted(p.name for p in (ROOT / "configs").glob("*.py")))
 def test_every_config_runs_two_tiny_steps(request, tmp_path, tiny_data, config_file):
     from v2t_jax import train

@@ -18,6 +18,7 @@ re-embedded through text between compiled steps (`correction.invert_host`), as d
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,7 +26,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from v2t_jax import bundle, correction, hotflip, inversion, strategies
+from v2t_jax import bundle, correction, hotflip, inversion, parallel, strategies
 from v2t_jax.bundle import ModelError  # noqa: F401  (the API's error; re-exported)
 from v2t_jax.models import embedders
 from v2t_jax.vocabulary import Vocabulary, VocabularyError
@@ -52,15 +53,38 @@ class Vec2Text:
     vocab: Vocabulary
     max_length: int  # embedder tokens incl. [CLS]/[SEP]
 
+    devices: int | None = None  # how many of this process's devices invert (None: all of them; `parallel`)
+
     def __post_init__(self):
-        self._run = jax.jit(
-            correction.invert,
-            static_argnums=(0, 3, 4),
-            static_argnames=("skip_repeated", "score", "prior", "polish", "patience", "width"),
-        )
-        self._stream = jax.jit(
-            correction.invert_stream, static_argnums=0, static_argnames=tuple(self._stream_kw(strategies.Search(1)))
-        )  # (static: the keys of `_stream_kw`)
+        self._placed: tuple | None = None  # (mesh, params on its devices)
+
+    @property
+    def mesh(self):
+        """The devices this model inverts on: a one-axis mesh over this process's devices (`parallel.local_mesh`)."""
+        return parallel.local_mesh(self.devices)
+
+    def use_devices(self, devices: int | None) -> "Vec2Text":
+        """Inverts (and embeds) on the first `devices` of this process's devices (None: all); returns itself."""
+        parallel.local_mesh(devices)  # (checked now: a count the host lacks is one line)
+        self.devices = devices
+        self.embedder.devices = devices
+        return self
+
+    def device_params(self) -> dict:
+        """The parameters placed whole on every device of the mesh (once per mesh; numpy `params` stay as they are)."""
+        mesh = self.mesh
+        if self._placed is None or self._placed[0] is not mesh:
+            self._placed = (mesh, parallel.replicate(self.params, mesh))
+        return self._placed[1]
+
+    def _run(self, program, params, embeddings, num_steps: int, beam: int, stop_cosine, **kw) -> dict:
+        """`correction.invert` on every device of the mesh, each on its share of the rows (padded to a share each
+        with copies of the last row; the outputs are the given rows')."""
+        e = np.asarray(embeddings)
+        m = len(e)
+        out = _invert_rows(program, self.mesh, params, parallel.pad_rows(e, parallel.round_up(m, self.mesh)),
+                           num_steps, beam, stop_cosine, **kw)  # fmt: skip
+        return {k: v[(slice(None),) * _row_axis(k) + (slice(0, m),)] for k, v in out.items()}
 
     @property
     def dim(self) -> int:
@@ -74,21 +98,36 @@ class Vec2Text:
             raise ModelError(
                 "this model re-embeds through text (its own vocabulary): it has no single compiled program"
             )
-        e = jax.ShapeDtypeStruct((batch, self.dim), np.float32)
-        fn = self._run.lower(self.program, self.params, e, search.steps, search.beam, strategies.NO_STOP,
-                             **self._kernel_kw(search, score)).compile()  # fmt: skip
-        return lambda params, embeddings: fn(params, embeddings, strategies.NO_STOP)
+        mesh = self.mesh
+        rows = parallel.round_up(batch, mesh)  # (a batch every device gets a share of: padded with copies)
+        e = jax.ShapeDtypeStruct((rows, self.dim), np.float32)
+        fn = _invert_rows.lower(self.program, mesh, self.device_params(), e, search.steps, search.beam,
+                                strategies.NO_STOP, **self._kernel_kw(search, score)).compile()  # fmt: skip
+
+        def run(params, embeddings):
+            return fn(params, parallel.pad_rows(np.asarray(embeddings), rows), strategies.NO_STOP)
+
+        run.flops = parallel.compiled_flops(fn)  # one device's, per call (XLA's count: loop bodies once)
+        return run
 
     def compiled_stream(self, queue: int, slots: int, search: strategies.Search):
         """The stream program (`correction.invert_stream`) compiled ahead of time for a queue of `queue` examples
-        through `slots` slots: a function (params, embeddings [queue, D], count) -> its outputs (benchmarks;
-        every example runs until its steps end or it settles: the stop cosine is ignored)."""
+        through `slots` slots (both multiples of the mesh's device count: each device runs a stream of its own
+        over `slots / devices` slots): a function (params, embeddings [queue, D], count) -> its outputs
+        (benchmarks; every example runs until its steps end or it settles: the stop cosine is ignored)."""
+        mesh = self.mesh
         e = jax.ShapeDtypeStruct((queue, self.dim), np.float32)
-        fn = self._stream.lower(
-            self.program, self.params, e, np.int32(queue), stop_cosine=strategies.NO_STOP,
+        fn = _stream_rows.lower(
+            self.program, mesh, self.device_params(), e, np.int32(queue), strategies.NO_STOP,
             **self._stream_kw(search, slots),
         ).compile()  # fmt: skip
-        return lambda params, embeddings, count: fn(params, embeddings, np.int32(count), stop_cosine=strategies.NO_STOP)
+
+        def run(params, embeddings, count):
+            out = fn(params, parallel.interleave(np.asarray(embeddings), mesh), np.int32(count), strategies.NO_STOP)
+            return _stream_result(out, mesh)
+
+        run.flops = parallel.compiled_flops(fn)
+        return run
 
     @staticmethod
     def _stream_kw(search: strategies.Search, slots: int = 1) -> dict:
@@ -247,7 +286,7 @@ class Vec2Text:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - m, axis=0)])
             if embed_fn is None:
                 out = jax.device_get(
-                    self._run(self.program, self.params, chunk, search.steps, search.beam, search.stop, **kw)
+                    self._run(self.program, self.device_params(), chunk, search.steps, search.beam, search.stop, **kw)
                 )
             else:
                 out = correction.invert_host(
@@ -278,18 +317,22 @@ class Vec2Text:
 
     def _stream_batches(self, e: np.ndarray, search: strategies.Search, bs: int, start: int, starts):
         """`iter_batches` through the stream program: each `STREAM_BATCHES` batches' examples form one queue
-        through `bs` slots; its rows are yielded batch by batch, as the batch loop yields them."""
+        through `bs` slots (rounded up to a multiple of the devices: each device streams its share of the queue,
+        every d-th example, through its share of the slots); its rows are yielded batch by batch, as the batch loop
+        yields them."""
+        mesh = self.mesh
+        slots = parallel.round_up(bs, mesh)
         window = bs * self.STREAM_BATCHES
         batches = iter(starts)  # (with the progress bar, if any: advanced as each batch's rows are yielded)
         for w in range(start, len(e), window):
             chunk = e[w : w + window]
             m = len(chunk)
-            size = window if len(e) - start > window else -(-m // bs) * bs  # one compiled shape per run
-            if m < size:  # padded with copies of the last row, never worked on (count = m)
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - m, axis=0)])
-            out = jax.device_get(
-                self._stream(self.program, self.params, chunk, np.int32(m), stop_cosine=search.stop,
-                             **self._stream_kw(search, bs))
+            # one compiled shape per run; padded with copies of the last row, never worked on (count = m)
+            size = slots * self.STREAM_BATCHES if len(e) - start > window else -(-m // slots) * slots
+            queue = parallel.interleave(parallel.pad_rows(chunk, size), mesh)
+            out = _stream_result(
+                _stream_rows(self.program, mesh, self.device_params(), queue, np.int32(m), search.stop,
+                             **self._stream_kw(search, slots)), mesh,
             )  # fmt: skip
             for s in range(0, m, bs):
                 next(batches)
@@ -343,6 +386,53 @@ class Vec2Text:
         )
         own = None if self.vocab.in_graph else self.vocab.tokenizer.to_str()
         return bundle.write(folder, meta, self.params["inverter"], self.params.get("corrector"), own)
+
+
+# ----------------------------------------------------------------------------- the programs on every device
+
+_TRACE_KEYS = ("step_", "polish_kept")  # `correction.invert`'s outputs per step: [steps, rows, ...]
+
+
+def _row_axis(key: str) -> int:
+    """The rows' axis of a `correction.invert` output."""
+    return 1 if key.startswith(_TRACE_KEYS) else 0
+
+
+@functools.partial(
+    jax.jit, static_argnums=(0, 1, 4, 5),
+    static_argnames=("skip_repeated", "score", "prior", "polish", "patience", "width"),
+)  # fmt: skip
+def _invert_rows(program, mesh, params, embeddings, num_steps: int, beam: int, stop_cosine, **kw) -> dict:
+    """`correction.invert` of [B, D] embeddings (B a multiple of the mesh's devices), each device on its B / d rows."""
+
+    def per_device(replicated, rows):
+        p, stop = replicated
+        return correction.invert(program, p, rows[0], num_steps, beam, stop, **kw)
+
+    return parallel.rows_map(per_device, mesh, _row_axis)((params, stop_cosine), (embeddings,))
+
+
+@functools.partial(
+    jax.jit, static_argnums=(0, 1), static_argnames=("slots", "num_steps", "beam", "prior", "patience", "width")
+)
+def _stream_rows(program, mesh, params, queue, count, stop_cosine, *, slots: int, **kw) -> dict:
+    """`correction.invert_stream` over a queue (`parallel.interleave`d; its first `count` examples real) through
+    `slots` slots, as one stream per device over its share of both (`_stream_result` puts the rows back)."""
+    d = parallel.size(mesh)
+
+    def per_device(replicated, rows):
+        p, n, stop = replicated
+        out = correction.invert_stream(program, p, rows[0], parallel.local_count(n, mesh), slots // d,
+                                       stop_cosine=stop, **kw)  # fmt: skip
+        return dict(out, rounds=out["rounds"][None])
+
+    return parallel.rows_map(per_device, mesh)((params, count, stop_cosine), (queue,))
+
+
+def _stream_result(out: dict, mesh) -> dict:
+    """`_stream_rows`'s outputs on the host in queue order; rounds: the most slot-batch steps one device ran."""
+    out = jax.device_get(out)
+    return {k: (v.max() if k == "rounds" else parallel.deinterleave(v, mesh)) for k, v in out.items()}
 
 
 def build(

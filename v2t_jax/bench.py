@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from v2t_jax import outputs, strategies
+from v2t_jax import outputs, parallel, profiling, strategies
 
 
 def reset_peak_memory() -> None:
@@ -30,12 +30,12 @@ def reset_peak_memory() -> None:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass
-    dev = jax.devices()[0]
-    if hasattr(dev, "reset_memory_stats"):  # not every backend has it
-        try:
-            dev.reset_memory_stats()
-        except Exception:  # noqa: BLE001 - an optional statistic
-            pass
+    for dev in jax.local_devices():
+        if hasattr(dev, "reset_memory_stats"):  # not every backend has it
+            try:
+                dev.reset_memory_stats()
+            except Exception:  # noqa: BLE001 - an optional statistic
+                pass
 
 
 def _peak_rss_bytes() -> tuple[int, bool]:
@@ -49,10 +49,15 @@ def _peak_rss_bytes() -> tuple[int, bool]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, False
 
 
-def _peak_memory_bytes() -> tuple[int, str]:
-    stats = jax.devices()[0].memory_stats() if hasattr(jax.devices()[0], "memory_stats") else None
-    if stats and "peak_bytes_in_use" in stats:
-        return int(stats["peak_bytes_in_use"]), "device peak"
+def _peak_memory_bytes(mesh) -> tuple[int, str]:
+    """The highest peak of the mesh's devices where the backend keeps one, else the process's peak resident set."""
+    peaks = []
+    for dev in mesh.devices.flat:
+        stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+        if stats and "peak_bytes_in_use" in stats:
+            peaks.append(int(stats["peak_bytes_in_use"]))
+    if peaks:
+        return max(peaks), "device peak" if len(peaks) == 1 else "peak of one device"
     rss, windowed = _peak_rss_bytes()
     return rss, "peak RSS of this point" if windowed else "process peak RSS"
 
@@ -83,11 +88,13 @@ def run(
     seed: int = 0,
     progress: bool = True,
     skip_repeated: bool = False,
+    profile: Path | None = None,
 ) -> list[dict]:
-    """Times `model`'s compiled inversion over the grid; the greedy step-0 points do not score their hypothesis
-    (the inverter's work alone; with a token beam its candidates are scored to choose one); `skip_repeated` as in
-    `correction.invert` (off: the full loop). `beams`: sequence beam widths B (vec2text's search: token beams of
-    B) or (B, W) pairs (token beams of W, `Search.token_beam`)."""
+    """Times `model`'s compiled inversion over the grid, on every device of its mesh (each device inverts its
+    share of a batch); the greedy step-0 points do not score their hypothesis (the inverter's work alone; with a
+    token beam its candidates are scored to choose one); `skip_repeated` as in `correction.invert` (off: the full
+    loop). `beams`: sequence beam widths B (vec2text's search: token beams of B) or (B, W) pairs (token beams of
+    W, `Search.token_beam`). `profile`: a `jax.profiler` trace of the timed runs of the first point goes there."""
     beams = [(k, None) if isinstance(k, int) else (k[0], k[1]) for k in beams]
     rng = np.random.default_rng(seed)
     rows = []
@@ -97,6 +104,10 @@ def run(
 
         grid = tqdm(grid, unit="point", desc="bench", dynamic_ncols=True)
     timed = set()
+    mesh = model.mesh
+    devices = parallel.size(mesh)
+    peak = parallel.peak_flops(mesh.devices.flat[0].device_kind)
+    params = model.device_params() if model.program.in_graph else model.params
     for b, s, (k, w) in grid:
         if s > 0 and model.program.corrector is None:
             continue
@@ -113,18 +124,20 @@ def run(
             compiled = model.compiled(b, search)
         else:
             compiled = _host_loop(model, search)
-            jax.block_until_ready(compiled(model.params, e))
+            jax.block_until_ready(compiled(params, e))
         compile_s = time.perf_counter() - t0
         times = []
         reset_peak_memory()
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(compiled(model.params, e))
-            times.append(time.perf_counter() - t0)
+        with profiling.trace(profile if not rows else None):
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                jax.block_until_ready(compiled(params, e))
+                times.append(time.perf_counter() - t0)
         med = statistics.median(times)
         if not model.program.in_graph:
             compile_s = max(compile_s - med, 0.0)
-        mem, mem_kind = _peak_memory_bytes()
+        mem, mem_kind = _peak_memory_bytes(mesh)
+        flops = getattr(compiled, "flops", None)  # one device's per call, XLA's count (loop bodies once)
         rows.append(
             {
                 "batch": b,
@@ -133,9 +146,14 @@ def run(
                 "token_beam": search.token_beam or k,
                 "median_s": med,
                 "inversions_per_s": b / med,
+                "devices": devices,
+                "inversions_per_s_per_device": b / med / devices,
                 "compile_s": compile_s,
                 "peak_memory_mib": mem / 2**20,
                 "memory_kind": mem_kind,
+                "xla_flops_per_device": flops,
+                "xla_tflops_per_s": flops * devices / med / 1e12 if flops else None,
+                "mfu_at_least": flops / med / peak if flops and peak else None,
                 "repeats": repeats,
                 "skip_repeated": skip_repeated,
             }
@@ -155,18 +173,25 @@ def _host_loop(model, search: strategies.Search):
     return run
 
 
+def _maybe(x, fmt: str) -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
 def beam_label(beam: int, token_beam: int | None) -> str:
     """A grid point's search as `--beam` writes it: "4" for vec2text's sbeam 4 (token beams of 4), "2x8" for
     sbeam 2 with token beams of 8."""
     return f"{beam}" if token_beam in (None, beam) else f"{beam}x{token_beam}"
 
 
-def write(rows: list[dict], out: Path, command: str, model_desc: str) -> str:
+def write(rows: list[dict], out: Path, command: str, model_desc: str, mesh=None) -> str:
     out.parent.mkdir(parents=True, exist_ok=True)
+    where = parallel.describe(mesh if mesh is not None else parallel.local_mesh())
+    peak = parallel.peak_flops(where["device"])
     meta = {
         "command": command,
         "model": model_desc,
-        "device": jax.devices()[0].device_kind,
+        **where,
+        "peak_flops_per_device": peak,
         "machine": platform.machine(),
         "rows": rows,
     }
@@ -174,16 +199,26 @@ def write(rows: list[dict], out: Path, command: str, model_desc: str) -> str:
     lines = [
         f"# v2t bench: {model_desc}",
         "",
-        f"Command: `{command}`; device: {meta['device']}; "
-        f"medians of {rows[0]['repeats'] if rows else 0} runs after compile.",
+        f"Command: `{command}`; {where['devices']} × {where['device']} ({where['platform']}), each inverting its "
+        f"share of a batch; medians of {rows[0]['repeats'] if rows else 0} runs after compile.",
         "",
-        "| batch | steps | beam | median s | inversions/s | compile s | peak memory MiB |",
-        "|---|---|---|---|---|---|---|",
+        "TFLOP/s and MFU come from XLA's cost analysis of the compiled program, which counts a loop's body once "
+        "(decoding, correction steps): lower bounds. "
+        + (
+            f"MFU against {peak / 1e12:.0f} TFLOP/s per device (dense bf16)."
+            if peak
+            else f"No MFU: the peak of a {where['device']} is not known."
+        ),
+        "",
+        "| batch | steps | beam | median s | inversions/s | per device | compile s | peak memory MiB | TFLOP/s ≥ "
+        "| MFU ≥ |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {r['batch']} | {r['steps']} | {beam_label(r['beam'], r['token_beam'])} | {r['median_s']:.3f} | "
-        f"{r['inversions_per_s']:.2f} | "
-        f"{r['compile_s']:.1f} | {r['peak_memory_mib']:.0f} ({r['memory_kind']}) |"
+        f"{r['inversions_per_s']:.2f} | {r['inversions_per_s_per_device']:.2f} | "
+        f"{r['compile_s']:.1f} | {r['peak_memory_mib']:.0f} ({r['memory_kind']}) | "
+        f"{_maybe(r['xla_tflops_per_s'], '.3f')} | {_maybe(r['mfu_at_least'], '.1%')} |"
         for r in rows
     ]
     text = "\n".join(lines) + "\n"

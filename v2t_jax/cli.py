@@ -156,6 +156,28 @@ def _remote_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _device_flags(p: argparse.ArgumentParser, profile: bool = False) -> None:
+    p.add_argument(
+        "--devices",
+        type=_count(1, 1 << 16),
+        default=None,
+        metavar="N",
+        help="run on the first N of this host's accelerators (default: all of them, each on its share of a batch)",
+    )
+    if profile:
+        _profile_flag(p)
+
+
+def _profile_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--profile",
+        default=None,
+        metavar="DIR",
+        help="write a jax.profiler trace of a few steps after the compile to DIR (tensorboard --logdir DIR, or "
+        "Perfetto)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="v2t", description="vec2text in JAX: invert text embeddings back to text.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -188,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--cache-dir", default=None, help="where fetched weights live (default: $V2T_CACHE_DIR or ~/.cache/v2t_jax)"
     )
+    _device_flags(e)
     e.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     e.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     e.set_defaults(func=cmd_embed)
@@ -225,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="passages per embedding batch (default: 128 on CPU, 2048 on GPU/TPU)",
     )
+    _device_flags(dp)
     dp.add_argument("--quiet", action="store_true")
     dp.set_defaults(func=cmd_data_prepare, command="data prepare")
 
@@ -236,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     dh.add_argument("--seed", type=_count(0, 2**32 - 1), default=0)
     dh.add_argument("--batch-size", type=_count(1, MAX_ROWS), default=64)
     dh.add_argument("--cache-dir", default=None)
+    _device_flags(dh)
     dh.add_argument("--quiet", action="store_true")
     dh.set_defaults(func=cmd_data_hypotheses, command="data hypotheses")
 
@@ -244,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--checkpoint", default=None, help="model bundle folder (default: the shipped model)")
     _search_flags(dm)
     dm.add_argument("--cache-dir", default=None)
+    _device_flags(dm)
     dm.add_argument("--quiet", action="store_true", help="no progress bar")
     dm.set_defaults(func=cmd_demo)
 
@@ -263,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         "exact and token recall, and a summary line is printed",
     )
     _remote_flags(iv)
+    _device_flags(iv, profile=True)
     iv.add_argument("--cache-dir", default=None)
     iv.add_argument("--overwrite", action="store_true")
     iv.add_argument("--quiet", action="store_true")
@@ -290,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="time the loop that skips fixed points and repeated candidates (default: the full loop)",
     )
     bn.add_argument("--output", default="bench", help="writes OUTPUT.md and OUTPUT.json (default %(default)s)")
+    _device_flags(bn, profile=True)
     bn.add_argument("--cache-dir", default=None)
     bn.add_argument("--quiet", action="store_true")
     bn.set_defaults(func=cmd_bench)
@@ -312,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--limit", type=_count(1, MAX_COUNT), default=None, help="audit the first N records only")
     au.add_argument("--batch-size", type=_count(1, MAX_ROWS), default=32)
     _remote_flags(au)
+    _device_flags(au)
     au.add_argument("--cache-dir", default=None)
     au.add_argument("--overwrite", action="store_true", help="replace an earlier report in --output")
     au.add_argument("--quiet", action="store_true")
@@ -371,9 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--distributed",
         default=None,
-        metavar="HOST:PORT,NUM_PROCESSES,PROCESS_ID",
-        help="multi-process run: jax.distributed.initialize with these arguments (CPU: gloo collectives)",
+        metavar="auto|HOST:PORT,NUM_PROCESSES,PROCESS_ID",
+        help="multi-process run: `auto` (jax.distributed.initialize() as the cluster sets it up: Cloud TPU, SLURM, "
+        "Open MPI, Kubernetes) or HOST:PORT,NUM_PROCESSES,PROCESS_ID (CPU: gloo collectives)",
     )
+    _profile_flag(t)
     t.set_defaults(func=cmd_train)
     return p
 

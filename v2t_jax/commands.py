@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import itertools
 import json
 import os
 import shlex
@@ -94,6 +95,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--max-length {args.max_length} exceeds the embedder's {embedder.config.max_positions} positions"
         )
+    from v2t_jax import parallel
+
+    parallel.local_mesh(args.devices)  # (a count this host lacks: one line)
+    embedder.devices = args.devices
     t0 = time.perf_counter()
     vectors = embedder.embed_texts(
         texts, max_length=args.max_length, batch_size=args.batch_size, progress=not args.quiet
@@ -129,6 +134,10 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from e
     if args.max_tokens < 4:
         raise UsageError(f"--max-tokens must be at least 4, got {args.max_tokens}")
+    if args.devices is not None and not args.no_targets:
+        from v2t_jax import parallel
+
+        parallel.local_mesh(args.devices)  # (a count this host lacks: one line, before the dataset is built)
     if (args.workers is not None and args.workers < 1) or (args.batch_size is not None and args.batch_size < 1):
         raise UsageError("--workers and --batch-size must be >= 1")
     if args.data_dir is not None and Path(args.data_dir).exists() and not Path(args.data_dir).is_dir():
@@ -188,6 +197,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     if missing:
         t0 = time.perf_counter()
         emb = embedders.load_embedder(args.embedder, cache_dir=args.cache_dir)
+        emb.devices = args.devices
         batch = args.batch_size or targets.default_batch_size()
         todo = 0
         for split in missing:
@@ -328,6 +338,7 @@ def _load_model(args: argparse.Namespace):
         model = api.load_model(args.checkpoint, cache_dir=args.cache_dir)
     except (api.ModelError, assets.AssetError) as e:
         raise UsageError(str(e)) from e
+    model.use_devices(getattr(args, "devices", None))
     has_corrector = model.program.corrector is not None
     search = strategies.from_flags(args.steps, **flags, has_corrector=has_corrector)
     if search.steps and not has_corrector:
@@ -408,6 +419,10 @@ def cmd_invert(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     references = read_texts(args.references) if args.references else None
     output = check_file(args.output, args.overwrite, [args.embeddings] + ([args.references] if references else []))
+    if args.profile is not None:
+        from v2t_jax import profiling
+
+        profiling.check_folder(args.profile)
     RowStream.check(output)
     with outputs.lock(output, "invert"):
         return _invert(args, path, vectors, references, output)
@@ -471,10 +486,22 @@ def _invert(args: argparse.Namespace, path: Path, vectors, references: list[str]
         "embedder_url": [remote.shown_url, remote.model] if remote is not None else None,
     }
     stream = RowStream(output, run, bs, "invert")
+    from v2t_jax import profiling
+
+    # --profile: 3 compiled calls after the first (the compile), or from the first when the run has no second
+    per_call = model.STREAM_BATCHES if model.streams(search, bool(args.trace), remote) else 1
+    more = -(-(n - stream.done) // bs) > per_call
+    window = profiling.Window(profiling.check_folder(args.profile), per_call if more else 0, 3 * per_call)
+    batches = model.iter_batches(
+        vectors, search, bs, trace=bool(args.trace), progress=not args.quiet, start=stream.done, embed_fn=remote
+    )
     try:
-        for first, texts, cosines, steps in model.iter_batches(
-            vectors, search, bs, trace=bool(args.trace), progress=not args.quiet, start=stream.done, embed_fn=remote
-        ):
+        for i in itertools.count():
+            window.step(i)  # (before batch i is computed)
+            try:
+                first, texts, cosines, steps = next(batches)
+            except StopIteration:
+                break
             # scored as decoded (against the embedder's view), written as people write (model.readable)
             rows = [{"text": t, "cosine": c} for t, c in zip(model.readable(texts), cosines)]
             for row, trace in zip(rows, steps or []):
@@ -488,9 +515,13 @@ def _invert(args: argparse.Namespace, path: Path, vectors, references: list[str]
     except RemoteError as e:
         kept = f"; the {stream.done} rows done are kept: rerun the same command to continue" if stream.done else ""
         raise UsageError(f"{e}{kept}") from None
+    finally:
+        window.close()
     stream.finish()
     if not args.quiet:
         print(f"v2t invert: wrote {n} rows to {output}", file=sys.stderr)
+        if window.done:
+            print(f"v2t invert: a trace of {window.count} batches is in {args.profile}", file=sys.stderr)
     if scorer is not None:  # over every row, those of an interrupted run included
         scores = evaluate.summary_of_rows(stream.rows())
         print(f"v2t invert: against {args.references}: {evaluate.summary_line(scores)}")
@@ -749,11 +780,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         desc = f"bundle {args.checkpoint}"
     if model.program.corrector is None and max(steps) > 0:
         raise UsageError(f"{args.checkpoint} is an inverter-only bundle: use --steps 0")
+    from v2t_jax import profiling
+
+    model.use_devices(args.devices)
+    profile = profiling.check_folder(args.profile)
     rows = bench.run(
-        model, batches, steps, beams, args.repeats, progress=not args.quiet, skip_repeated=args.skip_repeated
-    )
+        model, batches, steps, beams, args.repeats, progress=not args.quiet, skip_repeated=args.skip_repeated,
+        profile=profile,
+    )  # fmt: skip
     command = "v2t bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "v2t bench"
-    print(bench.write(rows, Path(args.output), command, desc))
+    print(bench.write(rows, Path(args.output), command, desc, model.mesh))
+    if profile is not None and not args.quiet:
+        print(f"v2t bench: a trace of the first point's timed runs is in {profile}", file=sys.stderr)
     return 0
 
 
@@ -770,21 +808,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         train.check_numbers(config)
     except train.TrainingError as e:
         raise UsageError(str(e)) from e
-    if args.distributed:
-        import jax
+    from v2t_jax import parallel, profiling
 
-        parts = args.distributed.split(",")
-        ok = len(parts) == 3 and ":" in parts[0] and parts[1].isdigit() and parts[2].isdigit()
-        if not ok or not int(parts[2]) < int(parts[1]):
-            raise UsageError(
-                f"--distributed {args.distributed!r}: expected HOST:PORT,NUM_PROCESSES,PROCESS_ID "
-                "with 0 <= PROCESS_ID < NUM_PROCESSES, e.g. localhost:1234,2,0"
-            )
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(parts[0], num_processes=int(parts[1]), process_id=int(parts[2]))
+    profile = profiling.check_folder(args.profile)
+    if args.distributed:
+        parallel.initialize(args.distributed)
 
     try:
-        train.train(config, args.workdir)
+        train.train(config, args.workdir, profile=profile)
+    except train.Preempted as e:
+        import jax
+
+        if jax.process_index() == 0:
+            print(f"v2t train: {e}", file=sys.stderr)
+        return e.EXIT_STATUS
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
@@ -808,6 +845,7 @@ def cmd_data_hypotheses(args: argparse.Namespace) -> int:
         model = api.load_model(args.inverter, cache_dir=args.cache_dir)
     except api.ModelError as e:
         raise UsageError(str(e)) from e
+    model.use_devices(args.devices)
     if not model.vocab.in_graph:
         raise UsageError(f"{args.inverter} decodes in its own vocabulary; a corrector reads the embedder's")
     from v2t_jax.data import dataset, hypotheses, sources, targets

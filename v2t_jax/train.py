@@ -18,7 +18,9 @@ import fcntl
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -554,10 +556,14 @@ class Run:
     fresh_state: Any  # () -> TrainState: initialised and warm-started (the task's `initial_params`)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+def train(
+    config: ml_collections.ConfigDict, workdir: str | os.PathLike, profile: str | os.PathLike | None = None
+) -> dict:
     """Trains (or resumes) the model described by `config` in `workdir`; returns the last metrics. The only
     place the trainer reads the config: it is decoded here into the loop's, the data's and the optimizer's
-    settings and the task (`tasks.load`), which is all the rest receives."""
+    settings and the task (`tasks.load`), which is all the rest receives. `profile`: a folder for a
+    `jax.profiler` trace of a few steps after the compile. SIGTERM (a preemption) saves the step in progress and
+    raises `Preempted`."""
     loop, data, opt = Loop.of(config), Data.of(config), Optimizer.of(config)
     task = tasks.load(config)
     task.prepare(lambda: _dataset(data))
@@ -566,10 +572,37 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     # Tracing happens at the first call of each jitted function: keep mesh and rules active throughout.
     with workdir_lock(workdir), jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
         _check_config_against_saved(config, workdir)
-        return run_loop(prepare(loop, data, opt, task, workdir, mesh), workdir, mesh)
+        return run_loop(prepare(loop, data, opt, task, workdir, mesh), workdir, mesh, profile)
 
 
 LOCK_FILE = "train.lock"
+
+
+def _lowered_flops(step_fn, *args) -> float | None:
+    """FLOPs of one call of a jitted function from XLA's cost analysis of its lowered program (the whole
+    computation, before it is split over devices); None where the backend gives none. Lowering does not compile."""
+    try:
+        cost = step_fn.lower(*args).cost_analysis()
+    except Exception:  # noqa: BLE001 - an optional statistic
+        return None
+    cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+    flops = cost.get("flops") if isinstance(cost, dict) else None
+    return float(flops) if flops and flops > 0 else None
+
+
+def _rates(steps_per_s: float, batch_size: int, chips: dict, step_flops: float | None, peak: float | None) -> dict:
+    """The training log's throughput figures: examples/s in all and per device, TFLOP/s from the step's FLOPs
+    (XLA's count), and MFU against the device's dense bf16 peak where it is known."""
+    n = chips["devices"]
+    out = {
+        "examples_per_second": steps_per_s * batch_size,
+        "examples_per_second_per_device": steps_per_s * batch_size / n,
+    }
+    if step_flops:
+        out["tflops_per_second"] = step_flops * steps_per_s / 1e12
+        if peak:
+            out["mfu"] = step_flops * steps_per_s / (n * peak)
+    return out
 
 
 def clock() -> float:
@@ -628,8 +661,46 @@ def prepare(loop: Loop, data: Data, opt: Optimizer, task: tasks.Task, workdir: P
     return Run(loop, task, embedder, vocab, split_data, labels, setup, train_rows, sampler, fresh_state)
 
 
-def run_loop(run: Run, workdir: Path, mesh) -> dict:
+class Preempted(TrainingError):
+    """SIGTERM stopped the run after saving the step it was at: rerunning the command resumes there."""
+
+    EXIT_STATUS = 75  # EX_TEMPFAIL: stopped for now, to be run again
+
+    def __init__(self, step: int, workdir: Path):
+        super().__init__(
+            f"stopped by SIGTERM; step {step} is saved in {workdir}: rerun the same command to resume there"
+        )
+        self.step = step
+
+
+class _Preemption:
+    """Whether the run was asked to stop (SIGTERM), agreed on by every process at a step. One process: a signal
+    handler sets a flag the loop reads between steps. Several: orbax's preemption sync (jax.distributed's
+    coordination service catches SIGTERM on any host and every host learns of it at the same step), so that all
+    save the same step."""
+
+    def __init__(self, mngr):
+        self.mngr, self.flag, self.old = mngr, False, None
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self.old = signal.signal(signal.SIGTERM, self._set)
+
+    def _set(self, signum, frame) -> None:
+        self.flag = True
+
+    def at(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            return bool(self.mngr.reached_preemption(step))
+        return self.flag
+
+    def close(self) -> None:
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)
+            self.old = None
+
+
+def run_loop(run: Run, workdir: Path, mesh, profile: str | os.PathLike | None = None) -> dict:
     """Trains `run` in `workdir` (resuming from its newest readable checkpoint); returns the last metrics."""
+    from v2t_jax import parallel, profiling
     from v2t_jax.models import embedders
 
     is_main = jax.process_index() == 0
@@ -666,10 +737,13 @@ def run_loop(run: Run, workdir: Path, mesh) -> dict:
         state, data_state, start = restored
         sampler.restore(data_state)
     logger = Logger(workdir, is_main, start)
+    chips = parallel.describe(mesh)
+    peak = parallel.peak_flops(chips["device"])
     if is_main:
         where = "resuming at step" if start else "starting at step"
         print(
-            f"v2t train: {task.name} {n_params / 1e6:.1f}M params, mesh {dict(mesh.shape)}, {where} {start}"
+            f"v2t train: {task.name} {n_params / 1e6:.1f}M params, mesh {dict(mesh.shape)} over {chips['devices']} × "
+            f"{chips['device']} in {chips['processes']} process(es), {where} {start}"
             + task.rows_note(train_data, train_rows),
             file=sys.stderr,
         )
@@ -764,6 +838,10 @@ def run_loop(run: Run, workdir: Path, mesh) -> dict:
     )
     pending: tuple[int, dict] | None = None
     last_saved = start if restored is not None else None
+    step_flops: float | None = None  # the whole step's (every device), XLA's cost analysis of the lowered program
+    window = profiling.Window(profile, start + 2, 5)  # steps 3 to 7 of this run: after the compile
+    preemption = _Preemption(mngr)
+    preempted_at: int | None = None
     t_log, steps_since = time.perf_counter(), 0
 
     def check(step: int, aux: dict) -> dict:
@@ -802,6 +880,9 @@ def run_loop(run: Run, workdir: Path, mesh) -> dict:
             now_s = elapsed() if budget_s > 0 else 0.0
             batch = make_batch("train", np.sort(train_rows[sampler.next_indices()]))
             scale = np.float32(lr_scale_at(now_s, budget_s) if budget_s > 0 else 1.0)
+            if step == start:
+                step_flops = _lowered_flops(train_step, state, batch, scale)
+            window.step(step)
             state, aux = train_step(state, batch, scale)
             if pending is not None:  # check the previous step while this one runs
                 check(*pending)
@@ -815,6 +896,7 @@ def run_loop(run: Run, workdir: Path, mesh) -> dict:
                 host = check(*pending)
                 now = time.perf_counter()
                 host["steps_per_second"] = steps_since / (now - t_log)
+                host.update(_rates(host["steps_per_second"], loop.batch_size, chips, step_flops, peak))
                 if budget_s > 0:
                     host["lr_scale"], host["elapsed_minutes"] = float(scale), now_s / 60
                 t_log, steps_since = now, 0
@@ -823,10 +905,14 @@ def run_loop(run: Run, workdir: Path, mesh) -> dict:
                 last = {"train_" + k: v for k, v in host.items()}
             if loop.eval_every > 0 and (done % loop.eval_every == 0 or final):
                 last.update({"eval_" + k: v for k, v in run_eval(done, state.params).items()})
-            if done % loop.checkpoint_every == 0 or final:
+            stop = not final and preemption.at(done)
+            if done % loop.checkpoint_every == 0 or final or stop:
                 check(*pending)
                 checkpoint.save(mngr, done, state, data_checkpoint())
                 last_saved = done
+            if stop:
+                preempted_at = done
+                break
             if final:
                 break
         if pending is not None:
@@ -835,10 +921,14 @@ def run_loop(run: Run, workdir: Path, mesh) -> dict:
             at = start if no_time else done
             print(f"v2t train: the {loop.train_minutes:g}-minute budget is spent at step {at}", file=sys.stderr)
     finally:
+        window.close()
+        preemption.close()
         bar.close()
         mngr.wait_until_finished()
         mngr.close()
         logger.close()
+    if preempted_at is not None:
+        raise Preempted(preempted_at, workdir)
     if is_main:
         print(
             f"v2t train: finished at step {int(jax.device_get(state.step))}; "

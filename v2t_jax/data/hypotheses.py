@@ -43,16 +43,24 @@ def hypotheses_dir(targets_dir: Path, bundle: Path) -> Path:
 
 
 def make_step(model):
-    """Jitted (embeddings [b, D]) -> (hypothesis ids [b, L-1], their embeddings [b, D])."""
-    from v2t_jax import correction
+    """(params, embeddings [b, D]) -> (hypothesis ids [b, L-1], their embeddings [b, D]), compiled, each device of
+    `model.mesh` on its share of the rows (padded to a share each; the outputs then have the padded rows too)."""
+    from v2t_jax import correction, parallel
 
     program = model.program
+    mesh = model.mesh
 
-    def step(params, e):
-        ids, emb, _ = correction.initial_hypotheses(program, params, e)
+    def per_device(params, rows):
+        ids, emb, _ = correction.initial_hypotheses(program, params, rows[0])
         return ids, emb
 
-    return jax.jit(step)
+    run = jax.jit(parallel.rows_map(per_device, mesh))
+
+    def step(params, e):
+        placed = model.device_params() if params is model.params else params
+        return run(placed, (parallel.pad_rows(np.asarray(e), parallel.round_up(len(e), mesh)),))
+
+    return step
 
 
 def make_host_step(model):

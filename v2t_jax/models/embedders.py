@@ -433,6 +433,15 @@ def embed(config: EmbedderConfig, params: PyTree, input_ids: Array, attention_ma
 _embed_jit = jax.jit(embed, static_argnums=0)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _embed_rows(config: EmbedderConfig, mesh, params: PyTree, input_ids: Array, attention_mask: Array) -> Array:
+    """`embed` with each device of `mesh` embedding its share of the rows."""
+    from v2t_jax import parallel
+
+    per_device = lambda p, rows: embed(config, p, *rows)  # noqa: E731
+    return parallel.rows_map(per_device, mesh)(params, (input_ids, attention_mask))
+
+
 def embed_decoder_ids(config: EmbedderConfig, params: PyTree, ids: Array, cls_id: int, pad_id: int = 0) -> Array:
     """Re-embeds decoder outputs in the embedder's vocabulary, `t1 .. tn [SEP] pad ..` [..., L] -> [..., dim].
 
@@ -584,6 +593,7 @@ class Embedder:
     # kit's int8-dequantised MiniLM, whose bundles are meant for (and measured with) the float32 one
     declared_digest: str | None = None
     head: str = "auto"  # how the folder's sentence-transformers head was read (`load_embedder`'s head)
+    devices: int | None = None  # how many of this process's devices embed (None: all of them; `v2t_jax.parallel`)
 
     @property
     def dim(self) -> int:
@@ -608,7 +618,17 @@ class Embedder:
         return self.declared_digest or self.digest
 
     def embed_ids(self, input_ids: Array, attention_mask: Array) -> Array:
-        return _embed_jit(self.config, self.params, input_ids, attention_mask)
+        """[b, D] vectors of token ids: every device of the mesh embeds its share of the rows (b a multiple of the
+        device count: `embed_texts` pads its batches so)."""
+        from v2t_jax import parallel
+
+        mesh = parallel.local_mesh(self.devices)
+        if parallel.size(mesh) == 1:
+            return _embed_jit(self.config, self.params, input_ids, attention_mask)
+        placed = self.__dict__.get("_placed")
+        if placed is None or placed[0] is not mesh:
+            placed = self.__dict__["_placed"] = (mesh, parallel.replicate(self.params, mesh))
+        return _embed_rows(self.config, mesh, placed[1], input_ids, attention_mask)
 
     def tokenize(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
         """Token ids per text, truncated to `max_length` tokens including special tokens."""
@@ -649,7 +669,10 @@ class Embedder:
         if n == 0:
             return out
         order = np.argsort([len(r) for r in ids], kind="stable")
+        from v2t_jax import parallel
+
         bs = min(batch_size, n)
+        rows_per_call = parallel.round_up(bs, parallel.local_mesh(self.devices))  # every device gets a share
         starts = range(0, n, bs)
         if progress:
             from tqdm.auto import tqdm
@@ -660,7 +683,7 @@ class Embedder:
             idx = order[s : s + bs]
             rows = [ids[i] for i in idx]
             length = _bucket_length(max(len(r) for r in rows), max_length)
-            rows = rows + [[]] * (bs - len(rows))
+            rows = rows + [[]] * (rows_per_call - len(rows))
             tok, mask = self.pad(rows, length)
             mask[len(idx) :, 0] = 1  # keep filler rows finite
             # Dispatch is asynchronous: the next batch is padded while this one runs.
