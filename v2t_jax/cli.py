@@ -168,6 +168,16 @@ def _device_flags(p: argparse.ArgumentParser, profile: bool = False) -> None:
         _profile_flag(p)
 
 
+def _distributed_flag(p: argparse.ArgumentParser, what: str = "") -> None:
+    p.add_argument(
+        "--distributed",
+        default=None,
+        metavar="auto|HOST:PORT,NUM_PROCESSES,PROCESS_ID",
+        help="multi-process run: `auto` (jax.distributed.initialize() as the cluster sets it up: Cloud TPU, SLURM, "
+        "Open MPI, Kubernetes) or HOST:PORT,NUM_PROCESSES,PROCESS_ID (CPU: gloo collectives)" + what,
+    )
+
+
 def _profile_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--profile",
@@ -211,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir", default=None, help="where fetched weights live (default: $V2T_CACHE_DIR or ~/.cache/v2t_jax)"
     )
     _device_flags(e)
+    _distributed_flag(e, "; each process embeds its share of the batches, process 0 writes the output")
     e.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     e.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     e.set_defaults(func=cmd_embed)
@@ -290,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _remote_flags(iv)
     _device_flags(iv, profile=True)
+    _distributed_flag(iv, "; each process inverts its share of the batches, process 0 writes the output")
     iv.add_argument("--cache-dir", default=None)
     iv.add_argument("--overwrite", action="store_true")
     iv.add_argument("--quiet", action="store_true")
@@ -397,13 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model from an ml_collections config; rerun to resume")
     t.add_argument("--config", required=True, help="configs/inverter.py[:variant]")
     t.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, tb/ (rerunning resumes)")
-    t.add_argument(
-        "--distributed",
-        default=None,
-        metavar="auto|HOST:PORT,NUM_PROCESSES,PROCESS_ID",
-        help="multi-process run: `auto` (jax.distributed.initialize() as the cluster sets it up: Cloud TPU, SLURM, "
-        "Open MPI, Kubernetes) or HOST:PORT,NUM_PROCESSES,PROCESS_ID (CPU: gloo collectives)",
-    )
+    _distributed_flag(t)
     _profile_flag(t)
     t.set_defaults(func=cmd_train)
     return p

@@ -82,9 +82,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
     texts = read_texts(args.input)
     output = check_file(args.output, args.overwrite, [args.input])
 
-    from v2t_jax import assets
+    from v2t_jax import assets, parallel
     from v2t_jax.models import embedders
 
+    if args.distributed:  # (before anything starts JAX's backend)
+        parallel.initialize(args.distributed)
     try:
         embedder = embedders.load_embedder(args.embedder, cache_dir=args.cache_dir, head=args.head)
     except assets.AssetError as e:
@@ -95,17 +97,36 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--max-length {args.max_length} exceeds the embedder's {embedder.config.max_positions} positions"
         )
-    from v2t_jax import parallel
+    from v2t_jax import outputs
 
     parallel.local_mesh(args.devices)  # (a count this host lacks: one line)
     embedder.devices = args.devices
+    import jax
+    import numpy as np
+
+    count, index = jax.process_count(), jax.process_index()
     t0 = time.perf_counter()
-    vectors = embedder.embed_texts(
-        texts, max_length=args.max_length, batch_size=args.batch_size, progress=not args.quiet
+    rows, vectors = embedder.embed_share(
+        texts, max_length=args.max_length, batch_size=args.batch_size, progress=not args.quiet, share=(index, count)
     )
     elapsed = time.perf_counter() - t0
     try:
-        save_npy_atomic(output, vectors.astype("float32"))
+        if count > 1:  # each process its part; process 0 puts them together in input order
+            part = parallel.part_path(output.with_name(output.name + ".npz"))
+            outputs.write_atomic(part, lambda f: np.savez(f, rows=rows, vectors=vectors), binary=True)
+            parallel.barrier("v2t embed: every part written")
+            if index == 0:
+                vectors = np.zeros((len(texts), embedder.dim), np.float32)
+                for i in range(count):
+                    with np.load(parallel.part_path(part.with_name(output.name + ".npz"), i, count)) as got:
+                        vectors[got["rows"]] = got["vectors"]
+                save_npy_atomic(output, vectors)
+            parallel.barrier("v2t embed: parts joined")
+            part.unlink(missing_ok=True)
+            if index:
+                return 0
+        else:
+            save_npy_atomic(output, vectors.astype("float32"))
     except OSError as e:
         raise UsageError(f"cannot write {output} ({e.strerror or e}); nothing was written") from None
     if not args.quiet:
@@ -419,13 +440,17 @@ def cmd_invert(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     references = read_texts(args.references) if args.references else None
     output = check_file(args.output, args.overwrite, [args.embeddings] + ([args.references] if references else []))
-    if args.profile is not None:
-        from v2t_jax import profiling
+    import jax
 
-        profiling.check_folder(args.profile)
-    RowStream.check(output)
-    with outputs.lock(output, "invert"):
-        return _invert(args, path, vectors, references, output)
+    from v2t_jax import parallel, profiling
+
+    profiling.check_folder(args.profile)
+    if args.distributed:
+        parallel.initialize(args.distributed)
+    rows = parallel.part_path(output) if jax.process_count() > 1 else output  # (this process's rows)
+    RowStream.check(rows)
+    with outputs.lock(rows, "invert"):
+        return _invert(args, path, vectors, references, output, rows)
 
 
 def _search_of_interrupted_run(args: argparse.Namespace, rows: Path, command: str) -> None:
@@ -461,9 +486,20 @@ def _search_of_interrupted_run(args: argparse.Namespace, rows: Path, command: st
               file=sys.stderr)  # fmt: skip
 
 
-def _invert(args: argparse.Namespace, path: Path, vectors, references: list[str] | None, output: Path) -> int:
-    _search_of_interrupted_run(args, output, "invert")
+def _invert(
+    args: argparse.Namespace, path: Path, vectors, references: list[str] | None, output: Path, rows_path: Path
+) -> int:
+    """The rows of `output`; under --distributed each process writes those of its share of the batches to
+    `rows_path` (its part, resumable as a whole output is), and process 0 puts the parts together in input
+    order once every process has finished its own."""
+    import jax
+    import numpy as np
+
+    from v2t_jax import parallel
+
+    _search_of_interrupted_run(args, rows_path, "invert")
     model, search = _load_model(args)
+    multi, main = jax.process_count() > 1, jax.process_index() == 0
 
     from v2t_jax import api, assets, evaluate
 
@@ -485,16 +521,22 @@ def _invert(args: argparse.Namespace, path: Path, vectors, references: list[str]
         "references": assets.sha256_file(Path(args.references)) if references is not None else None,
         "embedder_url": [remote.shown_url, remote.model] if remote is not None else None,
     }
-    stream = RowStream(output, run, bs, "invert")
+    mine = None  # under --distributed: the input rows of this process's batches
+    if multi:
+        mine = np.concatenate([np.arange(a, b) for a, b in parallel.process_share(n, bs)] or [np.zeros(0, int)])
+        run["part"] = [jax.process_index(), jax.process_count()]
+    stream = RowStream(rows_path, run, bs, "invert")
+    todo = vectors if mine is None else np.asarray(vectors)[mine]
+    n_todo = 0 if stream.complete else len(todo) - stream.done
     from v2t_jax import profiling
 
     # --profile: 3 compiled calls after the first (the compile), or from the first when the run has no second
     per_call = model.STREAM_BATCHES if model.streams(search, bool(args.trace), remote) else 1
-    more = -(-(n - stream.done) // bs) > per_call
+    more = -(-n_todo // bs) > per_call
     window = profiling.Window(profiling.check_folder(args.profile), per_call if more else 0, 3 * per_call)
-    batches = model.iter_batches(
-        vectors, search, bs, trace=bool(args.trace), progress=not args.quiet, start=stream.done, embed_fn=remote
-    )
+    batches = iter(()) if n_todo <= 0 else model.iter_batches(
+        todo, search, bs, trace=bool(args.trace), progress=not args.quiet, start=stream.done, embed_fn=remote
+    )  # fmt: skip
     try:
         for i in itertools.count():
             window.step(i)  # (before batch i is computed)
@@ -506,8 +548,9 @@ def _invert(args: argparse.Namespace, path: Path, vectors, references: list[str]
             rows = [{"text": t, "cosine": c} for t, c in zip(model.readable(texts), cosines)]
             for row, trace in zip(rows, steps or []):
                 row["steps"] = {**trace, "hypotheses": model.readable(trace["hypotheses"])}
-            if scorer is not None:
-                for row, scores in zip(rows, scorer.rows(texts, first, model.readable)):
+            if scorer is not None:  # (a batch is whole in one process: its rows follow on from its first)
+                at = first if mine is None else int(mine[first])
+                for row, scores in zip(rows, scorer.rows(texts, at, model.readable)):
                     row.update(scores)
             stream.append(rows)
     except api.ModelError as e:
@@ -517,15 +560,43 @@ def _invert(args: argparse.Namespace, path: Path, vectors, references: list[str]
         raise UsageError(f"{e}{kept}") from None
     finally:
         window.close()
-    stream.finish()
+    stream.finish(keep_state=multi)  # (a part's state stays until the parts are put together: it is then done)
+    if multi:
+        parallel.barrier("v2t invert: every part written")
+        if main:
+            _join_parts(output, n, bs)
+        parallel.barrier("v2t invert: parts joined")
+    if not main:
+        return 0
     if not args.quiet:
         print(f"v2t invert: wrote {n} rows to {output}", file=sys.stderr)
         if window.done:
             print(f"v2t invert: a trace of {window.count} batches is in {args.profile}", file=sys.stderr)
     if scorer is not None:  # over every row, those of an interrupted run included
-        scores = evaluate.summary_of_rows(stream.rows())
+        scores = evaluate.summary_of_rows(RowStream(output, run, bs, "invert").rows())
         print(f"v2t invert: against {args.references}: {evaluate.summary_line(scores)}")
     return 0
+
+
+def _join_parts(output: Path, n: int, batch: int) -> None:
+    """OUTPUT from the processes' parts (`parallel.process_share` dealt them whole batches in turn), in input
+    order, byte for byte as one process writes it; the parts and their states go once it is in place."""
+    import jax
+
+    from v2t_jax import outputs, parallel
+
+    count = jax.process_count()
+    parts = [parallel.part_path(output, i, count) for i in range(count)]
+    lines = [iter(p.read_bytes().split(b"\n")[:-1]) for p in parts]
+    rows = []
+    for k, start in enumerate(range(0, n, batch)):
+        rows += [next(lines[k % count]) for _ in range(min(batch, n - start))]
+    if len(rows) != n or any(next(rest, None) is not None for rest in lines):
+        raise UsageError(f"the parts of {output} do not hold its {n} rows; delete {output}.part-* and rerun")
+    outputs.write_atomic(output, lambda f: f.write(b"".join(r + b"\n" for r in rows)), binary=True)
+    for p in parts:
+        for f in (p, *RowStream.paths(p)):
+            f.unlink(missing_ok=True)
 
 
 def _remote_embedder(args: argparse.Namespace, model):

@@ -211,4 +211,23 @@ def initialize(spec: str) -> None:
             if spec == "auto"
             else "check that every process names the same coordinator and count"
         )
-        raise DeviceError(f"--distributed {spec}: {brief(e)}; {hint}") from None
+        raise DeviceError(f"--distributed {spec}: {brief(e).rstrip('.')}; {hint}") from None
+
+
+def part_path(output, index: int | None = None, count: int | None = None):
+    """Where process `index` of `count` (default: this one of all) keeps its share of `output` until they are put
+    together: OUTPUT.part-I-of-N beside it."""
+    from pathlib import Path
+
+    index = jax.process_index() if index is None else index
+    count = jax.process_count() if count is None else count
+    output = Path(output)
+    return output.with_name(f"{output.name}.part-{index}-of-{count}")
+
+
+def barrier(name: str) -> None:
+    """Every process waits here for all the others (nothing with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

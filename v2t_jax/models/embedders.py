@@ -660,24 +660,39 @@ class Embedder:
         """Embeds texts -> float32 [n, dim].
 
         Texts are sorted by token length and each batch is padded to a multiple of 8 tokens, so
-        short texts cost less; a batch is always padded to `batch_size` rows, so each padded
-        length compiles once.
+        short texts cost less; a batch is always padded to `batch_size` rows (rounded up to a multiple of the
+        devices), so each padded length compiles once.
         """
+        return self.embed_share(texts, max_length, batch_size, progress)[1]
+
+    def embed_share(
+        self,
+        texts: Sequence[str],
+        max_length: int = 32,
+        batch_size: int = 128,
+        progress: bool = False,
+        share: tuple[int, int] = (0, 1),
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, their vectors) of the batches of `embed_texts` that part `share` = (index, count) of the work
+        takes (batches index, index + count, …: what one process of several embeds); (0, 1) is every row, in
+        order. Each batch holds the rows it holds in a run of one part, so the vectors are the same."""
+        index, count = share
         ids = self.tokenize(texts, max_length)
         n = len(ids)
-        out = np.zeros((n, self.dim), np.float32)
         if n == 0:
-            return out
+            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
         order = np.argsort([len(r) for r in ids], kind="stable")
         from v2t_jax import parallel
 
         bs = min(batch_size, n)
         rows_per_call = parallel.round_up(bs, parallel.local_mesh(self.devices))  # every device gets a share
-        starts = range(0, n, bs)
+        starts = range(index * bs, n, bs * count)
+        mine = np.concatenate([order[s : s + bs] for s in starts] or [np.zeros(0, np.int64)])
+        out = np.zeros((n, self.dim), np.float32)
         if progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, total=-(-n // bs), unit="batch", desc="embed", dynamic_ncols=True)
+            starts = tqdm(starts, total=len(starts), unit="batch", desc="embed", dynamic_ncols=True)
         pending: list[tuple[np.ndarray, Array]] = []
         for s in starts:
             idx = order[s : s + bs]
@@ -693,7 +708,10 @@ class Embedder:
                 out[done_idx] = np.asarray(vec)[: len(done_idx)]
         for done_idx, vec in pending:
             out[done_idx] = np.asarray(vec)[: len(done_idx)]
-        return out
+        if count == 1:
+            return np.arange(n), out
+        mine = np.sort(mine)
+        return mine, out[mine]
 
 
 def load_embedder(name_or_path: str | os.PathLike, cache_dir: str | None = None, head: str = "auto") -> Embedder:

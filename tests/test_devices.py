@@ -1,0 +1,189 @@
+"""Every device of a host: 8 virtual CPU devices give the outputs of one (embed, invert as a batch and as a
+stream, audit, hypothesis generation), and `v2t bench` says how many devices it ran on and what XLA counts.
+
+Virtual CPU devices share the machine's cores: these tests show correctness, not speed (docs/pods.md has the
+figures measured on GPUs)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from conftest import CORPUS, ROOT, cache_env
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    import jax, numpy as np
+    from v2t_jax import api, cli, parallel
+    from v2t_jax.data import hypotheses
+
+    bundle, corpus, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    assert jax.local_device_count() == 8
+    texts = [t for t in Path(corpus).read_text().splitlines() if t.strip()][:11]
+    (out / "texts.txt").write_text("\\n".join(texts) + "\\n")
+    common = ["--checkpoint", bundle, "--quiet"]
+    for d in ("1", "8"):
+        assert cli.main(["embed", "--input", str(out / "texts.txt"), "--output", str(out / f"e{d}.npy"),
+                         "--batch-size", "4", "--devices", d, "--quiet"]) == 0
+        for name, flags in {"stream": ["--steps", "3", "--sbeam", "2"],
+                            "batch": ["--steps", "2", "--sbeam", "2", "--no-skip-repeated", "--trace"]}.items():
+            assert cli.main(["invert", "--embeddings", str(out / "e1.npy"), "--output", str(out / f"{name}{d}.jsonl"),
+                             "--batch-size", "5", "--devices", d, *flags, *common]) == 0
+        assert cli.main(["audit", str(out / "e1.npy"), "--documents", str(out / "texts.txt"), "--output",
+                         str(out / f"audit{d}"), "--steps", "2", "--batch-size", "3", "--devices", d, *common]) == 0
+        model = api.load_model(bundle).use_devices(int(d))
+        ids, emb = hypotheses.make_step(model)(model.params, np.load(out / "e1.npy")[:7])
+        np.savez(out / f"hyp{d}.npz", ids=np.asarray(ids)[:7], emb=np.asarray(emb)[:7])
+    assert cli.main(["bench", "--checkpoint", bundle, "--batch", "4,8", "--steps", "0,2", "--beam", "1",
+                     "--repeats", "1", "--output", str(out / "bench"), "--quiet"]) == 0
+    print("ok")
+    """
+)
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_eight_devices_give_what_one_gives(tmp_path, small_bundle):
+    script = tmp_path / "devices.py"
+    script.write_text(SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(cache_env(), JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
+               XLA_FLAGS="--xla_force_host_platform_device_count=8")  # fmt: skip
+    proc = subprocess.run([sys.executable, str(script), str(small_bundle[0]), str(CORPUS), str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    np.testing.assert_allclose(np.load(tmp_path / "e8.npy"), np.load(tmp_path / "e1.npy"), rtol=0, atol=2e-6)
+    for name in ("stream", "batch"):
+        one, eight = _rows(tmp_path / f"{name}1.jsonl"), _rows(tmp_path / f"{name}8.jsonl")
+        assert len(one) == len(eight) == 11
+        assert [r["text"] for r in eight] == [r["text"] for r in one]
+        np.testing.assert_allclose([r["cosine"] for r in eight], [r["cosine"] for r in one], atol=1e-5)
+    assert [s["hypotheses"] for r in _rows(tmp_path / "batch8.jsonl") for s in [r["steps"]]] == [
+        r["steps"]["hypotheses"] for r in _rows(tmp_path / "batch1.jsonl")
+    ]
+    audit1, audit8 = _rows(tmp_path / "audit1" / "records.jsonl"), _rows(tmp_path / "audit8" / "records.jsonl")
+    assert [r["text"] for r in audit8] == [r["text"] for r in audit1] and len(audit1) == 11
+    h1, h8 = np.load(tmp_path / "hyp1.npz"), np.load(tmp_path / "hyp8.npz")
+    np.testing.assert_array_equal(h8["ids"], h1["ids"])
+    np.testing.assert_allclose(h8["emb"], h1["emb"], atol=2e-6)
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    assert bench["devices"] == 8 and bench["platform"] == "cpu" and bench["peak_flops_per_device"] is None
+    for row in bench["rows"]:
+        assert row["devices"] == 8 and row["xla_flops_per_device"] > 0 and row["mfu_at_least"] is None
+        assert row["inversions_per_s_per_device"] == pytest.approx(row["inversions_per_s"] / 8)
+    assert "8 × " in (tmp_path / "bench.md").read_text()
+
+
+def test_more_devices_than_the_host_has_is_one_line(capsys, tmp_path):
+    texts = tmp_path / "t.txt"
+    texts.write_text("a line\n")
+    import jax
+
+    have = jax.local_device_count()
+    code = __import__("v2t_jax.cli").cli.main(
+        ["embed", "--input", str(texts), "--output", str(tmp_path / "e.npy"), "--devices", str(have + 1), "--quiet"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and f"--devices {have + 1}: this process has {have} CPU device(s); give 1 to {have}" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "e.npy").exists()
+
+
+def test_distributed_auto_outside_a_cluster_is_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "OMPI", "TPU", "KUBERNETES"))}
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-m", "v2t_jax.cli", "train", "--config", str(ROOT / "configs" / "inverter.py") + ":tiny",
+         "--workdir", str(tmp_path / "w"), "--distributed", "auto"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("v2t train: error: --distributed auto: ") and "HOST:PORT,NUM_PROCESSES,PROCESS_ID" in line
+    assert not (tmp_path / "w").exists()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _env1() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(cache_env(), JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    return env
+
+
+def _pair(argv: list[str]) -> list[subprocess.Popen]:
+    port = _free_port()
+    return [
+        subprocess.Popen([sys.executable, "-m", "v2t_jax.cli", *argv, "--distributed", f"localhost:{port},2,{i}"],
+                         env=_env1(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]  # fmt: skip
+
+
+def _finish(procs) -> None:
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+
+
+@pytest.mark.slow
+def test_two_processes_write_what_one_writes_and_resume(tmp_path, small_bundle):
+    """`--distributed` over 2 processes: embed and invert write one output, byte for byte as one process does;
+    a pair stopped mid-run (one process killed) resumes from the rows each had written."""
+    import signal
+    import time
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("".join(line + "\n" for line in CORPUS.read_text().splitlines()[:40] if line.strip()))
+    embed = ["embed", "--input", str(texts), "--batch-size", "8", "--quiet"]
+    one = subprocess.run([sys.executable, "-m", "v2t_jax.cli", *embed, "--output", str(tmp_path / "one.npy")],
+                         env=_env1(), capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    _finish(_pair([*embed, "--output", str(tmp_path / "two.npy")]))
+    assert (tmp_path / "two.npy").read_bytes() == (tmp_path / "one.npy").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir() if "part" in p.name) == []
+
+    invert = ["invert", "--embeddings", str(tmp_path / "one.npy"), "--checkpoint", str(small_bundle[0]),
+              "--steps", "2", "--batch-size", "3", "--references", str(texts), "--quiet"]  # fmt: skip
+    single = subprocess.run([sys.executable, "-m", "v2t_jax.cli", *invert, "--output", str(tmp_path / "one.jsonl")],
+                            env=_env1(), capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+    out = tmp_path / "two.jsonl"
+    _finish(_pair([*invert, "--output", str(out)]))
+    assert out.read_bytes() == (tmp_path / "one.jsonl").read_bytes()
+
+    # stopped mid-run: process 1 killed once its part has rows, then process 0; the pair rerun resumes
+    out.unlink()
+    procs = _pair([*invert, "--batch-size", "1", "--output", str(out)])
+    part1 = tmp_path / "two.jsonl.part-1-of-2.partial"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (part1.exists() and part1.read_text().count("\n") >= 2):
+        time.sleep(0.02)
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    assert not out.exists() and part1.read_text().count("\n") < 40
+    procs = _pair([*invert, "--batch-size", "1", "--output", str(out)])
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert "resuming after the" in errs[1]
+    again = subprocess.run(
+        [sys.executable, "-m", "v2t_jax.cli", *invert, "--batch-size", "1", "--output", str(tmp_path / "one1.jsonl")],
+        env=_env1(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert out.read_bytes() == (tmp_path / "one1.jsonl").read_bytes()
+    assert not list(tmp_path.glob("two.jsonl.part-*"))
