@@ -187,3 +187,16 @@ def test_two_processes_write_what_one_writes_and_resume(tmp_path, small_bundle):
     assert again.returncode == 0, again.stderr[-3000:]
     assert out.read_bytes() == (tmp_path / "one1.jsonl").read_bytes()
     assert not list(tmp_path.glob("two.jsonl.part-*"))
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--config", str(ROOT / "configs" / "inverter.py") + ":tiny", "--workdir", "gs://bucket/run"],
+    ["export", "--workdir", "s3://bucket/run", "--output", "out"],
+    ["invert", "--embeddings", "e.npy", "--output", "gs://bucket/rows.jsonl"],
+])  # fmt: skip
+def test_an_object_store_path_is_one_line_and_no_local_folder(capsys, tmp_path, monkeypatch, argv):
+    monkeypatch.chdir(tmp_path)
+    assert __import__("v2t_jax.cli").cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "paths are not read or written yet" in err and "mount the bucket" in err
+    assert list(tmp_path.iterdir()) == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Sequence
 
@@ -415,6 +416,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# the flags that name a file or folder on this machine
+_PATH_FLAGS = ("workdir", "output", "profile", "data_dir", "cache_dir", "checkpoint", "embeddings", "input", "inverter",
+               "bundle", "references", "documents", "corpus", "tokenizer", "embedder")  # fmt: skip
+
+
+def _object_store_paths(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(flag, value) of each path flag given as an object-store URL (gs://, s3://, …): not served yet, and a
+    pathlib.Path would make it a local folder named after the scheme."""
+    return [
+        (flag, value) for flag in _PATH_FLAGS
+        if isinstance(value := getattr(args, flag, None), str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value)
+    ]  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -432,6 +447,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif extra:
         shown = " ".join(shown_url(x) if "://" in x else x for x in extra)  # (a mistyped flag's URL may hold a key)
         print(f"v2t {args.command}: error: unrecognized arguments: {one_line(shown)}", file=sys.stderr)
+        return 2
+    for flag, value in _object_store_paths(args):
+        scheme = value.partition("://")[0]
+        print(f"v2t {args.command}: error: --{flag.replace('_', '-')} {one_line(shown_url(value))}: {scheme}:// paths "
+              "are not read or written yet (it would become a local folder named '{scheme}:'); mount the bucket "
+              "(e.g. gcsfuse) and give the mounted folder".replace("{scheme}", scheme), file=sys.stderr)  # fmt: skip
         return 2
     try:
         return args.func(args)
