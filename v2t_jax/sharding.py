@@ -35,7 +35,8 @@ class MeshError(V2TError, ValueError):
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
-    """A (data, fsdp) mesh over all devices; -1 in one axis takes what the other leaves."""
+    """A (data, fsdp) mesh over all devices (of every process), laid out by `jax.make_mesh` to follow the device
+    topology; -1 in one axis takes what the other leaves."""
     devices = list(devices if devices is not None else jax.devices())
     n = len(devices)
     if data == -1 and fsdp == -1:
@@ -45,9 +46,15 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
     if fsdp == -1:
         fsdp = n // data if data > 0 and n % data == 0 else 0
     if data <= 0 or fsdp <= 0 or data * fsdp != n:
-        raise MeshError(f"mesh data={data} x fsdp={fsdp} does not cover the {n} available devices")
-    grid = np.asarray(devices).reshape(data, fsdp)
-    return Mesh(grid, ("data", "fsdp"), axis_types=(AxisType.Auto, AxisType.Auto))
+        raise MeshError(
+            f"mesh data={data} x fsdp={fsdp} does not cover the {n} available devices: set --config.mesh.data and "
+            f"--config.mesh.fsdp so that their product is {n} (-1 in one of them takes what the other leaves)"
+        )
+    try:  # topology-aware: neighbouring chips of the interconnect share an fsdp group
+        return jax.make_mesh((data, fsdp), ("data", "fsdp"), axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+    except (ValueError, NotImplementedError, AssertionError):  # a shape the topology cannot be cut into: in order
+        grid = np.asarray(devices).reshape(data, fsdp)
+        return Mesh(grid, ("data", "fsdp"), axis_types=(AxisType.Auto, AxisType.Auto))
 
 
 def logical_shardings(mesh: Mesh, logical_specs):
