@@ -141,7 +141,7 @@ def _finish(procs) -> None:
 
 @pytest.mark.slow
 def test_two_processes_write_what_one_writes_and_resume(tmp_path, small_bundle):
-    """`--distributed` over 2 processes: embed and invert write one output, byte for byte as one process does;
+    """`--distributed` over 2 processes: embed, invert and audit write one output, byte for byte as one process does;
     a pair stopped mid-run (one process killed) resumes from the rows each had written."""
     import signal
     import time
@@ -164,6 +164,21 @@ def test_two_processes_write_what_one_writes_and_resume(tmp_path, small_bundle):
     out = tmp_path / "two.jsonl"
     _finish(_pair([*invert, "--output", str(out)]))
     assert out.read_bytes() == (tmp_path / "one.jsonl").read_bytes()
+
+    audit = ["audit", str(tmp_path / "one.npy"), "--documents", str(texts), "--checkpoint", str(small_bundle[0]),
+             "--steps", "1", "--batch-size", "4", "--quiet"]  # fmt: skip
+    single = subprocess.run([sys.executable, "-m", "v2t_jax.cli", *audit, "--output", str(tmp_path / "audit1")],
+                            env=_env1(), capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+    _finish(_pair([*audit, "--output", str(tmp_path / "audit2")]))
+    assert (tmp_path / "audit2" / "records.jsonl").read_bytes() == (tmp_path / "audit1" / "records.jsonl").read_bytes()
+    summaries = [json.loads((tmp_path / f"audit{i}" / "summary.json").read_text()) for i in (1, 2)]
+    assert "--distributed" in summaries[1].pop("command") and "--distributed" not in summaries[0].pop("command")
+    assert summaries[1] == summaries[0]
+    assert (tmp_path / "audit2" / "report.md").exists()
+    assert sorted(p.name for p in (tmp_path / "audit2").iterdir()) == sorted(
+        p.name for p in (tmp_path / "audit1").iterdir()
+    )
 
     # stopped mid-run: process 1 killed once its part has rows, then process 0; the pair rerun resumes
     out.unlink()

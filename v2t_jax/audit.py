@@ -23,9 +23,10 @@ import datetime
 from pathlib import Path
 from typing import Sequence
 
+import jax
 import numpy as np
 
-from v2t_jax import assets, evaluate, outputs
+from v2t_jax import assets, evaluate, outputs, parallel
 from v2t_jax.errors import V2TError
 from v2t_jax.remote import RemoteError
 
@@ -100,24 +101,31 @@ def run(
         "embedder_url": remote,
     }
     out.mkdir(parents=True, exist_ok=True)
-    with outputs.lock(out / RECORDS, "audit"):
+    multi, main = jax.process_count() > 1, jax.process_index() == 0
+    # several processes: each audits its share of the batches into a part of its own, process 0 joins them
+    target = parallel.part_path(out / RECORDS) if multi else out / RECORDS
+    with outputs.lock(target, "audit"):
         check_no_report(out, overwrite)  # (again, now that no other run can write here)
-        if overwrite:
+        if overwrite and main:
             (out / REPORT).unlink(missing_ok=True)  # the mark of a finished audit goes first
-        stream = outputs.RowStream(out / RECORDS, record, bs, "audit")
+        stream = outputs.RowStream(out / RECORDS, record, bs, "audit")  # (the whole: complete when joined before)
         say(f"{len(records)} records of {records.source}", False)
         if stream.complete:
             say(f"finishing the report of the {stream.done} records in {stream.output}", True)
-        try:
-            for first, texts, cosines, _ in model.iter_batches(
-                vectors, search, bs, progress=progress, start=stream.done, embed_fn=embed_fn
-            ):
-                ids = records.ids[first : first + len(texts)]
-                stream.append(rows_of_batch(ids, texts, cosines, first, scorer, model.readable))
-        except RemoteError as e:  # the endpoint failed for good: what is done stays for a rerun
-            kept = f"the {stream.done} records done are kept: rerun the same command to continue"
-            raise RemoteError(f"{e}; {kept}") from None
-        stream.finish(keep_state=True)  # until the report is written
+        elif multi:
+            _audit_share(records, vectors, model, search, bs, target, record, scorer, progress, embed_fn)
+            parallel.barrier("v2t audit: every part written")
+            if main:
+                parallel.join_parts(out / RECORDS, len(vectors), bs)
+                stream._save_state()  # (the joined records are this run's until the report is written)
+            parallel.barrier("v2t audit: parts joined")
+            if not main:
+                return {}
+            stream = outputs.RowStream(out / RECORDS, record, bs, "audit")
+        else:
+            _audit_share(records, vectors, model, search, bs, target, record, scorer, progress, embed_fn, stream)
+        if not main:
+            return {}
         report_about = {
             "source": records.source,
             "kind": records.kind,
@@ -133,6 +141,29 @@ def run(
         summary = write_report(out, stream.rows(), report_about)
         stream.close()
     return summary
+
+
+def _audit_share(records, vectors, model, search, bs, target, record, scorer, progress, embed_fn, stream=None):
+    """The rows of this process's batches (all of them with one process) streamed to `target`, finished with its
+    state kept (until the report is written, or the parts are joined)."""
+    mine = parallel.share_rows(len(vectors), bs)
+    if stream is None:
+        stream = outputs.RowStream(target, {**record, "part": [jax.process_index(), jax.process_count()]}, bs, "audit")
+    if stream.complete:
+        return
+    todo = vectors if mine is None else vectors[mine]
+    try:
+        if len(todo) > stream.done:
+            for first, texts, cosines, _ in model.iter_batches(
+                todo, search, bs, progress=progress, start=stream.done, embed_fn=embed_fn
+            ):
+                at = first if mine is None else int(mine[first])  # (a batch is whole in one process)
+                ids = records.ids[at : at + len(texts)]
+                stream.append(rows_of_batch(ids, texts, cosines, at, scorer, model.readable))
+    except RemoteError as e:  # the endpoint failed for good: what is done stays for a rerun
+        kept = f"the {stream.done} records done are kept: rerun the same command to continue"
+        raise RemoteError(f"{e}; {kept}") from None
+    stream.finish(keep_state=True)
 
 
 def embedder_name_key(name: str) -> str:

@@ -354,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--batch-size", type=_count(1, MAX_ROWS), default=32)
     _remote_flags(au)
     _device_flags(au)
+    _distributed_flag(au, "; each process audits its share of the batches, process 0 writes the report")
     au.add_argument("--cache-dir", default=None)
     au.add_argument("--overwrite", action="store_true", help="replace an earlier report in --output")
     au.add_argument("--quiet", action="store_true")

@@ -521,9 +521,8 @@ def _invert(
         "references": assets.sha256_file(Path(args.references)) if references is not None else None,
         "embedder_url": [remote.shown_url, remote.model] if remote is not None else None,
     }
-    mine = None  # under --distributed: the input rows of this process's batches
+    mine = parallel.share_rows(n, bs)  # under --distributed: the input rows of this process's batches
     if multi:
-        mine = np.concatenate([np.arange(a, b) for a, b in parallel.process_share(n, bs)] or [np.zeros(0, int)])
         run["part"] = [jax.process_index(), jax.process_count()]
     stream = RowStream(rows_path, run, bs, "invert")
     todo = vectors if mine is None else np.asarray(vectors)[mine]
@@ -564,7 +563,7 @@ def _invert(
     if multi:
         parallel.barrier("v2t invert: every part written")
         if main:
-            _join_parts(output, n, bs)
+            parallel.join_parts(output, n, bs)
         parallel.barrier("v2t invert: parts joined")
     if not main:
         return 0
@@ -576,27 +575,6 @@ def _invert(
         scores = evaluate.summary_of_rows(RowStream(output, run, bs, "invert").rows())
         print(f"v2t invert: against {args.references}: {evaluate.summary_line(scores)}")
     return 0
-
-
-def _join_parts(output: Path, n: int, batch: int) -> None:
-    """OUTPUT from the processes' parts (`parallel.process_share` dealt them whole batches in turn), in input
-    order, byte for byte as one process writes it; the parts and their states go once it is in place."""
-    import jax
-
-    from v2t_jax import outputs, parallel
-
-    count = jax.process_count()
-    parts = [parallel.part_path(output, i, count) for i in range(count)]
-    lines = [iter(p.read_bytes().split(b"\n")[:-1]) for p in parts]
-    rows = []
-    for k, start in enumerate(range(0, n, batch)):
-        rows += [next(lines[k % count]) for _ in range(min(batch, n - start))]
-    if len(rows) != n or any(next(rest, None) is not None for rest in lines):
-        raise UsageError(f"the parts of {output} do not hold its {n} rows; delete {output}.part-* and rerun")
-    outputs.write_atomic(output, lambda f: f.write(b"".join(r + b"\n" for r in rows)), binary=True)
-    for p in parts:
-        for f in (p, *RowStream.paths(p)):
-            f.unlink(missing_ok=True)
 
 
 def _remote_embedder(args: argparse.Namespace, model):
@@ -631,6 +609,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise UsageError("--batch-size and --limit must be >= 1")
     audit.check_no_report(outputs.check_folder(args.output, "report folder"), args.overwrite)  # before any work
+    if args.distributed:  # (before anything starts JAX's backend)
+        from v2t_jax import parallel
+
+        parallel.initialize(args.distributed)
     documents = read_texts(args.documents) if args.documents else None
     try:
         records = stores.read(
@@ -661,6 +643,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, progress=not args.quiet, about=about, model_key=_bundle_digest(args.checkpoint),
         say=say,
     )  # fmt: skip
+    if not summary:  # (another process than the first: it wrote its share, the first the report)
+        return 0
     line = f"v2t audit: wrote {Path(args.output) / audit.REPORT}: {summary['records']} records, "
     line += f"mean cosine {summary['mean_cosine']:.3f}"
     if "bleu" in summary:

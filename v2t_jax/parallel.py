@@ -130,6 +130,35 @@ def process_share(n: int, batch: int, index: int | None = None, count: int | Non
     return [(s, min(s + batch, n)) for s in range(index * batch, n, batch * count)]
 
 
+def share_rows(n: int, batch: int) -> np.ndarray | None:
+    """The input rows of this process's batches (`process_share`), in order; None with one process (all rows)."""
+    if jax.process_count() == 1:
+        return None
+    return np.concatenate([np.arange(a, b) for a, b in process_share(n, batch)] or [np.zeros(0, np.int64)])
+
+
+def join_parts(output, n: int, batch: int) -> None:
+    """OUTPUT (JSON lines, `outputs.RowStream`) from the processes' finished parts (`part_path`; whole batches
+    dealt in turn by `process_share`), in input order, byte for byte as one process writes it; the parts and
+    their states go once it is in place. Run by one process after every part is finished."""
+    from pathlib import Path
+
+    from v2t_jax import outputs
+
+    output, count = Path(output), jax.process_count()
+    parts = [part_path(output, i, count) for i in range(count)]
+    lines = [iter(p.read_bytes().split(b"\n")[:-1]) for p in parts]
+    rows = []
+    for k, start in enumerate(range(0, n, batch)):
+        rows += [next(lines[k % count], None) for _ in range(min(batch, n - start))]
+    if None in rows or any(next(rest, None) is not None for rest in lines):
+        raise DeviceError(f"the parts of {output} do not hold its {n} rows; delete {output}.part-* and rerun")
+    outputs.write_atomic(output, lambda f: f.write(b"".join(r + b"\n" for r in rows)), binary=True)
+    for p in parts:
+        for f in (p, *outputs.RowStream.paths(p)):
+            f.unlink(missing_ok=True)
+
+
 def describe(mesh: Mesh) -> dict:
     """What a report says about the devices a program ran on."""
     devs = list(mesh.devices.flat)
