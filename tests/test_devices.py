@@ -215,3 +215,31 @@ def test_an_object_store_path_is_one_line_and_no_local_folder(capsys, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "paths are not read or written yet" in err and "mount the bucket" in err
     assert list(tmp_path.iterdir()) == []
+
+
+_SMALL_PIECES = (
+    "import sys; from v2t_jax.data import targets; targets.CHUNK = 64; from v2t_jax import cli; sys.exit(cli.main())"
+)
+
+
+@pytest.mark.slow
+def test_two_processes_prepare_the_targets_one_process_prepares(tmp_path):
+    """`v2t data prepare --distributed`: process 0 builds the dataset, each process embeds its pieces of the
+    targets (64-row pieces here: 300 sentences make several), and the target files are those of one process."""
+    argv = ["data", "prepare", "--corpus", str(CORPUS), "--quiet"]
+    one = subprocess.run([sys.executable, "-c", _SMALL_PIECES, *argv, "--data-dir", str(tmp_path / "one")],
+                         env=_env1(), capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    port = _free_port()
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _SMALL_PIECES, *argv, "--data-dir", str(tmp_path / "two"),
+                          "--distributed", f"localhost:{port},2,{i}"],
+                         env=_env1(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]  # fmt: skip
+    _finish(procs)
+    made = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.npy") if "targets" in str(p))
+    assert len(made) >= 6  # embeddings and ids of three splits
+    for rel in made:
+        assert (tmp_path / "two" / rel).read_bytes() == (tmp_path / "one" / rel).read_bytes(), rel
+    assert not list((tmp_path / "two").rglob("*.parts"))

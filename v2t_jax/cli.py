@@ -261,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="passages per embedding batch (default: 128 on CPU, 2048 on GPU/TPU)",
     )
     _device_flags(dp)
+    _distributed_flag(dp, "; process 0 builds the dataset, each process embeds its share of the targets' pieces")
     dp.add_argument("--quiet", action="store_true")
     dp.set_defaults(func=cmd_data_prepare, command="data prepare")
 

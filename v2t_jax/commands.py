@@ -155,9 +155,11 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from e
     if args.max_tokens < 4:
         raise UsageError(f"--max-tokens must be at least 4, got {args.max_tokens}")
-    if args.devices is not None and not args.no_targets:
-        from v2t_jax import parallel
+    from v2t_jax import parallel
 
+    if args.distributed:  # (before anything starts JAX's backend)
+        parallel.initialize(args.distributed)
+    if args.devices is not None and not args.no_targets:
         parallel.local_mesh(args.devices)  # (a count this host lacks: one line, before the dataset is built)
     if (args.workers is not None and args.workers < 1) or (args.batch_size is not None and args.batch_size < 1):
         raise UsageError("--workers and --batch-size must be >= 1")
@@ -194,12 +196,21 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     start = time.perf_counter()
+    import jax
+
+    main = jax.process_index() == 0
     try:
+        if not main:  # several processes: the first builds the dataset, the others then read it
+            parallel.barrier("v2t data prepare: dataset built")
         b, counts = dataset.prepare(
-            spec, data_dir=args.data_dir, cache_dir=args.cache_dir, workers=args.workers, progress=not args.quiet
-        )
+            spec, data_dir=args.data_dir, cache_dir=args.cache_dir, workers=args.workers,
+            progress=not args.quiet and main,
+        )  # fmt: skip
     except (sources.SourceError, assets.AssetError) as e:
         raise UsageError(str(e)) from e
+    finally:
+        if main:
+            parallel.barrier("v2t data prepare: dataset built")
     n, took = sum(counts[s]["passages"] for s in dataset.splits(counts)), time.perf_counter() - start
     built = f" built in {took:.1f} s ({n / took:,.0f} passages/s)"
     print(f"dataset {spec.config_name} in {b.data_dir}" + (built if b.built is not None else ""))

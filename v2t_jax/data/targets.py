@@ -40,20 +40,28 @@ def chunked(
 ) -> dict[str, Path]:
     """Runs `compute(start, stop) -> {name: array}` over [0, n) in CHUNK-row pieces saved as
     `<split>.parts/NNNNN.npz`; an interrupted run resumes at the first missing piece. When all exist they
-    are joined into `<split>.<name>.npy` (written atomically) and the pieces removed."""
+    are joined into `<split>.<name>.npy` (written atomically) and the pieces removed. With several processes
+    (`--distributed`) each computes the pieces dealt to it in turn (piece c: process c mod count) and the first
+    joins them once all are there; every process gets the paths."""
+    import jax
+
+    from v2t_jax import parallel
+
     paths = {name: out_dir / f"{split}.{name}.npy" for name in names}
     if all(p.exists() for p in paths.values()):
         return paths
     parts = out_dir / f"{split}.parts"
     parts.mkdir(parents=True, exist_ok=True)
     n_chunks = -(-n // CHUNK)
-    todo = [c for c in range(n_chunks) if not (parts / f"{c:05d}.npz").exists()]
+    index, count = jax.process_index(), jax.process_count()
+    todo = [c for c in range(n_chunks) if c % count == index and not (parts / f"{c:05d}.npz").exists()]
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        done = n - sum(min(CHUNK, n - c * CHUNK) for c in todo)
-        bar = tqdm(total=n, initial=done, unit="passage", desc=f"{desc} {split}", dynamic_ncols=True)
+        mine = sum(min(CHUNK, n - c * CHUNK) for c in range(index, n_chunks, count))  # (this process's share)
+        done = mine - sum(min(CHUNK, n - c * CHUNK) for c in todo)
+        bar = tqdm(total=mine, initial=done, unit="passage", desc=f"{desc} {split}", dynamic_ncols=True)
     for c in todo:
         start, stop = c * CHUNK, min((c + 1) * CHUNK, n)
         arrays = compute(start, stop)
@@ -64,12 +72,15 @@ def chunked(
             bar.update(stop - start)
     if bar is not None:
         bar.close()
-    loaded = [np.load(parts / f"{c:05d}.npz") for c in range(n_chunks)]
-    for name, path in paths.items():
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, np.concatenate([x[name] for x in loaded]) if loaded else np.zeros((0,)))
-        os.replace(tmp, path)
-    shutil.rmtree(parts)
+    parallel.barrier(f"v2t {desc} {split}: every piece written")
+    if index == 0:
+        loaded = [np.load(parts / f"{c:05d}.npz") for c in range(n_chunks)]
+        for name, path in paths.items():
+            tmp = path.with_suffix(".tmp.npy")
+            np.save(tmp, np.concatenate([x[name] for x in loaded]) if loaded else np.zeros((0,)))
+            os.replace(tmp, path)
+        shutil.rmtree(parts)
+    parallel.barrier(f"v2t {desc} {split}: pieces joined")
     return paths
 
 
