@@ -39,7 +39,11 @@ setup(
             "chromadb>=1.0",
             "lancedb>=0.20",
             "faiss-cpu>=1.8",
+            "gcsfs>=2024.2",  # a gs:// workdir, tested against a GCS emulator the test starts
+            "gcp-storage-emulator>=2024.8",
         ],
+        # run folders in an object store: --workdir gs://bucket/run (etils.epath through fsspec)
+        "gcs": ["gcsfs>=2024.2"],
         # the vector stores `v2t audit` reads through their client libraries (parquet through pyarrow)
         "audit": ["chromadb>=1.0", "lancedb>=0.20", "faiss-cpu>=1.8", "pyarrow>=15"],
         "experiments": ["matplotlib>=3.8"],  # (matplotlib is now a dependency; kept for older instructions)

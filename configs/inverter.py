@@ -26,10 +26,10 @@ The paper recipe, on one GPU (the folders come from a model hub: t5-base, senten
         --config.data.corpus=nq_passages.txt
 
 and on a multi-host TPU slice, the same command on every host (the batch is split over all chips of the mesh;
-`--config.mesh.fsdp=N` shards the parameters too). The workdir must be one folder every host sees (a bucket
-mounted with gcsfuse, or NFS); gs:// URLs are refused, not yet served. See docs/pods.md:
+`--config.mesh.fsdp=N` shards the parameters too); the workdir is one place every host reads and writes (a gs://
+bucket, with `pip install gcsfs`; or a shared folder). See docs/pods.md:
 
-    v2t train --config configs/inverter.py:paper --workdir /mnt/bucket/inverter_paper ... --distributed auto
+    v2t train --config configs/inverter.py:paper --workdir gs://bucket/inverter_paper ... --distributed auto
 
 Then the corrector (configs/corrector.py:paper) on this inverter's hypotheses. sentence-transformers' GTR adds a
 Dense layer and L2 normalisation to the encoder's mean pool; vec2text's published gtr-base models invert the mean

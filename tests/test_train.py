@@ -228,7 +228,13 @@ def test_sigterm_saves_the_step_it_is_at_and_the_rerun_is_bit_identical(tmp_path
     a, b = _final_params(tmp_path / "ref", 40), _final_params(work, 40)
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    rows = lambda d: [(r["step"], r["kind"], r.get("loss")) for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]  # noqa: E731
+
+    def rows(d):
+        return [
+            (r["step"], r["kind"], r.get("loss"))
+            for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
+        ]
+
     assert rows(work) == rows(tmp_path / "ref")
 
 

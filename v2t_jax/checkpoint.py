@@ -19,9 +19,15 @@ from v2t_jax.bundle import brief as describe_error  # one line naming an excepti
 
 def manager(workdir: str | Path, keep: int = 3) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
-    return ocp.CheckpointManager(
-        Path(workdir).absolute() / "checkpoints", options=options, item_names=("state", "data")
-    )
+    return ocp.CheckpointManager(_root(workdir) / "checkpoints", options=options, item_names=("state", "data"))
+
+
+def _root(workdir):
+    """The run folder: absolute on this machine, or its object-store path (`paths.run_folder`)."""
+    from v2t_jax import paths
+
+    folder = paths.run_folder(workdir)
+    return folder if paths.is_remote(folder) else Path(folder).absolute()
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_state: dict) -> None:
@@ -34,8 +40,8 @@ class DamagedCheckpoints(RuntimeError):
 
 def set_aside(workdir: str | Path, step: int) -> Path:
     """Moves a damaged step folder out of checkpoints/ (to damaged_checkpoints/<step>): kept, never read again."""
-    src = Path(workdir).absolute() / "checkpoints" / str(step)
-    dst = Path(workdir).absolute() / "damaged_checkpoints" / str(step)
+    src = _root(workdir) / "checkpoints" / str(step)
+    dst = _root(workdir) / "damaged_checkpoints" / str(step)
     dst.parent.mkdir(exist_ok=True)
     n = 1
     while dst.exists():
@@ -95,7 +101,7 @@ def read_latest_as_numpy(
     state, step, damaged = _newest_readable(steps, lambda s: read_state_as_numpy(workdir, s), warn)
     if step is None:
         raise DamagedCheckpoints(
-            f"no checkpoint in {Path(workdir) / 'checkpoints'} can be read "
+            f"no checkpoint in {_root(workdir) / 'checkpoints'} can be read "
             f"(steps {', '.join(map(str, damaged))} are damaged)"
         )
     return state, step
@@ -109,7 +115,7 @@ def read_state_as_numpy(workdir: str | Path, step: int) -> dict:
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.ERROR)  # orbax warns about metadata it does not need here
-    path = Path(workdir).absolute() / "checkpoints" / str(step) / "state"
+    path = _root(workdir) / "checkpoints" / str(step) / "state"
     ckptr = ocp.PyTreeCheckpointer()
     meta = ckptr.metadata(path)
     tree = getattr(meta, "item_metadata", meta)

@@ -424,11 +424,13 @@ _PATH_FLAGS = ("workdir", "output", "profile", "data_dir", "cache_dir", "checkpo
 
 
 def _object_store_paths(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """(flag, value) of each path flag given as an object-store URL (gs://, s3://, …): not served yet, and a
-    pathlib.Path would make it a local folder named after the scheme."""
+    """(flag, value) of each path flag given as an object-store URL (gs://, s3://, …) where it is not served (all
+    but --workdir): a pathlib.Path would make it a local folder named after the scheme."""
+    served = {"workdir"}  # a training run's folder: gs:// and s3:// through etils.epath (`v2t_jax.paths`)
     return [
         (flag, value) for flag in _PATH_FLAGS
         if isinstance(value := getattr(args, flag, None), str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value)
+        and flag not in served
     ]  # fmt: skip
 
 
@@ -453,8 +455,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for flag, value in _object_store_paths(args):
         scheme = value.partition("://")[0]
         print(f"v2t {args.command}: error: --{flag.replace('_', '-')} {one_line(shown_url(value))}: {scheme}:// paths "
-              "are not read or written yet (it would become a local folder named '{scheme}:'); mount the bucket "
-              "(e.g. gcsfuse) and give the mounted folder".replace("{scheme}", scheme), file=sys.stderr)  # fmt: skip
+              "are not read or written yet here (only a training run's --workdir is); copy the file, or mount the "
+              "bucket (e.g. gcsfuse) and give the mounted path", file=sys.stderr)  # fmt: skip
         return 2
     try:
         return args.func(args)

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from v2t_jax import api, bundle, checkpoint, tasks
+from v2t_jax import api, bundle, checkpoint, paths, tasks
 from v2t_jax.bundle import ModelError
 
 
@@ -26,7 +26,10 @@ def export(
     corrector trained on (a newer inverter trained alongside it: `experiments/gpu_continue.sh`); it must invert
     the same embedder at the same length. The bundle appears whole or not at all (`outputs.new_folder`: a
     `folder` already there is replaced only with `overwrite`, and kept if the new one cannot be written)."""
-    workdir = Path(workdir)
+    try:
+        workdir = paths.run_folder(workdir)  # (a local folder, or gs://… through etils.epath)
+    except paths.PathError as e:
+        raise ModelError(str(e)) from None
     bundle.check_weight_format(weights)  # before any loading
     if not (workdir / "config.json").exists():
         raise ModelError(f"{workdir} is not a v2t train run directory (no config.json)")
@@ -62,7 +65,7 @@ def export(
         model, provenance = task.export(params)
     except tasks.TrainingError as e:
         raise ModelError(str(e)) from None
-    source = {"workdir": str(workdir.absolute()), "step": step, **provenance}
+    source = {"workdir": paths.absolute(workdir), "step": step, **provenance}
     if trained_on is not None:  # the corrector learned on another inverter's hypotheses: say which
         source["hypotheses_of"] = str(Path(trained_on).expanduser().absolute())
     api.check_params_fit(model)

@@ -392,7 +392,9 @@ def run_config(workdir: Path, inverter: str | None = None) -> tuple[ml_collectio
     embedder and length, checked now). Returns it and the replaced inverter (None if none was)."""
     import json
 
-    config = ml_collections.ConfigDict(json.loads((Path(workdir) / "config.json").read_text()))
+    from v2t_jax import paths
+
+    config = ml_collections.ConfigDict(json.loads((paths.run_folder(workdir) / "config.json").read_text()))
     trained_on = None
     if inverter is not None:
         if config.get("model") != "corrector":

@@ -34,7 +34,7 @@ import optax
 from flax import struct
 from jax.experimental import multihost_utils
 
-from v2t_jax import checkpoint, evaluate, metrics, outputs, sharding, tasks, vocabulary
+from v2t_jax import checkpoint, evaluate, metrics, outputs, paths, sharding, tasks, vocabulary
 from v2t_jax.tasks import TrainingError, warm_start  # noqa: F401  (re-exported)
 
 Array = jax.Array
@@ -321,6 +321,8 @@ class Logger:
     def __init__(self, workdir: Path, enabled: bool, resume_step: int = 0):
         self.enabled = enabled
         self.path = workdir / "metrics.jsonl"
+        # an object holds no appends: in an object store the file is written whole each time (its rows kept here)
+        self.rows: list[str] | None = [] if paths.is_remote(workdir) else None
         self.tb = None
         if enabled and self.path.exists():
             self._drop_rows_after(resume_step)
@@ -343,6 +345,10 @@ class Logger:
                 continue
             if step > 0 and isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
                 kept.append(line)
+        if self.rows is not None:
+            self.rows = kept
+            self.path.write_text("".join(line + "\n" for line in kept))
+            return
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, self.path)
@@ -351,8 +357,13 @@ class Logger:
         if not self.enabled:
             return
         row = {"step": int(step), "kind": kind, "time": time.time(), **{k: _py(v) for k, v in values.items()}}
-        with open(self.path, "a") as f:
-            f.write(outputs.dumps(row) + "\n")  # strict JSON: a NaN loss is written null
+        line = outputs.dumps(row)  # strict JSON: a NaN loss is written null
+        if self.rows is not None:
+            self.rows.append(line)
+            self.path.write_text("".join(x + "\n" for x in self.rows))
+        else:
+            with open(self.path, "a") as f:
+                f.write(line + "\n")
         if self.tb is not None:
             for k, v in values.items():
                 if isinstance(v, (int, float, np.floating, np.integer)) or (hasattr(v, "shape") and v.shape == ()):
@@ -568,7 +579,7 @@ def train(
     task = tasks.load(config)
     task.prepare(lambda: _dataset(data))
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-    workdir = Path(workdir)
+    workdir = paths.run_folder(workdir)  # (a local folder, or gs://… through etils.epath)
     # Tracing happens at the first call of each jitted function: keep mesh and rules active throughout.
     with workdir_lock(workdir), jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
         _check_config_against_saved(config, workdir)
@@ -620,6 +631,9 @@ def workdir_lock(workdir: Path):
         yield
         return
     workdir.mkdir(parents=True, exist_ok=True)
+    if paths.is_remote(workdir):  # an object store has no advisory locks: one run per workdir is the user's to keep
+        yield
+        return
     fd = os.open(workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
