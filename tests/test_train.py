@@ -238,6 +238,43 @@ def test_sigterm_saves_the_step_it_is_at_and_the_rerun_is_bit_identical(tmp_path
     assert rows(work) == rows(tmp_path / "ref")
 
 
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both(tmp_path, tiny_data):
+    """A preemption notice reaching one host: through orbax's preemption sync both processes save the same step
+    and exit 75; the pair rerun ends bit-identical to a pair never interrupted."""
+    steps = ["--config.num_steps=40", "--config.eval_every=0", "--config.checkpoint_every=1000",
+             "--config.log_every=1"]  # fmt: skip
+
+    def pair(workdir):
+        port = _free_port()
+        return [
+            subprocess.Popen(_train_cmd(workdir, tiny_data, *steps) + ["--distributed", f"localhost:{port},2,{i}"],
+                             env=_env(1), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for i in range(2)
+        ]  # fmt: skip
+
+    def finish(procs) -> list[tuple[int, str]]:
+        return [(p.wait(timeout=600), p.communicate()[1]) for p in procs]
+
+    assert [code for code, _ in finish(pair(tmp_path / "ref"))] == [0, 0]
+    work = tmp_path / "preempted"
+    procs = pair(work)
+    metrics, deadline = work / "metrics.jsonl", time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        time.sleep(0.02)
+    procs[1].send_signal(signal.SIGTERM)
+    (code0, err0), (code1, _) = finish(procs)
+    assert (code0, code1) == (75, 75), err0[-3000:]
+    saved = sorted(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
+    assert len(saved) == 1 and 3 <= saved[0] < 40 and f"stopped by SIGTERM; step {saved[0]} is saved" in err0
+    assert [code for code, _ in finish(pair(work))] == [0, 0]
+    import jax
+
+    a, b = _final_params(tmp_path / "ref", 40), _final_params(work, 40)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
 def test_train_profile_and_rates(tmp_path, tiny_data):
     """--profile writes a trace TensorBoard's profile plugin reads (an .xplane.pb); the log gives examples/s
     in all and per device, and TFLOP/s from XLA's cost analysis (no MFU on a CPU: its peak is not known)."""
