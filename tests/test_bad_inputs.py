@@ -139,7 +139,7 @@ ROOT = Path(__file__).resolve().parents[1]
         (["--config.checkpoint_every=0"], "config.checkpoint_every must be a positive integer"),
         (["--config.learning_rate=0"], "config.learning_rate must be > 0"),
         (["--config.warmup_steps=-1"], "config.warmup_steps must be >= 0"),
-        (["--distributed", "garbage"], "expected HOST:PORT,NUM_PROCESSES,PROCESS_ID"),
+        (["--distributed", "garbage"], "expected auto or HOST:PORT,NUM_PROCESSES,PROCESS_ID"),
         (["--distributed", "localhost:1,2,2"], "0 <= PROCESS_ID < NUM_PROCESSES"),
     ],
 )

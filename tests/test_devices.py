@@ -36,11 +36,11 @@ SCRIPT = textwrap.dedent(
             assert cli.main(["invert", "--embeddings", str(out / "e1.npy"), "--output", str(out / f"{name}{d}.jsonl"),
                              "--batch-size", "5", "--devices", d, *flags, *common]) == 0
         assert cli.main(["audit", str(out / "e1.npy"), "--documents", str(out / "texts.txt"), "--output",
-                         str(out / f"audit{d}"), "--steps", "2", "--batch-size", "3", "--devices", d, *common]) == 0
+                         str(out / f"audit{d}"), "--steps", "1", "--batch-size", "3", "--devices", d, *common]) == 0
         model = api.load_model(bundle).use_devices(int(d))
         ids, emb = hypotheses.make_step(model)(model.params, np.load(out / "e1.npy")[:7])
         np.savez(out / f"hyp{d}.npz", ids=np.asarray(ids)[:7], emb=np.asarray(emb)[:7])
-    assert cli.main(["bench", "--checkpoint", bundle, "--batch", "4,8", "--steps", "0,2", "--beam", "1",
+    assert cli.main(["bench", "--checkpoint", bundle, "--batch", "6", "--steps", "0,2", "--beam", "1",
                      "--repeats", "1", "--output", str(out / "bench"), "--quiet"]) == 0
     print("ok")
     """

@@ -279,7 +279,7 @@ def test_train_profile_and_rates(tmp_path, tiny_data):
     """--profile writes a trace TensorBoard's profile plugin reads (an .xplane.pb); the log gives examples/s
     in all and per device, and TFLOP/s from XLA's cost analysis (no MFU on a CPU: its peak is not known)."""
     work, prof = tmp_path / "run", tmp_path / "profile"
-    argv = _train_cmd(work, tiny_data, "--config.num_steps=8", "--config.eval_every=0", "--config.log_every=4")[3:]
+    argv = _train_cmd(work, tiny_data, "--config.num_steps=6", "--config.eval_every=0", "--config.log_every=3")[3:]
     assert cli.main(argv + ["--profile", str(prof)]) == 0
     assert list(prof.glob("plugins/profile/*/*.xplane.pb"))
     row = _last(work, "train")
