@@ -157,7 +157,7 @@ def ours_runner(model, exit_mode: str):
         fn, compile_s = compiled[key]
         bench.reset_peak_memory()
         t0 = time.perf_counter()
-        out = jax.block_until_ready(fn(model.params, e))
+        out = jax.block_until_ready(fn(model.device_params(), e))
         seconds = time.perf_counter() - t0
         ids = np.asarray(out.get("last_ids", out["ids"]))  # vec2text returns the last step's hypothesis
         rss, _ = bench._peak_rss_bytes()

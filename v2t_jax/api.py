@@ -93,7 +93,9 @@ class Vec2Text:
     def compiled(self, batch: int, search: strategies.Search, score: bool = False):
         """The inversion compiled ahead of time for one shape: a function (params, embeddings [batch, D]) ->
         `correction.invert`'s outputs for `search` (benchmarks; its stop cosine is ignored: every example runs
-        its steps; `score` as in `correction.invert`)."""
+        its steps; `score` as in `correction.invert`). Every device of the mesh inverts its share of the batch
+        (padded to a multiple of the device count); params: `device_params()` (numpy ones are copied each call);
+        its `flops` attribute: one device's FLOPs per call by XLA's cost analysis."""
         if not self.program.in_graph:
             raise ModelError(
                 "this model re-embeds through text (its own vocabulary): it has no single compiled program"
@@ -105,7 +107,10 @@ class Vec2Text:
                                 strategies.NO_STOP, **self._kernel_kw(search, score)).compile()  # fmt: skip
 
         def run(params, embeddings):
-            return fn(params, parallel.pad_rows(np.asarray(embeddings), rows), strategies.NO_STOP)
+            out = fn(params, parallel.pad_rows(np.asarray(embeddings), rows), strategies.NO_STOP)
+            if rows == batch:
+                return out
+            return {k: v[(slice(None),) * _row_axis(k) + (slice(0, batch),)] for k, v in out.items()}  # the batch's
 
         run.flops = parallel.compiled_flops(fn)  # one device's, per call (XLA's count: loop bodies once)
         return run
