@@ -854,7 +854,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         model, batches, steps, beams, args.repeats, progress=not args.quiet, skip_repeated=args.skip_repeated,
         profile=profile,
     )  # fmt: skip
-    command = "v2t bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "v2t bench"
+    command = "v2t " + shlex.join(getattr(args, "argv", None) or ["bench"])  # as typed, through cli.main too
     print(bench.write(rows, Path(args.output), command, desc, model.mesh))
     if profile is not None and not args.quiet:
         print(f"v2t bench: a trace of the first point's timed runs is in {profile}", file=sys.stderr)
