@@ -412,7 +412,7 @@ def test_a_rerun_continues_an_interrupted_run_with_the_search_it_started_with(ca
     from v2t_jax import strategies
 
     folder, _ = small_bundle
-    np.save(tmp_path / "v.npy", np.random.default_rng(1).normal(size=(6, 384)).astype(np.float32))
+    np.save(tmp_path / "v.npy", np.random.default_rng(1).normal(size=(4, 384)).astype(np.float32))
     args = ["invert", "--embeddings", str(tmp_path / "v.npy"), "--checkpoint", str(folder), "--steps", "6",
             "--batch-size", "2", "--quiet", "--output"]  # fmt: skip
     whole = {}
@@ -482,6 +482,7 @@ def test_invert_keeps_its_compiled_programs_for_the_next_run(tmp_path, small_bun
     assert kept
     assert invert("c.jsonl") == first and sorted(p.name for p in (cache / "xla").iterdir()) == kept
     own = tmp_path / "own"
+    shutil.copytree(cache / "xla", own)  # (the same programs: this run reads them rather than compiling again)
     assert invert("d.jsonl", JAX_COMPILATION_CACHE_DIR=str(own)) == first
     assert sorted(p.name for p in (cache / "xla").iterdir()) == kept
 

@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent(
     from v2t_jax import api, cli, parallel
     from v2t_jax.data import hypotheses
 
-    bundle, corpus, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    bundle, corpus, out, part = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4]
     assert jax.local_device_count() == 8
     texts = [t for t in Path(corpus).read_text().splitlines() if t.strip()][:11]
     (out / "texts.txt").write_text("\\n".join(texts) + "\\n")
@@ -31,18 +31,22 @@ SCRIPT = textwrap.dedent(
     for d in ("1", "8"):
         assert cli.main(["embed", "--input", str(out / "texts.txt"), "--output", str(out / f"e{d}.npy"),
                          "--batch-size", "4", "--devices", d, "--quiet"]) == 0
-        for name, flags in {"stream": ["--steps", "2", "--sbeam", "2"],
-                            "batch": ["--steps", "2", "--sbeam", "2", "--no-skip-repeated", "--trace"]}.items():
-            assert cli.main(["invert", "--embeddings", str(out / "e1.npy"), "--output", str(out / f"{name}{d}.jsonl"),
-                             "--batch-size", "5", "--devices", d, *flags, *common]) == 0
-        assert cli.main(["audit", str(out / "e1.npy"), "--documents", str(out / "texts.txt"), "--output",
-                         str(out / f"audit{d}"), "--steps", "2", "--sbeam", "2", "--batch-size", "5", "--devices", d,
-                         *common]) == 0
-        model = api.load_model(bundle).use_devices(int(d))
-        ids, emb = hypotheses.make_step(model)(model.params, np.load(out / "e1.npy")[:7])
-        np.savez(out / f"hyp{d}.npz", ids=np.asarray(ids)[:7], emb=np.asarray(emb)[:7])
-    assert cli.main(["bench", "--checkpoint", bundle, "--batch", "6", "--steps", "2", "--beam", "1",
-                     "--repeats", "1", "--output", str(out / "bench"), "--quiet"]) == 0
+        if part == "batch":
+            assert cli.main(["invert", "--embeddings", str(out / "e1.npy"), "--output", str(out / f"batch{d}.jsonl"),
+                             "--batch-size", "5", "--devices", d, "--steps", "2", "--sbeam", "2",
+                             "--no-skip-repeated", "--trace", *common]) == 0
+            model = api.load_model(bundle).use_devices(int(d))
+            ids, emb = hypotheses.make_step(model)(model.params, np.load(out / "e1.npy")[:7])
+            np.savez(out / f"hyp{d}.npz", ids=np.asarray(ids)[:7], emb=np.asarray(emb)[:7])
+        else:  # the stream, and audit (which runs the stream)
+            assert cli.main(["invert", "--embeddings", str(out / "e1.npy"), "--output", str(out / f"stream{d}.jsonl"),
+                             "--batch-size", "5", "--devices", d, "--steps", "2", "--sbeam", "2", *common]) == 0
+            assert cli.main(["audit", str(out / "e1.npy"), "--documents", str(out / "texts.txt"), "--output",
+                             str(out / f"audit{d}"), "--steps", "2", "--sbeam", "2", "--batch-size", "5", "--devices",
+                             d, *common]) == 0
+    if part == "batch":
+        assert cli.main(["bench", "--checkpoint", bundle, "--batch", "6", "--steps", "2", "--beam", "1",
+                         "--repeats", "1", "--output", str(out / "bench"), "--quiet"]) == 0
     print("ok")
     """
 )
@@ -52,26 +56,28 @@ def _rows(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_eight_devices_give_what_one_gives(tmp_path, small_bundle):
+def _on_eight_devices(tmp_path, small_bundle, part: str) -> None:
     script = tmp_path / "devices.py"
     script.write_text(SCRIPT)
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.update(cache_env(), JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
                XLA_FLAGS="--xla_force_host_platform_device_count=8")  # fmt: skip
-    proc = subprocess.run([sys.executable, str(script), str(small_bundle[0]), str(CORPUS), str(tmp_path)],
+    proc = subprocess.run([sys.executable, str(script), str(small_bundle[0]), str(CORPUS), str(tmp_path), part],
                           capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     np.testing.assert_allclose(np.load(tmp_path / "e8.npy"), np.load(tmp_path / "e1.npy"), rtol=0, atol=2e-6)
-    for name in ("stream", "batch"):
-        one, eight = _rows(tmp_path / f"{name}1.jsonl"), _rows(tmp_path / f"{name}8.jsonl")
-        assert len(one) == len(eight) == 11
-        assert [r["text"] for r in eight] == [r["text"] for r in one]
-        np.testing.assert_allclose([r["cosine"] for r in eight], [r["cosine"] for r in one], atol=1e-5)
-    assert [s["hypotheses"] for r in _rows(tmp_path / "batch8.jsonl") for s in [r["steps"]]] == [
+    one, eight = _rows(tmp_path / f"{part}1.jsonl"), _rows(tmp_path / f"{part}8.jsonl")
+    assert len(one) == len(eight) == 11
+    assert [r["text"] for r in eight] == [r["text"] for r in one]
+    np.testing.assert_allclose([r["cosine"] for r in eight], [r["cosine"] for r in one], atol=1e-5)
+
+
+def test_eight_devices_embed_invert_and_bench_as_one_does(tmp_path, small_bundle):
+    """embed, the batch program (every step's hypotheses traced), hypothesis generation and `v2t bench`."""
+    _on_eight_devices(tmp_path, small_bundle, "batch")
+    assert [r["steps"]["hypotheses"] for r in _rows(tmp_path / "batch8.jsonl")] == [
         r["steps"]["hypotheses"] for r in _rows(tmp_path / "batch1.jsonl")
     ]
-    audit1, audit8 = _rows(tmp_path / "audit1" / "records.jsonl"), _rows(tmp_path / "audit8" / "records.jsonl")
-    assert [r["text"] for r in audit8] == [r["text"] for r in audit1] and len(audit1) == 11
     h1, h8 = np.load(tmp_path / "hyp1.npz"), np.load(tmp_path / "hyp8.npz")
     np.testing.assert_array_equal(h8["ids"], h1["ids"])
     np.testing.assert_allclose(h8["emb"], h1["emb"], atol=2e-6)
@@ -82,6 +88,14 @@ def test_eight_devices_give_what_one_gives(tmp_path, small_bundle):
         assert row["inversions_per_s_per_device"] == pytest.approx(row["inversions_per_s"] / 8)
     md = (tmp_path / "bench.md").read_text()
     assert "8 × " in md and "Command: `v2t bench --checkpoint " in md  # the command as given to cli.main
+
+
+@pytest.mark.slow
+def test_eight_devices_stream_and_audit_as_one_does(tmp_path, small_bundle):
+    """The stream program (`v2t invert`'s default) and `v2t audit`, on 8 devices and on 1."""
+    _on_eight_devices(tmp_path, small_bundle, "stream")
+    audit1, audit8 = _rows(tmp_path / "audit1" / "records.jsonl"), _rows(tmp_path / "audit8" / "records.jsonl")
+    assert [r["text"] for r in audit8] == [r["text"] for r in audit1] and len(audit1) == 11
 
 
 def test_more_devices_than_the_host_has_is_one_line(capsys, tmp_path):
