@@ -91,7 +91,7 @@ def run(
     if records.documents is not None:
         scorer = evaluate.Evaluator(model.embedder_view([d or "" for d in records.documents]))
     bs = model.batch_rows(len(vectors), batch_size)
-    remote = [embed_fn.shown_url, embed_fn.model] if hasattr(embed_fn, "shown_url") else None
+    remote = embed_fn.identity if hasattr(embed_fn, "identity") else None
     record = {
         "store": records.digest(),
         "model": model_key,

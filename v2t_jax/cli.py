@@ -36,7 +36,7 @@ from v2t_jax.commands import (
 )
 from v2t_jax import stores
 from v2t_jax.errors import V2TError, add_secret, add_url_secrets, one_line, shown_url
-from v2t_jax.remote import DEFAULT_KEY_ENV
+from v2t_jax.remote import DEFAULT_CONCURRENCY, DEFAULT_KEY_ENV, DEFAULT_RATE_WAIT_S, MAX_CONCURRENCY
 
 # ----------------------------------------------------------------------------- parser
 
@@ -153,7 +153,29 @@ def _remote_flags(p: argparse.ArgumentParser) -> None:
         "--embedder-retries",
         type=_count(0, 20),
         default=4,
-        help="retries of a failed request, backing off (default %(default)s)",
+        help="retries of a failed request, backing off (default %(default)s; a rate limit spends none)",
+    )
+    p.add_argument(
+        "--embedder-concurrency",
+        type=_count(1, MAX_CONCURRENCY),
+        default=DEFAULT_CONCURRENCY,
+        metavar="N",
+        help="requests in flight at once, each on a kept-open connection (default %(default)s)",
+    )
+    p.add_argument(
+        "--embedder-dimensions",
+        type=_count(1, 1 << 16),
+        default=None,
+        metavar="D",
+        help="sent as `dimensions` to APIs that shorten their vectors (text-embedding-3); the reply's width is checked",
+    )
+    p.add_argument(
+        "--embedder-rate-wait",
+        type=float,
+        default=DEFAULT_RATE_WAIT_S,
+        metavar="SECONDS",
+        help="the longest one request waits out the API's rate limit (429, or 503 with Retry-After), all its waits "
+        "together, before the run stops; rows done are kept (default %(default)g)",
     )
 
 

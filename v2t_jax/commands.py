@@ -530,7 +530,7 @@ def _invert(
         "batch_size": bs,
         "trace": bool(args.trace),
         "references": assets.sha256_file(Path(args.references)) if references is not None else None,
-        "embedder_url": [remote.shown_url, remote.model] if remote is not None else None,
+        "embedder_url": remote.identity if remote is not None else None,
     }
     mine = parallel.share_rows(n, bs)  # under --distributed: the input rows of this process's batches
     if multi:
@@ -603,6 +603,9 @@ def _remote_embedder(args: argparse.Namespace, model):
             batch_size=args.embedder_batch_size,
             timeout_s=args.embedder_timeout,
             retries=args.embedder_retries,
+            concurrency=args.embedder_concurrency,
+            dimensions=args.embedder_dimensions,
+            rate_wait_s=args.embedder_rate_wait,
         )
         remote.check_dim(model.dim)
     except RemoteError as e:

@@ -24,6 +24,12 @@ What it guarantees (`tests/test_remote.py`, against real local servers):
 - **Failures are one `RemoteError` line.** Timeouts, connection failures, malformed HTTP (a bad status line, a
   truncated body) and 408/409/425/429/5xx answers are retried with exponential backoff; any other status, an
   answer that is not the vectors asked for, or running out of retries is not.
+- **Throughput at API scale.** The batches of one call go out `concurrency` at a time (rows kept in order), each
+  thread keeping its connection open between requests (HTTP/1.1 keep-alive; a connection the server closed while
+  idle is reopened at once). A rate limit (429, or 503 with Retry-After) is waited out as the server asks, every
+  thread pausing together, and does not spend a retry: a batch gives up on one only after `rate_wait_s` of
+  waiting in all. `dimensions` is sent for APIs that shorten their vectors (text-embedding-3) and the reply's
+  width checked against it.
 Proxies named by the usual environment variables (`https_proxy`, `http_proxy`, `no_proxy`) are used.
 """
 
@@ -38,6 +44,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from concurrent import futures
 from typing import TYPE_CHECKING, Sequence
 
 from v2t_jax.errors import V2TError, add_secret, add_url_secrets, one_line, shown_url
@@ -51,6 +58,10 @@ MAX_TIMEOUT_S = 3600.0
 MAX_RETRIES = 20
 MAX_REPLY_BYTES = 256 * 1024 * 1024
 MAX_WAIT_S = 60.0  # the longest wait between two tries (a backoff, or what Retry-After asks)
+DEFAULT_CONCURRENCY = 8  # requests in flight at once
+MAX_CONCURRENCY = 64
+DEFAULT_RATE_WAIT_S = 600.0  # the longest one batch waits on an API's rate limit, all its waits together
+_RECONNECT = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, http.client.CannotSendRequest)
 
 
 class RemoteError(V2TError, RuntimeError):
@@ -74,6 +85,9 @@ class RemoteEmbedder:
         timeout_s: float = 30.0,
         retries: int = 4,
         backoff_s: float = 0.5,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        dimensions: int | None = None,
+        rate_wait_s: float = DEFAULT_RATE_WAIT_S,
     ):
         self.key = os.environ.get(api_key_env) or None
         add_secret(self.key)
@@ -104,6 +118,14 @@ class RemoteEmbedder:
             raise RemoteError(f"the embedder retries must be an integer in 0..{MAX_RETRIES}, got {retries!r}")
         if not (isinstance(backoff_s, (int, float)) and math.isfinite(backoff_s) and 0 <= backoff_s <= 60):
             raise RemoteError(f"the backoff must be a number of seconds in [0, 60], got {backoff_s!r}")
+        if not (isinstance(concurrency, int) and 1 <= concurrency <= MAX_CONCURRENCY):
+            raise RemoteError(
+                f"the embedder concurrency must be an integer in 1..{MAX_CONCURRENCY}, got {concurrency!r}"
+            )
+        if dimensions is not None and not (isinstance(dimensions, int) and dimensions >= 1):
+            raise RemoteError(f"the embedder dimensions must be a positive integer, got {dimensions!r}")
+        if not (isinstance(rate_wait_s, (int, float)) and math.isfinite(rate_wait_s) and 0 <= rate_wait_s <= 86400):
+            raise RemoteError(f"the rate-limit wait must be a number of seconds in [0, 86400], got {rate_wait_s!r}")
         path = parts.path.rstrip("/")
         if not path.endswith("/embeddings"):
             path += "/v1/embeddings"
@@ -114,15 +136,44 @@ class RemoteEmbedder:
         self.shown_url = shown_url(url)  # scheme://host:port only: what messages, reports and state files say
         self.model = model
         self.batch_size, self.timeout_s, self.retries, self.backoff_s = batch_size, float(timeout_s), retries, backoff_s
+        self.concurrency, self.dimensions, self.rate_wait_s = concurrency, dimensions, float(rate_wait_s)
         self.requests = 0  # sent, retries included
+        self.connections = 0  # opened (keep-alive: far fewer than requests)
         self.dim: int | None = None
+        self._lock = threading.Lock()
+        self._not_before = 0.0  # (time.monotonic) no request before this: a rate limit's pause, for every thread
+        self._local = threading.local()  # each thread's open connection
+        self._pool: futures.ThreadPoolExecutor | None = None
+
+    @property
+    def identity(self) -> list:
+        """What names the vectors this endpoint gives (recorded with a run's rows; a resume must match it)."""
+        return [self.shown_url, self.model] + ([self.dimensions] if self.dimensions else [])
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         import numpy as np
 
         texts = list(texts)
-        chunks = [self._post(texts[s : s + self.batch_size]) for s in range(0, len(texts), self.batch_size)]
-        return np.concatenate(chunks) if chunks else np.zeros((0, self.dim or 0), np.float32)
+        chunks = [texts[s : s + self.batch_size] for s in range(0, len(texts), self.batch_size)]
+        if self.concurrency == 1 or len(chunks) <= 1:
+            out = [self._post(chunk) for chunk in chunks]
+        else:
+            if self._pool is None:
+                self._pool = futures.ThreadPoolExecutor(self.concurrency, thread_name_prefix="v2t-embedder")
+            running = [self._pool.submit(self._post, chunk) for chunk in chunks]
+            try:
+                out = [f.result() for f in running]  # in order; the first failure raises
+            finally:
+                for f in running:
+                    f.cancel()  # (those not started yet; a failure ends the call)
+        return np.concatenate(out) if out else np.zeros((0, self.dim or 0), np.float32)
+
+    def close(self) -> None:
+        """Ends the worker threads (their connections close with them)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        self._drop()
 
     # ------------------------------------------------------------------------------------------- transport
 
@@ -145,20 +196,35 @@ class RemoteEmbedder:
             cls = http.client.HTTPSConnection if https else http.client.HTTPConnection
             conn = cls(self.host, port, timeout=timeout_s)
         addresses = _resolve(conn.host, conn.port, timeout_s)
+
         # (connect to the addresses resolved; TLS still checks the certificate against the host name)
-        conn._create_connection = lambda _, timeout, source=None: _connect(addresses, timeout, source)
+        def connect(_, timeout, source=None):
+            conn.raw_sock = _connect(addresses, timeout, source)  # (the deadline's timer shuts it down)
+            with self._lock:
+                self.connections += 1
+            return conn.raw_sock
+
+        conn._create_connection = connect
         return conn, target
+
+    def _drop(self) -> None:
+        """Closes this thread's connection (after a failure, or a reply that ends it)."""
+        held = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if held is not None:
+            held[0].close()
 
     def _exchange(self, body: bytes, headers: dict, timeout_s: float) -> tuple[int, dict, bytes]:
         """One request within `timeout_s` in all (name resolution, connecting, sending, reading the whole reply):
         a timer shuts the socket down when the deadline passes, so no read (however slowly the server drips)
-        outlives it."""
+        outlives it. The thread's connection is reused when the last reply left it open; one the server closed
+        while idle is reopened once, at once, within the same deadline."""
         expired = threading.Event()
         conn = None
 
         def cut_off():
             expired.set()
-            sock = conn.sock if conn is not None else None
+            sock = getattr(conn, "raw_sock", None) if conn is not None else None
             if sock is not None:
                 try:
                     sock.shutdown(socket.SHUT_RDWR)
@@ -168,10 +234,26 @@ class RemoteEmbedder:
         timer = threading.Timer(timeout_s, cut_off)
         timer.daemon = True
         timer.start()
+        ok = False
         try:
-            conn, target = self._connection(timeout_s)
-            conn.request("POST", target, body=body, headers=headers)
-            response = conn.getresponse()
+            held = getattr(self._local, "conn", None)
+            for fresh in (False, True) if held is not None else (True,):
+                if fresh:
+                    self._drop()
+                    conn, target = self._connection(timeout_s)
+                    self._local.conn = (conn, target)
+                else:
+                    conn, target = held
+                conn.timeout = timeout_s
+                if conn.sock is not None:
+                    conn.sock.settimeout(timeout_s)
+                try:
+                    conn.request("POST", target, body=body, headers=headers)
+                    response = conn.getresponse()
+                    break
+                except _RECONNECT:
+                    if fresh or expired.is_set():
+                        raise
             raw = response.read(MAX_REPLY_BYTES + 1)
             if len(raw) > MAX_REPLY_BYTES:
                 raise RemoteError(f"{self.shown_url} answered more than {MAX_REPLY_BYTES >> 20} MiB; not embeddings")
@@ -179,6 +261,7 @@ class RemoteEmbedder:
                 raise _Retry("timed out")
             if response.length:  # what Content-Length promised and the connection did not bring
                 raise _Retry(f"malformed reply (its body ends {response.length} bytes short of its Content-Length)")
+            ok = True
             return response.status, {k.lower(): v for k, v in response.getheaders()}, raw
         except (RemoteError, _Retry):
             raise
@@ -190,49 +273,84 @@ class RemoteEmbedder:
             raise _Retry(f"unreachable or malformed reply ({type(e).__name__}: {reason})") from None
         finally:
             timer.cancel()
-            if conn is not None:
-                conn.close()
+            if not ok or expired.is_set():
+                self._drop()
 
     def bound_s(self) -> float:
-        """The longest one batch of texts can take, every try and every wait between them included."""
-        return self.timeout_s * (self.retries + 1) + MAX_WAIT_S * self.retries
+        """The longest one batch of texts can take, every try and every wait between them included (a rate
+        limit's waits: at most `rate_wait_s` of them)."""
+        return self.timeout_s * (self.retries + 1) + MAX_WAIT_S * self.retries + self.rate_wait_s
 
     def _post(self, texts: list[str]) -> np.ndarray:
-        """The vectors of `texts`, in at most `retries + 1` tries, all of them within `bound_s()`: a wait between
-        two tries is what the server's Retry-After asks, else the backoff (`backoff_s` doubling), each at most
-        MAX_WAIT_S and never past the bound."""
-        body = json.dumps({"model": self.model, "input": texts}).encode()
+        """The vectors of `texts` within `bound_s()`: at most `retries + 1` failed tries (a wait between two is what
+        the server's Retry-After asks, else the backoff, `backoff_s` doubling), each wait at most MAX_WAIT_S and
+        never past the bound. A rate limit (429, or 503 with Retry-After) spends no try: it pauses every thread
+        for what it asks (else the backoff), up to `rate_wait_s` of waits in all for this batch."""
+        request = {"model": self.model, "input": texts}
+        if self.dimensions:
+            request["dimensions"] = self.dimensions
+        body = json.dumps(request).encode()
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.key:
             headers["Authorization"] = f"Bearer {self.key}"
-        why, wait, tries = "", 0.0, 0
+        why, wait, tries, failures, limited, rate_waited = "", 0.0, 0, 0, 0, 0.0
         deadline = time.monotonic() + self.bound_s()
-        for attempt in range(self.retries + 1):
-            if attempt:
-                wait = min(wait if wait > 0 else self.backoff_s * 2 ** (attempt - 1), MAX_WAIT_S)
-                if time.monotonic() + wait >= deadline:
+        while True:
+            if tries:
+                if limited:  # a rate limit: every thread pauses for what it asks (or the backoff)
+                    wait = min(wait if wait > 0 else self.backoff_s * 2 ** min(limited - 1, 16), MAX_WAIT_S)
+                    if rate_waited + wait > self.rate_wait_s:
+                        break
+                    rate_waited += wait
+                    with self._lock:
+                        self._not_before = max(self._not_before, time.monotonic() + wait)
+                else:
+                    if failures > self.retries:
+                        break
+                    wait = min(wait if wait > 0 else self.backoff_s * 2 ** (failures - 1), MAX_WAIT_S)
+                    if time.monotonic() + wait >= deadline:
+                        break
+                    time.sleep(wait)
+            with self._lock:
+                pause = self._not_before - time.monotonic()  # (this thread's rate limit, or another's)
+            if pause > 0:
+                if time.monotonic() + pause >= deadline:
                     break
-                time.sleep(wait)
+                time.sleep(pause)
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            self.requests += 1
+            with self._lock:
+                self.requests += 1
             tries += 1
             wait = 0.0
             try:
                 status, reply_headers, raw = self._exchange(body, headers, min(self.timeout_s, left))
             except _Retry as e:
                 why = str(e)
+                failures += 1
+                limited = 0
                 continue
             if 300 <= status < 400:
                 raise RemoteError(self._redirect(status, reply_headers.get("location", "")))
             if status in RETRIED_STATUS:
                 why = f"HTTP {status}{_brief(raw)}"
-                wait = _retry_after(reply_headers.get("retry-after"))
+                asked = reply_headers.get("retry-after")
+                wait = _retry_after(asked)
+                if status == 429 or (status == 503 and asked is not None):
+                    limited += 1
+                else:
+                    failures += 1
+                    limited = 0
                 continue
             if status != 200:
                 raise RemoteError(f"{self.shown_url} answered HTTP {status}{_brief(raw)}")
             return self._vectors(raw, len(texts))
+        if limited:
+            raise RemoteError(
+                f"{self.shown_url}: {why}: still rate-limited after {tries} tries and {rate_waited:g} s of waits; "
+                "lower --embedder-concurrency or allow a longer --embedder-rate-wait (rows done are kept)"
+            )
         raise RemoteError(f"{self.shown_url}: {why} after {tries} tries; is the embedding server up?")
 
     def _redirect(self, status: int, location: str) -> str:
@@ -278,13 +396,21 @@ class RemoteEmbedder:
         out = np.asarray(rows, np.float64)
         if not np.isfinite(out).all() or np.abs(out).max() > np.finfo(np.float32).max:
             raise bad("NaN, infinite or out-of-range numbers")
-        if self.dim is not None and out.shape[1] != self.dim:
-            raise bad(f"{out.shape[1]}-dimensional vectors after {self.dim}-dimensional ones")
-        self.dim = out.shape[1]
+        if self.dimensions and out.shape[1] != self.dimensions:
+            raise bad(f"{out.shape[1]}-dimensional vectors where dimensions={self.dimensions} was asked")
+        with self._lock:
+            if self.dim is not None and out.shape[1] != self.dim:
+                raise bad(f"{out.shape[1]}-dimensional vectors after {self.dim}-dimensional ones")
+            self.dim = out.shape[1]
         return out.astype(np.float32)
 
     def check_dim(self, dim: int) -> None:
         """One request: RemoteError unless the endpoint's vectors have `dim` dimensions (the bundle's)."""
+        if self.dimensions and self.dimensions != dim:
+            raise RemoteError(
+                f"--embedder-dimensions {self.dimensions}: the model inverts {dim}-dimensional vectors; give "
+                f"--embedder-dimensions {dim} or leave it out"
+            )
         got = self(["dimension check"]).shape[1]
         if got != dim:
             raise RemoteError(
@@ -358,4 +484,4 @@ def _few(values: list) -> str:
     return f"[{shown}{', …' if len(values) > 6 else ''}]"
 
 
-__all__ = ["RemoteEmbedder", "RemoteError", "DEFAULT_KEY_ENV"]
+__all__ = ["RemoteEmbedder", "RemoteError", "DEFAULT_KEY_ENV", "DEFAULT_CONCURRENCY", "DEFAULT_RATE_WAIT_S"]
