@@ -66,6 +66,21 @@ def _count(low: int, high: int):
     return parse
 
 
+def _seconds(low: float, high: float):
+    """An argparse type: a number of seconds in [low, high] (NaN and infinities refused)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not low <= value <= high:  # (False for NaN)
+            raise argparse.ArgumentTypeError(f"{text} is outside {low:g}..{high:g} seconds")
+        return value
+
+    return parse
+
+
 def _search_flags(p: argparse.ArgumentParser, stop_and_skip: bool = False) -> None:
     """The search's flags (`v2t_jax.strategies.from_flags`), the same for every command that inverts (--steps,
     --sbeam, --token-beam, --prior, --polish, --patience);
@@ -171,7 +186,7 @@ def _remote_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--embedder-rate-wait",
-        type=float,
+        type=_seconds(0, 86400),
         default=DEFAULT_RATE_WAIT_S,
         metavar="SECONDS",
         help="the longest one request waits out the API's rate limit (429, or 503 with Retry-After), all its waits "
