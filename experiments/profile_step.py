@@ -1,0 +1,206 @@
+"""Where one correction step's time goes, at the shipped model's shape and at the tiny shape of
+`compare_vec2text_cpu.md`: each part of the step compiled and timed on its own, with XLA's FLOP count of its
+compiled program (`cost_analysis`), its rate and its share of this machine's jitted float32 matmul rate.
+
+    python experiments/profile_step.py [--batch 16] [--sbeam 4] [--repeats 5] [--trace DIR]
+        [--out experiments/results/profile_step]
+
+The step is vec2text's (every row decoded, every candidate embedded: `skip_repeated` off) at `--sbeam` m: the
+corrector reads each of the m hypotheses of each target with the target (`init_cache`: the encoder over
+[e, ê, e−ê, hypothesis] and the cross-attention keys and values), its token beam of width m proposes m
+candidates from each (`candidates`: the encoder, then the decoder's beam search with the LM head each token),
+the embedder re-embeds the B·m·m candidates at the model's length, and `_select` scores them and gathers the
+best m (the beam cache's gathers are inside `candidates`). Rows: the parts, the LM head alone (one product of
+the beam's rows with the tied embedding, times the tokens decoded), and the whole step compiled as one program.
+
+The hypotheses are the inverter's (beam m) for real sentences (tests/data/sentences.txt embedded by MiniLM),
+so the decoder stops where real outputs stop. `--trace DIR` also writes a `jax.profiler` trace of the whole
+step (TensorBoard / Perfetto).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _timed(fn, args, repeats: int) -> tuple[float, float | None]:
+    """Median seconds of `fn(*args)` after a compile-and-warm-up call, and the compiled program's FLOPs."""
+    import jax
+
+    from v2t_jax import parallel
+
+    compiled = jax.jit(fn).lower(*args).compile()
+    jax.block_until_ready(compiled(*args))
+    seconds = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        seconds.append(time.perf_counter() - t0)
+    return statistics.median(seconds), parallel.compiled_flops(compiled)
+
+
+def _tiny_model(embedder):
+    """compare_vec2text's shape on random weights: T5 tiny (d 256, 4 layers, vocab 32,128), MiniLM."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from v2t_jax import api, correction, inversion
+    from v2t_jax.models import t5
+
+    cfg = t5.t5_config("tiny", vocab_size=32128, d_model=256, d_kv=64, d_ff=1024, num_layers=4, num_heads=4)
+    icfg = inversion.InverterConfig(t5=cfg, embed_dim=384, num_repeat_tokens=16)
+    ccfg = correction.CorrectorConfig(t5=cfg, embed_dim=384, num_repeat_tokens=16)
+    e, ids = jnp.zeros((1, 384)), jnp.zeros((1, 31), jnp.int32)
+    ip = nn.unbox(inversion.Inverter(icfg).init(jax.random.PRNGKey(0), e, ids)["params"])
+    cp = nn.unbox(correction.Corrector(ccfg).init(jax.random.PRNGKey(1), e, e, ids, ids != 0, ids)["params"])
+    return api.build(icfg, ip, ccfg, cp, embedder, max_length=32)
+
+
+def profile(model, e: np.ndarray, m: int, repeats: int, trace: Path | None) -> list[dict]:
+    import jax
+    import jax.numpy as jnp
+
+    from v2t_jax import correction
+
+    program, params = model.program, model.device_params()
+    e = jnp.asarray(e)
+    B = e.shape[0]
+    hyps, _ = correction.beam_hypotheses(program, params, e, m)  # [B, m, L]
+    L = hyps.shape[-1]
+    hyp_emb = correction._embed_hypotheses(program, params["embedder"], hyps.reshape(B * m, L)).reshape(B, m, -1)
+    cor = correction.Corrector(program.corrector)
+    flat = hyps.reshape(B * m, L)
+    if program.corrector.hypothesis_start_token:
+        flat = jnp.concatenate([jnp.full((B * m, 1), program.pad_id, flat.dtype), flat], axis=1)
+
+    def init_cache(p, e, hyp_emb, flat):
+        return cor.apply({"params": p["corrector"]}, jnp.repeat(e, m, axis=0), hyp_emb.reshape(B * m, -1), flat,
+                         flat != program.pad_id, L, method=correction.Corrector.init_cache)  # fmt: skip
+
+    def propose(p, e, hyps, hyp_emb):
+        return correction.candidates(program, p, e, hyps, hyp_emb, m)
+
+    cand = jax.jit(propose)(params, e, hyps, hyp_emb)  # [B, m·m, L]
+    n = cand.shape[1]
+    tokens = float(np.mean(np.sum(np.asarray(cand) != program.pad_id, axis=-1))) + 1  # (+ EOS) decoded per row
+
+    def embed(p, ids):
+        return correction._embed_hypotheses(program, p["embedder"], ids)
+
+    cand_emb = jax.jit(embed)(params, cand.reshape(B * n, L)).reshape(B, n, -1)
+    state = types.SimpleNamespace(cos=jnp.zeros((B, m)))  # (what `_select` reads of the search state)
+    first = correction._first_equal(cand, jnp.ones((B, n), bool))
+
+    def select(cand, cand_emb, first, e):
+        return correction._select(state, cand, cand_emb, first, e, m)
+
+    def step(p, e, hyps, hyp_emb):
+        c = correction.candidates(program, p, e, hyps, hyp_emb, m)
+        ce = correction._embed_hypotheses(program, p["embedder"], c.reshape(B * n, L)).reshape(B, n, -1)
+        return correction._select(state, c, ce, correction._first_equal(c, jnp.ones((B, n), bool)), e, m)
+
+    shared = params["corrector"]["t5"]["shared"] if "t5" in params["corrector"] else None
+    if shared is None:  # (the tied embedding: wherever the corrector keeps it)
+        shared = next(v for k, v in jax.tree_util.tree_flatten_with_path(params["corrector"])[0]
+                      if "shared" in jax.tree_util.keystr(k))  # fmt: skip
+    shared = jnp.asarray(shared)
+    h = jnp.ones((B * m * m, shared.shape[1]), jnp.float32)
+
+    parts = [
+        ("encoder + cross K/V (`init_cache`)", init_cache, (params, e, hyp_emb, flat), B * m),
+        ("token beam: encoder + decoder + LM head (`candidates`)", propose, (params, e, hyps, hyp_emb), B * m),
+        ("LM head, one token (× tokens decoded below)", lambda h, w: h @ w.T, (h, shared), B * m * m),
+        (f"re-embedding the {B * n} candidates (MiniLM, {L} tokens)", embed, (params, cand.reshape(B * n, L)), B * n),
+        ("scoring and gathers (`_select`)", select, (cand, cand_emb, first, e), B * n),
+        ("the whole step, one program", step, (params, e, hyps, hyp_emb), B),
+    ]
+    rows = []
+    for name, fn, args, n_rows in parts:
+        s, flops = _timed(fn, args, repeats)
+        rows.append({"part": name, "rows": n_rows, "s": s, "flops": flops})
+        print(f"  {name}: {s * 1e3:.1f} ms, {(flops or 0) / 1e9:.2f} GFLOP", file=sys.stderr, flush=True)
+    head = rows[2]
+    head["s"] *= tokens
+    head["flops"] = head["flops"] * tokens if head["flops"] else None
+    head["part"] = f"LM head ({tokens:.1f} tokens × {B * m * m} beam rows, vocab {shared.shape[0]:,})"
+    if trace is not None:
+        from v2t_jax import profiling
+
+        compiled = jax.jit(step).lower(params, e, hyps, hyp_emb).compile()
+        jax.block_until_ready(compiled(params, e, hyps, hyp_emb))
+        with profiling.trace(trace):
+            jax.block_until_ready(compiled(params, e, hyps, hyp_emb))
+    return rows, tokens
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--sbeam", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--trace", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "profile_step")
+    args = p.parse_args()
+
+    from compare_vec2text import matmul_gflops
+
+    from v2t_jax import api
+
+    shipped = api.load_model()
+    texts = [t for t in (ROOT / "tests" / "data" / "sentences.txt").read_text().splitlines() if t.strip()]
+    e = shipped.embed_texts(texts[: args.batch])
+    rate = matmul_gflops()
+    print(f"matmul rate: {rate:.0f} GFLOP/s", file=sys.stderr)
+    shapes = {}
+    for name, model in (("shipped (d 384, vocab 30,522)", shipped), ("tiny (d 256, vocab 32,128)",
+                                                                       _tiny_model(shipped.embedder))):  # fmt: skip
+        print(name, file=sys.stderr)
+        rows, tokens = profile(model, e, args.sbeam, args.repeats, args.trace if "shipped" in name else None)
+        shapes[name] = {"rows": rows, "tokens": tokens}
+    command = "python experiments/profile_step.py " + " ".join(sys.argv[1:])
+    out = [
+        f"# One correction step, part by part\n\nCommand: `{command.strip()}` ({time.strftime('%Y-%m-%d')}, "
+        f"{platform.machine()}, batch {args.batch}, sbeam {args.sbeam} (token beam {args.sbeam}: "
+        f"{args.batch * args.sbeam**2} candidates), medians of {args.repeats} after compiling; this machine's "
+        f"jitted float32 matmul rate {rate:.0f} GFLOP/s (1024² products)). GFLOP: XLA's count of each compiled "
+        "program (a loop's body counted once: the decoder's is one token; `candidates` and the step are lower "
+        "bounds). Share: of the whole step's time. The parts overlap: `candidates` includes `init_cache` and "
+        "the LM head.\n"
+    ]
+    for name, shape in shapes.items():
+        rows = shape["rows"]
+        whole = rows[-1]["s"]
+        out.append(f"\n## {name}: {shape['tokens']:.1f} tokens decoded per candidate\n\n")
+        out.append("| part | rows | ms | share | GFLOP | GFLOP/s | % matmul |\n" + "|---" * 7 + "|\n")
+        for r in rows:
+            gf = (r["flops"] or 0) / 1e9
+            exact = "init_cache" in r["part"] or "LM head" in r["part"] or "re-embedding" in r["part"]
+            rate_s = f"{gf / r['s']:.0f}" if exact and gf else "—"
+            pct = f"{100 * gf / r['s'] / rate:.0f}%" if exact and gf else "—"
+            out.append(f"| {r['part']} | {r['rows']} | {r['s'] * 1e3:.1f} | {100 * r['s'] / whole:.0f}% | "
+                       f"{gf:.2f} | {rate_s} | {pct} |\n")  # fmt: skip
+    text = "".join(out)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".md").write_text(text)
+    args.out.with_suffix(".json").write_text(json.dumps({"command": command, "matmul_gflops": rate,
+                                                         "shapes": shapes}, indent=1))  # fmt: skip
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT / "experiments"))
+    sys.exit(main())
