@@ -14,8 +14,9 @@ best m (the beam cache's gathers are inside `candidates`). Rows: the parts, the 
 the beam's rows with the tied embedding, times the tokens decoded), and the whole step compiled as one program.
 
 The hypotheses are the inverter's (beam m) for real sentences (tests/data/sentences.txt embedded by MiniLM),
-so the decoder stops where real outputs stop. `--trace DIR` also writes a `jax.profiler` trace of the whole
-step (TensorBoard / Perfetto).
+so the decoder stops where real outputs stop. The token beam at the shipped shape is also traced once
+(`jax.profiler`, kept in `--trace DIR`, else a temporary folder; TensorBoard / Perfetto read it) and its time
+listed by the operations XLA's metadata names.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import json
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import types
 from pathlib import Path
@@ -136,14 +138,33 @@ def profile(model, e: np.ndarray, m: int, repeats: int, trace: Path | None) -> l
     head["s"] *= tokens
     head["flops"] = head["flops"] * tokens if head["flops"] else None
     head["part"] = f"LM head ({tokens:.1f} tokens × {B * m * m} beam rows, vocab {shared.shape[0]:,})"
-    if trace is not None:
-        from v2t_jax import profiling
+    ops = _ops(propose, (params, e, hyps, hyp_emb), trace) if trace is not None else []
+    return rows, tokens, ops
 
-        compiled = jax.jit(step).lower(params, e, hyps, hyp_emb).compile()
-        jax.block_until_ready(compiled(params, e, hyps, hyp_emb))
-        with profiling.trace(trace):
-            jax.block_until_ready(compiled(params, e, hyps, hyp_emb))
-    return rows, tokens
+
+def _ops(fn, args, folder: Path) -> list[dict]:
+    """One traced run of `fn` (a `jax.profiler` trace under `folder`, with its Perfetto JSON): the time of each
+    operation of the compiled program, summed by the source operation XLA's metadata names (`op_name`)."""
+    import collections
+    import gzip
+    import re
+
+    import jax
+
+    compiled = jax.jit(fn).lower(*args).compile()
+    jax.block_until_ready(compiled(*args))
+    with jax.profiler.trace(str(folder), create_perfetto_trace=True):
+        jax.block_until_ready(compiled(*args))
+    events = json.load(gzip.open(sorted(folder.rglob("*.trace.json.gz"))[-1]))
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    names = dict(re.findall(r'%([\w.\-]+) = [^\n]*?op_name="([^"]+)"', compiled.as_text()))
+    total, calls = collections.Counter(), collections.Counter()
+    for x in events:
+        if x.get("ph") == "X" and x.get("name") in names:
+            op = re.sub(r"^jit\([^)]*\)/", "", names[x["name"]]).replace("while/body/", "")
+            total[op] += x["dur"] / 1e3
+            calls[op] += 1
+    return [{"op": op, "ms": ms, "calls": calls[op]} for op, ms in total.most_common(12)]
 
 
 def main() -> int:
@@ -168,8 +189,9 @@ def main() -> int:
     for name, model in (("shipped (d 384, vocab 30,522)", shipped), ("tiny (d 256, vocab 32,128)",
                                                                        _tiny_model(shipped.embedder))):  # fmt: skip
         print(name, file=sys.stderr)
-        rows, tokens = profile(model, e, args.sbeam, args.repeats, args.trace if "shipped" in name else None)
-        shapes[name] = {"rows": rows, "tokens": tokens}
+        trace = (args.trace or Path(tempfile.mkdtemp(prefix="v2t-profile-"))) if "shipped" in name else None
+        rows, tokens, ops = profile(model, e, args.sbeam, args.repeats, trace)
+        shapes[name] = {"rows": rows, "tokens": tokens, "ops": ops}
     command = "python experiments/profile_step.py " + " ".join(sys.argv[1:])
     out = [
         f"# One correction step, part by part\n\nCommand: `{command.strip()}` ({time.strftime('%Y-%m-%d')}, "
@@ -192,6 +214,11 @@ def main() -> int:
             pct = f"{100 * gf / r['s'] / rate:.0f}%" if exact and gf else "—"
             out.append(f"| {r['part']} | {r['rows']} | {r['s'] * 1e3:.1f} | {100 * r['s'] / whole:.0f}% | "
                        f"{gf:.2f} | {rate_s} | {pct} |\n")  # fmt: skip
+        if shape["ops"]:
+            out.append("\nThe token beam (`candidates`) by XLA operation, from a `jax.profiler` trace of one run (the "
+                       "12 longest, summed over the decoder's loop; `calls`: how often it ran):\n\n"
+                       "| operation (XLA metadata) | ms | calls |\n|---|---|---|\n")  # fmt: skip
+            out.extend(f"| `{o['op']}` | {o['ms']:.1f} | {o['calls']} |\n" for o in shape["ops"])
     text = "".join(out)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(text)
