@@ -400,6 +400,7 @@ def test_invert_streams_its_rows_and_resumes_after_a_full_disk(capsys, monkeypat
     assert cli.main(args + [str(first)]) == 0 and first.read_text() == whole
 
 
+@pytest.mark.slow
 def test_a_rerun_continues_an_interrupted_run_with_the_search_it_started_with(capsys, monkeypatch, tmp_path,
                                                                                 small_bundle):  # fmt: skip
     """Without --patience `v2t invert` stops a vector after DEFAULT_PATIENCE steps without a better hypothesis, and
@@ -454,6 +455,7 @@ def test_a_rerun_continues_an_interrupted_run_with_the_search_it_started_with(ca
         assert out.read_text() == whole[name]
 
 
+@pytest.mark.slow
 def test_invert_keeps_its_compiled_programs_for_the_next_run(tmp_path, small_bundle):
     """`v2t invert` reads and writes JAX's persistent compilation cache in CACHE/xla (here --cache-dir): the first
     run fills it, a rerun writes the same rows; V2T_COMPILE_CACHE=0 leaves it alone, and an environment with its

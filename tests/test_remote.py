@@ -212,6 +212,7 @@ def test_dimensions_are_sent_and_the_replys_width_checked(capsys, tmp_path, fres
     assert fresh.seen == [] and sorted(p.name for p in tmp_path.iterdir()) == ["v.npy"]
 
 
+@pytest.mark.slow
 def test_a_run_the_endpoint_stopped_resumes_without_embedding_anything_twice(capsys, tmp_path, fresh, shipped,
                                                                             minilm, sentences):  # fmt: skip
     """An endpoint that starts refusing mid-run (HTTP 400) stops `v2t invert` with the rows done kept; the rerun,
