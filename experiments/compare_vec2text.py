@@ -61,7 +61,16 @@ def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def loop_gflops(t5: dict, steps: int, beam: int, batch: int, length: int = 31, repeat: int = 16) -> dict:
+def loop_gflops(
+    t5: dict,
+    steps: int,
+    beam: int,
+    batch: int,
+    length: int = 31,
+    repeat: int = 16,
+    vocab: int = 30522,
+    decoded: float | None = None,
+) -> dict:
     """Model FLOPs of one inversion (multiply-adds × 2; what both implementations must compute), by part.
 
     T5 (d, h·d_kv, gated FFN d_ff, vocabulary V = 30,522): an encoder token costs layers × (8·d·hd + 6·d·ff) +
@@ -71,9 +80,11 @@ def loop_gflops(t5: dict, steps: int, beam: int, batch: int, length: int = 31, r
     (R = 16 encoder positions) and its greedy decode; with correction steps its hypothesis is embedded, step 1
     decodes `beam` candidates of each example's one hypothesis, each later step `beam` of each of `beam`, from
     corrector encoder inputs of 4 + 3R + 1 + length positions (the start token leads the hypothesis), and every
-    candidate is embedded."""
+    candidate is embedded. `decoded`: tokens decoded per candidate where fewer than `length` (the mean a real
+    search decodes: the useful work), `vocab` the LM head's width."""
     d, hd, ff, layers = t5["d_model"], t5["num_heads"] * t5["d_kv"], t5["d_ff"], t5["num_layers"]
-    V = 30522
+    V = vocab
+    dec = length if decoded is None else decoded
     enc_tok = lambda n: layers * (8 * d * hd + 6 * d * ff + 4 * n * hd) + layers * 4 * d * hd  # noqa: E731
     dec_tok = lambda n: layers * (12 * d * hd + 6 * d * ff + 4 * hd * (length + n))  # noqa: E731
     head = 2 * d * V
@@ -88,8 +99,8 @@ def loop_gflops(t5: dict, steps: int, beam: int, batch: int, length: int = 31, r
         for s in range(steps):
             rows = batch * (1 if s == 0 else beam)
             parts["encoder"] += rows * n_enc * enc_tok(n_enc)
-            parts["decoder layers"] += rows * beam * length * dec_tok(n_enc)
-            parts["LM head"] += rows * beam * length * head
+            parts["decoder layers"] += rows * beam * dec * dec_tok(n_enc)
+            parts["LM head"] += rows * beam * dec * head
             parts["embedder"] += rows * beam * emb_seq
     parts = {k: v / 1e9 for k, v in parts.items()}
     parts["total"] = sum(parts.values())

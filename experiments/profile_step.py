@@ -16,7 +16,9 @@ the beam's rows with the tied embedding, times the tokens decoded), and the whol
 The hypotheses are the inverter's (beam m) for real sentences (tests/data/sentences.txt embedded by MiniLM),
 so the decoder stops where real outputs stop. The token beam at the shipped shape is also traced once
 (`jax.profiler`, kept in `--trace DIR`, else a temporary folder; TensorBoard / Perfetto read it) and its time
-listed by the operations XLA's metadata names.
+listed by the operations XLA's metadata names. Last, the whole step's share of the matmul rate by model FLOPs
+(`compare_vec2text.loop_gflops` at the tokens the candidates decode: the count of `compare_vec2text_cpu.md`), for
+both shapes; every time is the median of `--repeats` runs, with their spread (fastest–slowest).
 """
 
 from __future__ import annotations
@@ -32,13 +34,15 @@ import types
 from pathlib import Path
 
 import numpy as np
+from compare_vec2text import loop_gflops, matmul_gflops
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _timed(fn, args, repeats: int) -> tuple[float, float | None]:
-    """Median seconds of `fn(*args)` after a compile-and-warm-up call, and the compiled program's FLOPs."""
+def _timed(fn, args, repeats: int) -> tuple[list[float], float | None]:
+    """Seconds of each of `repeats` runs of `fn(*args)` after a compile-and-warm-up call, and the compiled
+    program's FLOPs."""
     import jax
 
     from v2t_jax import parallel
@@ -50,7 +54,7 @@ def _timed(fn, args, repeats: int) -> tuple[float, float | None]:
         t0 = time.perf_counter()
         jax.block_until_ready(compiled(*args))
         seconds.append(time.perf_counter() - t0)
-    return statistics.median(seconds), parallel.compiled_flops(compiled)
+    return seconds, parallel.compiled_flops(compiled)
 
 
 def _tiny_model(embedder):
@@ -131,15 +135,22 @@ def profile(model, e: np.ndarray, m: int, repeats: int, trace: Path | None) -> l
     ]
     rows = []
     for name, fn, args, n_rows in parts:
-        s, flops = _timed(fn, args, repeats)
-        rows.append({"part": name, "rows": n_rows, "s": s, "flops": flops})
+        seconds, flops = _timed(fn, args, repeats)
+        s = statistics.median(seconds)
+        rows.append({"part": name, "rows": n_rows, "s": s, "min_s": min(seconds), "max_s": max(seconds),
+                     "flops": flops})  # fmt: skip
         print(f"  {name}: {s * 1e3:.1f} ms, {(flops or 0) / 1e9:.2f} GFLOP", file=sys.stderr, flush=True)
     head = rows[2]
-    head["s"] *= tokens
+    for key in ("s", "min_s", "max_s"):
+        head[key] *= tokens
     head["flops"] = head["flops"] * tokens if head["flops"] else None
     head["part"] = f"LM head ({tokens:.1f} tokens × {B * m * m} beam rows, vocab {shared.shape[0]:,})"
     ops = _ops(propose, (params, e, hyps, hyp_emb), trace) if trace is not None else []
-    return rows, tokens, ops
+    t5 = program.corrector.t5
+    shape = dict(d_model=t5.d_model, num_heads=t5.num_heads, d_kv=t5.d_kv, d_ff=t5.d_ff, num_layers=t5.num_layers)
+    later, first = (loop_gflops(shape, s, m, B, L - 1, vocab=t5.vocab_size, decoded=tokens) for s in (2, 1))
+    model_gflop = {k: later[k] - first[k] for k in later}  # one later step: B·m hypotheses, B·m·m candidates
+    return rows, tokens, ops, model_gflop
 
 
 def _ops(fn, args, folder: Path) -> list[dict]:
@@ -176,8 +187,6 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "profile_step")
     args = p.parse_args()
 
-    from compare_vec2text import matmul_gflops
-
     from v2t_jax import api
 
     shipped = api.load_model()
@@ -190,8 +199,8 @@ def main() -> int:
                                                                        _tiny_model(shipped.embedder))):  # fmt: skip
         print(name, file=sys.stderr)
         trace = (args.trace or Path(tempfile.mkdtemp(prefix="v2t-profile-"))) if "shipped" in name else None
-        rows, tokens, ops = profile(model, e, args.sbeam, args.repeats, trace)
-        shapes[name] = {"rows": rows, "tokens": tokens, "ops": ops}
+        rows, tokens, ops, model_gflop = profile(model, e, args.sbeam, args.repeats, trace)
+        shapes[name] = {"rows": rows, "tokens": tokens, "ops": ops, "model_gflop": model_gflop}
     command = "python experiments/profile_step.py " + " ".join(sys.argv[1:])
     out = [
         f"# One correction step, part by part\n\nCommand: `{command.strip()}` ({time.strftime('%Y-%m-%d')}, "
@@ -206,19 +215,33 @@ def main() -> int:
         rows = shape["rows"]
         whole = rows[-1]["s"]
         out.append(f"\n## {name}: {shape['tokens']:.1f} tokens decoded per candidate\n\n")
-        out.append("| part | rows | ms | share | GFLOP | GFLOP/s | % matmul |\n" + "|---" * 7 + "|\n")
+        out.append("| part | rows | ms | min–max ms | share | GFLOP | GFLOP/s | % matmul |\n" + "|---" * 8 + "|\n")
         for r in rows:
             gf = (r["flops"] or 0) / 1e9
             exact = "init_cache" in r["part"] or "LM head" in r["part"] or "re-embedding" in r["part"]
             rate_s = f"{gf / r['s']:.0f}" if exact and gf else "—"
             pct = f"{100 * gf / r['s'] / rate:.0f}%" if exact and gf else "—"
-            out.append(f"| {r['part']} | {r['rows']} | {r['s'] * 1e3:.1f} | {100 * r['s'] / whole:.0f}% | "
+            spread = f"{r['min_s'] * 1e3:.0f}–{r['max_s'] * 1e3:.0f}" if "min_s" in r else "—"
+            out.append(f"| {r['part']} | {r['rows']} | {r['s'] * 1e3:.1f} | {spread} | {100 * r['s'] / whole:.0f}% | "
                        f"{gf:.2f} | {rate_s} | {pct} |\n")  # fmt: skip
         if shape["ops"]:
             out.append("\nThe token beam (`candidates`) by XLA operation, from a `jax.profiler` trace of one run (the "
                        "12 longest, summed over the decoder's loop; `calls`: how often it ran):\n\n"
                        "| operation (XLA metadata) | ms | calls |\n|---|---|---|\n")  # fmt: skip
             out.extend(f"| `{o['op']}` | {o['ms']:.1f} | {o['calls']} |\n" for o in shape["ops"])
+    out.append(
+        "\n## The whole step by model FLOPs\n\nModel GFLOP: the multiply-adds a correction step must compute "
+        "(`compare_vec2text.loop_gflops`, the count behind the % matmul of `compare_vec2text_cpu.md`) at the "
+        "tokens its candidates decode; % matmul: that work per second over this machine's matmul rate.\n\n"
+        "| shape | tokens decoded | encoder | decoder layers | LM head | embedder | model GFLOP | median s | "
+        "min–max s | GFLOP/s | % matmul |\n" + "|---" * 11 + "|\n"
+    )
+    for name, shape in shapes.items():
+        g, w = shape["model_gflop"], shape["rows"][-1]
+        out.append(f"| {name} | {shape['tokens']:.1f} | {g['encoder']:.0f} | {g['decoder layers']:.0f} | "
+                   f"{g['LM head']:.0f} | {g['embedder']:.0f} | {g['total']:.0f} | {w['s']:.3f} | "
+                   f"{w['min_s']:.3f}–{w['max_s']:.3f} | {g['total'] / w['s']:.0f} | "
+                   f"{100 * g['total'] / w['s'] / rate:.0f}% |\n")  # fmt: skip
     text = "".join(out)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(text)
