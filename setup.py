@@ -41,11 +41,20 @@ setup(
             "faiss-cpu>=1.8",
             "gcsfs>=2024.2",  # a gs:// workdir, tested against a GCS emulator the test starts
             "gcp-storage-emulator>=2024.8",
+            # database stores, each started by the tests: PostgreSQL 16 + pgvector (pgserver), Qdrant's local
+            # folder, Milvus Lite
+            "psycopg[binary]>=3.2",
+            "pgserver>=0.1.4",
+            "qdrant-client>=1.12",
+            "pymilvus>=2.5",
+            "milvus-lite>=2.4",
         ],
         # run folders in an object store: --workdir gs://bucket/run (etils.epath through fsspec)
         "gcs": ["gcsfs>=2024.2"],
-        # the vector stores `v2t audit` reads through their client libraries (parquet through pyarrow)
-        "audit": ["chromadb>=1.0", "lancedb>=0.20", "faiss-cpu>=1.8", "pyarrow>=15"],
+        # the vector stores `v2t audit` reads through their client libraries (parquet through pyarrow), and the
+        # database servers' clients (Milvus Lite for a local PATH.db)
+        "audit": ["chromadb>=1.0", "lancedb>=0.20", "faiss-cpu>=1.8", "pyarrow>=15", "psycopg[binary]>=3.2",
+                  "qdrant-client>=1.12", "pymilvus>=2.5", "milvus-lite>=2.4"],
         "experiments": ["matplotlib>=3.8"],  # (matplotlib is now a dependency; kept for older instructions)
     },
     entry_points={"console_scripts": ["v2t=v2t_jax.cli:main"]},

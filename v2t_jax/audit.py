@@ -14,24 +14,29 @@ with report.md holds a finished audit.
     summary = audit.run(records, api.load_model(), "report_folder", strategies.greedy(20))
 
 `run` is the whole audit (what `v2t audit` calls): the store is only read, the records are streamed and
-resumable, and one run writes a folder at a time.
+resumable, and one run writes a folder at a time. A database store (`stores.Paged`) is read a page at a time in
+key order and resumed after the last key finished; the report is made in one pass over records.jsonl: neither
+holds a store's vectors or rows whole in memory.
 """
 
 from __future__ import annotations
 
 import datetime
+import heapq
+from array import array
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import jax
 import numpy as np
 
-from v2t_jax import assets, evaluate, outputs, parallel
+from v2t_jax import assets, evaluate, outputs, parallel, stores
 from v2t_jax.errors import V2TError
 from v2t_jax.remote import RemoteError
 
 REPORT, FIGURE, RECORDS, SUMMARY = "report.md", "report.png", "records.jsonl", "summary.json"
 SHOWN = 20  # records in the report's most-leaked table
+PAGE_ROWS = 1024  # records a database store is read in at a time (rounded up to whole batches)
 
 
 class AuditError(V2TError, ValueError):
@@ -64,6 +69,7 @@ def run(
     about: dict | None = None,
     model_key: str | None = None,
     say=lambda message, resumed: None,
+    page_rows: int = PAGE_ROWS,
 ) -> dict:
     """Audits `records` (`stores.read`) with `model` (`api.Vec2Text`) by `search` (`strategies.Search`;
         default: `strategies.default`, as `v2t audit`) into folder `out`: records.jsonl (streamed, resumable: the
@@ -82,22 +88,25 @@ def run(
     out = outputs.check_folder(out, "report folder")
     check_no_report(out, overwrite)
     check_fit(records, model)
-    vectors = model.check_embeddings(records.vectors)
+    paged = isinstance(records, stores.Paged)
+    vectors = None if paged else model.check_embeddings(records.vectors)
+    if paged and jax.process_count() > 1:
+        raise AuditError("a database store is audited by one process: drop --distributed")
     search.check_model(
         has_corrector=model.program.corrector is not None, in_graph=model.program.in_graph,
         black_box=embed_fn is not None,
     )  # fmt: skip
     scorer = None
-    if records.documents is not None:
+    if not paged and records.documents is not None:
         scorer = evaluate.Evaluator(model.embedder_view([d or "" for d in records.documents]))
-    bs = model.batch_rows(len(vectors), batch_size)
+    bs = model.batch_rows(len(records), batch_size)
     remote = embed_fn.identity if hasattr(embed_fn, "identity") else None
     record = {
         "store": records.digest(),
         "model": model_key,
         **search.record(),
         "batch_size": bs,
-        "documents": scorer is not None,
+        "documents": records.has_documents if paged else scorer is not None,
         "embedder_url": remote,
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -122,6 +131,8 @@ def run(
             if not main:
                 return {}
             stream = outputs.RowStream(out / RECORDS, record, bs, "audit")
+        elif paged:
+            _audit_pages(records, model, search, bs, stream, page_rows, progress, embed_fn)
         else:
             _audit_share(records, vectors, model, search, bs, target, record, scorer, progress, embed_fn, stream)
         if not main:
@@ -129,7 +140,7 @@ def run(
         report_about = {
             "source": records.source,
             "kind": records.kind,
-            "dim": int(records.vectors.shape[1]),
+            "dim": _dim(records),
             "embedder": records.embedder,
             "note": records.note,
             "model": f"a model for {model.embedder.name}",
@@ -138,7 +149,7 @@ def run(
             "command": "audit.run",
             **(about or {}),
         }
-        summary = write_report(out, stream.rows(), report_about)
+        summary = write_report(out, stream.iter_rows(), report_about)
         stream.close()
     return summary
 
@@ -166,6 +177,43 @@ def _audit_share(records, vectors, model, search, bs, target, record, scorer, pr
     stream.finish(keep_state=True)
 
 
+def _audit_pages(records, model, search, bs, stream, page_rows, progress, embed_fn):
+    """A `stores.Paged` store's records streamed to `stream` a page at a time (whole batches, so a resumed run's
+    batches are those of a whole run), continuing after the key of the last row done; finished with its state
+    kept (until the report is written)."""
+    if stream.complete:
+        return
+    page_rows = bs * max(1, -(-page_rows // bs))
+    done, after = stream.done, stream.last_row().get("id") if stream.done else None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=records.total, initial=done, unit="record", desc="audit", dynamic_ncols=True,
+               disable=not progress)  # fmt: skip
+    try:
+        while done < records.total:
+            page = records.read_page(after, min(page_rows, records.total - done))
+            if not len(page):
+                break  # (rows deleted since the count)
+            scorer = None
+            if page.documents is not None:
+                scorer = evaluate.Evaluator(model.embedder_view(page.documents))
+            for first, texts, cosines, _ in model.iter_batches(page.vectors, search, bs, embed_fn=embed_fn):
+                ids = page.ids[first : first + len(texts)]
+                stream.append(rows_of_batch(ids, texts, cosines, first, scorer, model.readable))
+                bar.update(len(texts))
+            done, after = done + len(page), page.ids[-1]
+    except (RemoteError, stores.StoreError) as e:  # the endpoint or the store failed: what is done stays
+        kept = f"the {stream.done} records done are kept: rerun the same command to continue"
+        raise type(e)(f"{e}; {kept}") from None
+    finally:
+        bar.close()
+    stream.finish(keep_state=True)
+
+
+def _dim(records) -> int:
+    return int(records.dim) if isinstance(records, stores.Paged) else int(records.vectors.shape[1])
+
+
 def embedder_name_key(name: str) -> str:
     """Embedder names compared across stores and bundles: the packaged key, else a folder's or hub id's last part."""
     return assets.packaged_key(name) or assets.packaged_key(Path(name).name) or Path(name).name.lower()
@@ -174,7 +222,7 @@ def embedder_name_key(name: str) -> str:
 def check_fit(records, model) -> None:
     """AuditError unless the store's vectors can come from the model's embedder (dimension, and the embedder's
     name where the store records one)."""
-    dim = records.vectors.shape[1]
+    dim = _dim(records)
     if dim != model.dim:
         raise AuditError(
             f"{records.source} holds {dim}-dimensional vectors; this model inverts {model.embedder.name}'s "
@@ -205,29 +253,52 @@ def rows_of_batch(
     return rows
 
 
-def summarize(rows: list[dict]) -> dict:
-    cos = np.asarray([r["cosine"] for r in rows], np.float64)
-    out = {"records": len(rows), "mean_cosine": float(cos.mean()), "cosine_0.9": float((cos >= 0.9).mean())}
-    if rows and "reference" in rows[0]:  # from the rows' own scores (made as decoded, before `readable`)
-        scores = evaluate.summary_of_rows(rows)
-        out.update({k: scores[k] for k in ("bleu", "token_f1", "exact", "half_recovered")})
-    return out
+def _most_leaked_key(r: dict) -> tuple:
+    """The report's order: most of the original recovered first (token recall, then cosine), or by cosine when
+    the store keeps no documents."""
+    return (-r.get("token_recall", 0.0), -r["cosine"])
 
 
-def most_leaked(rows: list[dict]) -> list[dict]:
-    """Rows in the order the report lists them: most of the original recovered first (token recall, then
-    cosine), or by cosine when the store keeps no documents."""
-    if rows and "token_recall" in rows[0]:
-        return sorted(rows, key=lambda r: (-r["token_recall"], -r["cosine"]))
-    return sorted(rows, key=lambda r: -r["cosine"])
+def tally(rows: Iterable[dict]) -> tuple[dict, list[dict], np.ndarray, np.ndarray | None]:
+    """One pass over the rows (an iterator: records.jsonl is read line by line): the summary (records, mean
+    cosine, the share at cosine >= 0.9 and, where the rows carry scores, their means as `evaluate` makes them),
+    the `SHOWN` most leaked rows in the report's order, and each row's cosine and token recall (None without
+    documents) for the figure. Memory: the shown rows and a few numbers per row."""
+    cos, scores = array("d"), {name: array("d") for name in evaluate.METRICS}
+    has_refs = None
+
+    def each():
+        nonlocal has_refs
+        for r in rows:
+            if has_refs is None:
+                has_refs = "token_recall" in r
+            cos.append(float(r["cosine"]))
+            if has_refs:
+                for name, values in scores.items():
+                    values.append(float(r[name]))
+            yield r
+
+    top = heapq.nsmallest(SHOWN, each(), key=_most_leaked_key)  # (stable: ties keep the rows' order)
+    c = np.frombuffer(cos, np.float64) if len(cos) else np.zeros(0)
+    out = {"records": len(c), "mean_cosine": float(c.mean()) if len(c) else float("nan"),
+           "cosine_0.9": float((c >= 0.9).mean()) if len(c) else float("nan")}  # fmt: skip
+    recall = None
+    if has_refs:
+        means = {name: float(np.mean(np.frombuffer(v, np.float64))) for name, v in scores.items()}
+        recall = np.frombuffer(scores["token_recall"], np.float64)
+        means["half_recovered"] = float(np.mean(recall >= 0.5))
+        out.update({k: means[k] for k in ("bleu", "token_f1", "exact", "half_recovered")})
+    return out, top, c, recall
 
 
-def write_report(out: Path, rows: list[dict], about: dict) -> dict:
-    """report.png, summary.json and last report.md in `out` from the finished rows; `about`: source, kind, dim,
-    embedder, note (what the store reader says of the vectors, or None), model, search (`Search.describe()`),
-    max_length, command. Returns the summary."""
-    summary = summarize(rows)
-    _figure(out / FIGURE, rows)
+def write_report(out: Path, rows: Iterable[dict], about: dict) -> dict:
+    """report.png, summary.json and last report.md in `out` from the finished rows (read once: an iterator
+    will do); `about`: source, kind, dim, embedder, note (what the store reader says of the vectors, or None),
+    model, search (`Search.describe()`), max_length, command. Returns the summary."""
+    summary, top, cosines, recall = tally(rows)
+    if not summary["records"]:
+        raise AuditError("no records were audited: nothing to report")
+    _figure(out / FIGURE, cosines, recall)
     has_refs = "bleu" in summary
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
     lines = [
@@ -266,13 +337,14 @@ def write_report(out: Path, rows: list[dict], about: dict) -> dict:
             "the recovered text's embedding to the stored vector.",
             "",
         ]
-    lines += [f"## Most leaked records (first {min(SHOWN, len(rows))} of {len(rows)}; all in {RECORDS})", ""]
+    n = summary["records"]
+    lines += [f"## Most leaked records (first {min(SHOWN, n)} of {n}; all in {RECORDS})", ""]
     if has_refs:
         lines += ["| # | id | recovered | original (as the embedder reads it) | cosine | words recovered |",
                   "|---|---|---|---|---|---|"]  # fmt: skip
     else:
         lines += ["| # | id | recovered | cosine |", "|---|---|---|---|"]
-    for i, r in enumerate(most_leaked(rows)[:SHOWN], 1):
+    for i, r in enumerate(top, 1):
         cells = [str(i), _cell(r["id"]), _cell(r["text"])]
         if has_refs:
             cells += [_cell(r["reference"]), f"{r['cosine']:.3f}", pct(r["token_recall"])]
@@ -289,21 +361,20 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _figure(path: Path, rows: list[dict]) -> None:
+def _figure(path: Path, cosines: np.ndarray, recall: np.ndarray | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    recall = [r["token_recall"] for r in rows] if rows and "token_recall" in rows[0] else None
     fig, axes = plt.subplots(1, 2 if recall is not None else 1, figsize=(10 if recall is not None else 5, 3.6))
     axes = np.atleast_1d(axes)
-    axes[0].hist([r["cosine"] for r in rows], bins=20, range=(min(0.0, min(r["cosine"] for r in rows)), 1.0))
+    axes[0].hist(cosines, bins=20, range=(min(0.0, float(cosines.min())), 1.0))
     axes[0].set(xlabel="cosine of the recovered text to the stored vector", ylabel="records", title="cosine")
     if recall is not None:
         axes[1].hist(recall, bins=20, range=(0, 1), color="tab:red")
         axes[1].axvline(0.5, color="k", ls="--", lw=1)
-        share = float(np.mean(np.asarray(recall) >= 0.5))
+        share = float(np.mean(recall >= 0.5))
         axes[1].set(xlabel="share of the original's words recovered", ylabel="records",
                     title=f"{100 * share:.0f}% of records: at least half of their words")  # fmt: skip
     fig.tight_layout()

@@ -375,17 +375,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     au = sub.add_parser("audit", help="invert every vector of a vector store and report how much text leaks")
     au.add_argument(
-        "store", help="a Chroma or LanceDB folder, a FAISS index file (.faiss/.index), a .npy or a .parquet"
+        "store",
+        help="a Chroma, LanceDB or Qdrant folder, a Milvus Lite PATH.db, a FAISS index file (.faiss/.index), a .npy "
+        "or a .parquet; or a database server: postgresql://USER@HOST/DB?table=T, qdrant://HOST:6333/COLLECTION, "
+        "milvus://HOST:19530/COLLECTION (docs/audit.md)",
     )
     au.add_argument("--output", required=True, help="report folder: report.md, report.png, records.jsonl")
     au.add_argument(
-        "--collection", default=None, help="Chroma collection or LanceDB table (needed when the store has several)"
+        "--collection",
+        default=None,
+        help="Chroma, Qdrant or Milvus collection, LanceDB or PostgreSQL table (needed when the store has several)",
     )
     au.add_argument("--store-kind", default="auto", choices=stores.KINDS)
     au.add_argument("--documents", default=None, help="the records' texts, one per line, for a store without them")
-    au.add_argument("--vector-column", default=None, help="parquet: the vectors' column (default embedding/vector)")
-    au.add_argument("--text-column", default=None, help="parquet: the texts' column (default document/text)")
-    au.add_argument("--id-column", default=None, help="parquet: the ids' column (default id)")
+    au.add_argument("--vector-column", default=None,
+                    help="parquet, LanceDB, PostgreSQL: the vectors' column (default embedding/vector); Qdrant, "
+                    "Milvus: the named vector or vector field")  # fmt: skip
+    au.add_argument("--text-column", default=None,
+                    help="the texts' column or payload key (default document/text/content/page_content/...; '': "
+                    "the vectors alone)")  # fmt: skip
+    au.add_argument(
+        "--id-column",
+        default=None,
+        help="parquet: the ids' column (default id); PostgreSQL: a unique key (default the primary key)",
+    )
+    au.add_argument("--store-timeout", type=_seconds(0.1, 86400), default=60.0, metavar="SECONDS",
+                    help="a database server's longest wait for one answer (default %(default)g)")  # fmt: skip
+    au.add_argument("--page-rows", type=_count(1, MAX_ROWS), default=1024, metavar="N",
+                    help="a database store's records read per request, rounded up to whole batches (default "
+                    "%(default)s)")  # fmt: skip
     au.add_argument("--checkpoint", default=None, help="model bundle folder (default: the shipped model)")
     _search_flags(au)
     au.add_argument("--limit", type=_count(1, MAX_COUNT), default=None, help="audit the first N records only")

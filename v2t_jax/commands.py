@@ -631,15 +631,26 @@ def cmd_audit(args: argparse.Namespace) -> int:
     try:
         records = stores.read(
             args.store, args.store_kind, args.collection, documents, args.vector_column, args.text_column,
-            args.id_column, limit=args.limit,
+            args.id_column, limit=args.limit, timeout_s=args.store_timeout,
         )  # fmt: skip
     except stores.StoreError as e:
         raise UsageError(str(e)) from None
+    try:
+        return _audit_records(args, records)
+    finally:
+        if isinstance(records, stores.Paged):
+            records.close()
+
+
+def _audit_records(args: argparse.Namespace, records) -> int:
+    from v2t_jax import audit, stores
+
     _search_of_interrupted_run(args, Path(args.output) / audit.RECORDS, "audit")
     model, search = _load_model(args)
     try:  # the store's fit to the model before the endpoint is asked anything
         audit.check_fit(records, model)
-        model.check_embeddings(records.vectors)
+        if not isinstance(records, stores.Paged):  # (a database store's pages are checked as they come)
+            model.check_embeddings(records.vectors)
     except V2TError as e:
         raise UsageError(str(e)) from None
     about = {
@@ -655,7 +666,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     summary = audit.run(
         records, model, args.output, search, batch_size=args.batch_size, embed_fn=_remote_embedder(args, model),
         overwrite=args.overwrite, progress=not args.quiet, about=about, model_key=_bundle_digest(args.checkpoint),
-        say=say,
+        say=say, page_rows=args.page_rows,
     )  # fmt: skip
     if not summary:  # (another process than the first: it wrote its share, the first the report)
         return 0

@@ -488,20 +488,42 @@ class RowStream:
 
     def rows(self) -> list[dict]:
         """The output's rows; OutputError naming the first that is not a JSON object (changed on disk)."""
-        out = []
-        for i, line in enumerate(self.output.read_bytes().split(b"\n")[:-1]):
-            if not _is_row(line):
-                raise OutputError(f"row {i + 1} of {self.output} is damaged (not a JSON object); delete {self.output} "
-                                  "and rerun the command")  # fmt: skip
-            out.append(json.loads(line))
-        return out
+        return list(self.iter_rows())
+
+    def iter_rows(self):
+        """The output's rows one at a time (read line by line: a long output is never whole in memory);
+        OutputError at the first that is not a JSON object (changed on disk)."""
+        with self.output.open("rb") as f:
+            for i, line in enumerate(f):
+                if not line.endswith(b"\n"):
+                    break  # (a torn last piece: `finish` writes whole lines)
+                row = _row(line)
+                if row is None:
+                    raise OutputError(f"row {i + 1} of {self.output} is damaged (not a JSON object); delete "
+                                      f"{self.output} and rerun the command")  # fmt: skip
+                yield row
+
+    def last_row(self) -> dict:
+        """The last of the `done` rows written so far (OUTPUT.partial, else OUTPUT), {} if none."""
+        path = self.partial if check_regular(self.partial) else self.output
+        last = b""
+        with path.open("rb") as f:
+            for line in f:
+                if line.endswith(b"\n"):
+                    last = line
+        return _row(last) or {}
+
+
+def _row(line: bytes) -> dict | None:
+    try:
+        row = json.loads(line)
+    except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
+        return None
+    return row if isinstance(row, dict) else None
 
 
 def _is_row(line: bytes) -> bool:
-    try:
-        return isinstance(json.loads(line), dict)
-    except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
-        return False
+    return _row(line) is not None
 
 
 __all__ = ["OutputError", "check_file", "check_folder", "check_regular", "write_atomic", "write_text_atomic",

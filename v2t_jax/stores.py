@@ -79,6 +79,74 @@ class Records:
         return dataclasses.replace(self, ids=self.ids[:n], vectors=self.vectors[:n], documents=docs)
 
 
+@dataclasses.dataclass
+class Paged:
+    """A store read a page at a time in the order of its keys (`v2t_jax.store_servers`: PostgreSQL, Qdrant,
+    Milvus), never whole in memory. `read_page(after, rows)`: the next at most `rows` records whose keys follow
+    `after` (a record id as a page gave it; None: from the first), bounded by `timeout_s`. `total`: the records an
+    audit reads (the store's count when it opened, or `limit`); `identity`: what a resumed audit must find again
+    (server, table or collection, columns: no secret)."""
+
+    kind: str
+    source: str  # what messages and the report show (no password)
+    identity: str
+    dim: int
+    count: int
+    has_documents: bool
+    page: Any  # (after: str | None, rows: int) -> Records
+    embedder: str | None = None
+    note: str | None = None
+    closer: Any = None
+    timeout_s: float = 60.0
+    limit: int | None = None
+
+    @property
+    def total(self) -> int:
+        return self.count if self.limit is None else min(self.count, self.limit)
+
+    def __len__(self) -> int:
+        return self.total
+
+    def digest(self) -> str:
+        return hashlib.sha256(("paged\0" + self.identity).encode()).hexdigest()
+
+    def read_page(self, after: str | None, rows: int) -> Records:
+        try:
+            page = bounded(lambda: self.page(after, rows), self.timeout_s, self.source)
+        except TimeoutError as e:
+            self.closer = None  # (the client is the stuck thread's now: closing it could wait as long)
+            raise StoreError(str(e)) from None
+        if len(set(page.ids)) != len(page.ids) or (after is not None and after in page.ids):
+            raise StoreError(f"{self.source}: record ids repeat")
+        return page
+
+    def close(self) -> None:
+        closer, self.closer = self.closer, None
+        if closer is not None:
+            closer()
+
+
+def bounded(fn, timeout_s: float, what: str):
+    """fn() in a thread of its own, waited for at most `timeout_s`: a server that stops answering is a
+    TimeoutError, whatever its client does (a socket left waiting is the thread's; it ends with the process)."""
+    box: dict = {}
+
+    def work():
+        try:
+            box["out"] = fn()
+        except BaseException as e:  # (raised in the caller's thread)
+            box["err"] = e
+
+    thread = threading.Thread(target=work, name="v2t-store-read", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise TimeoutError(f"{what} did not answer within {timeout_s:g} s (--store-timeout)")
+    if "err" in box:
+        raise box["err"]
+    return box["out"]
+
+
 @dataclasses.dataclass(frozen=True)
 class Options:
     """What a user may say of a store beyond its path (each reader reads what applies to it)."""
@@ -88,6 +156,7 @@ class Options:
     text_column: str | None = None
     id_column: str | None = None
     limit: int | None = None  # the first records only: a reader that can stop early reads no more
+    timeout_s: float = 60.0  # a database server's longest wait for one answer (`Paged`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +184,21 @@ KINDS_READ: dict[str, Kind] = {
     "npy": Kind(lambda p, o: _npy(p), suffixes=(".npy",)),
     "parquet": Kind(lambda p, o: _parquet(p, o.vector_column, o.text_column, o.id_column, o.limit),
                     suffixes=(".parquet",)),
+    # local folders of database stores, read a page at a time (`Paged`); their servers are URLs (`read`)
+    "qdrant": Kind(lambda p, o: _servers().qdrant_folder(p, o), is_folder=lambda p: _servers().is_qdrant_folder(p),
+                   collections=True, folder_sign="meta.json and collection/ (QdrantClient(path=...))"),
+    "milvus": Kind(lambda p, o: _servers().milvus_folder(p, o), is_folder=lambda p: _servers().is_milvus_folder(p),
+                   collections=True, folder_sign="collections/*/schema.json (Milvus Lite's PATH.db)"),
+    "postgresql": Kind(None),  # a postgresql:// URL only
 }  # fmt: skip
+
+
+def _servers():
+    from v2t_jax import store_servers
+
+    return store_servers
+
+
 KINDS = ("auto", *KINDS_READ)
 
 
@@ -146,23 +229,45 @@ def read(
     text_column: str | None = None,
     id_column: str | None = None,
     limit: int | None = None,
-) -> Records:
+    timeout_s: float = 60.0,
+) -> Records | Paged:
     """The records of `store` (see the module docstring), the first `limit` of them if given; `documents`: one
-    text per record, for stores that keep none (FAISS, .npy)."""
+    text per record, for stores that keep none (FAISS, .npy). A database store (a postgresql://, qdrant:// or
+    milvus:// URL, a local Qdrant folder or Milvus Lite store) opens as `Paged` (`v2t_jax.store_servers`); the
+    caller closes it."""
+    if kind != "auto" and kind not in KINDS_READ:
+        raise StoreError(f"unknown store kind {kind!r}: one of auto, {', '.join(KINDS_READ)}")
+    options = Options(collection, vector_column, text_column, id_column, limit, timeout_s)
+    server = _servers().scheme_kind(str(store), kind) if isinstance(store, str) else None
+    if server is not None:
+        if documents is not None:
+            raise StoreError("--documents is for stores that keep no texts; a database store's texts are a column")
+        try:  # (connecting and the first looks at the store: bounded as every page is)
+            opened = bounded(lambda: _servers().open_url(store, server, options), timeout_s, "the store's server")
+        except TimeoutError as e:
+            raise StoreError(str(e)) from None
+        return _nonempty(opened)
     path = Path(store)
     if not path.exists():
         raise StoreError(f"store {path} does not exist")
-    if kind != "auto" and kind not in KINDS_READ:
-        raise StoreError(f"unknown store kind {kind!r}: one of auto, {', '.join(KINDS_READ)}")
     kind = detect(path) if kind == "auto" else kind
+    if KINDS_READ[kind].read is None:
+        raise StoreError(f"a {kind} store is a URL ({kind}://...), not a path: see docs/audit.md")
     if collection is not None and not KINDS_READ[kind].collections:
-        raise StoreError("--collection names a Chroma collection or LanceDB table; this store is " + kind)
+        raise StoreError("--collection names a Chroma collection, LanceDB table or Qdrant / Milvus collection; this "
+                         "store is " + kind)  # fmt: skip
     if KINDS_READ[kind].is_folder is None:  # a file kind: a FIFO or device would make the reader wait or never end
         try:
             input_file(path, "store")
         except InputError as e:
             raise StoreError(str(e)) from None
-    records = KINDS_READ[kind].read(path, Options(collection, vector_column, text_column, id_column, limit))
+    elif not path.is_dir():
+        raise StoreError(f"a {kind} store is a folder; {path} is not one")
+    if documents is not None and kind in ("qdrant", "milvus"):
+        raise StoreError("--documents is for stores that keep no texts; a database store's texts are a field")
+    records = KINDS_READ[kind].read(path, options)
+    if isinstance(records, Paged):
+        return _nonempty(records)
     if documents is not None:
         if records.documents is not None and any(d is not None for d in records.documents):
             raise StoreError(f"{path} keeps its own documents; drop --documents")
@@ -174,6 +279,13 @@ def read(
     if len(records) == 0:
         raise StoreError(f"{records.source} holds no records: nothing to audit")
     return _checked(records)
+
+
+def _nonempty(store: Paged) -> Paged:
+    if store.total == 0:
+        store.close()
+        raise StoreError(f"{store.source} holds no records: nothing to audit")
+    return store
 
 
 def _checked(records: Records) -> Records:
