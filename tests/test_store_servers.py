@@ -18,6 +18,7 @@ from v2t_jax import cli, stores
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "pw-of-the-auditor-7Qx"
+KEY0 = 95  # keys 95, 102, ...: their text sorts apart from their numbers (a reader must page by the number)
 N = 24
 
 
@@ -46,7 +47,7 @@ def _literal(v) -> str:
 def pg(tmp_path_factory, vectors, texts):
     """A PostgreSQL server with pgvector: the superuser over the socket without a password, every other role
     with one (scram); the role `auditor` may only SELECT from `chunks` (24 MiniLM vectors and their texts, keys
-    1000, 1007, ...)."""
+    95, 102, ...)."""
     import pgserver
     import psycopg
 
@@ -60,7 +61,7 @@ def pg(tmp_path_factory, vectors, texts):
     admin.execute("CREATE TABLE chunks (id bigint PRIMARY KEY, embedding vector(384), document text, meta jsonb)")
     with admin.cursor().copy("COPY chunks (id, embedding, document) FROM STDIN") as copy:
         for i, (t, v) in enumerate(zip(texts, vectors)):
-            copy.write_row((1000 + 7 * i, _literal(v), t))
+            copy.write_row((KEY0 + 7 * i, _literal(v), t))
     admin.execute("GRANT SELECT ON chunks TO auditor")
     yield {"admin": admin, "socket": str(data), "server": server}
     admin.close()
@@ -130,7 +131,7 @@ def test_a_postgres_table_is_audited_page_by_page_read_only_as_its_npy_would_be(
     out = tmp_path / "report"
     assert _audit(out, _url(pg, table="chunks"), "--page-rows", "8") == 0
     rows = _rows(out)
-    assert [r["id"] for r in rows] == [str(1000 + 7 * i) for i in range(N)]
+    assert [r["id"] for r in rows] == [str(KEY0 + 7 * i) for i in range(N)]
     _same_rows(rows, npy_audit)
     report = (out / "report.md").read_text()
     assert "postgresql://auditor@/postgres (socket" in report and "table public.chunks" in report
@@ -320,7 +321,7 @@ def _qdrant(folder, vectors, texts):
 
     client = QdrantClient(path=str(folder))
     client.create_collection("docs", vectors_config=models.VectorParams(size=384, distance=models.Distance.DOT))
-    points = [models.PointStruct(id=1000 + 7 * i, vector=v.tolist(), payload={"document": t, "source": "x"})
+    points = [models.PointStruct(id=KEY0 + 7 * i, vector=v.tolist(), payload={"document": t, "source": "x"})
               for i, (v, t) in enumerate(zip(vectors, texts))]  # fmt: skip
     client.upsert("docs", points)
     client.close()
@@ -333,7 +334,7 @@ def _milvus(folder, vectors, texts):
     client = MilvusClient(str(folder))
     client.create_collection("docs", dimension=384, primary_field_name="id", vector_field_name="vector",
                              auto_id=False, metric_type="IP")  # fmt: skip
-    client.insert("docs", [{"id": 1000 + 7 * i, "vector": v.tolist(), "text": t}
+    client.insert("docs", [{"id": KEY0 + 7 * i, "vector": v.tolist(), "text": t}
                            for i, (v, t) in enumerate(zip(vectors, texts))])  # fmt: skip
     client.close()
     return folder
@@ -372,12 +373,12 @@ def test_a_local_qdrant_or_milvus_store_is_audited_untouched_and_resumes_after_a
     assert _audit(out, str(store), "--page-rows", "8") == 2
     err = capsys.readouterr().err
     assert "the server went away; the 16 records done are kept: rerun the same command to continue" in err
-    assert calls == [None, "1049"] + ["1105"]
+    assert calls == [None, str(KEY0 + 7 * 7), str(KEY0 + 7 * 15)]
     monkeypatch.setattr(stores.Paged, "read_page", real)
     assert _audit(out, str(store), "--page-rows", "8") == 0
     assert "resuming after the 16 rows" in capsys.readouterr().err
     rows = _rows(out)
-    assert [r["id"] for r in rows] == [str(1000 + 7 * i) for i in range(N)]
+    assert [r["id"] for r in rows] == [str(KEY0 + 7 * i) for i in range(N)]
     _same_rows(rows, npy_audit)
     assert _fingerprint(store) == before
     assert f"a {kind} store" in (out / "report.md").read_text()

@@ -192,9 +192,12 @@ def _postgres(url: str, o: Options) -> Paged:
         typmod = types[vcol][1]
         dim = typmod if types[vcol][0] in ("vector", "halfvec") and typmod > 0 else None
         text = sql.SQL(", {c}").format(c=sql.Identifier(tcol)) if tcol else sql.SQL("")
-        head = sql.SQL("SELECT {k}::text, {v}{text} FROM {t}").format(k=k, v=v, text=text, t=t)
-        first = sql.SQL("{head} ORDER BY {k} LIMIT %s").format(head=head, k=k)
-        after = sql.SQL("{head} WHERE {k} > %s ORDER BY {k} LIMIT %s").format(head=head, k=k)
+        # (the key's text has a name of its own, and the order is the column's: ORDER BY a bare name would sort
+        # by the text, 10 before 9, while WHERE compares the column)
+        head = sql.SQL("SELECT {k}::text AS v2t_key, {v}{text} FROM {t}").format(k=k, v=v, text=text, t=t)
+        order = sql.SQL("ORDER BY {t}.{k} LIMIT %s").format(t=t, k=k)
+        first = sql.SQL("{head} {order}").format(head=head, order=order)
+        after = sql.SQL("{head} WHERE {t}.{k} > %s {order}").format(head=head, t=t, k=k, order=order)
         if dim is None and count:
             dim = len(_pg_vector(run(first, (1,), binary=True)[0][1], types[vcol][0], "?", source))
     except StoreError:
