@@ -106,6 +106,26 @@ def _secrets_of_this_test_only():
     errors._SECRETS.update(kept)
 
 
+@pytest.fixture
+def ctrl_c_after_a_batch(monkeypatch):
+    """`arm()` makes `api.Vec2Text.iter_batches` raise KeyboardInterrupt (a Ctrl-C) when a run asks for its second
+    batch, `arm(False)` gives the real one back."""
+    from v2t_jax import api
+
+    real = api.Vec2Text.iter_batches
+
+    def one_batch_then_interrupt(self, *args, **kwargs):
+        for i, batch in enumerate(real(self, *args, **kwargs)):
+            if i == 1:
+                raise KeyboardInterrupt
+            yield batch
+
+    def arm(on: bool = True) -> None:
+        monkeypatch.setattr(api.Vec2Text, "iter_batches", one_batch_then_interrupt if on else real)
+
+    return arm
+
+
 @pytest.fixture(scope="session")
 def sentences() -> list[str]:
     return [line for line in (DATA / "sentences.txt").read_text(encoding="utf-8").splitlines() if line.strip()]

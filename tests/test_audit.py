@@ -223,27 +223,17 @@ def test_audit_refusals_are_one_line_and_create_nothing(capsys, tmp_path, vector
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
-def test_an_interrupted_audit_resumes_where_it_stopped(capsys, tmp_path, vectors, texts, monkeypatch):
+def test_an_interrupted_audit_resumes_where_it_stopped(capsys, tmp_path, vectors, texts, ctrl_c_after_a_batch):
     """Ctrl-C after the first batch keeps its records (exit 130); the same command then inverts only the rest,
     and the records and report are those of an uninterrupted run."""
-    from v2t_jax import api
-
     store = _chroma(tmp_path / "chroma", "passages", vectors, texts)
     whole, out_whole = _audit(tmp_path / "whole", store, "--batch-size", "2")
     assert whole == 0
-    real = api.Vec2Text.iter_batches
-
-    def one_batch_then_interrupt(self, *args, **kwargs):
-        for i, batch in enumerate(real(self, *args, **kwargs)):
-            if i == 1:
-                raise KeyboardInterrupt
-            yield batch
-
-    monkeypatch.setattr(api.Vec2Text, "iter_batches", one_batch_then_interrupt)
+    ctrl_c_after_a_batch()
     code, out = _audit(tmp_path, store, "--batch-size", "2")
     assert code == 130 and len((out / "records.jsonl.partial").read_text().splitlines()) == 2
     assert not (out / "report.md").exists()
-    monkeypatch.setattr(api.Vec2Text, "iter_batches", real)
+    ctrl_c_after_a_batch(False)
     capsys.readouterr()
     code, out = _audit(tmp_path, store, "--batch-size", "2")
     assert code == 0 and "v2t audit: resuming after the 2 rows" in capsys.readouterr().err  # (was "v2t invert:")

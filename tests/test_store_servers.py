@@ -147,7 +147,7 @@ def test_a_postgres_table_is_audited_page_by_page_read_only_as_its_npy_would_be(
 
 @pytest.mark.slow
 def test_postgres_passwords_come_from_the_environment_or_a_pass_file_and_are_never_shown(
-    tmp_path, pg, monkeypatch, capsys
+    tmp_path, pg, monkeypatch, capsys, ctrl_c_after_a_batch
 ):
     monkeypatch.delenv("PGPASSWORD", raising=False)
     monkeypatch.setenv("PGPASSFILE", str(tmp_path / "none"))
@@ -165,22 +165,12 @@ def test_postgres_passwords_come_from_the_environment_or_a_pass_file_and_are_nev
     monkeypatch.setenv("PGPASSFILE", str(tmp_path / "none"))
 
     # in the URL it works too, with a warning, and is shown nowhere: messages, report, records, the run's state
-    from v2t_jax import api
-
-    real = api.Vec2Text.iter_batches
-
-    def one_batch_then_interrupt(self, *args, **kwargs):
-        for i, batch in enumerate(real(self, *args, **kwargs)):
-            if i == 1:
-                raise KeyboardInterrupt
-            yield batch
-
     in_url = f"postgresql://auditor:{PASSWORD}@/postgres?host={pg['socket']}&table=chunks"
     capsys.readouterr()
-    monkeypatch.setattr(api.Vec2Text, "iter_batches", one_batch_then_interrupt)
+    ctrl_c_after_a_batch()
     assert _audit(tmp_path / "c", in_url, "--limit", "8") == 130
     state = (tmp_path / "c" / "records.jsonl.partial.json").read_text()
-    monkeypatch.setattr(api.Vec2Text, "iter_batches", real)
+    ctrl_c_after_a_batch(False)
     assert _audit(tmp_path / "c", in_url, "--limit", "8") == 0
     captured = capsys.readouterr()
     assert "the password in the store URL can be read by other users" in captured.err

@@ -25,6 +25,7 @@ state file shows it; what they show of a store is `source` (no password).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -366,7 +367,9 @@ def _copied(path: Path, name: str) -> tuple[Path, Path]:
     return tmp, tmp / name
 
 
-def _qdrant(client, where: str, name: str | None, o: Options, identity: str, tmp: Path | None = None) -> Paged:
+def _closer(client, tmp: Path | None):
+    """Closes a client, then removes the copy it read (if any)."""
+
     def close():
         try:
             client.close()
@@ -374,7 +377,25 @@ def _qdrant(client, where: str, name: str | None, o: Options, identity: str, tmp
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
 
+    return close
+
+
+@contextlib.contextmanager
+def _opening(close, where: str):
+    """Looks at a store as it opens: any fault closes the client and is one StoreError line."""
     try:
+        yield
+    except StoreError:
+        close()
+        raise
+    except Exception as e:  # (each client raises its own errors)
+        close()
+        raise StoreError(f"cannot read {where} ({_brief(e)})") from None
+
+
+def _qdrant(client, where: str, name: str | None, o: Options, identity: str, tmp: Path | None = None) -> Paged:
+    close = _closer(client, tmp)
+    with _opening(close, where):
         names = [c.name for c in client.get_collections().collections]
         name = _pick_one(names, name, where, "collection")
         source = f"{where} (collection {name!r})"
@@ -400,12 +421,6 @@ def _qdrant(client, where: str, name: str | None, o: Options, identity: str, tmp
             point = client.scroll(name, limit=1, with_payload=True, with_vectors=False)[0][0]
             tkey = next((k for k in TEXT_NAMES if isinstance((point.payload or {}).get(k), str)), None)
         tkey = tkey or None
-    except StoreError:
-        close()
-        raise
-    except Exception as e:
-        close()
-        raise StoreError(f"cannot read {where} ({_brief(e)})") from None
 
     def page(key: str | None, rows: int) -> Records:
         offset = None if key is None else (int(key) if key.isdigit() else key)
@@ -480,15 +495,8 @@ def _milvus(client, where: str, name: str | None, o: Options, identity: str, tmp
     # for each call it does not implement (the query iterator's timestamp, which the client then makes itself)
     for name_ in ("pymilvus", "grpc._server"):
         logging.getLogger(name_).setLevel(logging.CRITICAL)
-
-    def close():
-        try:
-            client.close()
-        finally:
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
-
-    try:
+    close = _closer(client, tmp)
+    with _opening(close, where):
         name = _pick_one(list(client.list_collections()), name, where, "collection")
         source = f"{where} (collection {name!r})"
         if str(client.get_load_state(name).get("state")) != str(pymilvus_loaded()):
@@ -526,12 +534,6 @@ def _milvus(client, where: str, name: str | None, o: Options, identity: str, tmp
         elif tkey and tkey not in fields and not desc.get("enable_dynamic_field"):
             raise StoreError(f"{source} has no field {tkey!r} (its fields: {listed})")
         tkey = tkey or None
-    except StoreError:
-        close()
-        raise
-    except Exception as e:
-        close()
-        raise StoreError(f"cannot read {where} ({_brief(e)})") from None
     pk, is_int = key["name"], key["type"] == DataType.INT64
 
     def page(after: str | None, rows: int) -> Records:

@@ -6,8 +6,13 @@ for `v2t audit`.
     records = stores.read("index.faiss")                                # faiss.read_index
     records = stores.read("vectors.npy", documents=texts)               # or .parquet
 
+    store = stores.read("postgresql://auditor@db/rag?table=chunks")       # a database store: `Paged`, see
+    store = stores.read("qdrant://host:6333/docs")                       # `v2t_jax.store_servers`; also a local
+    store = stores.read("milvus://host:19530/docs")                      # Qdrant folder or Milvus Lite PATH.db
+
 Each reader returns `Records`: ids, float32 vectors [N, D], the stored documents (or None) and what the store
-records of the embedder (Chroma keeps its collection's embedding-function name and configuration). Every fault
+records of the embedder (Chroma keeps its collection's embedding-function name and configuration); a database
+store opens as `Paged`, read a page at a time in key order (its caller closes it). Every fault
 (no such store or collection, a store that is locked or damaged, an empty collection, a missing client library,
 a column that does not hold what it should) is one `StoreError` line.
 
