@@ -445,8 +445,15 @@ def _qdrant(client, where: str, name: str | None, o: Options, identity: str, tmp
 # ----------------------------------------------------------------------------- Milvus
 
 
+def _quiet_grpc() -> None:
+    """gRPC's core writes its connection events (a keep-alive GOAWAY from Milvus Lite's server) straight to
+    stderr, between the audit's own lines; set before pymilvus loads it (a user's own setting stays)."""
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+
 def _milvus_url(store: str, o: Options) -> Paged:
     url, name, shown = _server_url(store, "milvus")
+    _quiet_grpc()
     pymilvus = _need("pymilvus", "a Milvus store", "pymilvus")
     if name and o.collection and name != o.collection:
         raise StoreError(f"{shown}: the URL names collection {name!r} and --collection {o.collection!r}")
@@ -460,6 +467,7 @@ def _milvus_url(store: str, o: Options) -> Paged:
 def milvus_folder(path: Path, o: Options) -> Paged:
     """A Milvus Lite store (the PATH.db folder `MilvusClient("PATH.db")` opens), read from a copy: Milvus Lite
     locks and writes what it opens."""
+    _quiet_grpc()
     pymilvus = _need("pymilvus", "a Milvus Lite store", "pymilvus milvus-lite")
     _need("milvus_lite", "a Milvus Lite store", "milvus-lite", load=False)
     tmp, copy = _copied(path, "store.db")
