@@ -24,7 +24,7 @@ def test_a_store_kind_registered_once_is_detected_read_and_checked(tmp_path, mon
     assert records.ids == ["r0", "r1"] and records.vectors.shape == (2, 3) and records.documents == ["a", "b"]
     assert calls[0].vector_column == "ignored" and calls[0].collection is None
     assert stores.read(f, kind="vec").kind == "vec"
-    with pytest.raises(stores.StoreError, match="--collection names a Chroma collection or LanceDB table"):
+    with pytest.raises(stores.StoreError, match="--collection names a Chroma collection, LanceDB table or Qdrant"):
         stores.read(f, collection="x")
     with pytest.raises(stores.StoreError, match="--documents holds 1 texts for the 2 records"):
         stores.read(f, documents=["a"])
