@@ -9,7 +9,7 @@
 # The call (device tool, carry [".gpu_kit"], timeout 600):
 #   bash experiments/gpu_release.sh .gpu_kit "$OUT" 9
 # Here, after it: mv /tmp/shipped v2t_jax/resources/v2t_minilm_l6_v2, then
-#   cat FILES_AT/bundle.tar.part-* | tar x -C BUNDLE_DIR     (the release: see README, "The shipped model")
+#   cat FILES_AT/bundle.tar.part-* | tar x -C BUNDLE_DIR     (the release: see docs/shipped-model.md)
 #
 #   bash experiments/gpu_release.sh KIT OUT [MINUTES] [VARIANT]
 # MINUTES (default 9) is the budget of the whole script; the two trainings get what the other stages leave

