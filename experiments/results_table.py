@@ -39,6 +39,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from v2t_jax import strategies
+
 
 class Row(NamedTuple):
     steps: int
@@ -84,12 +86,12 @@ def parse_rows(text: str) -> list[Row]:
     rows = []
     for item in text.split(","):
         steps, beam, prior, polish, patience = (item.split(":") + ["", "", "", ""])[:5]
-        beam, _, token_beam = (beam or "1").partition("x")
+        beam, token_beam = strategies.parse_widths(beam or "1")
         if int(steps) == 0 and token_beam:  # the inverter's token beam: no sequence beam at 0 steps (1xW)
-            beam, tb = "1", (0 if int(token_beam) == 1 else int(token_beam))
+            beam, tb = 1, (0 if token_beam == 1 else token_beam)
         else:
-            tb = 0 if int(token_beam or 0) == int(beam) else int(token_beam or 0)  # BxB is vec2text's search
-        rows.append(Row(int(steps), int(beam), float(prior or 0.0), int(polish or 0), int(patience or 0), tb))
+            tb = 0 if (token_beam or 0) == beam else (token_beam or 0)  # BxB is vec2text's search
+        rows.append(Row(int(steps), beam, float(prior or 0.0), int(polish or 0), int(patience or 0), tb))
     return rows
 
 
@@ -98,8 +100,7 @@ def run_name(run: tuple) -> str:
     its steps when it has its own ("4", "2x8", "4p0.1", "1s4@20", "1k3", "4@50")."""
     beam, prior, polish, patience, steps, token_beam = run
     return (
-        f"{beam}"
-        + (f"x{token_beam}" if token_beam else "")
+        strategies.widths_label(beam, token_beam)
         + (f"p{prior:g}" if prior else "")
         + (f"s{polish}" if polish else "")
         + (f"k{patience}" if patience else "")
@@ -193,7 +194,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="experiments/results/table1")
     args = p.parse_args(argv)
 
-    from v2t_jax import api, strategies
+    from v2t_jax import api
 
     rows = parse_rows(args.rows)
     each = args.time_each or args.untraced

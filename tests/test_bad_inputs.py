@@ -122,10 +122,10 @@ def test_a_polish_that_cannot_run_is_refused_before_any_work(capsys, tmp_path, e
 
 
 def test_the_api_checks_the_prior():
-    assert api.check_prior(0) == 0.0 and api.check_prior("0.25") == 0.25
+    assert strategies.check_prior(0) == 0.0 and strategies.check_prior("0.25") == 0.25
     for bad in (-0.1, float("nan"), 101, "x", None):
         with pytest.raises(api.ModelError, match="prior must be"):
-            api.check_prior(bad)
+            strategies.check_prior(bad)
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -361,7 +361,7 @@ def test_corrector_warm_start_takes_the_inverters_weights(tiny_models):
         return jax.tree_util.tree_map(np.asarray, nn.unbox(boxed))
 
     params = fresh()
-    warm = train.warm_start(params, tiny_models["inverter"], jax.tree_util.tree_map(lambda _: dev, params))
+    warm = tasks.warm_start(params, tiny_models["inverter"], jax.tree_util.tree_map(lambda _: dev, params))
     for a, b in zip(jax.tree_util.tree_leaves(warm["t5"]), jax.tree_util.tree_leaves(inv["t5"])):
         np.testing.assert_array_equal(a, b)
     for name in ("transform_target", "transform_hypothesis"):
@@ -371,7 +371,7 @@ def test_corrector_warm_start_takes_the_inverters_weights(tiny_models):
     )
     other = fresh(d_ff=96)
     with pytest.raises(train.TrainingError, match="init_from_inverter=false"):
-        train.warm_start(other, tiny_models["inverter"], jax.tree_util.tree_map(lambda _: dev, other))
+        tasks.warm_start(other, tiny_models["inverter"], jax.tree_util.tree_map(lambda _: dev, other))
 
 
 def test_eval_curve_script_on_a_corrector_run(tmp_path, tiny_models):

@@ -188,3 +188,15 @@ def test_consensus_picks_the_text_the_weighted_candidates_agree_with():
     cos = np.array([0.80, 0.79, 0.78])
     assert mod.consensus(cos, 1e-4, utility) == 0
     assert mod.consensus(cos, 1e3, utility) == 1  # the two that agree, of which 1 weighs a little more
+
+
+def test_one_spelling_of_a_searchs_widths():
+    """`strategies.parse_widths` reads what `widths_label` writes; bench's --beam and the results table's rows go
+    through them."""
+    for text, widths in [("4", (4, None)), ("2x8", (2, 8)), (" 1x32 ", (1, 32))]:
+        assert strategies.parse_widths(text) == widths
+        assert strategies.parse_widths(strategies.widths_label(*widths)) == widths
+    assert [strategies.widths_label(*w) for w in [(4, None), (4, 4), (2, 8), (1, 0)]] == ["4", "4", "2x8", "1"]
+    for bad in ("", "x8", "2x", "2x8x1", "-1", "2×8", "b"):
+        with pytest.raises(strategies.StrategyError, match="a search's widths are B or BxW"):
+            strategies.parse_widths(bad)

@@ -36,13 +36,6 @@ BUNDLE_FILE = bundle.FILE
 SHIPPED_BUNDLE = Path(__file__).parent / "resources" / "v2t_minilm_l6_v2"
 
 
-# (kept for callers of earlier versions: the search's limits and checks live in v2t_jax.strategies)
-MAX_SEQUENCE_BEAM = strategies.MAX_BEAM
-MAX_PRIOR = strategies.MAX_PRIOR
-MAX_POLISH = strategies.MAX_POLISH
-check_prior = strategies.check_prior
-
-
 @dataclasses.dataclass
 class Vec2Text:
     """A loaded inverter + corrector + embedder, and the vocabulary the decoders emit."""

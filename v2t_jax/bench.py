@@ -177,12 +177,6 @@ def _maybe(x, fmt: str) -> str:
     return "n/a" if x is None else format(x, fmt)
 
 
-def beam_label(beam: int, token_beam: int | None) -> str:
-    """A grid point's search as `--beam` writes it: "4" for vec2text's sbeam 4 (token beams of 4), "2x8" for
-    sbeam 2 with token beams of 8."""
-    return f"{beam}" if token_beam in (None, beam) else f"{beam}x{token_beam}"
-
-
 def write(rows: list[dict], out: Path, command: str, model_desc: str, mesh=None) -> str:
     out.parent.mkdir(parents=True, exist_ok=True)
     where = parallel.describe(mesh if mesh is not None else parallel.local_mesh())
@@ -215,7 +209,8 @@ def write(rows: list[dict], out: Path, command: str, model_desc: str, mesh=None)
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['batch']} | {r['steps']} | {beam_label(r['beam'], r['token_beam'])} | {r['median_s']:.3f} | "
+        f"| {r['batch']} | {r['steps']} | {strategies.widths_label(r['beam'], r['token_beam'])} | "
+        f"{r['median_s']:.3f} | "
         f"{r['inversions_per_s']:.2f} | {r['inversions_per_s_per_device']:.2f} | "
         f"{r['compile_s']:.1f} | {r['peak_memory_mib']:.0f} ({r['memory_kind']}) | "
         f"{_maybe(r['xla_tflops_per_s'], '.3f')} | {_maybe(r['mfu_at_least'], '.1%')} |"

@@ -803,16 +803,13 @@ def _beam_list(text: str) -> list[tuple[int, int | None]]:
     for item in (x.strip() for x in text.split(",")):
         if not item:
             continue
-        b, x, w = item.partition("x")
-        if not b.isdigit() or (x and not w.isdigit()):
-            raise UsageError(f"--beam takes comma-separated widths B or BxW (sbeam x token beam, e.g. 1,2x8,4), "
-                             f"got {item!r}")  # fmt: skip
         try:
-            search = strategies.Search(1, int(b), token_beam=int(w) if x else None)
+            b, w = strategies.parse_widths(item)
+            search = strategies.Search(1, b, token_beam=w)
         except strategies.StrategyError as e:
             raise UsageError(f"--beam {item}: {e}") from None
-        if (search.beam, int(w) if x else None) not in beams:
-            beams.append((search.beam, int(w) if x else None))  # ("2x2" is "2" with steps: `bench.run` folds them)
+        if (search.beam, w) not in beams:
+            beams.append((search.beam, w))  # ("2x2" is "2" with steps: `bench.run` folds them)
     if not beams:
         raise UsageError("--beam is empty")
     return beams

@@ -56,6 +56,22 @@ class StrategyError(ModelError):
     """A search that cannot run (a number out of range, or a piece the model cannot do); one line."""
 
 
+def parse_widths(text: str) -> tuple[int, int | None]:
+    """A search's widths as written everywhere (`v2t bench --beam`, the results table's rows, run names): "B"
+    (vec2text's search: B hypotheses kept, token beams of B) or "BxW" (B kept of the candidates W-wide token
+    beams propose from each) -> (B, W or None). StrategyError for anything else; the widths' limits are
+    `Search`'s."""
+    b, x, w = str(text).strip().partition("x")
+    if not b.isdigit() or (x and not w.isdigit()):
+        raise StrategyError(f"a search's widths are B or BxW (sequence beam x token beam, e.g. 4 or 2x8), got {text!r}")
+    return int(b), (int(w) if x else None)
+
+
+def widths_label(beam: int, token_beam: int | None) -> str:
+    """(B, W) as `parse_widths` reads it: "4" for vec2text's search (no token beam, or W = B), "2x8" otherwise."""
+    return f"{beam}" if token_beam in (None, 0, beam) else f"{beam}x{token_beam}"
+
+
 def check_prior(prior) -> float:
     """The language prior's weight as a float in [0, MAX_PRIOR]."""
     try:

@@ -35,7 +35,7 @@ from flax import struct
 from jax.experimental import multihost_utils
 
 from v2t_jax import checkpoint, evaluate, metrics, outputs, paths, sharding, tasks, vocabulary
-from v2t_jax.tasks import TrainingError, warm_start  # noqa: F401  (re-exported)
+from v2t_jax.tasks import TrainingError
 
 Array = jax.Array
 
@@ -63,10 +63,6 @@ class TrainState:
 
 
 # ----------------------------------------------------------------------------- model and optimizer
-
-
-TargetVocab = vocabulary.Vocabulary  # the decoder's vocabulary (v2t_jax/vocabulary.py)
-target_vocab = tasks.target_vocab  # (re-exported: the task decodes config.vocab)
 
 
 @dataclasses.dataclass(frozen=True)
