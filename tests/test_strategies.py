@@ -200,3 +200,23 @@ def test_one_spelling_of_a_searchs_widths():
     for bad in ("", "x8", "2x", "2x8x1", "-1", "2×8", "b"):
         with pytest.raises(strategies.StrategyError, match="a search's widths are B or BxW"):
             strategies.parse_widths(bad)
+
+
+def test_a_rerun_takes_the_search_its_interrupted_run_recorded_where_no_flag_says():
+    """`strategies.resumed_flags`: flags left out come from the interrupted run's record (a record from before the
+    token beam: its sbeam; before patience: 0); given flags, no record or a 0-step record change nothing."""
+    none = {"sbeam": None, "token_beam": None, "patience": None, "prior": 0.0}
+    old_greedy = {"steps": 20, "sbeam": 1, "skip_repeated": True}
+    flags, taken = strategies.resumed_flags(old_greedy, none)
+    assert flags == {"sbeam": 1, "token_beam": 1, "patience": 0, "prior": 0.0}
+    assert taken == ["--sbeam 1", "--patience 0"]
+    default = strategies.Search(20, strategies.DEFAULT_SBEAM, patience=strategies.DEFAULT_PATIENCE,
+                                token_beam=strategies.DEFAULT_TOKEN_BEAM).record()  # fmt: skip
+    flags, taken = strategies.resumed_flags(default, none)
+    assert taken == [] and strategies.from_flags(20, **flags) == strategies.from_flags(20)
+    given = {**none, "sbeam": 4, "patience": 2}
+    assert strategies.resumed_flags(old_greedy, given) == (given, [])
+    assert strategies.resumed_flags(None, none) == (none, [])
+    assert strategies.resumed_flags({"steps": 0, "sbeam": 1}, none) == (none, [])
+    no_skip = {"steps": 20, "sbeam": 4, "token_beam": 4, "skip_repeated": False, "patience": 0}
+    assert strategies.resumed_flags(no_skip, none)[0]["patience"] is None  # (from_flags' 0 without skipping)

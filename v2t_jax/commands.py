@@ -348,17 +348,23 @@ def _others_may_write(st: os.stat_result) -> bool:
         return True
 
 
-def _load_model(args: argparse.Namespace):
+def _load_model(args: argparse.Namespace, resuming: dict | None = None, command: str = ""):
     """(model, search): the bundle named by --checkpoint (or the shipped model) and the search of the command's
     flags (`strategies.from_flags`; no --steps: DEFAULT_STEPS with a corrector, 0 for an inverter-only bundle;
-    no --sbeam / --token-beam / --patience: their defaults, see `_search_of_interrupted_run`), checked against each
-    other before any work."""
+    no --sbeam / --token-beam / --patience: their defaults, or with `resuming`, the state of an interrupted run
+    this command continues, what that run started with: `strategies.resumed_flags`), checked against each other
+    before any work."""
     from v2t_jax import api, assets, strategies
 
     flags = dict(
         sbeam=args.sbeam, prior=args.prior, polish=args.polish, stop_cosine=args.stop_cosine,
         skip_repeated=args.skip_repeated, patience=args.patience, token_beam=args.token_beam,
     )  # fmt: skip
+    flags, taken = strategies.resumed_flags(resuming, flags)
+    if taken:
+        print(f"v2t {command}: the interrupted run continues with {' '.join(taken)}, as it started (the defaults "
+              f"are --sbeam {DEFAULT_SBEAM} --token-beam {DEFAULT_TOKEN_BEAM} --patience {DEFAULT_PATIENCE})",
+              file=sys.stderr)  # fmt: skip
     try:
         strategies.from_flags(args.steps, **flags)  # the flags alone, before the model loads
     except strategies.StrategyError as e:
@@ -464,37 +470,17 @@ def cmd_invert(args: argparse.Namespace) -> int:
         return _invert(args, path, vectors, references, output, rows)
 
 
-def _search_of_interrupted_run(args: argparse.Namespace, rows: Path, command: str) -> None:
-    """The flags left out of a rerun take what an interrupted run of these rows was started with, so that
-    rerunning the same command resumes it after a default changed: --patience (a run written before the default
-    was DEFAULT_PATIENCE recorded none: 0) and --sbeam with --token-beam (a run written before the default token
-    beam recorded none: its sbeam, vec2text's search). Given flags, or no interrupted run, change nothing (the
-    defaults apply in `strategies.from_flags`)."""
+def _interrupted_run(rows: Path) -> dict | None:
+    """The state an interrupted run of these rows left (`RowStream`'s OUTPUT.partial.json), None if none (or one
+    that cannot be read: RowStream refuses it when the run starts)."""
     state = RowStream.paths(rows)[1]
     if state.is_symlink() or not state.is_file():
-        return
+        return None
     try:
         saved = json.loads(state.read_text())
     except (OSError, ValueError):
-        return  # (RowStream refuses the state it cannot read)
-    if not isinstance(saved, dict) or not saved.get("steps"):
-        return  # (at 0 steps no default changed: the run resumes only under its own flags)
-    taken = []
-    sbeam, token_beam = saved.get("sbeam"), saved.get("token_beam", saved.get("sbeam"))
-    if args.sbeam is None and isinstance(sbeam, int) and isinstance(token_beam, int):
-        args.sbeam = sbeam
-        args.token_beam = token_beam if args.token_beam is None else args.token_beam
-        if (sbeam, token_beam) != (DEFAULT_SBEAM, DEFAULT_TOKEN_BEAM):
-            taken.append(f"--sbeam {sbeam}" + (f" --token-beam {token_beam}" if token_beam != sbeam else ""))
-    patience = saved.get("patience", 0)
-    if args.patience is None and saved.get("skip_repeated", True) and isinstance(patience, int) and patience >= 0:
-        args.patience = patience  # (without skipping from_flags' default is 0 anyway)
-        if patience != DEFAULT_PATIENCE:
-            taken.append(f"--patience {patience}")
-    if taken:
-        print(f"v2t {command}: the interrupted run continues with {' '.join(taken)}, as it started (the defaults "
-              f"are --sbeam {DEFAULT_SBEAM} --token-beam {DEFAULT_TOKEN_BEAM} --patience {DEFAULT_PATIENCE})",
-              file=sys.stderr)  # fmt: skip
+        return None
+    return saved if isinstance(saved, dict) else None
 
 
 def _invert(
@@ -508,8 +494,7 @@ def _invert(
 
     from v2t_jax import parallel
 
-    _search_of_interrupted_run(args, rows_path, "invert")
-    model, search = _load_model(args)
+    model, search = _load_model(args, resuming=_interrupted_run(rows_path), command="invert")
     multi, main = jax.process_count() > 1, jax.process_index() == 0
 
     from v2t_jax import api, assets, evaluate
@@ -645,8 +630,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def _audit_records(args: argparse.Namespace, records) -> int:
     from v2t_jax import audit, stores
 
-    _search_of_interrupted_run(args, Path(args.output) / audit.RECORDS, "audit")
-    model, search = _load_model(args)
+    model, search = _load_model(args, resuming=_interrupted_run(Path(args.output) / audit.RECORDS), command="audit")
     try:  # the store's fit to the model before the endpoint is asked anything
         audit.check_fit(records, model)
         if not isinstance(records, stores.Paged):  # (a database store's pages are checked as they come)

@@ -236,6 +236,31 @@ def sequence_beam(steps: int = DEFAULT_STEPS, width: int = 4, **kw) -> Search:
     return Search(steps=steps, beam=width, **kw)
 
 
+def resumed_flags(record: dict | None, flags: dict) -> tuple[dict, list[str]]:
+    """The search flags of a rerun (`from_flags`' keyword arguments, None where the command line left one out)
+    completed from `record`, the state of the interrupted run it continues (`Search.record()` and the run's
+    other keys), so that it resumes with the search it started with after a default changed: --sbeam with
+    --token-beam (a run from before the default token beam recorded none: its sbeam, vec2text's search) and
+    --patience (a run from before the default patience recorded none: 0). Given flags, no record, or a record at
+    0 steps (no default changed there) change nothing. Returns (flags, the ones taken, as flags for a message)."""
+    flags, taken = dict(flags), []
+    if not isinstance(record, dict) or not record.get("steps"):
+        return flags, taken
+    sbeam, token_beam = record.get("sbeam"), record.get("token_beam", record.get("sbeam"))
+    if flags.get("sbeam") is None and isinstance(sbeam, int) and isinstance(token_beam, int):
+        flags["sbeam"] = sbeam
+        flags["token_beam"] = token_beam if flags.get("token_beam") is None else flags["token_beam"]
+        if (sbeam, token_beam) != (DEFAULT_SBEAM, DEFAULT_TOKEN_BEAM):
+            taken.append(f"--sbeam {sbeam}" + (f" --token-beam {token_beam}" if token_beam != sbeam else ""))
+    patience = record.get("patience", 0)
+    skipping = record.get("skip_repeated", True)
+    if flags.get("patience") is None and skipping and isinstance(patience, int) and patience >= 0:
+        flags["patience"] = patience  # (without skipping from_flags' default is 0 anyway)
+        if patience != DEFAULT_PATIENCE:
+            taken.append(f"--patience {patience}")
+    return flags, taken
+
+
 def from_flags(
     steps: int | None,
     sbeam: int | None = None,
