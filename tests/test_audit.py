@@ -357,21 +357,22 @@ def test_a_second_audit_into_the_same_folder_stops_at_once(capsys, tmp_path, vec
 def test_an_audit_stopped_after_its_records_finishes_its_report(capsys, tmp_path, vectors, texts, monkeypatch):
     """kill -9 after records.jsonl and before the report left a folder no command could finish ("holds an audit
     report already"); the same command now writes the report from the records, without inverting again."""
-    from v2t_jax import api, audit
+    from v2t_jax import api
+    from v2t_jax.audit import report
 
     np.save(tmp_path / "v.npy", vectors)
     (tmp_path / "docs.txt").write_text("\n".join(texts) + "\n")
     args = ("--steps", "1", "--documents", str(tmp_path / "docs.txt"))
     whole, out_whole = _audit(tmp_path / "whole", tmp_path / "v.npy", *args)
-    real = audit.write_report
+    real = report.write_report
 
     def killed(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(audit, "write_report", killed)
+    monkeypatch.setattr(report, "write_report", killed)
     code, out = _audit(tmp_path, tmp_path / "v.npy", *args)
     assert code == 130 and (out / "records.jsonl").exists() and not (out / "report.md").exists()
-    monkeypatch.setattr(audit, "write_report", real)
+    monkeypatch.setattr(report, "write_report", real)
     monkeypatch.setattr(api.Vec2Text, "iter_batches", lambda *a, **k: iter(()))  # nothing is inverted again
     capsys.readouterr()
     code, out = _audit(tmp_path, tmp_path / "v.npy", *args)
@@ -432,7 +433,8 @@ def test_audit_run_is_the_library_call_the_command_makes(capsys, tmp_path, vecto
     """`audit.run(records, model, out, search)` without the CLI: the same records and report as `v2t audit`,
     the store unread-for-writing, a second run into the finished folder refused, a resume of the same call
     after its records, and a search the model cannot run refused before anything is written."""
-    from v2t_jax import audit, stores, strategies
+    from v2t_jax import audit, strategies
+    from v2t_jax.audit import stores
 
     np.save(tmp_path / "v.npy", vectors)
     before = (tmp_path / "v.npy").read_bytes()

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from servers import RawServer, http_reply
 
-from v2t_jax.remote import RemoteEmbedder, RemoteError
+from v2t_jax.audit.remote import RemoteEmbedder, RemoteError
 
 pytestmark = pytest.mark.slow
 
@@ -198,7 +198,7 @@ import random, resource, sys, time
 resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
 sys.path.insert(0, sys.argv[2])
 import test_fuzz as fz
-from v2t_jax import stores
+from v2t_jax.audit import stores
 kind, seed, folder = sys.argv[1], int(sys.argv[3]), sys.argv[4]
 rng = random.Random(seed)
 ran = read = refused = 0

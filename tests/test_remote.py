@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from v2t_jax import cli, strategies
-from v2t_jax.remote import RemoteEmbedder, RemoteError
+from v2t_jax.audit.remote import RemoteEmbedder, RemoteError
 
 
 class _Server:
@@ -181,7 +181,7 @@ def test_requests_in_flight_together_keep_rows_in_order_on_kept_open_connections
 def test_a_connection_the_server_closed_while_idle_is_reopened_at_once(raw, monkeypatch):
     """A keep-alive connection the server dropped between two requests (its idle timeout) costs no retry and no
     wait: the request goes again at once on a new connection."""
-    from v2t_jax import remote
+    from v2t_jax.audit import remote
 
     slept = []
     monkeypatch.setattr(remote.time, "sleep", slept.append)
@@ -490,7 +490,7 @@ def test_a_rate_limited_server_is_waited_out_as_it_asks_without_spending_retries
     """Retry-After was ignored and a 429 spent a retry (a rate-limited API's 4 retries were gone in ~7.5 s of
     backoff and the audit stopped); now a rate limit waits as asked (seconds or an HTTP date; a date past, or
     none: the backoff), each wait at most MAX_WAIT_S, spends no retry, and gives up only past `rate_wait_s`."""
-    from v2t_jax import remote
+    from v2t_jax.audit import remote
 
     clock, slept = [1000.0], []
 
@@ -508,7 +508,7 @@ def test_a_rate_limited_server_is_waited_out_as_it_asks_without_spending_retries
 
 def test_a_rate_limit_that_lifts_costs_no_retry(raw, monkeypatch):
     """Three 429s then vectors, with no retries allowed: the rate limit was waited out, not failed on."""
-    from v2t_jax import remote
+    from v2t_jax.audit import remote
 
     slept = []
     monkeypatch.setattr(remote.time, "sleep", slept.append)
@@ -521,7 +521,7 @@ def test_a_rate_limit_that_lifts_costs_no_retry(raw, monkeypatch):
 def test_all_retries_end_within_one_bound(raw, monkeypatch):
     """--embedder-retries 20 against a 503 server backed off for up to 6 days (0.5 s doubling 19 times); now every
     wait is at most MAX_WAIT_S and the tries of one batch end within `bound_s()`, however many are allowed."""
-    from v2t_jax import remote
+    from v2t_jax.audit import remote
 
     clock = [0.0]
     slept = []
@@ -545,7 +545,7 @@ def test_name_resolution_is_inside_the_deadline(monkeypatch):
     import socket
     import time as real_time
 
-    from v2t_jax import remote
+    from v2t_jax.audit import remote
 
     def never_answers(*args, **kwargs):
         real_time.sleep(30)

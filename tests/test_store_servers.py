@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from v2t_jax import cli, stores
+from v2t_jax import cli
+from v2t_jax.audit import stores
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "pw-of-the-auditor-7Qx"
@@ -25,7 +26,8 @@ N = 24
 @pytest.fixture(scope="module", autouse=True)
 def _pymilvus_logs_outside_a_test():
     """pymilvus gives its loggers a handler on the sys.stderr of its first import: imported inside a test, that is
-    the test's capture, closed when the test ends."""
+    the test's capture, closed when the test ends. (gRPC's core logging off, as `v2t audit` has it.)"""
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     import pymilvus  # noqa: F401
 
 

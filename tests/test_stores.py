@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from v2t_jax import stores
+from v2t_jax.audit import stores
 
 
 def test_a_store_kind_registered_once_is_detected_read_and_checked(tmp_path, monkeypatch):
@@ -40,7 +40,7 @@ import resource, struct, sys
 # the guard of this test, not of the reader: a reader that trusts the header allocates 5 GB under it and fails below
 resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
 import faiss, numpy as np
-from v2t_jax import stores
+from v2t_jax.audit import stores
 index = faiss.IndexFlatIP(8)
 index.add(np.ones((4, 8), np.float32))
 raw = bytearray(faiss.serialize_index(index).tobytes())

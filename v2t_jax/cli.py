@@ -34,9 +34,9 @@ from v2t_jax.commands import (
     cmd_invert,
     cmd_train,
 )
-from v2t_jax import stores
+from v2t_jax.audit import stores
 from v2t_jax.errors import V2TError, add_secret, add_url_secrets, one_line, shown_url
-from v2t_jax.remote import DEFAULT_CONCURRENCY, DEFAULT_KEY_ENV, DEFAULT_RATE_WAIT_S, MAX_CONCURRENCY
+from v2t_jax.audit.remote import DEFAULT_CONCURRENCY, DEFAULT_KEY_ENV, DEFAULT_RATE_WAIT_S, MAX_CONCURRENCY
 
 # ----------------------------------------------------------------------------- parser
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from v2t_jax.errors import V2TError, redact, shown_url  # stdlib only: `v2t --help` stays fast
 from v2t_jax.outputs import RowStream, check_file, save_npy_atomic
-from v2t_jax.remote import RemoteError
+from v2t_jax.audit.remote import RemoteError
 
 
 from v2t_jax.strategies import (  # noqa: F401  (the flags' defaults, for cli)
@@ -446,7 +446,8 @@ def cmd_invert(args: argparse.Namespace) -> int:
     renamed to OUTPUT at the end. An interrupted run (kill, SIGTERM, disk full) keeps its finished rows, and the
     same command resumes after them (OUTPUT.partial.json records what the rows were made from). One run per
     output (`outputs.lock`)."""
-    from v2t_jax import outputs, stores
+    from v2t_jax import outputs
+    from v2t_jax.audit import stores
 
     if args.batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
@@ -578,7 +579,7 @@ def _remote_embedder(args: argparse.Namespace, model):
     dimension checked against the bundle's with one request before any work; None without the flag."""
     if not getattr(args, "embedder_url", None):
         return None
-    from v2t_jax.remote import RemoteEmbedder
+    from v2t_jax.audit.remote import RemoteEmbedder
 
     try:
         remote = RemoteEmbedder(
@@ -600,10 +601,11 @@ def _remote_embedder(args: argparse.Namespace, model):
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """Inverts every vector of a store and writes OUTPUT/report.md, report.png, records.jsonl (streamed and
-    resumable as `v2t invert`'s rows) and summary.json (`audit.run`); the store is only read (`v2t_jax.stores`).
+    resumable as `v2t invert`'s rows) and summary.json (`audit.run`); the store is only read (`v2t_jax.audit.stores`).
     One run per output folder; report.md is written last, and a run stopped after its records and before it
     finishes the report on the next run of the same command."""
-    from v2t_jax import audit, outputs, stores
+    from v2t_jax import audit, outputs
+    from v2t_jax.audit import stores
 
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise UsageError("--batch-size and --limit must be >= 1")
@@ -628,7 +630,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _audit_records(args: argparse.Namespace, records) -> int:
-    from v2t_jax import audit, stores
+    from v2t_jax import audit
+    from v2t_jax.audit import stores
 
     model, search = _load_model(args, resuming=_interrupted_run(Path(args.output) / audit.RECORDS), command="audit")
     try:  # the store's fit to the model before the endpoint is asked anything

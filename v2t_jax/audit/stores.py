@@ -7,7 +7,7 @@ for `v2t audit`.
     records = stores.read("vectors.npy", documents=texts)               # or .parquet
 
     store = stores.read("postgresql://auditor@db/rag?table=chunks")       # a database store: `Paged`, see
-    store = stores.read("qdrant://host:6333/docs")                       # `v2t_jax.store_servers`; also a local
+    store = stores.read("qdrant://host:6333/docs")                       # `v2t_jax.audit.servers`; also a local
     store = stores.read("milvus://host:19530/docs")                      # Qdrant folder or Milvus Lite PATH.db
 
 Each reader returns `Records`: ids, float32 vectors [N, D], the stored documents (or None) and what the store
@@ -86,7 +86,7 @@ class Records:
 
 @dataclasses.dataclass
 class Paged:
-    """A store read a page at a time in the order of its keys (`v2t_jax.store_servers`: PostgreSQL, Qdrant,
+    """A store read a page at a time in the order of its keys (`v2t_jax.audit.servers`: PostgreSQL, Qdrant,
     Milvus), never whole in memory. `read_page(after, rows)`: the next at most `rows` records whose keys follow
     `after` (a record id as a page gave it; None: from the first), bounded by `timeout_s`. `total`: the records an
     audit reads (the store's count when it opened, or `limit`); `identity`: what a resumed audit must find again
@@ -199,9 +199,9 @@ KINDS_READ: dict[str, Kind] = {
 
 
 def _servers():
-    from v2t_jax import store_servers
+    from v2t_jax.audit import servers
 
-    return store_servers
+    return servers
 
 
 KINDS = ("auto", *KINDS_READ)
@@ -238,7 +238,7 @@ def read(
 ) -> Records | Paged:
     """The records of `store` (see the module docstring), the first `limit` of them if given; `documents`: one
     text per record, for stores that keep none (FAISS, .npy). A database store (a postgresql://, qdrant:// or
-    milvus:// URL, a local Qdrant folder or Milvus Lite store) opens as `Paged` (`v2t_jax.store_servers`); the
+    milvus:// URL, a local Qdrant folder or Milvus Lite store) opens as `Paged` (`v2t_jax.audit.servers`); the
     caller closes it."""
     if kind != "auto" and kind not in KINDS_READ:
         raise StoreError(f"unknown store kind {kind!r}: one of auto, {', '.join(KINDS_READ)}")
@@ -539,7 +539,7 @@ def _faiss(path: Path) -> Records:
     _need("faiss", "a FAISS index", "faiss-cpu", load=False)  # (read in the child)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).resolve().parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])])}  # fmt: skip
-    run = "import sys; from v2t_jax.stores import _faiss_child; _faiss_child(sys.argv[1])"
+    run = "import sys; from v2t_jax.audit.stores import _faiss_child; _faiss_child(sys.argv[1])"
     deadline = _FAISS_SECONDS + os.path.getsize(path) / _FAISS_BYTES_PER_SECOND
     with tempfile.TemporaryFile() as err:
         child = subprocess.Popen([sys.executable, "-c", run, str(path)], stdout=subprocess.PIPE, stderr=err, env=env)
