@@ -255,10 +255,7 @@ class Vec2Text:
             raise ModelError(f"search must be a v2t_jax.strategies.Search, got {type(search).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ModelError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
-        search.check_model(
-            has_corrector=self.program.corrector is not None, in_graph=self.program.in_graph,
-            black_box=embed_fn is not None,
-        )  # fmt: skip
+        self.check_search(search, embed_fn)
         e = self.check_embeddings(embeddings)
         n = len(e)
         bs = self.batch_rows(n, batch_size)
@@ -341,6 +338,15 @@ class Vec2Text:
     def batch_rows(n: int, batch_size: int) -> int:
         """The batch size a run over n rows uses (never more than n: one compiled shape, no padding waste)."""
         return max(1, min(batch_size, n))
+
+    def check_search(self, search: strategies.Search, embed_fn=None) -> None:
+        """The one place that says whether this model can run `search` (`Search.check_model`: correction steps
+        need a corrector, token swaps the embedder's gradients), with `embed_fn` a black-box embedder or None;
+        a StrategyError (a ModelError) names what is missing."""
+        search.check_model(
+            has_corrector=self.program.corrector is not None, in_graph=self.program.in_graph,
+            black_box=embed_fn is not None,
+        )  # fmt: skip
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """[n, D] vectors of texts, as the targets were made (the embedder at `max_length` tokens)."""

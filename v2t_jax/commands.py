@@ -382,7 +382,7 @@ def _load_model(args: argparse.Namespace, resuming: dict | None = None, command:
     if search.steps and not has_corrector:
         raise UsageError(f"{args.checkpoint} is an inverter-only bundle (no corrector): use --steps 0")
     try:
-        search.check_model(has_corrector=has_corrector, in_graph=model.program.in_graph)
+        model.check_search(search)
     except strategies.StrategyError as e:
         raise UsageError(f"{args.checkpoint or 'the shipped model'}: {e}") from None
     return model, search

@@ -89,10 +89,7 @@ def run(
     vectors = None if paged else model.check_embeddings(records.vectors)
     if paged and jax.process_count() > 1:
         raise AuditError("a database store is audited by one process: drop --distributed")
-    search.check_model(
-        has_corrector=model.program.corrector is not None, in_graph=model.program.in_graph,
-        black_box=embed_fn is not None,
-    )  # fmt: skip
+    model.check_search(search, embed_fn)
     scorer = None
     if not paged and records.documents is not None:
         scorer = evaluate.Evaluator(model.embedder_view([d or "" for d in records.documents]))
