@@ -28,21 +28,12 @@ sys.path.insert(0, str(ROOT))
 
 
 def small_bundle(folder: Path) -> Path:
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-
-    from v2t_jax import api, assets, correction, inversion
+    from v2t_jax import assets, bench
     from v2t_jax.models import embedders, t5
 
     cfg = t5.t5_config("tiny", vocab_size=30522, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)
-    icfg = inversion.InverterConfig(t5=cfg, embed_dim=384, num_repeat_tokens=2)
-    ccfg = correction.CorrectorConfig(t5=cfg, embed_dim=384, num_repeat_tokens=2)
-    e, ids = jnp.zeros((1, 384)), jnp.zeros((1, 11), jnp.int32)
-    ip = nn.unbox(inversion.Inverter(icfg).init(jax.random.PRNGKey(0), e, ids)["params"])
-    cp = nn.unbox(correction.Corrector(ccfg).init(jax.random.PRNGKey(1), e, e, ids, ids != 0, ids)["params"])
     minilm = embedders.load_embedder(assets.resolve_embedder("all-MiniLM-L6-v2"))
-    api.build(icfg, ip, ccfg, cp, minilm, max_length=12).save(folder)
+    bench.random_model_of_shape(minilm, cfg, num_repeat_tokens=2, max_length=12).save(folder)
     return folder
 
 

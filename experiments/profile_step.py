@@ -59,20 +59,11 @@ def _timed(fn, args, repeats: int) -> tuple[list[float], float | None]:
 
 def _tiny_model(embedder):
     """compare_vec2text's shape on random weights: T5 tiny (d 256, 4 layers, vocab 32,128), MiniLM."""
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-
-    from v2t_jax import api, correction, inversion
+    from v2t_jax import bench
     from v2t_jax.models import t5
 
     cfg = t5.t5_config("tiny", vocab_size=32128, d_model=256, d_kv=64, d_ff=1024, num_layers=4, num_heads=4)
-    icfg = inversion.InverterConfig(t5=cfg, embed_dim=384, num_repeat_tokens=16)
-    ccfg = correction.CorrectorConfig(t5=cfg, embed_dim=384, num_repeat_tokens=16)
-    e, ids = jnp.zeros((1, 384)), jnp.zeros((1, 31), jnp.int32)
-    ip = nn.unbox(inversion.Inverter(icfg).init(jax.random.PRNGKey(0), e, ids)["params"])
-    cp = nn.unbox(correction.Corrector(ccfg).init(jax.random.PRNGKey(1), e, e, ids, ids != 0, ids)["params"])
-    return api.build(icfg, ip, ccfg, cp, embedder, max_length=32)
+    return bench.random_model_of_shape(embedder, cfg, num_repeat_tokens=16, max_length=32)
 
 
 def profile(model, e: np.ndarray, m: int, repeats: int, trace: Path | None) -> list[dict]:

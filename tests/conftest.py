@@ -214,20 +214,11 @@ def tiny_models(tmp_path_factory, tiny_data):
 def small_bundle(tmp_path_factory, minilm):
     """A small random inverter + corrector bundle (1-layer T5, d 32) around the real MiniLM, max_length 12:
     (folder, model)."""
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-
-    from v2t_jax import api, correction, inversion
+    from v2t_jax import bench
     from v2t_jax.models import t5
 
     t5cfg = t5.t5_config("tiny", vocab_size=30522, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)
-    icfg = inversion.InverterConfig(t5=t5cfg, embed_dim=384, num_repeat_tokens=2)
-    ccfg = correction.CorrectorConfig(t5=t5cfg, embed_dim=384, num_repeat_tokens=2)
-    e, ids = jnp.zeros((1, 384)), jnp.zeros((1, 11), jnp.int32)
-    ip = nn.unbox(inversion.Inverter(icfg).init(jax.random.PRNGKey(0), e, ids)["params"])
-    cp = nn.unbox(correction.Corrector(ccfg).init(jax.random.PRNGKey(1), e, e, ids, ids != 0, ids)["params"])
-    model = api.build(icfg, ip, ccfg, cp, minilm, max_length=12)
+    model = bench.random_model_of_shape(minilm, t5cfg, num_repeat_tokens=2, max_length=12)
     folder = tmp_path_factory.mktemp("bundle")
     model.save(folder)
     return folder, model

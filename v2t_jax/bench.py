@@ -79,6 +79,23 @@ def random_model(pair):
     return api.build(inv.model_config, params[0], cor.model_config, params[1], inv.embedder, inv.max_length)
 
 
+def random_model_of_shape(embedder, t5_config, num_repeat_tokens: int = 16, max_length: int = 32):
+    """A Vec2Text with a random inverter (`PRNGKey(0)`) and corrector (`PRNGKey(1)`) of one T5 shape
+    (`models.t5.t5_config`) around `embedder`: the small models of tests and benchmarks (`random_model` builds
+    them from a training config instead)."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    from v2t_jax import api, correction, inversion
+
+    icfg = inversion.InverterConfig(t5=t5_config, embed_dim=embedder.dim, num_repeat_tokens=num_repeat_tokens)
+    ccfg = correction.CorrectorConfig(t5=t5_config, embed_dim=embedder.dim, num_repeat_tokens=num_repeat_tokens)
+    e, ids = jnp.zeros((1, embedder.dim)), jnp.zeros((1, max_length - 1), jnp.int32)
+    ip = nn.unbox(inversion.Inverter(icfg).init(jax.random.PRNGKey(0), e, ids)["params"])
+    cp = nn.unbox(correction.Corrector(ccfg).init(jax.random.PRNGKey(1), e, e, ids, ids != 0, ids)["params"])
+    return api.build(icfg, ip, ccfg, cp, embedder, max_length=max_length)
+
+
 def run(
     model,
     batches,
