@@ -165,8 +165,7 @@ def held_out(model, args) -> tuple:
             embedder=model.embedder.name,
             max_tokens=model.max_length,
         )
-        b = dataset.builder(spec, args.data_dir)
-        emb, ids = targets.load(targets.targets_dir(b.data_dir, model.embedder.name, model.max_length), args.split)
+        emb, ids = targets.load(dataset.prepared(spec, args.data_dir).targets_dir, args.split)
         n = min(args.n, len(emb))
         pick = np.sort(np.random.default_rng(0).permutation(len(emb))[:n])
         vectors = np.asarray(emb[pick], np.float32)

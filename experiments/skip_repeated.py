@@ -40,8 +40,7 @@ def _vectors(args, model) -> tuple[np.ndarray, str]:
     spec = dataset.DatasetSpec(
         sources=sources.expand(args.sources), embedder=model.embedder.name, max_tokens=model.max_length
     )
-    tdir = targets.targets_dir(dataset.builder(spec, None).data_dir, model.embedder.name, model.max_length)
-    emb, _ = targets.load(tdir, "test")
+    emb, _ = targets.load(dataset.prepared(spec).targets_dir, "test")
     n = min(args.n, len(emb))
     pick = np.sort(np.random.default_rng(0).permutation(len(emb))[:n])
     return np.asarray(emb[pick], np.float32), f"{n} test passages of --sources {' '.join(args.sources)}"

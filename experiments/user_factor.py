@@ -56,8 +56,7 @@ def _test_sample(args, model):
     spec = dataset.DatasetSpec(
         sources=sources.expand(args.sources), embedder=model.embedder.name, max_tokens=model.max_length
     )
-    b = dataset.builder(spec, None)
-    emb, ids = targets.load(targets.targets_dir(b.data_dir, model.embedder.name, model.max_length), "test")
+    emb, ids = targets.load(dataset.prepared(spec).targets_dir, "test")
     n = min(args.n, len(emb))
     pick = np.sort(np.random.default_rng(0).permutation(len(emb))[:n])
     scorer = evaluate.Evaluator.of_ids(model.vocab, model.embedder, np.asarray(ids[pick]))

@@ -912,7 +912,7 @@ def cmd_data_hypotheses(args: argparse.Namespace) -> int:
     model.use_devices(args.devices)
     if not model.vocab.in_graph:
         raise UsageError(f"{args.inverter} decodes in its own vocabulary; a corrector reads the embedder's")
-    from v2t_jax.data import dataset, hypotheses, sources, targets
+    from v2t_jax.data import dataset, hypotheses, sources
 
     try:
         names = sources.expand(args.sources)
@@ -925,8 +925,7 @@ def cmd_data_hypotheses(args: argparse.Namespace) -> int:
         max_tokens=model.max_length,
         seed=args.seed,
     )
-    b = dataset.builder(spec, args.data_dir)
-    tdir = targets.targets_dir(b.data_dir, model.embedder.name, model.max_length)
+    tdir = dataset.prepared(spec, args.data_dir, check=False).targets_dir
     splits = ("train", "validation", "test")
     try:
         out = hypotheses.ensure(model, tdir, Path(args.inverter), splits, args.batch_size, progress=not args.quiet)

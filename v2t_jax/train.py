@@ -259,20 +259,16 @@ class SplitData:
 
 def _dataset(data: Data):
     """(TFDS builder, targets folder, the `v2t data prepare` command that makes them) of `data`."""
-    from v2t_jax.data import dataset, targets
+    from v2t_jax.data import dataset
 
     spec = dataset.DatasetSpec(
         sources=data.sources, corpus=data.corpus, embedder=data.embedder, max_tokens=data.max_length, seed=data.seed
     )
-    b = dataset.builder(spec, data.data_dir)
-    command = "v2t data prepare" + (
-        f" --corpus {spec.corpus}" if spec.corpus else f" --sources {' '.join(spec.sources)}"
-    )
-    if data.data_dir:
-        command += f" --data-dir {data.data_dir}"
-    if not Path(b.data_dir, "dataset_info.json").exists():
-        raise TrainingError(f"dataset {spec.config_name} is not prepared; run: {command}")
-    return b, targets.targets_dir(b.data_dir, data.embedder, data.max_length), command
+    try:
+        found = dataset.prepared(spec, data.data_dir)
+    except dataset.NotPrepared as e:
+        raise TrainingError(str(e)) from None
+    return found.builder, found.targets_dir, found.command
 
 
 def load_data(data: Data, task: tasks.Task) -> tuple[Any, dict[str, SplitData]]:

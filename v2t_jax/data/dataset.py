@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from v2t_jax.data import passages, sources
+from v2t_jax.errors import V2TError
 
 VERSION = "1.1.0"  # 1.1.0: duplicates across sources dropped; built on every core
 SPLIT_FRACTIONS = {"validation": 0.02, "test": 0.04}  # the rest is train; by document
@@ -137,6 +138,36 @@ def builder(
 
     absl_logging.set_verbosity(absl_logging.ERROR)  # tfds logs every custom config as a warning
     return V2tPassages(spec=spec, data_dir=str(data_dir or default_data_dir()), cache_dir=cache_dir, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A prepared dataset as its readers find it: the TFDS builder, the folder of its target embeddings for the
+    spec's embedder and length, and the `v2t data prepare` command that makes both."""
+
+    builder: V2tPassages
+    targets_dir: Path
+    command: str
+
+
+class NotPrepared(V2TError, FileNotFoundError):
+    """The dataset a run reads is not built; the message names the command that builds it."""
+
+
+def prepared(spec: DatasetSpec, data_dir: str | os.PathLike | None = None, check: bool = True) -> Prepared:
+    """The one place that finds a prepared dataset (training, `v2t data hypotheses`, the results table and the
+    benchmarks): `spec`'s builder in `data_dir` (default: `default_data_dir()`), its targets folder and the
+    command that makes them; with `check`, NotPrepared unless the dataset is built."""
+    from v2t_jax.data import targets
+
+    b = builder(spec, data_dir)
+    made_of = f" --corpus {spec.corpus}" if spec.corpus else f" --sources {' '.join(spec.sources)}"
+    command = "v2t data prepare" + made_of
+    if data_dir:
+        command += f" --data-dir {data_dir}"
+    if check and not Path(b.data_dir, "dataset_info.json").exists():
+        raise NotPrepared(f"dataset {spec.config_name} is not prepared; run: {command}")
+    return Prepared(b, targets.targets_dir(b.data_dir, spec.embedder, spec.max_tokens), command)
 
 
 def prepare(
