@@ -71,11 +71,18 @@ def per_record(preds: Sequence[str], refs: Sequence[str]) -> list[dict]:
     return out
 
 
+def means_of_columns(columns: dict[str, Sequence[float]]) -> dict:
+    """The mean of each `METRICS` score given as a column (one value per record), and `half_recovered` from the
+    token recall column: `_means` of rows, for a caller that collects the columns as it streams (`v2t audit`'s
+    report)."""
+    out = {name: float(np.mean(np.asarray(columns[name], np.float64))) for name in METRICS}
+    out["half_recovered"] = float(np.mean(np.asarray(columns["token_recall"], np.float64) >= 0.5))
+    return out
+
+
 def _means(rows: Sequence[dict]) -> dict:
     """The mean of each `METRICS` score over rows that carry them, and `half_recovered` from token recall."""
-    out = {name: float(np.mean([float(r[name]) for r in rows])) for name in METRICS}
-    out["half_recovered"] = float(np.mean([r["token_recall"] >= 0.5 for r in rows]))
-    return out
+    return means_of_columns({name: [float(r[name]) for r in rows] for name in METRICS})
 
 
 def score(preds: Sequence[str], refs: Sequence[str], cosines: Sequence[float] | None = None) -> dict:

@@ -52,9 +52,9 @@ def tally(rows: Iterable[dict]) -> tuple[dict, list[dict], np.ndarray, np.ndarra
            "cosine_0.9": float((c >= 0.9).mean()) if len(c) else float("nan")}  # fmt: skip
     recall = None
     if has_refs:
-        means = {name: float(np.mean(np.frombuffer(v, np.float64))) for name, v in scores.items()}
-        recall = np.frombuffer(scores["token_recall"], np.float64)
-        means["half_recovered"] = float(np.mean(recall >= 0.5))
+        columns = {name: np.frombuffer(v, np.float64) for name, v in scores.items()}
+        means = evaluate.means_of_columns(columns)
+        recall = columns["token_recall"]
         out.update({k: means[k] for k in ("bleu", "token_f1", "exact", "half_recovered")})
     return out, top, c, recall
 
