@@ -19,7 +19,7 @@ from pathlib import Path
 
 import ml_collections
 
-from v2t_jax import config_loading
+from v2t_jax.training import config_loading
 
 
 def get_config(arg: str = "cpu_small") -> ml_collections.ConfigDict:

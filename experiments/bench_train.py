@@ -26,7 +26,7 @@ def bench_jax(args) -> dict:
     import jax
     import numpy as np
 
-    from v2t_jax import config_loading, sharding, train
+    from v2t_jax.training import config_loading, sharding, train
 
     config = config_loading.load(str(HERE.parent / "configs" / "inverter.py") + ":cpu_small")
     config.t5.size = args.size

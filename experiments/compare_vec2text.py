@@ -155,7 +155,8 @@ def ours_runner(model, exit_mode: str):
     """A function (embeddings, steps, beam) -> reply like the reference's, compiling once per grid point."""
     import jax
 
-    from v2t_jax import bench, strategies
+    from v2t_jax import bench
+    from v2t_jax.search import strategies
 
     compiled: dict = {}  # (shape, steps, beam) -> (function, compile seconds)
 
@@ -202,7 +203,8 @@ def main() -> None:
     grid = [tuple(int(x) for x in pt.split(":")) for pt in a.grid.split(",")] if a.grid else GRID
     exits = ["none", "fixed"] if a.exit == "both" else [a.exit]
 
-    from v2t_jax import assets, vec2text_import
+    from v2t_jax import assets
+    from v2t_jax.weights import vec2text_import
     from v2t_jax.models import embedders
 
     embedder_folder = str(assets.resolve_embedder("all-MiniLM-L6-v2"))

@@ -68,7 +68,7 @@ def retrieval(queries: np.ndarray, docs: np.ndarray, k: int = 10) -> dict:
 
 
 def invert_scores(model, vectors, clean, scorer, steps: int, sbeam: int, batch: int) -> dict:
-    from v2t_jax import strategies
+    from v2t_jax.search import strategies
 
     texts, trace = model.invert(
         vectors, strategies.Search(steps, sbeam), batch_size=batch, return_trace=True, progress=True,

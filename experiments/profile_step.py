@@ -70,44 +70,45 @@ def profile(model, e: np.ndarray, m: int, repeats: int, trace: Path | None) -> l
     import jax
     import jax.numpy as jnp
 
-    from v2t_jax import correction
+    from v2t_jax.models import correctors
+    from v2t_jax.search import core
 
     program, params = model.program, model.device_params()
     e = jnp.asarray(e)
     B = e.shape[0]
-    hyps, _ = correction.beam_hypotheses(program, params, e, m)  # [B, m, L]
+    hyps, _ = core.beam_hypotheses(program, params, e, m)  # [B, m, L]
     L = hyps.shape[-1]
-    hyp_emb = correction._embed_hypotheses(program, params["embedder"], hyps.reshape(B * m, L)).reshape(B, m, -1)
-    cor = correction.Corrector(program.corrector)
+    hyp_emb = core._embed_hypotheses(program, params["embedder"], hyps.reshape(B * m, L)).reshape(B, m, -1)
+    cor = correctors.Corrector(program.corrector)
     flat = hyps.reshape(B * m, L)
     if program.corrector.hypothesis_start_token:
         flat = jnp.concatenate([jnp.full((B * m, 1), program.pad_id, flat.dtype), flat], axis=1)
 
     def init_cache(p, e, hyp_emb, flat):
         return cor.apply({"params": p["corrector"]}, jnp.repeat(e, m, axis=0), hyp_emb.reshape(B * m, -1), flat,
-                         flat != program.pad_id, L, method=correction.Corrector.init_cache)  # fmt: skip
+                         flat != program.pad_id, L, method=correctors.Corrector.init_cache)  # fmt: skip
 
     def propose(p, e, hyps, hyp_emb):
-        return correction.candidates(program, p, e, hyps, hyp_emb, m)
+        return core.candidates(program, p, e, hyps, hyp_emb, m)
 
     cand = jax.jit(propose)(params, e, hyps, hyp_emb)  # [B, m·m, L]
     n = cand.shape[1]
     tokens = float(np.mean(np.sum(np.asarray(cand) != program.pad_id, axis=-1))) + 1  # (+ EOS) decoded per row
 
     def embed(p, ids):
-        return correction._embed_hypotheses(program, p["embedder"], ids)
+        return core._embed_hypotheses(program, p["embedder"], ids)
 
     cand_emb = jax.jit(embed)(params, cand.reshape(B * n, L)).reshape(B, n, -1)
     state = types.SimpleNamespace(cos=jnp.zeros((B, m)))  # (what `_select` reads of the search state)
-    first = correction._first_equal(cand, jnp.ones((B, n), bool))
+    first = core._first_equal(cand, jnp.ones((B, n), bool))
 
     def select(cand, cand_emb, first, e):
-        return correction._select(state, cand, cand_emb, first, e, m)
+        return core._select(state, cand, cand_emb, first, e, m)
 
     def step(p, e, hyps, hyp_emb):
-        c = correction.candidates(program, p, e, hyps, hyp_emb, m)
-        ce = correction._embed_hypotheses(program, p["embedder"], c.reshape(B * n, L)).reshape(B, n, -1)
-        return correction._select(state, c, ce, correction._first_equal(c, jnp.ones((B, n), bool)), e, m)
+        c = core.candidates(program, p, e, hyps, hyp_emb, m)
+        ce = core._embed_hypotheses(program, p["embedder"], c.reshape(B * n, L)).reshape(B, n, -1)
+        return core._select(state, c, ce, core._first_equal(c, jnp.ones((B, n), bool)), e, m)
 
     shared = params["corrector"]["t5"]["shared"] if "t5" in params["corrector"] else None
     if shared is None:  # (the tied embedding: wherever the corrector keeps it)

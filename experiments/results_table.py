@@ -39,7 +39,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from v2t_jax import strategies
+from v2t_jax.search import strategies
 
 
 class Row(NamedTuple):

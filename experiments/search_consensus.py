@@ -53,7 +53,7 @@ def inverter_logprobs(model, vectors: np.ndarray, pools: list[list[str]], batch:
     import jax
     import jax.numpy as jnp
 
-    from v2t_jax import hotflip
+    from v2t_jax.search import hotflip
 
     k = max(len(t) for t in pools)  # one compiled shape: pools padded with their first text
     ids = np.stack([model.vocab.encode(t + [t[0]] * (k - len(t))) for t in pools])
@@ -68,12 +68,12 @@ def corrector_proposals(model, vectors: np.ndarray, finals: list[str], width: in
     import jax
     import jax.numpy as jnp
 
-    from v2t_jax import correction
+    from v2t_jax.search import core
 
     prog, params = model.program, model.params
     ids = model.vocab.encode(finals)
     hyp_emb = model.embed_texts(finals).astype(np.float32)
-    propose = jax.jit(lambda e, h, he: correction.candidates(prog, params, e, h[:, None], he[:, None], width))
+    propose = jax.jit(lambda e, h, he: core.candidates(prog, params, e, h[:, None], he[:, None], width))
     out = []
     for s in range(0, len(finals), batch):
         cand = jax.device_get(propose(*(jnp.asarray(x[s : s + batch]) for x in (vectors, ids, hyp_emb))))
@@ -95,7 +95,8 @@ def main(argv=None) -> int:
     tops = [int(x) for x in args.tops.split(",")]
     lambdas = [float(x) for x in args.lambdas.split(",")]
 
-    from v2t_jax import api, metrics, strategies
+    from v2t_jax import api, metrics
+    from v2t_jax.search import strategies
 
     model = api.load_model(args.checkpoint)
     if model.program.corrector is None or not model.program.in_graph or args.width < 1:

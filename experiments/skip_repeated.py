@@ -1,6 +1,6 @@
 """What skipping repeated work and continuous batching save on a trained model: the full loop, the batch loop with
 `skip_repeated` (fixed-point and 2-cycle exit, finished examples out of the batch, duplicate candidates embedded
-once) and the stream (`correction.invert_stream`: freed slots take the next vector), on the same vectors.
+once) and the stream (`drivers.invert_stream`: freed slots take the next vector), on the same vectors.
 
     python experiments/skip_repeated.py [--checkpoint BUNDLE] [--n 64] [--rows 20:1,20:4] [--batch-size 16]
         [--sources all] [--texts FILE | --random] [--queue-batches 8] [--out experiments/results/skip_repeated]
@@ -61,7 +61,8 @@ def main(argv=None) -> int:
 
     import jax
 
-    from v2t_jax import api, strategies
+    from v2t_jax import api
+    from v2t_jax.search import strategies
 
     model = api.load_model(args.checkpoint)
     try:

@@ -1,5 +1,6 @@
-"""The factor a user sees: `v2t invert` as it runs by default against vec2text's `invert_embeddings` on the same
-weights (the shipped model, written as vec2text checkpoints by `v2t_jax.vec2text_export`), interleaved in one run.
+"""The factor a user sees: `v2t invert` as it runs by default against vec2text's `invert_embeddings` on the
+same weights (the shipped model, written as vec2text checkpoints by `v2t_jax.weights.vec2text_export`), interleaved in
+one run.
 
     bash experiments/vec2text_venv.sh                     # once: the reference's own venv
     python experiments/user_factor.py [--n 256] [--steps 20] [--sbeam 4] [--parts 2] [--sources all]
@@ -115,7 +116,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="experiments/results/user_factor")
     args = p.parse_args(argv)
 
-    from v2t_jax import api, assets, metrics, vec2text_export
+    from v2t_jax import api, assets, metrics
+    from v2t_jax.weights import vec2text_export
 
     venv = Path(args.venv)
     if not (venv / "bin" / "python").exists():
@@ -198,7 +200,8 @@ def main(argv=None) -> int:
         "",
         f"Command: `{command}` ({meta['machine']}; parts run in turn: vec2text, `v2t invert`, `v2t invert "
         "--patience 0`). vec2text 0.0.13 `invert_embeddings` on the same weights (exported by "
-        f"`v2t_jax.vec2text_export`), {args.ref_batch} vectors per call, model load excluded; `v2t invert` as a "
+        f"`v2t_jax.weights.vec2text_export`), {args.ref_batch} vectors per call, model load excluded; "
+        "`v2t invert` as a "
         "user runs it, one process per part, start-up, load and compilation included (the first part compiles; "
         "the later ones read the programs from the compilation cache `v2t invert` keeps, here a folder that starts "
         "empty, as a user's second run does). Peak = resident memory "

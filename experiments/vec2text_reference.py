@@ -7,7 +7,7 @@ this package's. It
    (seeded), decoding in the embedder's WordPiece vocabulary (pad 0 = decoder start, EOS = [SEP]) with the
    local sentence-transformers embedder, and writes their weights as vec2text checkpoint folders
    (`config.json` + `model.safetensors`) that the project's importer loads (`--out`); or loads a bundle that
-   `v2t_jax.vec2text_export` wrote, e.g. the shipped model (`--load`, see `load`);
+   `v2t_jax.weights.vec2text_export` wrote, e.g. the shipped model (`--load`, see `load`);
 2. then answers one JSON request per stdin line with one JSON line on stdout:
    {"embeddings": "x.npy", "steps": s, "beam": k} -> {"seconds", "peak_rss_mib", "texts", "mean_tokens"}.
 
@@ -135,7 +135,7 @@ def build(embedder_folder: str, out: Path, seed: int, shape: dict, length: int, 
 
 def load(embedder_folder: str, exported: Path, length: int):
     """vec2text's InversionModel and CorrectorEncoderModel with the weights of a bundle written by
-    `v2t_jax.vec2text_export.from_bundle` (EXPORTED/inversion, EXPORTED/corrector), as `build` makes them but
+    `v2t_jax.weights.vec2text_export.from_bundle` (EXPORTED/inversion, EXPORTED/corrector), as `build` makes them but
     loaded rather than random. A corrector trained without the start token leading its hypotheses (the
     exported config's `v2t_hypothesis_start_token: false`) gets its hypotheses without it, as it was trained:
     vec2text's generate leads every hypothesis with it, so `get_encoder_embedding` drops that first column (one
@@ -208,7 +208,9 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--embedder", required=True, help="local sentence-transformers folder")
     p.add_argument("--out", default=None, help="folder for the two vec2text checkpoints (random weights)")
-    p.add_argument("--load", default=None, help="a bundle written by v2t_jax.vec2text_export (instead of --out)")
+    p.add_argument(
+        "--load", default=None, help="a bundle written by v2t_jax.weights.vec2text_export (instead of --out)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shape", default="{}", help="T5Config fields as JSON (d_model, d_kv, d_ff, num_layers, ...)")
     p.add_argument("--length", type=int, default=32, help="max_seq_length: embedder tokens, generation length")

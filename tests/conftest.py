@@ -161,7 +161,7 @@ def experiment(name: str):
 
 def tiny_config(data_dir, *overrides, config_file="inverter.py"):
     """A config file's tiny variant on the test corpus, with --config.KEY=VALUE overrides."""
-    from v2t_jax import config_loading
+    from v2t_jax.training import config_loading
 
     config = config_loading.load(str(ROOT / "configs" / config_file) + ":tiny")
     base = [f"--config.data.corpus={CORPUS}", f"--config.data.data_dir={data_dir}", "--config.progress=false"]

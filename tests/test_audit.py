@@ -433,7 +433,8 @@ def test_audit_run_is_the_library_call_the_command_makes(capsys, tmp_path, vecto
     """`audit.run(records, model, out, search)` without the CLI: the same records and report as `v2t audit`,
     the store unread-for-writing, a second run into the finished folder refused, a resume of the same call
     after its records, and a search the model cannot run refused before anything is written."""
-    from v2t_jax import audit, strategies
+    from v2t_jax import audit
+    from v2t_jax.search import strategies
     from v2t_jax.audit import stores
 
     np.save(tmp_path / "v.npy", vectors)

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from v2t_jax import api, assets, cli, commands, outputs, strategies
+from v2t_jax import api, assets, cli, commands, outputs
+from v2t_jax.search import strategies
 
 
 def _files(folder: Path) -> set[str]:
@@ -410,7 +411,7 @@ def test_a_rerun_continues_an_interrupted_run_with_the_search_it_started_with(ca
     equals an uninterrupted run of that search. A --patience that differs from the record is refused."""
     import errno
 
-    from v2t_jax import strategies
+    from v2t_jax.search import strategies
 
     folder, _ = small_bundle
     np.save(tmp_path / "v.npy", np.random.default_rng(1).normal(size=(4, 384)).astype(np.float32))

@@ -8,14 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from v2t_jax import correction, decoding, inversion
+from v2t_jax.models import correctors, inverters
+from v2t_jax.search import core, decoding, drivers
 from v2t_jax.models import t5
 
 
 def _setup(ignore=False):
     t5cfg = t5.t5_config("tiny", vocab_size=120, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
-    cfg = correction.CorrectorConfig(t5=t5cfg, embed_dim=24, num_repeat_tokens=4, ignore_hypothesis_embedding=ignore)
-    model = correction.Corrector(cfg)
+    cfg = correctors.CorrectorConfig(t5=t5cfg, embed_dim=24, num_repeat_tokens=4, ignore_hypothesis_embedding=ignore)
+    model = correctors.Corrector(cfg)
     k = jax.random.split(jax.random.PRNGKey(0), 4)
     e, e_hat = jax.random.normal(k[0], (3, 24)), jax.random.normal(k[1], (3, 24))
     ids = jax.random.randint(k[2], (3, 10), 2, 120)
@@ -33,7 +34,7 @@ def nn_unbox(tree):
 
 def test_encoder_input_layout():
     model, params, (e, e_hat, ids, mask, _) = _setup()
-    x, m = model.apply({"params": params}, e, e_hat, ids, mask, method=correction.Corrector.encoder_inputs)
+    x, m = model.apply({"params": params}, e, e_hat, ids, mask, method=correctors.Corrector.encoder_inputs)
     assert x.shape == (3, 4 + 3 * 4 + 10, 32) and m.shape == (3, 26)
     assert m[:, :16].all() and (np.asarray(m[:, 16:]) == np.asarray(mask)).all()
     # LayerNorm over d_model: every position has ~zero mean and unit variance (scale 1, bias 0 at init)
@@ -57,7 +58,7 @@ def test_hypothesis_embedding_feedback_flag(ignore):
 @pytest.mark.slow
 def test_training_noise_and_dropout_need_rngs_and_change_outputs():
     model, params, (e, e_hat, ids, mask, dec) = _setup()
-    model = correction.Corrector(dataclasses.replace(model.config, training_noise=1e-5))
+    model = correctors.Corrector(dataclasses.replace(model.config, training_noise=1e-5))
     det = model.apply({"params": params}, e, e_hat, ids, mask, dec)
     rngs = {"dropout": jax.random.PRNGKey(2), "noise": jax.random.PRNGKey(3)}
     train = model.apply({"params": params}, e, e_hat, ids, mask, dec, deterministic=False, rngs=rngs)
@@ -67,10 +68,10 @@ def test_training_noise_and_dropout_need_rngs_and_change_outputs():
 def test_cached_greedy_equals_full_forward_argmax():
     model, params, (e, e_hat, ids, mask, _) = _setup()
     v = {"params": params}
-    cache = model.apply(v, e, e_hat, ids, mask, 6, method=correction.Corrector.init_cache)
+    cache = model.apply(v, e, e_hat, ids, mask, 6, method=correctors.Corrector.init_cache)
 
     def step(tok, c):
-        return model.apply(v, tok, c, method=correction.Corrector.decode_step)
+        return model.apply(v, tok, c, method=correctors.Corrector.decode_step)
 
     out = decoding.greedy(step, cache, 3, 6, 0, 1)
     # teacher-forcing the greedy output reproduces it as the argmax at every position before EOS
@@ -88,13 +89,13 @@ def test_first_equal_points_repeats_at_the_first_valid_copy():
     a valid one), and only first copies are kept by the selection."""
     seqs = jnp.array([[[1, 2], [3, 4], [1, 2], [5, 6], [3, 4], [1, 2]]])
     valid = jnp.array([[False, True, True, True, True, True]])
-    np.testing.assert_array_equal(np.asarray(correction._first_equal(seqs, valid))[0], [2, 1, 2, 3, 1, 2])
+    np.testing.assert_array_equal(np.asarray(core._first_equal(seqs, valid))[0], [2, 1, 2, 3, 1, 2])
     e = jnp.ones((1, 3))
     emb = jnp.array([[[1, 0, 0], [1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0], [1, 0, 0]]], jnp.float32)
-    state = correction._start(seqs[:, 0], emb[:, 0], jnp.zeros((1,)), jnp.zeros((1,)))  # one hypothesis, beam 6
+    state = core._start(seqs[:, 0], emb[:, 0], jnp.zeros((1,)), jnp.zeros((1,)))  # one hypothesis, beam 6
     state = state._replace(cos=jnp.array([[0.0]]))
-    first = correction._first_equal(seqs, jnp.ones((1, 6), bool))
-    hyps, _, cos, _ = correction._select(state, seqs, emb, first, e, beam=6)
+    first = core._first_equal(seqs, jnp.ones((1, 6), bool))
+    hyps, _, cos, _ = core._select(state, seqs, emb, first, e, beam=6)
     # three distinct candidates, best first; the other three slots are empty (-inf)
     np.testing.assert_array_equal(np.asarray(hyps)[0, :3], [[5, 6], [3, 4], [1, 2]])
     assert np.isfinite(np.asarray(cos)[0, :3]).all() and np.isneginf(np.asarray(cos)[0, 3:]).all()
@@ -108,12 +109,12 @@ def test_prior_ranks_by_cosine_plus_weighted_mean_log_probability():
     emb = jnp.array([[[1.0, 0.0], [0.6, 0.8]]])
     e = jnp.array([[1.0, 0.0]])
     lp = jnp.array([[-3.0, -0.1]])
-    state = correction._start(seqs[:, 0], emb[:, 0], jnp.ones((1,)), jnp.ones((1,)))
-    first = correction._first_equal(seqs, jnp.ones((1, 2), bool))
-    hyps, _, cos, score = correction._select(state, seqs, emb, first, e, 2)
+    state = core._start(seqs[:, 0], emb[:, 0], jnp.ones((1,)), jnp.ones((1,)))
+    first = core._first_equal(seqs, jnp.ones((1, 2), bool))
+    hyps, _, cos, score = core._select(state, seqs, emb, first, e, 2)
     assert np.asarray(hyps)[0, 0].tolist() == [1, 2]
     np.testing.assert_allclose(np.asarray(score), np.asarray(cos))  # no prior: the score is the cosine
-    hyps, _, cos, score = correction._select(state, seqs, emb, first, e, 2, lp, 0.5)
+    hyps, _, cos, score = core._select(state, seqs, emb, first, e, 2, lp, 0.5)
     assert np.asarray(hyps)[0].tolist() == [[3, 4], [1, 2]]
     np.testing.assert_allclose(np.asarray(cos)[0], [0.6, 1.0], atol=1e-6)
     np.testing.assert_allclose(np.asarray(score)[0], [0.55, -0.5], atol=1e-6)
@@ -123,9 +124,9 @@ def test_prior_ranks_by_cosine_plus_weighted_mean_log_probability():
 def test_mean_log_probability_counts_tokens_up_to_eos():
     prog, _, _ = _program()  # pad 0, EOS 1, L 8
     ids = jnp.array([[5, 6, 1, 0, 0, 0, 0, 0], [5, 6, 7, 8, 9, 10, 11, 12]])
-    got = correction.mean_logprob(prog, ids, jnp.array([-3.0, -4.0]))
+    got = core.mean_logprob(prog, ids, jnp.array([-3.0, -4.0]))
     np.testing.assert_allclose(np.asarray(got), [-1.0, -0.5])
-    assert np.isneginf(np.asarray(correction.mean_logprob(prog, ids[:1], jnp.array([-1.0e7])))).all()
+    assert np.isneginf(np.asarray(core.mean_logprob(prog, ids[:1], jnp.array([-1.0e7])))).all()
 
 
 def _program():
@@ -144,15 +145,15 @@ def _built_program():
     bert = embedders.BertConfig(vocab_size=V, hidden_size=24, num_hidden_layers=1, num_attention_heads=4,
                                 intermediate_size=48, max_position_embeddings=16)  # fmt: skip
     ecfg = embedders.EmbedderConfig(bert)
-    icfg = inversion.InverterConfig(t5=t5cfg, embed_dim=24, num_repeat_tokens=2)
-    ccfg = correction.CorrectorConfig(t5=t5cfg, embed_dim=24, num_repeat_tokens=2)
-    prog = correction.InversionProgram(icfg, ccfg, ecfg, length=L, cls_id=2, eos_id=1, pad_id=0)
+    icfg = inverters.InverterConfig(t5=t5cfg, embed_dim=24, num_repeat_tokens=2)
+    ccfg = correctors.CorrectorConfig(t5=t5cfg, embed_dim=24, num_repeat_tokens=2)
+    prog = core.InversionProgram(icfg, ccfg, ecfg, length=L, cls_id=2, eos_id=1, pad_id=0)
     k = jax.random.split(jax.random.PRNGKey(0), 3)
     e = jnp.zeros((1, 24))
     ids = jnp.zeros((1, L), jnp.int32)
     params = {
-        "inverter": nn_unbox(inversion.Inverter(icfg).init(k[0], e, ids)["params"]),
-        "corrector": nn_unbox(correction.Corrector(ccfg).init(k[1], e, e, ids, ids != 0, ids)["params"]),
+        "inverter": nn_unbox(inverters.Inverter(icfg).init(k[0], e, ids)["params"]),
+        "corrector": nn_unbox(correctors.Corrector(ccfg).init(k[1], e, e, ids, ids != 0, ids)["params"]),
         "embedder": nn_unbox(embedders.SentenceEmbedder(ecfg).init(k[2], ids, jnp.ones_like(ids))["params"]),
     }
     targets = embedders.embed(ecfg, params["embedder"], jax.random.randint(k[2], (5, L), 3, V), jnp.ones((5, L)))
@@ -162,14 +163,14 @@ def _built_program():
 @pytest.mark.parametrize("beam", [1, 3])
 def test_compiled_inversion_program(beam):
     prog, params, targets = _program()
-    run = jax.jit(correction.invert, static_argnums=(0, 3, 4))
+    run = jax.jit(drivers.invert, static_argnums=(0, 3, 4))
     out = run(prog, params, targets, 4, beam)
     assert out["ids"].shape == (5, 8) and out["step_ids"].shape == (5, 5, 8) and out["step_cosine"].shape == (5, 5)
     cos = np.asarray(out["step_cosine"])
     assert (np.diff(cos, axis=0) >= -1e-6).all()  # the best-so-far cosine never decreases
     np.testing.assert_allclose(np.asarray(out["cosine"]), cos[-1], atol=1e-6)
     # the reported cosine is the cosine of the reported ids
-    again = correction._cosine(correction._embed_hypotheses(prog, params["embedder"], out["ids"]), targets)
+    again = core._cosine(core._embed_hypotheses(prog, params["embedder"], out["ids"]), targets)
     np.testing.assert_allclose(np.asarray(again), np.asarray(out["cosine"]), atol=1e-5)
     same = run(prog, params, targets, 4, beam)  # deterministic
     np.testing.assert_array_equal(np.asarray(same["ids"]), np.asarray(out["ids"]))
@@ -183,15 +184,15 @@ def test_language_prior_in_the_compiled_program(beam):
     inverter's own mean log-probability of it (teacher-forced here, independently of greedy decoding)."""
     prog, params, targets = _program()
     lam = 0.3
-    run = jax.jit(correction.invert, static_argnums=(0, 3, 4), static_argnames=("prior", "skip_repeated"))
+    run = jax.jit(drivers.invert, static_argnums=(0, 3, 4), static_argnames=("prior", "skip_repeated"))
     out = jax.device_get(run(prog, params, targets, 4, beam, prior=lam))
     score = out["step_score"]
     assert (np.diff(score, axis=0) >= -1e-6).all()
     assert (score <= out["step_cosine"] + 1e-6).all()  # a log-probability is never positive
-    again = correction._cosine(correction._embed_hypotheses(prog, params["embedder"], out["ids"]), targets)
+    again = core._cosine(core._embed_hypotheses(prog, params["embedder"], out["ids"]), targets)
     np.testing.assert_allclose(np.asarray(again), out["cosine"], atol=1e-5)
     ids0 = jnp.asarray(out["step_ids"][0])
-    inv = inversion.Inverter(prog.inverter)
+    inv = inverters.Inverter(prog.inverter)
     dec_in = jnp.concatenate([jnp.zeros((5, 1), jnp.int32), ids0[:, :-1]], axis=1)
     logp = jax.nn.log_softmax(inv.apply({"params": params["inverter"]}, targets, dec_in).astype(jnp.float32))
     tok_lp = jnp.take_along_axis(logp, ids0[..., None], axis=-1)[..., 0]
@@ -208,7 +209,7 @@ def test_language_prior_in_the_compiled_program(beam):
 
 def test_stop_cosine_freezes_finished_examples():
     prog, params, targets = _program()
-    out = correction.invert(prog, params, targets, 3, 2, stop_cosine=-1.0)  # every example is done at once
+    out = drivers.invert(prog, params, targets, 3, 2, stop_cosine=-1.0)  # every example is done at once
     cos = np.asarray(out["step_cosine"])
     assert (cos == cos[0]).all()
     np.testing.assert_array_equal(np.asarray(out["ids"]), np.asarray(out["step_ids"][0]))
@@ -225,11 +226,11 @@ def test_on_rows_runs_only_the_masked_rows():
         seen.append(rows.shape[0])  # traced once per branch: the capacities compiled
         return rows * 10
 
-    caps = correction._buckets(8, 2)
+    caps = core._buckets(8, 2)
     assert caps == [2, 4, 8]
     for mask in ([0, 1, 0, 0, 0, 0, 1, 0], [1] * 8, [0] * 8, [1, 1, 1, 0, 0, 0, 0, 0]):
         m = jnp.asarray(mask, bool)
-        out = np.asarray(jax.jit(lambda m: correction._on_rows(m, fn, (x,), fill, caps))(m))
+        out = np.asarray(jax.jit(lambda m: core._on_rows(m, fn, (x,), fill, caps))(m))
         want = np.where(np.asarray(m)[:, None], np.asarray(x) * 10, -1.0)
         np.testing.assert_array_equal(out, want)
     assert sorted(set(seen)) == caps
@@ -237,17 +238,17 @@ def test_on_rows_runs_only_the_masked_rows():
 
 def test_greedy_correction_is_the_corrector_greedy_decode():
     """Width 1 is greedy decoding (the reference's generate with one beam), not a one-wide beam search."""
-    from v2t_jax import decoding
+    from v2t_jax.search import decoding
 
     prog, params, targets = _program()
-    ids = correction.greedy_hypotheses(prog, params, targets)
-    emb = correction._embed_hypotheses(prog, params["embedder"], ids)
-    cand = correction.candidates(prog, params, targets, ids[:, None], emb[:, None], width=1)
-    cor = correction.Corrector(prog.corrector)
+    ids = core.greedy_hypotheses(prog, params, targets)
+    emb = core._embed_hypotheses(prog, params["embedder"], ids)
+    cand = core.candidates(prog, params, targets, ids[:, None], emb[:, None], width=1)
+    cor = correctors.Corrector(prog.corrector)
     vc = {"params": params["corrector"]}
-    cache = cor.apply(vc, targets, emb, ids, ids != 0, prog.length, method=correction.Corrector.init_cache)
+    cache = cor.apply(vc, targets, emb, ids, ids != 0, prog.length, method=correctors.Corrector.init_cache)
     want = decoding.greedy(
-        lambda t, c: cor.apply(vc, t, c, method=correction.Corrector.decode_step), cache, 5, prog.length, 0, 1, 0
+        lambda t, c: cor.apply(vc, t, c, method=correctors.Corrector.decode_step), cache, 5, prog.length, 0, 1, 0
     )
     np.testing.assert_array_equal(np.asarray(cand[:, 0]), np.asarray(want))
 
@@ -256,20 +257,20 @@ def test_a_token_beam_proposes_width_candidates_per_hypothesis():
     """A sequence beam of 1 with a token beam of 3: the step's hypothesis is the one of the corrector's 3 beam
     candidates that embeds closest to the target, and each later step works from 2 hypotheses' 3 candidates."""
     prog, params, targets = _program()
-    ids0, emb0, cos0 = correction.initial_hypotheses(prog, params, targets)
-    cand = correction.candidates(prog, params, targets, ids0[:, None], emb0[:, None], 3)  # [5, 3, L]
-    cos = correction._cosine(correction._embed_hypotheses(prog, params["embedder"], cand.reshape(15, -1)).reshape(
+    ids0, emb0, cos0 = core.initial_hypotheses(prog, params, targets)
+    cand = core.candidates(prog, params, targets, ids0[:, None], emb0[:, None], 3)  # [5, 3, L]
+    cos = core._cosine(core._embed_hypotheses(prog, params["embedder"], cand.reshape(15, -1)).reshape(
         5, 3, -1), targets[:, None])  # fmt: skip
-    out = jax.device_get(correction.invert(prog, params, targets, 1, 1, width=3))
+    out = jax.device_get(drivers.invert(prog, params, targets, 1, 1, width=3))
     want = np.take_along_axis(np.asarray(cand), np.asarray(jnp.argmax(cos, 1))[:, None, None], 1)[:, 0]
     np.testing.assert_array_equal(out["last_ids"], want)
     np.testing.assert_allclose(out["cosine"], np.maximum(np.asarray(cos0), np.asarray(cos.max(1))), atol=1e-6)
-    assert np.asarray(correction.invert(prog, params, targets, 2, 2, width=3)["step_ids"]).shape == (3, 5, 8)
-    same = jax.device_get(correction.invert(prog, params, targets, 2, 2, width=2))
-    np.testing.assert_array_equal(same["step_ids"], jax.device_get(correction.invert(prog, params, targets, 2, 2))[
+    assert np.asarray(drivers.invert(prog, params, targets, 2, 2, width=3)["step_ids"]).shape == (3, 5, 8)
+    same = jax.device_get(drivers.invert(prog, params, targets, 2, 2, width=2))
+    np.testing.assert_array_equal(same["step_ids"], jax.device_get(drivers.invert(prog, params, targets, 2, 2))[
         "step_ids"])  # fmt: skip
     with pytest.raises(ValueError, match="token beam width .2. must be at least the sequence beam width .3."):
-        correction.invert(prog, params, targets, 2, 3, width=2)
+        drivers.invert(prog, params, targets, 2, 3, width=2)
 
 
 def test_at_zero_steps_the_token_beam_is_the_inverters_best_by_cosine():
@@ -277,21 +278,21 @@ def test_at_zero_steps_the_token_beam_is_the_inverters_best_by_cosine():
     closest to the target is the result (with a prior, by cosine + prior x mean log-probability); without a
     token beam it is the greedy decode, whatever the sequence beam (vec2text's step 0)."""
     prog, params, targets = _program()
-    cand, lp = correction.beam_hypotheses(prog, params, targets, 3)  # [5, 3, L], [5, 3]
-    cos = np.asarray(correction._cosine(correction._embed_hypotheses(prog, params["embedder"], cand.reshape(15, -1))
+    cand, lp = core.beam_hypotheses(prog, params, targets, 3)  # [5, 3, L], [5, 3]
+    cos = np.asarray(core._cosine(core._embed_hypotheses(prog, params["embedder"], cand.reshape(15, -1))
                                         .reshape(5, 3, -1), targets[:, None]))  # fmt: skip
     cand, lp = np.asarray(cand), np.asarray(lp)
-    out = jax.device_get(correction.invert(prog, params, targets, 0, 1, width=3))
+    out = jax.device_get(drivers.invert(prog, params, targets, 0, 1, width=3))
     at = cos.argmax(1)
     np.testing.assert_array_equal(out["ids"], cand[np.arange(5), at])
     np.testing.assert_allclose(out["cosine"], cos.max(1), atol=1e-6)
     by_prior = (cos + 10.0 * lp).argmax(1)
     assert (at != 0).any() and (at != by_prior).any(), "the checks below would not tell the rankings apart"
-    ranked = jax.device_get(correction.invert(prog, params, targets, 0, 1, width=3, prior=10.0))
+    ranked = jax.device_get(drivers.invert(prog, params, targets, 0, 1, width=3, prior=10.0))
     np.testing.assert_array_equal(ranked["ids"], cand[np.arange(5), by_prior])
-    greedy = np.asarray(correction.greedy_hypotheses(prog, params, targets))
+    greedy = np.asarray(core.greedy_hypotheses(prog, params, targets))
     for beam, width in ((1, None), (1, 1), (4, None), (4, 1)):  # (no sequence beam to fill at 0 steps)
-        np.testing.assert_array_equal(np.asarray(correction.invert(prog, params, targets, 0, beam, width=width)["ids"]),
+        np.testing.assert_array_equal(np.asarray(drivers.invert(prog, params, targets, 0, beam, width=width)["ids"]),
                                       greedy)  # fmt: skip
 
 
@@ -301,7 +302,7 @@ def test_skip_repeated_gives_the_full_loops_outputs(beam, width):
     """Skipping fixed points and repeated candidates changes the work, not the result; an example that stopped
     has reached a fixed point: its best never changes after."""
     prog, params, targets = _program()
-    run = jax.jit(correction.invert, static_argnums=(0, 3, 4), static_argnames=("skip_repeated", "width"))
+    run = jax.jit(drivers.invert, static_argnums=(0, 3, 4), static_argnames=("skip_repeated", "width"))
     full = jax.device_get(run(prog, params, targets, 6, beam, width=width))
     fast = jax.device_get(run(prog, params, targets, 6, beam, skip_repeated=True, width=width))
     np.testing.assert_array_equal(fast["step_ids"], full["step_ids"])
@@ -317,8 +318,8 @@ def test_skip_repeated_gives_the_full_loops_outputs(beam, width):
 
 def test_step_zero_without_scoring_skips_the_embedder():
     prog, params, targets = _program()
-    scored = correction.invert(prog, params, targets, 0, 1)
-    bare = correction.invert(prog, params, targets, 0, 1, score=False)
+    scored = drivers.invert(prog, params, targets, 0, 1)
+    bare = drivers.invert(prog, params, targets, 0, 1, score=False)
     np.testing.assert_array_equal(np.asarray(bare["ids"]), np.asarray(scored["ids"]))
     assert np.isnan(np.asarray(bare["cosine"])).all() and np.isfinite(np.asarray(scored["cosine"])).all()
 
@@ -327,18 +328,18 @@ def test_step_zero_without_scoring_skips_the_embedder():
 def test_pieces_bound_memory_and_change_nothing(monkeypatch):
     """Big batches decode and re-embed in pieces (`_in_chunks`, padded last piece): same outputs as in one go."""
     x = jnp.arange(10.0).reshape(5, 2)
-    out = correction._in_chunks(lambda a: (a * 2, a.sum(-1)), (x,), 2)  # 3 pieces of 2, one padded row
+    out = core._in_chunks(lambda a: (a * 2, a.sum(-1)), (x,), 2)  # 3 pieces of 2, one padded row
     np.testing.assert_array_equal(np.asarray(out[0]), np.asarray(x) * 2)
     np.testing.assert_array_equal(np.asarray(out[1]), np.asarray(x).sum(-1))
     prog, params, targets = _program()
-    whole = jax.device_get(correction.invert(prog, params, targets, 2, 3))
-    whole0 = jax.device_get(correction.invert(prog, params, targets, 0, 1, width=3))  # the inverter's token beam
-    monkeypatch.setattr(correction, "DECODE_ROWS", 6)  # two examples' 3x3 beam rows at a time
-    monkeypatch.setattr(correction, "EMBED_ROWS", 4)
-    pieces = jax.device_get(correction.invert(prog, params, targets, 2, 3))
+    whole = jax.device_get(drivers.invert(prog, params, targets, 2, 3))
+    whole0 = jax.device_get(drivers.invert(prog, params, targets, 0, 1, width=3))  # the inverter's token beam
+    monkeypatch.setattr(core, "DECODE_ROWS", 6)  # two examples' 3x3 beam rows at a time
+    monkeypatch.setattr(core, "EMBED_ROWS", 4)
+    pieces = jax.device_get(drivers.invert(prog, params, targets, 2, 3))
     np.testing.assert_array_equal(pieces["step_ids"], whole["step_ids"])
     np.testing.assert_allclose(pieces["step_cosine"], whole["step_cosine"], atol=1e-6)
-    pieces0 = jax.device_get(correction.invert(prog, params, targets, 0, 1, width=3))
+    pieces0 = jax.device_get(drivers.invert(prog, params, targets, 0, 1, width=3))
     np.testing.assert_array_equal(pieces0["ids"], whole0["ids"])
     np.testing.assert_allclose(pieces0["cosine"], whole0["cosine"], atol=1e-6)
 
@@ -348,7 +349,7 @@ def test_pieces_bound_memory_and_change_nothing(monkeypatch):
 def test_examples_stopped_at_step_zero_keep_their_hypothesis(skip):
     """stop_cosine reached by the step-0 hypothesis: nothing changes after, including the last-step hypothesis."""
     prog, params, targets = _program()
-    out = jax.device_get(correction.invert(prog, params, targets, 3, 2, stop_cosine=-1.0, skip_repeated=skip))
+    out = jax.device_get(drivers.invert(prog, params, targets, 3, 2, stop_cosine=-1.0, skip_repeated=skip))
     np.testing.assert_array_equal(out["last_ids"], out["step_ids"][0])
     assert not out["step_active"].any()
 
@@ -362,9 +363,9 @@ def test_stream_gives_each_example_the_batch_loops_result(beam, width):
     2 would run steps; padding is never worked on."""
     prog, params, targets = _program()
     steps = 6
-    batch = jax.device_get(correction.invert(prog, params, targets, steps, beam, skip_repeated=True, width=width))
+    batch = jax.device_get(drivers.invert(prog, params, targets, steps, beam, skip_repeated=True, width=width))
     queue = jnp.concatenate([targets, targets[:1]])
-    run = jax.jit(correction.invert_stream, static_argnums=0, static_argnames=("slots", "num_steps", "beam", "width"))
+    run = jax.jit(drivers.invert_stream, static_argnums=0, static_argnames=("slots", "num_steps", "beam", "width"))
     out = jax.device_get(run(prog, params, queue, 5, slots=2, num_steps=steps, beam=beam, width=width))
     np.testing.assert_array_equal(out["ids"][:5], batch["ids"])
     np.testing.assert_allclose(out["cosine"][:5], batch["cosine"], atol=1e-6)
@@ -383,9 +384,9 @@ def test_stream_gives_each_example_the_batch_loops_result(beam, width):
 def test_stream_refuses_what_it_cannot_run():
     prog, params, targets = _program()
     with pytest.raises(ValueError, match="not a whole number of 2-slot batches"):
-        correction.invert_stream(prog, params, targets, 5, slots=2, num_steps=2, beam=1)
+        drivers.invert_stream(prog, params, targets, 5, slots=2, num_steps=2, beam=1)
     with pytest.raises(ValueError, match="needs correction steps"):
-        correction.invert_stream(prog, params, targets, 5, slots=5, num_steps=0, beam=1)
+        drivers.invert_stream(prog, params, targets, 5, slots=5, num_steps=0, beam=1)
 
 
 @pytest.mark.slow
@@ -393,7 +394,7 @@ def test_patience_stops_examples_whose_best_stopped_improving():
     """patience=k (opt-in): an example stops once k steps in a row left its best as it was; patience past the
     step count changes nothing; the stream stops the same examples at the same steps as the batch loop."""
     prog, params, targets = _program()
-    run = jax.jit(correction.invert, static_argnums=(0, 3, 4), static_argnames=("skip_repeated", "patience"))
+    run = jax.jit(drivers.invert, static_argnums=(0, 3, 4), static_argnames=("skip_repeated", "patience"))
     plain = jax.device_get(run(prog, params, targets, 6, 2))
     np.testing.assert_array_equal(jax.device_get(run(prog, params, targets, 6, 2, patience=6))["ids"], plain["ids"])
     out = jax.device_get(run(prog, params, targets, 6, 2, patience=1))
@@ -407,7 +408,7 @@ def test_patience_stops_examples_whose_best_stopped_improving():
             assert score[last, b] == score[last - 1, b]
         assert (score[1:last, b] > score[: last - 1, b]).all()  # every earlier step did
     queue = jnp.concatenate([targets, targets[:1]])
-    stream = jax.jit(correction.invert_stream, static_argnums=0,
+    stream = jax.jit(drivers.invert_stream, static_argnums=0,
                      static_argnames=("slots", "num_steps", "beam", "patience"))  # fmt: skip
     both = jax.device_get(run(prog, params, targets, 6, 2, skip_repeated=True, patience=1))
     got = jax.device_get(stream(prog, params, queue, 5, slots=2, num_steps=6, beam=2, patience=1))

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from v2t_jax import decoding
+from v2t_jax.search import decoding
 from v2t_jax.models import t5
 
 PAD, EOS, A, B = 0, 1, 2, 3

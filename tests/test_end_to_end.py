@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import CORPUS, ROOT, experiment, tiny_config
-from v2t_jax import api, bundle, cli, correction
+from v2t_jax.training import warm_start
+from v2t_jax import api, bundle, cli
+from v2t_jax.search import drivers
 from v2t_jax.models import embedders
 
 # the marked tier: end to end on models trained here (the session's tiny inverter + corrector)
@@ -63,7 +65,7 @@ def test_same_model_same_outputs(model, targets, tiny_models):
 
 def test_same_seed_same_model(tmp_path, tiny_data, tiny_models):
     """Retraining the corrector with the same config and seed gives the same parameters bit for bit."""
-    from v2t_jax import checkpoint, train
+    from v2t_jax.training import checkpoint, train
 
     overrides = ["--config.num_steps=200", "--config.eval_every=200", "--config.checkpoint_every=100"]
     overrides += ["--config.learning_rate=3e-3", f"--config.inverter={tiny_models['inverter']}"]
@@ -91,7 +93,7 @@ def test_host_side_re_embedding_matches_the_compiled_program(model, targets, ste
         return np.asarray(embedders.embed_decoder_ids(p.embedder, model.params["embedder"], ids, p.cls_id, p.pad_id))
 
     compiled = jax.device_get(model._run(p, model.params, targets, steps, beam, 2.0, prior=prior, width=width))
-    host = correction.invert_host(p, model.params, targets, steps, beam, decode, black_box, prior=prior, width=width)
+    host = drivers.invert_host(p, model.params, targets, steps, beam, decode, black_box, prior=prior, width=width)
     np.testing.assert_array_equal(host["step_ids"], compiled["step_ids"])
     np.testing.assert_allclose(host["step_cosine"], compiled["step_cosine"], atol=1e-5)
     if steps:
@@ -347,7 +349,7 @@ def test_corrector_warm_start_takes_the_inverters_weights(tiny_models):
     keeps its initialisation; a corrector of another shape is a one-line error."""
     import flax.linen as nn
 
-    from v2t_jax import tasks, train
+    from v2t_jax.training import tasks, train
 
     inv = api.load_model(tiny_models["inverter"]).params["inverter"]
     dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -361,7 +363,7 @@ def test_corrector_warm_start_takes_the_inverters_weights(tiny_models):
         return jax.tree_util.tree_map(np.asarray, nn.unbox(boxed))
 
     params = fresh()
-    warm = tasks.warm_start(params, tiny_models["inverter"], jax.tree_util.tree_map(lambda _: dev, params))
+    warm = warm_start.warm_start(params, tiny_models["inverter"], jax.tree_util.tree_map(lambda _: dev, params))
     for a, b in zip(jax.tree_util.tree_leaves(warm["t5"]), jax.tree_util.tree_leaves(inv["t5"])):
         np.testing.assert_array_equal(a, b)
     for name in ("transform_target", "transform_hypothesis"):
@@ -371,7 +373,7 @@ def test_corrector_warm_start_takes_the_inverters_weights(tiny_models):
     )
     other = fresh(d_ff=96)
     with pytest.raises(train.TrainingError, match="init_from_inverter=false"):
-        tasks.warm_start(other, tiny_models["inverter"], jax.tree_util.tree_map(lambda _: dev, other))
+        warm_start.warm_start(other, tiny_models["inverter"], jax.tree_util.tree_map(lambda _: dev, other))
 
 
 def test_eval_curve_script_on_a_corrector_run(tmp_path, tiny_models):

@@ -241,7 +241,7 @@ from pathlib import Path
 resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
 sys.path.insert(0, sys.argv[1])
 import test_fuzz as fz
-from v2t_jax import vec2text_import
+from v2t_jax.weights import vec2text_import
 golden, folder, seed = Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
 rng = random.Random(seed)
 ran = read = refused = 0

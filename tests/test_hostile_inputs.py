@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from v2t_jax.training import warm_start
 from v2t_jax import cli
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -219,7 +220,8 @@ def test_workers_are_no_more_than_the_jobs():
 def test_a_stop_cosine_of_minus_infinity_is_recorded_as_itself():
     """`--stop-cosine=-inf` was recorded as null (strict JSON has no infinity), like no flag: a rerun without
     the flag continued the run and mixed two searches. The record keeps it apart."""
-    from v2t_jax import outputs, strategies
+    from v2t_jax import outputs
+    from v2t_jax.search import strategies
 
     minus, none = (json.loads(outputs.dumps(strategies.Search(2, stop_cosine=s).record())) for s in (-np.inf, None))
     assert minus["stop_cosine"] == "-inf" and none["stop_cosine"] is None and minus != none
@@ -269,7 +271,8 @@ def exported(tmp_path_factory, small_bundle):
     (what vec2text's form needs), written out by `v2t export vec2text`."""
     import dataclasses
 
-    from v2t_jax import api, vec2text_export
+    from v2t_jax import api
+    from v2t_jax.weights import vec2text_export
 
     _, model = small_bundle
     ids = dict(eos_token_id=102, pad_token_id=0, decoder_start_token_id=0)
@@ -324,7 +327,7 @@ def test_import_overwrite_keeps_the_old_bundle_when_the_new_one_cannot_be_writte
 def test_export_keeps_what_it_did_not_make_and_leaves_nothing_on_failure(capsys, tmp_path, exported, monkeypatch):
     """`export vec2text` deleted a user's own OUTPUT.partial folder, left a 724 MB .partial behind on a
     dangling-link output or a full disk, and wrote weights 0600 under umask 022."""
-    from v2t_jax import vec2text_export
+    from v2t_jax.weights import vec2text_export
 
     bundle, _ = exported
     mine = tmp_path / "out.partial"
@@ -471,13 +474,13 @@ def test_a_garbled_t5_init_config_is_one_line(tmp_path, case, text, message):
     RecursionError): each is one `TrainingError` line naming the folder."""
     from safetensors.numpy import save_file
 
-    from v2t_jax import tasks
+    from v2t_jax.training import tasks
 
     (tmp_path / "config.json").write_bytes(text.encode() if text is not None else b'{"x": "caf\xe9"}')
     save_file({"shared.weight": np.zeros((60, 32), np.float32)}, str(tmp_path / "model.safetensors"))
-    tasks.pretrained_t5_config.cache_clear()
+    warm_start.pretrained_t5_config.cache_clear()
     with pytest.raises(tasks.TrainingError) as e:
-        tasks.pretrained_t5_config(str(tmp_path))
+        warm_start.pretrained_t5_config(str(tmp_path))
     assert str(e.value).startswith(f"config.t5.init: {tmp_path} does not load as T5") and message in str(e.value)
     assert "\n" not in str(e.value)
 

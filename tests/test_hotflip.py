@@ -1,4 +1,4 @@
-"""Gradient-guided token swaps (v2t_jax/hotflip.py): the gradient is the embedder's, the swaps are the ones the
+"""Gradient-guided token swaps (v2t_jax/search/hotflip.py): the gradient is the embedder's, the swaps are the ones the
 first-order gain ranks best, and polishing never lowers the score."""
 
 import dataclasses
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from test_correction import _program
 
-from v2t_jax import correction, hotflip
+from v2t_jax.search import core, drivers, hotflip
 from v2t_jax.models import embedders
 
 
@@ -79,13 +79,13 @@ def test_banned_ids_are_the_special_and_unused_tokens(minilm):
 def test_polish_never_lowers_the_score_and_reports_what_it_did(prior):
     prog, params, targets = _program()
     prog = dataclasses.replace(prog, banned=(0, 1, 2))  # pad, EOS, CLS
-    run = jax.jit(correction.invert, static_argnums=(0, 3, 4), static_argnames=("polish", "prior"))
+    run = jax.jit(drivers.invert, static_argnums=(0, 3, 4), static_argnames=("polish", "prior"))
     plain = jax.device_get(run(prog, params, targets, 2, 2, prior=prior))
     out = jax.device_get(run(prog, params, targets, 2, 2, prior=prior, polish=3))
     np.testing.assert_array_equal(out["step_ids"][:3], plain["step_ids"])  # the search is the same
     assert out["step_ids"].shape[0] == 4 and out["polish_kept"].shape == (3, 5)
     np.testing.assert_array_equal(out["step_ids"][-1], out["ids"])
-    again = correction._cosine(correction._embed_hypotheses(prog, params["embedder"], out["ids"]), targets)
+    again = core._cosine(core._embed_hypotheses(prog, params["embedder"], out["ids"]), targets)
     np.testing.assert_allclose(np.asarray(again), out["cosine"], atol=1e-5)
     if not prior:  # the score is the cosine: it never falls
         assert (out["cosine"] >= plain["cosine"] - 1e-6).all()

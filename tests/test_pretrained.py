@@ -87,7 +87,7 @@ def test_gtr_saved_by_sentence_transformers_embeds_with_parity(gtr_folder, sente
 
 def _paper_config(config_file: str, data_dir: Path, t5: Path, gtr: Path, *overrides):
     """configs/<file>:paper at tiny scale: the user's three folders, a small batch, two steps."""
-    from v2t_jax import config_loading
+    from v2t_jax.training import config_loading
 
     config = config_loading.load(str(ROOT / "configs" / config_file) + ":paper")
     tiny = [f"--config.t5.init={t5}", f"--config.embedder={gtr}", f"--config.data.corpus={CORPUS}",
@@ -118,13 +118,13 @@ def test_first_loss_from_a_pretrained_t5_equals_pytorch(t5_folder, gtr_folder, g
     import torch
     import transformers
 
-    from v2t_jax import tasks
-    from v2t_jax.models import t5 as t5_lib
+    from v2t_jax.models import hf_import
+    from v2t_jax.training import tasks
 
     config = _paper_config("inverter.py", gtr_data, t5_folder, gtr_folder)
     task = tasks.load(config)
     cfg, size = task.model_config.t5, json.loads((t5_folder / "config.json").read_text())["vocab_size"]
-    want_cfg, want_t5 = t5_lib.load_hf_t5(t5_folder)
+    want_cfg, want_t5 = hf_import.load_hf_t5(t5_folder)
     assert (cfg.d_model, cfg.num_layers, cfg.vocab_size, cfg.is_gated) == (32, 2, size, True)
     assert (cfg.tie_word_embeddings, cfg.scale_decoder_outputs) == (want_cfg.tie_word_embeddings,
                                                                     want_cfg.scale_decoder_outputs)  # fmt: skip
@@ -157,7 +157,8 @@ def test_paper_configs_train_two_steps_at_tiny_scale_and_export_a_bundle(tmp_pat
     """configs/inverter.py:paper and configs/corrector.py:paper with the `tiny` overrides: both start from the
     pretrained T5, decode in its tokenizer, and train two steps; the corrector learns on the inverter's
     hypotheses re-embedded through their text, and the exported bundle inverts through the host-side loop."""
-    from v2t_jax import api, export, tasks, train
+    from v2t_jax import api, export
+    from v2t_jax.training import tasks, train, warm_start
 
     out = train.train(_paper_config("inverter.py", gtr_data, t5_folder, gtr_folder), tmp_path / "inv")
     assert np.isfinite(out["train_loss"]) and -1 <= out["eval_cosine"] <= 1  # (random weights)
@@ -174,11 +175,11 @@ def test_paper_configs_train_two_steps_at_tiny_scale_and_export_a_bundle(tmp_pat
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
     # a corrector decoding in the embedder's vocabulary refuses this inverter (and the other way round)
     with pytest.raises(tasks.TrainingError, match="decodes in its own vocabulary"):
-        tasks.inverter_bundle(str(inverter), str(gtr_folder), 32)
+        warm_start.inverter_bundle(str(inverter), str(gtr_folder), 32)
 
 
 def test_pretrained_t5_errors_are_one_line(tmp_path, t5_folder, gtr_folder, gtr_data):
-    from v2t_jax import tasks
+    from v2t_jax.training import tasks
 
     with pytest.raises(tasks.TrainingError, match="is not a Hugging Face T5 folder"):
         tasks.load(_paper_config("inverter.py", gtr_data, tmp_path, gtr_folder))

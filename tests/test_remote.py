@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from v2t_jax import cli, strategies
+from v2t_jax import cli
+from v2t_jax.search import strategies
 from v2t_jax.audit.remote import RemoteEmbedder, RemoteError
 
 

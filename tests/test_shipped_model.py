@@ -7,7 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from v2t_jax import api, cli, metrics, strategies
+from v2t_jax import api, cli, metrics
+from v2t_jax.search import strategies
 from v2t_jax.data import passages
 
 pytestmark = pytest.mark.slow  # the marked tier: the shipped model's whole cycle

@@ -1,4 +1,4 @@
-"""`v2t_jax.strategies`: the search as a value — its checks, what it records and says, and that every way of
+"""`v2t_jax.search.strategies`: the search as a value — its checks, what it records and says, and that every way of
 running it (`Vec2Text.invert`, the reference's keyword call, the compiled program) gives the same texts."""
 
 import dataclasses
@@ -7,8 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from v2t_jax import api, strategies
-from v2t_jax.strategies import Search, StrategyError
+from v2t_jax import api
+from v2t_jax.search import strategies
+from v2t_jax.search.strategies import Search, StrategyError
 
 
 def test_constructors_are_the_searches_they_name():
@@ -152,7 +153,7 @@ def test_every_way_of_running_a_search_gives_the_same_texts(small_bundle, vector
     wide = search.replace(token_beam=3)
     texts3, _ = model.invert(vectors, wide, batch_size=3, return_trace=True, readable=False)
     assert model.invert(vectors, wide, batch_size=3, readable=False) == texts3
-    with pytest.raises(api.ModelError, match="must be a v2t_jax.strategies.Search"):
+    with pytest.raises(api.ModelError, match="must be a v2t_jax.search.strategies.Search"):
         model.invert(vectors, 20)
     inverter_only = api.build(model.program.inverter, model.params["inverter"], None, None, model.embedder, 12)
     with pytest.raises(StrategyError, match="inverter only"):

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from v2t_jax import cli, strategies
+from v2t_jax import cli
+from v2t_jax.search import strategies
 
 from conftest import CORPUS, ROOT, tiny_config as _tiny_config
 
@@ -43,7 +44,7 @@ def _train_cmd(workdir, data_dir, *overrides):
 
 
 def _final_params(workdir: Path, step: int) -> dict:
-    from v2t_jax import checkpoint
+    from v2t_jax.training import checkpoint
 
     return checkpoint.read_state_as_numpy(workdir, step)
 
@@ -58,7 +59,7 @@ SHARDED_SCRIPT = textwrap.dedent(
     import json, sys
     import jax, numpy as np, flax.linen as nn
     sys.path.insert(0, sys.argv[1])
-    from v2t_jax import config_loading, sharding, train
+    from v2t_jax.training import config_loading, sharding, train
     config = config_loading.load(sys.argv[1] + "/configs/inverter.py:tiny")
     config.batch_size = 16
     rng = np.random.default_rng(0)
@@ -290,7 +291,7 @@ def test_train_profile_and_rates(tmp_path, tiny_data):
 @pytest.mark.slow
 @pytest.mark.parametrize("config_file", sorted(p.name for p in (ROOT / "configs").glob("*.py")))
 def test_every_config_runs_two_tiny_steps(request, tmp_path, tiny_data, config_file):
-    from v2t_jax import train
+    from v2t_jax.training import train
 
     extra = []
     if config_file == "corrector.py":  # trains on the hypotheses of an inverter bundle
@@ -309,7 +310,7 @@ def test_full_size_configs_build_abstractly(variant, config_file):
     import flax.linen as nn
     import jax
 
-    from v2t_jax import config_loading, sharding, train
+    from v2t_jax.training import config_loading, sharding, train
 
     config = config_loading.load(str(ROOT / "configs" / config_file) + f":{variant}")
     mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
@@ -364,7 +365,7 @@ def test_unprepared_dataset_says_what_to_run(capsys, tmp_path):
 
 @pytest.mark.slow
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(capsys, tmp_path, tiny_data):
-    from v2t_jax import train
+    from v2t_jax.training import train
 
     config = _tiny_config(
         tiny_data,
@@ -394,7 +395,7 @@ def test_external_tokenizer_vocabulary(tmp_path, tiny_data, sentences, minilm, c
     --references; a changed tokenizer.json is refused."""
     import tokenizers
 
-    from v2t_jax import train
+    from v2t_jax.training import train
 
     tok = tokenizers.Tokenizer(tokenizers.models.Unigram())
     tok.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace()
@@ -453,7 +454,8 @@ def test_init_from_a_bundle_starts_from_its_inverter(tmp_path, tiny_data):
     the first step (learning rate 0 in warmup) leaves exactly its weights; another shape is one line."""
     import jax
 
-    from v2t_jax import bundle, train
+    from v2t_jax import bundle
+    from v2t_jax.training import train
 
     train.train(_tiny_config(tiny_data, "--config.num_steps=2", "--config.eval_every=0"), tmp_path / "run")
     assert cli.main(["export", "--workdir", str(tmp_path / "run"), "--output", str(tmp_path / "b")]) == 0
@@ -477,7 +479,8 @@ def test_init_layers_from_the_embedder_trains_exports_and_inverts(capsys, tmp_pa
     """`--config.init_layers=embedder` (BERT2BERT): after a first step at learning rate 0 both stacks' layer 0 and
     the token and position embeddings are MiniLM's own; the run exports a bundle that `v2t invert` runs; a
     T5-layout config is refused in one line before training."""
-    from v2t_jax import api, train
+    from v2t_jax import api
+    from v2t_jax.training import train
 
     cfg = _tiny_config(tiny_data, "--config.num_steps=1", "--config.eval_every=0", *WARM)
     t5 = train.train(cfg, tmp_path / "run")["params"]["t5"]
@@ -504,7 +507,8 @@ def test_init_layers_from_the_embedder_trains_exports_and_inverts(capsys, tmp_pa
 @pytest.mark.slow
 def test_export_inverter_bundle_and_invert(capsys, tmp_path, tiny_data, sentences, minilm):
     """A training run -> `v2t export` -> an inverter-only bundle that `v2t invert` runs with 0 steps."""
-    from v2t_jax import api, train
+    from v2t_jax import api
+    from v2t_jax.training import train
 
     train.train(_tiny_config(tiny_data, "--config.num_steps=2", "--config.eval_every=0"), tmp_path / "run")
     assert cli.main(["export", "--workdir", str(tmp_path / "run"), "--output", str(tmp_path / "bundle")]) == 0
@@ -573,7 +577,7 @@ def test_resuming_cannot_reshape_the_learning_rate_schedule(capsys, tmp_path):
     """num_steps ends a step-based run's linear decay: a resume with another value is refused (the shipped
     CPU inverter's decay restarted from ~0.8e-3 that way). A time-boxed run decays to 0 at its deadline and uses
     num_steps as a cap only, so it may change it (not below the warmup)."""
-    from v2t_jax import config_loading
+    from v2t_jax.training import config_loading
 
     base = ["train", "--config", str(ROOT / "configs" / "inverter.py") + ":tiny"]
 
@@ -588,7 +592,7 @@ def test_resuming_cannot_reshape_the_learning_rate_schedule(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "num_steps=3000" in err[0] and "learning-rate" in err[0]
 
-    from v2t_jax import train
+    from v2t_jax.training import train
 
     boxed = {"train_minutes": 2.0, "warmup_steps": 10}
     assert not train._schedule_keys_changed({"num_steps": 500, **boxed}, {"num_steps": 10**8, **boxed})
@@ -598,7 +602,7 @@ def test_resuming_cannot_reshape_the_learning_rate_schedule(capsys, tmp_path):
 
 @pytest.mark.slow
 def test_a_second_run_on_a_locked_workdir_is_refused(capsys, tmp_path, tiny_data):
-    from v2t_jax import train
+    from v2t_jax.training import train
 
     work = tmp_path / "run"
     args = _train_cmd(work, tiny_data, "--config.num_steps=1", "--config.eval_every=0")[3:]
@@ -614,7 +618,7 @@ def test_a_second_run_on_a_locked_workdir_is_refused(capsys, tmp_path, tiny_data
 def test_a_full_disk_in_train_is_one_line_that_keeps_the_checkpoints(capsys, monkeypatch, tmp_path, tiny_data):
     import errno
 
-    from v2t_jax import checkpoint
+    from v2t_jax.training import checkpoint
 
     work = tmp_path / "run"
     args = _train_cmd(work, tiny_data, "--config.num_steps=4", "--config.eval_every=0", "--config.checkpoint_every=2")
@@ -639,7 +643,8 @@ def test_a_full_disk_in_train_is_one_line_that_keeps_the_checkpoints(capsys, mon
 def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(capsys, tmp_path, tiny_data):
     """Export and resume skip a checkpoint that does not read back (warning once each), the damaged step is
     moved aside, not deleted, and the resumed run reaches the same weights again."""
-    from v2t_jax import api, checkpoint, export, train
+    from v2t_jax import api, export
+    from v2t_jax.training import checkpoint, train
 
     work = tmp_path / "run"
     cfg = _tiny_config(tiny_data, "--config.num_steps=4", "--config.eval_every=0", "--config.checkpoint_every=2")
@@ -704,31 +709,31 @@ def test_a_run_that_never_saved_may_change_its_config(capsys, tmp_path, tiny_dat
 
 
 def test_weighted_sampler_follows_the_mixture_and_resumes():
-    from v2t_jax import train
+    from v2t_jax.data import sampling
 
     src = np.repeat([0, 1, 2], [6000, 3000, 1000])  # three sources of unequal size
     names = ["a", "b", "tech"]
-    w = train.mixture_weights("tech=0.5,b=2", names)
+    w = sampling.mixture_weights("tech=0.5,b=2", names)
     assert w == {"a": 1.0, "b": 2.0, "tech": 0.5}
     row_w = np.asarray([w[n] for n in names])[src]
-    s = train.WeightedSampler(row_w, 256, seed=3)
+    s = sampling.WeightedSampler(row_w, 256, seed=3)
     draws = np.concatenate([s.next_indices() for _ in range(200)])
     share = np.bincount(src[draws], minlength=3) / len(draws)
     expected = np.array([6000 * 1, 3000 * 2, 1000 * 0.5]) / 12500
     np.testing.assert_allclose(share, expected, atol=0.01)
     state = s.state()
     after = [s.next_indices() for _ in range(3)]
-    resumed = train.WeightedSampler(row_w, 256, seed=3)
+    resumed = sampling.WeightedSampler(row_w, 256, seed=3)
     resumed.restore(state)
     assert all((a == b).all() for a, b in zip(after, [resumed.next_indices() for _ in range(3)]))
-    assert train.mixture_weights("uniform", names) == {"a": 1.0, "b": 1.0, "tech": 1.0}
+    assert sampling.mixture_weights("uniform", names) == {"a": 1.0, "b": 1.0, "tech": 1.0}
     for bad, msg in [("b=x", "expected default"), ("zzz=1", "not in this dataset"), ("a=0,b=0,tech=0", "weight 0")]:
-        with pytest.raises(train.TrainingError, match=msg):
-            train.mixture_weights(bad, names)
+        with pytest.raises(sampling.TrainingError, match=msg):
+            sampling.mixture_weights(bad, names)
 
 
 def test_lr_scale_decays_to_zero_at_the_deadline():
-    from v2t_jax.train import lr_scale_at
+    from v2t_jax.training.train import lr_scale_at
 
     assert lr_scale_at(0, 100) == 1.0 and lr_scale_at(50, 100) == pytest.approx(0.5)
     assert lr_scale_at(100, 100) == 0.0 and lr_scale_at(250, 100) == 0.0
@@ -743,7 +748,8 @@ def test_time_boxed_bfloat16_run_stops_at_its_deadline_and_exports_float32(capsy
     and the exported bundle computes in float32. The run reads an injected clock that advances 0.5 s per
     reading, so the outcome does not depend on the machine's speed (it once logged 1 step on a busy machine,
     its 15 s budget spent compiling)."""
-    from v2t_jax import export, train
+    from v2t_jax import export
+    from v2t_jax.training import train
 
     ticks = iter(range(10**6))
     monkeypatch.setattr(train, "clock", lambda: 0.5 * next(ticks))
@@ -775,7 +781,7 @@ def test_time_boxed_bfloat16_run_stops_at_its_deadline_and_exports_float32(capsy
 def test_a_resumed_run_logs_each_step_once(tmp_path):
     """Rows the interrupted run wrote after its last checkpoint (and a torn last line) are dropped when the run
     resumes from that checkpoint; a run starting afresh keeps none."""
-    from v2t_jax import train
+    from v2t_jax.training import train
 
     path = tmp_path / "metrics.jsonl"
     rows = [{"step": s, "kind": k, "loss": 1.0} for s, k in [(0, "eval"), (5, "train"), (8, "eval"), (10, "train")]]

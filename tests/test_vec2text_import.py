@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from v2t_jax import correction, decoding, inversion, vec2text_import
+from v2t_jax.models import correctors, inverters
+from v2t_jax.search import decoding, drivers
+from v2t_jax.weights import vec2text_import
 from v2t_jax.outputs import OutputError
-from v2t_jax.models import t5
+from v2t_jax.models import hf_import, t5
 
 GOLDEN = Path(__file__).parent / "golden" / "vec2text"
 
@@ -32,30 +34,30 @@ def test_backbone_shape_is_read_off_the_weights():
 def test_inverter_logits_and_greedy_match_reference(io, tmp_path):
     (tmp_path / "model.safetensors").write_bytes((GOLDEN / "inverter.safetensors").read_bytes())
     cfg, params = vec2text_import.load_folder(tmp_path)
-    assert isinstance(cfg, inversion.InverterConfig) and cfg.num_repeat_tokens == 4 and cfg.embed_dim == 24
-    model = inversion.Inverter(cfg)
+    assert isinstance(cfg, inverters.InverterConfig) and cfg.num_repeat_tokens == 4 and cfg.embed_dim == 24
+    model = inverters.Inverter(cfg)
     v = {"params": params}
     dec_in = t5.shift_right(jnp.asarray(io["labels"]), 0)
     logits = np.asarray(model.apply(v, jnp.asarray(io["e"]), dec_in))
     assert np.abs(logits - io["inverter_logits"]).max() <= 1e-4
 
-    cache = model.apply(v, jnp.asarray(io["e"]), 7, method=inversion.Inverter.init_cache)
-    ids = decoding.greedy(lambda t, c: model.apply(v, t, c, method=inversion.Inverter.decode_step), cache, 3, 7, 0, 1)
+    cache = model.apply(v, jnp.asarray(io["e"]), 7, method=inverters.Inverter.init_cache)
+    ids = decoding.greedy(lambda t, c: model.apply(v, t, c, method=inverters.Inverter.decode_step), cache, 3, 7, 0, 1)
     ref = io["inverter_greedy"][:, 1:]  # drop the decoder start token
     np.testing.assert_array_equal(np.asarray(ids)[:, : ref.shape[1]], ref)
 
 
 def test_corrector_logits_and_greedy_match_reference(io, tmp_path):
     cfg, params = vec2text_import.corrector_from_state_dict(load_file(GOLDEN / "corrector.safetensors"))
-    model = correction.Corrector(cfg)
+    model = correctors.Corrector(cfg)
     v = {"params": params}
     args = [jnp.asarray(io[k]) for k in ("e", "e_hat", "hyp", "hyp_mask")]
     dec_in = t5.shift_right(jnp.asarray(io["labels"]), 0)
     logits = np.asarray(model.apply(v, *args, dec_in))
     assert np.abs(logits - io["corrector_logits"]).max() <= 1e-4
 
-    cache = model.apply(v, *args, 7, method=correction.Corrector.init_cache)
-    ids = decoding.greedy(lambda t, c: model.apply(v, t, c, method=correction.Corrector.decode_step), cache, 3, 7, 0, 1)
+    cache = model.apply(v, *args, 7, method=correctors.Corrector.init_cache)
+    ids = decoding.greedy(lambda t, c: model.apply(v, t, c, method=correctors.Corrector.decode_step), cache, 3, 7, 0, 1)
     ref = io["corrector_greedy"][:, 1:]
     full_hyp = io["hyp_mask"].all(axis=1)  # rows 0 and 2; row 1's hypothesis is padded
     np.testing.assert_array_equal(np.asarray(ids)[full_hyp, : ref.shape[1]], ref[full_hyp])
@@ -78,7 +80,7 @@ def test_not_a_vec2text_folder(tmp_path):
 
 def test_imported_models_invert_through_host_side_re_embedding(io, tmp_path):
     """The reference's models decode in T5's vocabulary, so their correction loop re-embeds through text:
-    imported inverter + corrector run `correction.invert_host` with a text black box."""
+    imported inverter + corrector run `drivers.invert_host` with a text black box."""
     inv_cfg, inv_params = vec2text_import.inverter_from_state_dict(load_file(GOLDEN / "inverter.safetensors"))
     cor_cfg, cor_params = vec2text_import.corrector_from_state_dict(load_file(GOLDEN / "corrector.safetensors"))
     program = vec2text_import.inversion_program(inv_cfg, cor_cfg, length=7)
@@ -97,7 +99,7 @@ def test_imported_models_invert_through_host_side_re_embedding(io, tmp_path):
         return out + 1e-3
 
     e = np.asarray(io["e"], np.float32)
-    out = correction.invert_host(program, params, e, 3, 2, decode, black_box)
+    out = drivers.invert_host(program, params, e, 3, 2, decode, black_box)
     assert out["step_ids"].shape == (4, 3, 7) and out["step_cosine"].shape == (4, 3)
     assert (np.diff(out["step_cosine"], axis=0) >= 0).all()
     texts = [decode(r) for r in out["ids"]]
@@ -132,7 +134,9 @@ def test_a_bundle_written_as_vec2text_checkpoints_imports_back_to_the_same_model
 
     import jax
 
-    from v2t_jax import api, strategies, vec2text_export
+    from v2t_jax import api
+    from v2t_jax.search import strategies
+    from v2t_jax.weights import vec2text_export
     from v2t_jax.vocabulary import Vocabulary
 
     small, with_t5_ids = small_bundle
@@ -154,7 +158,7 @@ def test_a_bundle_written_as_vec2text_checkpoints_imports_back_to_the_same_model
     assert meta[vec2text_export.START_TOKEN_KEY] is False and meta["architectures"] == ["CorrectorEncoderModel"]
     assert meta["model_name_or_path"] == str((out / "corrector" / "t5").resolve())
     assert meta["embedder_model_name"] == "sentence-transformers/all-MiniLM-L6-v2" and meta["max_seq_length"] == 12
-    backbone = t5.load_hf_t5(out / "corrector" / "t5")  # the backbone folder vec2text builds from
+    backbone = hf_import.load_hf_t5(out / "corrector" / "t5")  # the backbone folder vec2text builds from
     assert backbone[0] == model.program.corrector.t5
     jax.tree_util.tree_map(np.testing.assert_array_equal, backbone[1], model.params["corrector"]["t5"])
     tok = json.loads((out / "inversion" / "t5" / "tokenizer_config.json").read_text())

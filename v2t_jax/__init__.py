@@ -9,7 +9,7 @@ _LAZY = {
     "load_embedder": ("v2t_jax.models.embedders", "load_embedder"),
     "embed": ("v2t_jax.models.embedders", "embed"),
     "T5Config": ("v2t_jax.models.t5", "T5Config"),
-    "load_hf_t5": ("v2t_jax.models.t5", "load_hf_t5"),
+    "load_hf_t5": ("v2t_jax.models.hf_import", "load_hf_t5"),
 }
 
 

@@ -2,7 +2,7 @@
 
     model = v2t_jax.api.load_model()                          # the shipped all-MiniLM-L6-v2 model
     model = v2t_jax.api.load_model("path/to/bundle")          # or a bundle: inverter + corrector + embedder name
-    texts = model.invert(vectors, strategies.sequence_beam(20, 4))   # the search as a value (v2t_jax.strategies)
+    texts = model.invert(vectors, strategies.sequence_beam(20, 4))   # the search as a value (v2t_jax.search.strategies)
     texts, trace = model.invert(vectors, strategies.greedy(5), return_trace=True)
     texts = v2t_jax.api.invert_embeddings(vectors, model, num_steps=20, sequence_beam_width=4)  # vec2text's call
 
@@ -10,9 +10,9 @@ The bundle format (metadata, int8 weights, digests, validation) is `v2t_jax.bund
 `v2t_jax.export` from a training run. An inverter-only bundle (no corrector) inverts with 0 correction steps.
 The embedder is loaded by name (`v2t_jax.assets`) and must be the one the bundle was trained for (its
 weights' digest is recorded). A model decoding in the embedder's vocabulary runs the whole N-step inversion of a
-batch as one compiled program (`correction.invert`; one compile per (batch shape, search)); one with its own
+batch as one compiled program (`drivers.invert`; one compile per (batch shape, search)); one with its own
 vocabulary (a bundle holding tokenizer.json, e.g. T5 SentencePiece) runs the same search with its hypotheses
-re-embedded through text between compiled steps (`correction.invert_host`), as does any model given `embed_fn`.
+re-embedded through text between compiled steps (`drivers.invert_host`), as does any model given `embed_fn`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from v2t_jax import bundle, correction, hotflip, inversion, parallel, strategies
+from v2t_jax import bundle, parallel
+from v2t_jax.models import correctors, inverters
+from v2t_jax.search import core, drivers, hotflip, strategies
 from v2t_jax.bundle import ModelError  # noqa: F401  (the API's error; re-exported)
 from v2t_jax.models import embedders
 from v2t_jax.vocabulary import Vocabulary, VocabularyError
@@ -40,7 +42,7 @@ SHIPPED_BUNDLE = Path(__file__).parent / "resources" / "v2t_minilm_l6_v2"
 class Vec2Text:
     """A loaded inverter + corrector + embedder, and the vocabulary the decoders emit."""
 
-    program: correction.InversionProgram
+    program: core.InversionProgram
     params: dict  # {"inverter", "corrector", "embedder"}
     embedder: embedders.Embedder
     vocab: Vocabulary
@@ -71,7 +73,7 @@ class Vec2Text:
         return self._placed[1]
 
     def _run(self, program, params, embeddings, num_steps: int, beam: int, stop_cosine, **kw) -> dict:
-        """`correction.invert` on every device of the mesh, each on its share of the rows (padded to a share each
+        """`drivers.invert` on every device of the mesh, each on its share of the rows (padded to a share each
         with copies of the last row; the outputs are the given rows')."""
         e = np.asarray(embeddings)
         m = len(e)
@@ -85,8 +87,8 @@ class Vec2Text:
 
     def compiled(self, batch: int, search: strategies.Search, score: bool = False):
         """The inversion compiled ahead of time for one shape: a function (params, embeddings [batch, D]) ->
-        `correction.invert`'s outputs for `search` (benchmarks; its stop cosine is ignored: every example runs
-        its steps; `score` as in `correction.invert`). Every device of the mesh inverts its share of the batch
+        `drivers.invert`'s outputs for `search` (benchmarks; its stop cosine is ignored: every example runs
+        its steps; `score` as in `drivers.invert`). Every device of the mesh inverts its share of the batch
         (padded to a multiple of the device count); params: `device_params()` (numpy ones are copied each call);
         its `flops` attribute: one device's FLOPs per call by XLA's cost analysis."""
         if not self.program.in_graph:
@@ -109,7 +111,7 @@ class Vec2Text:
         return run
 
     def compiled_stream(self, queue: int, slots: int, search: strategies.Search):
-        """The stream program (`correction.invert_stream`) compiled ahead of time for a queue of `queue` examples
+        """The stream program (`drivers.invert_stream`) compiled ahead of time for a queue of `queue` examples
         through `slots` slots (both multiples of the mesh's device count: each device runs a stream of its own
         over `slots / devices` slots): a function (params, embeddings [queue, D], count) -> its outputs
         (benchmarks; every example runs until its steps end or it settles: the stop cosine is ignored)."""
@@ -129,13 +131,13 @@ class Vec2Text:
 
     @staticmethod
     def _stream_kw(search: strategies.Search, slots: int = 1) -> dict:
-        """`correction.invert_stream`'s static keyword arguments for `search` through `slots` slots."""
+        """`drivers.invert_stream`'s static keyword arguments for `search` through `slots` slots."""
         return dict(slots=slots, num_steps=search.steps, beam=search.beam, prior=search.prior, patience=search.patience,
                     width=search.token_beam)  # fmt: skip
 
     @staticmethod
     def _kernel_kw(search: strategies.Search, score: bool) -> dict:
-        """`correction.invert`'s static keyword arguments for `search` (its steps and beam go by position)."""
+        """`drivers.invert`'s static keyword arguments for `search` (its steps and beam go by position)."""
         return dict(skip_repeated=search.skip_repeated, score=score, prior=search.prior, polish=search.polish,
                     patience=search.patience, width=search.token_beam)  # fmt: skip
 
@@ -183,7 +185,7 @@ class Vec2Text:
         embed_fn=None,
         readable: bool = True,
     ):
-        """Texts for [N, D] vectors by `search` (`v2t_jax.strategies`; default: the inverter alone); with
+        """Texts for [N, D] vectors by `search` (`v2t_jax.search.strategies`; default: the inverter alone); with
         return_trace also each text's cosine and per-step hypotheses and cosines.
 
         readable: texts (and traced hypotheses) as people write them (`Vocabulary.readable`: "elton's", not
@@ -192,7 +194,7 @@ class Vec2Text:
 
         embed_fn: re-embed hypotheses with this black box (list of strings -> [n, D] array), e.g. a remote
         API, on the host between compiled decoding steps, instead of the bundle's embedder inside the program
-        (`correction.invert_host`). A model with its own vocabulary always re-embeds this way (by default
+        (`drivers.invert_host`). A model with its own vocabulary always re-embeds this way (by default
         with its embedder). With token swaps (`polish`) and return_trace, the polished text is one more entry
         after the last step's."""
         texts: list[str] = []
@@ -252,7 +254,7 @@ class Vec2Text:
         `score=False` leaves the step-0 text unembedded at 0 steps (its cosine is then NaN)."""
         search = strategies.inverter_only() if search is None else search
         if not isinstance(search, strategies.Search):
-            raise ModelError(f"search must be a v2t_jax.strategies.Search, got {type(search).__name__}")
+            raise ModelError(f"search must be a v2t_jax.search.strategies.Search, got {type(search).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ModelError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
         self.check_search(search, embed_fn)
@@ -284,7 +286,7 @@ class Vec2Text:
                     self._run(self.program, self.device_params(), chunk, search.steps, search.beam, search.stop, **kw)
                 )
             else:
-                out = correction.invert_host(
+                out = drivers.invert_host(
                     self.program, self.params, chunk, search.steps, search.beam, self.decode, embed_fn, search.stop,
                     search.skip_repeated, search.prior, search.patience, search.token_beam,
                 )  # fmt: skip
@@ -303,7 +305,7 @@ class Vec2Text:
     STREAM_BATCHES = 8
 
     def streams(self, search: strategies.Search, trace: bool = False, embed_fn=None) -> bool:
-        """Whether `iter_batches` runs `search` as a stream (`correction.invert_stream`, continuous batching):
+        """Whether `iter_batches` runs `search` as a stream (`drivers.invert_stream`, continuous batching):
         correction steps with skip_repeated, in the compiled program, without per-step traces or token swaps."""
         return (
             self.STREAM_BATCHES > 0 and search.steps > 0 and search.skip_repeated and not search.polish and not trace
@@ -394,11 +396,11 @@ class Vec2Text:
 
 # ----------------------------------------------------------------------------- the programs on every device
 
-_TRACE_KEYS = ("step_", "polish_kept")  # `correction.invert`'s outputs per step: [steps, rows, ...]
+_TRACE_KEYS = ("step_", "polish_kept")  # `drivers.invert`'s outputs per step: [steps, rows, ...]
 
 
 def _row_axis(key: str) -> int:
-    """The rows' axis of a `correction.invert` output."""
+    """The rows' axis of a `drivers.invert` output."""
     return 1 if key.startswith(_TRACE_KEYS) else 0
 
 
@@ -407,11 +409,11 @@ def _row_axis(key: str) -> int:
     static_argnames=("skip_repeated", "score", "prior", "polish", "patience", "width"),
 )  # fmt: skip
 def _invert_rows(program, mesh, params, embeddings, num_steps: int, beam: int, stop_cosine, **kw) -> dict:
-    """`correction.invert` of [B, D] embeddings (B a multiple of the mesh's devices), each device on its B / d rows."""
+    """`drivers.invert` of [B, D] embeddings (B a multiple of the mesh's devices), each device on its B / d rows."""
 
     def per_device(replicated, rows):
         p, stop = replicated
-        return correction.invert(program, p, rows[0], num_steps, beam, stop, **kw)
+        return drivers.invert(program, p, rows[0], num_steps, beam, stop, **kw)
 
     return parallel.rows_map(per_device, mesh, _row_axis)((params, stop_cosine), (embeddings,))
 
@@ -420,13 +422,13 @@ def _invert_rows(program, mesh, params, embeddings, num_steps: int, beam: int, s
     jax.jit, static_argnums=(0, 1), static_argnames=("slots", "num_steps", "beam", "prior", "patience", "width")
 )
 def _stream_rows(program, mesh, params, queue, count, stop_cosine, *, slots: int, **kw) -> dict:
-    """`correction.invert_stream` over a queue (`parallel.interleave`d; its first `count` examples real) through
+    """`drivers.invert_stream` over a queue (`parallel.interleave`d; its first `count` examples real) through
     `slots` slots, as one stream per device over its share of both (`_stream_result` puts the rows back)."""
     d = parallel.size(mesh)
 
     def per_device(replicated, rows):
         p, n, stop = replicated
-        out = correction.invert_stream(program, p, rows[0], parallel.local_count(n, mesh), slots // d,
+        out = drivers.invert_stream(program, p, rows[0], parallel.local_count(n, mesh), slots // d,
                                        stop_cosine=stop, **kw)  # fmt: skip
         return dict(out, rounds=out["rounds"][None])
 
@@ -453,7 +455,7 @@ def build(
         vocab = vocab or Vocabulary.of_embedder(embedder, max_length)
     except VocabularyError as e:
         raise ModelError(str(e)) from None
-    program = correction.InversionProgram(
+    program = core.InversionProgram(
         inverter_cfg,
         corrector_cfg,
         embedder.config,
@@ -535,10 +537,10 @@ def check_params_fit(model: Vec2Text) -> None:
             f"the decoders' vocabulary has {p.inverter.t5.vocab_size} tokens, the tokenizer {model.vocab.size}: the "
             "bundle is damaged or mixed up"
         )
-    expected = {"inverter": jax.eval_shape(lambda: inversion.Inverter(p.inverter).init(jax.random.PRNGKey(0), e, ids))}
+    expected = {"inverter": jax.eval_shape(lambda: inverters.Inverter(p.inverter).init(jax.random.PRNGKey(0), e, ids))}
     if p.corrector is not None:
         expected["corrector"] = jax.eval_shape(
-            lambda: correction.Corrector(p.corrector).init(jax.random.PRNGKey(0), e, e, ids, ids != 0, ids)
+            lambda: correctors.Corrector(p.corrector).init(jax.random.PRNGKey(0), e, e, ids, ids != 0, ids)
         )
     import flax.linen as nn
 

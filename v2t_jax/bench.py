@@ -4,7 +4,7 @@ Each grid point compiles once (timed apart), then runs `repeats` times on the sa
 the table reports the median wall time, inversions/s, compile seconds and peak memory (device bytes where
 the backend reports them, else the process's peak resident set). A model that re-embeds through text (its own
 vocabulary, e.g. an imported vec2text gtr-base bundle) has no single compiled program: its points time the
-host-side loop (`correction.invert_host`), and "compile s" is its first run's excess over the median (the
+host-side loop (`drivers.invert_host`), and "compile s" is its first run's excess over the median (the
 compilations of its steps).
 """
 
@@ -20,7 +20,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from v2t_jax import outputs, parallel, profiling, strategies
+from v2t_jax import outputs, parallel, profiling
+from v2t_jax.search import strategies
 
 
 def reset_peak_memory() -> None:
@@ -86,13 +87,14 @@ def random_model_of_shape(embedder, t5_config, num_repeat_tokens: int = 16, max_
     import flax.linen as nn
     import jax.numpy as jnp
 
-    from v2t_jax import api, correction, inversion
+    from v2t_jax import api
+    from v2t_jax.models import correctors, inverters
 
-    icfg = inversion.InverterConfig(t5=t5_config, embed_dim=embedder.dim, num_repeat_tokens=num_repeat_tokens)
-    ccfg = correction.CorrectorConfig(t5=t5_config, embed_dim=embedder.dim, num_repeat_tokens=num_repeat_tokens)
+    icfg = inverters.InverterConfig(t5=t5_config, embed_dim=embedder.dim, num_repeat_tokens=num_repeat_tokens)
+    ccfg = correctors.CorrectorConfig(t5=t5_config, embed_dim=embedder.dim, num_repeat_tokens=num_repeat_tokens)
     e, ids = jnp.zeros((1, embedder.dim)), jnp.zeros((1, max_length - 1), jnp.int32)
-    ip = nn.unbox(inversion.Inverter(icfg).init(jax.random.PRNGKey(0), e, ids)["params"])
-    cp = nn.unbox(correction.Corrector(ccfg).init(jax.random.PRNGKey(1), e, e, ids, ids != 0, ids)["params"])
+    ip = nn.unbox(inverters.Inverter(icfg).init(jax.random.PRNGKey(0), e, ids)["params"])
+    cp = nn.unbox(correctors.Corrector(ccfg).init(jax.random.PRNGKey(1), e, e, ids, ids != 0, ids)["params"])
     return api.build(icfg, ip, ccfg, cp, embedder, max_length=max_length)
 
 
@@ -109,7 +111,7 @@ def run(
 ) -> list[dict]:
     """Times `model`'s compiled inversion over the grid, on every device of its mesh (each device inverts its
     share of a batch); the greedy step-0 points do not score their hypothesis (the inverter's work alone; with a
-    token beam its candidates are scored to choose one); `skip_repeated` as in `correction.invert` (off: the full
+    token beam its candidates are scored to choose one); `skip_repeated` as in `drivers.invert` (off: the full
     loop). `beams`: sequence beam widths B (vec2text's search: token beams of B) or (B, W) pairs (token beams of
     W, `Search.token_beam`). `profile`: a `jax.profiler` trace of the timed runs of the first point goes there."""
     beams = [(k, None) if isinstance(k, int) else (k[0], k[1]) for k in beams]
@@ -179,11 +181,11 @@ def run(
 
 
 def _host_loop(model, search: strategies.Search):
-    """(params, embeddings) -> `correction.invert_host`'s outputs for `search` (every example runs its steps)."""
-    from v2t_jax import correction
+    """(params, embeddings) -> `drivers.invert_host`'s outputs for `search` (every example runs its steps)."""
+    from v2t_jax.search import drivers
 
     def run(params, e):
-        return correction.invert_host(model.program, params, e, search.steps, search.beam, model.decode,
+        return drivers.invert_host(model.program, params, e, search.steps, search.beam, model.decode,
                                       model.embed_texts, strategies.NO_STOP, search.skip_repeated,
                                       width=search.token_beam)  # fmt: skip
 

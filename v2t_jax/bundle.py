@@ -265,8 +265,8 @@ class Meta:
 
     embedder: str
     max_length: int
-    inverter: Any  # inversion.InverterConfig
-    corrector: Any  # correction.CorrectorConfig | None
+    inverter: Any  # inverters.InverterConfig
+    corrector: Any  # correctors.CorrectorConfig | None
     cls_id: int | None  # None: the decoders emit ids of the bundle's own vocabulary (`vocabulary`)
     eos_id: int
     pad_id: int
@@ -325,7 +325,7 @@ def read_meta(folder: str | os.PathLike) -> Meta:
 def meta_from_json(data: Any, path: str | os.PathLike) -> Meta:
     """The metadata a bundle's JSON `data` holds, every check of `read_meta` made (one ModelError line naming
     `path`); `write` makes the same checks before it writes anything."""
-    from v2t_jax import correction, inversion
+    from v2t_jax.models import correctors, inverters
     from v2t_jax.models import t5
 
     if not isinstance(data, dict):
@@ -360,10 +360,10 @@ def meta_from_json(data: Any, path: str | os.PathLike) -> Meta:
     else:
         ids["cls_id"] = None
     weights = need("weights", str, lambda v: v in WEIGHT_FORMATS, f"one of {', '.join(WEIGHT_FORMATS)}")
-    inverter = typed_config(inversion.InverterConfig, data.get("inverter"), "inverter", {"t5": t5.T5Config})
+    inverter = typed_config(inverters.InverterConfig, data.get("inverter"), "inverter", {"t5": t5.T5Config})
     corrector = None
     if data.get("corrector") is not None:
-        corrector = typed_config(correction.CorrectorConfig, data["corrector"], "corrector", {"t5": t5.T5Config})
+        corrector = typed_config(correctors.CorrectorConfig, data["corrector"], "corrector", {"t5": t5.T5Config})
     for where, cfg in (("inverter", inverter), ("corrector", corrector)):
         if cfg is not None:
             check_bounds(cfg, f"{path}: {where}")

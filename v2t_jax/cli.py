@@ -82,7 +82,7 @@ def _seconds(low: float, high: float):
 
 
 def _search_flags(p: argparse.ArgumentParser, stop_and_skip: bool = False) -> None:
-    """The search's flags (`v2t_jax.strategies.from_flags`), the same for every command that inverts (--steps,
+    """The search's flags (`v2t_jax.search.strategies.from_flags`), the same for every command that inverts (--steps,
     --sbeam, --token-beam, --prior, --polish, --patience);
     --stop-cosine and --no-skip-repeated where `stop_and_skip` (elsewhere: no stop cosine, skipping on)."""
     p.add_argument(

@@ -22,7 +22,7 @@ from v2t_jax.outputs import RowStream, check_file, save_npy_atomic
 from v2t_jax.audit.remote import RemoteError
 
 
-from v2t_jax.strategies import (  # noqa: F401  (the flags' defaults, for cli)
+from v2t_jax.search.strategies import (  # noqa: F401  (the flags' defaults, for cli)
     DEFAULT_PATIENCE,
     DEFAULT_POLISH,
     DEFAULT_PRIOR,
@@ -354,7 +354,8 @@ def _load_model(args: argparse.Namespace, resuming: dict | None = None, command:
     no --sbeam / --token-beam / --patience: their defaults, or with `resuming`, the state of an interrupted run
     this command continues, what that run started with: `strategies.resumed_flags`), checked against each other
     before any work."""
-    from v2t_jax import api, assets, strategies
+    from v2t_jax import api, assets
+    from v2t_jax.search import strategies
 
     flags = dict(
         sbeam=args.sbeam, prior=args.prior, polish=args.polish, stop_cosine=args.stop_cosine,
@@ -723,7 +724,8 @@ def _export_vec2text(args: argparse.Namespace) -> int:
     outputs.check_name(out, "output folder")
     if out.exists() or out.is_symlink():
         raise UsageError(f"{out} exists; give --output a new folder (vec2text's two checkpoints go in it)")
-    from v2t_jax import api, vec2text_export
+    from v2t_jax import api
+    from v2t_jax.weights import vec2text_export
 
     try:
         written = vec2text_export.from_bundle(args.bundle, out)
@@ -752,7 +754,8 @@ def cmd_import_vec2text(args: argparse.Namespace) -> int:
             raise UsageError(f"{flag} {folder} is not a folder")
     if args.max_length is not None and not 2 <= args.max_length <= 4096:
         raise UsageError(f"--max-length must be a token count in 2..4096, got {args.max_length}")
-    from v2t_jax import api, assets, vec2text_import
+    from v2t_jax import api, assets
+    from v2t_jax.weights import vec2text_import
 
     try:
         written = vec2text_import.to_bundle(args.inversion, args.corrector, args.embedder, out, args.weights,
@@ -784,7 +787,7 @@ def _int_list(text: str, flag: str, low: int, high: int) -> list[int]:
 def _beam_list(text: str) -> list[tuple[int, int | None]]:
     """--beam's items: B (vec2text's search: sbeam B, token beams of B) or BxW (sbeam B, token beams of W), as
     (B, W or None); W as given, since at step 0 BxW is the inverter's token beam of W even where W = B."""
-    from v2t_jax import strategies
+    from v2t_jax.search import strategies
 
     beams = []
     for item in (x.strip() for x in text.split(",")):
@@ -803,7 +806,7 @@ def _beam_list(text: str) -> list[tuple[int, int | None]]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from v2t_jax.strategies import MAX_STEPS
+    from v2t_jax.search.strategies import MAX_STEPS
 
     batches = _int_list(args.batch, "--batch", 1, 1 << 20)
     steps = _int_list(args.steps, "--steps", 0, MAX_STEPS)
@@ -819,7 +822,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if (args.checkpoint is None) == (args.config is None):
         raise UsageError("pass one of --checkpoint BUNDLE or --config configs/corrector.py:VARIANT")
     if args.config is not None:
-        from v2t_jax import config_loading, tasks
+        from v2t_jax.training import config_loading, tasks
 
         try:
             config = config_loading.apply_overrides(config_loading.load(args.config), args.overrides)
@@ -860,13 +863,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from v2t_jax import config_loading
+    from v2t_jax.training import config_loading
 
     try:
         config = config_loading.apply_overrides(config_loading.load(args.config), args.overrides)
     except config_loading.ConfigError as e:
         raise UsageError(str(e)) from e
-    from v2t_jax import sharding, train
+    from v2t_jax.training import sharding, train
 
     try:
         train.check_numbers(config)

@@ -21,6 +21,10 @@ class V2TError(Exception):
     """An error whose message is one line that says what is wrong and what to do."""
 
 
+class TrainingError(V2TError, RuntimeError):
+    """A training run cannot start or continue; the message says what to do."""
+
+
 class ModelError(V2TError, ValueError):
     """A bundle is missing, incomplete, damaged or does not fit the input; the message says what to do
     (`bundle.ModelError`, `api.ModelError`: defined here so that stdlib-only modules can raise it)."""

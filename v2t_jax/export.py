@@ -7,7 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from v2t_jax import api, bundle, checkpoint, paths, tasks
+from v2t_jax import api, bundle, paths
+from v2t_jax.training import checkpoint, tasks
 from v2t_jax.bundle import ModelError
 
 

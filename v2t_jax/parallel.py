@@ -4,7 +4,7 @@ Inversion and embedding are row-wise: no row's result depends on another's. So e
 one device would run, on its own slice of the rows (`jax.shard_map` over the `data` axis, parameters replicated
 once per mesh): nothing crosses devices inside the program, and a row's text is the one a single device gives.
 Under `--distributed` each process inverts its own share of the input with its own devices (`process_share`); the
-training mesh, which does cross hosts, is `v2t_jax.sharding`'s.
+training mesh, which does cross hosts, is `v2t_jax.training.sharding`'s.
 
     mesh = parallel.local_mesh()             # every local device (or the first n: local_mesh(n))
     fn = parallel.rows_map(f, mesh)          # f(replicated, rows) on each device's rows; batch padded by the caller

@@ -12,6 +12,7 @@ transformers = pytest.importorskip("transformers")
 from test_t5 import VOCAB, _inputs  # noqa: E402  (the same random ids, masks and decoder inputs)
 
 from v2t_jax.models import embedders, t5  # noqa: E402
+from v2t_jax.training import warm_start  # noqa: E402
 
 E, HEADS, FF, POS = 64, 4, 128, 40
 
@@ -58,10 +59,10 @@ def pair():
         return sd, embedders.bert_params_from_hf_state_dict(sd, embedders.BertConfig(num_hidden_layers=layers))
 
     _, bert_enc = ours(enc.state_dict(), 3)
-    from_enc = t5.bert_layers_to_t5(bert_enc, cfg.replace(num_decoder_layers=0), params)
+    from_enc = warm_start.bert_layers_to_t5(bert_enc, cfg.replace(num_decoder_layers=0), params)
     params = dict(params, shared=from_enc["shared"], encoder=from_enc["encoder"])
     sd, bert_dec = ours(dec.state_dict(), 2)
-    from_dec = t5.bert_layers_to_t5(bert_dec, cfg.replace(num_layers=2), params)
+    from_dec = warm_start.bert_layers_to_t5(bert_dec, cfg.replace(num_layers=2), params)
     decoder = from_dec["decoder"]
     for i in range(2):  # cross-attention and the head have no counterpart in an encoder: mapped here
         cross = {
@@ -71,7 +72,7 @@ def pair():
                          ("attn_out", "output.dense"))
         }  # fmt: skip
         norm = f"bert.encoder.layer.{i}.crossattention.output.LayerNorm"
-        decoder[f"layers_{i}"]["cross_attn"] = t5._bert_attention(cross, cfg)
+        decoder[f"layers_{i}"]["cross_attn"] = warm_start._bert_attention(cross, cfg)
         decoder[f"layers_{i}"]["cross_attn_norm"] = {"scale": sd[norm + ".weight"], "bias": sd[norm + ".bias"]}
     head = "cls.predictions.transform."
     params = dict(
@@ -138,7 +139,7 @@ def test_warm_started_encoder_is_the_embedder():
     cfg = t5.t5_config("tiny", "bert", vocab_size=VOCAB, d_model=E, d_kv=E // HEADS, d_ff=FF, num_heads=HEADS,
                        num_layers=3, num_decoder_layers=2, max_position_embeddings=POS)  # fmt: skip
     fresh = t5.init_params(t5.T5(cfg), jax.random.PRNGKey(0))
-    params = t5.bert_layers_to_t5(bert, cfg, fresh)
+    params = warm_start.bert_layers_to_t5(bert, cfg, fresh)
     ref = embedders.Bert(bert_cfg).apply({"params": bert}, ids, mask)
     ours = t5.T5(cfg).apply({"params": params}, ids, mask, method=t5.T5.encode)
     keep = np.asarray(mask)
@@ -184,7 +185,7 @@ def test_warm_start_refuses_another_shape(change, message):
     cfg = t5.t5_config("tiny", variant, **kw)
     fresh = t5.init_params(t5.T5(cfg), jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match=message):
-        t5.bert_layers_to_t5(bert, cfg, fresh)
+        warm_start.bert_layers_to_t5(bert, cfg, fresh)
 
 
 def test_bert_layout_has_positions_not_buckets_and_bad_layout_is_refused():

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from v2t_jax.models import t5  # noqa: E402
+from v2t_jax.models import hf_import, t5  # noqa: E402
 
 VOCAB = 150
 
@@ -75,7 +75,7 @@ def pair(request, tmp_path_factory):
     hf = _hf_model(variant)
     folder = tmp_path_factory.mktemp(f"hf_{variant}")
     _save(hf, folder, variant)
-    cfg, params = t5.load_hf_t5(folder)
+    cfg, params = hf_import.load_hf_t5(folder)
     return variant, hf, cfg, params
 
 
@@ -170,7 +170,7 @@ def test_incremental_decoding_equals_full_forward(pair):
 def test_pytorch_bin_checkpoint_loads(tmp_path):
     hf = _hf_model("v1.1")
     _save(hf, tmp_path, "v1.1", fmt="bin")
-    cfg, params = t5.load_hf_t5(tmp_path)
+    cfg, params = hf_import.load_hf_t5(tmp_path)
     assert not cfg.tie_word_embeddings
     ids, mask, dec = _inputs()
     with torch.no_grad():

@@ -1,5 +1,5 @@
 """A black-box embedder behind an OpenAI-compatible `/v1/embeddings` endpoint, for the host-side search
-(`correction.invert_host`): `RemoteEmbedder(url, model)(texts) -> float32 [n, D]`.
+(`drivers.invert_host`): `RemoteEmbedder(url, model)(texts) -> float32 [n, D]`.
 
 What an attacker who can only query an embedding API has: the inverter and corrector come from a bundle trained
 for that embedder, and every hypothesis is re-embedded by the API. Requests are JSON `{"model", "input"}` of at

@@ -8,7 +8,8 @@ records (`records.jsonl`): the summary, the share of records with at least half 
 the most leaked records first. Each file is written whole (`outputs.write_atomic`), report.md last: a folder
 with report.md holds a finished audit.
 
-    from v2t_jax import api, audit, strategies
+    from v2t_jax import api, audit
+    from v2t_jax.search import strategies
     from v2t_jax.audit import stores
 
     records = stores.read("chroma_folder")
@@ -78,7 +79,7 @@ def run(
         command). model_key: what identifies the model's weights in the run's record (default: its embedder and
         search only). say(message, resumed): where progress lines go; `resumed` marks the one that says a run is being
     finished (`v2t audit` prints that one even when quiet)."""
-    from v2t_jax import strategies
+    from v2t_jax.search import strategies
 
     if search is None:
         search = strategies.default(has_corrector=model.program.corrector is not None)

@@ -45,13 +45,14 @@ def hypotheses_dir(targets_dir: Path, bundle: Path) -> Path:
 def make_step(model):
     """(params, embeddings [b, D]) -> (hypothesis ids [b, L-1], their embeddings [b, D]), compiled, each device of
     `model.mesh` on its share of the rows (padded to a share each; the outputs then have the padded rows too)."""
-    from v2t_jax import correction, parallel
+    from v2t_jax.search import core
+    from v2t_jax import parallel
 
     program = model.program
     mesh = model.mesh
 
     def per_device(params, rows):
-        ids, emb, _ = correction.initial_hypotheses(program, params, rows[0])
+        ids, emb, _ = core.initial_hypotheses(program, params, rows[0])
         return ids, emb
 
     run = jax.jit(parallel.rows_map(per_device, mesh))
@@ -65,10 +66,10 @@ def make_step(model):
 
 def make_host_step(model):
     """`make_step` for a model decoding in its own vocabulary: greedy ids compiled, then their texts embedded by
-    the embedder (on the host, as `correction.invert_host` re-embeds)."""
-    from v2t_jax import correction
+    the embedder (on the host, as `drivers.invert_host` re-embeds)."""
+    from v2t_jax.search import core
 
-    greedy = jax.jit(correction.greedy_hypotheses, static_argnums=0)
+    greedy = jax.jit(core.greedy_hypotheses, static_argnums=0)
 
     def step(params, e):
         ids = np.asarray(greedy(model.program, params, e))

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from v2t_jax.models import hf_import
 from v2t_jax.models import t5 as t5_lib
 
 Array = jax.Array
@@ -164,7 +165,7 @@ TOKEN_PERTURBATION = "token_embeddings"
 def _token_vectors(module: nn.Module, word: Array, input_ids: Array) -> Array:
     """The input tokens' word vectors [b, l, e], through a zero perturbation (`nn.Module.perturb`): applied with
     a "perturbations" collection, the gradient with respect to it is the gradient with respect to each input
-    token's vector (`v2t_jax.hotflip`); without one (every other use) it is a no-op."""
+    token's vector (`v2t_jax.search.hotflip`); without one (every other use) it is a no-op."""
     x = jnp.take(word, input_ids, axis=0)
     return x if module.is_initializing() else module.perturb(TOKEN_PERTURBATION, x)
 
@@ -364,7 +365,7 @@ BACKBONES: dict[str, Backbone] = {
         Backbone("mpnet", MPNetConfig, MPNet, MPNetConfig.from_hf_dict, mpnet_params_from_hf_state_dict,
                  lambda c: c.hidden_size, lambda c: c.max_positions),
         Backbone("t5", t5_lib.T5Config, t5_lib.T5EncoderModel, t5_lib.T5Config.from_hf_dict,
-                 lambda sd, c: t5_lib.params_from_hf_state_dict(sd, c, encoder_only=True), lambda c: c.d_model,
+                 lambda sd, c: hf_import.params_from_hf_state_dict(sd, c, encoder_only=True), lambda c: c.d_model,
                  lambda c: None),
     )
 }  # fmt: skip
@@ -490,7 +491,7 @@ def load_embedder_config_and_params(folder: str | os.PathLike, head: str = "auto
     backbone_dir = folder
     for m in modules:
         kind = m.get("type", "").rsplit(".", 1)[-1]
-        sub = t5_lib.join_inside(folder, m.get("path", ""), "modules.json")
+        sub = hf_import.join_inside(folder, m.get("path", ""), "modules.json")
         if kind == "Transformer":
             backbone_dir = sub
         elif kind == "Pooling":
@@ -525,13 +526,13 @@ def load_embedder_config_and_params(folder: str | os.PathLike, head: str = "auto
             f"{backbone_dir}: embedder backbone {hf.get('model_type')!r} is not supported ({', '.join(BACKBONES)})"
         )
     backbone = kind.config_from_hf(hf)
-    backbone_params = kind.params_from_hf(t5_lib.read_hf_state_dict(backbone_dir), backbone)
+    backbone_params = kind.params_from_hf(hf_import.read_hf_state_dict(backbone_dir), backbone)
 
     params: dict[str, Any] = {"backbone": backbone_params}
     dense_head = None
     if dense is not None:
         dense_dir, dense_head = dense
-        dsd = t5_lib.read_hf_state_dict(dense_dir) if _has_weights(dense_dir) else {}
+        dsd = hf_import.read_hf_state_dict(dense_dir) if _has_weights(dense_dir) else {}
         if not dsd:
             raise FileNotFoundError(f"{dense_dir}: Dense layer weights not found")
         params["dense"] = {"kernel": np.asarray(dsd["linear.weight"], np.float32).T}
@@ -740,7 +741,7 @@ STAND_IN_FILE = "v2t_stands_for.json"
 def _tokenizer_folder(folder: str) -> str:
     for m in _st_modules(os.fspath(folder)):
         if m.get("type", "").endswith("Transformer"):
-            sub = t5_lib.join_inside(folder, m.get("path", ""), "modules.json")
+            sub = hf_import.join_inside(folder, m.get("path", ""), "modules.json")
             if os.path.exists(os.path.join(sub, "tokenizer.json")) or os.path.exists(
                 os.path.join(sub, "tokenizer_config.json")
             ):

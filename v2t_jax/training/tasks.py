@@ -27,16 +27,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from v2t_jax import correction, decoding, inversion
-from v2t_jax.errors import V2TError
+from v2t_jax.models import correctors, inverters
+from v2t_jax.search import decoding
+from v2t_jax.errors import TrainingError
 from v2t_jax.models import embedders
+from v2t_jax.training import warm_start
 from v2t_jax.models import t5 as t5_lib
 
 Array = jax.Array
-
-
-class TrainingError(V2TError, RuntimeError):
-    """A run cannot start or continue; the message says what to do (raised as `train.TrainingError` too)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +66,7 @@ class Init:
             if value not in ("random", "embedder"):
                 raise TrainingError(f"{key} must be random or embedder, got {value!r}")
         bundle = Path(config.init_from).expanduser() if config.get("init_from") else None
-        t5 = pretrained_t5_folder(config)
+        t5 = warm_start.pretrained_t5_folder(config)
         if t5 is not None and (how, layers) != ("random", "random"):
             raise TrainingError("config.t5.init starts T5 from its folder: leave init_token_embeddings and "
                                 "init_layers at random")  # fmt: skip
@@ -83,8 +81,8 @@ class Task:
     overrides what the corrector adds. Adding a model kind is one subclass registered in `TASKS`."""
 
     name = "inverter"
-    config_type: type = inversion.InverterConfig
-    module_type: type = inversion.Inverter
+    config_type: type = inverters.InverterConfig
+    module_type: type = inverters.Inverter
     batch_extra: tuple[str, ...] = ()  # batch keys beyond embeddings, labels, mask
 
     def __init__(self, config: ml_collections.ConfigDict, embedder, vocab):
@@ -99,7 +97,7 @@ class Task:
         self.model = self.module_type(self.model_config)
 
     def _model_config(self, config: ml_collections.ConfigDict, common: dict):
-        return inversion.InverterConfig(**common, dropout_rate=config.dropout_rate, noise_level=config.noise_level)
+        return inverters.InverterConfig(**common, dropout_rate=config.dropout_rate, noise_level=config.noise_level)
 
     # --------------------------------------------------------------------------- the model
 
@@ -130,17 +128,17 @@ class Task:
             {"params": params}, *self.model_inputs(batch), dec_in, deterministic=False,
             rngs={"dropout": r_drop, "noise": r_noise},
         )  # fmt: skip
-        return inversion.cross_entropy(logits, batch["labels"], batch["mask"])
+        return inverters.cross_entropy(logits, batch["labels"], batch["mask"])
 
     def eval_metrics(self, params, batch: dict) -> dict:
         """loss, token_accuracy and tokens of a batch, without dropout or noise."""
         dec_in = t5_lib.shift_right(batch["labels"], self.model_config.t5.decoder_start_token_id)
         logits = self.model.apply({"params": params}, *self.model_inputs(batch), dec_in)
-        return inversion.cross_entropy(logits, batch["labels"], batch["mask"])[1]
+        return inverters.cross_entropy(logits, batch["labels"], batch["mask"])[1]
 
     def predict_batch(self, params, batch: dict, max_length: int | None = None) -> Array:
         """Greedy ids [b, max_length] (default: the vocabulary's length): the inverter's hypothesis, or one
-        greedy correction of the batch's hypotheses. (The multi-step search is `correction.invert`.)"""
+        greedy correction of the batch's hypotheses. (The multi-step search is `drivers.invert`.)"""
         model, v = self.model, {"params": params}
         max_length = max_length or self.vocab.length
         inputs = self.model_inputs(batch)
@@ -174,13 +172,13 @@ class Task:
         the T5 token embeddings taken from the embedder's own (`config.init_token_embeddings=embedder`), or both
         stacks' layers too (`config.init_layers=embedder`)."""
         if self.init.from_bundle is not None:
-            return from_bundle(params, self.init.from_bundle, self.name, shardings)
+            return warm_start.from_bundle(params, self.init.from_bundle, self.name, shardings)
         if self.init.pretrained_t5 is not None:
-            return pretrained_t5(params, self.init.pretrained_t5, self.model_config.t5, shardings)
+            return warm_start.pretrained_t5(params, self.init.pretrained_t5, self.model_config.t5, shardings)
         if self.init.layers == "embedder":  # includes the token embeddings, at the embedder's own scale
-            return embedder_layers(params, self.model_config.t5, self.embedder, self.vocab, shardings)
+            return warm_start.embedder_layers(params, self.model_config.t5, self.embedder, self.vocab, shardings)
         if self.init.token_embeddings == "embedder":
-            return embedder_token_embeddings(params, self.embedder, self.vocab, shardings)
+            return warm_start.embedder_token_embeddings(params, self.embedder, self.vocab, shardings)
         return params
 
     def rows_note(self, train_data, rows: np.ndarray) -> str:
@@ -205,8 +203,8 @@ class CorrectorTask(Task):
     """(e, hypothesis x⁰, its embedding ê⁰) -> x, trained on a frozen inverter's cached greedy hypotheses."""
 
     name = "corrector"
-    config_type = correction.CorrectorConfig
-    module_type = correction.Corrector
+    config_type = correctors.CorrectorConfig
+    module_type = correctors.Corrector
     batch_extra = ("hyp_ids", "hyp_embeddings")
 
     def __init__(self, config: ml_collections.ConfigDict, embedder, vocab):
@@ -217,7 +215,7 @@ class CorrectorTask(Task):
         self.progress = bool(config.get("progress", False))
 
     def _model_config(self, config: ml_collections.ConfigDict, common: dict):
-        return correction.CorrectorConfig(
+        return correctors.CorrectorConfig(
             **common,
             dropout_rate=config.dropout_rate,
             ignore_hypothesis_embedding=config.ignore_hypothesis_embedding,
@@ -227,7 +225,7 @@ class CorrectorTask(Task):
     @functools.cached_property
     def inverter(self) -> Path:
         """The bundle whose inverter made (or will make) the hypotheses, checked once (`inverter_bundle`)."""
-        return inverter_bundle(self._inverter, self.embedder_name, self.max_length, not self.vocab.in_graph)
+        return warm_start.inverter_bundle(self._inverter, self.embedder_name, self.max_length, not self.vocab.in_graph)
 
     @functools.cached_property
     def inverter_model(self):
@@ -307,7 +305,7 @@ class CorrectorTask(Task):
 
     def initial_params(self, params, shardings):
         if self.init.from_inverter and self.init.from_bundle is None:
-            return warm_start(params, self.inverter, shardings)
+            return warm_start.warm_start(params, self.inverter, shardings)
         return super().initial_params(params, shardings)
 
     def rows_note(self, train_data, rows: np.ndarray) -> str:
@@ -367,7 +365,7 @@ def target_vocab(config: ml_collections.ConfigDict, embedder):
         if not own_vocabulary(config):
             return vocabulary.Vocabulary.of_embedder(embedder, config.max_length)
         # a pretrained T5 decodes in its own tokenizer unless config.vocab names another folder
-        folder = config.vocab if config.vocab != "embedder" else pretrained_t5_folder(config)
+        folder = config.vocab if config.vocab != "embedder" else warm_start.pretrained_t5_folder(config)
         return vocabulary.Vocabulary.from_folder(folder, config.max_length)
     except vocabulary.VocabularyError as e:
         raise TrainingError(str(e)) from None
@@ -400,7 +398,7 @@ def run_config(workdir: Path, inverter: str | None = None) -> tuple[ml_collectio
         if config.get("model") != "corrector":
             raise TrainingError(f"{workdir} trained an inverter: --inverter applies to a corrector run only")
         trained_on, config.inverter = config.inverter, str(inverter)
-        inverter_bundle(config.inverter, config.embedder, config.max_length, own_vocabulary(config))
+        warm_start.inverter_bundle(config.inverter, config.embedder, config.max_length, own_vocabulary(config))
     if "dtype" in config.t5:  # a bundle computes in float32 (runs on accelerators train in bfloat16)
         config.t5.dtype = "float32"
     return config, trained_on
@@ -432,13 +430,13 @@ def t5_config(config: ml_collections.ConfigDict, vocab_size: int, pad_id: int = 
     overrides = {
         k: c[k] for k in ("d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads") if c.get(k, 0)
     }
-    folder = pretrained_t5_folder(config)
+    folder = warm_start.pretrained_t5_folder(config)
     if folder is not None:
         if overrides:
             raise TrainingError(
                 f"config.t5.init takes the shape from {folder}/config.json: leave t5.{', t5.'.join(overrides)} at 0"
             )
-        cfg = pretrained_t5_config(str(folder))
+        cfg = warm_start.pretrained_t5_config(str(folder))
         if vocab_size > cfg.vocab_size:
             raise TrainingError(
                 f"the decoder vocabulary has {vocab_size} tokens, the T5 in {folder} embeds {cfg.vocab_size}: use "
@@ -457,159 +455,3 @@ def t5_config(config: ml_collections.ConfigDict, vocab_size: int, pad_id: int = 
         dtype=c.get("dtype", "float32"),
         **overrides,
     )
-
-
-def pretrained_t5_folder(config: ml_collections.ConfigDict) -> Path | None:
-    """`config.t5.init`, checked to be a Hugging Face T5 folder (config.json + weights), or None."""
-    init = config.t5.get("init") or ""
-    if not init:
-        return None
-    folder = Path(init).expanduser()
-    if not (folder / "config.json").is_file():
-        raise TrainingError(f"config.t5.init: {folder} is not a Hugging Face T5 folder (no config.json)")
-    if not any((folder / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json",
-                                                "pytorch_model.bin")):  # fmt: skip
-        raise TrainingError(f"config.t5.init: {folder} holds no weights (model.safetensors or pytorch_model.bin)")
-    return folder
-
-
-@functools.lru_cache(maxsize=4)
-def pretrained_t5_config(folder: str) -> t5_lib.T5Config:
-    """The T5Config of a pretrained folder, its LM head's tying read off the weights (`t5.load_hf_t5`)."""
-    from v2t_jax import bundle
-
-    try:
-        cfg = t5_lib.load_hf_t5(folder)[0]
-        bundle.check_bounds(cfg, "its config.json")  # (0 heads, 10^6 layers, ...: what a bundle may not hold)
-        return cfg
-    except (ValueError, KeyError, TypeError, AttributeError, OSError, RecursionError, ZeroDivisionError) as e:
-        # (a config.json that is a list, lacks a field, holds text where numbers go, nests past the stack)
-        raise TrainingError(f"config.t5.init: {folder} does not load as T5 ({bundle.brief(e)})") from None
-
-
-def pretrained_t5(params: dict, folder: Path, cfg: t5_lib.T5Config, shardings: Any) -> dict:
-    """T5 parameters from the pretrained folder `folder` (`config.t5.init`), in place of the fresh ones; the
-    rest (the embedding projections) keeps its fresh initialisation."""
-    _, t5 = t5_lib.load_hf_t5(folder, tie_word_embeddings=cfg.tie_word_embeddings)
-    new = dict(params, t5=t5)
-    _check_same_shapes(new, params, f"config.t5.init: the T5 in {folder} has another shape than this config")
-    t5 = jax.tree_util.tree_map(lambda x, old, s: jax.device_put(np.asarray(x).astype(old.dtype), s), t5,
-                                params["t5"], shardings["t5"])  # fmt: skip
-    return dict(params, t5=t5)
-
-
-def embedder_token_embeddings(params: dict, embedder, vocab, shardings: Any) -> dict:
-    """T5 token embeddings started from the embedder's own word embeddings (`config.init_token_embeddings=
-    "embedder"`): same vocabulary, same width required; rescaled to the random init's unit standard deviation."""
-    word = embedder.params.get("backbone", {}).get("word_embeddings") if isinstance(embedder.params, dict) else None
-    shared = params["t5"]["shared"]
-    if word is None or not vocab.in_graph or tuple(np.shape(word)) != tuple(shared.shape):
-        raise TrainingError(
-            f"init_token_embeddings=embedder needs vocab=embedder and t5.d_model equal to the embedder's width "
-            f"({np.shape(word)[-1] if word is not None else '?'}); got a T5 embedding of shape {tuple(shared.shape)}"
-        )
-    w = np.asarray(word, np.float32)
-    w = w / w.std()
-    t5 = dict(params["t5"], shared=jax.device_put(w.astype(shared.dtype), shardings["t5"]["shared"]))
-    return dict(params, t5=t5)
-
-
-def embedder_layers(params: dict, cfg, embedder, vocab, shardings: Any) -> dict:
-    """T5 ("bert" layout, config `cfg`) whose encoder and decoder layers, token and position embeddings start as
-    the BERT embedder's own (`config.init_layers="embedder"`; BERT2BERT, Rothe et al. 2020):
-    `t5.bert_layers_to_t5`."""
-    backbone = getattr(getattr(embedder, "config", None), "backbone", None)
-    if not isinstance(backbone, embedders.BertConfig) or not vocab.in_graph:
-        raise TrainingError(
-            "init_layers=embedder needs a BERT-backbone embedder (all-MiniLM-L6-v2, say) and vocab=embedder; "
-            f"got a {type(backbone).__name__} backbone"
-        )
-    try:
-        host = jax.tree_util.tree_map(np.asarray, params["t5"])
-        t5 = t5_lib.bert_layers_to_t5(jax.tree_util.tree_map(np.asarray, embedder.params["backbone"]), cfg, host)
-    except ValueError as e:
-        raise TrainingError(
-            f"init_layers=embedder: {e} (use --config configs/inverter.py:gpu_warm's t5 shape)"
-        ) from None
-    t5 = jax.tree_util.tree_map(
-        lambda x, old, s: jax.device_put(x.astype(old.dtype), s), t5, params["t5"], shardings["t5"]
-    )
-    return dict(params, t5=t5)
-
-
-# ------------------------------------------------------------------------------- the corrector's inverter
-
-
-def inverter_bundle(inverter: str, embedder: str, max_length: int, own_vocabulary: bool = False) -> Path:
-    """A corrector config's `inverter`: a model bundle whose inverter made (or will make) the hypotheses, of
-    the config's `embedder` at `max_length` tokens, decoding in the embedder's vocabulary (or, own_vocabulary:
-    in a vocabulary of its own, as the corrector)."""
-    from v2t_jax import bundle as bundle_lib
-
-    if not inverter:
-        raise TrainingError("a corrector needs the inverter that makes its hypotheses: --config.inverter=BUNDLE")
-    bundle = Path(inverter).expanduser()
-    if (bundle / "config.json").exists() and (bundle / "checkpoints").is_dir():
-        raise TrainingError(
-            f"{bundle} is a training run; export a bundle first: v2t export --workdir {bundle} --output BUNDLE"
-        )
-    try:
-        meta = bundle_lib.read_meta(bundle)
-    except bundle_lib.ModelError as e:
-        raise TrainingError(f"inverter: {e}") from None
-    if meta.vocabulary is not None and not own_vocabulary:
-        raise TrainingError(f"inverter {bundle} decodes in its own vocabulary; a corrector reads the embedder's")
-    if meta.vocabulary is None and own_vocabulary:
-        raise TrainingError(
-            f"inverter {bundle} decodes in the embedder's vocabulary; this corrector in its own (config.t5.init or "
-            "config.vocab): train both in one vocabulary"
-        )
-    if meta.embedder != embedder or meta.max_length != max_length:
-        raise TrainingError(
-            f"inverter {bundle} inverts {meta.embedder} at {meta.max_length} tokens, "
-            f"the config {embedder} at {max_length}"
-        )
-    return bundle
-
-
-def from_bundle(params: dict, bundle: Path, kind: str, shardings: Any) -> dict:
-    """The `kind` ("inverter" or "corrector") parameters of model bundle `bundle`, in place of `params` (same
-    structure and shapes required), on `shardings`."""
-    from v2t_jax import bundle as bundle_lib
-
-    try:
-        _, inverter, corrector = bundle_lib.read(bundle)
-    except bundle_lib.ModelError as e:
-        raise TrainingError(f"init_from: {e}") from None
-    new = inverter if kind == "inverter" else corrector
-    if new is None:
-        raise TrainingError(f"init_from: {bundle} has no {kind}")
-    _check_same_shapes(new, params, f"init_from: the {kind} in {bundle} has another shape than this config")
-    return jax.tree_util.tree_map(lambda x, s: jax.device_put(np.asarray(x, np.float32), s), new, shardings)
-
-
-def _check_same_shapes(new: dict, params: dict, what: str, hint: str = "") -> None:
-    same = jax.tree_util.tree_structure(new) == jax.tree_util.tree_structure(params) and all(
-        np.shape(a) == np.shape(b) for a, b in zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(params))
-    )
-    if not same:
-        raise TrainingError(f"{what} (T5 size, vocabulary or embedding width){hint}")
-
-
-def warm_start(params: dict, bundle: Path, shardings: Any) -> dict:
-    """Corrector parameters whose T5 and two embedding projections start as the inverter's.
-
-    The inverter already maps an embedding to text; the corrector starts from that instead of from noise:
-    its T5 takes the inverter's T5, its projections of e and ê take the inverter's projection of e, and the
-    projection of e - ê and the input layer norm keep their fresh initialisation. The reference starts both
-    models from the same pretrained T5; with none here, the trained inverter is the closest thing."""
-    from v2t_jax import bundle as bundle_lib
-
-    try:
-        inv = bundle_lib.read(bundle)[1]
-    except bundle_lib.ModelError as e:
-        raise TrainingError(f"inverter: {e}") from None
-    new = dict(params, t5=inv["t5"], transform_target=inv["transform"], transform_hypothesis=inv["transform"])
-    what = f"init_from_inverter: the inverter in {bundle} has another shape than this corrector config"
-    _check_same_shapes(new, params, what, "; set --config.init_from_inverter=false")
-    return jax.tree_util.tree_map(lambda x, s: jax.device_put(np.asarray(x, np.float32), s), new, shardings)

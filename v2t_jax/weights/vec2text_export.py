@@ -1,6 +1,6 @@
 """Write a model bundle as checkpoints of the reference `vec2text` package (the inverse of `vec2text_import`).
 
-    from v2t_jax import vec2text_export
+    from v2t_jax.weights import vec2text_export
     vec2text_export.from_bundle("v2t_jax/resources/v2t_minilm_l6_v2", "exported")   # None: the shipped model
 
 gives, for the inverter and (if the bundle has one) the corrector, a folder that vec2text 0.0.13 loads as an
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from v2t_jax import vec2text_import
+from v2t_jax.weights import vec2text_import
 from v2t_jax.models import t5 as t5_lib
 
 START_TOKEN_KEY = vec2text_import.START_TOKEN_KEY  # what the importer reads back
@@ -49,7 +49,7 @@ def _ffn(p: dict, prefix: str) -> dict:
 
 def t5_state_dict(params: dict, cfg: t5_lib.T5Config) -> dict[str, np.ndarray]:
     """Our T5 parameters as a transformers `T5ForConditionalGeneration` state dict (numpy float32; the inverse of
-    `t5.params_from_hf_state_dict`). Refuses what transformers' T5 cannot express."""
+    `hf_import.params_from_hf_state_dict`). Refuses what transformers' T5 cannot express."""
     if cfg.is_bert:
         raise ValueError("a 'bert'-layout backbone has no vec2text (transformers T5) form")
     if cfg.scale_decoder_outputs != cfg.tie_word_embeddings:
@@ -94,7 +94,7 @@ def _check_bottleneck(cfg, what: str) -> None:
 
 
 def inverter_state_dict(cfg, params: dict) -> dict[str, np.ndarray]:
-    """An `inversion.Inverter`'s parameters as a vec2text `InversionModel` state dict (embedder excluded)."""
+    """An `inverters.Inverter`'s parameters as a vec2text `InversionModel` state dict (embedder excluded)."""
     _check_bottleneck(cfg, "inverter")
     sd = _transform(params["transform"], "embedding_transform")
     sd.update({"encoder_decoder." + k: v for k, v in t5_state_dict(params["t5"], cfg.t5).items()})
@@ -102,7 +102,7 @@ def inverter_state_dict(cfg, params: dict) -> dict[str, np.ndarray]:
 
 
 def corrector_state_dict(cfg, params: dict) -> dict[str, np.ndarray]:
-    """A `correction.Corrector`'s parameters as a vec2text `CorrectorEncoderModel` state dict."""
+    """A `correctors.Corrector`'s parameters as a vec2text `CorrectorEncoderModel` state dict."""
     _check_bottleneck(cfg, "corrector")
     sd = {}
     for ours, theirs in (("target", 1), ("diff", 2), ("hypothesis", 3)):

@@ -7,7 +7,8 @@ them; `v2t demo`, `v2t invert` and `v2t audit` build one from their flags (`from
 (`describe`) and record it with the rows they write, so a resumed run continues only the same search (`record`).
 It is hashable: the compiled program is one per (search, batch shape).
 
-    from v2t_jax import api, strategies
+    from v2t_jax import api
+    from v2t_jax.search import strategies
 
     model = api.load_model()
     model.invert(vectors, strategies.inverter_only())        # the inverter's hypothesis alone
@@ -39,7 +40,7 @@ DEFAULT_BEAM = 1
 DEFAULT_SBEAM = 2
 DEFAULT_TOKEN_BEAM = 8
 DEFAULT_PRIOR = 0.0  # the language prior's weight: 0 ranks hypotheses by cosine alone, as vec2text
-DEFAULT_POLISH = 0  # rounds of gradient-guided token swaps after the search (v2t_jax/hotflip.py); 0: none
+DEFAULT_POLISH = 0  # rounds of gradient-guided token swaps after the search (v2t_jax/search/hotflip.py); 0: none
 # the commands' default stop: an example stops after 3 correction steps in a row without a better hypothesis. On 500
 # held-out passages it keeps BLEU (10.69 -> 10.71) in 2.1x less time; out of domain and at sbeam 4 BLEU falls
 # by <= 0.08 in 2.1-2.2x less time (experiments/results/patience_*.md). `Search` itself defaults to 0 (off).
@@ -106,9 +107,9 @@ class Search:
         is the inverter's: its token beam's candidates are re-embedded and the best by cosine kept (None or 1:
         its greedy decode); `beam` plays no part there.
     prior: the language prior's weight λ: hypotheses are ranked by cosine + λ · their mean log-probability under
-        the corrector (`correction.invert`); 0 ranks by cosine alone, as vec2text does. (Token swaps rank by
+        the corrector (`drivers.invert`); 0 ranks by cosine alone, as vec2text does. (Token swaps rank by
         cosine + λ · the inverter's log-probability, so it counts at 0 steps with `polish` too.)
-    polish: rounds of gradient-guided token swaps on each result (`v2t_jax.hotflip`): each round re-embeds the
+    polish: rounds of gradient-guided token swaps on each result (`v2t_jax.search.hotflip`): each round re-embeds the
         most promising single-token swaps and keeps one only if it raises the score.
     stop_cosine: an example stops once its best cosine reaches this (None: never).
     skip_repeated: an example stops once a step returns its hypotheses unchanged (a fixed point) or as they were

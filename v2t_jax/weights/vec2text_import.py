@@ -2,7 +2,7 @@
 
 Maps `InversionModel` and `CorrectorEncoderModel` state dicts — e.g. the published `jxm/gtr__nq__32` and
 `jxm/gtr__nq__32__correct` folders (`config.json` + `model.safetensors` or `pytorch_model.bin`) — onto
-`inversion.Inverter` / `correction.Corrector` parameters. The T5 backbone's shape is read off the weights;
+`inverters.Inverter` / `correctors.Corrector` parameters. The T5 backbone's shape is read off the weights;
 the embedder's weights, if the state dict carries them, are ignored (load the embedder separately).
 `to_bundle` (`v2t import vec2text`) writes such checkpoints as a model bundle that every command runs.
 
@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from v2t_jax import correction, inversion
+from v2t_jax.models import correctors, hf_import, inverters
+from v2t_jax.search import core
 from v2t_jax.models import t5 as t5_lib
 
 BACKBONE = "encoder_decoder."
@@ -83,7 +84,7 @@ def _transform(sd: dict, prefix: str) -> dict:
 
 def _backbone(sd: dict, cfg: t5_lib.T5Config) -> dict:
     sub = {k[len(BACKBONE) :]: v for k, v in sd.items() if k.startswith(BACKBONE)}
-    return t5_lib.params_from_hf_state_dict(sub, cfg)
+    return hf_import.params_from_hf_state_dict(sub, cfg)
 
 
 def _f32(tree):
@@ -92,10 +93,10 @@ def _f32(tree):
     return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), tree)
 
 
-def inverter_from_state_dict(sd: dict[str, np.ndarray], **t5_overrides) -> tuple[inversion.InverterConfig, dict]:
+def inverter_from_state_dict(sd: dict[str, np.ndarray], **t5_overrides) -> tuple[inverters.InverterConfig, dict]:
     t5cfg = infer_t5_config(sd).replace(**t5_overrides) if t5_overrides else infer_t5_config(sd)
     w0, w3 = sd["embedding_transform.0.weight"], sd["embedding_transform.3.weight"]
-    cfg = inversion.InverterConfig(
+    cfg = inverters.InverterConfig(
         t5=t5cfg, embed_dim=w0.shape[1], bottleneck_dim=w0.shape[0], num_repeat_tokens=w3.shape[0] // t5cfg.d_model
     )
     params = {"transform": _transform(sd, "embedding_transform"), "t5": _backbone(sd, t5cfg)}
@@ -107,10 +108,10 @@ def corrector_from_state_dict(
     ignore_hypothesis_embedding: bool = False,
     hypothesis_start_token: bool = True,
     **t5_overrides,
-) -> tuple[correction.CorrectorConfig, dict]:
+) -> tuple[correctors.CorrectorConfig, dict]:
     t5cfg = infer_t5_config(sd).replace(**t5_overrides) if t5_overrides else infer_t5_config(sd)
     w0, w3 = sd["embedding_transform_1.0.weight"], sd["embedding_transform_1.3.weight"]
-    cfg = correction.CorrectorConfig(
+    cfg = correctors.CorrectorConfig(
         t5=t5cfg,
         embed_dim=w0.shape[1],
         bottleneck_dim=w0.shape[0],
@@ -137,7 +138,7 @@ def load_folder(folder: str | os.PathLike, **t5_overrides):
     to T5's (pad = decoder start = 0, EOS = 1); a backbone decoding in another vocabulary must say its own, e.g.
     `eos_token_id=102` for a WordPiece ([SEP]) backbone (or use `load_model`, which reads them off the embedder)."""
     folder = Path(folder)
-    sd = t5_lib.read_hf_state_dict(folder)
+    sd = hf_import.read_hf_state_dict(folder)
     sd = {k: v for k, v in sd.items() if not k.startswith("embedder.")}
     for key, w in sd.items():  # (an int or bool tensor would be cast to float and run as garbage)
         dtype = np.asarray(w).dtype
@@ -158,40 +159,40 @@ def load_model(inverter_folder, corrector_folder, embedder, max_length: int = 32
     vocabulary (pad = decoder start = [PAD], EOS = [SEP]), so hypotheses are re-embedded inside the compiled
     program. The token ids come from the embedder's tokenizer, never T5's defaults; a backbone with another
     vocabulary (T5 SentencePiece, as the published GTR models) is refused: run it with `inversion_program` and
-    `correction.invert_host`."""
+    `drivers.invert_host`."""
     from v2t_jax import api
     from v2t_jax.vocabulary import Vocabulary
 
     vocab = Vocabulary.of_embedder(embedder, max_length)  # VocabularyError (a ValueError) without [CLS]/[SEP]
     ids = dict(eos_token_id=vocab.eos_id, pad_token_id=vocab.pad_id, decoder_start_token_id=vocab.pad_id)
     inv_cfg, inv_params = load_folder(inverter_folder, **ids)
-    if not isinstance(inv_cfg, inversion.InverterConfig):
+    if not isinstance(inv_cfg, inverters.InverterConfig):
         raise ValueError(f"{inverter_folder}: not a vec2text InversionModel checkpoint")
     if inv_cfg.t5.vocab_size != vocab.size:
         raise ValueError(
             f"{inverter_folder}: its backbone's vocabulary ({inv_cfg.t5.vocab_size} tokens) is not the embedder's "
-            f"({vocab.size}): run it through text with inversion_program + correction.invert_host"
+            f"({vocab.size}): run it through text with inversion_program + drivers.invert_host"
         )
     cor_cfg = cor_params = None
     if corrector_folder is not None:
         cor_cfg, cor_params = load_folder(corrector_folder, **ids)
-        if not isinstance(cor_cfg, correction.CorrectorConfig):
+        if not isinstance(cor_cfg, correctors.CorrectorConfig):
             raise ValueError(f"{corrector_folder}: not a vec2text CorrectorEncoderModel checkpoint")
     return api.build(inv_cfg, inv_params, cor_cfg, cor_params, embedder, max_length)
 
 
 def inversion_program(
-    inverter_cfg: inversion.InverterConfig, corrector_cfg: correction.CorrectorConfig | None, length: int = 32
-) -> correction.InversionProgram:
+    inverter_cfg: inverters.InverterConfig, corrector_cfg: correctors.CorrectorConfig | None, length: int = 32
+) -> core.InversionProgram:
     """An `InversionProgram` for imported models, which decode in T5's vocabulary (pad = start = 0, EOS = 1)
-    rather than the embedder's: run it with `correction.invert_host` (hypotheses go through text to the
+    rather than the embedder's: run it with `drivers.invert_host` (hypotheses go through text to the
     embedder), giving `decode` = the T5 tokenizer's decode and `embed_fn` = the embedder (e.g. GTR).
 
         program = vec2text_import.inversion_program(inv_cfg, cor_cfg, length=32)
         params = {"inverter": inv_params, "corrector": cor_params}
-        out = correction.invert_host(program, params, vectors, 20, 4, decode, embed_fn)
+        out = drivers.invert_host(program, params, vectors, 20, 4, decode, embed_fn)
     """
-    return correction.InversionProgram(
+    return core.InversionProgram(
         inverter_cfg, corrector_cfg, None, length=length, eos_id=inverter_cfg.t5.eos_token_id, pad_id=0
     )
 
@@ -274,12 +275,12 @@ def to_bundle(
     vocab = Vocabulary.from_folder(tok_folder, max_length)
     ids = dict(pad_token_id=vocab.pad_id, decoder_start_token_id=vocab.pad_id, eos_token_id=vocab.eos_id)
     inv_cfg, inv_params = load_folder(inversion_folder, **ids)
-    if not isinstance(inv_cfg, inversion.InverterConfig):
+    if not isinstance(inv_cfg, inverters.InverterConfig):
         raise ValueError(f"{inversion_folder}: a CorrectorEncoderModel checkpoint; give the InversionModel first")
     cor_cfg = cor_params = None
     if corrector_folder is not None:
         cor_cfg, cor_params = load_folder(corrector_folder, **ids)
-        if not isinstance(cor_cfg, correction.CorrectorConfig):
+        if not isinstance(cor_cfg, correctors.CorrectorConfig):
             raise ValueError(f"{corrector_folder}: not a vec2text CorrectorEncoderModel checkpoint")
     for where, cfg in ((inversion_folder, inv_cfg), (corrector_folder, cor_cfg)):
         if cfg is not None and vocab.size > cfg.t5.vocab_size:

@@ -11,7 +11,7 @@ One round, for a batch of hypotheses x [B, L] (decoder ids in the embedder's voc
    the score (the cosine, plus `prior` x the inverter's mean log-probability of the text given e when a
    language prior is set: the same ranking as the search's).
 
-Pure functions: `polish` runs inside `correction.invert`'s compiled program.
+Pure functions: `polish` runs inside `drivers.invert`'s compiled program.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import re
 import jax
 import jax.numpy as jnp
 
-from v2t_jax import decoding, inversion
+from v2t_jax.search import decoding
+from v2t_jax.models import inverters
 from v2t_jax.models import embedders
 
 Array = jax.Array
@@ -77,7 +78,7 @@ def swap_candidates(word: Array, ids: Array, grads: Array, editable: Array, bann
 def inverter_logprob(program, params, e: Array, ids: Array) -> Array:
     """The inverter's mean log-probability of decoder ids [B, n, L] given e [B, D] (teacher-forced) -> [B, n]."""
     B, n, L = ids.shape
-    inv = inversion.Inverter(program.inverter)
+    inv = inverters.Inverter(program.inverter)
     flat = ids.reshape(B * n, L)
     dec_in = jnp.concatenate([jnp.full((B * n, 1), program.pad_id, flat.dtype), flat[:, :-1]], axis=1)
     logits = inv.apply({"params": params["inverter"]}, jnp.repeat(e, n, axis=0), dec_in).astype(jnp.float32)
