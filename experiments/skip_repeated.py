@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     import jax
 
     from v2t_jax import api
-    from v2t_jax.search import strategies
+    from v2t_jax.search import sharded, strategies
 
     model = api.load_model(args.checkpoint)
     try:
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     bs = args.batch_size
     n = len(raw) // bs * bs
     vectors = model.check_embeddings(raw[:n])
-    qb = args.queue_batches or model.STREAM_BATCHES
+    qb = args.queue_batches or sharded.STREAM_BATCHES
     queue = min(n, bs * qb)
     names = ("full", "skip", "stream")
     table = []

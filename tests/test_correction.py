@@ -10,6 +10,7 @@ import pytest
 
 from v2t_jax.models import correctors, inverters
 from v2t_jax.search import core, decoding, drivers
+from v2t_jax.search.strategies import Search
 from v2t_jax.models import t5
 
 
@@ -163,8 +164,8 @@ def _built_program():
 @pytest.mark.parametrize("beam", [1, 3])
 def test_compiled_inversion_program(beam):
     prog, params, targets = _program()
-    run = jax.jit(drivers.invert, static_argnums=(0, 3, 4))
-    out = run(prog, params, targets, 4, beam)
+    run = jax.jit(drivers.invert, static_argnums=(0, 3), static_argnames=("score",))
+    out = run(prog, params, targets, Search(4, beam, skip_repeated=False))
     assert out["ids"].shape == (5, 8) and out["step_ids"].shape == (5, 5, 8) and out["step_cosine"].shape == (5, 5)
     cos = np.asarray(out["step_cosine"])
     assert (np.diff(cos, axis=0) >= -1e-6).all()  # the best-so-far cosine never decreases
@@ -172,7 +173,7 @@ def test_compiled_inversion_program(beam):
     # the reported cosine is the cosine of the reported ids
     again = core._cosine(core._embed_hypotheses(prog, params["embedder"], out["ids"]), targets)
     np.testing.assert_allclose(np.asarray(again), np.asarray(out["cosine"]), atol=1e-5)
-    same = run(prog, params, targets, 4, beam)  # deterministic
+    same = run(prog, params, targets, Search(4, beam, skip_repeated=False))  # deterministic
     np.testing.assert_array_equal(np.asarray(same["ids"]), np.asarray(out["ids"]))
 
 
@@ -184,8 +185,8 @@ def test_language_prior_in_the_compiled_program(beam):
     inverter's own mean log-probability of it (teacher-forced here, independently of greedy decoding)."""
     prog, params, targets = _program()
     lam = 0.3
-    run = jax.jit(drivers.invert, static_argnums=(0, 3, 4), static_argnames=("prior", "skip_repeated"))
-    out = jax.device_get(run(prog, params, targets, 4, beam, prior=lam))
+    run = jax.jit(drivers.invert, static_argnums=(0, 3), static_argnames=("score",))
+    out = jax.device_get(run(prog, params, targets, Search(4, beam, prior=lam, skip_repeated=False)))
     score = out["step_score"]
     assert (np.diff(score, axis=0) >= -1e-6).all()
     assert (score <= out["step_cosine"] + 1e-6).all()  # a log-probability is never positive
@@ -200,16 +201,18 @@ def test_language_prior_in_the_compiled_program(beam):
     want = out["step_cosine"][0] + lam * np.asarray((tok_lp * mask).sum(-1) / mask.sum(-1))
     np.testing.assert_allclose(score[0], want, atol=1e-4)
     # skipping fixed points and repeats changes the work, not the result, with a prior too
-    fast = jax.device_get(run(prog, params, targets, 4, beam, prior=lam, skip_repeated=True))
+    fast = jax.device_get(run(prog, params, targets, Search(4, beam, prior=lam, skip_repeated=True)))
     np.testing.assert_array_equal(fast["step_ids"], out["step_ids"])
     np.testing.assert_allclose(fast["step_score"], out["step_score"], atol=1e-6)
-    plain = jax.device_get(run(prog, params, targets, 4, beam))
+    plain = jax.device_get(run(prog, params, targets, Search(4, beam, skip_repeated=False)))
     np.testing.assert_array_equal(plain["step_score"], plain["step_cosine"])  # no prior: score = cosine
 
 
 def test_stop_cosine_freezes_finished_examples():
     prog, params, targets = _program()
-    out = drivers.invert(prog, params, targets, 3, 2, stop_cosine=-1.0)  # every example is done at once
+    out = drivers.invert(
+        prog, params, targets, Search(3, 2, stop_cosine=-1.0, skip_repeated=False)
+    )  # every example is done at once
     cos = np.asarray(out["step_cosine"])
     assert (cos == cos[0]).all()
     np.testing.assert_array_equal(np.asarray(out["ids"]), np.asarray(out["step_ids"][0]))
@@ -261,16 +264,18 @@ def test_a_token_beam_proposes_width_candidates_per_hypothesis():
     cand = core.candidates(prog, params, targets, ids0[:, None], emb0[:, None], 3)  # [5, 3, L]
     cos = core._cosine(core._embed_hypotheses(prog, params["embedder"], cand.reshape(15, -1)).reshape(
         5, 3, -1), targets[:, None])  # fmt: skip
-    out = jax.device_get(drivers.invert(prog, params, targets, 1, 1, width=3))
+    out = jax.device_get(drivers.invert(prog, params, targets, Search(1, 1, token_beam=3, skip_repeated=False)))
     want = np.take_along_axis(np.asarray(cand), np.asarray(jnp.argmax(cos, 1))[:, None, None], 1)[:, 0]
     np.testing.assert_array_equal(out["last_ids"], want)
     np.testing.assert_allclose(out["cosine"], np.maximum(np.asarray(cos0), np.asarray(cos.max(1))), atol=1e-6)
-    assert np.asarray(drivers.invert(prog, params, targets, 2, 2, width=3)["step_ids"]).shape == (3, 5, 8)
-    same = jax.device_get(drivers.invert(prog, params, targets, 2, 2, width=2))
-    np.testing.assert_array_equal(same["step_ids"], jax.device_get(drivers.invert(prog, params, targets, 2, 2))[
-        "step_ids"])  # fmt: skip
-    with pytest.raises(ValueError, match="token beam width .2. must be at least the sequence beam width .3."):
-        drivers.invert(prog, params, targets, 2, 3, width=2)
+    assert np.asarray(
+        drivers.invert(prog, params, targets, Search(2, 2, token_beam=3, skip_repeated=False))["step_ids"]
+    ).shape == (3, 5, 8)
+    same = jax.device_get(drivers.invert(prog, params, targets, Search(2, 2, token_beam=2, skip_repeated=False)))
+    coupled = jax.device_get(drivers.invert(prog, params, targets, Search(2, 2, skip_repeated=False)))
+    np.testing.assert_array_equal(same["step_ids"], coupled["step_ids"])
+    with pytest.raises(ValueError, match=r"token beam width must be in \[3, 64\] \(at least the sequence beam width 3"):
+        drivers.invert(prog, params, targets, Search(2, 3, token_beam=2, skip_repeated=False))
 
 
 def test_at_zero_steps_the_token_beam_is_the_inverters_best_by_cosine():
@@ -282,18 +287,20 @@ def test_at_zero_steps_the_token_beam_is_the_inverters_best_by_cosine():
     cos = np.asarray(core._cosine(core._embed_hypotheses(prog, params["embedder"], cand.reshape(15, -1))
                                         .reshape(5, 3, -1), targets[:, None]))  # fmt: skip
     cand, lp = np.asarray(cand), np.asarray(lp)
-    out = jax.device_get(drivers.invert(prog, params, targets, 0, 1, width=3))
+    out = jax.device_get(drivers.invert(prog, params, targets, Search(0, 1, token_beam=3, skip_repeated=False)))
     at = cos.argmax(1)
     np.testing.assert_array_equal(out["ids"], cand[np.arange(5), at])
     np.testing.assert_allclose(out["cosine"], cos.max(1), atol=1e-6)
     by_prior = (cos + 10.0 * lp).argmax(1)
     assert (at != 0).any() and (at != by_prior).any(), "the checks below would not tell the rankings apart"
-    ranked = jax.device_get(drivers.invert(prog, params, targets, 0, 1, width=3, prior=10.0))
+    ranked = jax.device_get(
+        drivers.invert(prog, params, targets, Search(0, 1, prior=10.0, token_beam=3, skip_repeated=False))
+    )
     np.testing.assert_array_equal(ranked["ids"], cand[np.arange(5), by_prior])
     greedy = np.asarray(core.greedy_hypotheses(prog, params, targets))
     for beam, width in ((1, None), (1, 1), (4, None), (4, 1)):  # (no sequence beam to fill at 0 steps)
-        np.testing.assert_array_equal(np.asarray(drivers.invert(prog, params, targets, 0, beam, width=width)["ids"]),
-                                      greedy)  # fmt: skip
+        search = Search(0, beam, token_beam=width, skip_repeated=False)
+        np.testing.assert_array_equal(np.asarray(drivers.invert(prog, params, targets, search)["ids"]), greedy)
 
 
 @pytest.mark.slow
@@ -302,9 +309,9 @@ def test_skip_repeated_gives_the_full_loops_outputs(beam, width):
     """Skipping fixed points and repeated candidates changes the work, not the result; an example that stopped
     has reached a fixed point: its best never changes after."""
     prog, params, targets = _program()
-    run = jax.jit(drivers.invert, static_argnums=(0, 3, 4), static_argnames=("skip_repeated", "width"))
-    full = jax.device_get(run(prog, params, targets, 6, beam, width=width))
-    fast = jax.device_get(run(prog, params, targets, 6, beam, skip_repeated=True, width=width))
+    run = jax.jit(drivers.invert, static_argnums=(0, 3), static_argnames=("score",))
+    full = jax.device_get(run(prog, params, targets, Search(6, beam, token_beam=width, skip_repeated=False)))
+    fast = jax.device_get(run(prog, params, targets, Search(6, beam, token_beam=width, skip_repeated=True)))
     np.testing.assert_array_equal(fast["step_ids"], full["step_ids"])
     np.testing.assert_allclose(fast["step_cosine"], full["step_cosine"], atol=1e-6)
     np.testing.assert_array_equal(fast["last_ids"], full["last_ids"])
@@ -318,8 +325,8 @@ def test_skip_repeated_gives_the_full_loops_outputs(beam, width):
 
 def test_step_zero_without_scoring_skips_the_embedder():
     prog, params, targets = _program()
-    scored = drivers.invert(prog, params, targets, 0, 1)
-    bare = drivers.invert(prog, params, targets, 0, 1, score=False)
+    scored = drivers.invert(prog, params, targets, Search(0, 1, skip_repeated=False))
+    bare = drivers.invert(prog, params, targets, Search(0, 1, skip_repeated=False), score=False)
     np.testing.assert_array_equal(np.asarray(bare["ids"]), np.asarray(scored["ids"]))
     assert np.isnan(np.asarray(bare["cosine"])).all() and np.isfinite(np.asarray(scored["cosine"])).all()
 
@@ -332,14 +339,16 @@ def test_pieces_bound_memory_and_change_nothing(monkeypatch):
     np.testing.assert_array_equal(np.asarray(out[0]), np.asarray(x) * 2)
     np.testing.assert_array_equal(np.asarray(out[1]), np.asarray(x).sum(-1))
     prog, params, targets = _program()
-    whole = jax.device_get(drivers.invert(prog, params, targets, 2, 3))
-    whole0 = jax.device_get(drivers.invert(prog, params, targets, 0, 1, width=3))  # the inverter's token beam
+    whole = jax.device_get(drivers.invert(prog, params, targets, Search(2, 3, skip_repeated=False)))
+    whole0 = jax.device_get(
+        drivers.invert(prog, params, targets, Search(0, 1, token_beam=3, skip_repeated=False))
+    )  # the inverter's token beam
     monkeypatch.setattr(core, "DECODE_ROWS", 6)  # two examples' 3x3 beam rows at a time
     monkeypatch.setattr(core, "EMBED_ROWS", 4)
-    pieces = jax.device_get(drivers.invert(prog, params, targets, 2, 3))
+    pieces = jax.device_get(drivers.invert(prog, params, targets, Search(2, 3, skip_repeated=False)))
     np.testing.assert_array_equal(pieces["step_ids"], whole["step_ids"])
     np.testing.assert_allclose(pieces["step_cosine"], whole["step_cosine"], atol=1e-6)
-    pieces0 = jax.device_get(drivers.invert(prog, params, targets, 0, 1, width=3))
+    pieces0 = jax.device_get(drivers.invert(prog, params, targets, Search(0, 1, token_beam=3, skip_repeated=False)))
     np.testing.assert_array_equal(pieces0["ids"], whole0["ids"])
     np.testing.assert_allclose(pieces0["cosine"], whole0["cosine"], atol=1e-6)
 
@@ -349,7 +358,7 @@ def test_pieces_bound_memory_and_change_nothing(monkeypatch):
 def test_examples_stopped_at_step_zero_keep_their_hypothesis(skip):
     """stop_cosine reached by the step-0 hypothesis: nothing changes after, including the last-step hypothesis."""
     prog, params, targets = _program()
-    out = jax.device_get(drivers.invert(prog, params, targets, 3, 2, stop_cosine=-1.0, skip_repeated=skip))
+    out = jax.device_get(drivers.invert(prog, params, targets, Search(3, 2, stop_cosine=-1.0, skip_repeated=skip)))
     np.testing.assert_array_equal(out["last_ids"], out["step_ids"][0])
     assert not out["step_active"].any()
 
@@ -363,10 +372,12 @@ def test_stream_gives_each_example_the_batch_loops_result(beam, width):
     2 would run steps; padding is never worked on."""
     prog, params, targets = _program()
     steps = 6
-    batch = jax.device_get(drivers.invert(prog, params, targets, steps, beam, skip_repeated=True, width=width))
+    batch = jax.device_get(
+        drivers.invert(prog, params, targets, Search(steps, beam, token_beam=width, skip_repeated=True))
+    )
     queue = jnp.concatenate([targets, targets[:1]])
-    run = jax.jit(drivers.invert_stream, static_argnums=0, static_argnames=("slots", "num_steps", "beam", "width"))
-    out = jax.device_get(run(prog, params, queue, 5, slots=2, num_steps=steps, beam=beam, width=width))
+    run = jax.jit(drivers.invert_stream, static_argnums=0, static_argnames=("slots", "search"))
+    out = jax.device_get(run(prog, params, queue, 5, slots=2, search=Search(steps, beam, token_beam=width)))
     np.testing.assert_array_equal(out["ids"][:5], batch["ids"])
     np.testing.assert_allclose(out["cosine"][:5], batch["cosine"], atol=1e-6)
     np.testing.assert_array_equal(out["steps"][:5], batch["step_active"].sum(0))
@@ -375,7 +386,7 @@ def test_stream_gives_each_example_the_batch_loops_result(beam, width):
     assert out["rounds"] < 3 * steps  # ... and their slots went on to the next example
     # an example at the stop cosine from step 0 takes no step, and keeps its hypothesis
     done = jax.device_get(
-        run(prog, params, queue, 5, slots=2, num_steps=steps, beam=beam, width=width, stop_cosine=-1.0)
+        run(prog, params, queue, 5, slots=2, search=Search(steps, beam, stop_cosine=-1.0, token_beam=width))
     )
     np.testing.assert_array_equal(done["ids"][:5], batch["step_ids"][0])
     assert not done["steps"].any()
@@ -384,9 +395,9 @@ def test_stream_gives_each_example_the_batch_loops_result(beam, width):
 def test_stream_refuses_what_it_cannot_run():
     prog, params, targets = _program()
     with pytest.raises(ValueError, match="not a whole number of 2-slot batches"):
-        drivers.invert_stream(prog, params, targets, 5, slots=2, num_steps=2, beam=1)
+        drivers.invert_stream(prog, params, targets, 5, 2, Search(2, 1))
     with pytest.raises(ValueError, match="needs correction steps"):
-        drivers.invert_stream(prog, params, targets, 5, slots=5, num_steps=0, beam=1)
+        drivers.invert_stream(prog, params, targets, 5, 5, Search(0, 1))
 
 
 @pytest.mark.slow
@@ -394,10 +405,12 @@ def test_patience_stops_examples_whose_best_stopped_improving():
     """patience=k (opt-in): an example stops once k steps in a row left its best as it was; patience past the
     step count changes nothing; the stream stops the same examples at the same steps as the batch loop."""
     prog, params, targets = _program()
-    run = jax.jit(drivers.invert, static_argnums=(0, 3, 4), static_argnames=("skip_repeated", "patience"))
-    plain = jax.device_get(run(prog, params, targets, 6, 2))
-    np.testing.assert_array_equal(jax.device_get(run(prog, params, targets, 6, 2, patience=6))["ids"], plain["ids"])
-    out = jax.device_get(run(prog, params, targets, 6, 2, patience=1))
+    run = jax.jit(drivers.invert, static_argnums=(0, 3), static_argnames=("score",))
+    plain = jax.device_get(run(prog, params, targets, Search(6, 2, skip_repeated=False)))
+    np.testing.assert_array_equal(
+        jax.device_get(run(prog, params, targets, Search(6, 2, patience=6, skip_repeated=False)))["ids"], plain["ids"]
+    )
+    out = jax.device_get(run(prog, params, targets, Search(6, 2, patience=1, skip_repeated=False)))
     active, score = out["step_active"], out["step_score"]  # [S, B] worked on step j+1; [S+1, B]
     assert not active.all() and active[0].all()
     for b in range(targets.shape[0]):
@@ -408,9 +421,8 @@ def test_patience_stops_examples_whose_best_stopped_improving():
             assert score[last, b] == score[last - 1, b]
         assert (score[1:last, b] > score[: last - 1, b]).all()  # every earlier step did
     queue = jnp.concatenate([targets, targets[:1]])
-    stream = jax.jit(drivers.invert_stream, static_argnums=0,
-                     static_argnames=("slots", "num_steps", "beam", "patience"))  # fmt: skip
-    both = jax.device_get(run(prog, params, targets, 6, 2, skip_repeated=True, patience=1))
-    got = jax.device_get(stream(prog, params, queue, 5, slots=2, num_steps=6, beam=2, patience=1))
+    stream = jax.jit(drivers.invert_stream, static_argnums=0, static_argnames=("slots", "search"))  # fmt: skip
+    both = jax.device_get(run(prog, params, targets, Search(6, 2, patience=1, skip_repeated=True)))
+    got = jax.device_get(stream(prog, params, queue, 5, slots=2, search=Search(6, 2, patience=1)))
     np.testing.assert_array_equal(got["ids"][:5], both["ids"])
     np.testing.assert_array_equal(got["steps"][:5], both["step_active"].sum(0))

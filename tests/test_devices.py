@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent(
     from pathlib import Path
     import jax, numpy as np
     from v2t_jax import api, cli, parallel
-    from v2t_jax.data import hypotheses
+    from v2t_jax.training import hypotheses
 
     bundle, corpus, out, part = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4]
     assert jax.local_device_count() == 8

@@ -11,6 +11,7 @@ from conftest import CORPUS, ROOT, experiment, tiny_config
 from v2t_jax.training import warm_start
 from v2t_jax import api, bundle, cli
 from v2t_jax.search import drivers
+from v2t_jax.search.strategies import Search
 from v2t_jax.models import embedders
 
 # the marked tier: end to end on models trained here (the session's tiny inverter + corrector)
@@ -92,8 +93,17 @@ def test_host_side_re_embedding_matches_the_compiled_program(model, targets, ste
         ids = np.array([[int(x) for x in t.split()] for t in texts], np.int32)
         return np.asarray(embedders.embed_decoder_ids(p.embedder, model.params["embedder"], ids, p.cls_id, p.pad_id))
 
-    compiled = jax.device_get(model._run(p, model.params, targets, steps, beam, 2.0, prior=prior, width=width))
-    host = drivers.invert_host(p, model.params, targets, steps, beam, decode, black_box, prior=prior, width=width)
+    compiled = jax.device_get(
+        model._run(targets, Search(steps, beam, prior=prior, token_beam=width, skip_repeated=False))
+    )
+    host = drivers.invert_host(
+        p,
+        model.params,
+        targets,
+        Search(steps, beam, prior=prior, token_beam=width, skip_repeated=False),
+        decode,
+        black_box,
+    )
     np.testing.assert_array_equal(host["step_ids"], compiled["step_ids"])
     np.testing.assert_allclose(host["step_cosine"], compiled["step_cosine"], atol=1e-5)
     if steps:
@@ -142,8 +152,8 @@ def test_cli_invert_with_correction_steps(tmp_path, model, targets, tiny_models)
 def test_skip_repeated_on_a_trained_model_skips_work_and_keeps_the_texts(model, targets):
     """On a trained model hypotheses reach fixed points: the skipping loop stops those examples (and reports
     which examples worked at each step) and returns the full loop's ids."""
-    fast = jax.device_get(model._run(model.program, model.params, targets, 6, 2, 2.0, skip_repeated=True))
-    full = jax.device_get(model._run(model.program, model.params, targets, 6, 2, 2.0))
+    fast = jax.device_get(model._run(targets, Search(6, 2, skip_repeated=True)))
+    full = jax.device_get(model._run(targets, Search(6, 2, skip_repeated=False)))
     np.testing.assert_array_equal(fast["step_ids"], full["step_ids"])
     assert full["step_active"].all() and not fast["step_active"].all()
 

@@ -10,6 +10,7 @@ import pytest
 from test_correction import _program
 
 from v2t_jax.search import core, drivers, hotflip
+from v2t_jax.search.strategies import Search
 from v2t_jax.models import embedders
 
 
@@ -79,9 +80,9 @@ def test_banned_ids_are_the_special_and_unused_tokens(minilm):
 def test_polish_never_lowers_the_score_and_reports_what_it_did(prior):
     prog, params, targets = _program()
     prog = dataclasses.replace(prog, banned=(0, 1, 2))  # pad, EOS, CLS
-    run = jax.jit(drivers.invert, static_argnums=(0, 3, 4), static_argnames=("polish", "prior"))
-    plain = jax.device_get(run(prog, params, targets, 2, 2, prior=prior))
-    out = jax.device_get(run(prog, params, targets, 2, 2, prior=prior, polish=3))
+    run = jax.jit(drivers.invert, static_argnums=(0, 3), static_argnames=("score",))
+    plain = jax.device_get(run(prog, params, targets, Search(2, 2, prior=prior, skip_repeated=False)))
+    out = jax.device_get(run(prog, params, targets, Search(2, 2, prior=prior, polish=3, skip_repeated=False)))
     np.testing.assert_array_equal(out["step_ids"][:3], plain["step_ids"])  # the search is the same
     assert out["step_ids"].shape[0] == 4 and out["polish_kept"].shape == (3, 5)
     np.testing.assert_array_equal(out["step_ids"][-1], out["ids"])

@@ -103,12 +103,13 @@ CYCLES_SCRIPT = """
 import sys
 import jax, numpy as np
 from v2t_jax import api
+from v2t_jax.search.strategies import Search
 m = api.load_model()
 samples = [x for x in open(sys.argv[1], encoding="utf-8").read().splitlines() if x.strip()]
 e = m.embedder.embed_texts(samples, max_length=m.max_length)
 for steps in (7, 8):
-    full = jax.device_get(m._run(m.program, m.params, e, steps, 1, 2.0, skip_repeated=False))
-    fast = jax.device_get(m._run(m.program, m.params, e, steps, 1, 2.0, skip_repeated=True))
+    full = jax.device_get(m._run(e, Search(steps, 1, skip_repeated=False)))
+    fast = jax.device_get(m._run(e, Search(steps, 1, skip_repeated=True)))
     np.testing.assert_array_equal(fast["step_ids"], full["step_ids"])
     np.testing.assert_array_equal(fast["last_ids"], full["last_ids"])
     assert not fast["step_active"].all()

@@ -531,7 +531,8 @@ def test_export_inverter_bundle_and_invert(capsys, tmp_path, tiny_data, sentence
     assert code == 2 and "not a v2t train run" in capsys.readouterr().err
 
     # corrector data: the exported inverter's greedy hypotheses for every passage, re-embedded
-    from v2t_jax.data import dataset, hypotheses, targets
+    from v2t_jax.data import dataset, targets
+    from v2t_jax.training import hypotheses
 
     args = [
         "data",

@@ -13,6 +13,7 @@ from safetensors.numpy import load_file
 
 from v2t_jax.models import correctors, inverters
 from v2t_jax.search import decoding, drivers
+from v2t_jax.search.strategies import Search
 from v2t_jax.weights import vec2text_import
 from v2t_jax.outputs import OutputError
 from v2t_jax.models import hf_import, t5
@@ -99,7 +100,7 @@ def test_imported_models_invert_through_host_side_re_embedding(io, tmp_path):
         return out + 1e-3
 
     e = np.asarray(io["e"], np.float32)
-    out = drivers.invert_host(program, params, e, 3, 2, decode, black_box)
+    out = drivers.invert_host(program, params, e, Search(3, 2, skip_repeated=False), decode, black_box)
     assert out["step_ids"].shape == (4, 3, 7) and out["step_cosine"].shape == (4, 3)
     assert (np.diff(out["step_cosine"], axis=0) >= 0).all()
     texts = [decode(r) for r in out["ids"]]

@@ -18,7 +18,6 @@ re-embedded through text between compiled steps (`drivers.invert_host`), as does
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,8 +27,9 @@ import numpy as np
 
 from v2t_jax import bundle, parallel
 from v2t_jax.models import correctors, inverters
-from v2t_jax.search import core, drivers, hotflip, strategies
+from v2t_jax.search import core, hotflip, sharded, strategies
 from v2t_jax.bundle import ModelError  # noqa: F401  (the API's error; re-exported)
+from v2t_jax.errors import brief
 from v2t_jax.models import embedders
 from v2t_jax.vocabulary import Vocabulary, VocabularyError
 
@@ -72,74 +72,28 @@ class Vec2Text:
             self._placed = (mesh, parallel.replicate(self.params, mesh))
         return self._placed[1]
 
-    def _run(self, program, params, embeddings, num_steps: int, beam: int, stop_cosine, **kw) -> dict:
-        """`drivers.invert` on every device of the mesh, each on its share of the rows (padded to a share each
-        with copies of the last row; the outputs are the given rows')."""
-        e = np.asarray(embeddings)
-        m = len(e)
-        out = _invert_rows(program, self.mesh, params, parallel.pad_rows(e, parallel.round_up(m, self.mesh)),
-                           num_steps, beam, stop_cosine, **kw)  # fmt: skip
-        return {k: v[(slice(None),) * _row_axis(k) + (slice(0, m),)] for k, v in out.items()}
+    def _run(self, embeddings, search: strategies.Search, score: bool = True) -> dict:
+        """`drivers.invert` of `search` on every device of the mesh (`sharded.invert_rows`), on the device."""
+        return sharded.invert_rows(self.program, self.mesh, self.device_params(), embeddings, search, score)
 
     @property
     def dim(self) -> int:
         return self.embedder.dim
 
     def compiled(self, batch: int, search: strategies.Search, score: bool = False):
-        """The inversion compiled ahead of time for one shape: a function (params, embeddings [batch, D]) ->
-        `drivers.invert`'s outputs for `search` (benchmarks; its stop cosine is ignored: every example runs
-        its steps; `score` as in `drivers.invert`). Every device of the mesh inverts its share of the batch
-        (padded to a multiple of the device count); params: `device_params()` (numpy ones are copied each call);
-        its `flops` attribute: one device's FLOPs per call by XLA's cost analysis."""
+        """The inversion compiled ahead of time for one shape (`sharded.compiled`: benchmarks; every example runs
+        its steps): a function (params, embeddings [batch, D]) -> `drivers.invert`'s outputs; params:
+        `device_params()`; its `flops` attribute: one device's FLOPs per call by XLA's cost analysis."""
         if not self.program.in_graph:
             raise ModelError(
                 "this model re-embeds through text (its own vocabulary): it has no single compiled program"
             )
-        mesh = self.mesh
-        rows = parallel.round_up(batch, mesh)  # (a batch every device gets a share of: padded with copies)
-        e = jax.ShapeDtypeStruct((rows, self.dim), np.float32)
-        fn = _invert_rows.lower(self.program, mesh, self.device_params(), e, search.steps, search.beam,
-                                strategies.NO_STOP, **self._kernel_kw(search, score)).compile()  # fmt: skip
-
-        def run(params, embeddings):
-            out = fn(params, parallel.pad_rows(np.asarray(embeddings), rows), strategies.NO_STOP)
-            if rows == batch:
-                return out
-            return {k: v[(slice(None),) * _row_axis(k) + (slice(0, batch),)] for k, v in out.items()}  # the batch's
-
-        run.flops = parallel.compiled_flops(fn)  # one device's, per call (XLA's count: loop bodies once)
-        return run
+        return sharded.compiled(self.program, self.mesh, self.device_params(), batch, self.dim, search, score)
 
     def compiled_stream(self, queue: int, slots: int, search: strategies.Search):
-        """The stream program (`drivers.invert_stream`) compiled ahead of time for a queue of `queue` examples
-        through `slots` slots (both multiples of the mesh's device count: each device runs a stream of its own
-        over `slots / devices` slots): a function (params, embeddings [queue, D], count) -> its outputs
-        (benchmarks; every example runs until its steps end or it settles: the stop cosine is ignored)."""
-        mesh = self.mesh
-        e = jax.ShapeDtypeStruct((queue, self.dim), np.float32)
-        fn = _stream_rows.lower(
-            self.program, mesh, self.device_params(), e, np.int32(queue), strategies.NO_STOP,
-            **self._stream_kw(search, slots),
-        ).compile()  # fmt: skip
-
-        def run(params, embeddings, count):
-            out = fn(params, parallel.interleave(np.asarray(embeddings), mesh), np.int32(count), strategies.NO_STOP)
-            return _stream_result(out, mesh)
-
-        run.flops = parallel.compiled_flops(fn)
-        return run
-
-    @staticmethod
-    def _stream_kw(search: strategies.Search, slots: int = 1) -> dict:
-        """`drivers.invert_stream`'s static keyword arguments for `search` through `slots` slots."""
-        return dict(slots=slots, num_steps=search.steps, beam=search.beam, prior=search.prior, patience=search.patience,
-                    width=search.token_beam)  # fmt: skip
-
-    @staticmethod
-    def _kernel_kw(search: strategies.Search, score: bool) -> dict:
-        """`drivers.invert`'s static keyword arguments for `search` (its steps and beam go by position)."""
-        return dict(skip_repeated=search.skip_repeated, score=score, prior=search.prior, polish=search.polish,
-                    patience=search.patience, width=search.token_beam)  # fmt: skip
+        """The stream program compiled ahead of time for a queue of `queue` examples through `slots` slots
+        (`sharded.compiled_stream`; both multiples of the mesh's device count)."""
+        return sharded.compiled_stream(self.program, self.mesh, self.device_params(), queue, slots, self.dim, search)
 
     def check_embeddings(self, embeddings) -> np.ndarray:
         """Validates a [N, D] array of vectors; returns it as float32. Raises ModelError with what is wrong."""
@@ -263,78 +217,37 @@ class Vec2Text:
         bs = self.batch_rows(n, batch_size)
         if start % bs or not 0 <= start <= n:
             raise ModelError(f"start row {start} is not a batch boundary (batch {bs}) within the {n} rows")
-        starts = range(start, n, bs)
+        bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(
-                starts, total=-(-n // bs), initial=start // bs, unit="batch", desc="invert", dynamic_ncols=True
-            )
+            bar = tqdm(total=-(-n // bs), initial=start // bs, unit="batch", desc="invert", dynamic_ncols=True)
         if embed_fn is None and not self.program.in_graph:
             embed_fn = self.embed_texts
-        if self.streams(search, trace, embed_fn):
-            yield from self._stream_batches(e, search, bs, start, starts)
-            return
-        kw = self._kernel_kw(search, score or trace or search.steps > 0)  # the compiled program's static args
-        for s in starts:
-            chunk = e[s : s + bs]
-            m = len(chunk)
-            if m < bs:  # one compiled shape: pad the last batch with copies of its last row
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - m, axis=0)])
-            if embed_fn is None:
-                out = jax.device_get(
-                    self._run(self.program, self.device_params(), chunk, search.steps, search.beam, search.stop, **kw)
-                )
-            else:
-                out = drivers.invert_host(
-                    self.program, self.params, chunk, search.steps, search.beam, self.decode, embed_fn, search.stop,
-                    search.skip_repeated, search.prior, search.patience, search.token_beam,
-                )  # fmt: skip
-            texts = [self.decode(row) for row in out["ids"][:m]]
-            steps = None
-            if trace:
-                hyps = [[self.decode(row) for row in step[:m]] for step in out["step_ids"]]
-                cos = out["step_cosine"][:, :m]
-                steps = [
-                    {"hypotheses": [h[j] for h in hyps], "cosines": [float(x) for x in cos[:, j]]} for j in range(m)
-                ]
-            yield s, texts, out["cosine"][:m].tolist(), steps
-
-    # Batches of examples one stream program takes in (`_stream_batches`): a longer queue keeps the slots fuller
-    # (only its last examples run in a part-empty batch) but writes its rows later. 0: the batch loop throughout.
-    STREAM_BATCHES = 8
+        try:
+            for s, out in sharded.batches(
+                self.program, self.mesh, self.device_params, self.params, e, search, bs, start, decode=self.decode,
+                embed_fn=embed_fn, trace=trace, score=score,
+            ):  # fmt: skip
+                texts = [self.decode(row) for row in out["ids"]]
+                steps = None
+                if trace:
+                    hyps = [[self.decode(row) for row in step] for step in out["step_ids"]]
+                    cos = out["step_cosine"]
+                    steps = [
+                        {"hypotheses": [h[j] for h in hyps], "cosines": [float(x) for x in cos[:, j]]}
+                        for j in range(len(texts))
+                    ]
+                if bar is not None:
+                    bar.update(1)
+                yield s, texts, out["cosine"].tolist(), steps
+        finally:
+            if bar is not None:
+                bar.close()
 
     def streams(self, search: strategies.Search, trace: bool = False, embed_fn=None) -> bool:
-        """Whether `iter_batches` runs `search` as a stream (`drivers.invert_stream`, continuous batching):
-        correction steps with skip_repeated, in the compiled program, without per-step traces or token swaps."""
-        return (
-            self.STREAM_BATCHES > 0 and search.steps > 0 and search.skip_repeated and not search.polish and not trace
-            and embed_fn is None and self.program.in_graph
-        )  # fmt: skip
-
-    def _stream_batches(self, e: np.ndarray, search: strategies.Search, bs: int, start: int, starts):
-        """`iter_batches` through the stream program: each `STREAM_BATCHES` batches' examples form one queue
-        through `bs` slots (rounded up to a multiple of the devices: each device streams its share of the queue,
-        every d-th example, through its share of the slots); its rows are yielded batch by batch, as the batch loop
-        yields them."""
-        mesh = self.mesh
-        slots = parallel.round_up(bs, mesh)
-        window = bs * self.STREAM_BATCHES
-        batches = iter(starts)  # (with the progress bar, if any: advanced as each batch's rows are yielded)
-        for w in range(start, len(e), window):
-            chunk = e[w : w + window]
-            m = len(chunk)
-            # one compiled shape per run; padded with copies of the last row, never worked on (count = m)
-            size = slots * self.STREAM_BATCHES if len(e) - start > window else -(-m // slots) * slots
-            queue = parallel.interleave(parallel.pad_rows(chunk, size), mesh)
-            out = _stream_result(
-                _stream_rows(self.program, mesh, self.device_params(), queue, np.int32(m), search.stop,
-                             **self._stream_kw(search, slots)), mesh,
-            )  # fmt: skip
-            for s in range(0, m, bs):
-                next(batches)
-                j = slice(s, min(s + bs, m))
-                yield w + s, [self.decode(row) for row in out["ids"][j]], out["cosine"][j].tolist(), None
+        """Whether `iter_batches` runs `search` as a stream (continuous batching; `sharded.streams`)."""
+        return sharded.streams(self.program, search, trace, embed_fn is not None)
 
     @staticmethod
     def batch_rows(n: int, batch_size: int) -> int:
@@ -394,53 +307,6 @@ class Vec2Text:
         return bundle.write(folder, meta, self.params["inverter"], self.params.get("corrector"), own)
 
 
-# ----------------------------------------------------------------------------- the programs on every device
-
-_TRACE_KEYS = ("step_", "polish_kept")  # `drivers.invert`'s outputs per step: [steps, rows, ...]
-
-
-def _row_axis(key: str) -> int:
-    """The rows' axis of a `drivers.invert` output."""
-    return 1 if key.startswith(_TRACE_KEYS) else 0
-
-
-@functools.partial(
-    jax.jit, static_argnums=(0, 1, 4, 5),
-    static_argnames=("skip_repeated", "score", "prior", "polish", "patience", "width"),
-)  # fmt: skip
-def _invert_rows(program, mesh, params, embeddings, num_steps: int, beam: int, stop_cosine, **kw) -> dict:
-    """`drivers.invert` of [B, D] embeddings (B a multiple of the mesh's devices), each device on its B / d rows."""
-
-    def per_device(replicated, rows):
-        p, stop = replicated
-        return drivers.invert(program, p, rows[0], num_steps, beam, stop, **kw)
-
-    return parallel.rows_map(per_device, mesh, _row_axis)((params, stop_cosine), (embeddings,))
-
-
-@functools.partial(
-    jax.jit, static_argnums=(0, 1), static_argnames=("slots", "num_steps", "beam", "prior", "patience", "width")
-)
-def _stream_rows(program, mesh, params, queue, count, stop_cosine, *, slots: int, **kw) -> dict:
-    """`drivers.invert_stream` over a queue (`parallel.interleave`d; its first `count` examples real) through
-    `slots` slots, as one stream per device over its share of both (`_stream_result` puts the rows back)."""
-    d = parallel.size(mesh)
-
-    def per_device(replicated, rows):
-        p, n, stop = replicated
-        out = drivers.invert_stream(program, p, rows[0], parallel.local_count(n, mesh), slots // d,
-                                       stop_cosine=stop, **kw)  # fmt: skip
-        return dict(out, rounds=out["rounds"][None])
-
-    return parallel.rows_map(per_device, mesh)((params, count, stop_cosine), (queue,))
-
-
-def _stream_result(out: dict, mesh) -> dict:
-    """`_stream_rows`'s outputs on the host in queue order; rounds: the most slot-batch steps one device ran."""
-    out = jax.device_get(out)
-    return {k: (v.max() if k == "rounds" else parallel.deinterleave(v, mesh)) for k, v in out.items()}
-
-
 def build(
     inverter_cfg,
     inverter_params,
@@ -493,7 +359,7 @@ def load_model(folder: str | os.PathLike | None = None, cache_dir: str | None = 
     except assets.AssetError:
         raise
     except (ValueError, KeyError, OSError) as e:
-        raise ModelError(f"{folder}: its embedder {meta.embedder!r} cannot be loaded ({bundle.brief(e)})") from None
+        raise ModelError(f"{folder}: its embedder {meta.embedder!r} cannot be loaded ({brief(e)})") from None
     if meta.embedder_digest is not None and emb.binding_digest != meta.embedder_digest:
         raise ModelError(
             f"{folder} was trained for another {meta.embedder!r} (weights digest {meta.embedder_digest[:12]}…, the "
@@ -517,7 +383,7 @@ def load_model(folder: str | os.PathLike | None = None, cache_dir: str | None = 
         try:
             vocab = Vocabulary.from_folder(folder, meta.max_length)
         except Exception as e:  # tokenizers raises a plain Exception for a damaged tokenizer.json
-            raise ModelError(f"{folder}: its {meta.vocabulary} does not load ({bundle.brief(e)})") from None
+            raise ModelError(f"{folder}: its {meta.vocabulary} does not load ({brief(e)})") from None
         if (vocab.pad_id, vocab.eos_id) != (meta.pad_id, meta.eos_id):
             raise ModelError(f"{folder}: its {meta.vocabulary} does not have the bundle's pad/eos ids: it is damaged")
     model = build(meta.inverter, inverter_params, meta.corrector, corrector_params, emb, meta.max_length, vocab)

@@ -181,13 +181,12 @@ def run(
 
 
 def _host_loop(model, search: strategies.Search):
-    """(params, embeddings) -> `drivers.invert_host`'s outputs for `search` (every example runs its steps)."""
+    """(params, embeddings) -> `drivers.invert_host`'s outputs for `search` (its stop cosine ignored, as the
+    compiled program's)."""
     from v2t_jax.search import drivers
 
     def run(params, e):
-        return drivers.invert_host(model.program, params, e, search.steps, search.beam, model.decode,
-                                      model.embed_texts, strategies.NO_STOP, search.skip_repeated,
-                                      width=search.token_beam)  # fmt: skip
+        return drivers.invert_host(model.program, params, e, search.without_stop(), model.decode, model.embed_texts)
 
     return run
 

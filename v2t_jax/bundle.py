@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from v2t_jax.assets import new_file_mode, sha256_file
-from v2t_jax.errors import ModelError  # this module's error (defined with the others)
+from v2t_jax.errors import ModelError, brief  # (ModelError: this module's error, defined with the others)
 
 FILE = "v2t_model.json"
 FORMAT = 2  # 2: + files (sha256 per weights file) and embedder_digest; 1 still reads
@@ -153,11 +153,6 @@ def read_params(path: str | os.PathLike) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- metadata
-
-
-def brief(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
 
 
 def _type_ok(value: Any, hint: Any) -> bool:

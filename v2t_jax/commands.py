@@ -526,9 +526,10 @@ def _invert(
     todo = vectors if mine is None else np.asarray(vectors)[mine]
     n_todo = 0 if stream.complete else len(todo) - stream.done
     from v2t_jax import profiling
+    from v2t_jax.search import sharded
 
     # --profile: 3 compiled calls after the first (the compile), or from the first when the run has no second
-    per_call = model.STREAM_BATCHES if model.streams(search, bool(args.trace), remote) else 1
+    per_call = sharded.STREAM_BATCHES if model.streams(search, bool(args.trace), remote) else 1
     more = -(-n_todo // bs) > per_call
     window = profiling.Window(profiling.check_folder(args.profile), per_call if more else 0, 3 * per_call)
     batches = iter(()) if n_todo <= 0 else model.iter_batches(
@@ -915,7 +916,8 @@ def cmd_data_hypotheses(args: argparse.Namespace) -> int:
     model.use_devices(args.devices)
     if not model.vocab.in_graph:
         raise UsageError(f"{args.inverter} decodes in its own vocabulary; a corrector reads the embedder's")
-    from v2t_jax.data import dataset, hypotheses, sources
+    from v2t_jax.data import dataset, sources
+    from v2t_jax.training import hypotheses
 
     try:
         names = sources.expand(args.sources)

@@ -30,6 +30,12 @@ class ModelError(V2TError, ValueError):
     (`bundle.ModelError`, `api.ModelError`: defined here so that stdlib-only modules can raise it)."""
 
 
+def brief(e: Exception) -> str:
+    """One line naming an exception: its type and the first line of its message."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
+
+
 def add_secret(secret: str | None) -> None:
     """`secret` never appears in a message that goes through `redact`, nor in the forms a server echoes it in:
     URL-quoted, JSON-escaped (`\\"`, `\\\\`, `\\/` for `/`, `\\uXXXX`). No length lets one through: a secret

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from v2t_jax.errors import V2TError
+from v2t_jax.errors import V2TError, brief
 
 AXIS = "data"
 
@@ -232,8 +232,6 @@ def initialize(spec: str) -> None:
         else:
             jax.distributed.initialize(parts[0], num_processes=int(parts[1]), process_id=int(parts[2]))
     except (ValueError, RuntimeError) as e:
-        from v2t_jax.bundle import brief
-
         hint = (
             "no cluster JAX recognises set this process up (Cloud TPU, SLURM, Open MPI, Kubernetes): give "
             "HOST:PORT,NUM_PROCESSES,PROCESS_ID"

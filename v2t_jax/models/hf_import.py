@@ -62,14 +62,12 @@ def read_hf_state_dict(folder: str | os.PathLike) -> dict[str, np.ndarray]:
                 f"{bin_path} is a PyTorch pickle; reading it needs torch (pip install torch), "
                 "or convert the checkpoint to model.safetensors"
             ) from e
-        from v2t_jax.errors import ModelError
+        from v2t_jax.errors import ModelError, brief
 
         try:
             sd = torch.load(input_file(bin_path, "weights file"), map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as e:
             # weights_only refuses a pickle that would run code or build anything but tensors (UnpicklingError)
-            from v2t_jax.bundle import brief
-
             why = f"{bin_path} is not a plain PyTorch state dict of tensors ({brief(e)})"
             raise ModelError(f"{why}; v2t loads no other pickle: convert it to model.safetensors") from None
         if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):

@@ -14,36 +14,35 @@ import jax.numpy as jnp
 import numpy as np
 
 from v2t_jax.search import core, hotflip
+from v2t_jax.search.strategies import Search
 
 Array = jax.Array
+
+POLISH_TOP = 16  # token swaps re-embedded exactly per round of polish (the most promising by the gradient)
 
 
 def invert(
     program: core.InversionProgram,
     params: dict,
     embeddings: Array,
-    num_steps: int,
-    beam: int,
-    stop_cosine: float = 2.0,
-    skip_repeated: bool = False,
+    search: Search,
+    stop_cosine: float | Array | None = None,
     score: bool = True,
-    prior: float = 0.0,
-    polish: int = 0,
-    polish_top: int = 16,
-    patience: int = 0,
-    width: int | None = None,
 ) -> dict:
-    """The whole N-step inversion as one program (jit it with program, num_steps, beam, skip_repeated and
-    score static), for a program that decodes in the embedder's vocabulary (`program.in_graph`).
+    """`search` on a batch as one program (jit it with program, search and score static, so that the stop
+    cosine, given apart from the search's, is traced: one program for every stop), for a program that decodes
+    in the embedder's vocabulary (`program.in_graph`).
 
-    params: {"inverter": ..., "corrector": ..., "embedder": ...}; embeddings [B, D].
-    Step 0 is the inverter's greedy decode. Step 1 decodes `width` continuations of that one hypothesis; each
-    later step `width` continuations of each of the `beam` current hypotheses (a token beam search; width 1:
-    greedy decoding), re-embeds the candidates, scores them by cosine to the target and keeps the top `beam`
-    unique ones. width None is `beam` (vec2text's sequence beam: beam² candidates); width >= beam. The best
-    hypothesis seen at any step is tracked; an example whose best cosine reaches `stop_cosine` stops.
-    With no correction steps, a `width` > 1 is the inverter's: its width-wide token beam search, re-embedded,
-    and the best by cosine (+ prior) kept; None or 1 is its greedy decode, whatever `beam`. (With correction
+    params: {"inverter": ..., "corrector": ..., "embedder": ...}; embeddings [B, D]; stop_cosine None: the
+    search's own (`search.stop`). In the search's terms (`v2t_jax.search.strategies.Search`), with W its token
+    beam (None: its sequence beam B, vec2text's coupling):
+    Step 0 is the inverter's greedy decode. Step 1 decodes W continuations of that one hypothesis; each
+    later step W continuations of each of the B current hypotheses (a token beam search; W 1:
+    greedy decoding), re-embeds the candidates, scores them by cosine to the target and keeps the top B
+    unique ones. The best hypothesis seen at any step is tracked; an example whose best cosine reaches the stop
+    cosine stops.
+    With no correction steps, a W > 1 is the inverter's: its W-wide token beam search, re-embedded,
+    and the best by cosine (+ prior) kept; None or 1 is its greedy decode, whatever B. (With correction
     steps step 0 stays greedy: a beam there, tried, did not change what the steps end with.)
 
     skip_repeated: an example whose hypotheses come back unchanged from a step has reached a fixed point (every
@@ -60,7 +59,7 @@ def invert(
     patience: with k > 0 an example also stops once k correction steps have not improved its best (an opt-in
     trade of a little fidelity for time; 0: off).
     polish: rounds of gradient-guided token swaps on the best hypothesis after the search (`hotflip.polish`,
-    `polish_top` exactly re-embedded swaps per round, kept only if they raise the score); the per-step
+    POLISH_TOP exactly re-embedded swaps per round, kept only if they raise the score); the per-step
     outputs then end with one more entry, the polished hypothesis, and `polish_kept` [polish, B] says which
     rows took a swap in each round. With a prior the swaps are ranked by cosine + λ · the inverter's mean
     log-probability of the text given e (a swap has no proposing corrector), so the polished entry's score is
@@ -73,6 +72,9 @@ def invert(
     """
     if not program.in_graph:
         raise ValueError("this program decodes in another vocabulary than the embedder's: use invert_host")
+    num_steps, beam, width, prior, polish = search.steps, search.beam, search.token_beam, search.prior, search.polish
+    skip_repeated, patience, polish_top = search.skip_repeated, search.patience, POLISH_TOP
+    stop_cosine = search.stop if stop_cosine is None else stop_cosine
     core._check_steps(program, num_steps)
     e = embeddings.astype(jnp.float32)
     k = core._inverter_width(num_steps, width)
@@ -151,19 +153,15 @@ def invert_stream(
     embeddings: Array,
     count: Array,
     slots: int,
-    num_steps: int,
-    beam: int,
-    stop_cosine: float = 2.0,
-    prior: float = 0.0,
-    patience: int = 0,
-    width: int | None = None,
+    search: Search,
+    stop_cosine: float | Array | None = None,
 ) -> dict:
-    """`invert` with skip_repeated over a queue of N examples (the first `count` of `embeddings` [N, D]; N a
-    multiple of `slots`) through `slots` rows of work, as one program (jit it with program, slots, num_steps,
-    beam, prior, patience and width static): continuous batching. Step 0 runs for every example, a slot batch at
-    a time; then each round of a `lax.while_loop` loads pending examples into free slots, takes one correction
-    step on the slots that work, and retires the examples that are done (their steps run, a fixed point or
-    2-cycle, or the stop cosine), writing their results back by index. A slot never idles while examples wait,
+    """`invert` of a search with skip_repeated and correction steps over a queue of N examples (the first `count` of
+    `embeddings` [N, D]; N a multiple of `slots`) through `slots` rows of work, as one program (jit it with program,
+    slots and search static; stop_cosine as in `invert`): continuous batching. Step 0 runs for every example, a slot
+    batch at a time; then each round of a `lax.while_loop` loads pending examples into free slots, takes one
+    correction step on the slots that work, and retires the examples that are done (their steps run, a fixed point
+    or 2-cycle, or the stop cosine), writing their results back by index. A slot never idles while examples wait,
     where a batch costs a whole batch until its slowest example ends.
 
     Each example's search is the one `invert` runs on it (the same candidates, selection and stopping), so the
@@ -171,8 +169,13 @@ def invert_stream(
     correction steps it took) and rounds [] (slot-batch steps run)."""
     if not program.in_graph:
         raise ValueError("this program decodes in another vocabulary than the embedder's: use invert_host")
+    num_steps, beam, width = search.steps, search.beam, search.token_beam
+    prior, patience = search.prior, search.patience
+    stop_cosine = search.stop if stop_cosine is None else stop_cosine
     if num_steps < 1:
         raise ValueError("invert_stream needs correction steps (num_steps >= 1); step 0 alone is `invert`")
+    if not search.skip_repeated or search.polish:
+        raise ValueError("invert_stream runs a search with skip_repeated and without polish; others are `invert`'s")
     core._check_steps(program, num_steps)
     width = core._check_width(beam, width)
     e_all = embeddings.astype(jnp.float32)
@@ -269,25 +272,25 @@ def invert_host(
     program: core.InversionProgram,
     params: dict,
     embeddings,
-    num_steps: int,
-    beam: int,
+    search: Search,
     decode: Callable[[np.ndarray], str],
     embed_fn: Callable[[list[str]], np.ndarray],
-    stop_cosine: float = 2.0,
-    skip_repeated: bool = False,
-    prior: float = 0.0,
-    patience: int = 0,
-    width: int | None = None,
 ) -> dict:
     """`invert` for hypotheses that are re-embedded through text: a model decoding in another vocabulary than
     the embedder's, or a black-box embedder (a remote API).
 
-    The decoding stays compiled (`core.greedy_hypotheses`, `candidates`) and so does the selection (`core._select`,
+    The decoding stays compiled (`core.greedy_hypotheses`, `core.candidates`) and so does the selection (`core._select`,
     `core._advance`: the same search as `invert`); between them each step's candidates are decoded to strings on the
     host and `embed_fn(list of strings) -> [n, D]` embeds them, one call per step. Repeats are by string (what
     the embedder sees); each distinct string is embedded once per call (a memo across steps), and candidates of
-    finished examples are not embedded at all. Returns what `invert` returns, as numpy arrays.
+    finished examples are not embedded at all. Returns what `invert` returns, as numpy arrays. (No token swaps
+    here: they need the embedder's gradients.)
     """
+    num_steps, beam, width = search.steps, search.beam, search.token_beam
+    prior, patience = search.prior, search.patience
+    skip_repeated, stop_cosine = search.skip_repeated, search.stop
+    if search.polish:
+        raise ValueError("polish (token swaps) needs the embedder's gradients: not through text (invert_host)")
     core._check_steps(program, num_steps)
     start = core._inverter_width(num_steps, width)
     width = core._check_width(beam, width) if num_steps else width  # (no sequence beam to fill at 0 steps)

@@ -173,6 +173,11 @@ class Search:
         """The stop cosine the compiled loop reads (NO_STOP: never)."""
         return NO_STOP if self.stop_cosine is None else self.stop_cosine
 
+    def without_stop(self) -> Search:
+        """This search without its stop cosine: what a compiled program is specialised on (the drivers take the
+        stop apart, traced, so that one program serves every stop)."""
+        return self if self.stop_cosine is None else self.replace(stop_cosine=None)
+
     def check_model(self, *, has_corrector: bool, in_graph: bool, black_box: bool = False) -> None:
         """Refuses a search the model cannot run: correction steps without a corrector; token swaps without the
         embedder's gradients (a model with its own vocabulary, or a black-box embedder)."""

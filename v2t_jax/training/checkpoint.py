@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import orbax.checkpoint as ocp
 
-from v2t_jax.bundle import brief as describe_error  # one line naming an exception
+from v2t_jax.errors import brief as describe_error  # one line naming an exception
 
 
 def manager(workdir: str | Path, keep: int = 3) -> ocp.CheckpointManager:

@@ -241,7 +241,8 @@ class CorrectorTask(Task):
     def prepare(self, dataset) -> None:
         """The inverter's hypotheses for train and validation, computed once and cached beside the targets
         (one process; with several, they must exist beforehand: `v2t data hypotheses`)."""
-        from v2t_jax.data import hypotheses, targets
+        from v2t_jax.data import targets
+        from v2t_jax.training import hypotheses
 
         bundle = self.inverter  # checked before the data: the config may be what is wrong
         _, tdir, command = dataset()
@@ -258,7 +259,7 @@ class CorrectorTask(Task):
     def check_run(self, workdir: Path) -> None:
         """A corrector reads hypotheses in its own vocabulary, so its inverter must decode in the same one; and
         it continues only on the hypotheses of the inverter it started with (same weights)."""
-        from v2t_jax.data import hypotheses
+        from v2t_jax.training import hypotheses
 
         if (
             not self.vocab.in_graph
@@ -280,7 +281,7 @@ class CorrectorTask(Task):
             path.write_text(current + "\n")
 
     def attach(self, tdir: Path, data: dict) -> None:
-        from v2t_jax.data import hypotheses
+        from v2t_jax.training import hypotheses
 
         hdir = hypotheses.hypotheses_dir(tdir, self.inverter)
         for split, d in data.items():

@@ -4,7 +4,7 @@
     v2t train --config configs/corrector.py:tiny --workdir DIR --config.inverter=BUNDLE
 
 The same loop trains the inverter (embedding -> text) and the corrector ((e, hypothesis, ê) -> text, on the
-frozen inverter's cached greedy hypotheses, `v2t_jax.data.hypotheses`; computed on first use).
+frozen inverter's cached greedy hypotheses, `v2t_jax.training.hypotheses`; computed on first use).
 
 Rerunning the same command resumes from the latest finished checkpoint in DIR/checkpoints.
 Metrics go to DIR/metrics.jsonl (one JSON object per log or eval event) and DIR/tb (TensorBoard).

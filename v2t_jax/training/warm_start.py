@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import ml_collections
 
-from v2t_jax.errors import TrainingError
+from v2t_jax.errors import TrainingError, brief
 from v2t_jax.models import embedders, hf_import
 from v2t_jax.models import t5 as t5_lib
 from v2t_jax.models.t5 import T5Config
@@ -46,7 +46,7 @@ def pretrained_t5_config(folder: str) -> t5_lib.T5Config:
         return cfg
     except (ValueError, KeyError, TypeError, AttributeError, OSError, RecursionError, ZeroDivisionError) as e:
         # (a config.json that is a list, lacks a field, holds text where numbers go, nests past the stack)
-        raise TrainingError(f"config.t5.init: {folder} does not load as T5 ({bundle.brief(e)})") from None
+        raise TrainingError(f"config.t5.init: {folder} does not load as T5 ({brief(e)})") from None
 
 
 def pretrained_t5(params: dict, folder: Path, cfg: t5_lib.T5Config, shardings: Any) -> dict:

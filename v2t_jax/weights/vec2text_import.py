@@ -190,7 +190,7 @@ def inversion_program(
 
         program = vec2text_import.inversion_program(inv_cfg, cor_cfg, length=32)
         params = {"inverter": inv_params, "corrector": cor_params}
-        out = drivers.invert_host(program, params, vectors, 20, 4, decode, embed_fn)
+        out = drivers.invert_host(program, params, vectors, strategies.sequence_beam(20, 4), decode, embed_fn)
     """
     return core.InversionProgram(
         inverter_cfg, corrector_cfg, None, length=length, eos_id=inverter_cfg.t5.eos_token_id, pad_id=0
