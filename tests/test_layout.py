@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parent.parent / "v2t_jax"
 # top to bottom; a top-level module by its name, a package by its folder
 LAYERS = [
     {"cli", "commands"},
-    {"audit", "training", "weights", "export", "bench"},
+    {"audit", "runs", "training", "weights", "export", "bench"},
     {"api"},
     {"bundle"},
     {"search"},

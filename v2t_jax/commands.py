@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import itertools
 import json
 import os
 import shlex
@@ -459,14 +458,12 @@ def cmd_invert(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     references = read_texts(args.references) if args.references else None
     output = check_file(args.output, args.overwrite, [args.embeddings] + ([args.references] if references else []))
-    import jax
-
-    from v2t_jax import parallel, profiling
+    from v2t_jax import parallel, profiling, runs
 
     profiling.check_folder(args.profile)
     if args.distributed:
         parallel.initialize(args.distributed)
-    rows = parallel.part_path(output) if jax.process_count() > 1 else output  # (this process's rows)
+    rows = runs.rows_path(output)  # (this process's rows)
     RowStream.check(rows)
     with outputs.lock(rows, "invert"):
         return _invert(args, path, vectors, references, output, rows)
@@ -488,91 +485,43 @@ def _interrupted_run(rows: Path) -> dict | None:
 def _invert(
     args: argparse.Namespace, path: Path, vectors, references: list[str] | None, output: Path, rows_path: Path
 ) -> int:
-    """The rows of `output`; under --distributed each process writes those of its share of the batches to
-    `rows_path` (its part, resumable as a whole output is), and process 0 puts the parts together in input
-    order once every process has finished its own."""
+    """`runs.invert` of the command's inputs into `output` (under --distributed each process writes its share to
+    `rows_path`, and process 0 joins the parts), with the search of its flags (or of the run it resumes)."""
     import jax
-    import numpy as np
 
-    from v2t_jax import parallel
+    from v2t_jax import api, assets, runs
 
     model, search = _load_model(args, resuming=_interrupted_run(rows_path), command="invert")
-    multi, main = jax.process_count() > 1, jax.process_index() == 0
-
-    from v2t_jax import api, assets, evaluate
-
     try:  # the vectors (dimension, NaN/inf, zero rows, dtype) before any work
         n = len(model.check_embeddings(vectors))
     except api.ModelError as e:
         raise UsageError(str(e)) from e
     if references is not None and len(references) != n:
         raise UsageError(f"{args.references} holds {len(references)} texts for the {n} vectors; give one per vector")
-    scorer = evaluate.Evaluator(model.embedder_view(references)) if references is not None else None
     remote = _remote_embedder(args, model)
-    bs = model.batch_rows(n, args.batch_size)
-    run = {
+    identity = {  # what the rows are made from: a rerun continues only the same run
         "embeddings": assets.sha256_file(path),
         "model": _bundle_digest(args.checkpoint),
-        **search.record(),
-        "batch_size": bs,
-        "trace": bool(args.trace),
         "references": assets.sha256_file(Path(args.references)) if references is not None else None,
         "embedder_url": remote.identity if remote is not None else None,
     }
-    mine = parallel.share_rows(n, bs)  # under --distributed: the input rows of this process's batches
-    if multi:
-        run["part"] = [jax.process_index(), jax.process_count()]
-    stream = RowStream(rows_path, run, bs, "invert")
-    todo = vectors if mine is None else np.asarray(vectors)[mine]
-    n_todo = 0 if stream.complete else len(todo) - stream.done
-    from v2t_jax import profiling
-    from v2t_jax.search import sharded
-
-    # --profile: 3 compiled calls after the first (the compile), or from the first when the run has no second
-    per_call = sharded.STREAM_BATCHES if model.streams(search, bool(args.trace), remote) else 1
-    more = -(-n_todo // bs) > per_call
-    window = profiling.Window(profiling.check_folder(args.profile), per_call if more else 0, 3 * per_call)
-    batches = iter(()) if n_todo <= 0 else model.iter_batches(
-        todo, search, bs, trace=bool(args.trace), progress=not args.quiet, start=stream.done, embed_fn=remote
-    )  # fmt: skip
     try:
-        for i in itertools.count():
-            window.step(i)  # (before batch i is computed)
-            try:
-                first, texts, cosines, steps = next(batches)
-            except StopIteration:
-                break
-            # scored as decoded (against the embedder's view), written as people write (model.readable)
-            rows = [{"text": t, "cosine": c} for t, c in zip(model.readable(texts), cosines)]
-            for row, trace in zip(rows, steps or []):
-                row["steps"] = {**trace, "hypotheses": model.readable(trace["hypotheses"])}
-            if scorer is not None:  # (a batch is whole in one process: its rows follow on from its first)
-                at = first if mine is None else int(mine[first])
-                for row, scores in zip(rows, scorer.rows(texts, at, model.readable)):
-                    row.update(scores)
-            stream.append(rows)
-    except api.ModelError as e:
-        raise UsageError(str(e)) from e
-    except RemoteError as e:
-        kept = f"; the {stream.done} rows done are kept: rerun the same command to continue" if stream.done else ""
-        raise UsageError(f"{e}{kept}") from None
-    finally:
-        window.close()
-    stream.finish(keep_state=multi)  # (a part's state stays until the parts are put together: it is then done)
-    if multi:
-        parallel.barrier("v2t invert: every part written")
-        if main:
-            parallel.join_parts(output, n, bs)
-        parallel.barrier("v2t invert: parts joined")
-    if not main:
+        result = runs.invert(
+            vectors, model, output, search, batch_size=args.batch_size, references=references,
+            trace=bool(args.trace), embed_fn=remote, identity=identity, progress=not args.quiet, profile=args.profile,
+        )  # fmt: skip
+    except (api.ModelError, RemoteError) as e:
+        raise UsageError(str(e)) from None
+    if jax.process_index() != 0:
         return 0
     if not args.quiet:
         print(f"v2t invert: wrote {n} rows to {output}", file=sys.stderr)
-        if window.done:
-            print(f"v2t invert: a trace of {window.count} batches is in {args.profile}", file=sys.stderr)
-    if scorer is not None:  # over every row, those of an interrupted run included
-        scores = evaluate.summary_of_rows(RowStream(output, run, bs, "invert").rows())
-        print(f"v2t invert: against {args.references}: {evaluate.summary_line(scores)}")
+        if result["profiled"]:
+            print(f"v2t invert: a trace of {result['profiled']} batches is in {args.profile}", file=sys.stderr)
+    if result["summary"] is not None:
+        from v2t_jax import evaluate
+
+        print(f"v2t invert: against {args.references}: {evaluate.summary_line(result['summary'])}")
     return 0
 
 

@@ -1,6 +1,7 @@
 """T5 encoder-decoder in Flax (linen), matching Hugging Face's PyTorch T5 numerically.
 
-Both families are covered by one config:
+Both families are covered by one config, and a third layout by the parts it is built from (`LAYOUTS`: the
+blocks read a `Layout`'s parts, never its name):
   * original T5: ReLU feed-forward, LM head tied to the shared embedding, decoder output
     rescaled by d_model**-0.5 before the head;
   * T5 v1.1: gated-GELU (tanh approximation) feed-forward, separate LM head, no rescale;
@@ -88,8 +89,9 @@ class T5Config:
                 raise ValueError(f"T5Config.{name} must be positive, got {getattr(self, name)}")
 
     @property
-    def is_bert(self) -> bool:
-        return self.layout == "bert"
+    def parts(self) -> Layout:
+        """What this config's layout builds its blocks from (`LAYOUTS[layout]`)."""
+        return LAYOUTS[self.layout]
 
     @property
     def is_gated(self) -> bool:
@@ -132,8 +134,8 @@ class T5Config:
 
     def to_hf_dict(self) -> dict:
         """The `config.json` fields transformers needs to rebuild this model (T5 layout only)."""
-        if self.is_bert:
-            raise ValueError("a 'bert'-layout model has no transformers T5 config")
+        if self.layout != "t5":
+            raise ValueError(f"a {self.layout!r}-layout model has no transformers T5 config")
         return dict(
             architectures=["T5ForConditionalGeneration"],
             model_type="t5",
@@ -158,7 +160,28 @@ class T5Config:
         )
 
 
-LAYOUTS = ("t5", "bert")
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """What a layout's blocks are made of: the network reads these parts, never the layout's name."""
+
+    norm: str  # "rms": T5's RMSNorm (scale only) | "layer": mean and variance, scale and bias (BERT)
+    post_norm: bool  # the norm after each residual sum (BERT) rather than before each sublayer (T5)
+    biases: bool  # a bias on every projection (attention, feed-forward, output logits)
+    absolute_positions: bool  # a learned position table + embedding norm (BERT), not T5's relative buckets
+    scaled_attention: bool  # scores scaled by d_kv**-0.5 (T5 folds the scale into its init)
+    final_norm: bool  # a norm (and dropout) after the last layer of each stack
+    mlm_head: bool  # BERT's masked-LM transform (dense, GELU, norm) before the tied output embedding
+    init_std: float | None  # every weight from normal(init_std) (BERT's 0.02); None: T5's fan-in scaled init
+
+
+# "t5": pre-RMSNorm, relative position buckets; "bert" (BERT2BERT: transformers' EncoderDecoderModel of two BERTs):
+# post-LN layers with biases, scaled attention, absolute positions, BERT's masked-LM head. A layout is one entry.
+LAYOUTS = {
+    "t5": Layout("rms", post_norm=False, biases=False, absolute_positions=False, scaled_attention=False,
+                 final_norm=True, mlm_head=False, init_std=None),
+    "bert": Layout("layer", post_norm=True, biases=True, absolute_positions=True, scaled_attention=True,
+                   final_norm=False, mlm_head=True, init_std=0.02),
+}  # fmt: skip
 
 
 def _first(x):
@@ -209,7 +232,7 @@ def _normal(std: float):
 
 def _weight_init(cfg: "T5Config", std: float):
     """T5's scaled normal init, or BERT's normal(0.02) in the "bert" layout."""
-    return _normal(0.02 if cfg.is_bert else std)
+    return _normal(std if cfg.parts.init_std is None else cfg.parts.init_std)
 
 
 def _bias(module: nn.Module, name: str, shape, axes, cfg: "T5Config"):
@@ -259,7 +282,7 @@ class LayerNorm(nn.Module):
 
 
 def _norm(cfg: T5Config) -> nn.Module:
-    return LayerNorm(cfg) if cfg.is_bert else RMSNorm(cfg)
+    return LayerNorm(cfg) if cfg.parts.norm == "layer" else RMSNorm(cfg)
 
 
 def relative_position_bucket(rel_pos: Array, bidirectional: bool, num_buckets: int, max_distance: int) -> Array:
@@ -324,7 +347,7 @@ class Attention(nn.Module):
         self.k = _param(self, "k", _weight_init(cfg, e**-0.5), (e, h, d), ("embed", "heads", "kv"), pd)
         self.v = _param(self, "v", _weight_init(cfg, e**-0.5), (e, h, d), ("embed", "heads", "kv"), pd)
         self.o = _param(self, "o", _weight_init(cfg, (h * d) ** -0.5), (h, d, e), ("heads", "kv", "embed"), pd)
-        if cfg.is_bert:
+        if cfg.parts.biases:
             self.q_bias = _bias(self, "q_bias", (h, d), ("heads", "kv"), cfg)
             self.k_bias = _bias(self, "k_bias", (h, d), ("heads", "kv"), cfg)
             self.v_bias = _bias(self, "v_bias", (h, d), ("heads", "kv"), cfg)
@@ -337,7 +360,7 @@ class Attention(nn.Module):
         dt = self.config.dtype
         k = _matmul(x_bke.astype(dt), jnp.asarray(self.k, dt))  # [b, k, h, d]
         v = _matmul(x_bke.astype(dt), jnp.asarray(self.v, dt))
-        if self.config.is_bert:
+        if self.config.parts.biases:
             k, v = k + jnp.asarray(self.k_bias, dt), v + jnp.asarray(self.v_bias, dt)
         return jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
 
@@ -352,8 +375,10 @@ class Attention(nn.Module):
         """Attends queries from x to precomputed keys/values [b, h, k, d]; bias already holds the mask."""
         dt = self.config.dtype
         q = _matmul(x_bqe.astype(dt), jnp.asarray(self.q, dt))  # [b, q, h, d]
-        if self.config.is_bert:
-            q = (q + jnp.asarray(self.q_bias, dt)) * np.asarray(self.config.d_kv**-0.5, dt)
+        if self.config.parts.biases:
+            q = q + jnp.asarray(self.q_bias, dt)
+        if self.config.parts.scaled_attention:
+            q = q * np.asarray(self.config.d_kv**-0.5, dt)
         rows, n_q = k_bhkd.shape[0], q.shape[1]
         group = q.shape[0] // rows  # > 1: beams of a row attend to the row's shared keys/values
         if group > 1:
@@ -367,7 +392,7 @@ class Attention(nn.Module):
         if group > 1:
             out = out.reshape((rows * group, n_q) + out.shape[2:])
         out = _matmul(out, jnp.asarray(self.o, dt), n_in=2)
-        return out + jnp.asarray(self.o_bias, dt) if self.config.is_bert else out
+        return out + jnp.asarray(self.o_bias, dt) if self.config.parts.biases else out
 
 
 class FeedForward(nn.Module):
@@ -380,10 +405,12 @@ class FeedForward(nn.Module):
         x = x_ble.astype(dt)
         act_name = cfg.feed_forward_proj.split("-")[-1]
 
-        def dense(name, n_in, n_out, axes, std, y):  # with a bias in the "bert" layout
+        def dense(name, n_in, n_out, axes, std, y):  # with a bias where the layout has biases
             w = _param(self, name, _weight_init(cfg, std), (n_in, n_out), axes, pd)
             out = _matmul(y, jnp.asarray(w, dt))
-            return out + jnp.asarray(_bias(self, name + "_bias", (n_out,), axes[1:], cfg), dt) if cfg.is_bert else out
+            return (
+                out + jnp.asarray(_bias(self, name + "_bias", (n_out,), axes[1:], cfg), dt) if cfg.parts.biases else out
+            )
 
         if cfg.is_gated:
             act = _ACTIVATIONS_GATED.get(act_name, _ACTIVATIONS[act_name])
@@ -417,7 +444,7 @@ class EncoderLayer(nn.Module):
 
     def __call__(self, x: Array, bias_bhqk: Array, deterministic: bool) -> Array:
         drop = lambda y: self.dropout(y, deterministic=deterministic)  # noqa: E731
-        post = self.config.is_bert
+        post = self.config.parts.post_norm
 
         def attend(h):
             k, v = self.attn.project_kv(h)
@@ -454,7 +481,7 @@ class DecoderLayer(nn.Module):
         cache_index: Array | None = None,
     ) -> tuple[Array, tuple[Array, Array] | None]:
         drop = lambda y: self.dropout(y, deterministic=deterministic)  # noqa: E731
-        post = self.config.is_bert
+        post = self.config.parts.post_norm
         written = []
 
         def attend_self(h):
@@ -504,7 +531,7 @@ class AbsolutePositions(nn.Module):
 
 
 def _check_positions(cfg: T5Config, length: int, what: str) -> None:
-    if cfg.is_bert and length > cfg.max_position_embeddings:
+    if cfg.parts.absolute_positions and length > cfg.max_position_embeddings:
         raise ValueError(f"{what} of {length} positions exceeds max_position_embeddings={cfg.max_position_embeddings}")
 
 
@@ -515,11 +542,12 @@ class Encoder(nn.Module):
 
     def setup(self):
         cfg = self.config
-        if cfg.is_bert:
+        if cfg.parts.absolute_positions:
             self.positions = AbsolutePositions(cfg)
         else:
             self.relpos = RelativePositionBias(cfg, bidirectional=True)
-            self.final_norm = RMSNorm(cfg)
+        if cfg.parts.final_norm:
+            self.final_norm = _norm(cfg)
         self.layers = [EncoderLayer(cfg) for _ in range(cfg.num_layers)]
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
@@ -529,14 +557,14 @@ class Encoder(nn.Module):
         _check_positions(cfg, length, "an encoder input")
         pos = jnp.arange(length, dtype=jnp.int32)
         bias = _mask_to_bias(mask_bl[:, None, None, :].astype(bool))
-        if cfg.is_bert:
+        if cfg.parts.absolute_positions:
             x_ble = self.positions(x_ble, pos)
         else:
             bias = bias + self.relpos(pos, pos)
         x = self.dropout(x_ble.astype(cfg.dtype), deterministic=deterministic)
         for layer in self.layers:
             x = layer(x, bias, deterministic)
-        return x if cfg.is_bert else self.dropout(self.final_norm(x), deterministic=deterministic)
+        return self.dropout(self.final_norm(x), deterministic=deterministic) if cfg.parts.final_norm else x
 
 
 @struct.dataclass
@@ -566,22 +594,23 @@ class Decoder(nn.Module):
 
     def setup(self):
         cfg = self.config
-        if cfg.is_bert:
+        if cfg.parts.absolute_positions:
             self.positions = AbsolutePositions(cfg)
         else:
             self.relpos = RelativePositionBias(cfg, bidirectional=False)
-            self.final_norm = RMSNorm(cfg)
+        if cfg.parts.final_norm:
+            self.final_norm = _norm(cfg)
         self.layers = [DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers)]
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
     def _inputs(self, x_ble: Array, q_pos: Array, k_pos: Array, allowed: Array) -> tuple[Array, Array]:
         """(the first layer's input, the self-attention bias) for queries at q_pos over keys at k_pos."""
-        if self.config.is_bert:
+        if self.config.parts.absolute_positions:
             return self.positions(x_ble, q_pos), _mask_to_bias(allowed)
         return x_ble, self.relpos(q_pos, k_pos) + _mask_to_bias(allowed)
 
     def _out(self, x: Array, deterministic: bool) -> Array:
-        return x if self.config.is_bert else self.dropout(self.final_norm(x), deterministic=deterministic)
+        return self.dropout(self.final_norm(x), deterministic=deterministic) if self.config.parts.final_norm else x
 
     def cross_kv(self, encoder_states: Array) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
         kvs = [layer.cross_kv(encoder_states) for layer in self.layers]
@@ -680,8 +709,9 @@ class T5(nn.Module):
                 ("embed", "vocab"),
                 cfg.param_dtype,
             )
-        if cfg.is_bert:
+        if cfg.parts.mlm_head:
             self.head = MaskedLMHead(cfg)
+        if cfg.parts.biases:
             self.lm_bias = _bias(self, "lm_bias", (cfg.vocab_size,), ("vocab",), cfg)
 
     def embed(self, ids: Array) -> Array:
@@ -705,7 +735,7 @@ class T5(nn.Module):
 
     def logits(self, h_ble: Array) -> Array:
         cfg = self.config
-        if cfg.is_bert:
+        if cfg.parts.mlm_head:
             h_ble = self.head(h_ble)
         if cfg.scale_decoder_outputs:
             h_ble = h_ble * (cfg.d_model**-0.5)
@@ -714,7 +744,7 @@ class T5(nn.Module):
         else:
             w = jnp.asarray(self.lm_head, cfg.dtype)
         out = _matmul(h_ble.astype(cfg.dtype), w)
-        if cfg.is_bert:
+        if cfg.parts.biases:
             out = out + jnp.asarray(self.lm_bias, cfg.dtype)
         return nn.with_logical_constraint(out.astype(jnp.float32), ("batch", "length", "vocab"))
 

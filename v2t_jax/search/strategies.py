@@ -20,7 +20,7 @@ It is hashable: the compiled program is one per (search, batch shape).
 Every number is checked when the value is made (`StrategyError`, one line); what a search needs of a model (a
 corrector, gradients for token swaps) is checked against the model before any work (`Search.check_model`).
 Adding a piece to the search is a field here (checked, described and recorded with the others) and its part of
-the compiled loop in `v2t_jax.correction`. Stdlib only, so `v2t --help` stays fast.
+the step in `search/core.py` (the drivers receive the whole value). Stdlib only, so `v2t --help` stays fast.
 """
 
 from __future__ import annotations

@@ -50,8 +50,8 @@ def _ffn(p: dict, prefix: str) -> dict:
 def t5_state_dict(params: dict, cfg: t5_lib.T5Config) -> dict[str, np.ndarray]:
     """Our T5 parameters as a transformers `T5ForConditionalGeneration` state dict (numpy float32; the inverse of
     `hf_import.params_from_hf_state_dict`). Refuses what transformers' T5 cannot express."""
-    if cfg.is_bert:
-        raise ValueError("a 'bert'-layout backbone has no vec2text (transformers T5) form")
+    if cfg.layout != "t5":
+        raise ValueError(f"a {cfg.layout!r}-layout backbone has no vec2text (transformers T5) form")
     if cfg.scale_decoder_outputs != cfg.tie_word_embeddings:
         raise ValueError(
             "transformers' T5 rescales the decoder outputs exactly when the head is tied; this backbone "
