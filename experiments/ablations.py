@@ -177,7 +177,7 @@ def sample_corpus(sources: list[str], fraction: float, path: Path, data_dir=None
 
     from v2t_jax import outputs
 
-    b = dataset.builder(dataset.DatasetSpec(sources=sources_lib.expand(sources)), data_dir)
+    b = dataset.prepared(dataset.DatasetSpec(sources=sources_lib.expand(sources)), data_dir).builder  # or NotPrepared
 
     def write(f) -> None:
         for split in ("validation", "test", "train"):
@@ -249,7 +249,13 @@ def main(argv=None) -> int:
         if not 0 < args.train_docs <= 1 or args.corpus:
             p.error("--train-docs takes a fraction in (0, 1] of --sources' documents (not with --corpus)")
         sample = root / f"sample_{args.train_docs:g}.jsonl"
-        args.corpus = str(sample_corpus(args.sources, args.train_docs, sample, args.data_dir))
+        from v2t_jax.errors import V2TError
+
+        try:
+            args.corpus = str(sample_corpus(args.sources, args.train_docs, sample, args.data_dir))
+        except V2TError as e:  # (a source that does not exist, a dataset not prepared: what to run)
+            print(f"ablations: error: {e}", file=sys.stderr)
+            return 2
         v2t("data", "prepare", "--corpus", args.corpus, *(["--data-dir", args.data_dir] if args.data_dir else []))
     data_args = (
         [f"--config.data.corpus={args.corpus}"] if args.corpus else [f"--config.data.sources={tuple(args.sources)!r}"]

@@ -7,7 +7,7 @@ interleaved over one grid.
 The reference side (experiments/vec2text_reference.py, in its venv) builds vec2text's InversionModel and
 CorrectorEncoderModel around random T5 backbones (default: the reference's tiny shape, d_model 256, 4+4 layers,
 untied head) decoding in the MiniLM embedder's WordPiece vocabulary, and writes them as vec2text checkpoints;
-this side loads those same weights through the project's importer (`vec2text_import.load_model`). Then, for each
+this side loads those same weights through the project's importer (`vec2text_import.model_from`). Then, for each
 grid point (steps, sequence beam, batch), both sides invert the same random unit vectors `--repeats` times,
 alternating reference and v2t_jax run by run so that machine load falls on both alike. The table gives medians,
 the ratio, each side's peak resident memory over that point (Linux VmHWM, reset per point), the mean generated
@@ -213,7 +213,7 @@ def main() -> None:
     print(f"compare: building the reference's random models in {work} ...", flush=True)
     ref = Reference(python, embedder_folder, work, a.seed, SHAPES[a.shape], length, a.threads)
     emb = embedders.load_embedder(embedder_folder)
-    model = vec2text_import.load_model(work / "inverter", work / "corrector", emb, max_length=length)
+    model = vec2text_import.model_from(work / "inverter", work / "corrector", emb, max_length=length)
     runners = {x: ours_runner(model, x) for x in exits}
     rate = matmul_gflops()
     print(f"compare: jitted float32 matmul rate {rate:.0f} GFLOP/s", flush=True)

@@ -119,7 +119,7 @@ def test_load_model_takes_token_ids_from_the_embedder_and_refuses_another_vocabu
         shutil.copy(GOLDEN / f"{name}.safetensors", tmp_path / name / "model.safetensors")
     emb = embedders.load_embedder("all-MiniLM-L6-v2")
     with pytest.raises(ValueError, match="not the embedder's"):
-        vec2text_import.load_model(tmp_path / "inverter", tmp_path / "corrector", emb)
+        vec2text_import.model_from(tmp_path / "inverter", tmp_path / "corrector", emb)
     cfg, _ = vec2text_import.load_folder(tmp_path / "corrector", eos_token_id=102)
     assert cfg.t5.eos_token_id == 102
     assert vec2text_import.load_folder(tmp_path / "corrector")[0].t5.eos_token_id == 1
@@ -166,7 +166,7 @@ def test_a_bundle_written_as_vec2text_checkpoints_imports_back_to_the_same_model
     assert (tok["pad_token"], tok["eos_token"], tok["cls_token"]) == ("[PAD]", "[SEP]", "[CLS]")
     assert Vocabulary.from_folder(out / "inversion" / "t5", 12).size == model.vocab.size
 
-    back = vec2text_import.load_model(out / "inversion", out / "corrector", model.embedder, model.max_length)
+    back = vec2text_import.model_from(out / "inversion", out / "corrector", model.embedder, model.max_length)
     same = dict(t5=back.program.corrector.t5, bottleneck_dim=384)  # (None: the embedding's width, 384)
     assert back.program.corrector == dataclasses.replace(model.program.corrector, **same)
     assert back.program.corrector.t5 == model.program.corrector.t5.replace(dropout_rate=0.0)

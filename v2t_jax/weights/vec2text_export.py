@@ -11,7 +11,7 @@ transformers T5 backbone its config names (`t5/`: config, weights, the bundle's 
     exported/inversion/{config.json, model.safetensors, t5/}
     exported/corrector/{config.json, model.safetensors, t5/}
 
-`vec2text_import.load_model(exported/inversion, exported/corrector, embedder)` reads them back to the same
+`vec2text_import.model_from(exported/inversion, exported/corrector, embedder)` reads them back to the same
 parameters (tested). What vec2text cannot express is refused (a "bert"-layout backbone; a rescale of the decoder
 outputs that differs from transformers', which rescales exactly when the head is tied; a corrector separating its
 inputs with another token than the EOS it decodes to: vec2text's uses one for both) or recorded: a corrector

@@ -136,7 +136,7 @@ def load_folder(folder: str | os.PathLike, **t5_overrides):
 
     The special token ids are not in a vec2text checkpoint (its config.json is the InversionConfig): they default
     to T5's (pad = decoder start = 0, EOS = 1); a backbone decoding in another vocabulary must say its own, e.g.
-    `eos_token_id=102` for a WordPiece ([SEP]) backbone (or use `load_model`, which reads them off the embedder)."""
+    `eos_token_id=102` for a WordPiece ([SEP]) backbone (or use `model_from`, which reads them off the embedder)."""
     folder = Path(folder)
     sd = hf_import.read_hf_state_dict(folder)
     sd = {k: v for k, v in sd.items() if not k.startswith("embedder.")}
@@ -154,7 +154,7 @@ def load_folder(folder: str | os.PathLike, **t5_overrides):
     raise ValueError(f"{folder}: neither a vec2text InversionModel nor a CorrectorEncoderModel checkpoint")
 
 
-def load_model(inverter_folder, corrector_folder, embedder, max_length: int = 32):
+def model_from(inverter_folder, corrector_folder, embedder, max_length: int = 32):
     """An `api.Vec2Text` from vec2text checkpoint folders whose backbones decode in the embedder's own WordPiece
     vocabulary (pad = decoder start = [PAD], EOS = [SEP]), so hypotheses are re-embedded inside the compiled
     program. The token ids come from the embedder's tokenizer, never T5's defaults; a backbone with another
