@@ -108,38 +108,31 @@ def _ffn_from_hf(sd, prefix, cfg: T5Config) -> dict:
     return {"wi": sd[prefix + "wi.weight"].T, "wo": sd[prefix + "wo.weight"].T}
 
 
-def encoder_params_from_hf(sd: dict[str, np.ndarray], cfg: T5Config, prefix: str = "encoder.") -> dict:
+def _stack_from_hf(sd: dict[str, np.ndarray], cfg: T5Config, prefix: str, layers: int, sublayers) -> dict:
+    """A T5 stack's parameters: its relative position table, its final norm and, per block, each sublayer with
+    its norm; `sublayers`: (our name, transformers' module) in the order of the block's layer.0, layer.1, ..."""
     p: dict[str, Any] = {
         "relpos": {"embedding": sd[prefix + "block.0.layer.0.SelfAttention.relative_attention_bias.weight"]},
         "final_norm": {"scale": sd[prefix + "final_layer_norm.weight"]},
     }
-    for i in range(cfg.num_layers):
-        b = f"{prefix}block.{i}."
-        p[f"layers_{i}"] = {
-            "attn_norm": {"scale": sd[b + "layer.0.layer_norm.weight"]},
-            "attn": _attn_from_hf(sd, b + "layer.0.SelfAttention.", cfg),
-            "ffn_norm": {"scale": sd[b + "layer.1.layer_norm.weight"]},
-            "ffn": _ffn_from_hf(sd, b + "layer.1.DenseReluDense.", cfg),
-        }
+    for i in range(layers):
+        block = {}
+        for j, (name, theirs) in enumerate(sublayers):
+            at = f"{prefix}block.{i}.layer.{j}."
+            block[f"{name}_norm"] = {"scale": sd[at + "layer_norm.weight"]}
+            read = _ffn_from_hf if theirs == "DenseReluDense" else _attn_from_hf
+            block[name] = read(sd, f"{at}{theirs}.", cfg)
+        p[f"layers_{i}"] = block
     return p
+
+
+def encoder_params_from_hf(sd: dict[str, np.ndarray], cfg: T5Config, prefix: str = "encoder.") -> dict:
+    return _stack_from_hf(sd, cfg, prefix, cfg.num_layers, (("attn", "SelfAttention"), ("ffn", "DenseReluDense")))
 
 
 def decoder_params_from_hf(sd: dict[str, np.ndarray], cfg: T5Config, prefix: str = "decoder.") -> dict:
-    p: dict[str, Any] = {
-        "relpos": {"embedding": sd[prefix + "block.0.layer.0.SelfAttention.relative_attention_bias.weight"]},
-        "final_norm": {"scale": sd[prefix + "final_layer_norm.weight"]},
-    }
-    for i in range(cfg.num_decoder_layers):
-        b = f"{prefix}block.{i}."
-        p[f"layers_{i}"] = {
-            "self_attn_norm": {"scale": sd[b + "layer.0.layer_norm.weight"]},
-            "self_attn": _attn_from_hf(sd, b + "layer.0.SelfAttention.", cfg),
-            "cross_attn_norm": {"scale": sd[b + "layer.1.layer_norm.weight"]},
-            "cross_attn": _attn_from_hf(sd, b + "layer.1.EncDecAttention.", cfg),
-            "ffn_norm": {"scale": sd[b + "layer.2.layer_norm.weight"]},
-            "ffn": _ffn_from_hf(sd, b + "layer.2.DenseReluDense.", cfg),
-        }
-    return p
+    sublayers = (("self_attn", "SelfAttention"), ("cross_attn", "EncDecAttention"), ("ffn", "DenseReluDense"))
+    return _stack_from_hf(sd, cfg, prefix, cfg.num_decoder_layers, sublayers)
 
 
 def _shared_from_hf(sd: dict[str, np.ndarray]) -> np.ndarray:
