@@ -44,7 +44,7 @@ def pytest_unconfigure(config):
 # They are collected first and pytest-xdist (--dist loadfile --no-loadscope-reorder) hands files out in that
 # order, so the long ones start at once and the short ones fill in: no worker ends the run alone on a long file.
 LONGEST_FIRST = (
-    "test_end_to_end.py", "test_train.py", "test_devices.py", "test_correction.py", "test_gpu_recipe.py",
+    "test_end_to_end.py", "test_train.py", "test_devices.py", "test_drivers.py", "test_gpu_recipe.py",
     "test_shipped_model.py", "test_audit.py", "test_api.py", "test_ablations.py", "test_bert2bert.py",
     "test_remote.py", "test_strategies.py",
 )  # fmt: skip

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_correction import _program
+from test_drivers import _program
 
 from v2t_jax.search import core, drivers, hotflip
 from v2t_jax.search.strategies import Search
