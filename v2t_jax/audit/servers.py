@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from v2t_jax import errors
-from v2t_jax.audit.stores import Options, Paged, Records, StoreError, _brief, _copy_store, _need, _pick_one
+from v2t_jax.audit.records import Options, Paged, Records, StoreError, _brief, _copy_store, _need, _pick_one
 
 TEXT_NAMES = ("document", "text", "content", "page_content", "chunk", "body")  # a store's text, where unnamed
 SCHEMES = {
