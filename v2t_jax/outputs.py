@@ -464,6 +464,10 @@ class RowStream:
             ) from None
         self.done += len(rows)
 
+    def kept(self, e: Exception, what: str = "rows") -> Exception:
+        """`e` of the same kind, its message ending with what stays of this run for its rerun."""
+        return type(e)(f"{e}; the {self.done} {what} done are kept: rerun the same command to continue")
+
     def finish(self, keep_state: bool = False) -> None:
         """OUTPUT.partial becomes OUTPUT; the run's state is removed unless `keep_state` (the caller still has
         work to do with the rows, and removes it with `close`)."""

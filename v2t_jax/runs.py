@@ -24,6 +24,7 @@ import numpy as np
 
 from v2t_jax import evaluate, outputs, parallel, profiling
 from v2t_jax.audit.remote import RemoteError
+from v2t_jax.errors import ModelError
 from v2t_jax.search import sharded
 
 
@@ -57,14 +58,12 @@ def invert(
     Returns {"rows": N, "summary": the mean scores against the references or None, "profiled": batches traced}
     (on process 0; the other processes' results have no summary). Raises `api.ModelError` for vectors or a
     search the model cannot take, and a `RemoteError` whose message says how many rows are kept for the rerun."""
-    from v2t_jax import api
-
     output = Path(output)
     path = rows_path(output)
     multi, main = jax.process_count() > 1, jax.process_index() == 0
     n = len(model.check_embeddings(vectors))  # (dimension, NaN/inf, zero rows, dtype) before any work
     if references is not None and len(references) != n:
-        raise api.ModelError(f"{len(references)} reference texts for the {n} vectors; give one per vector")
+        raise ModelError(f"{len(references)} reference texts for the {n} vectors; give one per vector")
     scorer = evaluate.Evaluator(model.embedder_view(references)) if references is not None else None
     bs = model.batch_rows(n, batch_size)
     run = {**(identity or {}), **search.record(), "batch_size": bs, "trace": bool(trace)}
@@ -98,8 +97,7 @@ def invert(
                     row.update(scores)
             stream.append(rows)
     except RemoteError as e:
-        kept = f"; the {stream.done} rows done are kept: rerun the same command to continue" if stream.done else ""
-        raise type(e)(f"{e}{kept}") from None
+        raise (stream.kept(e) if stream.done else e) from None
     finally:
         window.close()
     stream.finish(keep_state=multi)  # (a part's state stays until the parts are put together: it is then done)

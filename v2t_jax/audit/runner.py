@@ -167,7 +167,7 @@ def _audit_share(records, vectors, model, search, bs, target, record, scorer, pr
                 ids = records.ids[at : at + len(texts)]
                 stream.append(rows_of_batch(ids, texts, cosines, at, scorer, model.readable))
     except RemoteError as e:  # the endpoint failed for good: what is done stays for a rerun
-        raise _kept(e, stream) from None
+        raise stream.kept(e, "records") from None
     stream.finish(keep_state=True)
 
 
@@ -197,15 +197,10 @@ def _audit_pages(records, model, search, bs, stream, page_rows, progress, embed_
                 bar.update(len(texts))
             done, after = done + len(page), page.ids[-1]
     except (RemoteError, stores.StoreError) as e:  # the endpoint or the store failed: what is done stays
-        raise _kept(e, stream) from None
+        raise stream.kept(e, "records") from None
     finally:
         bar.close()
     stream.finish(keep_state=True)
-
-
-def _kept(e: V2TError, stream: outputs.RowStream) -> V2TError:
-    """`e` of the same kind, its message ending with what stays of the run for the rerun."""
-    return type(e)(f"{e}; the {stream.done} records done are kept: rerun the same command to continue")
 
 
 def _dim(records) -> int:

@@ -107,11 +107,6 @@ def beam_hypotheses(program: InversionProgram, params: dict, e: Array, width: in
     return ids, mean_logprob(program, ids, lp)
 
 
-def _inverter_width(num_steps: int, width: int | None) -> int:
-    """The inverter's token beam width: `width` with no correction steps, else 1 (greedy; None is greedy too)."""
-    return width if num_steps == 0 and width is not None and width > 1 else 1
-
-
 def _best_of(ids: Array, cos: Array, score: Array) -> tuple[Array, Array, Array]:
     """Of k candidates per example (ids [B, k, L], cosines and scores [B, k]): the best by score (the first of
     equals) -> ids [B, L], its cosine [B] and score [B]."""
@@ -398,12 +393,3 @@ def _result(
 def _check_steps(program: InversionProgram, num_steps: int) -> None:
     if num_steps > 0 and program.corrector is None:
         raise ValueError("this model has no corrector: only num_steps=0 (inverter only) is possible")
-
-
-def _check_width(beam: int, width: int | None) -> int:
-    """The token beam width of a search keeping `beam` hypotheses: `width` (None: `beam`, as vec2text), at least
-    `beam` (a step from one hypothesis must propose enough candidates to fill the beam)."""
-    width = beam if width is None else width
-    if width < beam:
-        raise ValueError(f"the token beam width ({width}) must be at least the sequence beam width ({beam})")
-    return width

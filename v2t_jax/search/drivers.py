@@ -72,12 +72,12 @@ def invert(
     """
     if not program.in_graph:
         raise ValueError("this program decodes in another vocabulary than the embedder's: use invert_host")
-    num_steps, beam, width, prior, polish = search.steps, search.beam, search.token_beam, search.prior, search.polish
+    num_steps, beam, width, prior, polish = search.steps, search.beam, search.width, search.prior, search.polish
     skip_repeated, patience, polish_top = search.skip_repeated, search.patience, POLISH_TOP
     stop_cosine = search.stop if stop_cosine is None else stop_cosine
     core._check_steps(program, num_steps)
     e = embeddings.astype(jnp.float32)
-    k = core._inverter_width(num_steps, width)
+    k = search.inverter_width
     if k > 1:  # the inverter's token beam, the best kept; in pieces, as a correction step's candidates
         per_row = functools.partial(core.beam_hypotheses, program, params, width=k)
         ids, lp = core._in_chunks(per_row, (e,), max(1, core.DECODE_ROWS // k))
@@ -94,7 +94,6 @@ def invert(
             return core._result(ids0, jnp.full(ids0.shape[:1], jnp.nan, jnp.float32), None, None)
         cos0 = core._cosine(core._embed_hypotheses(program, params["embedder"], ids0), e)
         return _polished(program, params, e, core._result(ids0, cos0, None, None), polish, polish_top, prior)
-    width = core._check_width(beam, width)
     ids0, emb0, cos0, score0 = core._scored_start(program, params, e, prior)
 
     def step(state: core.SearchState, _):
@@ -169,7 +168,7 @@ def invert_stream(
     correction steps it took) and rounds [] (slot-batch steps run)."""
     if not program.in_graph:
         raise ValueError("this program decodes in another vocabulary than the embedder's: use invert_host")
-    num_steps, beam, width = search.steps, search.beam, search.token_beam
+    num_steps, beam, width = search.steps, search.beam, search.width
     prior, patience = search.prior, search.patience
     stop_cosine = search.stop if stop_cosine is None else stop_cosine
     if num_steps < 1:
@@ -177,7 +176,6 @@ def invert_stream(
     if not search.skip_repeated or search.polish:
         raise ValueError("invert_stream runs a search with skip_repeated and without polish; others are `invert`'s")
     core._check_steps(program, num_steps)
-    width = core._check_width(beam, width)
     e_all = embeddings.astype(jnp.float32)
     N, D = e_all.shape
     if N % slots:
@@ -286,14 +284,13 @@ def invert_host(
     finished examples are not embedded at all. Returns what `invert` returns, as numpy arrays. (No token swaps
     here: they need the embedder's gradients.)
     """
-    num_steps, beam, width = search.steps, search.beam, search.token_beam
+    num_steps, beam, width = search.steps, search.beam, search.width
     prior, patience = search.prior, search.patience
     skip_repeated, stop_cosine = search.skip_repeated, search.stop
     if search.polish:
         raise ValueError("polish (token swaps) needs the embedder's gradients: not through text (invert_host)")
     core._check_steps(program, num_steps)
-    start = core._inverter_width(num_steps, width)
-    width = core._check_width(beam, width) if num_steps else width  # (no sequence beam to fill at 0 steps)
+    start = search.inverter_width
     e = np.asarray(embeddings, np.float32)
     B, D = e.shape
     memo: dict[str, np.ndarray] = {}

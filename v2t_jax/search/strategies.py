@@ -173,6 +173,16 @@ class Search:
         """The stop cosine the compiled loop reads (NO_STOP: never)."""
         return NO_STOP if self.stop_cosine is None else self.stop_cosine
 
+    @property
+    def width(self) -> int:
+        """A correction step's token beam: the candidates it proposes from each hypothesis (None given: `beam`)."""
+        return self.beam if self.token_beam is None else self.token_beam
+
+    @property
+    def inverter_width(self) -> int:
+        """The inverter's token beam: `token_beam` at 0 steps, else 1 (step 0 before correction steps is greedy)."""
+        return self.token_beam if not self.steps and self.token_beam is not None else 1
+
     def without_stop(self) -> Search:
         """This search without its stop cosine: what a compiled program is specialised on (the drivers take the
         stop apart, traced, so that one program serves every stop)."""
